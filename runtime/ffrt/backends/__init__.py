@@ -1,0 +1,10 @@
+"""Inference backends. Importing this package registers the ones in this build.
+
+Each backend module imports its heavy dependency (onnxruntime, tensorrt) only when it is
+probed or built, so registering costs nothing.
+"""
+
+from . import onnxruntime as _onnxruntime  # noqa: F401  (registers onnxruntime-cuda/-cpu)
+from .base import AUTO_ORDER, Backend, BackendSpec, availability, backend_names, create_backend, register_backend
+
+__all__ = ["AUTO_ORDER", "Backend", "BackendSpec", "availability", "backend_names", "create_backend", "register_backend"]

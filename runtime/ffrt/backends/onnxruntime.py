@@ -1,0 +1,203 @@
+"""ONNX Runtime backends: "onnxruntime-cuda" (CUDA EP) and "onnxruntime-cpu".
+
+The only module of ffrt that imports ``onnxruntime``, and only when a backend is probed or
+built, so ``import ffrt`` works (and ``ffrt info`` runs) on a machine without it.
+
+Thread-safety: ``InferenceSession.run`` may be called from several threads at once (ONNX
+Runtime documents this), so one backend serves all threads of a Detector.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, InvalidArgumentError, ModelFileError
+from ..meta import ModelMeta
+from .base import Backend, BackendSpec, register_backend
+
+CPU_HINT = 'pip install "ffrt[cpu]"'
+GPU_HINT = 'pip install "ffrt[gpu]" (onnxruntime-gpu, with a CUDA/cuDNN that matches it)'
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise BackendUnavailableError(f"onnxruntime is not installed ({e}); install it: {CPU_HINT}") from e
+    return onnxruntime
+
+
+def physical_core_count() -> int | None:
+    """Physical cores this process may run on (None where the OS does not tell us).
+
+    One inference thread per physical core is ONNX Runtime's own rule of thumb: SMT
+    siblings share the vector units, so extra threads on them add contention, not speed.
+    Counts only CPUs in this process's affinity mask (containers, taskset).
+    """
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux: ONNX Runtime's own default is physical cores too
+        return None
+    cores = set()
+    for cpu in allowed:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add((topo.joinpath("physical_package_id").read_text().strip(), topo.joinpath("core_id").read_text().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))  # no topology exposed: count logical CPUs
+    return max(1, len(cores))
+
+
+class OnnxRuntimeBackend(Backend):
+    def __init__(self, name: str, model_path: Path, meta: ModelMeta, providers: list, threads: int | None):
+        ort = _import_ort()
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise InvalidArgumentError(f"threads must be a positive integer or None (all physical cores), not {threads!r}.")
+        self.name = name
+        # None -> 0 = ONNX Runtime's default (physical cores) where we cannot count them.
+        self.threads = threads if threads is not None else physical_core_count()
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # The fused graph is one chain (backbone -> flows -> head): parallel execution of
+        # independent nodes buys nothing and adds scheduling jitter to the latency.
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = self.threads or 0
+        options.inter_op_num_threads = 1
+
+        try:
+            self._session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+        except Exception as e:
+            if name == "onnxruntime-cuda":
+                # Most often missing/mismatched CUDA or cuDNN libraries, not a bad model;
+                # "auto" falls back to the CPU, which reports a bad model precisely.
+                raise BackendUnavailableError(f"ONNX Runtime could not start the CUDA session ({e}); {GPU_HINT}") from e
+            raise ModelFileError(f"{model_path}: ONNX Runtime cannot load this model: {e}") from e
+
+        self._providers = tuple(self._session.get_providers())
+        if name == "onnxruntime-cuda" and self._providers[:1] != ("CUDAExecutionProvider",):
+            # ORT silently falls back to the CPU when the CUDA EP fails to initialise.
+            raise BackendUnavailableError(
+                "the CUDA execution provider failed to initialise (ONNX Runtime fell back to "
+                f"{', '.join(self._providers)}; see its log for the missing library); {GPU_HINT}"
+            )
+        self._input, self._map, self._score = _check_contract(self._session, meta, model_path)
+        self._outputs = [self._map, self._score]
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return self._providers
+
+    @property
+    def description(self) -> str:
+        threads = ""
+        if self.name == "onnxruntime-cpu":
+            threads = f", {self.threads} threads" if self.threads else ", default threads"
+        return f"{self.name} ({', '.join(self._providers)}{threads})"
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        maps, scores = self._session.run(self._outputs, {self._input: batch})
+        return maps, scores
+
+
+def _dims(shape) -> list:
+    return list(shape) if shape is not None else []
+
+
+def _check_contract(session, meta: ModelMeta, model_path: Path) -> tuple[str, str, str]:
+    """Check the session's input/outputs against the metadata; return their names.
+
+    A mismatch means the metadata does not describe this graph (hand-edited, or a graph
+    swapped under it): running it would give wrong maps without any error, so refuse.
+    """
+    spec = meta.input
+    where = f"{model_path}"
+    redo = "Re-export the model with ffexport."
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise ModelFileError(f"{where}: the graph has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); an ffrt model has exactly one, {spec.name!r}. {redo}")
+    inp = inputs[0]
+    if inp.name != spec.name:
+        raise ModelFileError(f"{where}: the graph's input is named {inp.name!r} but the metadata says {spec.name!r}. {redo}")
+    if inp.type != "tensor(uint8)":
+        raise ModelFileError(
+            f"{where}: input {inp.name!r} is {inp.type}, but ffrt models take uint8 NHWC images "
+            f"(cast and normalization inside the graph). {redo}"
+        )
+    dims = _dims(inp.shape)
+    expected = [spec.height, spec.width, 3]
+    if len(dims) != 4:
+        raise ModelFileError(f"{where}: input {inp.name!r} has shape {dims}; expected [N, {spec.height}, {spec.width}, 3] (NHWC). {redo}")
+    if isinstance(dims[0], int):
+        raise ModelFileError(
+            f"{where}: input {inp.name!r} has a fixed batch size of {dims[0]}; ffrt models need a dynamic "
+            f"batch dimension. {redo}"
+        )
+    for got, want, what in zip(dims[1:], expected, ("height", "width", "channels")):
+        if isinstance(got, int) and got != want:
+            raise ModelFileError(
+                f"{where}: input {inp.name!r} has shape {dims} but the metadata says [N, {spec.height}, "
+                f"{spec.width}, 3] ({what} {got} != {want}); metadata and graph do not belong together. {redo}"
+            )
+
+    outputs = {o.name: o for o in session.get_outputs()}
+    for key, rank in ((meta.outputs.anomaly_map, 4), (meta.outputs.score, 1)):
+        out = outputs.get(key)
+        if out is None:
+            raise ModelFileError(f"{where}: the graph has no output {key!r} (it has: {', '.join(outputs)}). {redo}")
+        if out.type != "tensor(float)":
+            raise ModelFileError(f"{where}: output {key!r} is {out.type}; expected float32. {redo}")
+        odims = _dims(out.shape)
+        if len(odims) != rank:
+            want = f"[N, 1, {spec.height}, {spec.width}]" if rank == 4 else "[N]"
+            raise ModelFileError(f"{where}: output {key!r} has shape {odims}; expected {want}. {redo}")
+        if rank == 4:
+            for got, want in zip(odims[1:], (1, spec.height, spec.width)):
+                if isinstance(got, int) and got != want:
+                    raise ModelFileError(
+                        f"{where}: output {key!r} has shape {odims}; expected [N, 1, {spec.height}, {spec.width}]. {redo}"
+                    )
+    return inp.name, meta.outputs.anomaly_map, meta.outputs.score
+
+
+def _probe_cpu() -> str | None:
+    try:
+        _import_ort()
+    except BackendUnavailableError as e:
+        return str(e)
+    return None
+
+
+def _probe_cuda() -> str | None:
+    try:
+        ort = _import_ort()
+    except BackendUnavailableError:
+        return f"onnxruntime-gpu is not installed; {GPU_HINT}"
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        return f"this onnxruntime has no CUDAExecutionProvider (it has {', '.join(available)}); {GPU_HINT}"
+    return None
+
+
+register_backend(
+    BackendSpec(
+        name="onnxruntime-cuda",
+        probe=_probe_cuda,
+        # CPU EP listed second: nodes CUDA lacks a kernel for still run.
+        create=lambda path, meta, threads: OnnxRuntimeBackend(
+            "onnxruntime-cuda", path, meta, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads
+        ),
+    )
+)
+register_backend(
+    BackendSpec(
+        name="onnxruntime-cpu",
+        probe=_probe_cpu,
+        create=lambda path, meta, threads: OnnxRuntimeBackend(
+            "onnxruntime-cpu", path, meta, ["CPUExecutionProvider"], threads
+        ),
+    )
+)

@@ -1,0 +1,306 @@
+"""The ``ffrt`` command: look inside a model, run it on image files, list backends.
+
+    ffrt info MODEL
+    ffrt detect MODEL IMAGE_OR_DIR... [--backend B] [--json FILE] [--overlays DIR] [--color-order BGR|RGB]
+    ffrt backends
+
+Layered like Polygraphy's CLIs: each subcommand is a small ``Tool`` that adds its own
+argument groups and runs; ``main`` only dispatches and turns every ffrt error into one
+line ``ffrt: error: ...`` and a non-zero exit code.
+
+Exit codes: 0 success; 1 an ffrt error (bad model, backend missing, unreadable image);
+2 bad command line (argparse); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import FFRTError, ImageFileError, InvalidImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class Tool:
+    """One subcommand: a name, a help line, its arguments, and what it does."""
+
+    name = ""
+    help = ""
+    description = ""
+
+    def add_args(self, parser: argparse.ArgumentParser) -> None:
+        raise NotImplementedError
+
+    def run(self, args: argparse.Namespace) -> int:
+        raise NotImplementedError
+
+
+class InfoTool(Tool):
+    name = "info"
+    help = "print a model's metadata (input size, thresholds, precision, provenance)"
+    description = (
+        "Read the ffrt metadata stored inside an .onnx model and print it. Loads no "
+        "weights and needs no inference backend."
+    )
+
+    def add_args(self, parser):
+        parser.add_argument("model", metavar="MODEL", help="an .onnx model exported by ffexport")
+        parser.add_argument("--json", action="store_true", help="print the raw metadata as JSON instead")
+
+    def run(self, args):
+        from .meta import read_onnx_meta
+
+        meta = read_onnx_meta(args.model)
+        if args.json:
+            print(json.dumps(meta.model_dump(mode="json"), indent=2))
+        else:
+            print(format_meta(meta, args.model))
+        return 0
+
+
+def format_meta(meta, path) -> str:
+    i, t, s = meta.input, meta.thresholds, meta.score
+    lines = [
+        f"model:        {path}",
+        f"input:        {i.name!r} {i.dtype} {i.layout} [N, {i.height}, {i.width}, {i.channels}], "
+        f"{i.color_order}; images are resized to {i.width}x{i.height} (w x h) with '{i.resize_interpolation}'",
+        f"normalize:    mean {_floats(i.mean)}, std {_floats(i.std)} (inside the graph)",
+        f"outputs:      anomaly_map {meta.outputs.anomaly_map!r} [N, 1, {i.height}, {i.width}], score {meta.outputs.score!r} [N]",
+        f"score:        {s.reduction}"
+        + (f" (top {s.topk_fraction:g} of pixels)" if s.topk_fraction else "")
+        + f", higher = more anomalous; map units: {s.map_units}",
+        f"thresholds:   image {t.image:.6g}, pixel {t.pixel:.6g}" + (f"  ({t.source})" if t.source else ""),
+    ]
+    if meta.score_stats:
+        st = meta.score_stats
+        lines.append(
+            f"normal scores: n={st.count} mean {st.mean:.6g} std {st.std:.6g} min {st.min:.6g} "
+            f"p50 {st.p50:.6g} p99 {st.p99:.6g} max {st.max:.6g}"
+        )
+    lines += [
+        f"precision:    {meta.precision} (target: {meta.target})",
+        f"batch_max:    {meta.batch_max if meta.batch_max is not None else 'not set'}",
+        f"backbone:     {meta.backbone.name} ({'pretrained' if meta.backbone.pretrained else 'RANDOM weights: test model'})",
+        f"flow:         {meta.flow.steps} steps, hidden ratio {meta.flow.hidden_ratio:g}, "
+        f"{'3x3 only' if meta.flow.conv3x3_only else '3x3/1x1'}, clamp {meta.flow.clamp:g}; "
+        f"feature strides {', '.join(map(str, meta.feature_strides))}",
+        f"opset:        {meta.opset if meta.opset is not None else 'not recorded'}",
+        f"checkpoint:   sha256 {meta.source_checkpoint_sha256}",
+        f"created:      {meta.created_at}",
+        f"schema:       {meta.format} v{meta.schema_version}",
+    ]
+    if meta.tool_versions:
+        lines.append("tools:        " + ", ".join(f"{k} {v}" for k, v in sorted(meta.tool_versions.items())))
+    return "\n".join(lines)
+
+
+def _floats(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+class DetectTool(Tool):
+    name = "detect"
+    help = "run a model on image files and print PASS/FAIL per image"
+    description = (
+        "Run MODEL on each image (files, or the image files inside folders) and print one "
+        "line per image: path, score, PASS/FAIL (FAIL = score above the image threshold). "
+        "Ends with a latency/FPS summary. The latency covers preprocessing, inference and "
+        "postprocessing; reading and decoding the files is not included, as on a line where "
+        "frames arrive from the camera in memory. Unreadable images are reported and "
+        "skipped; the exit code is then 1."
+    )
+
+    def add_args(self, parser):
+        from .backends import backend_names
+
+        parser.add_argument("model", metavar="MODEL", help="an .onnx model exported by ffexport")
+        parser.add_argument(
+            "images", metavar="IMAGE_OR_DIR", nargs="+",
+            help=f"image files, or folders whose image files ({', '.join(IMAGE_SUFFIXES)}) are all checked, in name order",
+        )
+        inputs = parser.add_argument_group("input")
+        inputs.add_argument("-r", "--recursive", action="store_true", help="also look for images in sub-folders of each folder")
+        inputs.add_argument(
+            "--color-order", choices=("BGR", "RGB"), default="BGR", type=str.upper,
+            help="channel order of the pixel data in the files. Standard image files decode as BGR (default). "
+            "Use RGB only for files whose red and blue were swapped when written (e.g. an RGB array saved "
+            "with cv2.imwrite)",
+        )
+        run = parser.add_argument_group("inference")
+        # No argparse `choices`: a planned name (tensorrt) should get ffrt's message saying
+        # what it needs, not a bare "invalid choice".
+        run.add_argument(
+            "--backend", default="auto", metavar="NAME",
+            help=f"inference backend: {', '.join(backend_names())}. 'auto' (default) picks the fastest "
+            "that works here and says which; 'ffrt backends' lists what this machine can run",
+        )
+        run.add_argument("--threads", type=int, default=None, metavar="N", help="CPU inference threads (default: all physical cores)")
+        run.add_argument("--image-threshold", type=float, default=None, metavar="T", help="override the model's image threshold: score > T is FAIL")
+        run.add_argument("--pixel-threshold", type=float, default=None, metavar="T", help="override the model's pixel threshold: map > T is in the defect mask")
+        out = parser.add_argument_group("output")
+        out.add_argument("--json", metavar="FILE", type=Path, help="also write every result and the latency summary to FILE as JSON")
+        out.add_argument(
+            "--overlays", metavar="DIR", type=Path,
+            help="write one PNG per image into DIR: heatmap of the anomaly map over the image, defect mask outlined in white, verdict and score in the corner",
+        )
+
+    def run(self, args):
+        from .detector import Detector
+        from .meta import atomic_write_bytes
+        from .preprocess import read_image_file
+
+        paths, problems = collect_images(args.images, args.recursive)
+        det = Detector(
+            args.model, backend=args.backend, color_order=args.color_order, threads=args.threads,
+            image_threshold=args.image_threshold, pixel_threshold=args.pixel_threshold,
+        )
+        for p in problems:
+            print(f"ffrt: error: {p}", file=sys.stderr)
+        if args.overlays:
+            args.overlays.mkdir(parents=True, exist_ok=True)
+
+        width = min(60, max((len(str(p)) for p in paths), default=0))
+        records, failed, overlay_names = [], len(problems), set()
+        for path in paths:
+            try:
+                image = read_image_file(path)
+                r = det(image)
+            except InvalidImageError as e:  # includes ImageFileError
+                failed += 1
+                print(f"ffrt: error: {e if isinstance(e, ImageFileError) else f'{path}: {e}'}", file=sys.stderr)
+                records.append({"path": str(path), "error": str(e)})
+                continue
+            verdict = "FAIL" if r.is_anomalous else "PASS"
+            print(f"{str(path):<{width}}  score {r.score:>10.5g}  {verdict}", flush=True)
+            record = {
+                "path": str(path), "score": _json_float(r.score), "is_anomalous": r.is_anomalous,
+                "defect_pixels": int(r.mask.sum()), "latency_ms": round(r.latency_ms, 3),
+            }
+            if args.overlays:
+                record["overlay"] = str(write_overlay(args.overlays, path, image, r, overlay_names, atomic_write_bytes))
+            records.append(record)
+
+        stats = det.stats
+        done = len(records) - sum("error" in r for r in records)
+        fails = sum(bool(r.get("is_anomalous")) for r in records)
+        print(f"{done} image{'s' if done != 1 else ''}: {fails} FAIL, {done - fails} PASS" + (f", {failed} unreadable" if failed else ""))
+        print(f"latency: {stats}")
+        print(f"backend: {det.backend_description}")
+        if args.json:
+            t = det.thresholds
+            report = {
+                "model": str(args.model), "backend": det.backend_description, "ffrt_version": __version__,
+                "thresholds": {"image": t.image, "pixel": t.pixel, "source": t.source},
+                "images": records, "stats": stats.model_dump(),
+            }
+            atomic_write_bytes(args.json, (json.dumps(report, indent=2, allow_nan=False) + "\n").encode())
+        if failed:
+            print(f"ffrt: error: {failed} of {failed + done} images could not be processed (see above)", file=sys.stderr)
+            return 1
+        return 0
+
+
+def _json_float(x: float) -> float | None:
+    return x if math.isfinite(x) else None  # JSON has no NaN/inf; null says "no valid score"
+
+
+def collect_images(args: list[str], recursive: bool) -> tuple[list[Path], list[str]]:
+    """Expand folders into their image files; report missing paths and empty folders."""
+    paths, problems = [], []
+    for arg in args:
+        p = Path(arg)
+        if p.is_dir():
+            found = sorted(
+                f for f in (p.rglob("*") if recursive else p.iterdir())
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                problems.append(
+                    f"{p}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder"
+                    + ("" if recursive else " (use --recursive for sub-folders)")
+                )
+            paths.extend(found)
+        elif p.exists():
+            paths.append(p)  # an explicitly named file is tried whatever its suffix
+        else:
+            problems.append(f"{p}: no such file or folder")
+    return paths, problems
+
+
+def write_overlay(folder: Path, path: Path, image, result, used: set, write_bytes) -> Path:
+    import cv2
+
+    from .overlay import render_overlay
+
+    # Same stem from two folders (a/1.png, b/1.png) must not overwrite each other.
+    name, k = f"{path.stem}.png", 1
+    while name in used:
+        name, k = f"{path.stem}_{k}.png", k + 1
+    used.add(name)
+    png = render_overlay(image, result.anomaly_map, result.mask, score=result.score, is_anomalous=result.is_anomalous)
+    ok, data = cv2.imencode(".png", png)
+    if not ok:
+        raise FFRTError(f"could not encode the overlay for {path} as PNG")
+    out = folder / name
+    write_bytes(out, data.tobytes())
+    return out
+
+
+class BackendsTool(Tool):
+    name = "backends"
+    help = "list the inference backends and whether each can run on this machine"
+    description = "List every backend in the order backend='auto' tries them, and why any is unavailable here."
+
+    def add_args(self, parser):
+        pass
+
+    def run(self, args):
+        from .backends import availability
+
+        for name, reason in availability().items():
+            print(f"{name:<22} {'available' if reason is None else 'unavailable: ' + reason}")
+        return 0
+
+
+TOOLS: tuple[Tool, ...] = (InfoTool(), DetectTool(), BackendsTool())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ffrt",
+        description="FastFlow anomaly detection runtime: inspect models and run them on images.",
+        epilog="Run 'ffrt COMMAND --help' for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"ffrt {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr (e.g. why 'auto' chose its backend)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for tool in TOOLS:
+        p = sub.add_parser(tool.name, help=tool.help, description=tool.description)
+        tool.add_args(p)
+        p.set_defaults(tool=tool)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return args.tool.run(args)
+    except (FFRTError, OSError) as e:  # OSError: e.g. --json/--overlays not writable
+        # One line, even for multi-line messages (metadata validation lists each field).
+        print("ffrt: error: " + " ".join(line.strip() for line in str(e).splitlines()), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ffrt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

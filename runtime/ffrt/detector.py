@@ -1,0 +1,343 @@
+"""``Detector``: image(s) in, score / decision / anomaly map / mask out.
+
+    det = Detector("model.onnx")          # backend="auto": fastest that works here
+    r = det(frame_bgr)                    # numpy BGR/gray array, float in [0,1], or a path
+    if r.is_anomalous: reject(r.mask)
+    print(det.stats)                      # p50/p90/p99 latency and FPS of the last 1000 calls
+
+One call = preprocess (validate, decode, resize, colour) -> backend.run(uint8 NHWC batch)
+-> postprocess (apply thresholds, resize the map back to the image). Thresholds come from
+the model's metadata and can be re-tuned at run time with :meth:`Detector.set_thresholds`.
+
+Thread-safety: a Detector may be shared by several threads. Preprocessing keeps no
+state; ONNX Runtime sessions may run concurrently (a backend that may not says so with
+``concurrent_safe = False`` and the Detector then serializes its calls); the thresholds
+are one immutable object swapped atomically; the latency window is locked.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from .backends import create_backend
+from .errors import BackendUnavailableError, FFRTError, InferenceError, InvalidArgumentError, InvalidImageError, ModelFileError
+from .meta import ModelMeta, Thresholds, read_onnx_meta
+from .preprocess import PreparedBatch, check_color_order, prepare_batch
+from .stats import DEFAULT_WINDOW, LatencyStats, LatencyWindow
+
+log = logging.getLogger("ffrt")
+
+#: Chunk size of predict_batch when neither batch_size nor the model's batch_max says.
+DEFAULT_BATCH_SIZE = 8
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+class ImageSize(NamedTuple):
+    height: int
+    width: int
+
+
+@dataclass(frozen=True, repr=False)
+class Result:
+    """The verdict on one image.
+
+    score:        higher = more anomalous, in the units of the model's metadata.
+    is_anomalous: score > image threshold. A NaN score (numerical overflow in the model)
+                  also counts as anomalous: a broken measurement must never pass a part.
+    anomaly_map:  float32 HxW; at the original image size when the Detector was made with
+                  resize_outputs=True (bilinear, cv2.INTER_LINEAR), else at the model size.
+    mask:         bool HxW, anomaly_map > pixel threshold, on the map returned here (so it
+                  has the map's size). NaN pixels are in the mask, for the same reason.
+    latency_ms:   end-to-end wall time of the call that produced this result (preprocess +
+                  inference + postprocess). All results of one predict_batch call share it:
+                  it is the time of the whole call, not a per-image share.
+    """
+
+    score: float
+    is_anomalous: bool
+    anomaly_map: np.ndarray = field(compare=False)
+    mask: np.ndarray = field(compare=False)
+    latency_ms: float
+
+    def __repr__(self) -> str:
+        h, w = self.anomaly_map.shape[:2]
+        return (
+            f"Result(score={self.score:.6g}, is_anomalous={self.is_anomalous}, "
+            f"anomaly_map=float32[{h}x{w}], mask=bool[{h}x{w}] ({int(self.mask.sum())} px), "
+            f"latency_ms={self.latency_ms:.2f})"
+        )
+
+
+class Detector:
+    """Loads an ffrt model and runs it on images.
+
+    model_path:      an .onnx exported by ffexport (TensorRT .engine files need the
+                     TensorRT backend, which is not in this build yet).
+    backend:         "auto" (default: the fastest that works here; see ``backend_name``
+                     and ``backend_selection``), "onnxruntime-cuda" or "onnxruntime-cpu".
+    color_order:     channel order of 3-channel numpy inputs, "BGR" (OpenCV, most camera
+                     SDKs) or "RGB" (PIL, imageio). Files are decoded as BGR regardless.
+    threads:         CPU inference threads; None = all physical cores.
+    image_threshold, pixel_threshold: override the metadata's thresholds for this
+                     Detector (the file is not changed).
+    resize_outputs:  return anomaly_map/mask at each input's original size (True) or at
+                     the model size (False, cheaper).
+    stats_window:    how many recent calls ``stats`` summarizes.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        backend: str = "auto",
+        color_order: str = "BGR",
+        threads: int | None = None,
+        image_threshold: float | None = None,
+        pixel_threshold: float | None = None,
+        resize_outputs: bool = True,
+        stats_window: int = DEFAULT_WINDOW,
+    ) -> None:
+        # Cheap argument checks first: a typo must not cost a model load.
+        self._color_order = check_color_order(color_order)
+        path = Path(model_path)
+        if not path.exists():
+            raise ModelFileError(f"{path}: no such model file.")
+        suffix = path.suffix.lower()
+        if suffix in ENGINE_SUFFIXES:
+            raise BackendUnavailableError(
+                f"{path}: TensorRT engine files need the TensorRT backend, which is not available in this "
+                'build of ffrt yet (it will need the gpu extra: pip install "ffrt[gpu]"). Load the .onnx '
+                "model the engine was built from instead."
+            )
+        if suffix != ".onnx":
+            raise ModelFileError(f"{path}: expected an .onnx model exported by ffexport (got a {suffix or 'suffix-less'} file).")
+
+        # Metadata before any session: a non-ffrt file or a newer schema fails here, with
+        # the clear message, instead of deep inside a backend.
+        self._meta: ModelMeta = read_onnx_meta(path)
+        self._model_path = path
+        base = self._meta.thresholds
+        self._thresholds: Thresholds = base
+        if image_threshold is not None or pixel_threshold is not None:
+            self._thresholds = _new_thresholds(base, image_threshold, pixel_threshold, "set in Detector(...)")
+        self._resize_outputs = bool(resize_outputs)
+        self._stats = LatencyWindow(stats_window)
+
+        self._backend, self._selection = create_backend(backend, path, self._meta, threads)
+        # Only backends that cannot run concurrently pay for a lock.
+        self._run_lock = nullcontext() if self._backend.concurrent_safe else threading.Lock()
+
+    # -- properties --------------------------------------------------------------------
+
+    @property
+    def meta(self) -> ModelMeta:
+        """The model's metadata as stored in the file (thresholds there may differ from
+        :attr:`thresholds` after overrides or :meth:`set_thresholds`)."""
+        return self._meta
+
+    @property
+    def model_path(self) -> Path:
+        return self._model_path
+
+    @property
+    def backend_name(self) -> str:
+        return self._backend.name
+
+    @property
+    def backend_description(self) -> str:
+        """Backend with the providers it actually uses, e.g. 'onnxruntime-cpu (CPUExecutionProvider, 8 threads)'."""
+        return self._backend.description
+
+    @property
+    def backend_selection(self) -> tuple[str, ...]:
+        """For backend="auto": each faster backend that was skipped, and why."""
+        return self._selection
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """The thresholds in use now."""
+        return self._thresholds
+
+    @property
+    def stats(self) -> LatencyStats:
+        """Latency/FPS of the last ``stats_window`` successful calls (warmup excluded)."""
+        return self._stats.snapshot()
+
+    @property
+    def input_size(self) -> ImageSize:
+        """(height, width) every image is resized to before inference."""
+        return ImageSize(self._meta.input.height, self._meta.input.width)
+
+    @property
+    def color_order(self) -> str:
+        return self._color_order
+
+    def __repr__(self) -> str:
+        h, w = self.input_size
+        return f"Detector({str(self._model_path)!r}, backend={self.backend_name!r}, input {h}x{w})"
+
+    # -- configuration -----------------------------------------------------------------
+
+    def set_thresholds(self, image: float | None = None, pixel: float | None = None) -> Thresholds:
+        """Re-tune the decision thresholds at run time (None keeps the current value).
+
+        Takes effect for calls that start afterwards; the model file is not changed (to
+        store thresholds in the model, use ffcalib or ``ffrt.meta.write_onnx_meta``).
+        Returns the new thresholds.
+        """
+        self._thresholds = _new_thresholds(self._thresholds, image, pixel, "set at run time (set_thresholds)")
+        return self._thresholds
+
+    def reset_stats(self) -> None:
+        """Forget the timed calls (e.g. after a warm-up phase of your own)."""
+        self._stats.reset()
+
+    # -- inference ---------------------------------------------------------------------
+
+    def __call__(self, image: object) -> Result:
+        """Detect on one image (numpy array or path). See :class:`Result`."""
+        if isinstance(image, (list, tuple)) or (isinstance(image, np.ndarray) and image.ndim == 4):
+            raise InvalidImageError(
+                f"Detector(...)(image) takes one image; got a {type(image).__name__}"
+                f"{' of shape ' + str(image.shape) if isinstance(image, np.ndarray) else ''}. "
+                "For several images use det.predict_batch(images)."
+            )
+        return self._detect([image], chunk=1)[0]
+
+    def predict_batch(self, images: Iterable[object], batch_size: int | None = None) -> list[Result]:
+        """Detect on several images; returns one Result per image, in order.
+
+        Inference runs in chunks of ``batch_size`` images (default: the model's
+        ``batch_max``, else 8); ``batch_size`` may not exceed ``batch_max``. All images are
+        validated and resized before the first chunk runs, so a bad image raises without
+        any inference (and memory holds all images at the model size: slice very long
+        lists). The call is timed as one: every Result carries the whole call's latency
+        and ``stats`` counts one call of len(images) images.
+        """
+        if isinstance(images, (str, bytes)) or hasattr(images, "__fspath__"):
+            raise InvalidImageError("predict_batch takes a list of images; for a single path call det(path).")
+        if isinstance(images, np.ndarray):
+            if images.ndim != 4:
+                raise InvalidImageError(
+                    f"predict_batch got one array of shape {images.shape}; pass a list of images, or an "
+                    "N x H x W x C array. For a single image call det(image)."
+                )
+        items = list(images)
+        chunk = self._chunk_size(batch_size)
+        if not items:
+            return []
+        return self._detect(items, chunk)
+
+    def warmup(self, n: int = 3, batch_size: int = 1) -> None:
+        """Run ``n`` inferences on a blank batch so that lazy initialisation (memory
+        arenas, kernel selection, CUDA context) happens now, not on the first part.
+        Warm-up calls are not recorded in :attr:`stats`."""
+        if n < 0:
+            raise InvalidArgumentError(f"warmup n must be >= 0, not {n}.")
+        chunk = self._chunk_size(batch_size)
+        h, w = self.input_size
+        blank = np.zeros((chunk, h, w, 3), dtype=np.uint8)
+        for _ in range(n):
+            self._run_backend(blank)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _chunk_size(self, batch_size: int | None) -> int:
+        batch_max = self._meta.batch_max
+        if batch_size is None:
+            return batch_max or DEFAULT_BATCH_SIZE
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InvalidArgumentError(f"batch_size must be a positive integer or None, not {batch_size!r}.")
+        if batch_max is not None and batch_size > batch_max:
+            raise InvalidArgumentError(
+                f"batch_size {batch_size} exceeds this model's batch_max {batch_max} (the largest batch it was "
+                f"exported for); use batch_size <= {batch_max}, or re-export with a larger batch."
+            )
+        return int(batch_size)
+
+    def _detect(self, images: list, chunk: int) -> list[Result]:
+        t0 = time.perf_counter()
+        # Reads the thresholds once: a concurrent set_thresholds never mixes old and new.
+        thresholds = self._thresholds
+        prepared = prepare_batch(images, self._meta.input, self._color_order)
+        maps, scores = self._infer(prepared, chunk)
+        parts = [self._postprocess(maps[i, 0], float(scores[i]), prepared.original_sizes[i], thresholds) for i in range(len(images))]
+        seconds = time.perf_counter() - t0
+        self._stats.record(seconds, len(images))
+        latency_ms = seconds * 1000.0
+        return [Result(score=s, is_anomalous=a, anomaly_map=m, mask=k, latency_ms=latency_ms) for s, a, m, k in parts]
+
+    def _infer(self, prepared: PreparedBatch, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        batch = prepared.batch
+        if len(batch) <= chunk:
+            return self._run_backend(batch)
+        outs = [self._run_backend(batch[i : i + chunk]) for i in range(0, len(batch), chunk)]
+        return np.concatenate([m for m, _ in outs]), np.concatenate([s for _, s in outs])
+
+    def _run_backend(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(batch)
+        try:
+            with self._run_lock:
+                maps, scores = self._backend.run(batch)
+        except FFRTError:
+            raise
+        except Exception as e:
+            raise InferenceError(f"{self._backend.name} failed on a batch of {n}: {type(e).__name__}: {e}") from e
+        h, w = self.input_size
+        maps = np.asarray(maps, dtype=np.float32)
+        scores = np.asarray(scores, dtype=np.float32)
+        if maps.shape != (n, 1, h, w) or scores.shape != (n,):
+            # The contract check at load time looks at declared shapes; this catches a graph
+            # whose real outputs differ, which would otherwise be mis-indexed silently.
+            raise ModelFileError(
+                f"{self._model_path}: the graph returned anomaly_map {maps.shape} and score {scores.shape} for a "
+                f"batch of {n}; expected {(n, 1, h, w)} and {(n,)}. Re-export the model with ffexport."
+            )
+        return maps, scores
+
+    def _postprocess(
+        self, amap: np.ndarray, score: float, original: tuple[int, int], thresholds: Thresholds
+    ) -> tuple[float, bool, np.ndarray, np.ndarray]:
+        if self._resize_outputs and original != amap.shape:
+            amap = cv2.resize(amap, (original[1], original[0]), interpolation=cv2.INTER_LINEAR)
+        else:
+            amap = amap.copy()  # own the data: a view would pin the whole batch in memory
+        # "not <=" rather than ">": NaN (e.g. overflow in the model) fails the part.
+        mask = ~(amap <= thresholds.pixel)
+        is_anomalous = not (score <= thresholds.image)
+        if math.isnan(score):
+            log.warning("ffrt: the model returned a NaN score; the image is reported as anomalous")
+        return score, is_anomalous, amap, mask
+
+
+def _new_thresholds(current: Thresholds, image: float | None, pixel: float | None, source: str) -> Thresholds:
+    def check(value: float | None, name: str, keep: float) -> float:
+        if value is None:
+            return keep
+        if isinstance(value, bool):
+            raise InvalidArgumentError(f"{name} threshold must be a number, not {value!r}.")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(f"{name} threshold must be a number, not {value!r}.") from None
+        if not math.isfinite(value):
+            raise InvalidArgumentError(
+                f"{name} threshold must be finite, not {value}: NaN or inf would make every decision meaningless."
+            )
+        return value
+
+    return Thresholds(
+        image=check(image, "image", current.image),
+        pixel=check(pixel, "pixel", current.pixel),
+        source=source,
+    )

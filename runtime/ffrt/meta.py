@@ -1,0 +1,215 @@
+"""The self-description every ffrt artifact carries (``ModelMeta``).
+
+It lives inside the ONNX file (``metadata_props`` under the key ``ffrt.meta``, as JSON)
+so a model file is all a line PC needs: input size, colour order, score semantics and
+thresholds travel with the weights. Thresholds are metadata, not graph constants, so a
+line can re-tune them without re-exporting.
+
+The schema is versioned. A file written by a newer ffrt (higher ``schema_version``) is
+refused with a message saying to upgrade, never half-understood.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ModelFileError
+
+META_KEY = "ffrt.meta"
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    # Unknown keys are an error: a typo in a hand-edited threshold must not be ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """What the graph's input tensor expects. Normalization happens inside the graph."""
+
+    name: str = "image"
+    layout: Literal["NHWC"] = "NHWC"
+    dtype: Literal["uint8"] = "uint8"
+    height: int = Field(gt=0, description="Images are resized to this height before inference.")
+    width: int = Field(gt=0, description="Images are resized to this width before inference.")
+    channels: Literal[3] = 3
+    color_order: Literal["RGB"] = "RGB"
+    resize_interpolation: Literal["area", "linear"] = "area"
+    mean: tuple[float, float, float] = Field(description="Per-channel mean on the 0-1 scale, applied in the graph.")
+    std: tuple[float, float, float] = Field(description="Per-channel std on the 0-1 scale, applied in the graph.")
+
+
+class OutputSpec(_Strict):
+    anomaly_map: str = "anomaly_map"
+    score: str = "score"
+
+
+class ScoreSpec(_Strict):
+    """How the image score is derived from the anomaly map."""
+
+    semantics: Literal["higher_is_more_anomalous"] = "higher_is_more_anomalous"
+    map_units: str = Field(
+        default="mean per-channel negative log-likelihood, averaged over feature scales",
+        description="What one anomaly-map value means.",
+    )
+    reduction: Literal["max", "topk_mean"] = "topk_mean"
+    topk_fraction: float | None = Field(default=None, gt=0, le=1)
+
+
+class Thresholds(_Strict):
+    """Decision thresholds, in the units of ``score`` and ``anomaly_map``."""
+
+    image: float = Field(description="score > image  ->  the part is rejected as anomalous.")
+    pixel: float = Field(description="anomaly_map > pixel  ->  the pixel is in the defect mask.")
+    source: str = Field(default="", description="How these thresholds were chosen.")
+
+
+class ScoreStats(_Strict):
+    """Statistics of image scores on normal validation images (for 0-1 normalization)."""
+
+    count: int = Field(ge=0)
+    mean: float
+    std: float = Field(ge=0)
+    min: float
+    max: float
+    p50: float
+    p99: float
+
+
+class BackboneInfo(_Strict):
+    name: str
+    pretrained: bool = Field(description="False only for test/benchmark models with random weights.")
+    weights_sha256: str | None = None
+
+
+class FlowInfo(_Strict):
+    steps: int = Field(gt=0)
+    hidden_ratio: float = Field(gt=0)
+    conv3x3_only: bool
+    clamp: float = Field(gt=0)
+
+
+class ModelMeta(_Strict):
+    format: Literal["ffrt.meta"] = "ffrt.meta"
+    schema_version: int = SCHEMA_VERSION
+    input: InputSpec
+    outputs: OutputSpec = OutputSpec()
+    score: ScoreSpec
+    thresholds: Thresholds
+    score_stats: ScoreStats | None = None
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    target: Literal["any", "tensorrt", "cpu"] = Field(
+        default="any", description="The backend this file's encoding is meant for (INT8 files differ)."
+    )
+    backbone: BackboneInfo
+    flow: FlowInfo
+    feature_strides: tuple[int, ...]
+    batch_max: int | None = Field(default=None, gt=0, description="Largest batch the graph was exported for.")
+    opset: int | None = None
+    source_checkpoint_sha256: str
+    tool_versions: dict[str, str] = {}
+    created_at: str
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, v: int) -> int:
+        if v > SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {v} was written by a newer ffrt (this one reads up to "
+                f"{SCHEMA_VERSION}); upgrade ffrt: pip install -U ffrt"
+            )
+        return v
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "model") -> "ModelMeta":
+        try:
+            return cls.model_validate(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ModelFileError(f"{where}: the '{META_KEY}' metadata is not valid JSON ({e}).") from e
+        except ValidationError as e:
+            raise ModelFileError(f"{where}: its '{META_KEY}' metadata is not usable:\n{_readable(e)}") from e
+
+    def with_thresholds(self, image: float, pixel: float, source: str) -> "ModelMeta":
+        return self.model_copy(update={"thresholds": Thresholds(image=image, pixel=pixel, source=source)})
+
+
+def _readable(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"  - {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
+    """Read ``ModelMeta`` from an ONNX file without loading its weights."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file.")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and friends for non-ONNX files
+        raise ModelFileError(
+            f"{path}: not a readable ONNX file ({type(e).__name__}). Export a model with ffexport."
+        ) from e
+    return meta_from_proto(proto, where=str(path))
+
+
+def meta_from_proto(proto, where: str = "model") -> ModelMeta:
+    props = {p.key: p.value for p in proto.metadata_props}
+    if META_KEY not in props:
+        raise ModelFileError(
+            f"{where}: not an ffrt model (no '{META_KEY}' metadata). "
+            "Export it with: ffexport --ckpt model.pt --out DIR"
+        )
+    return ModelMeta.from_json(props[META_KEY], where=where)
+
+
+def set_proto_meta(proto, meta: ModelMeta) -> None:
+    """Put ``meta`` into an in-memory ONNX ModelProto, replacing any earlier copy."""
+    kept = [p for p in proto.metadata_props if p.key != META_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    entry = proto.metadata_props.add()
+    entry.key = META_KEY
+    entry.value = meta.to_json()
+
+
+def write_onnx_meta(path: str | os.PathLike, meta: ModelMeta) -> None:
+    """Replace the metadata of an existing single-file ONNX model, atomically."""
+    import onnx
+
+    path = Path(path)
+    proto = onnx.load(str(path))
+    set_proto_meta(proto, meta)
+    atomic_write_bytes(path, proto.SerializeToString())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``.
+
+    A crash at any point leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,243 @@
+"""User input -> the uint8 NHWC RGB batch the fused graph takes.
+
+Everything a line might hand the detector is accepted here and nowhere else:
+
+- numpy uint8 arrays: HxW (gray), HxWx1 (gray), HxWx3 (BGR by default, as OpenCV and most
+  camera SDKs deliver; ``color_order="RGB"`` for PIL/imageio/matplotlib data);
+- float32/float64 arrays with values in [0, 1] (scaled by 255 and rounded);
+- ``str`` / ``os.PathLike`` paths to image files. Files are decoded by OpenCV and are
+  therefore always BGR, whatever ``color_order`` says.
+
+Anything else is refused with :class:`~ffrt.errors.InvalidImageError` (or
+:class:`~ffrt.errors.ImageFileError` for paths) whose message names the problem and says
+how to fix it. Validation happens before any pixel is written into the batch, and the
+functions here keep no state, so a refused image cannot affect the next call.
+
+Normalization (mean/std) is *not* done here: it is inside the graph, so the host sends
+one byte per pixel and serving cannot drift from training.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import ImageFileError, InvalidArgumentError, InvalidImageError
+from .meta import InputSpec
+
+COLOR_ORDERS = ("BGR", "RGB")
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """What the backend is fed, plus what postprocessing needs to undo the resize."""
+
+    batch: np.ndarray  # uint8 [N, H, W, 3], RGB, C-contiguous, at the model size
+    original_sizes: tuple[tuple[int, int], ...]  # (height, width) of each input image
+
+
+def check_color_order(color_order: str) -> str:
+    """Return the canonical spelling ("BGR"/"RGB") or raise InvalidArgumentError."""
+    order = str(color_order).upper()
+    if order not in COLOR_ORDERS:
+        raise InvalidArgumentError(
+            f"color_order must be 'BGR' (OpenCV, most camera SDKs) or 'RGB' (PIL, imageio), "
+            f"not {color_order!r}."
+        )
+    return order
+
+
+def interpolation_flag(name: str) -> int:
+    """The cv2 flag for the model's ``resize_interpolation``.
+
+    The single place this choice is made: the trainer resizes the same way (INTER_AREA for
+    "area", which averages instead of aliasing when shrinking), and any difference here
+    would show up as a score shift between validation and the line.
+    """
+    return cv2.INTER_AREA if name == "area" else cv2.INTER_LINEAR
+
+
+def read_image_file(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to a BGR uint8 HxWx3 array.
+
+    ``np.fromfile`` + ``cv2.imdecode`` instead of ``cv2.imread`` because imread cannot open
+    non-ASCII paths on Windows (and fails silently, returning None, everywhere).
+    Gray files come back as three equal channels (IMREAD_COLOR), like in the trainer.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageFileError(f"{path}: no such image file. Check the path and the working directory.")
+    if path.is_dir():
+        raise ImageFileError(f"{path}: is a directory, not an image file. Pass the image files inside it.")
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise ImageFileError(f"{path}: cannot be read ({e.strerror or e}). Check the file's permissions.") from e
+    if raw.size == 0:
+        raise ImageFileError(f"{path}: the file is empty (0 bytes); the image was not written completely.")
+    image = cv2.imdecode(raw, cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise ImageFileError(
+            f"{path}: cannot be decoded as an image ({raw.size} bytes; corrupt, truncated, or a format "
+            "OpenCV does not read). Re-save it as PNG, JPEG, BMP or TIFF."
+        )
+    return image
+
+
+def to_uint8_image(image: object, color_order: str = "BGR") -> tuple[np.ndarray, str]:
+    """Validate one input and return it as a uint8 array plus the channel order it is in.
+
+    The returned array is HxW or HxWx3 (HxWx1 is squeezed); its order is "GRAY", "BGR" or
+    "RGB". No resize and no colour conversion yet: those are cheaper on the smaller,
+    resized image (see :func:`to_model_rgb`).
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return read_image_file(image), "BGR"
+    if image is None:
+        raise InvalidImageError("image is None. The camera grab or the file read before this call failed.")
+    if not isinstance(image, np.ndarray):
+        raise InvalidImageError(_not_an_array_message(image))
+    if image.size == 0:
+        raise InvalidImageError(
+            f"image is empty (shape {image.shape}); every dimension must be at least 1 pixel. "
+            "The camera grab or crop before this call produced nothing."
+        )
+    if image.ndim == 3:
+        channels = image.shape[2]
+        if channels == 4:
+            raise InvalidImageError(
+                "image has 4 channels (an alpha channel). Drop it first: "
+                "cv2.cvtColor(img, cv2.COLOR_BGRA2BGR) (or COLOR_RGBA2RGB with color_order='RGB')."
+            )
+        if channels not in (1, 3):
+            raise InvalidImageError(
+                f"image has {channels} channels (shape {image.shape}); expected HxW or HxWx1 (gray) or "
+                "HxWx3 (colour). If the channels come first (CxHxW), use np.transpose(img, (1, 2, 0))."
+            )
+    elif image.ndim != 2:
+        hint = (
+            " It looks like a batch: use Detector.predict_batch(list(images))."
+            if image.ndim == 4
+            else ""
+        )
+        raise InvalidImageError(
+            f"image has {image.ndim} dimensions (shape {image.shape}); expected HxW (gray), HxWx1 or "
+            f"HxWx3.{hint}"
+        )
+
+    image = _to_uint8(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    # cv2 refuses negative strides (img[:, :, ::-1]) and some other views: hand it a
+    # C-contiguous array (no copy when it already is one).
+    image = np.ascontiguousarray(image)
+    return image, ("GRAY" if image.ndim == 2 else color_order)
+
+
+def _not_an_array_message(image: object) -> str:
+    kind = type(image).__name__
+    module = type(image).__module__ or ""
+    if module.startswith("PIL"):
+        return (
+            f"image is a PIL {kind}; convert it with np.asarray(img) and pass color_order='RGB' "
+            "(PIL images are RGB)."
+        )
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return (
+            f"image is {kind} (encoded file data?); decode it with "
+            "cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) or pass the file path."
+        )
+    if isinstance(image, (list, tuple)):
+        return (
+            f"image is a {kind}; pass one numpy array or path per call, or use "
+            "Detector.predict_batch(images) for several images."
+        )
+    if module.startswith("torch"):
+        return f"image is a torch {kind}; convert it with tensor.cpu().numpy() (HxWxC uint8)."
+    return f"image is a {module + '.' if module not in ('', 'builtins') else ''}{kind}; expected a numpy array or a file path."
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype in (np.float32, np.float64):
+        lo, hi = float(np.min(image)), float(np.max(image))
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            bad = int(np.count_nonzero(~np.isfinite(image)))
+            raise InvalidImageError(
+                f"image ({image.dtype}) contains {bad} NaN/inf value(s). Fix the computation that produced "
+                "it, or replace them, e.g. np.nan_to_num(img, nan=0.0, posinf=1.0, neginf=0.0)."
+            )
+        if lo < 0.0 or hi > 1.0:
+            raise InvalidImageError(
+                f"float image values must lie in [0, 1]; this one spans [{lo:g}, {hi:g}]. If it holds "
+                "0-255 values, pass np.clip(img, 0, 255).astype(np.uint8) instead; otherwise scale it to [0, 1]."
+            )
+        # rint, not truncation: 0.999 must become 255, not 254 (the trainer works on uint8 files).
+        return np.rint(image * 255.0).astype(np.uint8)
+    if image.dtype == np.uint16:
+        raise InvalidImageError(
+            "image is uint16 (16-bit); ffrt models take 8-bit images. Convert with "
+            "(img >> 8).astype(np.uint8) for full-range 16-bit data, or "
+            "cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX, dtype=cv2.CV_8U) to stretch a 10/12-bit range."
+        )
+    if image.dtype == np.bool_:
+        raise InvalidImageError("image is bool (a mask?); convert with img.astype(np.uint8) * 255.")
+    if image.dtype == np.float16:
+        raise InvalidImageError("image is float16; convert with img.astype(np.float32) (values in [0, 1]).")
+    raise InvalidImageError(
+        f"image dtype {image.dtype} is not supported; pass uint8 (0-255) or float32/float64 in [0, 1], "
+        "e.g. np.clip(img, 0, 255).astype(np.uint8)."
+    )
+
+
+def resize_to_model(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Resize to the model's (height, width) with the interpolation the model was trained with."""
+    if image.shape[:2] == (spec.height, spec.width):
+        return image
+    return cv2.resize(image, (spec.width, spec.height), interpolation=interpolation_flag(spec.resize_interpolation))
+
+
+def to_model_rgb(image: np.ndarray, order: str, spec: InputSpec) -> np.ndarray:
+    """Resize a validated uint8 image, then bring it to RGB HxWx3.
+
+    Resizing first and converting colour second is bit-identical to the trainer's
+    convert-then-resize (cv2.resize treats channels independently) and cheaper: a 5 MP
+    frame is converted after it shrank to the model size, not before.
+    """
+    small = resize_to_model(image, spec)
+    if order == "GRAY":
+        return cv2.cvtColor(small, cv2.COLOR_GRAY2RGB)
+    if order == "BGR":
+        return cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
+    return small
+
+
+def prepare_batch(images: Sequence[object], spec: InputSpec, color_order: str = "BGR") -> PreparedBatch:
+    """Validate, decode, resize and colour-convert ``images`` into one uint8 NHWC RGB batch.
+
+    Every image is checked before the batch is returned, so a bad image anywhere in the
+    list raises before anything reaches a backend. Errors name the image's position when
+    there is more than one.
+    """
+    color_order = check_color_order(color_order)
+    n = len(images)
+    batch = np.empty((n, spec.height, spec.width, 3), dtype=np.uint8)
+    sizes: list[tuple[int, int]] = []
+    for i, item in enumerate(images):
+        try:
+            image, order = to_uint8_image(item, color_order)
+        except InvalidImageError as e:
+            if n == 1:
+                raise
+            # Re-raise the same class with the position prepended: "which one?" is the
+            # first question when one frame of a batch is bad.
+            raise type(e)(f"image {i} of {n}: {e}") from e
+        sizes.append((int(image.shape[0]), int(image.shape[1])))
+        batch[i] = to_model_rgb(image, order, spec)
+    return PreparedBatch(batch=batch, original_sizes=tuple(sizes))

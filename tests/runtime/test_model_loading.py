@@ -1,0 +1,117 @@
+"""What happens with models that are not what Detector expects, and with backend names."""
+
+import sys
+
+import onnxruntime
+import pytest
+
+from ffrt import BackendUnavailableError, Detector, FFRTError, InvalidArgumentError, ModelFileError
+from ffrt.backends import AUTO_ORDER, availability, backend_names
+
+
+@pytest.fixture
+def no_session(monkeypatch):
+    """Makes building an ORT session a test failure: errors must come from the metadata."""
+
+    def forbidden(*a, **k):
+        raise AssertionError("an InferenceSession was created before the metadata was checked")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", forbidden)
+
+
+def test_non_ffrt_onnx_fails_before_any_session(models, no_session):
+    with pytest.raises(ModelFileError, match="not an ffrt model.*ffexport"):
+        Detector(models["no_meta"])
+
+
+def test_newer_schema_says_upgrade(models, no_session):
+    with pytest.raises(ModelFileError, match="schema_version 99.*upgrade ffrt"):
+        Detector(models["schema99"])
+
+
+def test_garbage_file(tmp_path, no_session):
+    p = tmp_path / "model.onnx"
+    p.write_bytes(b"this is not a protobuf \x00\xff" * 50)
+    with pytest.raises(ModelFileError, match="not a readable ONNX file"):
+        Detector(p)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelFileError, match="no such model file"):
+        Detector(tmp_path / "nope.onnx")
+    assert issubclass(ModelFileError, FFRTError) and issubclass(ModelFileError, ValueError)
+
+
+def test_engine_file_needs_tensorrt(tmp_path, no_session):
+    p = tmp_path / "model.engine"
+    p.write_bytes(b"\x00" * 16)
+    with pytest.raises(BackendUnavailableError, match=r'TensorRT.*not available in this build.*ffrt\[gpu\]'):
+        Detector(p)
+
+
+def test_other_suffix(tmp_path, no_session):
+    p = tmp_path / "model.pt"
+    p.write_bytes(b"\x00" * 16)
+    with pytest.raises(ModelFileError, match=r"expected an \.onnx model"):
+        Detector(p)
+
+
+@pytest.mark.parametrize(
+    "key,fragment",
+    [
+        ("float_input", "tensor(float), but ffrt models take uint8"),
+        ("wrong_size", "height 32 != 64"),
+        ("wrong_name", "named 'pixels' but the metadata says 'image'"),
+        ("fixed_batch", "fixed batch size of 1"),
+    ],
+)
+def test_graph_must_match_the_metadata(models, key, fragment):
+    with pytest.raises(ModelFileError) as exc:
+        Detector(models[key])
+    assert fragment in str(exc.value) and "ffexport" in str(exc.value)
+
+
+def test_unknown_backend(red_model):
+    with pytest.raises(BackendUnavailableError, match="unknown backend 'fast'.*onnxruntime-cpu"):
+        Detector(red_model, backend="fast")
+
+
+def test_cuda_unavailable_here(red_model):
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has the CUDA provider")
+    with pytest.raises(BackendUnavailableError, match=r"onnxruntime-cuda.*ffrt\[gpu\]"):
+        Detector(red_model, backend="onnxruntime-cuda")
+
+
+@pytest.mark.parametrize("name", ["tensorrt", "onnxruntime-tensorrt"])
+def test_planned_backends_are_named_not_unknown(red_model, name):
+    with pytest.raises(BackendUnavailableError, match=r"not available in this build.*ffrt\[gpu\]"):
+        Detector(red_model, backend=name)
+
+
+def test_missing_onnxruntime_says_what_to_install(red_model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(BackendUnavailableError, match=r'pip install "ffrt\[cpu\]"'):
+        Detector(red_model, backend="onnxruntime-cpu")
+    with pytest.raises(BackendUnavailableError, match=r'no inference backend.*pip install "ffrt\[cpu\]"'):
+        Detector(red_model)
+
+
+def test_bad_arguments(red_model):
+    with pytest.raises(InvalidArgumentError, match="color_order"):
+        Detector(red_model, color_order="BRG")
+    with pytest.raises(InvalidArgumentError, match="threads"):
+        Detector(red_model, threads=0)
+    with pytest.raises(InvalidArgumentError, match="finite"):
+        Detector(red_model, pixel_threshold=float("nan"))
+
+
+def test_threads_are_passed_to_the_session(red_model):
+    assert "1 threads" in Detector(red_model, threads=1).backend_description
+    assert Detector(red_model, threads=2)._backend._session.get_session_options().intra_op_num_threads == 2
+
+
+def test_registry_lists(red_model):
+    assert backend_names()[:3] == ("auto", "onnxruntime-cuda", "onnxruntime-cpu")
+    av = availability()
+    assert tuple(av) == AUTO_ORDER and av["onnxruntime-cpu"] is None and av["tensorrt"]

@@ -1,0 +1,90 @@
+"""The checkpoint file ``model.pt``: a plain dict that loads with ``weights_only=True``.
+
+A model file must never be able to run code, so it holds only tensors, numbers, strings,
+lists and dicts: the config as a JSON-able dict, the full state_dict (backbone included,
+so exporting needs no weights file), the calibration (thresholds, score statistics) and
+what training did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import FastFlowConfig
+from .model import FastFlow
+
+FORMAT = "fftrain.checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """The checkpoint is missing, not ours, or from an unsupported version."""
+
+
+def save(path: str | os.PathLike, model: FastFlow, calibration: dict[str, Any], train_info: dict[str, Any]) -> None:
+    """Atomic: written to a temp file in the same folder, then renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.config.model_dump(),
+        "backbone_sha256": model.backbone_sha256,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "calibration": calibration,
+        "train_info": train_info,
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_payload(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint; train one with: fftrain --data DIR --out {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path}: not a loadable fftrain checkpoint ({type(e).__name__}). "
+            "Only files written by fftrain are accepted; they never contain code."
+        ) from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an fftrain checkpoint (no '{FORMAT}' format tag)")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version}, this fftrain reads version {FORMAT_VERSION}; "
+            "use the fftrain release that wrote it, or retrain"
+        )
+    return payload
+
+
+def load(path: str | os.PathLike) -> tuple[FastFlow, dict[str, Any]]:
+    """Rebuild the model (eval mode) from a checkpoint; returns (model, payload)."""
+    payload = load_payload(path)
+    config = FastFlowConfig.model_validate(payload["config"])
+    model = FastFlow(config, load_pretrained=False)
+    model.load_state_dict(payload["state_dict"])
+    model.backbone_sha256 = payload.get("backbone_sha256")
+    return model.eval(), payload

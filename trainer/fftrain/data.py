@@ -1,0 +1,185 @@
+"""Where training, validation and test images come from, and how they are loaded.
+
+Two sources:
+- an MVTec-AD style folder: ``train/good``, ``test/<type>``, ``ground_truth/<type>/<name>_mask.png``
+  (images of any size, gray or colour);
+- ``elpv:mono`` / ``elpv:poly``: the ELPV solar-cell electroluminescence images from the
+  optional ``elpv-dataset`` package (CC BY-NC-SA 4.0, non-commercial; only the demo uses it).
+
+Splits are deterministic (by file order, no random state) so figures compare across runs
+and tools.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+ELPV_DEFECT_MIN_PROBABILITY = 0.67
+
+
+class DataError(ValueError):
+    """A data folder or spec cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int  # 0 = normal, 1 = defective
+    defect_type: str = "good"
+    mask_path: Path | None = None
+
+
+@dataclass
+class DataSplit:
+    name: str
+    train: list[Sample]
+    val: list[Sample]  # normal images held out from training
+    test: list[Sample]
+    notes: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "train": len(self.train),
+            "val": len(self.val),
+            "test_normal": sum(s.label == 0 for s in self.test),
+            "test_defective": sum(s.label == 1 for s in self.test),
+        }
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to uint8 RGB HxWx3 (gray files become 3 equal channels)."""
+    path = Path(path)
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)  # fromfile + imdecode: non-ASCII paths work
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from e
+    bgr = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
+    if bgr is None:
+        raise DataError(f"{path}: not a decodable image (corrupt or empty file); remove it from the folder")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def resize_to_model(image: np.ndarray, size: int) -> np.ndarray:
+    """The resize the runtime applies too (ffrt.preprocess, recorded in the metadata as
+    'area'): INTER_AREA, which averages rather than aliases when shrinking."""
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def read_mask(path: Path | None, size: int) -> np.ndarray:
+    if path is None:
+        return np.zeros((size, size), dtype=bool)
+    mask = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise DataError(f"{path}: not a decodable mask image")
+    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST) > 127
+
+
+def load_batch(samples: list[Sample], size: int) -> np.ndarray:
+    """uint8 [N, size, size, 3] RGB: the exact bytes the exported graph receives."""
+    out = np.empty((len(samples), size, size, 3), dtype=np.uint8)
+    for i, s in enumerate(samples):
+        out[i] = resize_to_model(read_rgb(s.path), size)
+    return out
+
+
+def to_tensor_batch(images: np.ndarray):
+    """uint8 NHWC -> float NCHW in [0, 1], the same arithmetic as the graph's input stage."""
+    import torch
+
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+# --- sources ---------------------------------------------------------------------------
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def split_train_val(normals: list, val_every: int) -> tuple[list, list]:
+    """Every ``val_every``-th normal image (by order) is held out for validation."""
+    if val_every < 2:
+        raise DataError("val_every must be >= 2")
+    val = [s for i, s in enumerate(normals) if i % val_every == val_every - 1]
+    train = [s for i, s in enumerate(normals) if i % val_every != val_every - 1]
+    return train, val
+
+
+def mvtec_folder(root: Path, val_every: int = 10) -> DataSplit:
+    train_dir = root / "train" / "good"
+    if not train_dir.is_dir():
+        raise DataError(
+            f"{root}: expected an MVTec-AD style folder with train/good/ (normal images), optionally "
+            "test/<type>/ and ground_truth/<type>/<name>_mask.png"
+        )
+    normals = [Sample(p, 0) for p in _images_in(train_dir)]
+    if len(normals) < 4:
+        raise DataError(f"{train_dir}: found {len(normals)} images; FastFlow needs at least a few dozen normal images")
+    train, val = split_train_val(normals, val_every)
+    test: list[Sample] = []
+    test_dir = root / "test"
+    if test_dir.is_dir():
+        for type_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()):
+            defect = type_dir.name
+            for p in _images_in(type_dir):
+                if defect == "good":
+                    test.append(Sample(p, 0))
+                    continue
+                mask = root / "ground_truth" / defect / f"{p.stem}_mask.png"
+                test.append(Sample(p, 1, defect, mask if mask.is_file() else None))
+    return DataSplit(str(root), train, val, test)
+
+
+def elpv(cell_type: str, val_every: int = 10) -> DataSplit:
+    """The ELPV demo split (fixed so figures compare across tools):
+    normal = defect probability 0 of ``cell_type`` in dataset order; every 4th
+    (index % 4 == 0) is a test normal, the rest train (every ``val_every``-th of those is
+    validation); test defects = all cells of that type with probability >= 0.67."""
+    if cell_type not in ("mono", "poly"):
+        raise DataError(f"elpv:{cell_type}: choose elpv:mono or elpv:poly")
+    try:
+        import elpv_dataset
+    except ImportError as e:
+        raise DataError(
+            "the ELPV demo data is not installed: pip install 'ffrt[demo]' (elpv-dataset, CC BY-NC-SA 4.0)"
+        ) from e
+    data_dir = Path(elpv_dataset.__file__).parent / "data"
+    normals, defects = [], []
+    with open(data_dir / "labels.csv", newline="") as f:
+        for row in csv.reader(f, delimiter=" ", skipinitialspace=True):
+            if not row:
+                continue
+            rel, probability, kind = row[0], float(row[1]), row[2]
+            if kind != cell_type:
+                continue
+            if probability == 0.0:
+                normals.append(Sample(data_dir / rel, 0))
+            elif probability >= ELPV_DEFECT_MIN_PROBABILITY:
+                defects.append(Sample(data_dir / rel, 1, "defective"))
+    test_normals = [s for i, s in enumerate(normals) if i % 4 == 0]
+    pool = [s for i, s in enumerate(normals) if i % 4 != 0]
+    train, val = split_train_val(pool, val_every)
+    notes = [
+        "ELPV (Buerhop-Lutz et al., Deitsch et al.), CC BY-NC-SA 4.0: non-commercial use only.",
+        "Image-level labels only: pixel metrics are not available on this data.",
+    ]
+    return DataSplit(f"elpv:{cell_type}", train, val, test_normals + defects, notes)
+
+
+def resolve(spec: str, val_every: int = 10) -> DataSplit:
+    """``elpv:mono``, ``elpv:poly`` or a folder path."""
+    if spec.startswith("elpv:"):
+        return elpv(spec.split(":", 1)[1], val_every)
+    root = Path(spec)
+    if not root.exists():
+        raise DataError(f"{root}: no such folder (use an MVTec-AD style folder, or elpv:mono / elpv:poly)")
+    return mvtec_folder(root, val_every)
