@@ -55,10 +55,10 @@ class FlowStep(nn.Module):
         y = torch.cat([kept, changed * torch.exp(scale) + shift], dim=1)
         y = y * torch.exp(self.log_scale) + self.shift
         logdet = scale.sum(dim=1) + self.log_scale.sum()
-        return y[:, self.permutation], logdet
+        return torch.index_select(y, 1, self.permutation), logdet
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        y = y[:, self.inverse_permutation]
+        y = torch.index_select(y, 1, self.inverse_permutation)
         y = (y - self.shift) * torch.exp(-self.log_scale)
         kept, changed = y[:, : self.kept], y[:, self.kept :]
         scale, shift = self._scale_shift(kept)

@@ -202,8 +202,10 @@ def train_info(result: TrainResult, split: DataSplit, settings: TrainSettings) -
         "best_epoch": result.best_epoch,
         "history": [vars(r) for r in result.history],
         "timings": result.timings,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "model_selection": "best validation image AUROC on synthetic defects drawn onto held-out normals",
+        # Real images the exporter checks parity on (paths on the training machine).
+        "parity_images": [str(s.path) for s in split.val[:8]],
     }
 
 

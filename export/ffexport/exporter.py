@@ -1,0 +1,139 @@
+"""Checkpoint -> one self-describing ONNX file.
+
+torch.onnx's dynamo exporter (the default since torch 2.9) traces ``FusedGraph``; the
+weights are embedded (``external_data=False``): a model is one file for the user, and
+FastFlow models are far below ONNX's 2 GB protobuf limit. The ``ModelMeta`` goes into
+``metadata_props`` and the file is written atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import os
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from ffrt.meta import (
+    BackboneInfo,
+    FlowInfo,
+    InputSpec,
+    ModelMeta,
+    OutputSpec,
+    ScoreSpec,
+    ScoreStats,
+    Thresholds,
+    atomic_write_bytes,
+    set_proto_meta,
+)
+from fftrain.head import MAP_UNITS
+from fftrain.model import FastFlow
+
+from .graph import INPUT_NAME, OUTPUT_NAMES, FusedGraph
+
+DEFAULT_OPSET = 18
+DEFAULT_BATCH_MAX = 32
+ONNX_SIZE_LIMIT = 2 * 1024**3
+
+
+class ExportError(RuntimeError):
+    """The export cannot be completed; the message says why and what to do."""
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def build_meta(model: FastFlow, payload: dict[str, Any], ckpt_sha256: str, batch_max: int, opset: int) -> ModelMeta:
+    cfg = model.config
+    cal = payload.get("calibration") or {}
+    if "image_threshold" not in cal:
+        raise ExportError("the checkpoint has no calibration (thresholds); retrain it with fftrain")
+    stats = cal.get("score_stats")
+    return ModelMeta(
+        input=InputSpec(
+            name=INPUT_NAME,
+            height=cfg.image_size,
+            width=cfg.image_size,
+            resize_interpolation="area",
+            mean=tuple(float(v) for v in model.mean.flatten()),
+            std=tuple(float(v) for v in model.std.flatten()),
+        ),
+        outputs=OutputSpec(anomaly_map=OUTPUT_NAMES[0], score=OUTPUT_NAMES[1]),
+        score=ScoreSpec(
+            map_units=MAP_UNITS,
+            reduction=cfg.score_reduction,
+            topk_fraction=cfg.topk_fraction if cfg.score_reduction == "topk_mean" else None,
+        ),
+        thresholds=Thresholds(image=cal["image_threshold"], pixel=cal["pixel_threshold"], source=cal.get("source", "")),
+        score_stats=ScoreStats(**stats) if stats else None,
+        precision="fp32",
+        target="any",
+        backbone=BackboneInfo(
+            name=cfg.backbone, pretrained=not cfg.random_backbone, weights_sha256=payload.get("backbone_sha256")
+        ),
+        flow=FlowInfo(steps=cfg.flow_steps, hidden_ratio=cfg.hidden_ratio, conv3x3_only=cfg.conv3x3_only, clamp=cfg.clamp),
+        feature_strides=model.strides,
+        batch_max=batch_max,
+        opset=opset,
+        source_checkpoint_sha256=ckpt_sha256,
+        tool_versions={
+            "ffrt": _version("ffrt"),
+            "torch": str(torch.__version__),
+            "onnx": onnx.__version__,
+            "onnxscript": _version("onnxscript"),
+        },
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def trace_to_onnx(model: FastFlow, batch_max: int, opset: int) -> onnx.ModelProto:
+    """The fused graph as an in-memory ModelProto with a dynamic batch dimension."""
+    size = model.config.image_size
+    example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=batch_max)
+    try:
+        program = torch.onnx.export(
+            FusedGraph(model).eval(),
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={"image": {0: batch}},
+            opset_version=opset,
+            external_data=False,
+            optimize=True,
+            verbose=False,
+        )
+    except Exception as e:  # the exporter raises many types; the user needs one message
+        raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {e}") from e
+    proto = program.model_proto
+    # Name the dynamic dimension readably for tools such as Netron and trtexec.
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        dim0 = value.type.tensor_type.shape.dim[0]
+        dim0.ClearField("dim_value")
+        dim0.dim_param = "batch"
+    return proto
+
+
+def export_onnx(model: FastFlow, payload: dict[str, Any], ckpt_sha256: str, out: str | os.PathLike,
+                batch_max: int = DEFAULT_BATCH_MAX, opset: int = DEFAULT_OPSET) -> tuple[Path, ModelMeta]:
+    if opset < 17:
+        raise ExportError(f"--opset {opset}: opset 17 or newer is required (LayerNormalization)")
+    out = Path(out)
+    meta = build_meta(model, payload, ckpt_sha256, batch_max, opset)
+    proto = trace_to_onnx(model, batch_max, opset)
+    proto.producer_name = "ffexport"
+    set_proto_meta(proto, meta)
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    if len(data) >= ONNX_SIZE_LIMIT:
+        raise ExportError("the model exceeds ONNX's 2 GB single-file limit; use a smaller backbone or image size")
+    atomic_write_bytes(out, data)
+    return out, meta

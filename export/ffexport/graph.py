@@ -1,0 +1,28 @@
+"""The graph that ships: uint8 NHWC bytes in, anomaly map and score out.
+
+Casting, scaling to [0, 1] and the channel transpose happen inside the graph, so the host
+sends one byte per pixel and no preprocessing can drift between training and serving.
+Everything after that is the trained FastFlow itself, including THE anomaly head that
+training-time evaluation used.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fftrain.model import FastFlow
+
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("anomaly_map", "score")
+
+
+class FusedGraph(nn.Module):
+    def __init__(self, model: FastFlow):
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """image: uint8 [N, H, W, 3] RGB -> (anomaly_map float32 [N, 1, H, W], score float32 [N])."""
+        x = image.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        return self.model(x)

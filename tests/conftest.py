@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny FastFlow trained on REAL ELPV solar-cell images, and its export.
+
+Tiny (64x64 input, 2 flow steps, 2 epochs) so the suite stays fast on 2 CPU cores, but
+made by the real trainer and exporter with the real EfficientNet-Lite0 weights: the tests
+exercise what ships, not stand-ins. ELPV images come from the `demo` extra
+(elpv-dataset, CC BY-NC-SA 4.0), which `make test` installs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def elpv_split():
+    from fftrain.data import elpv
+
+    split = elpv("mono")
+    # A small, deterministic subset keeps the suite fast.
+    split.train = split.train[:48]
+    split.val = split.val[:12]
+    return split
+
+
+@pytest.fixture(scope="session")
+def real_images(elpv_split):
+    """uint8 [8, 64, 64, 3] RGB ELPV cells, resized the way the runtime resizes."""
+    from fftrain.data import load_batch
+
+    return load_batch(elpv_split.val[:8], TINY_SIZE)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, elpv_split) -> Path:
+    from fftrain.config import FastFlowConfig
+    from fftrain.train import TrainSettings, train_and_save
+
+    out = tmp_path_factory.mktemp("tiny") / "model.pt"
+    config = FastFlowConfig(image_size=TINY_SIZE, flow_steps=2, hidden_ratio=0.5)
+    train_and_save(config, elpv_split, TrainSettings(epochs=2, batch_size=16, progress=False), out, log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_checkpoint, tmp_path_factory) -> Path:
+    from ffexport.cli import main
+
+    out = tmp_path_factory.mktemp("tiny_export")
+    assert main(["--ckpt", str(tiny_checkpoint), "--out", str(out), "--batch-max", "8"]) == 0
+    return out / "model.onnx"

@@ -1,0 +1,81 @@
+"""The fused ONNX graph: one file, self-describing, dynamic batch, same numbers as PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from ffexport.cli import main as ffexport_main
+from ffexport.parity import FP32_RTOL, check
+from ffrt.meta import read_onnx_meta
+from fftrain import checkpoint
+from fftrain.data import to_tensor_batch
+
+
+def test_one_file_with_the_contracted_inputs_and_outputs(tiny_onnx):
+    assert not list(tiny_onnx.parent.glob("*.data"))  # weights embedded
+    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    assert (inp.name, inp.type, inp.shape) == ("image", "tensor(uint8)", ["batch", 64, 64, 3])
+    outs = {o.name: (o.type, o.shape) for o in session.get_outputs()}
+    assert outs == {"anomaly_map": ("tensor(float)", ["batch", 1, 64, 64]), "score": ("tensor(float)", ["batch"])}
+    model = onnx.load(str(tiny_onnx))
+    assert model.opset_import[0].version >= 17
+    # Thresholds live in metadata, not in the graph: nothing compares against them in-graph.
+    assert not {n.op_type for n in model.graph.node} & {"Greater", "Less", "Where"}
+
+
+def test_metadata_describes_the_checkpoint(tiny_onnx, tiny_checkpoint):
+    meta = read_onnx_meta(tiny_onnx)
+    payload = checkpoint.load_payload(tiny_checkpoint)
+    assert meta.source_checkpoint_sha256 == checkpoint.sha256(tiny_checkpoint)
+    assert (meta.input.height, meta.input.width, meta.input.color_order) == (64, 64, "RGB")
+    assert meta.thresholds.image == payload["calibration"]["image_threshold"]
+    assert meta.thresholds.pixel == payload["calibration"]["pixel_threshold"]
+    assert meta.backbone.name == "efficientnet_lite0" and meta.backbone.pretrained
+    assert meta.precision == "fp32" and meta.batch_max == 8 and meta.feature_strides == (4, 8, 16)
+
+
+def test_parity_with_pytorch_on_real_images(tiny_onnx, tiny_checkpoint, real_images):
+    model, _ = checkpoint.load(tiny_checkpoint)
+    report = check(model, tiny_onnx, real_images)
+    assert report.ok, str(report)
+    assert report.map_max_rel <= FP32_RTOL and report.score_max_rel <= FP32_RTOL
+    # The check can fail: a graph fed differently normalized images disagrees.
+    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    _, onnx_scores = session.run(None, {"image": real_images})
+    with torch.no_grad():
+        _, shifted = model(to_tensor_batch(real_images) * 0.9)
+    assert np.abs(onnx_scores - shifted.numpy()).max() / np.abs(onnx_scores).max() > FP32_RTOL
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_dynamic_batch(tiny_onnx, real_images, batch):
+    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    images = np.concatenate([real_images] * 2)[:batch]
+    amap, score = session.run(None, {"image": images})
+    assert amap.shape == (batch, 1, 64, 64) and score.shape == (batch,)
+    assert np.isfinite(amap).all() and (amap >= 0).all()
+    single = session.run(None, {"image": images[:1]})[1]
+    np.testing.assert_allclose(score[0], single[0], rtol=1e-5)
+
+
+def test_unavailable_options_exit_2_with_one_line(tiny_checkpoint, tmp_path, capsys):
+    assert ffexport_main(["--ckpt", str(tiny_checkpoint), "--out", str(tmp_path / "a"), "--fp16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ffexport: error: --fp16") and "\n" not in err
+    assert not (tmp_path / "a").exists()  # nothing half-written
+
+
+def test_engine_request_still_writes_the_onnx(tiny_checkpoint, tmp_path, capsys):
+    assert ffexport_main(["--ckpt", str(tiny_checkpoint), "--out", str(tmp_path), "--engine"]) == 2
+    assert "trtexec --onnx=" in capsys.readouterr().err
+    assert read_onnx_meta(tmp_path / "model.onnx").input.height == 64
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    assert ffexport_main(["--ckpt", str(tmp_path / "none.pt"), "--out", str(tmp_path)]) == 1
+    assert "no such checkpoint" in capsys.readouterr().err

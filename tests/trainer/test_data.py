@@ -1,0 +1,95 @@
+"""Data sources: the fixed ELPV split, MVTec-style folders, bad files, synthetic defects."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from fftrain import synthetic
+from fftrain.data import DataError, elpv, load_batch, mvtec_folder, read_rgb, resolve
+
+
+def test_elpv_mono_split_is_the_published_one():
+    split = elpv("mono")
+    counts = split.counts()
+    assert counts["test_normal"] == 147 and counts["test_defective"] == 313
+    assert counts["train"] + counts["val"] == 441
+    assert counts["val"] == 44
+    assert not {s.path for s in split.train} & {s.path for s in split.test}
+    assert not {s.path for s in split.val} & {s.path for s in split.train}
+    assert split.test[0].path.name == "cell0004.png"  # the first mono normal (index 0) is a test normal
+
+
+def _fake_mvtec(root, elpv_split):
+    """An MVTec-AD style folder made of real ELPV images (masks from synthetic defects)."""
+    (root / "train" / "good").mkdir(parents=True)
+    (root / "test" / "good").mkdir(parents=True)
+    (root / "test" / "crack").mkdir(parents=True)
+    (root / "ground_truth" / "crack").mkdir(parents=True)
+    for s in elpv_split.train[:20]:
+        shutil.copy(s.path, root / "train" / "good" / s.path.name)
+    shutil.copy(elpv_split.val[0].path, root / "test" / "good" / "000.png")
+    rng = np.random.default_rng(0)
+    for i, s in enumerate(elpv_split.val[1:3]):
+        img, mask = synthetic.add_defect(read_rgb(s.path), rng, "crack")
+        cv2.imwrite(str(root / "test" / "crack" / f"{i:03d}.png"), img)
+        if i == 0:  # the second defect has no mask file
+            cv2.imwrite(str(root / "ground_truth" / "crack" / f"{i:03d}_mask.png"), mask.astype(np.uint8) * 255)
+
+
+def test_mvtec_folder_layout(tmp_path, elpv_split):
+    _fake_mvtec(tmp_path, elpv_split)
+    split = mvtec_folder(tmp_path, val_every=5)
+    assert len(split.train) == 16 and len(split.val) == 4
+    assert [(s.label, s.defect_type) for s in split.test] == [(1, "crack"), (1, "crack"), (0, "good")]
+    assert split.test[0].mask_path is not None and split.test[1].mask_path is None
+    assert resolve(str(tmp_path), val_every=5).counts() == split.counts()
+
+
+def test_gray_images_become_three_equal_channels(elpv_split):
+    img = read_rgb(elpv_split.train[0].path)
+    assert img.shape == (300, 300, 3) and img.dtype == np.uint8
+    assert np.array_equal(img[..., 0], img[..., 2])
+    batch = load_batch(elpv_split.train[:2], 64)
+    assert batch.shape == (2, 64, 64, 3) and batch.dtype == np.uint8
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all"])
+def test_corrupt_or_empty_image_file(tmp_path, content):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(content)
+    with pytest.raises(DataError, match="not a decodable image"):
+        read_rgb(bad)
+
+
+def test_bad_data_specs(tmp_path):
+    with pytest.raises(DataError, match="no such folder"):
+        resolve(str(tmp_path / "missing"))
+    with pytest.raises(DataError, match="train/good"):
+        resolve(str(tmp_path))
+    with pytest.raises(DataError, match="elpv:mono or elpv:poly"):
+        resolve("elpv:thin-film")
+    (tmp_path / "train" / "good").mkdir(parents=True)
+    with pytest.raises(DataError, match="found 0 images"):
+        resolve(str(tmp_path))
+
+
+@pytest.mark.parametrize("kind", synthetic.KINDS)
+def test_synthetic_defect_changes_only_its_region(kind, elpv_split):
+    img = load_batch(elpv_split.val[:1], 128)[0]
+    out, mask = synthetic.add_defect(img, np.random.default_rng(3), kind)
+    assert 0 < mask.sum() < mask.size * 0.2
+    changed = np.abs(out.astype(int) - img.astype(int)).max(axis=2) > 0
+    assert changed[mask].mean() > 0.5  # the masked pixels were actually altered
+    # Outside a 3-pixel border around the mask nothing changes (anti-aliased edges only).
+    near = cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    assert not changed[~near].any()
+
+
+def test_synthetic_batch_is_deterministic(real_images):
+    a, ma = synthetic.defect_batch(real_images, seed=7)
+    b, mb = synthetic.defect_batch(real_images, seed=7)
+    assert np.array_equal(a, b) and np.array_equal(ma, mb)

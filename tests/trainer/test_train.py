@@ -1,0 +1,85 @@
+"""Training: the loss goes down, checkpoints are safe and complete, thresholds hit their target."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fftrain import checkpoint
+from fftrain.cli import main as fftrain_main
+from fftrain.config import FastFlowConfig
+from fftrain.metrics import threshold_at_frr
+from fftrain.model import FastFlow
+from fftrain.train import extract_features
+
+
+def test_loss_decreases_on_a_tiny_dataset(real_images):
+    torch.manual_seed(0)
+    model = FastFlow(FastFlowConfig(image_size=64, flow_steps=2, hidden_ratio=0.5))
+    feats = extract_features(model, real_images, progress=False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    losses = []
+    model.train()
+    for _ in range(40):
+        zs, logdets = model.flow(feats)
+        loss = model.nll_per_dim(zs, logdets).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1, losses[::10]
+    # Only LayerNorms and flows train; the backbone stays frozen.
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+
+
+def test_checkpoint_is_plain_data_and_complete(tiny_checkpoint):
+    payload = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)  # no code can run
+    assert payload["format"] == checkpoint.FORMAT and payload["format_version"] == checkpoint.FORMAT_VERSION
+    assert payload["config"]["image_size"] == 64
+    assert any(k.startswith("backbone.") for k in payload["state_dict"])  # export needs no weights file
+    cal = payload["calibration"]
+    assert cal["score_stats"]["min"] <= cal["image_threshold"] <= cal["score_stats"]["max"]
+    info = payload["train_info"]
+    assert 1 <= info["best_epoch"] <= 2 and len(info["history"]) == 2
+    assert info["parity_images"] and not list(tiny_checkpoint.parent.glob(".*.tmp"))  # atomic: no temp left
+
+
+def test_loaded_model_reproduces_its_calibration(tiny_checkpoint, elpv_split):
+    """Scores of the validation normals re-computed from the file give back its image threshold."""
+    from fftrain.data import load_batch, to_tensor_batch
+
+    model, payload = checkpoint.load(tiny_checkpoint)
+    with torch.no_grad():
+        _, scores = model(to_tensor_batch(load_batch(elpv_split.val, 64)))
+    cal = payload["calibration"]
+    assert threshold_at_frr(scores.numpy(), cal["target_frr"]) == pytest.approx(cal["image_threshold"], rel=1e-5)
+    assert np.mean(scores.numpy() > cal["image_threshold"]) <= cal["target_frr"]
+
+
+def test_checkpoint_refusals(tmp_path, tiny_checkpoint):
+    with pytest.raises(checkpoint.CheckpointError, match="no such checkpoint"):
+        checkpoint.load(tmp_path / "missing.pt")
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(checkpoint.CheckpointError, match="not an fftrain checkpoint"):
+        checkpoint.load(other)
+    future = tmp_path / "future.pt"
+    payload = torch.load(tiny_checkpoint, weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, future)
+    with pytest.raises(checkpoint.CheckpointError, match="format version 99"):
+        checkpoint.load(future)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00" * 100)
+    with pytest.raises(checkpoint.CheckpointError, match="not a loadable"):
+        checkpoint.load(garbage)
+
+
+def test_cli_rejects_bad_settings_with_one_line(tmp_path, capsys):
+    assert fftrain_main(["--data", "elpv:mono", "--out", str(tmp_path / "m.pt"), "--image-size", "100"]) == 2
+    assert "multiple of 16" in capsys.readouterr().err
+    assert fftrain_main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.pt")]) == 1
+    assert "no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
