@@ -150,7 +150,7 @@ def main() -> int:
 
     print("== 3/4 detect the held-out test cells (ffrt.Detector, ONNX Runtime CPU)")
     detector = Detector(onnx_path)
-    print(f"   backend: {detector.backend_name} ({detector.backend_description})")
+    print(f"   backend: {detector.backend_description}")
     samples = split.test
     t = time.perf_counter()
     results = detector.predict_batch([str(s.path) for s in samples], batch_size=8)

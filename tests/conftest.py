@@ -16,6 +16,29 @@ import pytest
 TINY_SIZE = 64
 
 
+def _gpu_reason() -> str | None:
+    """None when an NVIDIA GPU with TensorRT is usable here, else why not."""
+    import shutil
+
+    if shutil.which("nvidia-smi") is None:
+        return "no NVIDIA GPU on this machine (nvidia-smi not found)"
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return 'TensorRT is not installed (pip install "ffrt[gpu]")'
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = _gpu_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=f"gpu test: {reason}")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def elpv_split():
     from fftrain.data import elpv

@@ -83,3 +83,16 @@ def test_cli_rejects_bad_settings_with_one_line(tmp_path, capsys):
     assert fftrain_main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.pt")]) == 1
     assert "no such folder" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_epoch_selection_prefers_low_validation_nll_among_good_detectors():
+    from fftrain.train import EpochRecord, improves
+
+    history, best = [], None
+    # (val NLL, synthetic AUROC): epoch 3 has the lowest NLL but detection collapsed.
+    for epoch, (nll, auroc) in enumerate([(0.5, 0.95), (0.3, 0.99), (0.1, 0.90), (0.2, 0.985)], start=1):
+        record = EpochRecord(epoch, 0.0, nll, auroc, 1.0)
+        history.append(record)
+        if improves(record, best, history):
+            best = record
+    assert best.epoch == 4
