@@ -1,0 +1,1 @@
+"""ffcalib: calibration done on the exported artifact: INT8 quantization and decision thresholds."""

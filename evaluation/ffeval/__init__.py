@@ -1,0 +1,1 @@
+"""ffeval / ffbench: accuracy and speed of an exported model, measured through ffrt."""
