@@ -8,7 +8,6 @@ what training did.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .backbones import file_sha256 as sha256  # noqa: F401  (the checkpoint's identity in metadata)
 from .config import FastFlowConfig
 from .model import FastFlow
 
@@ -48,14 +48,6 @@ def save(path: str | os.PathLike, model: FastFlow, calibration: dict[str, Any], 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_payload(path: str | os.PathLike) -> dict[str, Any]:
