@@ -1,6 +1,8 @@
 """ffexport: checkpoint -> fused, self-describing ONNX (+ parity check).
 
     ffexport --ckpt model.pt --out DIR            -> DIR/model.onnx
+    ffexport ... --fp16                           -> + DIR/model.fp16.onnx (mixed precision, checked)
+    ffexport ... [--fp16] --engine                -> + DIR/model[.fp16].engine (+ .json), GPU host only
 """
 
 from __future__ import annotations
@@ -33,9 +35,43 @@ def build_parser() -> argparse.ArgumentParser:
         "recorded in the checkpoint",
     )
     p.add_argument("--parity-count", type=int, default=8, help="images used for the parity check (default 8)")
-    p.add_argument("--fp16", action="store_true", help="also write a mixed-precision FP16 ONNX (not in this release)")
-    p.add_argument("--int8", action="store_true", help="also write INT8 Q/DQ ONNX files (not in this release)")
-    p.add_argument("--engine", action="store_true", help="also build a TensorRT engine (not in this release)")
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="also write OUT/model.fp16.onnx: backbone and flows in FP16, the anomaly head (z^2 mean, resize, "
+        "fusion, top-k score) in FP32, same uint8 input and float32 outputs. Checked against the FP32 ONNX on real "
+        "images (score rank correlation, image AUROC, map error); fails beyond tolerance",
+    )
+    p.add_argument(
+        "--fp16-images",
+        type=int,
+        default=32,
+        help="normal and defective test images each used for the FP16 check (default 32 + 32; needs a dataset "
+        "with labels: the checkpoint's training data or --parity-images elpv:mono / an MVTec-style folder)",
+    )
+    p.add_argument("--int8", action="store_true",
+                   help="also write OUT/model.int8-trt.onnx (symmetric, for TensorRT) and OUT/model.int8-cpu.onnx "
+                   "(U8S8, for x86 CPUs) from one calibration pass, gated on accuracy against FP32 (see ffcalib int8)")
+    p.add_argument("--calib", help="--int8: normal images for calibration (folder, MVTec root or elpv:mono/poly); "
+                   "default: the training data recorded in the checkpoint")
+    p.add_argument("--calib-count", type=int, default=64, help="--int8: calibration images (default 64)")
+    p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax",
+                   help="--int8: activation range calibration (default minmax)")
+    p.add_argument("--force", action="store_true", help="--int8: write the INT8 files even if the accuracy gate fails")
+    p.add_argument(
+        "--engine",
+        action="store_true",
+        help="also build a TensorRT engine from the FP16 ONNX (with --fp16) or the FP32 one: OUT/model[.fp16].engine "
+        "+ a .json sidecar (TensorRT version, GPU, ONNX sha256, metadata). Needs TensorRT and an NVIDIA GPU; "
+        "without them exits 2 after writing the ONNX and prints the command to run on the GPU host",
+    )
+    p.add_argument("--batch-min", type=int, default=1, help="--engine: smallest batch of the optimization profile (default 1)")
+    p.add_argument("--batch-opt", type=int, default=None, help="--engine: batch TensorRT tunes for (default min(8, --batch-max))")
+    p.add_argument("--workspace", type=int, default=1024, help="--engine: TensorRT builder workspace limit in MB (default 1024)")
+    p.add_argument(
+        "--timing-cache", type=Path, default=None,
+        help="--engine: TensorRT timing cache file, created or reused across builds (default OUT/timing.cache)",
+    )
     return p
 
 
@@ -64,12 +100,24 @@ def _parity_images(args, payload, size: int) -> np.ndarray:
     return load_batch([Sample(p, 0) for p in paths[: args.parity_count]], size)
 
 
+def _int8_step(args, payload, fp32_path: Path) -> int:
+    """ffcalib int8 on the ONNX just written: the same tool, flags and gate as `ffcalib int8`."""
+    from ffcalib.cli import main as ffcalib_main
+
+    calib = args.calib or payload.get("train_info", {}).get("data")
+    if not calib:
+        print("ffexport: error: --int8 needs --calib DIR (normal images from the line)", file=sys.stderr)
+        return EXIT_FAILED
+    argv = ["int8", "--model", str(fp32_path), "--calib", str(calib), "--calib-count", str(args.calib_count),
+            "--calib-method", args.calib_method, "--out", str(fp32_path.parent)]
+    return ffcalib_main(argv + (["--force"] if args.force else []))
+
+
 def run(args) -> int:
-    if args.fp16 or args.int8:
-        flag = "--fp16" if args.fp16 else "--int8"
-        print(f"ffexport: error: {flag} is not available in this release; export without it (FP32 runs everywhere)",
+    if args.int8 and args.fp16:
+        print("ffexport: error: choose one of --fp16 and --int8 per export (each is checked against FP32)",
               file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return EXIT_FAILED
 
     from fftrain import checkpoint
 
@@ -94,15 +142,72 @@ def run(args) -> int:
         f"wrote {path} ({size_mb:.1f} MB, {meta.backbone.name}, input {meta.input.height}x{meta.input.width}, "
         f"batch 1..{meta.batch_max}, opset {meta.opset}) in {time.perf_counter() - t0:.1f} s"
     )
+    engine_src, engine_meta = path, meta
+    if args.fp16:
+        code, fp16_path, fp16_meta = _fp16_step(args, payload, path, model.config.image_size)
+        if code:
+            return code
+        engine_src, engine_meta = fp16_path, fp16_meta
+    if args.int8:
+        code = _int8_step(args, payload, path)
+        if code:
+            return code
+        from ffrt.meta import read_onnx_meta
+
+        engine_src = path.with_name("model.int8-trt.onnx")
+        engine_meta = read_onnx_meta(engine_src)
     if args.engine:
-        print(
-            "ffexport: error: TensorRT engine building is not in this release; the ONNX above is complete. "
-            f"On the GPU host: trtexec --onnx={path} --minShapes=image:1x{meta.input.height}x{meta.input.width}x3 "
-            f"--maxShapes=image:{meta.batch_max}x{meta.input.height}x{meta.input.width}x3 --saveEngine=model.engine",
-            file=sys.stderr,
-        )
-        return EXIT_UNAVAILABLE
+        from .tensorrt import run_engine_step
+
+        return run_engine_step(engine_src, engine_meta, args.batch_min, args.batch_opt, args.batch_max,
+                               args.workspace, args.timing_cache)
     return 0
+
+
+def _fp16_images(args, payload, size: int):
+    """Balanced normal/defective test images with labels, or (parity images, None)."""
+    from fftrain.data import DataError, load_batch, resolve
+
+    spec = args.parity_images if args.parity_images and not Path(args.parity_images).is_dir() else None
+    if spec is None and args.parity_images and (Path(args.parity_images) / "train").is_dir():
+        spec = args.parity_images
+    spec = spec or payload.get("train_info", {}).get("data")
+    if spec:
+        try:
+            split = resolve(spec)
+        except (DataError, OSError):
+            split = None
+        if split is not None:
+            good = [s for s in split.test if s.label == 0][: args.fp16_images]
+            bad = [s for s in split.test if s.label == 1][: args.fp16_images]
+            if good and bad:
+                return load_batch(good + bad, size), np.array([0] * len(good) + [1] * len(bad))
+    return _parity_images(args, payload, size), None
+
+
+def _fp16_step(args, payload, fp32_path: Path, size: int):
+    """Write model.fp16.onnx and check it against the FP32 ONNX; returns (exit code, path, meta)."""
+    import tempfile
+
+    from ffrt.meta import meta_from_proto
+
+    from .precision import compare, write_fp16
+
+    t0 = time.perf_counter()
+    images, labels = _fp16_images(args, payload, size)
+    fp16_path, fp16_model, kept = write_fp16(fp32_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = compare(fp32_path, fp16_model, images, labels, Path(tmp), kept)
+    print(report)
+    if not report.ok:
+        bad = fp16_path.with_name(fp16_path.name + ".parity-failed")
+        fp16_path.replace(bad)
+        print(f"ffexport: error: the FP16 graph disagrees with FP32 beyond tolerance; kept for inspection as {bad}",
+              file=sys.stderr)
+        return EXIT_FAILED, None, None
+    print(f"wrote {fp16_path} ({fp16_path.stat().st_size / 1e6:.1f} MB, {len(kept)} head nodes kept FP32) "
+          f"in {time.perf_counter() - t0:.1f} s")
+    return 0, fp16_path, meta_from_proto(fp16_model, where=str(fp16_path))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,9 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     from fftrain.checkpoint import CheckpointError
     from fftrain.data import DataError
 
+    from ffexport.precision import PrecisionError
+
     try:
         return run(args)
-    except (CheckpointError, DataError, ExportError, OSError) as e:
+    except (CheckpointError, DataError, ExportError, PrecisionError, OSError) as e:
         print(f"ffexport: error: {e}", file=sys.stderr)
         return EXIT_FAILED
 

@@ -62,6 +62,12 @@ class Result:
     latency_ms:   end-to-end wall time of the call that produced this result (preprocess +
                   inference + postprocess). All results of one predict_batch call share it:
                   it is the time of the whole call, not a per-image share.
+    normalized_score: optional 0-1 score for operators' displays, None when the model's
+                  metadata has no usable ``score_stats`` (std > 0). See :func:`normalize_score`:
+                  1 / (1 + exp(-(score - image_threshold) / score_stats.std)), so 0.5 is
+                  exactly the (current) image threshold, > 0.5 means rejected, and one
+                  standard deviation of normal scores moves it by about 0.23 near the
+                  threshold. A NaN score gives 1.0 (a broken measurement reads "anomalous").
     """
 
     score: float
@@ -69,6 +75,7 @@ class Result:
     anomaly_map: np.ndarray = field(compare=False)
     mask: np.ndarray = field(compare=False)
     latency_ms: float
+    normalized_score: float | None = None
 
     def __repr__(self) -> str:
         h, w = self.anomaly_map.shape[:2]
@@ -82,8 +89,9 @@ class Result:
 class Detector:
     """Loads an ffrt model and runs it on images.
 
-    model_path:      an .onnx exported by ffexport (TensorRT .engine files need the
-                     TensorRT backend, which is not in this build yet).
+    model_path:      an .onnx exported by ffexport, or a TensorRT .engine built by
+                     ffexport --engine (runs on backend "tensorrt"; its .json sidecar
+                     must match this TensorRT and GPU).
     backend:         "auto" (default: the fastest that works here; see ``backend_name``
                      and ``backend_selection``), "onnxruntime-cuda" or "onnxruntime-cpu".
     color_order:     channel order of 3-channel numpy inputs, "BGR" (OpenCV, most camera
@@ -113,18 +121,30 @@ class Detector:
         if not path.exists():
             raise ModelFileError(f"{path}: no such model file.")
         suffix = path.suffix.lower()
-        if suffix in ENGINE_SUFFIXES:
-            raise BackendUnavailableError(
-                f"{path}: TensorRT engine files need the TensorRT backend, which is not available in this "
-                'build of ffrt yet (it will need the gpu extra: pip install "ffrt[gpu]"). Load the .onnx '
-                "model the engine was built from instead."
-            )
-        if suffix != ".onnx":
+        is_engine = suffix in ENGINE_SUFFIXES
+        if is_engine:
+            # A plan runs only on the native TensorRT backend; its metadata is the sidecar
+            # written with it (ffrt.engine), checked against this machine when loaded.
+            if str(backend).strip().lower() not in ("auto", "tensorrt"):
+                raise InvalidArgumentError(
+                    f"{path}: a TensorRT engine runs only with backend=\"tensorrt\" (or \"auto\"), not {backend!r}; "
+                    "load the .onnx it was built from for the other backends."
+                )
+            from .engine import missing_for_tensorrt, read_engine_info
+
+            missing = missing_for_tensorrt()
+            if missing is not None:
+                raise BackendUnavailableError(
+                    f"{path}: TensorRT engine files need the native TensorRT backend, which is not available here: "
+                    f"{missing}. Or load the .onnx model the engine was built from (backend=\"auto\")."
+                )
+            backend = "tensorrt"
+        elif suffix != ".onnx":
             raise ModelFileError(f"{path}: expected an .onnx model exported by ffexport (got a {suffix or 'suffix-less'} file).")
 
         # Metadata before any session: a non-ffrt file or a newer schema fails here, with
         # the clear message, instead of deep inside a backend.
-        self._meta: ModelMeta = read_onnx_meta(path)
+        self._meta: ModelMeta = read_engine_info(path).meta if is_engine else read_onnx_meta(path)
         self._model_path = path
         base = self._meta.thresholds
         self._thresholds: Thresholds = base
@@ -134,6 +154,15 @@ class Detector:
         self._stats = LatencyWindow(stats_window)
 
         self._backend, self._selection = create_backend(backend, path, self._meta, threads)
+        stats = self._meta.score_stats
+        self._norm_scale = stats.std if stats is not None and stats.std > 0 else None
+        if not target_matches(self._meta.target, self._backend.name):
+            log.warning(
+                "ffrt: %s is encoded for target %r (%s) but runs on %s; it will work, but may be slow or "
+                "less accurate there. Use the file made for this backend (ffcalib int8 writes "
+                "model.int8-cpu.onnx for CPUs, model.int8-trt.onnx for TensorRT).",
+                path, self._meta.target, self._meta.precision, self._backend.name,
+            )
         # Only backends that cannot run concurrently pay for a lock.
         self._run_lock = nullcontext() if self._backend.concurrent_safe else threading.Lock()
 
@@ -275,7 +304,14 @@ class Detector:
         seconds = time.perf_counter() - t0
         self._stats.record(seconds, len(images))
         latency_ms = seconds * 1000.0
-        return [Result(score=s, is_anomalous=a, anomaly_map=m, mask=k, latency_ms=latency_ms) for s, a, m, k in parts]
+        scale = self._norm_scale
+        return [
+            Result(
+                score=s, is_anomalous=a, anomaly_map=m, mask=k, latency_ms=latency_ms,
+                normalized_score=None if scale is None else normalize_score(s, thresholds.image, scale),
+            )
+            for s, a, m, k in parts
+        ]
 
     def _infer(self, prepared: PreparedBatch, chunk: int) -> tuple[np.ndarray, np.ndarray]:
         batch = prepared.batch
@@ -318,6 +354,39 @@ class Detector:
         if math.isnan(score):
             log.warning("ffrt: the model returned a NaN score; the image is reported as anomalous")
         return score, is_anomalous, amap, mask
+
+
+def normalize_score(score: float, image_threshold: float, scale: float) -> float:
+    """Operator-facing 0-1 score: logistic of the distance to the image threshold, in units
+    of the normal scores' standard deviation (``score_stats.std`` from the metadata).
+
+        normalized = 1 / (1 + exp(-(score - image_threshold) / scale))
+
+    0.5 = at the threshold, monotonic in ``score`` (same ranking, same decisions: > 0.5 iff
+    score > threshold). NaN -> 1.0, consistent with NaN counting as anomalous.
+    """
+    if math.isnan(score):
+        return 1.0
+    z = (score - image_threshold) / scale
+    if z < -700.0:  # exp overflow guard; the value is 0 to double precision anyway
+        return 0.0
+    return 1.0 / (1.0 + math.exp(-z)) if z < 700.0 else 1.0
+
+
+def target_matches(target: str, backend_name: str) -> bool:
+    """Whether a file encoded for ``target`` ("any", "cpu", "tensorrt") suits ``backend_name``.
+
+    "cpu" files (U8S8 Q/DQ) are meant for ONNX Runtime on the CPU; "tensorrt" files
+    (symmetric S8S8 Q/DQ) for TensorRT (native or ONNX Runtime's TensorRT EP): on an x86 CPU
+    the symmetric encoding runs slower than FP32.
+    """
+    if target == "any":
+        return True
+    if target == "cpu":
+        return backend_name.endswith("-cpu")
+    if target == "tensorrt":
+        return "tensorrt" in backend_name
+    return True
 
 
 def _new_thresholds(current: Thresholds, image: float | None, pixel: float | None, source: str) -> Thresholds:

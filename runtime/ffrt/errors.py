@@ -32,3 +32,7 @@ class InvalidArgumentError(FFRTError, ValueError):
 
 class InferenceError(FFRTError, RuntimeError):
     """The backend failed while running a valid batch (out of memory, driver error, broken graph)."""
+
+
+class EngineMismatchError(ModelFileError):
+    """A TensorRT plan was built for another TensorRT version, GPU, ONNX or precision."""

@@ -45,7 +45,7 @@ def test_missing_file(tmp_path):
 def test_engine_file_needs_tensorrt(tmp_path, no_session):
     p = tmp_path / "model.engine"
     p.write_bytes(b"\x00" * 16)
-    with pytest.raises(BackendUnavailableError, match=r'TensorRT.*not available in this build.*ffrt\[gpu\]'):
+    with pytest.raises(BackendUnavailableError, match=r'TensorRT.*not available here.*ffrt\[gpu\]'):
         Detector(p)
 
 
@@ -84,8 +84,8 @@ def test_cuda_unavailable_here(red_model):
 
 
 @pytest.mark.parametrize("name", ["tensorrt", "onnxruntime-tensorrt"])
-def test_planned_backends_are_named_not_unknown(red_model, name):
-    with pytest.raises(BackendUnavailableError, match=r"not available in this build.*ffrt\[gpu\]"):
+def test_gpu_backends_say_what_is_missing(red_model, name):
+    with pytest.raises(BackendUnavailableError, match=r"not available here.*ffrt\[gpu\]"):
         Detector(red_model, backend=name)
 
 
@@ -112,6 +112,6 @@ def test_threads_are_passed_to_the_session(red_model):
 
 
 def test_registry_lists(red_model):
-    assert backend_names()[:3] == ("auto", "onnxruntime-cuda", "onnxruntime-cpu")
+    assert backend_names()[:5] == ("auto", "tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
     av = availability()
     assert tuple(av) == AUTO_ORDER and av["onnxruntime-cpu"] is None and av["tensorrt"]

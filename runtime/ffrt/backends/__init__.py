@@ -4,7 +4,8 @@ Each backend module imports its heavy dependency (onnxruntime, tensorrt) only wh
 probed or built, so registering costs nothing.
 """
 
-from . import onnxruntime as _onnxruntime  # noqa: F401  (registers onnxruntime-cuda/-cpu)
+from . import onnxruntime as _onnxruntime  # noqa: F401  (registers onnxruntime-tensorrt/-cuda/-cpu)
+from . import tensorrt as _tensorrt  # noqa: F401  (registers tensorrt; imports tensorrt/pycuda only when used)
 from .base import AUTO_ORDER, Backend, BackendSpec, availability, backend_names, create_backend, register_backend
 
 __all__ = ["AUTO_ORDER", "Backend", "BackendSpec", "availability", "backend_names", "create_backend", "register_backend"]

@@ -29,10 +29,8 @@ log = logging.getLogger("ffrt")
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
 
 #: Names users may already know from the docs, but whose backend is not in this build yet.
-PLANNED: dict[str, str] = {
-    "tensorrt": 'the native TensorRT backend is not available in this build of ffrt yet; it will need the gpu extra: pip install "ffrt[gpu]". Use the .onnx model with backend="auto" meanwhile',
-    "onnxruntime-tensorrt": 'the ONNX Runtime TensorRT backend is not available in this build of ffrt yet; it will need the gpu extra: pip install "ffrt[gpu]". Use backend="onnxruntime-cuda" or "auto" meanwhile',
-}
+#: (Empty now: "tensorrt" and "onnxruntime-tensorrt" register themselves.)
+PLANNED: dict[str, str] = {}
 
 
 class Backend(abc.ABC):

@@ -1,4 +1,4 @@
-"""ONNX Runtime backends: "onnxruntime-cuda" (CUDA EP) and "onnxruntime-cpu".
+"""ONNX Runtime backends: "onnxruntime-tensorrt" (TensorRT EP), "onnxruntime-cuda" (CUDA EP), "onnxruntime-cpu".
 
 The only module of ffrt that imports ``onnxruntime``, and only when a backend is probed or
 built, so ``import ffrt`` works (and ``ffrt info`` runs) on a machine without it.
@@ -71,13 +71,19 @@ class OnnxRuntimeBackend(Backend):
         try:
             self._session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
         except Exception as e:
-            if name == "onnxruntime-cuda":
-                # Most often missing/mismatched CUDA or cuDNN libraries, not a bad model;
-                # "auto" falls back to the CPU, which reports a bad model precisely.
-                raise BackendUnavailableError(f"ONNX Runtime could not start the CUDA session ({e}); {GPU_HINT}") from e
+            if name in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
+                # Most often missing/mismatched CUDA, cuDNN or TensorRT libraries, not a bad
+                # model; "auto" falls back to the CPU, which reports a bad model precisely.
+                what = "TensorRT" if name == "onnxruntime-tensorrt" else "CUDA"
+                raise BackendUnavailableError(f"ONNX Runtime could not start the {what} session ({e}); {GPU_HINT}") from e
             raise ModelFileError(f"{model_path}: ONNX Runtime cannot load this model: {e}") from e
 
         self._providers = tuple(self._session.get_providers())
+        if name == "onnxruntime-tensorrt" and self._providers[:1] != ("TensorrtExecutionProvider",):
+            raise BackendUnavailableError(
+                "the TensorRT execution provider failed to initialise (ONNX Runtime fell back to "
+                f"{', '.join(self._providers)}; usually libnvinfer is missing or of another major version); {GPU_HINT}"
+            )
         if name == "onnxruntime-cuda" and self._providers[:1] != ("CUDAExecutionProvider",):
             # ORT silently falls back to the CPU when the CUDA EP fails to initialise.
             raise BackendUnavailableError(
@@ -182,6 +188,102 @@ def _probe_cuda() -> str | None:
     return None
 
 
+def _trt_library_version() -> str | None:
+    """Version of the TensorRT library ONNX Runtime's TensorRT EP will load, or None.
+
+    The ``tensorrt`` wheel when importable (ORT's docs recommend its libraries), else
+    ``getInferLibVersion()`` of libnvinfer (NvInferRuntime.h: returns
+    major*10000 + minor*100 + patch for TensorRT >= 10), else None.
+    """
+    from ..engine import tensorrt_version
+
+    version = tensorrt_version()
+    if version is not None:
+        return version
+    import ctypes
+
+    for lib in ("libnvinfer.so.11", "libnvinfer.so.10", "nvinfer_11.dll", "nvinfer_10.dll"):
+        try:
+            handle = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        try:
+            v = int(handle.getInferLibVersion())
+        except AttributeError:
+            continue
+        return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+    return None
+
+
+def _probe_trt_ep() -> str | None:
+    try:
+        ort = _import_ort()
+    except BackendUnavailableError:
+        return f"onnxruntime-gpu is not installed; {GPU_HINT}"
+    available = ort.get_available_providers()
+    if "TensorrtExecutionProvider" not in available:
+        return f"this onnxruntime has no TensorrtExecutionProvider (it has {', '.join(available)}); {GPU_HINT}"
+    if _trt_library_version() is None:
+        return f"no TensorRT library (libnvinfer) found for the TensorRT execution provider; {GPU_HINT}"
+    from ..engine import gpu_info
+
+    if gpu_info() is None:
+        return "no NVIDIA GPU is visible (nvidia-smi found no device)"
+    return None
+
+
+def trt_ep_options(model_path: Path, meta: ModelMeta, cache_root: Path | None = None) -> tuple[dict, Path]:
+    """TensorRT EP provider options, with ORT's engine cache in a folder keyed like ours.
+
+    The folder is named by :class:`ffrt.engine.CacheKey` (ONNX sha256 + TensorRT version +
+    compute capability + precision), so ORT never finds a plan built for another model,
+    TensorRT or GPU there (ORT's own cache does not check the TensorRT version).
+    FP16/INT8 flags stay off: precision comes from the ONNX, and with both off ORT builds
+    strongly typed networks (microsoft/onnxruntime PR 24298).
+    Options: https://onnxruntime.ai/docs/execution-providers/TensorRT-ExecutionProvider.html
+    (trt_engine_cache_enable/_path, trt_timing_cache_enable/_path, trt_max_workspace_size,
+    trt_profile_min/opt/max_shapes; its Python example passes booleans, which
+    onnxruntime's check_and_normalize_provider_args turns into "True"/"False").
+    """
+    from ..engine import DEFAULT_WORKSPACE_MB, BatchProfile, CacheKey, default_cache_dir, gpu_info, sha256_file
+
+    gpu = gpu_info()
+    key = CacheKey(sha256_file(model_path), _trt_library_version() or "unknown",
+                   gpu.compute_capability if gpu else "unknown", meta.precision)
+    folder = (cache_root or default_cache_dir()) / "ort-trt" / key.digest()
+    options = {
+        "device_id": 0,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(folder),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(folder),
+        "trt_max_workspace_size": DEFAULT_WORKSPACE_MB << 20,
+        "trt_fp16_enable": False,
+        "trt_int8_enable": False,
+        **BatchProfile.for_model(meta).ort_profile_options(meta),
+    }
+    return options, folder
+
+
+def _create_trt_ep(path: Path, meta: ModelMeta, threads: int | None) -> "OnnxRuntimeBackend":
+    import json
+
+    options, folder = trt_ep_options(path, meta)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ffrt-key.json").write_text(json.dumps({"onnx": str(path), "options": options}, indent=2, default=str))
+    return OnnxRuntimeBackend(
+        "onnxruntime-tensorrt", path, meta,
+        [("TensorrtExecutionProvider", options), "CUDAExecutionProvider", "CPUExecutionProvider"], threads,
+    )
+
+
+register_backend(
+    BackendSpec(
+        name="onnxruntime-tensorrt",
+        probe=_probe_trt_ep,
+        create=_create_trt_ep,
+    )
+)
 register_backend(
     BackendSpec(
         name="onnxruntime-cuda",

@@ -1,0 +1,211 @@
+"""Decision thresholds calibrated on the exported model, written into its metadata.
+
+Images are scored through ``ffrt.Detector`` (the runtime path that ships). Then:
+
+- image threshold: without defects, the lowest threshold that rejects at most
+  ``target_frr`` of the normal images (``fftrain.metrics.threshold_at_frr``); with
+  labelled defects, the F1-optimal threshold over normals + defects (``f1_max``).
+- pixel threshold: without masks, ``threshold_at_frr`` over each normal image's MAXIMUM
+  anomaly-map value (the trainer's rule): a normal image has no mask pixel at all with
+  probability about 1 - target_frr. Defect images without masks do not move it (their
+  pixels are unlabelled). With masks, the pixel-F1-optimal threshold over every pixel of
+  the normal images (all negative) and the masked defect images.
+- score_stats (used for the 0-1 normalized score) are recomputed from the normal scores.
+
+The metadata is replaced atomically (``ffrt.meta.write_onnx_meta``: temp file + fsync +
+rename), so a crash leaves the old model file intact.
+
+``fftrain.metrics`` is the trainer's numpy/OpenCV-only metrics module (no torch import);
+using it keeps one definition of every threshold rule across training and calibration.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ffrt.errors import FFRTError, ModelFileError
+from ffrt.meta import ScoreStats, read_onnx_meta, write_onnx_meta
+
+from .images import CalibError, IMAGE_SUFFIXES
+
+BATCH = 8
+
+
+@dataclass
+class ThresholdReport:
+    model: str
+    image_threshold: float
+    pixel_threshold: float
+    image_rule: str
+    pixel_rule: str
+    normal_count: int
+    defect_count: int
+    normal_frr: float  # fraction of the given normals rejected at the new image threshold
+    defect_recall: float | None
+    image_f1: float | None
+    previous: tuple[float, float]
+    histogram_png: str | None = None
+    written: bool = False
+
+    def summary(self) -> str:
+        lines = [
+            f"thresholds for {self.model}:",
+            f"  image {self.image_threshold:.6g} ({self.image_rule}; was {self.previous[0]:.6g})",
+            f"  pixel {self.pixel_threshold:.6g} ({self.pixel_rule}; was {self.previous[1]:.6g})",
+            f"  on these images: {self.normal_count} normals, false-reject rate {self.normal_frr:.4f}",
+        ]
+        if self.defect_count:
+            lines.append(f"  {self.defect_count} defects: recall {self.defect_recall:.4f}, F1 {self.image_f1:.4f}")
+        if self.histogram_png:
+            lines.append(f"  histogram: {self.histogram_png}")
+        lines.append("  written into the model's metadata" if self.written else "  (not written)")
+        return "\n".join(lines)
+
+
+def score_paths(detector, paths: list[Path], progress: bool = True, desc: str = "scoring") -> tuple[np.ndarray, list[np.ndarray]]:
+    """(scores [N], anomaly maps at the model size) of image files, through the Detector."""
+    from tqdm import tqdm
+
+    scores, maps = [], []
+    for i in tqdm(range(0, len(paths), BATCH), desc=desc, unit="batch", disable=not progress, leave=False):
+        try:
+            results = detector.predict_batch(paths[i : i + BATCH], batch_size=min(BATCH, detector.meta.batch_max or BATCH))
+        except FFRTError as e:
+            raise CalibError(str(e)) from e
+        for r in results:
+            scores.append(r.score)
+            maps.append(r.anomaly_map)
+    return np.asarray(scores, dtype=np.float64), maps
+
+
+def _mask_for(image: Path, masks_dir: Path, hw: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    for cand in (masks_dir / f"{image.stem}_mask.png", *(masks_dir / f"{image.stem}{s}" for s in sorted(IMAGE_SUFFIXES))):
+        if cand.is_file():
+            m = cv2.imdecode(np.fromfile(cand, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+            if m is None:
+                raise CalibError(f"{cand}: not a decodable mask image")
+            return cv2.resize(m, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) > 127
+    raise CalibError(f"{masks_dir}: no mask for {image.name} (expected {image.stem}_mask.png or {image.stem}.png)")
+
+
+def score_stats(scores: np.ndarray) -> ScoreStats:
+    s = np.asarray(scores, dtype=np.float64)
+    return ScoreStats(
+        count=int(s.size),
+        mean=float(s.mean()),
+        std=float(s.std()),
+        min=float(s.min()),
+        max=float(s.max()),
+        p50=float(np.percentile(s, 50)),
+        p99=float(np.percentile(s, 99)),
+    )
+
+
+def calibrate_thresholds(
+    model_path: str | os.PathLike,
+    normal_paths: list[Path],
+    defect_paths: list[Path] | None = None,
+    masks_dir: str | os.PathLike | None = None,
+    *,
+    target_frr: float = 0.01,
+    write: bool = True,
+    histogram_png: str | os.PathLike | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> ThresholdReport:
+    """Score the images with ffrt.Detector, choose thresholds (see module doc), write them atomically."""
+    from ffrt import Detector
+
+    from fftrain.metrics import f1_max, precision_recall_at_threshold, threshold_at_frr  # numpy-only, no torch
+
+    model_path = Path(model_path)
+    try:
+        meta = read_onnx_meta(model_path)
+    except ModelFileError as e:
+        raise CalibError(str(e)) from e
+    if not (0.0 <= target_frr < 1.0):
+        raise CalibError(f"--target-frr must be in [0, 1), not {target_frr}")
+    if not normal_paths:
+        raise CalibError("no normal images given")
+    defect_paths = list(defect_paths or [])
+    det = Detector(model_path, backend="onnxruntime-cpu", threads=threads, resize_outputs=False)
+    normal_scores, normal_maps = score_paths(det, list(normal_paths), progress, "scoring normals")
+    defect_scores, defect_maps = (
+        score_paths(det, defect_paths, progress, "scoring defects") if defect_paths else (np.zeros(0), [])
+    )
+    if not np.all(np.isfinite(normal_scores)) or not np.all(np.isfinite(defect_scores)):
+        raise CalibError("the model returned NaN/inf scores; its thresholds cannot be calibrated")
+
+    n_normal = len(normal_scores)
+    f1 = recall = None
+    if defect_paths:
+        labels = np.r_[np.zeros(n_normal, np.int64), np.ones(len(defect_scores), np.int64)]
+        scores = np.r_[normal_scores, defect_scores]
+        f1, image_t = f1_max(labels, scores)
+        _, recall = precision_recall_at_threshold(labels, scores, image_t)
+        image_rule = f"F1-optimal over {n_normal} normals + {len(defect_scores)} defects"
+    else:
+        image_t = threshold_at_frr(normal_scores, target_frr)
+        image_rule = f"target false-reject rate {target_frr} on {n_normal} normals"
+
+    if masks_dir is not None and defect_paths:
+        hw = (meta.input.height, meta.input.width)
+        masks = [np.zeros(hw, bool)] * n_normal + [_mask_for(p, Path(masks_dir), hw) for p in defect_paths]
+        maps = np.stack(list(normal_maps) + list(defect_maps))
+        _, pixel_t = f1_max(np.stack(masks).ravel(), maps.ravel())
+        pixel_rule = "pixel-F1-optimal with masks"
+    else:
+        pixel_t = threshold_at_frr(np.array([m.max() for m in normal_maps]), target_frr)
+        pixel_rule = f"target false-reject rate {target_frr} on each normal image's max map value"
+
+    frr = float(np.mean(normal_scores > image_t))
+    report = ThresholdReport(
+        model=str(model_path),
+        image_threshold=float(image_t),
+        pixel_threshold=float(pixel_t),
+        image_rule=image_rule,
+        pixel_rule=pixel_rule,
+        normal_count=n_normal,
+        defect_count=len(defect_scores),
+        normal_frr=frr,
+        defect_recall=recall,
+        image_f1=f1,
+        previous=(meta.thresholds.image, meta.thresholds.pixel),
+    )
+    if histogram_png is not None and defect_paths:
+        report.histogram_png = str(write_histogram(histogram_png, normal_scores, defect_scores, image_t))
+    if write:
+        new = meta.with_thresholds(float(image_t), float(pixel_t), f"ffcalib: image {image_rule}; pixel {pixel_rule}")
+        new = new.model_copy(update={"score_stats": score_stats(normal_scores)})
+        write_onnx_meta(model_path, new)
+        report.written = True
+    return report
+
+
+def write_histogram(path, normal_scores, defect_scores, threshold: float) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    all_s = np.r_[normal_scores, defect_scores]
+    bins = np.linspace(all_s.min(), all_s.max(), 40)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(normal_scores, bins=bins, alpha=0.6, label=f"normal (n={len(normal_scores)})", color="tab:blue")
+    ax.hist(defect_scores, bins=bins, alpha=0.6, label=f"defect (n={len(defect_scores)})", color="tab:red")
+    ax.axvline(threshold, color="k", linestyle="--", label=f"image threshold {threshold:.4g}")
+    ax.set_xlabel("image score (higher = more anomalous)")
+    ax.set_ylabel("images")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

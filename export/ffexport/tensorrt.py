@@ -1,0 +1,137 @@
+"""``ffexport --engine``: compile the chosen ONNX into a TensorRT plan on this machine.
+
+The ONNX already decides every precision ("Precision is decided in the ONNX, TensorRT
+only compiles it", DESIGN.md), so this step only: parses it into a strongly typed
+network (full parser errors printed), adds one optimization profile for the batch range,
+reuses a timing cache file across builds, ``build_serialized_network``, and writes the
+plan atomically with its metadata sidecar (TensorRT version, GPU name and compute
+capability, sha256 of the source ONNX and of the plan, batch profile, ModelMeta).
+
+The TensorRT calls live in :func:`ffrt.engine.build_plan`, because the runtime's engine
+cache (``Detector("model.onnx", backend="tensorrt")``) builds the same plans and ffrt may
+not import ffexport (imports point one way). This module is the exporter's front end,
+and also a torch-free command for the GPU host::
+
+    python -m ffexport.tensorrt DIR/model.fp16.onnx [--out DIR/model.fp16.engine]
+        [--batch-min 1 --batch-opt 8 --batch-max 32] [--workspace MB] [--timing-cache FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from ffrt.engine import (
+    DEFAULT_WORKSPACE_MB,
+    BatchProfile,
+    EngineInfo,
+    build_plan,
+    missing_for_tensorrt,
+    sidecar_path,
+    write_engine,
+)
+from ffrt.errors import BackendUnavailableError, FFRTError
+from ffrt.meta import ModelMeta, read_onnx_meta
+
+EXIT_FAILED = 1
+EXIT_UNAVAILABLE = 2
+
+
+def engine_path_for(onnx_path: Path) -> Path:
+    """DIR/model.onnx -> DIR/model.engine; DIR/model.fp16.onnx -> DIR/model.fp16.engine."""
+    return onnx_path.with_name(onnx_path.name[: -len(".onnx")] + ".engine")
+
+
+def default_timing_cache(onnx_path: Path) -> Path:
+    return onnx_path.parent / "timing.cache"
+
+
+def target_command(onnx_path: Path, profile: BatchProfile, workspace_mb: int | None, timing_cache: Path | None) -> str:
+    """The exact command that builds this engine on the GPU host (torch-free)."""
+    parts = [
+        "python", "-m", "ffexport.tensorrt", str(onnx_path.resolve()),
+        "--batch-min", str(profile.min), "--batch-opt", str(profile.opt), "--batch-max", str(profile.max),
+    ]
+    if workspace_mb:
+        parts += ["--workspace", str(workspace_mb)]
+    if timing_cache:
+        parts += ["--timing-cache", str(Path(timing_cache).resolve())]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def unavailable_line(onnx_path: Path, profile: BatchProfile, workspace_mb: int | None, timing_cache: Path | None,
+                     missing: str) -> str:
+    return (
+        f"ffexport: error: cannot build the TensorRT engine here: {missing}; the ONNX files are written. "
+        f"On the GPU host run: {target_command(onnx_path, profile, workspace_mb, timing_cache)}"
+    )
+
+
+def build_engine(onnx_path: str | Path, profile: BatchProfile, workspace_mb: int | None = DEFAULT_WORKSPACE_MB,
+                 timing_cache: str | Path | None = None, out: str | Path | None = None,
+                 meta: ModelMeta | None = None, log=print) -> tuple[Path, EngineInfo]:
+    """Build and write the plan + sidecar. Raises BackendUnavailableError without TensorRT/GPU."""
+    onnx_path = Path(onnx_path)
+    meta = meta or read_onnx_meta(onnx_path)
+    out = Path(out) if out else engine_path_for(onnx_path)
+    plan, info = build_plan(onnx_path, meta, profile, workspace_mb, timing_cache, log=log)
+    write_engine(out, plan, info)
+    return out, info
+
+
+def run_engine_step(onnx_path: Path, meta: ModelMeta, batch_min: int | None, batch_opt: int | None,
+                    batch_max: int | None, workspace_mb: int | None, timing_cache: Path | None,
+                    out: Path | None = None) -> int:
+    """The --engine step of ffexport (and of ``python -m ffexport.tensorrt``); returns an exit code."""
+    try:
+        profile = BatchProfile.for_model(meta, batch_min, batch_opt, batch_max)
+    except FFRTError as e:
+        print(f"ffexport: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    timing_cache = timing_cache or default_timing_cache(onnx_path)
+    missing = missing_for_tensorrt()
+    if missing is not None:
+        print(unavailable_line(onnx_path, profile, workspace_mb, timing_cache, missing), file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    t0 = time.perf_counter()
+    try:
+        path, info = build_engine(onnx_path, profile, workspace_mb, timing_cache, out, meta)
+    except BackendUnavailableError as e:  # parser errors (printed in full), build failure
+        print(f"ffexport: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, TensorRT {info.tensorrt_version}, {info.gpu_name} "
+        f"sm{info.compute_capability}, {info.precision}, batch {profile.min}..{profile.max} opt {profile.opt}) "
+        f"+ {sidecar_path(path).name} in {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m ffexport.tensorrt",
+        description="Build a TensorRT engine (strongly typed; precision as written in the ONNX) from an ffrt ONNX "
+        "on this GPU host, with its metadata sidecar. Needs no PyTorch.",
+    )
+    p.add_argument("onnx", type=Path, help="model.onnx / model.fp16.onnx / INT8 Q/DQ ONNX written by ffexport")
+    p.add_argument("--out", type=Path, help="engine path (default: next to the ONNX, .onnx -> .engine)")
+    p.add_argument("--batch-min", type=int, help="smallest batch the engine accepts (default 1)")
+    p.add_argument("--batch-opt", type=int, help="batch TensorRT tunes for (default min(8, batch-max))")
+    p.add_argument("--batch-max", type=int, help="largest batch (default: the ONNX's batch_max)")
+    p.add_argument("--workspace", type=int, default=DEFAULT_WORKSPACE_MB, help="builder workspace limit in MB (default 1024)")
+    p.add_argument("--timing-cache", type=Path, help="timing cache file, reused across builds (default: DIR/timing.cache)")
+    args = p.parse_args(argv)
+    try:
+        meta = read_onnx_meta(args.onnx)
+    except FFRTError as e:
+        print(f"ffexport: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return run_engine_step(args.onnx, meta, args.batch_min, args.batch_opt, args.batch_max, args.workspace,
+                           args.timing_cache, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

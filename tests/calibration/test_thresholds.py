@@ -1,0 +1,157 @@
+"""Threshold calibration through ffrt.Detector on the tiny real FastFlow; metadata write; Detector additions."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from ffcalib.thresholds import calibrate_thresholds
+from ffrt import Detector
+from ffrt.meta import read_onnx_meta, write_onnx_meta
+
+
+@pytest.fixture(scope="session")
+def normal_halves(elpv_split):
+    """Held-out ELPV test normals (never trained on), split in two by alternating order."""
+    normals = [s.path for s in elpv_split.test if s.label == 0]
+    return normals[0::2], normals[1::2]
+
+
+def test_threshold_reaches_target_frr_on_held_out_normals(model_copy, normal_halves):
+    calib, held_out = normal_halves
+    target = 0.1
+    report = calibrate_thresholds(model_copy, calib, target_frr=target, progress=False)
+    assert report.written and report.normal_frr <= target
+    det = Detector(model_copy, backend="onnxruntime-cpu", resize_outputs=False)
+    assert det.thresholds.image == pytest.approx(report.image_threshold)
+    scores = np.array([r.score for r in det.predict_batch(held_out)])
+    achieved = float(np.mean(scores > report.image_threshold))
+    # Sampling error: the threshold is estimated on n1 normals and checked on n2 others;
+    # the achieved rate's sd is about sqrt(p(1-p)(1/n1 + 1/n2)). Allow 3 sd.
+    n1, n2 = len(calib), len(held_out)
+    sd = math.sqrt(target * (1 - target) * (1 / n1 + 1 / n2))
+    assert abs(achieved - target) <= 3 * sd, (achieved, target, sd, n1, n2)
+
+
+def test_metadata_round_trip_and_score_stats(model_copy, normal_halves):
+    before = read_onnx_meta(model_copy)
+    report = calibrate_thresholds(model_copy, normal_halves[0], target_frr=0.05, progress=False)
+    after = read_onnx_meta(model_copy)
+    assert after.thresholds.image == report.image_threshold and after.thresholds.pixel == report.pixel_threshold
+    assert after.thresholds.source.startswith("ffcalib")
+    assert after.score_stats.count == len(normal_halves[0])
+    # Everything else is untouched.
+    keep = before.model_dump(exclude={"thresholds", "score_stats"})
+    assert after.model_dump(exclude={"thresholds", "score_stats"}) == keep
+    # Pixel rule without masks: at most 5% of these normals have any pixel above it.
+    det = Detector(model_copy, backend="onnxruntime-cpu", resize_outputs=False)
+    flagged = [bool(r.mask.any()) for r in det.predict_batch(normal_halves[0])]
+    assert np.mean(flagged) <= 0.05
+
+
+def test_defects_give_f1_threshold_and_histogram(model_copy, normal_halves, elpv_split, tmp_path):
+    from fftrain.metrics import f1_max
+
+    defects = [s.path for s in elpv_split.test if s.label == 1][:20]
+    png = tmp_path / "hist.png"
+    report = calibrate_thresholds(model_copy, normal_halves[0][:20], defects, histogram_png=png, progress=False)
+    det = Detector(model_copy, backend="onnxruntime-cpu")
+    s = [r.score for r in det.predict_batch(normal_halves[0][:20] + defects)]
+    f1, t = f1_max(np.r_[np.zeros(20), np.ones(20)], s)
+    assert report.image_threshold == pytest.approx(t) and report.image_f1 == pytest.approx(f1)
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_atomic_write_keeps_old_file_on_crash(model_copy, monkeypatch):
+    import ffrt.meta as meta_mod
+
+    original = model_copy.read_bytes()
+    meta = read_onnx_meta(model_copy)
+
+    def crash(*_a, **_k):
+        raise OSError("simulated crash during rename")
+
+    monkeypatch.setattr(meta_mod.os, "replace", crash)
+    with pytest.raises(OSError):
+        write_onnx_meta(model_copy, meta.with_thresholds(1.0, 2.0, "crash test"))
+    assert model_copy.read_bytes() == original
+    assert [p.name for p in model_copy.parent.iterdir()] == [model_copy.name]  # no temp file left
+
+
+def test_cli_thresholds_refusals(model_copy, tmp_path, capsys):
+    from ffcalib.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    before = model_copy.read_bytes()
+    assert main(["thresholds", "--model", str(model_copy), "--normal", str(empty)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "contains no images" in err and "\n" not in err
+    assert main(["thresholds", "--model", str(model_copy), "--normal", str(tmp_path / "missing")]) == 1
+    assert "no such folder" in capsys.readouterr().err
+
+    bad = tmp_path / "imgs"
+    bad.mkdir()
+    (bad / "broken.png").write_bytes(b"not an image")
+    assert main(["thresholds", "--model", str(model_copy), "--normal", str(bad), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "cannot be decoded" in err and "\n" not in err
+
+    plain = onnx.load(str(model_copy))
+    del plain.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(plain, str(foreign))
+    assert main(["thresholds", "--model", str(foreign), "--normal", str(bad)]) == 1
+    assert "not an ffrt model" in capsys.readouterr().err
+    assert model_copy.read_bytes() == before
+
+
+def test_cli_thresholds_writes(model_copy, normal_halves, tmp_path, capsys):
+    import shutil
+
+    from ffcalib.cli import main
+
+    folder = tmp_path / "normals"
+    folder.mkdir()
+    for p in normal_halves[0][:16]:
+        shutil.copy(p, folder / p.name)
+    assert main(["thresholds", "--model", str(model_copy), "--normal", str(folder), "--target-frr", "0.1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "written into the model's metadata" in out
+    assert read_onnx_meta(model_copy).thresholds.source.startswith("ffcalib")
+
+
+def test_normalized_score(model_copy, real_images):
+    from ffrt.detector import normalize_score
+
+    det = Detector(model_copy, backend="onnxruntime-cpu")
+    stats = det.meta.score_stats
+    assert stats is not None and stats.std > 0
+    r = det(real_images[0])
+    t = det.thresholds.image
+    assert r.normalized_score == pytest.approx(1 / (1 + math.exp(-(r.score - t) / stats.std)))
+    assert (r.normalized_score > 0.5) == r.is_anomalous
+    det.set_thresholds(image=r.score)  # at the threshold -> exactly 0.5
+    assert det(real_images[0]).normalized_score == pytest.approx(0.5, abs=1e-6)
+    assert normalize_score(float("nan"), 1.0, 1.0) == 1.0
+    # Without statistics there is no normalized score.
+    meta = read_onnx_meta(model_copy)
+    write_onnx_meta(model_copy, meta.model_copy(update={"score_stats": None}))
+    assert Detector(model_copy, backend="onnxruntime-cpu")(real_images[0]).normalized_score is None
+
+
+def test_target_mismatch_warning(int8_pair, tiny_onnx, caplog):
+    out, _ = int8_pair
+    with caplog.at_level(logging.WARNING, logger="ffrt"):
+        Detector(out / "model.int8-trt.onnx", backend="onnxruntime-cpu")
+    assert any("target 'tensorrt'" in r.getMessage() and "onnxruntime-cpu" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ffrt"):
+        Detector(out / "model.int8-cpu.onnx", backend="onnxruntime-cpu")
+        Detector(tiny_onnx, backend="onnxruntime-cpu")
+    assert not [r for r in caplog.records if "encoded for target" in r.getMessage()]

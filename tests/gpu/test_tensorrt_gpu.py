@@ -1,0 +1,243 @@
+"""TensorRT on a real GPU: engine builds, parity with onnxruntime, batches, threads, cache.
+
+Every test here is ``@pytest.mark.gpu``: tests/conftest.py skips them where there is no
+nvidia-smi or no importable tensorrt. Run them on the GPU host with scripts/gpu_check.sh
+(or ``pytest -m gpu``). NOT YET RUN ON A GPU: written against the TensorRT 10/11 and
+pycuda documentation (see ffrt/engine.py and ffrt/backends/tensorrt.py for references).
+
+Tolerances (relative to the largest FP32 map value, as in ffexport's parity check):
+- TensorRT FP32 engine vs onnxruntime CPU FP32: 1e-3 (TF32 is off in strongly typed FP32
+  networks unless allowed; 1e-3 leaves room for kernel re-association and fused tactics).
+- TensorRT FP16 engine vs onnxruntime CPU FP32: the FP16 export tolerances
+  (FP16_MAX_MAP_REL 0.02, Spearman >= 0.99).
+- INT8 engine: Spearman >= 0.95 vs FP32 on the same images (ffcalib checks accuracy).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+FP32_ENGINE_RTOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("gpu")
+
+
+@pytest.fixture(scope="module")
+def fp16_onnx(tiny_onnx, workdir) -> Path:
+    from ffexport.precision import write_fp16
+
+    path, _, _ = write_fp16(tiny_onnx, workdir / "model.fp16.onnx")
+    return path
+
+
+def _build(onnx_path: Path, workdir: Path, name: str, batch_max: int = 8):
+    from ffexport.tensorrt import build_engine
+    from ffrt.engine import BatchProfile
+    from ffrt.meta import read_onnx_meta
+
+    meta = read_onnx_meta(onnx_path)
+    profile = BatchProfile.for_model(meta, 1, 4, batch_max)
+    return build_engine(onnx_path, profile, 1024, workdir / "timing.cache", workdir / name, meta)
+
+
+@pytest.fixture(scope="module")
+def fp32_engine(tiny_onnx, workdir):
+    return _build(tiny_onnx, workdir, "model.engine")
+
+
+@pytest.fixture(scope="module")
+def fp16_engine(fp16_onnx, workdir):
+    return _build(fp16_onnx, workdir, "model.fp16.engine")
+
+
+def _ort(onnx_path, images):
+    from ffexport.precision import run_cpu
+
+    return run_cpu(str(onnx_path), images)
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+def test_fp32_engine_build_and_sidecar(fp32_engine, tiny_onnx, workdir):
+    import tensorrt as trt
+
+    from ffrt.engine import read_engine_info, sha256_file
+
+    path, info = fp32_engine
+    assert path.is_file() and read_engine_info(path) == info
+    assert info.tensorrt_version == trt.__version__ and info.compute_capability.count(".") == 1
+    assert info.onnx_sha256 == sha256_file(tiny_onnx) and info.precision == "fp32" and info.strongly_typed
+    assert (workdir / "timing.cache").stat().st_size > 0
+
+
+def test_fp16_engine_build(fp16_engine, fp16_onnx):
+    from ffrt.engine import sha256_file
+
+    path, info = fp16_engine
+    assert info.precision == "fp16" and info.onnx_sha256 == sha256_file(fp16_onnx)
+    assert info.meta.precision == "fp16"
+
+
+def test_timing_cache_reused(tiny_onnx, workdir, capsys):
+    _build(tiny_onnx, workdir, "again.engine")
+    assert "timing cache: reusing" in capsys.readouterr().out
+
+
+def test_int8_engine_build(tiny_onnx, real_images, elpv_split, workdir):
+    candidates = [tiny_onnx.parent / "model.int8-trt.onnx", workdir / "int8" / "model.int8-trt.onnx"]
+    int8 = next((p for p in candidates if p.is_file()), None)
+    if int8 is None:
+        try:
+            from ffcalib.int8 import quantize_model
+
+            quantize_model(tiny_onnx, workdir / "int8", [s.path for s in elpv_split.train[:16]])
+        except Exception as e:  # noqa: BLE001 - ffcalib is another issue's work
+            pytest.skip(f"no INT8 Q/DQ ONNX from ffcalib available ({type(e).__name__}: {e})")
+        int8 = workdir / "int8" / "model.int8-trt.onnx"
+        if not int8.is_file():
+            pytest.skip("ffcalib wrote no model.int8-trt.onnx")
+    path, info = _build(int8, workdir, "model.int8.engine")
+    assert info.precision == "int8"
+    from ffrt import Detector
+
+    det = Detector(path)
+    scores = np.array([r.score for r in det.predict_batch(list(real_images))])
+    _, ref = _ort(tiny_onnx, real_images)
+    from ffexport.precision import spearman
+
+    assert np.isfinite(scores).all() and spearman(ref, scores) >= 0.95
+
+
+def test_fp32_engine_parity_with_onnxruntime(fp32_engine, tiny_onnx, real_images):
+    from ffrt.backends.tensorrt import TensorRTBackend
+    from ffrt.engine import read_engine_info
+
+    path, _ = fp32_engine
+    backend = TensorRTBackend(path, read_engine_info(path).meta)
+    maps, scores = backend.run(real_images[:4])
+    ref_maps, ref_scores = _ort(tiny_onnx, real_images[:4])
+    assert maps.shape == ref_maps.shape and maps.dtype == np.float32
+    assert _rel(maps, ref_maps) <= FP32_ENGINE_RTOL and _rel(scores, ref_scores) <= FP32_ENGINE_RTOL
+
+
+def test_fp16_engine_parity_with_onnxruntime(fp16_engine, tiny_onnx, real_images):
+    from ffexport.precision import FP16_MAX_MAP_REL, spearman
+    from ffrt.backends.tensorrt import TensorRTBackend
+    from ffrt.engine import read_engine_info
+
+    path, _ = fp16_engine
+    backend = TensorRTBackend(path, read_engine_info(path).meta)
+    maps, scores = backend.run(real_images)
+    ref_maps, ref_scores = _ort(tiny_onnx, real_images)
+    assert np.isfinite(maps).all()
+    assert _rel(maps, ref_maps) <= FP16_MAX_MAP_REL and spearman(ref_scores, scores) >= 0.99
+
+
+def test_batch_sweep_within_profile(fp32_engine, tiny_onnx, real_images):
+    from ffrt import InvalidArgumentError
+    from ffrt.backends.tensorrt import TensorRTBackend
+    from ffrt.engine import read_engine_info
+
+    path, _ = fp32_engine
+    backend = TensorRTBackend(path, read_engine_info(path).meta)
+    ref_maps, _ = _ort(tiny_onnx, real_images)
+    for n in range(1, 9):
+        maps, scores = backend.run(real_images[:n])
+        assert maps.shape[0] == n and scores.shape == (n,)
+        assert _rel(maps, ref_maps[:n]) <= FP32_ENGINE_RTOL
+    with pytest.raises(InvalidArgumentError, match="outside this engine's profile 1..8"):
+        backend.run(np.concatenate([real_images, real_images[:1]]))
+
+
+def test_detector_on_engine_from_several_threads(fp32_engine, real_images):
+    from ffrt import Detector
+
+    path, _ = fp32_engine
+    det = Detector(path)
+    assert det.backend_name == "tensorrt"
+    expected = [det(img[..., ::-1]).score for img in real_images]
+    errors, results = [], {}
+
+    def worker(k):
+        try:
+            for _ in range(10):
+                results[k] = [det(img[..., ::-1]).score for img in real_images]
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for got in results.values():
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert det.stats.count > 0
+
+
+def test_engine_cache_reuse_and_invalidation(tiny_onnx, workdir, monkeypatch):
+    import ffrt.engine as engine
+    from ffrt import Detector
+    from ffrt.engine import read_engine_info
+
+    cache = workdir / "cache"
+    monkeypatch.setenv(engine.CACHE_ENV, str(cache))
+    det = Detector(tiny_onnx, backend="tensorrt")
+    plans = sorted(cache.glob("*.engine"))
+    assert len(plans) == 1 and det.backend_name == "tensorrt"
+    mtime = plans[0].stat().st_mtime_ns
+    Detector(tiny_onnx, backend="tensorrt")  # reuse: no rebuild
+    assert plans[0].stat().st_mtime_ns == mtime
+
+    # A tampered plan (sidecar no longer matches) is rebuilt, never run.
+    plans[0].write_bytes(plans[0].read_bytes() + b"\0")
+    Detector(tiny_onnx, backend="tensorrt")
+    assert read_engine_info(plans[0]).plan_sha256 == engine.hashlib.sha256(plans[0].read_bytes()).hexdigest()
+
+    # Another ONNX (metadata changed -> another sha256) gets another cache entry.
+    other = workdir / "other.onnx"
+    from ffrt.meta import read_onnx_meta, write_onnx_meta
+
+    other.write_bytes(tiny_onnx.read_bytes())
+    meta = read_onnx_meta(other)
+    write_onnx_meta(other, meta.with_thresholds(meta.thresholds.image + 1, meta.thresholds.pixel, "test"))
+    Detector(other, backend="tensorrt")
+    assert len(list(cache.glob("*.engine"))) == 2
+
+
+def test_explicit_engine_for_another_gpu_is_refused(fp32_engine, workdir):
+    import json
+
+    from ffrt import Detector
+    from ffrt.engine import sidecar_path
+    from ffrt.errors import EngineMismatchError
+
+    path, info = fp32_engine
+    copy = workdir / "foreign.engine"
+    copy.write_bytes(path.read_bytes())
+    data = json.loads(info.model_dump_json())
+    data["compute_capability"] = "1.0"
+    sidecar_path(copy).write_text(json.dumps(data))
+    with pytest.raises(EngineMismatchError, match="compute capability 1.0"):
+        Detector(copy)
+
+
+def test_auto_prefers_tensorrt(tiny_onnx, workdir, monkeypatch):
+    import ffrt.engine as engine
+    from ffrt import Detector
+
+    monkeypatch.setenv(engine.CACHE_ENV, str(workdir / "cache-auto"))
+    det = Detector(tiny_onnx)
+    assert det.backend_name == "tensorrt" and det.backend_selection == ()

@@ -1,0 +1,272 @@
+"""TensorRT plan metadata, cache keys, batch profiles and backend choice, on a CPU host.
+
+No GPU here: TensorRT itself is absent for real (no `tensorrt` module), so these tests
+check everything around it that decides whether a plan may run, and the messages a
+user gets on a machine without CUDA/TensorRT. The plan bytes are opaque to this logic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_meta
+from ffrt import BackendUnavailableError, Detector, InvalidArgumentError, ModelFileError
+from ffrt.backends import availability
+from ffrt.engine import (
+    BatchProfile,
+    CacheKey,
+    EngineInfo,
+    cached_plan,
+    check_engine,
+    engine_mismatches,
+    missing_for_tensorrt,
+    read_engine_info,
+    sidecar_path,
+    write_engine,
+)
+from ffrt.errors import EngineMismatchError
+
+ROOT = Path(__file__).resolve().parents[2]
+NO_TRT = missing_for_tensorrt() is not None
+needs_no_trt = pytest.mark.skipif(not NO_TRT, reason="TensorRT and a GPU are present on this machine")
+
+PLAN = b"serialized-plan-bytes" * 10
+
+
+def _info(plan=PLAN, **kw) -> EngineInfo:
+    base = dict(
+        tensorrt_version="10.9.0",
+        gpu_name="NVIDIA RTX A2000",
+        compute_capability="8.6",
+        onnx_sha256="a" * 64,
+        plan_sha256=hashlib.sha256(plan).hexdigest(),
+        precision="fp16",
+        profile=BatchProfile(min=1, opt=4, max=8),
+        workspace_mb=1024,
+        built_at="2026-01-01T00:00:00+00:00",
+        meta=make_meta(batch_max=8).model_copy(update={"precision": "fp16"}),
+    )
+    base.update(kw)
+    return EngineInfo(**base)
+
+
+# -- cache key -----------------------------------------------------------------------------
+
+
+def test_cache_key_changes_with_every_component():
+    k = CacheKey("a" * 64, "10.9.0", "8.6", "fp16")
+    others = [
+        CacheKey("b" * 64, "10.9.0", "8.6", "fp16"),
+        CacheKey("a" * 64, "11.0.0", "8.6", "fp16"),
+        CacheKey("a" * 64, "10.9.0", "8.9", "fp16"),
+        CacheKey("a" * 64, "10.9.0", "8.6", "fp32"),
+    ]
+    digests = {k.digest()} | {o.digest() for o in others}
+    assert len(digests) == 5
+    assert k.digest() == CacheKey("a" * 64, "10.9.0", "8.6", "fp16").digest()  # deterministic
+    name = k.filename("model")
+    assert name.startswith("model.fp16.trt10.9.0.sm86.") and name.endswith(".engine")
+
+
+# -- sidecar -------------------------------------------------------------------------------
+
+
+def test_sidecar_roundtrip(tmp_path):
+    plan_path = write_engine(tmp_path / "model.fp16.engine", PLAN, _info())
+    assert plan_path.read_bytes() == PLAN
+    side = sidecar_path(plan_path)
+    assert side.name == "model.fp16.engine.json"
+    data = json.loads(side.read_text())
+    assert data["format"] == "ffrt.engine" and data["tensorrt_version"] == "10.9.0"
+    assert data["compute_capability"] == "8.6" and data["gpu_name"] == "NVIDIA RTX A2000"
+    assert data["meta"]["precision"] == "fp16" and data["profile"] == {"min": 1, "opt": 4, "max": 8}
+    info = read_engine_info(plan_path)
+    assert info == _info()
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_write_refuses_plan_that_does_not_match_its_info(tmp_path):
+    with pytest.raises(ValueError, match="plan_sha256"):
+        write_engine(tmp_path / "m.engine", PLAN + b"x", _info())
+    assert not (tmp_path / "m.engine").exists()
+
+
+def test_missing_sidecar_is_refused_with_rebuild_hint(tmp_path):
+    p = tmp_path / "model.engine"
+    p.write_bytes(PLAN)
+    with pytest.raises(ModelFileError, match=r"no metadata sidecar model\.engine\.json.*ffexport .*--engine"):
+        read_engine_info(p)
+
+
+def test_bad_and_newer_sidecars(tmp_path):
+    p = write_engine(tmp_path / "model.engine", PLAN, _info())
+    side = sidecar_path(p)
+    side.write_text("{not json")
+    with pytest.raises(ModelFileError, match="unreadable engine metadata"):
+        read_engine_info(p)
+    data = json.loads(_info().model_dump_json())
+    data["schema_version"] = 99
+    side.write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match="newer ffrt.*upgrade"):
+        read_engine_info(p)
+    data = json.loads(_info().model_dump_json())
+    del data["onnx_sha256"]
+    side.write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match="onnx_sha256"):
+        read_engine_info(p)
+
+
+# -- mismatch detection ----------------------------------------------------------------------
+
+
+def test_matching_plan_passes():
+    info = _info()
+    assert engine_mismatches(info, tensorrt_version="10.9.0", compute_capability="8.6", onnx_sha256="a" * 64,
+                             precision="fp16", plan_sha256=info.plan_sha256) == []
+    check_engine("p.engine", PLAN, info, tensorrt_version="10.9.0", compute_capability="8.6")
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("tensorrt_version", "11.0.0", r"built with TensorRT 10\.9\.0, this machine has TensorRT 11\.0\.0"),
+        ("compute_capability", "8.9", r"compute capability 8\.6 \(NVIDIA RTX A2000\), this GPU has 8\.9"),
+        ("onnx_sha256", "b" * 64, r"built from another ONNX"),
+        ("precision", "fp32", r"built at precision fp16, fp32 was asked for"),
+    ],
+)
+def test_each_mismatch_is_named_and_refused(field, value, message):
+    expected = dict(tensorrt_version="10.9.0", compute_capability="8.6", onnx_sha256="a" * 64, precision="fp16")
+    expected[field] = value
+    with pytest.raises(EngineMismatchError, match=message) as e:
+        check_engine("p.engine", PLAN, _info(), **expected)
+    assert "Rebuild it on this machine" in str(e.value)
+    assert isinstance(e.value, ModelFileError)
+
+
+def test_modified_plan_is_refused():
+    with pytest.raises(EngineMismatchError, match="changed after its metadata"):
+        check_engine("p.engine", PLAN + b"!", _info(), tensorrt_version="10.9.0", compute_capability="8.6")
+
+
+# -- batch profile -----------------------------------------------------------------------------
+
+
+def test_profile_defaults_and_shapes():
+    meta = make_meta(height=32, width=48, batch_max=16)
+    prof = BatchProfile.for_model(meta)
+    assert (prof.min, prof.opt, prof.max) == (1, 8, 16)
+    assert prof.shapes(meta) == ((1, 32, 48, 3), (8, 32, 48, 3), (16, 32, 48, 3))
+    assert prof.trtexec_args(meta) == "--minShapes=image:1x32x48x3 --optShapes=image:8x32x48x3 --maxShapes=image:16x32x48x3"
+    assert prof.ort_profile_options(meta) == {
+        "trt_profile_min_shapes": "image:1x32x48x3",
+        "trt_profile_opt_shapes": "image:8x32x48x3",
+        "trt_profile_max_shapes": "image:16x32x48x3",
+    }
+    small = BatchProfile.for_model(make_meta(batch_max=2))
+    assert (small.min, small.opt, small.max) == (1, 2, 2)
+    assert BatchProfile.for_model(make_meta(batch_max=None)).max == 8
+
+
+def test_profile_errors():
+    meta = make_meta(batch_max=8)
+    with pytest.raises(InvalidArgumentError, match="min <= opt <= max"):
+        BatchProfile.for_model(meta, 4, 2, 8)
+    with pytest.raises(InvalidArgumentError, match="exceeds the batch_max 8"):
+        BatchProfile.for_model(meta, 1, 8, 16)
+    with pytest.raises(InvalidArgumentError):
+        BatchProfile.for_model(meta, 0, 1, 8)
+
+
+# -- backend choice on a machine without CUDA / TensorRT -----------------------------------------
+
+
+@needs_no_trt
+def test_availability_names_what_is_missing():
+    av = availability()
+    assert "TensorRT is not installed" in av["tensorrt"] and 'ffrt[gpu]' in av["tensorrt"]
+    assert "TensorrtExecutionProvider" in av["onnxruntime-tensorrt"] or "onnxruntime-gpu" in av["onnxruntime-tensorrt"]
+    assert av["onnxruntime-cpu"] is None
+
+
+@needs_no_trt
+def test_auto_falls_back_to_cpu_and_says_why(red_model, caplog):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with caplog.at_level(logging.INFO, logger="ffrt"):
+        det = Detector(red_model)
+    assert det.backend_name == "onnxruntime-cpu"
+    skipped = det.backend_selection
+    assert [s.split(":")[0] for s in skipped] == ["tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda"]
+    assert "TensorRT is not installed" in skipped[0]
+    log = caplog.text
+    assert "chose onnxruntime-cpu" in log and "skipped tensorrt: TensorRT is not installed" in log
+    assert "skipped onnxruntime-tensorrt" in log and "skipped onnxruntime-cuda" in log
+
+
+@needs_no_trt
+def test_explicit_tensorrt_on_onnx_is_refused_clearly(red_model, tmp_path):
+    with pytest.raises(BackendUnavailableError, match=r"backend 'tensorrt' is not available here: TensorRT is not installed"):
+        Detector(red_model, backend="tensorrt")
+    with pytest.raises(BackendUnavailableError, match="TensorRT is not installed"):
+        cached_plan(red_model, make_meta(), cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing half-built
+
+
+@needs_no_trt
+def test_engine_file_without_tensorrt(tmp_path):
+    p = write_engine(tmp_path / "model.engine", PLAN, _info())
+    with pytest.raises(BackendUnavailableError, match=r"model\.engine: TensorRT engine files need the native TensorRT backend.*not installed"):
+        Detector(p)
+
+
+def test_engine_file_with_an_onnxruntime_backend_is_an_argument_error(tmp_path):
+    p = write_engine(tmp_path / "model.engine", PLAN, _info())
+    with pytest.raises(InvalidArgumentError, match=r'runs only with backend="tensorrt"'):
+        Detector(p, backend="onnxruntime-cpu")
+
+
+def test_ort_tensorrt_cache_folder_is_keyed_like_plans(red_model, models, tmp_path):
+    from ffrt.backends.onnxruntime import trt_ep_options
+
+    meta = make_meta(batch_max=4)
+    opts, folder = trt_ep_options(red_model, meta, tmp_path)
+    assert opts["trt_engine_cache_enable"] and opts["trt_engine_cache_path"] == str(folder)
+    assert opts["trt_timing_cache_enable"] and opts["trt_fp16_enable"] is False and opts["trt_int8_enable"] is False
+    assert opts["trt_profile_max_shapes"] == "image:4x32x32x3"
+    assert folder.parent == tmp_path / "ort-trt"
+    _, other_model = trt_ep_options(models["red_b3"], meta, tmp_path)  # same graph, other metadata -> other sha
+    _, other_precision = trt_ep_options(red_model, meta.model_copy(update={"precision": "fp16"}), tmp_path)
+    assert len({folder, other_model, other_precision}) == 3
+    assert trt_ep_options(red_model, meta, tmp_path)[1] == folder
+
+
+@needs_no_trt
+def test_engine_command_without_tensorrt_exits_2_with_the_command(red_model):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("runtime", "export"))}
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['ffexport.tensorrt', {str(red_model)!r}, '--batch-max', '4']\n"
+        "try:\n    runpy.run_module('ffexport.tensorrt', run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "print('TORCH' if any(m == 'torch' or m.startswith('torch.') for m in sys.modules) else 'NO-TORCH')\n"
+        "sys.exit(code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "TensorRT is not installed" in lines[0]
+    assert f"python -m ffexport.tensorrt {red_model.resolve()} --batch-min 1 --batch-opt 4 --batch-max 4" in lines[0]
+    # torch-free: this command must work on a line PC without PyTorch
+    assert proc.stdout.strip() == "NO-TORCH"
