@@ -16,33 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = line
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "avx512f": " avx512f" in flags,
-        "avx512_vnni": "avx512_vnni" in flags,
-        "python": platform.python_version(),
-    }
 
 
 def time_calls(fn, repeats: int) -> np.ndarray:
@@ -118,6 +96,7 @@ def main() -> int:
 
     import torch
 
+    from ffeval.machine import describe as describe_machine
     from ffexport.cli import main as ffexport_main
     from ffrt import Detector
     from fftrain import checkpoint
@@ -179,7 +158,7 @@ def main() -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     model_images = load_batch(samples[:8], model.config.image_size)
     rows = latency_table(model, onnx_path, model_images, args.repeats)
-    print("   model only (uint8 batch at model size -> map + score), p50:")
+    print("   model only (uint8 batch at model size -> map + score), p50 (per-stage figures: ffbench):")
     for r in rows:
         print(f"   batch {r['batch']}: ONNX Runtime {r['onnxruntime_p50_ms']:7.1f} ms ({r['onnxruntime_img_per_s']:5.1f} img/s)"
               f" | PyTorch eager {r['torch_eager_p50_ms']:7.1f} ms ({r['torch_eager_img_per_s']:5.1f} img/s)"
@@ -212,7 +191,7 @@ def main() -> int:
         "latency_model_only": rows,
         "latency_end_to_end": {str(b): s.model_dump() for b, s in end_to_end.items()},
         "seconds": {"train": train_s, "export": export_s, "detect_test_set": detect_s, "total": total_s},
-        "machine": machine(),
+        "machine": describe_machine(),
         "overlays": [str(p) for p in overlays],
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -5,8 +5,9 @@ complaint in the peer projects' trackers, so the exporter runs both on real imag
 refuses to hand over a file that disagrees. Errors are stated relative to the largest
 reference value, so one tolerance serves maps whose units differ between models.
 
-FP32 tolerance: 1e-4 relative (float32 re-association across a deep graph gives ~1e-6;
-anything near 1e-4 means a real divergence such as a wrong resize or normalization).
+FP32 tolerance: 1e-3 relative. Float32 re-association across the graph gives ~5e-6 for
+EfficientNet-Lite0 and ~1e-4 for a ResNet-18 backbone (measured); a real divergence such
+as a wrong resize, colour order or normalization gives errors of several percent.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from fftrain.data import to_tensor_batch
 from fftrain.model import FastFlow
 
-FP32_RTOL = 1e-4
+FP32_RTOL = 1e-3
 
 
 @dataclass(frozen=True)

@@ -205,6 +205,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600 files; a model file should get the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, (0o666 if not path.exists() else path.stat().st_mode) & ~umask & 0o777)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

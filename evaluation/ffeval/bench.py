@@ -1,0 +1,398 @@
+"""ffbench's measurement: per-stage latency of the ffrt pipeline, per batch size.
+
+Stages, each timed with ``time.perf_counter`` around the public ffrt pieces the Detector
+itself is built from:
+
+- ``preprocess``:  ``ffrt.preprocess.prepare_batch`` on decoded frames held in memory
+                   (validate, resize to the model size with INTER_AREA, colour order). File
+                   decoding is not included: on a line, frames come from the camera.
+- ``inference``:   ``backend.run(uint8 NHWC batch)`` (``ffrt.backends.create_backend``).
+                   For a GPU backend that exposes them (attribute ``last_stage_ms`` with
+                   ``h2d``/``compute``/``d2h``), the host-to-device, compute and
+                   device-to-host parts; "n/a" otherwise (CPU backends have no copies).
+- ``postprocess``: what the Detector does after inference: bilinear resize of each map
+                   back to its frame's size, pixel threshold -> mask, image threshold.
+- ``total``:       the sum of the three, per iteration.
+
+``detector_end_to_end`` times ``ffrt.Detector.predict_batch`` on the same frames, as a
+check that the stage split adds up to what a user of the Detector sees.
+
+Between runs of different engines (the pipeline's session, PyTorch, the Detector's own
+session) the loop pauses ``settle_ms`` (untimed): ONNX Runtime and OpenMP worker threads
+spin-wait after a run, and without the pause each engine is timed against the previous
+one's spinning threads (measured on the 2-core dev machine, Lite0 batch 1: ONNX Runtime
+24 -> 42 ms and PyTorch 74 -> 147 ms when interleaved back to back).
+
+``--vs-torch`` times the PyTorch eager model of the same checkpoint on the same uint8
+batch (``to_tensor_batch`` + ``model(x)`` under ``torch.inference_mode``), interleaved
+iteration by iteration with the ONNX Runtime inference, so both see the same machine state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+SCHEMA = "ffeval.bench"
+SCHEMA_VERSION = 1
+DEFAULT_BATCHES = (1, 2, 4, 8, 16)
+
+
+class BenchError(RuntimeError):
+    """A benchmark cannot run; the message is one line saying why."""
+
+
+# --- small helpers ---------------------------------------------------------------------
+
+
+def summarize(ms: list[float] | np.ndarray, batch: int) -> dict:
+    a = np.asarray(ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    mean = float(a.mean())
+    return {
+        "n": int(a.size), "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
+        "max_ms": float(a.max()), "mean_ms": mean,
+        "images_per_s": batch * 1000.0 / mean if mean > 0 else None,
+    }
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process's RSS (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_frames(spec: str | None, count: int, seed: int = 0) -> tuple[list[np.ndarray], str]:
+    """Frames to benchmark on: decoded images (BGR / gray, original size) and a description.
+
+    ``spec``: a folder of images, ``elpv:mono`` / ``elpv:poly`` (test cells of the demo
+    split), or None: the ELPV mono test cells when installed, else random 300x300 frames.
+    """
+    from ffrt.preprocess import read_image_file
+
+    if spec is None:
+        try:
+            frames, what = load_frames("elpv:mono", count, seed)
+            return frames, what + " (default)"
+        except BenchError:
+            rng = np.random.default_rng(seed)
+            frames = [rng.integers(0, 256, (300, 300, 3), dtype=np.uint8) for _ in range(count)]
+            return frames, f"{count} random uint8 300x300x3 frames, seed {seed} (ELPV not installed)"
+    if spec.startswith("elpv:"):
+        from fftrain.data import DataError, elpv
+
+        try:
+            split = elpv(spec.split(":", 1)[1])
+        except DataError as e:
+            raise BenchError(str(e)) from e
+        paths = [s.path for s in split.test[:count]]
+        what = f"{len(paths)} ELPV {spec} test cells (300x300 gray PNG)"
+    else:
+        folder = Path(spec)
+        if not folder.is_dir():
+            raise BenchError(f"--images {spec}: no such folder (give a folder of images or elpv:mono)")
+        from fftrain.data import IMAGE_SUFFIXES
+
+        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and "ground_truth" not in p.parts)[:count]
+        what = f"{len(paths)} images from {folder}"
+    if not paths:
+        raise BenchError(f"--images {spec}: no images found")
+    frames = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in paths]
+    frames = [f if f is not None else read_image_file(p) for f, p in zip(frames, paths)]
+    return frames, what
+
+
+def postprocess(maps: np.ndarray, scores: np.ndarray, sizes, image_threshold: float, pixel_threshold: float) -> list:
+    """The Detector's postprocessing (resize each map to its frame, threshold map and score)."""
+    out = []
+    for i in range(len(scores)):
+        amap = maps[i, 0]
+        h, w = sizes[i]
+        if (h, w) != amap.shape:
+            amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
+        else:
+            amap = amap.copy()
+        score = float(scores[i])
+        out.append((score, not (score <= image_threshold), amap, ~(amap <= pixel_threshold)))
+    return out
+
+
+# --- the benchmark ---------------------------------------------------------------------
+
+
+def run_benchmark(
+    model_path: str | Path,
+    backend: str = "auto",
+    batches: tuple[int, ...] = DEFAULT_BATCHES,
+    iters: int = 30,
+    warmup: int = 3,
+    threads: int | None = None,
+    images: str | None = None,
+    vs_torch: str | Path | None = None,
+    fma_units: int | None = None,
+    settle_ms: float = 50.0,
+    progress: Callable[[str], None] = lambda s: None,
+    command: list[str] | None = None,
+) -> dict:
+    """Measure and return the report dict (schema ``ffeval.bench`` v1, see benchmarks/README.md)."""
+    from ffrt import Detector, FFRTError
+    from ffrt.backends import create_backend
+    from ffrt.meta import read_onnx_meta
+    from ffrt.preprocess import prepare_batch
+
+    from .machine import describe
+    from .macs import MacCountError, count_macs
+
+    if iters < 1 or warmup < 0:
+        raise BenchError(f"--iters must be >= 1 and --warmup >= 0 (got {iters}, {warmup})")
+    if not batches or any(b < 1 for b in batches):
+        raise BenchError(f"batch sizes must be positive integers (got {list(batches)})")
+    path = Path(model_path)
+    if not path.is_file():
+        raise BenchError(f"{path}: no such model file")
+    if path.suffix.lower() != ".onnx":
+        raise BenchError(f"{path}: ffbench measures an .onnx model exported by ffexport")
+    try:
+        meta = read_onnx_meta(path)
+    except FFRTError as e:
+        raise BenchError(str(e).splitlines()[0]) from e
+    if meta.batch_max is not None and max(batches) > meta.batch_max:
+        raise BenchError(
+            f"batch {max(batches)} exceeds this model's batch_max {meta.batch_max}; "
+            f"use --batch sizes <= {meta.batch_max} or re-export with --batch-max"
+        )
+
+    progress("describing the machine and counting MACs")
+    machine = describe(fma_units)
+    try:
+        macs = count_macs(path)
+    except MacCountError as e:
+        raise BenchError(str(e)) from e
+
+    try:
+        be, selection = create_backend(backend, path, meta, threads)
+        detector = Detector(path, backend=be.name, threads=threads)
+    except FFRTError as e:
+        raise BenchError(str(e).splitlines()[0]) from e
+    progress(f"backend {be.description}")
+
+    torch_model = None
+    if vs_torch is not None:
+        torch_model, torch_info = _load_torch(vs_torch, meta, threads or getattr(be, "threads", None))
+
+    frames, frames_what = load_frames(images, max(batches))
+    load_before = _loadavg()
+    spec = meta.input
+    thr = meta.thresholds
+    is_cpu = be.name.endswith("-cpu")
+    peak = machine["cpu_peak"]
+    results = []
+    for batch in batches:
+        chunk = [frames[i % len(frames)] for i in range(batch)]
+        progress(f"batch {batch}: {warmup} warm-up + {iters} timed iterations")
+        for _ in range(warmup):
+            prepared = prepare_batch(chunk, spec, "BGR")
+            maps, scores = be.run(prepared.batch)
+            if torch_model is not None:
+                _torch_run(torch_model, prepared.batch)
+            detector.predict_batch(chunk, batch_size=batch)
+        settle = (lambda: time.sleep(settle_ms / 1e3)) if settle_ms > 0 else (lambda: None)
+        rss_reset = _reset_peak_rss()
+        pre, inf, post, total, torch_ms, e2e = [], [], [], [], [], []
+        gpu_parts: dict[str, list[float]] = {"h2d": [], "compute": [], "d2h": []}
+        for it in range(iters):
+            t0 = time.perf_counter()
+            prepared = prepare_batch(chunk, spec, "BGR")
+            t1 = time.perf_counter()
+            maps, scores = be.run(prepared.batch)
+            t2 = time.perf_counter()
+            postprocess(np.asarray(maps), np.asarray(scores), prepared.original_sizes, thr.image, thr.pixel)
+            t3 = time.perf_counter()
+            pre.append((t1 - t0) * 1e3)
+            inf.append((t2 - t1) * 1e3)
+            post.append((t3 - t2) * 1e3)
+            total.append((t3 - t0) * 1e3)
+            parts = getattr(be, "last_stage_ms", None)
+            if isinstance(parts, dict):
+                for k in gpu_parts:
+                    if k in parts:
+                        gpu_parts[k].append(float(parts[k]))
+            settle()
+            if torch_model is not None:  # interleaved: same batch, after the ORT run
+                t4 = time.perf_counter()
+                _torch_run(torch_model, prepared.batch)
+                torch_ms.append((time.perf_counter() - t4) * 1e3)
+                settle()
+            t5 = time.perf_counter()
+            detector.predict_batch(chunk, batch_size=batch)
+            e2e.append((time.perf_counter() - t5) * 1e3)
+            settle()
+        inference = summarize(inf, batch)
+        flops = 2.0 * macs.total * batch
+        gflops = flops / (inference["p50_ms"] / 1e3) / 1e9 if inference["p50_ms"] > 0 else None
+        row = {
+            "batch": batch,
+            "stages": {
+                "preprocess": summarize(pre, batch),
+                "inference": inference,
+                "h2d": summarize(gpu_parts["h2d"], batch) if gpu_parts["h2d"] else "n/a",
+                "compute": summarize(gpu_parts["compute"], batch) if gpu_parts["compute"] else "n/a",
+                "d2h": summarize(gpu_parts["d2h"], batch) if gpu_parts["d2h"] else "n/a",
+                "postprocess": summarize(post, batch),
+                "total": summarize(total, batch),
+            },
+            "detector_end_to_end": summarize(e2e, batch),
+            "throughput_images_per_s": {
+                "inference": inference["images_per_s"],
+                "pipeline": summarize(total, batch)["images_per_s"],
+            },
+            "achieved_gflops": gflops,
+            "fraction_of_cpu_peak": (gflops / peak["fp32_gflops"]) if (is_cpu and peak and gflops) else None,
+            "peak_rss_mb": _peak_rss_mb(),
+            "peak_rss_scope": "this batch size" if rss_reset else "process lifetime",
+            "torch_eager": None,
+        }
+        if torch_model is not None:
+            t = summarize(torch_ms, batch)
+            row["torch_eager"] = {"inference": t, "ratio_p50": t["p50_ms"] / inference["p50_ms"]}
+        results.append(row)
+        progress(_row_line(row))
+
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command if command is not None else list(sys.argv),
+        "model": {
+            "path": str(path),
+            "sha256": file_sha256(path),
+            "bytes": path.stat().st_size,
+            "precision": meta.precision,
+            "target": meta.target,
+            "input": {"height": spec.height, "width": spec.width, "layout": "NHWC uint8 RGB"},
+            "backbone": meta.backbone.name,
+            "backbone_pretrained": meta.backbone.pretrained,
+            "flow_steps": meta.flow.steps,
+            "batch_max": meta.batch_max,
+            "opset": meta.opset,
+        },
+        "backend": {
+            "name": be.name,
+            "description": be.description,
+            "providers": list(be.providers),
+            "threads": getattr(be, "threads", None),
+            "auto_skipped": list(selection),
+        },
+        "machine": machine,
+        "macs": macs.to_dict(),
+        "settings": {
+            "batches": list(batches), "iters": iters, "warmup": warmup, "threads": threads,
+            "images": frames_what, "torch_checkpoint": str(vs_torch) if vs_torch else None,
+            "torch": torch_info if torch_model is not None else None,
+            "timer": "time.perf_counter, one sample per iteration; latency = per call (whole batch)",
+            "settle_ms": settle_ms,
+        },
+        "load_average_1min": {"before": load_before, "after": _loadavg(),
+                              "note": "other processes competing for the CPU inflate every figure; "
+                                      "a 1-min load above the core count means the run was not alone"},
+        "results": results,
+    }
+
+
+def _row_line(row: dict) -> str:
+    s = row["stages"]
+    line = (f"batch {row['batch']:>3}: pre {s['preprocess']['p50_ms']:.2f} | infer {s['inference']['p50_ms']:.2f} "
+            f"(p99 {s['inference']['p99_ms']:.2f}) | post {s['postprocess']['p50_ms']:.2f} | total "
+            f"{s['total']['p50_ms']:.2f} ms p50 | {row['throughput_images_per_s']['pipeline']:.1f} img/s")
+    if row["achieved_gflops"]:
+        line += f" | {row['achieved_gflops']:.1f} GFLOP/s"
+        if row["fraction_of_cpu_peak"] is not None:
+            line += f" ({100 * row['fraction_of_cpu_peak']:.1f}% of peak)"
+    if row["torch_eager"]:
+        line += f" | torch eager {row['torch_eager']['inference']['p50_ms']:.2f} ms = {row['torch_eager']['ratio_p50']:.2f}x"
+    return line
+
+
+def _load_torch(ckpt: str | Path, meta, threads: int | None):
+    """The PyTorch eager model of the checkpoint (torch imported only here)."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise BenchError(f"--vs-torch {ckpt}: no such checkpoint")
+    try:
+        import torch
+
+        from fftrain import checkpoint
+    except ImportError as e:
+        raise BenchError(f"--vs-torch needs the train extra (torch): {e}") from e
+    try:
+        model, _ = checkpoint.load(ckpt)
+    except Exception as e:
+        raise BenchError(f"--vs-torch {ckpt}: cannot load the checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    model.eval()
+    size = model.config.image_size
+    if (size, size) != (meta.input.height, meta.input.width):
+        raise BenchError(
+            f"--vs-torch {ckpt}: the checkpoint's input is {size}x{size} but the ONNX model's is "
+            f"{meta.input.height}x{meta.input.width}; give the checkpoint the model was exported from"
+        )
+    if threads:
+        torch.set_num_threads(int(threads))
+    info = {"version": torch.__version__, "threads": torch.get_num_threads(), "mode": "eager, inference_mode, float32"}
+    return model, info
+
+
+def _torch_run(model, batch: np.ndarray) -> None:
+    import torch
+
+    from fftrain.data import to_tensor_batch
+
+    with torch.inference_mode():
+        model(to_tensor_batch(batch))
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise BenchError(f"--batch {text!r}: give comma-separated positive integers, e.g. 1,8") from None
+    if not values or any(v < 1 for v in values):
+        raise BenchError(f"--batch {text!r}: give comma-separated positive integers, e.g. 1,8")
+    return values
+
+
+def _loadavg() -> float | None:
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return None

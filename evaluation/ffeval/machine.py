@@ -1,0 +1,184 @@
+"""What the numbers were measured on: CPU, its vector flags, GPU, library versions, and
+the CPU's theoretical FP32 peak.
+
+Nothing here imports torch, tensorrt or onnxruntime: versions are read from the installed
+package metadata, so describing the machine never loads a heavy library (or a GPU context).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+#: Flags that decide which CPU kernels ONNX Runtime / oneDNN can use.
+RELEVANT_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "f16c",
+    "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+    "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
+)
+
+#: Packages whose version a reader needs to reproduce a figure (missing ones are null).
+PACKAGES = ("ffrt", "numpy", "opencv-python-headless", "onnx", "onnxruntime", "onnxruntime-gpu",
+            "tensorrt", "torch", "torchvision", "matplotlib")
+
+
+def _cpuinfo_text() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def parse_cpuinfo(text: str) -> dict:
+    """model name, MHz and flag set of the first processor entry of /proc/cpuinfo text."""
+    model, mhz, flags = None, None, set()
+    for line in text.splitlines():
+        if ":" not in line:
+            continue
+        key, value = (s.strip() for s in line.split(":", 1))
+        if key == "model name" and model is None:
+            model = value
+        elif key == "cpu MHz" and mhz is None:
+            try:
+                mhz = float(value)
+            except ValueError:
+                pass
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return {"model": model, "mhz": mhz, "flags": flags}
+
+
+def _max_mhz() -> float | None:
+    try:
+        return int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1000.0
+    except (OSError, ValueError):
+        return None
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (the count ffrt's ONNX Runtime backend uses)."""
+    from ffrt.backends.onnxruntime import physical_core_count
+
+    return physical_core_count() or os.cpu_count() or 1
+
+
+def peak_gflops(cores: int, ghz: float, flags: set[str] | frozenset[str], fma_units: int | None = None) -> dict:
+    """Theoretical FP32 peak: cores x GHz x FMA units x SIMD lanes x 2 (an FMA is 2 FLOP).
+
+    SIMD lanes from the flags: 16 FP32 lanes with avx512f, 8 with avx/avx2, 4 otherwise
+    (SSE). FMA units per core cannot be read from /proc/cpuinfo; the default assumes 2
+    (true for Intel Haswell and later client/server cores with AVX2, Xeon Scalable
+    Gold/Platinum with AVX-512, AMD Zen 2/3/4; wrong, i.e. a 2x too high peak, for Xeon
+    Silver/Bronze and some client parts with one AVX-512 unit, and for AMD Zen 1).
+    Without the fma flag a core issues one multiply and one add per cycle, which is
+    counted as 1 FMA unit. The INT8 peak with VNNI (avx512_vnni / avx_vnni) is 4x the FP32
+    MAC rate per lane (vpdpbusd: 4 u8xs8 products per 32-bit lane); reported, not used.
+    """
+    flags = set(flags)
+    if "avx512f" in flags:
+        lanes, isa = 16, "AVX-512"
+    elif "avx2" in flags or "avx" in flags:
+        lanes, isa = 8, "AVX2" if "avx2" in flags else "AVX"
+    else:
+        lanes, isa = 4, "SSE"
+    if fma_units is None:
+        fma_units = 2 if "fma" in flags or "avx512f" in flags else 1
+        units_note = "assumed (not readable from /proc/cpuinfo)"
+    else:
+        units_note = "given"
+    flop_per_cycle = fma_units * lanes * 2
+    gflops = cores * ghz * flop_per_cycle
+    vnni = bool({"avx512_vnni", "avx_vnni"} & flags)
+    return {
+        "fp32_gflops": gflops,
+        "formula": "cores x GHz x FMA units x FP32 SIMD lanes x 2 FLOP per FMA",
+        "cores": cores,
+        "ghz": ghz,
+        "fma_units": fma_units,
+        "fma_units_source": units_note,
+        "simd_isa": isa,
+        "fp32_lanes": lanes,
+        "flop_per_cycle_per_core": flop_per_cycle,
+        "int8_vnni_gops": gflops * 4 if vnni else None,
+        "assumptions": [
+            f"{fma_units} FMA unit(s) per core, {units_note}",
+            "frequency = the nominal 'cpu MHz' of /proc/cpuinfo (or cpufreq max); turbo may be higher, "
+            "sustained AVX-512 clocks lower",
+            "every core busy with FMAs every cycle: no memory stalls, no other instructions",
+            "cores = physical cores available to this process (SMT siblings share the FMA units)",
+        ],
+    }
+
+
+def gpu_info() -> list[dict] | None:
+    """GPUs as nvidia-smi reports them; None when there is no nvidia-smi."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=name,driver_version,memory.total,compute_cap", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return [{"error": f"nvidia-smi failed: {e}"}]
+    gpus = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        parts += [""] * (4 - len(parts))
+        gpus.append({"name": parts[0], "driver": parts[1], "memory": parts[2], "compute_capability": parts[3]})
+    return gpus
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def describe(fma_units: int | None = None) -> dict:
+    """Machine + software description, with the CPU's FP32 peak estimate."""
+    info = parse_cpuinfo(_cpuinfo_text())
+    flags = info["flags"]
+    cores = physical_cores()
+    max_mhz = _max_mhz()
+    mhz = max_mhz or info["mhz"]
+    try:
+        logical = len(os.sched_getaffinity(0))
+    except AttributeError:
+        logical = os.cpu_count()
+    cpu = {
+        "model": info["model"] or platform.processor() or platform.machine(),
+        "arch": platform.machine(),
+        "logical_cpus": logical,
+        "physical_cores": cores,
+        "mhz": mhz,
+        "mhz_source": "cpufreq cpuinfo_max_freq" if max_mhz else "/proc/cpuinfo cpu MHz",
+        "flags": {f: f in flags for f in RELEVANT_FLAGS},
+        "hypervisor": "hypervisor" in flags,
+    }
+    peak = peak_gflops(cores, (mhz or 0.0) / 1000.0, flags, fma_units) if mhz else None
+    return {
+        "os": f"{platform.system()} {platform.release()}",
+        "cpu": cpu,
+        "cpu_peak": peak,
+        "gpus": gpu_info(),
+        "software": versions(),
+    }
+
+
+def one_line(m: dict) -> str:
+    c = m["cpu"]
+    on = [f for f, v in c["flags"].items() if v and f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")]
+    gpu = "; ".join(g.get("name", "?") + " driver " + g.get("driver", "?") for g in m["gpus"]) if m["gpus"] else "no GPU"
+    mhz = f"{c['mhz']:.0f} MHz" if c["mhz"] else "MHz unknown"
+    return (f"{c['model']} ({c['physical_cores']} cores / {c['logical_cpus']} logical, {mhz}, {' '.join(on) or 'no AVX2'}"
+            f"{', no AVX-512' if not c['flags']['avx512f'] else ''}), {gpu}")
