@@ -100,6 +100,15 @@ def _parity_images(args, payload, size: int) -> np.ndarray:
     return load_batch([Sample(p, 0) for p in paths[: args.parity_count]], size)
 
 
+def _refuse(path: Path, why: str) -> int:
+    """A file that failed its check is never left under its usable name: it is renamed
+    ``*.parity-failed`` (kept for inspection) so no tool picks it up by mistake."""
+    bad = path.with_name(path.name + ".parity-failed")
+    path.replace(bad)
+    print(f"ffexport: error: {why}; kept for inspection as {bad}", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def _int8_step(args, payload, fp32_path: Path) -> int:
     """ffcalib int8 on the ONNX just written: the same tool, flags and gate as `ffcalib int8`."""
     from ffcalib.cli import main as ffcalib_main
@@ -132,11 +141,7 @@ def run(args) -> int:
     report = check(model, path, images)
     print(report)
     if not report.ok:
-        bad = path.with_name(path.name + ".parity-failed")
-        path.replace(bad)
-        print(f"ffexport: error: exported graph disagrees with PyTorch beyond tolerance; kept for inspection as {bad}",
-              file=sys.stderr)
-        return EXIT_FAILED
+        return _refuse(path, "the exported graph disagrees with PyTorch beyond tolerance")
     size_mb = path.stat().st_size / 1e6
     print(
         f"wrote {path} ({size_mb:.1f} MB, {meta.backbone.name}, input {meta.input.height}x{meta.input.width}, "
@@ -200,11 +205,7 @@ def _fp16_step(args, payload, fp32_path: Path, size: int):
         report = compare(fp32_path, fp16_model, images, labels, Path(tmp), kept)
     print(report)
     if not report.ok:
-        bad = fp16_path.with_name(fp16_path.name + ".parity-failed")
-        fp16_path.replace(bad)
-        print(f"ffexport: error: the FP16 graph disagrees with FP32 beyond tolerance; kept for inspection as {bad}",
-              file=sys.stderr)
-        return EXIT_FAILED, None, None
+        return _refuse(fp16_path, "the FP16 graph disagrees with FP32 beyond tolerance"), None, None
     print(f"wrote {fp16_path} ({fp16_path.stat().st_size / 1e6:.1f} MB, {len(kept)} head nodes kept FP32) "
           f"in {time.perf_counter() - t0:.1f} s")
     return 0, fp16_path, meta_from_proto(fp16_model, where=str(fp16_path))
