@@ -134,6 +134,14 @@ print("\n".join(lines))
 sys.exit(0 if code == 0 and code32 == 0 else 1)
 EOF
 BENCH_RC=${PIPESTATUS[0]}
+
+# Per-stage figures in the stable ffbench schema, for the GPU rows of benchmarks/README.md.
+for variant in model model.fp16; do
+    if [ -f "$OUT/model/$variant.onnx" ]; then
+        .venv/bin/ffbench "$OUT/model/$variant.onnx" --backend tensorrt --batch 1,8 \
+            --json "$OUT/ffbench-$variant.json" --plot "$OUT/ffbench-$variant.png" 2>&1 | tee -a "$OUT/bench.log"
+    fi
+done
 set -e
 
 {
