@@ -131,6 +131,7 @@ def run(args) -> int:
     from fftrain import checkpoint
 
     from .exporter import export_onnx
+    from . import parity
     from .parity import check
 
     t0 = time.perf_counter()
@@ -138,7 +139,7 @@ def run(args) -> int:
     images = _parity_images(args, payload, model.config.image_size)
     out = args.out / "model.onnx"
     path, meta = export_onnx(model, payload, checkpoint.sha256(args.ckpt), out, args.batch_max, args.opset)
-    report = check(model, path, images)
+    report = check(model, path, images, tolerance_rel=parity.FP32_RTOL)
     print(report)
     if not report.ok:
         return _refuse(path, "the exported graph disagrees with PyTorch beyond tolerance")
