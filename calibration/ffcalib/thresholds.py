@@ -83,28 +83,21 @@ def score_paths(detector, paths: list[Path], progress: bool = True, desc: str = 
 
 
 def _mask_for(image: Path, masks_dir: Path, hw: tuple[int, int]) -> np.ndarray:
-    import cv2
+    from fftrain.data import DataError, read_mask  # numpy/OpenCV only, no torch
 
     for cand in (masks_dir / f"{image.stem}_mask.png", *(masks_dir / f"{image.stem}{s}" for s in sorted(IMAGE_SUFFIXES))):
         if cand.is_file():
-            m = cv2.imdecode(np.fromfile(cand, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-            if m is None:
-                raise CalibError(f"{cand}: not a decodable mask image")
-            return cv2.resize(m, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) > 127
+            try:
+                return read_mask(cand, hw)
+            except DataError as e:
+                raise CalibError(str(e)) from e
     raise CalibError(f"{masks_dir}: no mask for {image.name} (expected {image.stem}_mask.png or {image.stem}.png)")
 
 
 def score_stats(scores: np.ndarray) -> ScoreStats:
-    s = np.asarray(scores, dtype=np.float64)
-    return ScoreStats(
-        count=int(s.size),
-        mean=float(s.mean()),
-        std=float(s.std()),
-        min=float(s.min()),
-        max=float(s.max()),
-        p50=float(np.percentile(s, 50)),
-        p99=float(np.percentile(s, 99)),
-    )
+    from fftrain.metrics import score_statistics  # numpy-only, no torch
+
+    return ScoreStats(**score_statistics(scores))
 
 
 def calibrate_thresholds(

@@ -130,7 +130,7 @@ def evaluate(
     pixel: dict = {"available": False, "reason": "the data has image labels only (no ground-truth masks)"}
     masks = None
     if has_masks:
-        masks = np.stack([read_mask(samples[i].mask_path, h) if samples[i].label == 1 else np.zeros((h, w), bool)
+        masks = np.stack([read_mask(samples[i].mask_path, (h, w)) if samples[i].label == 1 else np.zeros((h, w), bool)
                           for i in pixel_idx]) if h == w else None
         if masks is None:
             raise EvalError(f"pixel metrics need a square model input, this one is {h}x{w}")
@@ -222,7 +222,7 @@ def _overlays(det, samples, scores, per_group: int, title: str, path: Path) -> P
         empty = np.zeros_like(r.mask)
         gt = None
         if s.mask_path is not None:
-            gt = read_mask(s.mask_path, h).astype(np.float32)
+            gt = read_mask(s.mask_path, (h, w)).astype(np.float32)
         elif s.label == 0:
             gt = np.zeros((h, w), np.float32)
         rows.append({

@@ -74,13 +74,16 @@ def resize_to_model(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def read_mask(path: Path | None, size: int) -> np.ndarray:
+def read_mask(path: Path | None, size: int | tuple[int, int]) -> np.ndarray:
+    """Ground-truth mask as bool, resized (nearest) to ``size`` (square side or (h, w));
+    no file means a defect-free image."""
+    h, w = (size, size) if isinstance(size, int) else size
     if path is None:
-        return np.zeros((size, size), dtype=bool)
+        return np.zeros((h, w), dtype=bool)
     mask = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise DataError(f"{path}: not a decodable mask image")
-    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST) > 127
+    return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST) > 127
 
 
 def load_batch(samples: list[Sample], size: int) -> np.ndarray:

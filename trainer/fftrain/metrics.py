@@ -430,3 +430,20 @@ def threshold_at_frr(normal_scores, target_frr: float) -> float:
     while k > 0 and k / n > target_frr:
         k -= 1
     return float(s[n - k - 1])
+
+
+def score_statistics(scores) -> dict[str, float]:
+    """Summary of normal images' scores, stored in the model's metadata (``score_stats``)
+    and used for the operators' 0-1 normalized score."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.size == 0 or np.isnan(s).any():
+        raise ValueError("score_statistics needs at least one score and no NaN")
+    return {
+        "count": int(s.size),
+        "mean": float(s.mean()),
+        "std": float(s.std()),
+        "min": float(s.min()),
+        "max": float(s.max()),
+        "p50": float(np.percentile(s, 50)),
+        "p99": float(np.percentile(s, 99)),
+    }

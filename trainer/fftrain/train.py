@@ -29,7 +29,7 @@ from tqdm import tqdm
 from . import checkpoint, synthetic
 from .config import FastFlowConfig
 from .data import DataSplit, load_batch, to_tensor_batch
-from .metrics import roc_auc, threshold_at_frr
+from .metrics import roc_auc, score_statistics, threshold_at_frr
 from .model import FastFlow
 
 AUROC_SLACK = 0.01
@@ -113,15 +113,7 @@ def calibrate(normal_maps: torch.Tensor, normal_scores: torch.Tensor, target_frr
         "pixel_threshold": float(threshold_at_frr(peaks, target_frr)),
         "target_frr": target_frr,
         "source": f"validation normals (n={len(scores)}), target false-reject rate {target_frr:g}",
-        "score_stats": {
-            "count": int(len(scores)),
-            "mean": float(scores.mean()),
-            "std": float(scores.std()),
-            "min": float(scores.min()),
-            "max": float(scores.max()),
-            "p50": float(np.percentile(scores, 50)),
-            "p99": float(np.percentile(scores, 99)),
-        },
+        "score_stats": score_statistics(scores),
     }
 
 

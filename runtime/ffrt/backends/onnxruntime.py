@@ -177,15 +177,20 @@ def _probe_cpu() -> str | None:
     return None
 
 
-def _probe_cuda() -> str | None:
+def _missing_provider(provider: str) -> str | None:
+    """Why ``provider`` cannot be used by the installed onnxruntime, or None."""
     try:
         ort = _import_ort()
     except BackendUnavailableError:
         return f"onnxruntime-gpu is not installed; {GPU_HINT}"
     available = ort.get_available_providers()
-    if "CUDAExecutionProvider" not in available:
-        return f"this onnxruntime has no CUDAExecutionProvider (it has {', '.join(available)}); {GPU_HINT}"
+    if provider not in available:
+        return f"this onnxruntime has no {provider} (it has {', '.join(available)}); {GPU_HINT}"
     return None
+
+
+def _probe_cuda() -> str | None:
+    return _missing_provider("CUDAExecutionProvider")
 
 
 def _trt_library_version() -> str | None:
@@ -216,13 +221,9 @@ def _trt_library_version() -> str | None:
 
 
 def _probe_trt_ep() -> str | None:
-    try:
-        ort = _import_ort()
-    except BackendUnavailableError:
-        return f"onnxruntime-gpu is not installed; {GPU_HINT}"
-    available = ort.get_available_providers()
-    if "TensorrtExecutionProvider" not in available:
-        return f"this onnxruntime has no TensorrtExecutionProvider (it has {', '.join(available)}); {GPU_HINT}"
+    missing = _missing_provider("TensorrtExecutionProvider")
+    if missing is not None:
+        return missing
     if _trt_library_version() is None:
         return f"no TensorRT library (libnvinfer) found for the TensorRT execution provider; {GPU_HINT}"
     from ..engine import gpu_info
