@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backbone: only nodes upstream of the LayerNorms (the flow head stays float; default); all")
     q.add_argument("--max-auroc-drop", type=float, default=None, help="gate: largest allowed image-AUROC drop (default 0.01)")
     q.add_argument("--min-spearman", type=float, default=None,
-                   help="gate: lowest allowed Spearman rank correlation of INT8 vs FP32 scores (default 0.95)")
+                   help="gate: lowest allowed Spearman rank correlation of INT8 vs FP32 scores (default 0.95; 0.90 when "
+                   "ffexport --int8 re-fits the heads: see ffcalib/int8.py)")
     q.add_argument("--force", action="store_true", help="write the files even when the accuracy gate fails")
     q.add_argument("--bench-batches", default="1,8", help="batch sizes for the FP32 vs int8-cpu benchmark ('' = skip)")
     q.add_argument("--threads", type=int, default=None, help="CPU threads for scoring and benchmark (default: physical cores)")
@@ -87,11 +88,11 @@ def _fail(msg: str, code: int = EXIT_FAILED) -> int:
     return code
 
 
-def _int8(args) -> int:
+def _int8(args, refit_head=None) -> int:
     from ffrt.meta import read_onnx_meta
 
     from .images import calibration_paths, sample_evenly, validation_set
-    from .int8 import DEFAULT_MAX_AUROC_DROP, DEFAULT_MIN_SPEARMAN, AccuracyGateError, quantize_model
+    from .int8 import DEFAULT_MAX_AUROC_DROP, AccuracyGateError, quantize_model
 
     read_onnx_meta(args.model)  # a non-ffrt model fails here, before any image is read
     calib = calibration_paths(args.calib)
@@ -114,11 +115,12 @@ def _int8(args) -> int:
             val_images=val_paths,
             val_labels=val_labels,
             max_auroc_drop=DEFAULT_MAX_AUROC_DROP if args.max_auroc_drop is None else args.max_auroc_drop,
-            min_spearman=DEFAULT_MIN_SPEARMAN if args.min_spearman is None else args.min_spearman,
+            min_spearman=args.min_spearman,
             force=args.force,
             benchmark_batches=batches,
             threads=args.threads,
             progress=not args.no_progress,
+            refit_head=refit_head,
         )
     except AccuracyGateError as e:
         print(e.report.summary())
@@ -159,14 +161,15 @@ def _thresholds(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, refit_head=None) -> int:
+    """``refit_head``: see ``ffcalib.int8.quantize_model`` (ffexport --int8 passes one)."""
     from ffrt.errors import FFRTError
 
     from .images import CalibError
 
     args = build_parser().parse_args(argv)
     try:
-        return _int8(args) if args.command == "int8" else _thresholds(args)
+        return _int8(args, refit_head) if args.command == "int8" else _thresholds(args)
     except (CalibError, FFRTError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:

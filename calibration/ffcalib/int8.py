@@ -4,12 +4,16 @@
     report = quantize_model("model.onnx", "out/", calib_paths, val_images=paths, val_labels=labels)
 
 writes
-- ``out/model.int8-trt.onnx`` (metadata target "tensorrt"): Q/DQ, symmetric int8
-  activations and weights, zero point 0, per-channel weight scales, bias left in float:
-  the explicit-quantization form TensorRT consumes.
+- ``out/model.int8-trt.onnx`` (metadata target "tensorrt"): Q/DQ on the inputs of the
+  quantized convolutions, symmetric int8 activations and weights, zero point 0, per-channel
+  weight scales, bias left in float: the explicit-quantization form TensorRT consumes.
 - ``out/model.int8-cpu.onnx`` (metadata target "cpu"): Q/DQ, uint8 activations with zero
-  points, per-channel int8 weights (int32 bias): the U8S8 form ONNX Runtime's x86
-  VNNI kernels are fast on. (Symmetric S8S8 Q/DQ measured *slower* than FP32 on this
+  points, per-channel int8 weights (int32 bias), conv outputs quantized with the ReLU6
+  folded in: the U8S8 QLinearConv form ONNX Runtime's x86 VNNI kernels are fast on.
+
+FastFlow needs one more step that plain post-training quantization lacks: its flow head
+must be re-fit on the INT8 backbone's features (``refit_head``, supplied by ffexport,
+which has the checkpoint; export/ffexport/int8_head.py gives the measurements). (Symmetric S8S8 Q/DQ measured *slower* than FP32 on this
   CPU, see DESIGN.md: never ship the -trt file to CPUs; the Detector warns if you do.)
 
 One calibration pass: the calibrator runs once and its per-tensor (min, max) ranges are
@@ -50,14 +54,14 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ffrt.errors import ModelFileError
-from ffrt.meta import ModelMeta, atomic_write_bytes, read_onnx_meta, set_proto_meta
+from ffrt.meta import ModelMeta, atomic_write_bytes, meta_from_proto, read_onnx_meta, set_proto_meta
 
 from .images import CalibError, load_images, sample_evenly
 
@@ -74,6 +78,15 @@ DEFAULT_MAX_AUROC_DROP = 0.01
 #: features gives Spearman 0.999 / 0.969 / 0.649 and AUROC -0.001 / -0.021 / -0.174, so
 #: 0.95 admits roughly the feature noise that still costs about 0.01-0.02 AUROC.
 DEFAULT_MIN_SPEARMAN = 0.95
+#: The same bound when each INT8 file's flow head was re-fit (ffexport --int8). A re-fit head
+#: is a re-trained head: its scores are not the FP32 head's plus noise, and the noise ->
+#: AUROC link above no longer holds (the head adapts; image AUROC is gated directly).
+#: Measured on the ELPV demo model (460 test cells): merely continuing the FP32 head's
+#: training for the same 6 epochs on FP32 features gives Spearman 0.978 against the shipped
+#: FP32 (AUROC 0.901 -> 0.917); the re-fit INT8 heads give 0.916 (TensorRT encoding) and
+#: 0.950 (CPU encoding) at AUROC 0.892 / 0.911. 0.90 still refuses a head that orders parts
+#: differently (a broken re-fit scores ~0, plain PTQ ~0.0-0.3).
+DEFAULT_MIN_SPEARMAN_REFIT = 0.90
 
 
 class AccuracyGateError(CalibError):
@@ -91,6 +104,9 @@ class EncodingAccuracy:
     spearman: float
     max_abs_score_diff: float
     passed: bool
+    #: Share of validation images on which this file's pass/fail decision (its own stored
+    #: image threshold) equals the FP32 file's; None when a model lacks a threshold.
+    decision_agreement: float | None = None
 
 
 @dataclass
@@ -128,6 +144,7 @@ class Int8Report:
     float_nodes_by_type: dict[str, int]  # op types of the candidate type left in float
     calib_seconds: float
     quantize_seconds: float
+    head_fit: dict[str, str] = field(default_factory=dict)  # target -> how its flow head was re-fit
     accuracy: Accuracy | None = None
     latency: list[Latency] = field(default_factory=list)
     threads: int | None = None
@@ -149,6 +166,8 @@ class Int8Report:
                 else ""
             ),
         ]
+        for target, how in self.head_fit.items():
+            lines.append(f"  int8-{target} head: {how}")
         a = self.accuracy
         if a is not None:
             fp = f"{a.fp32_auroc:.4f}" if a.fp32_auroc is not None else "n/a (one class)"
@@ -157,7 +176,9 @@ class Int8Report:
                 au = f"AUROC {e.auroc:.4f} (drop {e.auroc_drop:+.4f}), " if e.auroc is not None else ""
                 lines.append(
                     f"    int8-{name:<8} {au}Spearman vs FP32 {e.spearman:.4f}, max |score diff| "
-                    f"{e.max_abs_score_diff:.4g}  {'ok' if e.passed else 'FAILED'}"
+                    f"{e.max_abs_score_diff:.4g}"
+                    + (f", same pass/fail as FP32 on {e.decision_agreement:.1%}" if e.decision_agreement is not None else "")
+                    + f"  {'ok' if e.passed else 'FAILED'}"
                 )
             lines.append(
                 f"  gate: AUROC drop <= {a.max_auroc_drop}, Spearman >= {a.min_spearman}: "
@@ -190,6 +211,39 @@ def backbone_boundary(model) -> list[str]:
     """The tensors entering the LayerNormalization nodes (the backbone's feature maps)."""
     inits = {t.name for t in model.graph.initializer}
     return [n.input[0] for n in model.graph.node if n.op_type == "LayerNormalization" and n.input[0] not in inits]
+
+
+def backbone_submodel(model):
+    """The backbone alone: ``model``'s input -> the tensors the LayerNorms read (as outputs).
+
+    Works on FP32 and Q/DQ graphs alike (in a Q/DQ graph the LayerNorms may read
+    DequantizeLinear outputs, which ``onnx.utils.Extractor`` cannot type)."""
+    from onnx import helper
+
+    boundary = backbone_boundary(model)
+    if not boundary:
+        raise CalibError("the graph has no LayerNormalization node, so its backbone cannot be told from its flow head")
+    producer = {out: n for n in model.graph.node for out in n.output}
+    keep: set[int] = set()
+    stack = list(boundary)
+    while stack:
+        n = producer.get(stack.pop())
+        if n is None or id(n) in keep:
+            continue
+        keep.add(id(n))
+        stack.extend(n.input)
+    nodes = [n for n in model.graph.node if id(n) in keep]
+    used = {i for n in nodes for i in n.input}
+    graph = helper.make_graph(
+        nodes,
+        model.graph.name + "_backbone",
+        list(model.graph.input),
+        [helper.make_empty_tensor_value_info(t) for t in boundary],
+        [t for t in model.graph.initializer if t.name in used],
+    )
+    sub = helper.make_model(graph, opset_imports=list(model.opset_import))
+    sub.ir_version = model.ir_version
+    return sub
 
 
 def find_quantizable_nodes(model, op_types: Sequence[str] = ("Conv",), scope: str = "backbone") -> list[str]:
@@ -298,6 +352,14 @@ def spearman(a, b) -> float:
     return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
 
 
+def _image_threshold(model) -> float:
+    """The stored image threshold of an ffrt model given as a path or serialized bytes."""
+    import onnx
+
+    proto = onnx.load(str(model)) if isinstance(model, (str, os.PathLike)) else onnx.load_from_string(model)
+    return meta_from_proto(proto).thresholds.image
+
+
 def evaluate_accuracy(
     fp32_model,
     int8_models: dict,
@@ -321,6 +383,7 @@ def evaluate_accuracy(
     both = 0 < labels.sum() < len(labels)
     fp = score_images(make_session(fp32_model, threads), images, progress=progress, desc="scoring FP32")
     fp_auc = roc_auc(labels, fp) if both else None
+    fp_reject = fp > _image_threshold(fp32_model)
     encs = {}
     for name, model in int8_models.items():
         q = score_images(make_session(model, threads), images, progress=progress, desc=f"scoring int8-{name}")
@@ -331,7 +394,8 @@ def evaluate_accuracy(
         drop = (fp_auc - auc) if both else None
         rho = spearman(fp, q)
         ok = (rho >= min_spearman) and (drop is None or drop <= max_auroc_drop)
-        encs[name] = EncodingAccuracy(auc, drop, rho, float(np.max(np.abs(q - fp))), bool(ok))
+        agree = float(np.mean((q > _image_threshold(model)) == fp_reject))
+        encs[name] = EncodingAccuracy(auc, drop, rho, float(np.max(np.abs(q - fp))), bool(ok), agree)
     return Accuracy(len(images), int(labels.sum()), fp_auc, encs, max_auroc_drop, min_spearman)
 
 
@@ -414,6 +478,121 @@ class _Reader:
         return -(-len(self._images) // self._batch)
 
 
+#: quantize_static settings per target (activation type, weight type, extra_options).
+ENCODINGS = {
+    # TensorRT explicit quantization: symmetric int8, zero point 0, float bias, and Q/DQ on
+    # the *inputs* of each quantized Conv only (TensorRT's placement advice: quantize the
+    # inputs of weighted layers, let the builder fuse Conv + activation + the next layer's
+    # Q). Quantizing the Conv output too would put a second, coarse Q/DQ on the pre-ReLU6
+    # values, whose range is far wider than the [0, 6] the next layer sees.
+    "tensorrt": ("QInt8", "QInt8", {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                                    "OpTypesToExcludeOutputQuantization": ["Conv"]}),
+    # ONNX Runtime x86: uint8 activations with zero points, int8 weights, int32 bias, outputs
+    # quantized so ORT fuses QLinearConv; each ReLU6 Clip after a quantized Conv is folded
+    # into that Conv's output Q (range [0, 6]-bounded, as TFLite fuses Conv+ReLU6).
+    "cpu": ("QUInt8", "QInt8", {"ActivationSymmetric": False, "WeightSymmetric": True}),
+}
+#: Activation types folded into the preceding quantized Conv in the CPU encoding.
+_CPU_FOLDED_ACTIVATIONS = ("Clip", "Relu")
+
+
+#: Largest |quantized bias| allowed when a float bias may be quantized later (2^30: half of
+#: int32, so rounding and accumulation keep clear of the limit).
+_BIAS_INT32_HEADROOM = float(2**30)
+
+
+def protect_float_bias(q_model, fp32_model) -> int:
+    """Raise per-channel weight scales so a float Conv bias survives int32 quantization.
+
+    The TensorRT encoding keeps Conv biases in float. ONNX Runtime's graph optimizer
+    (``WeightBiasQuantization``, microsoft/onnxruntime PR #22889) nevertheless quantizes
+    such a bias to int32 at load time with scale input_scale * weight_scale. BN folding
+    leaves "dead" channels (weights ~1e-6, bias ~1-7) whose tiny weight scale makes that
+    int32 overflow and saturate: measured on the ELPV demo model, backbone feature error
+    rose from 16-24% to 82-96%. The quantization tool guards its own int32 bias the same
+    way (PR #22020); this does it for the float-bias encoding: where |bias| / (s_in * s_w)
+    would exceed 2^30 the channel's weight scale is raised to fit and its weights
+    re-quantized from the FP32 values (they round to ~0: the channel's output is its bias
+    anyway). Returns the number of channels changed.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    inits = {t.name: t for t in q_model.graph.initializer}
+    fp32_weight = {n.name: n.input[1] for n in fp32_model.graph.node if n.op_type == "Conv"}
+    fp32_inits = {t.name: t for t in fp32_model.graph.initializer}
+    producer = {o: n for n in q_model.graph.node for o in n.output}
+    changed = 0
+    for conv in q_model.graph.node:
+        if conv.op_type != "Conv" or len(conv.input) < 3 or conv.input[2] not in inits:
+            continue
+        dq_x, dq_w = producer.get(conv.input[0]), producer.get(conv.input[1])
+        if not (dq_x and dq_w and dq_x.op_type == "DequantizeLinear" and dq_w.op_type == "DequantizeLinear"):
+            continue
+        bias = inits[conv.input[2]]
+        if bias.data_type != TensorProto.FLOAT or dq_x.input[1] not in inits or dq_w.input[1] not in inits:
+            continue
+        s_x = float(numpy_helper.to_array(inits[dq_x.input[1]]).reshape(-1)[0])
+        s_w = numpy_helper.to_array(inits[dq_w.input[1]]).astype(np.float64).reshape(-1)
+        b = np.abs(numpy_helper.to_array(bias).astype(np.float64))
+        need = b / (s_x * _BIAS_INT32_HEADROOM)
+        low = s_w < need
+        if not low.any():
+            continue
+        w_name = fp32_weight.get(conv.name)
+        if w_name not in fp32_inits:
+            raise CalibError(f"{conv.name}: its FP32 weight is not in the source graph; cannot re-quantize it")
+        w = numpy_helper.to_array(fp32_inits[w_name]).astype(np.float64)
+        new_scale = np.where(low, need, s_w)
+        shape = (-1,) + (1,) * (w.ndim - 1)
+        q_old = numpy_helper.to_array(inits[dq_w.input[0]])
+        q_new = np.where(low.reshape(shape), np.clip(np.round(w / new_scale.reshape(shape)), -127, 127), q_old)
+        inits[dq_w.input[0]].CopyFrom(numpy_helper.from_array(q_new.astype(q_old.dtype), dq_w.input[0]))
+        inits[dq_w.input[1]].CopyFrom(numpy_helper.from_array(new_scale.astype(np.float32), dq_w.input[1]))
+        changed += int(low.sum())
+    return changed
+
+
+def _encode(src: Path, dst: Path, target: str, cache: Path, nodes, op_types, method_enum, extra_options):
+    """One quantize_static call from the cached ranges (no calibration) -> the Q/DQ ModelProto."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    act, weight, target_options = ENCODINGS[target]
+    op_types, nodes = list(op_types), list(nodes)
+    if target == "cpu":
+        model = onnx.load(str(src))
+        producer = {o: n for n in model.graph.node for o in n.output}
+        chosen = set(nodes)
+        folded = [n for n in model.graph.node if n.op_type in _CPU_FOLDED_ACTIVATIONS
+                  and (p := producer.get(n.input[0])) is not None and p.name in chosen]
+        op_types += sorted({n.op_type for n in folded} - set(op_types))
+        nodes += [n.name for n in folded]
+    ort_logger = logging.getLogger()
+    level = ort_logger.level
+    ort_logger.setLevel(logging.ERROR)  # "consider pre-processing": the export is already optimized
+    try:
+        quantize_static(
+            str(src),
+            str(dst),
+            calibration_data_reader=None,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=op_types,
+            per_channel=True,
+            reduce_range=False,
+            nodes_to_quantize=nodes,
+            calibrate_method=method_enum,
+            calibration_cache_path=str(cache),
+            activation_type=getattr(QuantType, act),
+            weight_type=getattr(QuantType, weight),
+            extra_options={**(extra_options or {}), **target_options},
+        )
+    finally:
+        ort_logger.setLevel(level)
+    q = onnx.load(str(dst))
+    protect_float_bias(q, onnx.load(str(src)))
+    return q
+
+
 def _method_enum(method: str):
     from onnxruntime.quantization import CalibrationMethod
 
@@ -453,7 +632,7 @@ def quantize_model(
     val_images=None,
     val_labels=None,
     max_auroc_drop: float = DEFAULT_MAX_AUROC_DROP,
-    min_spearman: float = DEFAULT_MIN_SPEARMAN,
+    min_spearman: float | None = None,
     force: bool = False,
     benchmark_batches: Sequence[int] = (1, 8),
     threads: int | None = None,
@@ -461,6 +640,7 @@ def quantize_model(
     progress: bool = True,
     nodes: Sequence[str] | None = None,
     extra_options: dict | None = None,
+    refit_head: "Callable[[str, bytes], onnx.ModelProto] | None" = None,
 ) -> Int8Report:
     """Calibrate once, write ``out_dir/model.int8-trt.onnx`` and ``out_dir/model.int8-cpu.onnx``.
 
@@ -477,11 +657,18 @@ def quantize_model(
                    calibration still runs on the ``scope`` subgraph).
     extra_options: more onnxruntime ``quantize_static`` extra_options for both encodings
                    (e.g. {"OpTypesToExcludeOutputQuantization": ["Conv"]}).
+    refit_head:    (target, Q/DQ model bytes) -> FP32 ModelProto of the same network whose
+                   flow head was re-fit on that Q/DQ backbone's features (and whose metadata
+                   carries re-calibrated thresholds and ``head_fit``). The same Q/DQ, from the
+                   same ranges, is then put on that graph. ffexport supplies it (it needs the
+                   checkpoint and PyTorch); None = plain post-training quantization.
+    min_spearman:  gate bound; None = DEFAULT_MIN_SPEARMAN, or DEFAULT_MIN_SPEARMAN_REFIT
+                   when ``refit_head`` is given.
     Raises CalibError (one-line message) on bad input, AccuracyGateError when the gate
     fails and ``force`` is False (then nothing is written).
     """
     import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, create_calibrator, quantize_static, save_tensors_data
+    from onnxruntime.quantization import create_calibrator, save_tensors_data
 
     fp32_onnx_path = Path(fp32_onnx_path)
     out_dir = Path(out_dir)
@@ -493,6 +680,8 @@ def quantize_model(
         raise CalibError(f"{fp32_onnx_path}: is a {meta.precision} model; quantize the FP32 model ffexport wrote")
     method_enum = _method_enum(method)
     op_types = tuple(op_types)
+    if min_spearman is None:
+        min_spearman = DEFAULT_MIN_SPEARMAN if refit_head is None else DEFAULT_MIN_SPEARMAN_REFIT
     calib = _as_images(calib_images, meta, count, progress, "calibration")
 
     model = onnx.load(str(fp32_onnx_path))
@@ -511,11 +700,11 @@ def quantize_model(
         if scope == "backbone":
             # Only the backbone needs ranges: calibrate its subgraph (input -> LayerNorm inputs).
             calib_model = tmp / "backbone.onnx"
-            onnx.utils.extract_model(str(fp32_named), str(calib_model), [input_name], backbone_boundary(model))
+            onnx.save(backbone_submodel(model), str(calib_model))
         calib_options = {"symmetric": False}
         calibrator = create_calibrator(
             calib_model,
-            list(op_types),
+            list(op_types) + [t for t in _CPU_FOLDED_ACTIVATIONS if t not in op_types],
             augmented_model_path=str(tmp / "augmented.onnx"),
             calibrate_method=method_enum,
             extra_options=calib_options,
@@ -537,49 +726,33 @@ def quantize_model(
 
         # -- two encodings from the same ranges ---------------------------------------------------
         t0 = time.perf_counter()
-        encodings = {
-            "tensorrt": dict(
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
-            ),
-            "cpu": dict(
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-            ),
-        }
         blobs: dict[str, bytes] = {}
+        head_fit: dict[str, str] = {}
         quantized: list[str] = []
-        ort_logger = logging.getLogger()
-        for target, kw in encodings.items():
-            dst = tmp / f"{target}.onnx"
-            level = ort_logger.level
-            ort_logger.setLevel(logging.ERROR)  # "consider pre-processing": the export is already optimized
-            try:
-                quantize_static(
-                    str(fp32_named),
-                    str(dst),
-                    calibration_data_reader=None,
-                    quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=list(op_types),
-                    per_channel=True,
-                    reduce_range=False,
-                    nodes_to_quantize=nodes,
-                    calibrate_method=method_enum,
-                    calibration_cache_path=str(cache),
-                    activation_type=kw["activation_type"],
-                    weight_type=kw["weight_type"],
-                    extra_options={**(extra_options or {}), **kw["extra_options"]},
-                )
-            finally:
-                ort_logger.setLevel(level)
-            q = onnx.load(str(dst))
+        for target in ENCODINGS:
+            q = _encode(fp32_named, tmp / f"{target}.onnx", target, cache, nodes, op_types, method_enum, extra_options)
+            file_meta = meta
+            if refit_head is not None:
+                # The flows were fit on FP32 features; INT8 features differ by ~15-25% (RMS) and
+                # the density model reads that as anomaly. Re-fit the flows on the features of
+                # this very Q/DQ backbone, then put the same Q/DQ (same ranges) on the new graph.
+                refit = refit_head(target, q.SerializeToString())
+                _ensure_node_names(refit)
+                refit_path = tmp / f"{target}.refit-fp32.onnx"
+                onnx.save(refit, str(refit_path))
+                q = _encode(refit_path, tmp / f"{target}.onnx", target, cache, nodes, op_types, method_enum, extra_options)
+                if set(quantized_node_names(q, op_types)) != set(nodes):
+                    raise CalibError(
+                        "the graph with the re-fitted head does not have the quantized backbone's node names; "
+                        "export it with the same ffexport version as the FP32 model"
+                    )
+                file_meta = meta_from_proto(refit, where=f"re-fitted {target} graph")
+                head_fit[target] = file_meta.head_fit
             if target == "cpu":
                 quantized = quantized_node_names(q, op_types)
-            versions = dict(meta.tool_versions)
+            versions = dict(file_meta.tool_versions)
             versions["onnxruntime"] = _ort_version()
-            set_proto_meta(q, meta.model_copy(update={"precision": "int8", "target": target, "tool_versions": versions}))
+            set_proto_meta(q, file_meta.model_copy(update={"precision": "int8", "target": target, "tool_versions": versions}))
             blobs[target] = q.SerializeToString()
         quantize_s = time.perf_counter() - t0
 
@@ -607,6 +780,7 @@ def quantize_model(
         float_nodes_by_type=left,
         calib_seconds=calib_s,
         quantize_seconds=quantize_s,
+        head_fit=head_fit,
         threads=threads or physical_core_count(),
         forced=force,
     )
@@ -639,8 +813,14 @@ def quantize_model(
             if not e.passed
         ]
         raise AccuracyGateError(
-            "INT8 accuracy gate failed (" + "; ".join(bad) + "); nothing written. Use more/representative "
-            "calibration images, another --calib-method, or --force to write anyway",
+            "INT8 accuracy gate failed (" + "; ".join(bad) + "); nothing written. "
+            + (
+                "Use more/representative calibration images or another --calib-method"
+                if refit_head is not None
+                else "FastFlow's flow head reads INT8 feature error as anomaly: `ffexport --ckpt model.pt --out DIR "
+                "--int8` re-fits the head on the INT8 backbone (needs the checkpoint)"
+            )
+            + "; --force writes anyway",
             report,
         )
     for target, name in (("tensorrt", TRT_NAME), ("cpu", CPU_NAME)):

@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-count", type=int, default=64, help="--int8: calibration images (default 64)")
     p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax",
                    help="--int8: activation range calibration (default minmax)")
+    p.add_argument("--refit-epochs", type=int, default=None,
+                   help="--int8: epochs of re-fitting each INT8 file's flow head on its INT8 backbone's features, "
+                   "warm-started from the FP32 head (default 6; 0 = plain post-training quantization, which a "
+                   "FastFlow head does not survive: see ffexport/int8_head.py)")
     p.add_argument("--force", action="store_true", help="--int8: write the INT8 files even if the accuracy gate fails")
     p.add_argument(
         "--engine",
@@ -109,17 +113,35 @@ def _refuse(path: Path, why: str) -> int:
     return EXIT_FAILED
 
 
-def _int8_step(args, payload, fp32_path: Path) -> int:
-    """ffcalib int8 on the ONNX just written: the same tool, flags and gate as `ffcalib int8`."""
+def _int8_step(args, payload, fp32_path: Path, parity_images: np.ndarray) -> int:
+    """ffcalib int8 on the ONNX just written (the same tool, flags and gate as `ffcalib int8`),
+    with each INT8 file's flow head re-fit on its INT8 backbone (int8_head.py explains why)."""
     from ffcalib.cli import main as ffcalib_main
+    from fftrain.data import DataError, resolve
 
-    calib = args.calib or payload.get("train_info", {}).get("data")
+    data = payload.get("train_info", {}).get("data")
+    calib = args.calib or data
     if not calib:
         print("ffexport: error: --int8 needs --calib DIR (normal images from the line)", file=sys.stderr)
         return EXIT_FAILED
+    from .int8_head import DEFAULT_REFIT_EPOCHS, head_refitter
+
+    epochs = DEFAULT_REFIT_EPOCHS if args.refit_epochs is None else args.refit_epochs
+    refit = None
+    if epochs > 0:
+        spec = str(args.calib) if args.calib else data
+        try:
+            split = resolve(spec)
+        except DataError as e:
+            print(f"ffexport: error: --int8 re-fits the flow head on the training normals, from {spec}: {e}. "
+                  "Pass --calib with the training data (an MVTec-style root or elpv:mono/poly), or "
+                  "--refit-epochs 0 for plain post-training quantization", file=sys.stderr)
+            return EXIT_FAILED
+        refit = head_refitter(args.ckpt, split, parity_images, epochs=epochs, batch_max=args.batch_max,
+                              opset=args.opset)
     argv = ["int8", "--model", str(fp32_path), "--calib", str(calib), "--calib-count", str(args.calib_count),
             "--calib-method", args.calib_method, "--out", str(fp32_path.parent)]
-    return ffcalib_main(argv + (["--force"] if args.force else []))
+    return ffcalib_main(argv + (["--force"] if args.force else []), refit_head=refit)
 
 
 def run(args) -> int:
@@ -155,7 +177,7 @@ def run(args) -> int:
             return code
         engine_src, engine_meta = fp16_path, fp16_meta
     if args.int8:
-        code = _int8_step(args, payload, path)
+        code = _int8_step(args, payload, path, images)
         if code:
             return code
         from ffrt.meta import read_onnx_meta

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ModelFileError
 
 META_KEY = "ffrt.meta"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: head_fit (INT8 files whose flow head was re-fit on their INT8 backbone)
 
 
 class _Strict(BaseModel):
@@ -110,6 +110,11 @@ class ModelMeta(_Strict):
     backbone: BackboneInfo
     flow: FlowInfo
     feature_strides: tuple[int, ...]
+    head_fit: str = Field(
+        default="",
+        description="How the flow head was fit when it is not the FP32 model's (INT8 files: re-fit on the features "
+        "of this file's own INT8 backbone, with thresholds re-calibrated). Empty: the trained head.",
+    )
     batch_max: int | None = Field(default=None, gt=0, description="Largest batch the graph was exported for.")
     opset: int | None = None
     source_checkpoint_sha256: str

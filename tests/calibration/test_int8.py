@@ -184,3 +184,109 @@ def test_cli_int8_refuses_empty_folder_and_foreign_model(tiny_onnx, tmp_path, ca
     assert main(["int8", "--model", str(foreign), "--calib", "elpv:mono", "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()
     assert "not an ffrt model" in err and "\n" not in err
+
+
+def _dead_channel_conv(tmp_path):
+    """One Conv (2 -> 3 channels) whose channel 1 is 'dead' like a BN-folded channel with
+    gamma ~ 0 (weights 1e-7) but carries a large bias (5.0), as in the real backbone."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.3, (3, 2, 3, 3)).astype(np.float32)
+    w[1] = 1e-7
+    b = np.array([0.1, 5.0, -0.2], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        "dead_channel",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    path = tmp_path / "dead.onnx"
+    onnx.save(model, str(path))
+    return path, w, b
+
+
+def test_float_bias_survives_onnxruntime_bias_quantization(tmp_path):
+    """TensorRT encoding (float bias) run on ONNX Runtime CPU with all graph optimizations:
+    ORT quantizes a float Conv bias to int32 with scale s_x * s_w at load (PR #22889); protect_float_bias
+    keeps that within int32, so the dead channel still outputs its bias (5.0)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from ffcalib.int8 import ENCODINGS, protect_float_bias
+
+    src, w, b = _dead_channel_conv(tmp_path)
+    x = np.random.default_rng(1).uniform(-1, 1, (4, 1, 2, 8, 8)).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": xi} for xi in x])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    _, _, options = ENCODINGS["tensorrt"]
+    dst = tmp_path / "q.onnx"
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, extra_options=options)
+    q = onnx.load(str(dst))
+    inits = _inits(q)
+    s_x = float(next(v for k, v in inits.items() if k.startswith("x") and k.endswith("scale")).reshape(-1)[0])
+    s_w = next(v for k, v in inits.items() if k.startswith("w") and k.endswith("scale"))
+    # The hazardous case: onnxruntime's tool sizes s_w so the int32 bias just fits (PR #22020),
+    # which leaves no headroom for the int32 accumulator the fused kernel adds products to.
+    assert abs(b[1]) / (s_x * s_w[1]) > 2**30
+
+    assert protect_float_bias(q, onnx.load(str(src))) == 1  # only the dead channel changes
+    s_w_new = next(v for k, v in _inits(q).items() if k.startswith("w") and k.endswith("scale"))
+    assert abs(b[1]) / (s_x * s_w_new[1]) <= 2**30
+    np.testing.assert_array_equal(s_w_new[[0, 2]], s_w[[0, 2]])
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(q.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    for xi in x:
+        y, y_fp = session.run(None, {"x": xi})[0], reference.run(None, {"x": xi})[0]
+        # Dead channel: its bias, to int32-bias rounding (s_x * new s_w <= |b| / 2^30).
+        np.testing.assert_allclose(y[0, 1], 5.0, atol=1e-3)
+        # Live channels: INT8 quantization error only (inputs in [-1, 1], 18 taps).
+        assert np.abs(y - y_fp).max() < 0.05
+
+
+def test_backbone_submodel_outputs_the_layernorm_inputs(tiny_onnx):
+    from ffcalib.int8 import backbone_boundary, backbone_submodel
+
+    fp = onnx.load(str(tiny_onnx))
+    sub = backbone_submodel(fp)
+    assert [o.name for o in sub.graph.output] == backbone_boundary(fp)
+    assert not any(n.op_type in ("LayerNormalization", "TopK", "Resize") for n in sub.graph.node)
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    feats = make_session(sub.SerializeToString()).run(None, {"image": images})
+    assert [f.shape[0] for f in feats] == [2, 2, 2] and [f.shape[1] for f in feats] == [24, 40, 112]
+
+
+def test_qdq_placement_per_target(int8_pair):
+    """TensorRT: Q/DQ on quantized Conv inputs only (outputs float, the builder fuses). CPU:
+    Conv outputs quantized for QLinearConv, with the ReLU6 Clip folded into that output Q."""
+    out, _ = int8_pair
+    trt = onnx.load(str(out / TRT_NAME))
+    trt_producer = _producers(trt)
+    clips = [n for n in trt.graph.node if n.op_type == "Clip"]
+    assert clips
+    for clip in clips:  # the pre-ReLU6 conv outputs are not quantized...
+        assert trt_producer[clip.input[0]].op_type == "Conv", clip.name
+    for n in (n for n in trt.graph.node if n.op_type == "Conv" and _weight_dq(trt, n) is not None):
+        assert trt_producer[n.input[0]].op_type == "DequantizeLinear"  # ...their inputs are
+
+    cpu = onnx.load(str(out / CPU_NAME))
+    producer = _producers(cpu)
+    quantized = {n.name for n in cpu.graph.node if n.op_type == "Conv" and _weight_dq(cpu, n) is not None}
+    clips_after_quantized = [n for n in cpu.graph.node if n.op_type == "Clip"
+                             and (p := producer.get(n.input[0])) is not None and p.name in quantized]
+    assert not clips_after_quantized, "ReLU6 after a quantized Conv must be folded into its output Q"
+    fp_clips = sum(n.op_type == "Clip" for n in trt.graph.node)
+    assert sum(n.op_type == "Clip" for n in cpu.graph.node) < fp_clips

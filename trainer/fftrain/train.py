@@ -117,27 +117,43 @@ def calibrate(normal_maps: torch.Tensor, normal_scores: torch.Tensor, target_frr
     }
 
 
+FeatureExtractor = Callable[[np.ndarray, str], list[torch.Tensor]]
+
+
 def train(
     config: FastFlowConfig,
     split: DataSplit,
     settings: TrainSettings,
     backbone_weights: str | None = None,
     log: Callable[[str], None] = print,
+    *,
+    model: FastFlow | None = None,
+    extract: FeatureExtractor | None = None,
 ) -> TrainResult:
+    """Fit the flows on the backbone features of ``split``'s normals.
+
+    model:   start from this model's flows (warm start) instead of a fresh FastFlow.
+    extract: features of uint8 NHWC images (images, description) -> one tensor per scale,
+             instead of the model's own PyTorch backbone. ffexport passes the INT8 backbone
+             (ONNX Runtime) here, so the flows learn the features the INT8 file computes.
+    """
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
-    model = FastFlow(config, backbone_weights)
+    model = model if model is not None else FastFlow(config, backbone_weights)
+    if extract is None:
+        def extract(images: np.ndarray, desc: str) -> list[torch.Tensor]:
+            return extract_features(model, images, desc=desc, progress=settings.progress)
     size = config.image_size
 
     t0 = time.perf_counter()
     train_images = load_batch(split.train, size)
     val_images = load_batch(split.val, size)
     val_defects, _ = synthetic.defect_batch(val_images, seed=config.seed + 1000)
-    train_feats = extract_features(model, train_images, desc="features (train)", progress=settings.progress)
-    val_feats = extract_features(model, val_images, desc="features (val)", progress=settings.progress)
-    val_defect_feats = extract_features(model, val_defects, desc="features (val, synthetic)", progress=settings.progress)
+    train_feats = extract(train_images, "features (train)")
+    val_feats = extract(val_images, "features (val)")
+    val_defect_feats = extract(val_defects, "features (val, synthetic)")
     timings["feature_cache_s"] = time.perf_counter() - t0
     log(
         f"cached backbone features of {len(train_images)} train and {len(val_images)} validation images "

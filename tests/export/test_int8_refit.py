@@ -1,0 +1,96 @@
+"""ffexport --int8: each INT8 file's flow head is re-fit on its own INT8 backbone's features.
+
+Real tiny FastFlow (64x64, ELPV cells), real onnxruntime Q/DQ, real PyTorch training of the
+flows on the features onnxruntime computes for the Q/DQ backbone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from ffcalib.int8 import CPU_NAME, TRT_NAME, make_session, score_images
+from fftrain.metrics import roc_auc
+from ffrt.meta import read_onnx_meta
+
+# Stated bound: image AUROC of each re-fit INT8 file on the 460 ELPV mono test cells. The
+# session's tiny checkpoint is trained on 48 normals for 2 epochs (its own AUROC is ~0.3,
+# no useful reference), while the re-fit uses the checkpoint's recorded data (elpv:mono, 397
+# normals), so the INT8 heads are the better detectors here: measured 0.874 (TensorRT
+# encoding) and 0.886 (CPU) when written. A head that does not match its backbone scores
+# ~0.5 or less. (INT8-vs-FP32 agreement is the accuracy gate's job, tested in
+# tests/calibration; the demo model's figures are in benchmarks/README.md.)
+MIN_AUROC = 0.75
+
+
+@pytest.fixture(scope="module")
+def refit_export(tiny_checkpoint, tmp_path_factory):
+    from ffexport.cli import main
+
+    out = tmp_path_factory.mktemp("int8_refit")
+    rc = main(["--ckpt", str(tiny_checkpoint), "--out", str(out), "--batch-max", "8", "--int8",
+               "--refit-epochs", "2", "--calib-count", "16", "--force"])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_cells(elpv_split):
+    from fftrain.data import load_batch
+
+    # All 460 ELPV mono test cells: the tiny model's scores lie close together, so a
+    # rank correlation needs many images to mean anything.
+    return load_batch(elpv_split.test, 64), np.array([s.label for s in elpv_split.test])
+
+
+def _flow_weights(path):
+    model = onnx.load(str(path))
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.startswith("model.flows.")}
+
+
+def test_each_int8_file_carries_its_own_refit_head_and_thresholds(refit_export):
+    fp32 = read_onnx_meta(refit_export / "model.onnx")
+    fp32_flows = _flow_weights(refit_export / "model.onnx")
+    heads = {}
+    for name, target in ((TRT_NAME, "tensorrt"), (CPU_NAME, "cpu")):
+        meta = read_onnx_meta(refit_export / name)
+        assert (meta.precision, meta.target) == ("int8", target)
+        assert meta.head_fit.startswith("flows re-fit on this file's INT8 backbone features") and target in meta.head_fit
+        assert meta.thresholds.image != fp32.thresholds.image  # re-calibrated on the INT8 model's scores
+        assert "validation normals" in meta.thresholds.source
+        flows = _flow_weights(refit_export / name)
+        assert flows.keys() == fp32_flows.keys()
+        assert any(not np.array_equal(flows[k], fp32_flows[k]) for k in flows), "the head was not re-fit"
+        heads[target] = flows
+    # One head per encoding: each learned its own backbone's features.
+    assert any(not np.array_equal(heads["tensorrt"][k], heads["cpu"][k]) for k in heads["cpu"])
+    assert read_onnx_meta(refit_export / "model.onnx").head_fit == ""
+
+
+def test_refit_int8_files_detect_defects(refit_export, test_cells):
+    images, labels = test_cells
+    for name in (TRT_NAME, CPU_NAME):
+        q = score_images(make_session(refit_export / name), images)
+        assert np.all(np.isfinite(q))
+        assert roc_auc(labels, q) >= MIN_AUROC, name
+        # The stored, re-calibrated threshold rejects few normals (target 2% on validation).
+        threshold = read_onnx_meta(refit_export / name).thresholds.image
+        assert np.mean(q[labels == 0] > threshold) <= 0.15, name
+
+
+def test_refit_needs_the_training_data(tiny_checkpoint, tmp_path, capsys):
+    from ffexport.cli import main
+
+    folder = tmp_path / "normals"  # a plain folder has no train/val split to re-fit on
+    folder.mkdir()
+    import cv2
+
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((64, 64, 3), 128, np.uint8))
+    rc = main(["--ckpt", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "--batch-max", "8", "--int8",
+               "--calib", str(folder)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--refit-epochs 0" in err
+    assert (tmp_path / "o" / "model.onnx").is_file() and not (tmp_path / "o" / CPU_NAME).exists()
