@@ -79,19 +79,37 @@ from ffexport.tensorrt import main as build
 code32 = build([str(model_dir / "model.onnx"), "--batch-max", "8", "--batch-opt", "8",
                 "--timing-cache", str(out / "timing.cache")])
 
+# INT8: Q/DQ files with re-fit heads (2 epochs keep the check short), then the TensorRT plan
+# of the -trt encoding; its scores are compared with ONNX Runtime CPU on the same file below.
+code8 = ffexport(["--ckpt", str(ckpt), "--out", str(model_dir / "int8"), "--batch-max", "8", "--int8",
+                  "--refit-epochs", "2", "--force"])
+code8e = build([str(model_dir / "int8" / "model.int8-trt.onnx"), "--batch-max", "8", "--batch-opt", "8",
+                "--timing-cache", str(out / "timing.cache")]) if code8 == 0 else code8
+
 from ffrt import Detector
 from ffrt.engine import read_engine_info
 
 from fftrain.data import elpv, load_batch
 
 cells = list(load_batch(elpv("mono").test[:8], 256)[..., ::-1])  # BGR like a camera SDK
-results = {"ffexport_exit": code, "fp32_engine_exit": code32, "host": platform.node(), "rows": []}
+results = {"ffexport_exit": code, "fp32_engine_exit": code32, "int8_export_exit": code8, "int8_engine_exit": code8e,
+           "host": platform.node(), "rows": []}
+int8_onnx = model_dir / "int8" / "model.int8-trt.onnx"
+if code8e == 0:
+    # TensorRT's INT8 kernels vs ONNX Runtime CPU on the same Q/DQ file (what the head was fit to).
+    ref = Detector(int8_onnx, backend="onnxruntime-cpu", resize_outputs=False).predict_batch(cells)
+    got = Detector(model_dir / "int8" / "model.int8-trt.engine", resize_outputs=False).predict_batch(cells)
+    r, g = np.array([x.score for x in ref]), np.array([x.score for x in got])
+    results["int8_trt_vs_ort_cpu"] = {"max_rel_score_diff": float(np.max(np.abs(g - r) / np.abs(r))),
+                                      "scores_ort": r.tolist(), "scores_trt": g.tolist()}
+    print(json.dumps(results["int8_trt_vs_ort_cpu"]))
 variants = [
     ("tensorrt fp32", model_dir / "model.engine", "auto"),
     ("tensorrt fp16", model_dir / "model.fp16.engine", "auto"),
     ("onnxruntime-tensorrt fp16", model_dir / "model.fp16.onnx", "onnxruntime-tensorrt"),
     ("onnxruntime-cuda fp32", model_dir / "model.onnx", "onnxruntime-cuda"),
     ("onnxruntime-cuda fp16", model_dir / "model.fp16.onnx", "onnxruntime-cuda"),
+    ("tensorrt int8", model_dir / "int8" / "model.int8-trt.engine", "auto"),
 ]
 for label, path, backend in variants:
     row = {"variant": label, "model": str(path)}
@@ -131,7 +149,7 @@ for r in results["rows"]:
                  f"| {b8['p50_ms']:.2f} | {b8['p99_ms']:.2f} | {b8['fps_wall']:.0f} |")
 (out / "report.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
-sys.exit(0 if code == 0 and code32 == 0 else 1)
+sys.exit(0 if code == 0 and code32 == 0 and code8e == 0 else 1)
 EOF
 BENCH_RC=${PIPESTATUS[0]}
 

@@ -113,10 +113,15 @@ def test_int8_engine_build(tiny_onnx, real_images, elpv_split, workdir):
 
     det = Detector(path)
     scores = np.array([r.score for r in det.predict_batch(list(real_images))])
-    _, ref = _ort(tiny_onnx, real_images)
+    # Reference: the same Q/DQ file executed by ONNX Runtime on the CPU (the semantics the
+    # INT8 head was fit to, ffexport/int8_head.py). Not the FP32 model: plain-PTQ files keep
+    # the FP32 head and do not track FP32 scores. Bounds allow TensorRT's own requantization
+    # rounding (never measured: no GPU when written); a wrong scale or placement breaks both.
+    _, ref = _ort(int8, real_images)
     from ffexport.precision import spearman
 
-    assert np.isfinite(scores).all() and spearman(ref, scores) >= 0.95
+    assert np.isfinite(scores).all() and spearman(ref, scores) >= 0.9
+    assert float(np.median(np.abs(scores - ref) / np.abs(ref))) <= 0.05
 
 
 def test_fp32_engine_parity_with_onnxruntime(fp32_engine, tiny_onnx, real_images):
