@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--int8: epochs of re-fitting each INT8 file's flow head on its INT8 backbone's features, "
                    "warm-started from the FP32 head (default 6; 0 = plain post-training quantization, which a "
                    "FastFlow head does not survive: see ffexport/int8_head.py)")
+    p.add_argument("--min-spearman", type=float, default=None,
+                   help="--int8: gate bound on the INT8 vs FP32 score rank correlation (default 0.90 with re-fit heads, "
+                   "0.95 without; see ffcalib/int8.py)")
     p.add_argument("--force", action="store_true", help="--int8: write the INT8 files even if the accuracy gate fails")
     p.add_argument(
         "--engine",
@@ -141,6 +144,8 @@ def _int8_step(args, payload, fp32_path: Path, parity_images: np.ndarray) -> int
                               opset=args.opset)
     argv = ["int8", "--model", str(fp32_path), "--calib", str(calib), "--calib-count", str(args.calib_count),
             "--calib-method", args.calib_method, "--out", str(fp32_path.parent)]
+    if args.min_spearman is not None:
+        argv += ["--min-spearman", str(args.min_spearman)]
     return ffcalib_main(argv + (["--force"] if args.force else []), refit_head=refit)
 
 

@@ -94,3 +94,15 @@ def test_refit_needs_the_training_data(tiny_checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "--refit-epochs 0" in err
     assert (tmp_path / "o" / "model.onnx").is_file() and not (tmp_path / "o" / CPU_NAME).exists()
+
+
+def test_min_spearman_reaches_the_gate(tiny_checkpoint, tmp_path, capsys):
+    """--min-spearman is passed to ffcalib's gate: a bound no INT8 file can meet refuses them all."""
+    from ffcalib.cli import EXIT_GATE
+    from ffexport.cli import main
+
+    rc = main(["--ckpt", str(tiny_checkpoint), "--out", str(tmp_path), "--batch-max", "8", "--int8",
+               "--refit-epochs", "0", "--calib-count", "8", "--min-spearman", "1.0"])
+    assert rc == EXIT_GATE and "Spearman" in capsys.readouterr().err
+    assert (tmp_path / "model.onnx").is_file()
+    assert not (tmp_path / TRT_NAME).exists() and not (tmp_path / CPU_NAME).exists()
