@@ -10,11 +10,12 @@ writes
 - ``out/model.int8-cpu.onnx`` (metadata target "cpu"): Q/DQ, uint8 activations with zero
   points, per-channel int8 weights (int32 bias), conv outputs quantized with the ReLU6
   folded in: the U8S8 QLinearConv form ONNX Runtime's x86 VNNI kernels are fast on.
+  (Symmetric S8S8 Q/DQ measured *slower* than FP32 on this CPU, see DESIGN.md: never ship
+  the -trt file to CPUs; the Detector warns if you do.)
 
 FastFlow needs one more step that plain post-training quantization lacks: its flow head
 must be re-fit on the INT8 backbone's features (``refit_head``, supplied by ffexport,
-which has the checkpoint; export/ffexport/int8_head.py gives the measurements). (Symmetric S8S8 Q/DQ measured *slower* than FP32 on this
-  CPU, see DESIGN.md: never ship the -trt file to CPUs; the Detector warns if you do.)
+which has the checkpoint; export/ffexport/int8_head.py gives the measurements).
 
 One calibration pass: the calibrator runs once and its per-tensor (min, max) ranges are
 saved with ``onnxruntime.quantization.save_tensors_data``; both ``quantize_static`` calls
@@ -105,7 +106,7 @@ class EncodingAccuracy:
     max_abs_score_diff: float
     passed: bool
     #: Share of validation images on which this file's pass/fail decision (its own stored
-    #: image threshold) equals the FP32 file's; None when a model lacks a threshold.
+    #: image threshold) equals the FP32 file's.
     decision_agreement: float | None = None
 
 
@@ -213,13 +214,8 @@ def backbone_boundary(model) -> list[str]:
     return [n.input[0] for n in model.graph.node if n.op_type == "LayerNormalization" and n.input[0] not in inits]
 
 
-def backbone_submodel(model):
-    """The backbone alone: ``model``'s input -> the tensors the LayerNorms read (as outputs).
-
-    Works on FP32 and Q/DQ graphs alike (in a Q/DQ graph the LayerNorms may read
-    DequantizeLinear outputs, which ``onnx.utils.Extractor`` cannot type)."""
-    from onnx import helper
-
+def backbone_nodes(model) -> list:
+    """The backbone's nodes in graph order: every ancestor of the tensors the LayerNorms read."""
     boundary = backbone_boundary(model)
     if not boundary:
         raise CalibError("the graph has no LayerNormalization node, so its backbone cannot be told from its flow head")
@@ -232,13 +228,23 @@ def backbone_submodel(model):
             continue
         keep.add(id(n))
         stack.extend(n.input)
-    nodes = [n for n in model.graph.node if id(n) in keep]
+    return [n for n in model.graph.node if id(n) in keep]
+
+
+def backbone_submodel(model):
+    """The backbone alone: ``model``'s input -> the tensors the LayerNorms read (as outputs).
+
+    Works on FP32 and Q/DQ graphs alike (in a Q/DQ graph the LayerNorms may read
+    DequantizeLinear outputs, which ``onnx.utils.Extractor`` cannot type)."""
+    from onnx import helper
+
+    nodes = backbone_nodes(model)
     used = {i for n in nodes for i in n.input}
     graph = helper.make_graph(
         nodes,
         model.graph.name + "_backbone",
         list(model.graph.input),
-        [helper.make_empty_tensor_value_info(t) for t in boundary],
+        [helper.make_empty_tensor_value_info(t) for t in backbone_boundary(model)],
         [t for t in model.graph.initializer if t.name in used],
     )
     sub = helper.make_model(graph, opset_imports=list(model.opset_import))
@@ -260,23 +266,10 @@ def find_quantizable_nodes(model, op_types: Sequence[str] = ("Conv",), scope: st
     if scope == "all":
         chosen = {n.name for n in nodes if n.op_type in op_types}
     else:
-        boundary = backbone_boundary(model)
-        if not boundary:
-            raise CalibError(
-                "the graph has no LayerNormalization node, so its backbone cannot be told from its flow head; "
-                "use scope 'all' (--scope all) to quantize every matching node"
-            )
-        producer = {out: n for n in nodes for out in n.output}
-        upstream: set[str] = set()
-        stack = list(boundary)
-        while stack:
-            t = stack.pop()
-            n = producer.get(t)
-            if n is None or n.name in upstream:
-                continue
-            upstream.add(n.name)
-            stack.extend(n.input)
-        chosen = {n.name for n in nodes if n.name in upstream and n.op_type in op_types}
+        try:
+            chosen = {n.name for n in backbone_nodes(model) if n.op_type in op_types}
+        except CalibError as e:
+            raise CalibError(f"{e}; use scope 'all' (--scope all) to quantize every matching node") from e
     if not chosen:
         raise CalibError(f"no {'/'.join(op_types)} nodes found in scope {scope!r}; nothing to quantize")
     return [n.name for n in nodes if n.name in chosen]
@@ -559,11 +552,11 @@ def _encode(src: Path, dst: Path, target: str, cache: Path, nodes, op_types, met
 
     act, weight, target_options = ENCODINGS[target]
     op_types, nodes = list(op_types), list(nodes)
+    source = onnx.load(str(src))
     if target == "cpu":
-        model = onnx.load(str(src))
-        producer = {o: n for n in model.graph.node for o in n.output}
+        producer = {o: n for n in source.graph.node for o in n.output}
         chosen = set(nodes)
-        folded = [n for n in model.graph.node if n.op_type in _CPU_FOLDED_ACTIVATIONS
+        folded = [n for n in source.graph.node if n.op_type in _CPU_FOLDED_ACTIVATIONS
                   and (p := producer.get(n.input[0])) is not None and p.name in chosen]
         op_types += sorted({n.op_type for n in folded} - set(op_types))
         nodes += [n.name for n in folded]
@@ -589,7 +582,7 @@ def _encode(src: Path, dst: Path, target: str, cache: Path, nodes, op_types, met
     finally:
         ort_logger.setLevel(level)
     q = onnx.load(str(dst))
-    protect_float_bias(q, onnx.load(str(src)))
+    protect_float_bias(q, source)
     return q
 
 
