@@ -156,7 +156,7 @@ def main() -> int:
     print("== 4/4 speed")
     model, _ = checkpoint.load(ckpt)
     torch.set_num_threads(os.cpu_count() or 1)
-    model_images = load_batch(samples[:8], model.config.image_size)
+    model_images = load_batch(samples[:8], model.config.image_size, model.config.resize_mode)
     rows = latency_table(model, onnx_path, model_images, args.repeats)
     print("   model only (uint8 batch at model size -> map + score), p50 (per-stage figures: ffbench):")
     for r in rows:

@@ -360,10 +360,10 @@ def _load_torch(ckpt: str | Path, meta, threads: int | None):
     except Exception as e:
         raise BenchError(f"--vs-torch {ckpt}: cannot load the checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
     model.eval()
-    size = model.config.image_size
-    if (size, size) != (meta.input.height, meta.input.width):
+    size = tuple(model.config.image_size)
+    if size != (meta.input.height, meta.input.width):
         raise BenchError(
-            f"--vs-torch {ckpt}: the checkpoint's input is {size}x{size} but the ONNX model's is "
+            f"--vs-torch {ckpt}: the checkpoint's input is {size[0]}x{size[1]} but the ONNX model's is "
             f"{meta.input.height}x{meta.input.width}; give the checkpoint the model was exported from"
         )
     if threads:

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parity_images(args, payload, size: int) -> np.ndarray:
+def _parity_images(args, payload, size: tuple[int, int]) -> np.ndarray:
     from fftrain.data import DataError, Sample, load_batch, resolve
 
     if args.parity_images:
@@ -197,7 +197,7 @@ def run(args) -> int:
     return 0
 
 
-def _fp16_images(args, payload, size: int):
+def _fp16_images(args, payload, size: tuple[int, int]):
     """Balanced normal/defective test images with labels, or (parity images, None)."""
     from fftrain.data import DataError, load_batch, resolve
 

@@ -29,7 +29,7 @@ from ffrt.meta import (
     atomic_write_bytes,
     set_proto_meta,
 )
-from fftrain.head import MAP_UNITS
+from fftrain.head import map_units
 from fftrain.model import FastFlow
 
 from .graph import INPUT_NAME, OUTPUT_NAMES, FusedGraph
@@ -59,15 +59,16 @@ def build_meta(model: FastFlow, payload: dict[str, Any], ckpt_sha256: str, batch
     return ModelMeta(
         input=InputSpec(
             name=INPUT_NAME,
-            height=cfg.image_size,
-            width=cfg.image_size,
+            height=cfg.height,
+            width=cfg.width,
             resize_interpolation="area",
+            resize_mode=cfg.resize_mode,
             mean=tuple(float(v) for v in model.mean.flatten()),
             std=tuple(float(v) for v in model.std.flatten()),
         ),
         outputs=OutputSpec(anomaly_map=OUTPUT_NAMES[0], score=OUTPUT_NAMES[1]),
         score=ScoreSpec(
-            map_units=MAP_UNITS,
+            map_units=map_units(cfg.map_normalization),
             reduction=cfg.score_reduction,
             topk_fraction=cfg.topk_fraction if cfg.score_reduction == "topk_mean" else None,
         ),
@@ -78,7 +79,13 @@ def build_meta(model: FastFlow, payload: dict[str, Any], ckpt_sha256: str, batch
         backbone=BackboneInfo(
             name=cfg.backbone, pretrained=not cfg.random_backbone, weights_sha256=payload.get("backbone_sha256")
         ),
-        flow=FlowInfo(steps=cfg.flow_steps, hidden_ratio=cfg.hidden_ratio, conv3x3_only=cfg.conv3x3_only, clamp=cfg.clamp),
+        flow=FlowInfo(
+            steps=cfg.flow_steps,
+            hidden_ratio=cfg.hidden_ratio,
+            hidden_channels=cfg.flow_hidden_channels,
+            conv3x3_only=cfg.conv3x3_only,
+            clamp=cfg.clamp,
+        ),
         feature_strides=model.strides,
         batch_max=batch_max,
         opset=opset,
@@ -95,8 +102,8 @@ def build_meta(model: FastFlow, payload: dict[str, Any], ckpt_sha256: str, batch
 
 def trace_to_onnx(model: FastFlow, batch_max: int, opset: int) -> onnx.ModelProto:
     """The fused graph as an in-memory ModelProto with a dynamic batch dimension."""
-    size = model.config.image_size
-    example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
+    height, width = model.config.image_size
+    example = torch.zeros(2, height, width, 3, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=batch_max)
     try:
         program = torch.onnx.export(

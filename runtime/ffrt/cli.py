@@ -87,7 +87,8 @@ def format_meta(meta, path) -> str:
         f"precision:    {meta.precision} (target: {meta.target})",
         f"batch_max:    {meta.batch_max if meta.batch_max is not None else 'not set'}",
         f"backbone:     {meta.backbone.name} ({'pretrained' if meta.backbone.pretrained else 'RANDOM weights: test model'})",
-        f"flow:         {meta.flow.steps} steps, hidden ratio {meta.flow.hidden_ratio:g}, "
+        f"flow:         {meta.flow.steps} steps, hidden ratio {meta.flow.hidden_ratio:g}"
+        f"{'' if meta.flow.hidden_channels is None else ' (hidden channels ' + ', '.join(map(str, meta.flow.hidden_channels)) + ')'}, "
         f"{'3x3 only' if meta.flow.conv3x3_only else '3x3/1x1'}, clamp {meta.flow.clamp:g}; "
         f"feature strides {', '.join(map(str, meta.feature_strides))}",
         *([f"head:         {meta.head_fit}"] if meta.head_fit else []),

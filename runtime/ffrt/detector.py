@@ -33,7 +33,7 @@ import numpy as np
 from .backends import create_backend
 from .errors import BackendUnavailableError, FFRTError, InferenceError, InvalidArgumentError, InvalidImageError, ModelFileError
 from .meta import ModelMeta, Thresholds, read_onnx_meta
-from .preprocess import PreparedBatch, check_color_order, prepare_batch
+from .preprocess import PreparedBatch, check_color_order, frame_region, prepare_batch
 from .stats import DEFAULT_WINDOW, LatencyStats, LatencyWindow
 
 log = logging.getLogger("ffrt")
@@ -344,6 +344,9 @@ class Detector:
     def _postprocess(
         self, amap: np.ndarray, score: float, original: tuple[int, int], thresholds: Thresholds
     ) -> tuple[float, bool, np.ndarray, np.ndarray]:
+        if self._resize_outputs:
+            # Letterboxed: the padding is not part of the frame; crop it off, then resize.
+            amap = frame_region(amap, original, self._meta.input)
         if self._resize_outputs and original != amap.shape:
             amap = cv2.resize(amap, (original[1], original[0]), interpolation=cv2.INTER_LINEAR)
         else:

@@ -41,6 +41,11 @@ class InputSpec(_Strict):
     channels: Literal[3] = 3
     color_order: Literal["RGB"] = "RGB"
     resize_interpolation: Literal["area", "linear"] = "area"
+    resize_mode: Literal["stretch", "letterbox"] = Field(
+        default="stretch",
+        description="stretch: every frame is resized to height x width; letterbox: its aspect ratio is kept, "
+        "it is centred and the rest is padded with 0 (maps and masks are cropped back before resizing).",
+    )
     mean: tuple[float, float, float] = Field(description="Per-channel mean on the 0-1 scale, applied in the graph.")
     std: tuple[float, float, float] = Field(description="Per-channel std on the 0-1 scale, applied in the graph.")
 
@@ -91,6 +96,11 @@ class BackboneInfo(_Strict):
 class FlowInfo(_Strict):
     steps: int = Field(gt=0)
     hidden_ratio: float = Field(gt=0)
+    hidden_channels: tuple[int, ...] | None = Field(
+        default=None,
+        description="Subnet hidden channels per feature scale (absent in files written before they were "
+        "recorded, whose hidden_ratio counted full feature channels).",
+    )
     conv3x3_only: bool
     clamp: float = Field(gt=0)
 

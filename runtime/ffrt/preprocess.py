@@ -196,11 +196,38 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     )
 
 
+def letterbox_geometry(height: int, width: int, spec: InputSpec) -> tuple[int, int, int, int]:
+    """Where a height x width frame lands in the model input when its aspect ratio is kept:
+    (top, left, resized height, resized width), centred. The trainer computes the same
+    (fftrain.data.letterbox_geometry; a test holds the two equal)."""
+    scale = min(spec.height / height, spec.width / width)
+    nh = max(1, min(spec.height, round(height * scale)))
+    nw = max(1, min(spec.width, round(width * scale)))
+    return (spec.height - nh) // 2, (spec.width - nw) // 2, nh, nw
+
+
 def resize_to_model(image: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Resize to the model's (height, width) with the interpolation the model was trained with."""
+    """Resize to the model's (height, width) with the interpolation and resize mode the
+    model was trained with (letterbox: aspect ratio kept, padded with 0)."""
     if image.shape[:2] == (spec.height, spec.width):
         return image
-    return cv2.resize(image, (spec.width, spec.height), interpolation=interpolation_flag(spec.resize_interpolation))
+    flag = interpolation_flag(spec.resize_interpolation)
+    if spec.resize_mode == "stretch":
+        return cv2.resize(image, (spec.width, spec.height), interpolation=flag)
+    top, left, nh, nw = letterbox_geometry(image.shape[0], image.shape[1], spec)
+    out = np.zeros((spec.height, spec.width) + image.shape[2:], dtype=image.dtype)
+    out[top : top + nh, left : left + nw] = cv2.resize(image, (nw, nh), interpolation=flag).reshape(
+        (nh, nw) + image.shape[2:]
+    )
+    return out
+
+
+def frame_region(amap: np.ndarray, original: tuple[int, int], spec: InputSpec) -> np.ndarray:
+    """The part of a model-size map that shows the frame (all of it unless letterboxed)."""
+    if spec.resize_mode == "stretch" or original == (spec.height, spec.width):
+        return amap
+    top, left, nh, nw = letterbox_geometry(original[0], original[1], spec)
+    return amap[top : top + nh, left : left + nw]
 
 
 def to_model_rgb(image: np.ndarray, order: str, spec: InputSpec) -> np.ndarray:

@@ -16,7 +16,7 @@ from fftrain.train import extract_features
 
 def test_loss_decreases_on_a_tiny_dataset(real_images):
     torch.manual_seed(0)
-    model = FastFlow(FastFlowConfig(image_size=64, flow_steps=2, hidden_ratio=0.5))
+    model = FastFlow(FastFlowConfig(image_size=64, flow_steps=2, hidden_ratio=1.0))
     feats = extract_features(model, real_images, progress=False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-3)
@@ -37,7 +37,7 @@ def test_loss_decreases_on_a_tiny_dataset(real_images):
 def test_checkpoint_is_plain_data_and_complete(tiny_checkpoint):
     payload = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)  # no code can run
     assert payload["format"] == checkpoint.FORMAT and payload["format_version"] == checkpoint.FORMAT_VERSION
-    assert payload["config"]["image_size"] == 64
+    assert tuple(payload["config"]["image_size"]) == (64, 64)
     assert any(k.startswith("backbone.") for k in payload["state_dict"])  # export needs no weights file
     cal = payload["calibration"]
     assert cal["score_stats"]["min"] <= cal["image_threshold"] <= cal["score_stats"]["max"]

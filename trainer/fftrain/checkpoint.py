@@ -72,10 +72,27 @@ def load_payload(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
+def legacy_config(config: dict[str, Any], state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoints written before the hidden width was recorded used another meaning of
+    ``hidden_ratio`` (x the full feature channels): read each scale's hidden width from
+    the weights themselves so the model rebuilds exactly as it was trained."""
+    if not isinstance(config, dict):
+        return config
+    if "map_normalization" not in config:
+        config = {**config, "map_normalization": "none"}  # written before the head could standardize maps
+    if "flow_hidden_channels" in config:
+        return config
+    hidden, i = [], 0
+    while (key := f"flows.{i}.steps.0.subnet.0.weight") in state_dict:
+        hidden.append(int(state_dict[key].shape[0]))
+        i += 1
+    return {**config, "flow_hidden_channels": tuple(hidden)} if hidden else config
+
+
 def load(path: str | os.PathLike) -> tuple[FastFlow, dict[str, Any]]:
     """Rebuild the model (eval mode) from a checkpoint; returns (model, payload)."""
     payload = load_payload(path)
-    config = FastFlowConfig.model_validate(payload["config"])
+    config = FastFlowConfig.model_validate(legacy_config(payload["config"], payload["state_dict"]))
     model = FastFlow(config, load_pretrained=False)
     model.load_state_dict(payload["state_dict"])
     model.backbone_sha256 = payload.get("backbone_sha256")

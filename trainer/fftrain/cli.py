@@ -13,6 +13,7 @@ from pathlib import Path
 
 def build_parser() -> argparse.ArgumentParser:
     from .config import FastFlowConfig
+    from .train import TrainSettings
 
     d = FastFlowConfig()
     p = argparse.ArgumentParser(
@@ -30,15 +31,27 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the torch hub cache; never downloaded)")
     p.add_argument("--random-backbone", action="store_true",
                    help="random backbone weights: for tests and benchmarks only (recorded in the model)")
-    p.add_argument("--image-size", type=int, default=d.image_size, help=f"square model input, multiple of 16 (default {d.image_size})")
+    p.add_argument("--image-size", nargs="+", default=None, metavar="SIZE",
+                   help="model input: one side (square), 'H W' or 'HxW'; multiples of 16 "
+                   f"(default {d.height}x{d.width}). Pick the frames' aspect ratio for non-square parts")
+    p.add_argument("--resize-mode", choices=["stretch", "letterbox"], default=d.resize_mode,
+                   help="how a frame becomes the model input: stretch it to the model size (default), or keep "
+                   "its aspect ratio and pad (letterbox); the runtime does the same")
     p.add_argument("--epochs", type=int, default=10, help="training epochs; the best validation epoch is kept (default 10)")
     p.add_argument("--batch-size", type=int, default=32, help="images per optimizer step (default 32)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine-decayed (default 1e-3)")
     p.add_argument("--flow-steps", type=int, default=d.flow_steps, help=f"coupling steps per scale (default {d.flow_steps})")
     p.add_argument("--hidden-ratio", type=float, default=d.hidden_ratio,
-                   help=f"subnet hidden channels / feature channels (default {d.hidden_ratio})")
+                   help="subnet hidden channels / subnet input channels (half the feature channels), the "
+                   f"paper's ratio (default {d.hidden_ratio})")
     p.add_argument("--conv3x3-only", action=argparse.BooleanOptionalAction, default=d.conv3x3_only,
                    help="3x3 kernels in every subnet (default); --no-conv3x3-only alternates 3x3 and 1x1")
+    p.add_argument("--map-normalization", choices=["none", "scale", "position"], default=d.map_normalization,
+                   help="standardize each feature scale's map by what normal training images show: not at all, "
+                   f"per scale, or per position (default {d.map_normalization})")
+    p.add_argument("--augment-views", type=int, default=TrainSettings.augment_views,
+                   help="re-exposed views (gain, gamma, offset, noise, small shifts) of every training image, cached "
+                   f"with the originals, so exposure changes read as normal; 0 = none (default {TrainSettings.augment_views})")
     p.add_argument("--score", choices=["topk_mean", "max"], default=d.score_reduction,
                    help="image score from the map: mean of the top-k pixels (default) or the max")
     p.add_argument("--topk-fraction", type=float, default=d.topk_fraction,
@@ -66,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         config = FastFlowConfig(
             backbone=args.backbone,
             random_backbone=args.random_backbone,
-            image_size=args.image_size,
+            image_size="x".join(args.image_size) if args.image_size else FastFlowConfig().image_size,
+            resize_mode=args.resize_mode,
+            map_normalization=args.map_normalization,
             flow_steps=args.flow_steps,
             hidden_ratio=args.hidden_ratio,
             conv3x3_only=args.conv3x3_only,
@@ -79,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             lr=args.lr,
             target_frr=args.target_frr,
+            augment_views=args.augment_views,
             threads=args.threads,
             progress=not args.quiet,
         )

@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .backbones import BACKBONES
+
+MIN_SIDE, MAX_SIDE = 32, 1024
+
+
+def parse_image_size(value: object) -> tuple[int, int]:
+    """(height, width) from 256, "256", "256x320", (256, 320) or [256, 320].
+
+    Old checkpoints stored one int for a square model; a line camera's parts are rarely
+    square, so the size is a pair everywhere else.
+    """
+    if isinstance(value, bool):
+        raise ValueError("image size must be a number of pixels, not a boolean")
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+)\s*)?", value)
+        if not m:
+            raise ValueError(f"image size {value!r}: write SIDE or HEIGHTxWIDTH, e.g. 256 or 256x320")
+        h = int(m.group(1))
+        return h, int(m.group(2)) if m.group(2) else h
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return int(value[0]), int(value[1])
+    raise ValueError(f"image size {value!r}: give one side or (height, width)")
 
 
 class FastFlowConfig(BaseModel):
@@ -14,11 +38,31 @@ class FastFlowConfig(BaseModel):
 
     backbone: str = Field(default="efficientnet_lite0", description="Frozen ImageNet feature extractor.")
     random_backbone: bool = Field(default=False, description="Random backbone weights: tests and benchmarks only.")
-    image_size: int = Field(default=256, ge=32, le=1024, description="Square model input size; a multiple of 16.")
+    image_size: tuple[int, int] = Field(
+        default=(256, 256), description="Model input (height, width); each a multiple of 16 in [32, 1024]."
+    )
+    resize_mode: Literal["stretch", "letterbox"] = Field(
+        default="stretch",
+        description="How a frame becomes the model input: stretch to the model size, or keep its aspect ratio "
+        "and pad (letterbox). Recorded in the metadata; the runtime does the same.",
+    )
     flow_steps: int = Field(default=8, ge=1, le=32)
-    hidden_ratio: float = Field(default=1.0, gt=0, le=4)
+    hidden_ratio: float = Field(
+        default=1.0, gt=0, le=8,
+        description="Subnet hidden channels / subnet input channels (half the feature channels), as in the paper.",
+    )
+    flow_hidden_channels: tuple[int, ...] | None = Field(
+        default=None,
+        description="Hidden channels of each scale's subnets, filled in when the model is built so that a "
+        "checkpoint always rebuilds with the layer sizes it was trained with.",
+    )
     conv3x3_only: bool = Field(default=True, description="3x3 kernels only (else 3x3/1x1 alternating).")
     clamp: float = Field(default=2.0, gt=0, description="Soft clamp of the coupling log-scales.")
+    map_normalization: Literal["none", "scale", "position"] = Field(
+        default="none",
+        description="Standardize each scale's map by normal training images before fusing: none, per scale, "
+        "or per position (fftrain.head explains).",
+    )
     score_reduction: Literal["max", "topk_mean"] = "topk_mean"
     topk_fraction: float = Field(default=0.01, gt=0, le=1, description="Share of map pixels averaged into the score.")
     seed: int = 0
@@ -30,9 +74,23 @@ class FastFlowConfig(BaseModel):
             raise ValueError(f"unknown backbone {v!r}; choose one of: {', '.join(BACKBONES)}")
         return v
 
-    @field_validator("image_size")
+    @field_validator("image_size", mode="before")
     @classmethod
-    def _multiple_of_16(cls, v: int) -> int:
-        if v % 16:
-            raise ValueError(f"image_size {v} must be a multiple of 16 (the deepest feature map has stride 16)")
-        return v
+    def _size_pair(cls, v: object) -> tuple[int, int]:
+        h, w = parse_image_size(v)
+        for side in (h, w):
+            if not MIN_SIDE <= side <= MAX_SIDE:
+                raise ValueError(f"image size {h}x{w}: each side must be in [{MIN_SIDE}, {MAX_SIDE}]")
+            if side % 16:
+                raise ValueError(
+                    f"image size {h}x{w}: each side must be a multiple of 16 (the deepest feature map has stride 16)"
+                )
+        return h, w
+
+    @property
+    def height(self) -> int:
+        return self.image_size[0]
+
+    @property
+    def width(self) -> int:
+        return self.image_size[1]

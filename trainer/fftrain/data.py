@@ -68,10 +68,31 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def resize_to_model(image: np.ndarray, size: int) -> np.ndarray:
+def letterbox_geometry(height: int, width: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Where a height x width frame lands inside the model input when its aspect ratio is
+    kept: (top, left, resized height, resized width), centred, the rest padded with 0.
+    ffrt.preprocess computes the same (tests/runtime/test_preprocess.py proves it)."""
+    mh, mw = size
+    scale = min(mh / height, mw / width)
+    nh, nw = max(1, min(mh, round(height * scale))), max(1, min(mw, round(width * scale)))
+    return (mh - nh) // 2, (mw - nw) // 2, nh, nw
+
+
+def resize_to_model(image: np.ndarray, size: int | tuple[int, int], mode: str = "stretch") -> np.ndarray:
     """The resize the runtime applies too (ffrt.preprocess, recorded in the metadata as
-    'area'): INTER_AREA, which averages rather than aliases when shrinking."""
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    'area' + the resize mode): INTER_AREA, which averages rather than aliases when
+    shrinking. ``size`` is a square side or (height, width)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if mode == "stretch":
+        return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    if mode != "letterbox":
+        raise ValueError(f"unknown resize mode {mode!r}; choose stretch or letterbox")
+    top, left, nh, nw = letterbox_geometry(image.shape[0], image.shape[1], (h, w))
+    out = np.zeros((h, w) + image.shape[2:], dtype=image.dtype)
+    out[top : top + nh, left : left + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA).reshape(
+        (nh, nw) + image.shape[2:]
+    )
+    return out
 
 
 def read_mask(path: Path | None, size: int | tuple[int, int]) -> np.ndarray:
@@ -86,11 +107,12 @@ def read_mask(path: Path | None, size: int | tuple[int, int]) -> np.ndarray:
     return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST) > 127
 
 
-def load_batch(samples: list[Sample], size: int) -> np.ndarray:
-    """uint8 [N, size, size, 3] RGB: the exact bytes the exported graph receives."""
-    out = np.empty((len(samples), size, size, 3), dtype=np.uint8)
+def load_batch(samples: list[Sample], size: int | tuple[int, int], mode: str = "stretch") -> np.ndarray:
+    """uint8 [N, H, W, 3] RGB: the exact bytes the exported graph receives."""
+    h, w = (size, size) if isinstance(size, int) else size
+    out = np.empty((len(samples), h, w, 3), dtype=np.uint8)
     for i, s in enumerate(samples):
-        out[i] = resize_to_model(read_rgb(s.path), size)
+        out[i] = resize_to_model(read_rgb(s.path), (h, w), mode)
     return out
 
 

@@ -29,13 +29,20 @@ class CouplingSubnet(nn.Sequential):
         nn.init.zeros_(self[-1].bias)
 
 
+def subnet_hidden_channels(channels: int, hidden_ratio: float) -> int:
+    """Hidden width of a coupling subnet as the paper defines its ratio (Table 7: hidden
+    channels / the subnet's *input* channels, i.e. half the feature channels) and as the
+    reference implementations compute it (truncated)."""
+    return max(1, int((channels // 2) * hidden_ratio))
+
+
 class FlowStep(nn.Module):
-    def __init__(self, channels: int, hidden_ratio: float, kernel: int, clamp: float, permutation: torch.Tensor):
+    def __init__(self, channels: int, hidden: int, kernel: int, clamp: float, permutation: torch.Tensor):
         super().__init__()
         self.kept = channels // 2
         changed = channels - self.kept
         self.clamp = clamp
-        self.subnet = CouplingSubnet(self.kept, 2 * changed, max(1, int(round(channels * hidden_ratio))), kernel)
+        self.subnet = CouplingSubnet(self.kept, 2 * changed, hidden, kernel)
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.shift = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.register_buffer("permutation", permutation.clone())
@@ -69,13 +76,13 @@ class Flow2d(nn.Module):
     """K flow steps on one feature scale. Kernels alternate 3x3/1x1 unless ``conv3x3_only``
     (the paper prefers 3x3 only for small backbones such as ResNet-18)."""
 
-    def __init__(self, channels: int, steps: int, hidden_ratio: float, conv3x3_only: bool, clamp: float, seed: int):
+    def __init__(self, channels: int, steps: int, hidden: int, conv3x3_only: bool, clamp: float, seed: int):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)  # fixed permutations: reproducible
         self.steps = nn.ModuleList(
             FlowStep(
                 channels,
-                hidden_ratio,
+                hidden,
                 kernel=3 if (conv3x3_only or i % 2 == 0) else 1,
                 clamp=clamp,
                 permutation=torch.randperm(channels, generator=generator),

@@ -5,40 +5,81 @@ validated is what ships.
 
 Per scale, the map is the negative log-likelihood of z under N(0, I) per position,
 averaged over channels (0.5 * mean_c z^2; the constant is dropped). Averaging rather
-than summing keeps scales with 24 and 112 channels on the same footing (about 0.5 on
-normal features), so the scale fusion is a plain mean. Maps are upsampled bilinearly to
-the input size, fused, and the image score is the mean of the top-k pixels (or the max):
-the top-k mean is less sensitive to a single noisy pixel than the max.
+than summing keeps scales with 24 and 112 channels on the same footing, so the scale
+fusion is a plain mean.
+
+Optionally (``map_normalization``) each scale's map is first standardized by what normal
+parts show there, fitted on the training normals after training:
+- ``scale``: one mean and std per scale. The flows never fit every scale equally well,
+  and the worst-fitted scale would otherwise dominate the fused map.
+- ``position``: a mean and std per position of each scale's map. Aligned parts have
+  places (edges, busbars, fixture marks) where even good parts are less likely under the
+  flow; a defect is what departs from what normal parts show *at that place*.
+Maps are upsampled bilinearly to the input size and fused by a mean; the image score is
+the mean of the top-k pixels (or the max): the top-k mean is less sensitive to a single
+noisy pixel than the max.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 MAP_UNITS = "0.5 * mean over channels of z^2 (per-position negative log-likelihood per channel), averaged over feature scales"
+MAP_UNITS_NORMALIZED = (
+    "per feature scale, 0.5 * mean over channels of z^2 standardized by its mean and std on normal training "
+    "images ({how}), averaged over feature scales"
+)
+MapNormalization = Literal["none", "scale", "position"]
+
+
+def map_units(normalization: str) -> str:
+    if normalization == "none":
+        return MAP_UNITS
+    return MAP_UNITS_NORMALIZED.format(how="per scale" if normalization == "scale" else "per position")
 
 
 class AnomalyHead(nn.Module):
-    def __init__(self, image_size: tuple[int, int], reduction: Literal["max", "topk_mean"], topk_fraction: float):
+    def __init__(
+        self,
+        image_size: tuple[int, int],
+        reduction: Literal["max", "topk_mean"],
+        topk_fraction: float,
+        map_shapes: Sequence[tuple[int, int]] = (),
+        normalization: MapNormalization = "none",
+    ):
         super().__init__()
         self.image_size = tuple(image_size)
         self.reduction = reduction
+        self.normalization = normalization
         # k is a constant of the graph (TopK with a fixed k exports and compiles cleanly).
         self.topk = max(1, math.ceil(topk_fraction * self.image_size[0] * self.image_size[1]))
+        if normalization != "none":
+            # Identity until fitted: an unfitted head computes the plain map.
+            for i, (h, w) in enumerate(map_shapes):
+                self.register_buffer(f"loc{i}", torch.zeros(1, 1, h, w))
+                self.register_buffer(f"inv_scale{i}", torch.ones(1, 1, h, w))
+        self.n_scales = len(map_shapes)
 
     @staticmethod
     def scale_map(z: torch.Tensor) -> torch.Tensor:
         """[N, C, h, w] -> [N, 1, h, w] per-position NLL per channel."""
         return 0.5 * torch.mean(z * z, dim=1, keepdim=True)
 
+    def scale_maps(self, zs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-scale maps at feature resolution, standardized when the head is."""
+        maps = [self.scale_map(z) for z in zs]
+        if self.normalization == "none":
+            return maps
+        return [(m - getattr(self, f"loc{i}")) * getattr(self, f"inv_scale{i}") for i, m in enumerate(maps)]
+
     def forward(self, zs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         maps = [
-            F.interpolate(self.scale_map(z), size=self.image_size, mode="bilinear", align_corners=False) for z in zs
+            F.interpolate(m, size=self.image_size, mode="bilinear", align_corners=False) for m in self.scale_maps(zs)
         ]
         anomaly_map = torch.stack(maps, dim=0).mean(dim=0)
         return anomaly_map, self.score(anomaly_map)
@@ -48,3 +89,24 @@ class AnomalyHead(nn.Module):
         if self.reduction == "max":
             return flat.amax(dim=1)
         return torch.topk(flat, self.topk, dim=1).values.mean(dim=1)
+
+    @torch.no_grad()
+    def fit_normalization(self, raw_maps: Sequence[torch.Tensor], min_std_fraction: float = 0.25) -> None:
+        """Fit the standardization from plain per-scale maps of normal images
+        (``raw_maps[i]``: [N, 1, h, w]). A per-position std is floored at
+        ``min_std_fraction`` of that scale's mean std, so a place where the few training
+        images happened to agree cannot turn small differences into alarms."""
+        if self.normalization == "none":
+            return
+        for i, m in enumerate(raw_maps):
+            m = m.double()
+            if self.normalization == "scale":
+                loc = m.mean().expand_as(m[0:1])
+                std = m.std().expand_as(m[0:1])
+            else:
+                loc = m.mean(dim=0, keepdim=True)
+                std = m.std(dim=0, keepdim=True)
+                std = torch.clamp(std, min=min_std_fraction * float(std.mean()))
+            std = torch.clamp(std, min=1e-6)
+            getattr(self, f"loc{i}").copy_(loc.float())
+            getattr(self, f"inv_scale{i}").copy_((1.0 / std).float())

@@ -9,12 +9,12 @@ from torch import nn
 
 from .backbones import BACKBONES, build_feature_extractor
 from .config import FastFlowConfig
-from .flow import Flow2d
+from .flow import Flow2d, subnet_hidden_channels
 from .head import AnomalyHead
 
 
 class FastFlow(nn.Module):
-    """Input: float RGB images in [0, 1], [N, 3, S, S]. Output: (anomaly_map [N,1,S,S], score [N]).
+    """Input: float RGB images in [0, 1], [N, 3, H, W]. Output: (anomaly_map [N,1,H,W], score [N]).
 
     ``load_pretrained=False`` builds the architecture only, for loading a checkpoint (which
     carries the backbone weights too, so exporting needs no weights file).
@@ -28,16 +28,28 @@ class FastFlow(nn.Module):
         self.backbone, self.backbone_sha256 = build_feature_extractor(config.backbone, backbone_weights, random=random)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
-        size = config.image_size
-        self.feature_shapes = [(c, size // s, size // s) for c, s in zip(self.backbone.channels, self.backbone.strides)]
+        height, width = config.image_size
+        self.feature_shapes = [(c, height // s, width // s) for c, s in zip(self.backbone.channels, self.backbone.strides)]
+        hidden = config.flow_hidden_channels or tuple(
+            subnet_hidden_channels(c, config.hidden_ratio) for c in self.backbone.channels
+        )
+        if len(hidden) != len(self.feature_shapes):
+            raise ValueError(
+                f"flow_hidden_channels has {len(hidden)} entries for {len(self.feature_shapes)} feature scales"
+            )
+        # The checkpoint records the layer sizes, not only the ratio that produced them.
+        self.config = config = config.model_copy(update={"flow_hidden_channels": tuple(hidden)})
         # A LayerNorm over [C, h, w] fixes the input size: it is recorded in the metadata
         # and the runtime resizes every image to it.
         self.norms = nn.ModuleList(nn.LayerNorm(list(shape)) for shape in self.feature_shapes)
         self.flows = nn.ModuleList(
-            Flow2d(c, config.flow_steps, config.hidden_ratio, config.conv3x3_only, config.clamp, seed=config.seed + i)
-            for i, (c, _, _) in enumerate(self.feature_shapes)
+            Flow2d(c, config.flow_steps, h, config.conv3x3_only, config.clamp, seed=config.seed + i)
+            for i, ((c, _, _), h) in enumerate(zip(self.feature_shapes, hidden))
         )
-        self.head = AnomalyHead((size, size), config.score_reduction, config.topk_fraction)
+        self.head = AnomalyHead(
+            (height, width), config.score_reduction, config.topk_fraction,
+            map_shapes=[(h, w) for _, h, w in self.feature_shapes], normalization=config.map_normalization,
+        )
 
     @property
     def strides(self) -> tuple[int, ...]:

@@ -1,17 +1,25 @@
 """The training loop: cache frozen-backbone features once, fit the flows, keep the best epoch.
 
-Why features are cached: the backbone is frozen and no augmentation is used, so its
-output for an image never changes; computing it once makes an epoch cost only the
-LayerNorms and flows (augmentation would make caching inexact: that is why there is none).
+Why features are cached: the backbone is frozen, so its output for an image never
+changes; computing it once makes an epoch cost only the LayerNorms and flows. With
+augmentation (``augment_views``), that many re-exposed views of every training image
+(fftrain.augment) are drawn once and cached beside the originals; each epoch then samples
+as many items as there are training images from that pool, so an epoch costs the same
+with or without augmentation.
 
 Why the best epoch is chosen on held-out data: the training NLL of a FastFlow with
 trainable LayerNorms can fall for dozens of epochs while detection quality peaks early
 and then degrades. Each epoch is scored on validation normals (NLL: how well the flow
-models unseen good parts) and on the same normals with a synthetic defect drawn in
-(image AUROC, "synthetic" in every report). The kept epoch has the lowest validation NLL
-among the epochs whose synthetic AUROC is within ``AUROC_SLACK`` of the best one: the
-synthetic AUROC saturates near 1 on easy drawn defects, so it guards against a collapse
-of detection rather than ranking epochs finely.
+models unseen good parts) and on the same normals with HARD synthetic defects drawn in at
+several strengths (faint cracks, small spots, large uneven areas, texture patches, edge
+chips: fftrain.synthetic; image AUROC, "synthetic" in every report). Easy drawn defects
+saturate that AUROC near 1 and cannot rank epochs; hard ones do. The kept epoch has the
+lowest validation NLL among the epochs whose synthetic AUROC is within ``AUROC_SLACK`` of
+the best one.
+
+After the best epoch is restored, the head's map standardization (if the config asks for
+one) is fitted on the training pool's maps, and only then are the thresholds calibrated
+on the validation normals: they are in the units of the map that ships.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, synthetic
+from . import augment, checkpoint, synthetic
 from .config import FastFlowConfig
 from .data import DataSplit, load_batch, to_tensor_batch
 from .metrics import roc_auc, score_statistics, threshold_at_frr
@@ -43,8 +51,10 @@ class TrainSettings:
     weight_decay: float = 1e-5
     grad_clip: float = 1.0
     target_frr: float = 0.02
+    augment_views: int = 0  # re-exposed views per training image, cached with the originals
     threads: int | None = None
     progress: bool = True
+    keep_features: bool = False
 
 
 @dataclass
@@ -63,6 +73,9 @@ class TrainResult:
     history: list[EpochRecord]
     calibration: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    # The cached training-pool and validation features, when TrainSettings.keep_features
+    # asks for them (tools that compare head variants without re-extracting).
+    features: dict[str, list[torch.Tensor]] | None = None
 
 
 def improves(record: EpochRecord, best: EpochRecord | None, history: list[EpochRecord]) -> bool:
@@ -82,6 +95,17 @@ def extract_features(model: FastFlow, images: np.ndarray, batch_size: int = 16, 
     bar = tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, unit="batch", leave=False)
     for start in bar:
         chunks.append(model.extract(to_tensor_batch(images[start : start + batch_size])))
+    return [torch.cat([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+@torch.no_grad()
+def raw_scale_maps(model: FastFlow, feats: list[torch.Tensor], batch_size: int = 32) -> list[torch.Tensor]:
+    """Plain (unstandardized) per-scale maps [N, 1, h, w] of cached features."""
+    model.eval()
+    chunks: list[list[torch.Tensor]] = []
+    for start in range(0, len(feats[0]), batch_size):
+        zs, _ = model.flow([f[start : start + batch_size] for f in feats])
+        chunks.append([model.head.scale_map(z) for z in zs])
     return [torch.cat([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
 
@@ -137,6 +161,10 @@ def train(
              instead of the model's own PyTorch backbone. ffexport passes the INT8 backbone
              (ONNX Runtime) here, so the flows learn the features the INT8 file computes.
     """
+    if settings.epochs < 1:
+        raise ValueError(f"epochs must be at least 1 (got {settings.epochs})")
+    if settings.augment_views < 0:
+        raise ValueError(f"augment_views must be >= 0 (got {settings.augment_views})")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(config.seed)
@@ -145,24 +173,29 @@ def train(
     if extract is None:
         def extract(images: np.ndarray, desc: str) -> list[torch.Tensor]:
             return extract_features(model, images, desc=desc, progress=settings.progress)
-    size = config.image_size
+    size, mode = config.image_size, config.resize_mode
 
     t0 = time.perf_counter()
-    train_images = load_batch(split.train, size)
-    val_images = load_batch(split.val, size)
-    val_defects, _ = synthetic.defect_batch(val_images, seed=config.seed + 1000)
+    train_images = load_batch(split.train, size, mode)
+    val_images = load_batch(split.val, size, mode)
+    val_defects, _, _ = synthetic.hard_defect_batch(val_images, seed=config.seed + 1000)
+    if settings.augment_views:
+        views = augment.augmented_views(train_images, settings.augment_views, seed=config.seed + 2000)
+        train_images = np.concatenate([train_images, views])
     train_feats = extract(train_images, "features (train)")
     val_feats = extract(val_images, "features (val)")
     val_defect_feats = extract(val_defects, "features (val, synthetic)")
     timings["feature_cache_s"] = time.perf_counter() - t0
+    n_train = len(split.train)
     log(
-        f"cached backbone features of {len(train_images)} train and {len(val_images)} validation images "
-        f"in {timings['feature_cache_s']:.1f} s"
+        f"cached backbone features of {n_train} train images"
+        f"{f' (+{len(train_images) - n_train} augmented views)' if settings.augment_views else ''} and "
+        f"{len(val_images)} validation images in {timings['feature_cache_s']:.1f} s"
     )
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    steps_per_epoch = math.ceil(len(train_images) / settings.batch_size)
+    steps_per_epoch = math.ceil(n_train / settings.batch_size)
     # Cosine decay: the late epochs refine instead of bouncing around the optimum.
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(config.seed)
@@ -174,7 +207,8 @@ def train(
     for epoch in range(1, settings.epochs + 1):
         t_epoch = time.perf_counter()
         model.train()
-        order = torch.randperm(len(train_images), generator=generator)
+        # With augmentation the pool is larger than an epoch: each epoch draws a fresh subset.
+        order = torch.randperm(len(train_images), generator=generator)[:n_train]
         losses = []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{settings.epochs}", disable=not settings.progress, leave=False)
         for step in bar:
@@ -206,13 +240,17 @@ def train(
 
     model.load_state_dict(best_state)
     model.eval()
+    if config.map_normalization != "none":
+        model.head.fit_normalization(raw_scale_maps(model, train_feats))
+        log(f"fitted the map standardization ({config.map_normalization}) on {len(train_images)} training maps")
     _, val_maps, val_scores = evaluate_features(model, val_feats)
     calibration = calibrate(val_maps, val_scores, settings.target_frr)
     log(
         f"best epoch {best.epoch}; image threshold {calibration['image_threshold']:.4f}, "
         f"pixel threshold {calibration['pixel_threshold']:.4f} ({calibration['source']})"
     )
-    return TrainResult(model, best.epoch, history, calibration, timings)
+    features = {"train": train_feats, "val": val_feats} if settings.keep_features else None
+    return TrainResult(model, best.epoch, history, calibration, timings, features)
 
 
 def train_info(result: TrainResult, split: DataSplit, settings: TrainSettings) -> dict[str, Any]:
@@ -227,7 +265,7 @@ def train_info(result: TrainResult, split: DataSplit, settings: TrainSettings) -
         "timings": result.timings,
         "torch_version": str(torch.__version__),
         "model_selection": f"lowest validation NLL among epochs within {AUROC_SLACK} of the best validation "
-        "image AUROC on synthetic defects drawn onto held-out normals",
+        "image AUROC on hard synthetic defects (several kinds and strengths) drawn onto held-out normals",
         # Real images the exporter checks parity on (paths on the training machine).
         "parity_images": [str(s.path) for s in split.val[:8]],
     }

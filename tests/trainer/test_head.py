@@ -1,0 +1,70 @@
+"""The anomaly head on its own: units, reductions and the fitted map standardization."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fftrain.head import AnomalyHead
+
+
+def test_plain_map_is_half_the_mean_square_and_scales_are_averaged():
+    head = AnomalyHead((8, 8), "max", 0.01)
+    z1 = torch.full((1, 4, 4, 4), 2.0)  # 0.5 * 4 = 2 everywhere
+    z2 = torch.full((1, 6, 2, 2), 1.0)  # 0.5 * 1 = 0.5 everywhere
+    amap, score = head([z1, z2])
+    assert amap.shape == (1, 1, 8, 8)
+    torch.testing.assert_close(amap, torch.full((1, 1, 8, 8), 1.25))
+    assert float(score) == pytest.approx(1.25)
+
+
+def test_topk_mean_averages_the_k_highest_pixels():
+    head = AnomalyHead((10, 10), "topk_mean", 0.05)  # k = 5
+    assert head.topk == 5
+    amap = torch.zeros(1, 1, 10, 10)
+    amap.view(-1)[:7] = torch.tensor([10.0, 9, 8, 7, 6, 5, 4])
+    assert float(head.score(amap)) == pytest.approx((10 + 9 + 8 + 7 + 6) / 5)
+    assert float(AnomalyHead((10, 10), "max", 0.05).score(amap)) == 10.0
+
+
+@pytest.mark.parametrize("mode", ["scale", "position"])
+def test_fitted_standardization_makes_normal_maps_zero_mean_unit_std(mode):
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(4, 6), (2, 3)]
+    head = AnomalyHead((8, 12), "max", 0.01, map_shapes=shapes, normalization=mode)
+    # Normal maps whose level depends on the position (e.g. a busbar row that the flow fits worse).
+    base = [torch.linspace(0.5, 3.0, h * w).view(1, 1, h, w) for h, w in shapes]
+    raw = [b + 0.2 * b * torch.randn(200, 1, *b.shape[2:], generator=gen) for b in base]
+    head.fit_normalization(raw)
+    zs = [torch.sqrt(2 * r) for r in raw]  # channel 1: scale_map(z) == r
+    std_maps = head.scale_maps(zs)
+    for m in std_maps:
+        if mode == "position":
+            assert float(m.mean(0).abs().max()) < 1e-4  # per position: mean 0
+            assert float((m.std(0) - 1).abs().max()) < 1e-3  # and std 1 (the floor is not reached here)
+        else:
+            assert abs(float(m.mean())) < 1e-4 and abs(float(m.std()) - 1) < 1e-3
+    # Only the per-position head removes the position dependence.
+    spread = float(std_maps[0].mean(0).max() - std_maps[0].mean(0).min())
+    assert (spread < 1e-3) == (mode == "position")
+
+
+def test_unfitted_normalizing_head_is_the_plain_head():
+    z = [torch.randn(2, 4, 4, 4), torch.randn(2, 8, 2, 2)]
+    plain = AnomalyHead((8, 8), "topk_mean", 0.1)
+    norm = AnomalyHead((8, 8), "topk_mean", 0.1, map_shapes=[(4, 4), (2, 2)], normalization="position")
+    for a, b in zip(plain(z), norm(z)):
+        torch.testing.assert_close(a, b)
+
+
+def test_std_floor_keeps_a_position_where_normals_agree_from_exploding():
+    raw = [torch.ones(50, 1, 2, 2) + 0.1 * torch.randn(50, 1, 2, 2)]
+    raw[0][:, :, 0, 0] = 1.0  # every normal identical here: std 0
+    head = AnomalyHead((4, 4), "max", 0.01, map_shapes=[(2, 2)], normalization="position")
+    head.fit_normalization(raw, min_std_fraction=0.25)
+    inv = head.inv_scale0[0, 0]
+    floor = 0.25 * float(raw[0].std(0).mean())  # the documented floor: a quarter of the mean std
+    assert math.isfinite(float(inv[0, 0])) and float(inv[0, 0]) == pytest.approx(1 / floor, rel=1e-4)
+    assert float(inv[1, 1]) < 15  # positions with real spread keep their own std (about 0.1)

@@ -1,0 +1,75 @@
+"""Hard synthetic defects, exposure changes and augmentation: drawn on real ELPV images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fftrain import augment, synthetic
+from fftrain.data import load_batch
+
+
+@pytest.fixture(scope="module")
+def cells(elpv_split):
+    return load_batch(elpv_split.val[:6], (96, 128))  # non-square on purpose
+
+
+@pytest.mark.parametrize("kind", synthetic.HARD_KINDS)
+def test_hard_defect_is_where_its_mask_is_and_grows_with_strength(kind, cells):
+    img = cells[0]
+    changes = []
+    for strength in (0.35, 1.0):
+        out, mask = synthetic.add_defect(img, np.random.default_rng(5), kind, strength)
+        assert out.shape == img.shape and mask.shape == img.shape[:2]
+        assert 0 < mask.sum() < mask.size * 0.5
+        diff = np.abs(out.astype(int) - img.astype(int)).max(axis=2)
+        # The masked region is where the image changed most.
+        assert diff[mask].mean() > 2 * diff[~mask].mean() + 0.5, (kind, strength)
+        changes.append(diff[mask].mean())
+    # Same seed, same shape: a stronger defect changes the same pixels more.
+    assert changes[1] > changes[0], (kind, changes)
+
+
+def test_hard_defects_are_fainter_than_easy_ones(cells):
+    rng = np.random.default_rng(0)
+    easy = [synthetic.add_defect(c, rng, "crack") for c in cells]
+    faint = [synthetic.add_defect(c, rng, "faint_crack", 0.35) for c in cells]
+
+    def contrast(pairs, images):
+        return np.mean([np.abs(o.astype(int) - i.astype(int)).max(axis=2)[m].mean() for (o, m), i in zip(pairs, images)])
+
+    assert contrast(faint, cells) < 0.5 * contrast(easy, cells)
+
+
+def test_hard_defect_batch_covers_every_kind_and_strength_deterministically(cells):
+    a, ma, la = synthetic.hard_defect_batch(cells[:5], seed=3)
+    b, mb, lb = synthetic.hard_defect_batch(cells[:5], seed=3)
+    assert np.array_equal(a, b) and np.array_equal(ma, mb)
+    assert a.shape == (5 * len(synthetic.HARD_STRENGTHS),) + cells.shape[1:]
+    assert sorted(set(la.tolist())) == sorted(synthetic.HARD_STRENGTHS)
+    assert all(m.any() for m in ma)
+
+
+def test_reexpose():
+    img = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    assert np.array_equal(synthetic.reexpose(img), img)  # identity settings change nothing
+    bright = synthetic.reexpose(img, gain=1.3)
+    assert (bright.astype(int) >= img).all() and bright.mean() > img.mean() + 20
+    # gamma < 1 lifts the mid-tones, keeps black and white
+    lifted = synthetic.reexpose(img, gamma=0.75)
+    assert lifted[8, 0, 0] > img[8, 0, 0] and lifted[0, 0, 0] == 0 and lifted[-1, -1, 0] == 255
+
+
+def test_augmented_views_vary_exposure_and_keep_the_content(cells):
+    views = augment.augmented_views(cells[:3], views=4, seed=1)
+    assert views.shape == (12,) + cells.shape[1:] and views.dtype == np.uint8
+    assert np.array_equal(views, augment.augmented_views(cells[:3], views=4, seed=1))
+    means = views.reshape(12, -1).mean(1)
+    assert means.std() > 5  # exposure differs between views
+    # Without the shift, a view is a monotone re-exposure of the same part plus sensor
+    # noise: its pixels keep their order (rank correlation near 1).
+    rng = np.random.default_rng(2)
+    for img in cells[:3]:
+        view = augment.augmented_view(img, rng, augment.PhotometricRange(shift_fraction=0.0))
+        ranks = [np.argsort(np.argsort(a.astype(float).ravel())) for a in (img[..., 0], view[..., 0])]
+        assert np.corrcoef(*ranks)[0, 1] > 0.9
