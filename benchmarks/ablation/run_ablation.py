@@ -39,11 +39,11 @@ BASE = dict(backbone="efficientnet_lite0", image_size=(256, 256), flow_steps=8, 
 TRAINED = {
     # name: (config overrides, settings overrides). Every trained model is then scored with
     # each head variant in HEADS (the head is fitted after training, so no retraining).
-    "old_ratio": (dict(hidden_ratio=2.0), dict(epochs=12)),  # ratio 1.0 in the old (doubled) meaning
-    "paper": (dict(hidden_ratio=1.0), dict(epochs=12)),
-    "paper_aug4": (dict(hidden_ratio=1.0), dict(epochs=12, augment_views=4)),
-    "lite1_aug4": (dict(backbone="efficientnet_lite1", hidden_ratio=1.0), dict(epochs=12, augment_views=4)),
-    "lite2_aug4": (dict(backbone="efficientnet_lite2", hidden_ratio=1.0), dict(epochs=12, augment_views=4)),
+    "old_ratio": (dict(hidden_ratio=2.0), dict(epochs=8)),  # ratio 1.0 in the old (doubled) meaning
+    "paper": (dict(hidden_ratio=1.0), dict(epochs=8)),
+    "paper_aug4": (dict(hidden_ratio=1.0), dict(epochs=8, augment_views=4)),
+    "lite1_aug4": (dict(backbone="efficientnet_lite1", hidden_ratio=1.0), dict(epochs=8, augment_views=4)),
+    "lite2_aug4": (dict(backbone="efficientnet_lite2", hidden_ratio=1.0), dict(epochs=8, augment_views=4)),
 }
 HEADS = [(norm, red) for norm in ("none", "scale", "position") for red in ("topk_mean", "max")]
 

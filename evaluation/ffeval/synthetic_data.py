@@ -52,3 +52,84 @@ def build_synthetic_folder(
         f"seed {seed}, size {size}, {n_train} train, {n_test_normal} test normals, {n_defect_per_kind} per kind {KINDS}\n"
     )
     return out
+
+
+def build_dev_folder(data: str, out: str | Path, crop: tuple[int, int] | None = None, seed: int = 0,
+                     exposure_share: float = 0.5) -> Path:
+    """A pixel-level DEVELOPMENT set from a real data source (e.g. ``elpv:mono``):
+
+    train/good   <- the source's training and validation normals (as they are)
+    test/good    <- its test normals; ``exposure_share`` of them re-exposed
+                    (fftrain.synthetic.EXPOSURE_SHIFTS): good parts under another exposure
+    test/<kind>  <- the same test normals with one HARD synthetic defect each (kinds and
+                    strengths cycled, fftrain.synthetic.HARD_KINDS / HARD_STRENGTHS), the
+                    same share re-exposed, exact masks in ground_truth/<kind>/
+    ``crop`` (height, width) cuts every image to its centre first, e.g. (300, 200) makes
+    non-square parts out of square cells. Original resolution is kept (no resize), so the
+    folder tests the runtime's own resizing too. Marked SYNTHETIC.
+    """
+    from fftrain.data import read_rgb, resolve
+    from fftrain.synthetic import EXPOSURE_SHIFTS, HARD_KINDS, HARD_STRENGTHS, add_defect, reexpose
+
+    out = Path(out)
+    split = resolve(data)
+    rng = np.random.default_rng(seed)
+
+    def load(path: Path) -> np.ndarray:
+        img = read_rgb(path)
+        if crop is not None:
+            h, w = img.shape[:2]
+            ch, cw = min(crop[0], h), min(crop[1], w)
+            top, left = (h - ch) // 2, (w - cw) // 2
+            img = img[top : top + ch, left : left + cw]
+        return img
+
+    def write(path: Path, rgb: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"{path}: cannot write")
+
+    def maybe_reexpose(img: np.ndarray) -> np.ndarray:
+        if rng.random() < exposure_share:
+            return reexpose(img, *EXPOSURE_SHIFTS[int(rng.integers(len(EXPOSURE_SHIFTS)))])
+        return img
+
+    for k, s in enumerate(split.train + split.val):
+        write(out / "train" / "good" / f"{k:04d}.png", load(s.path))
+    test_normals = [s for s in split.test if s.label == 0]
+    for k, s in enumerate(test_normals):
+        write(out / "test" / "good" / f"{k:04d}.png", maybe_reexpose(load(s.path)))
+    for k, s in enumerate(test_normals):
+        kind = HARD_KINDS[k % len(HARD_KINDS)]
+        strength = HARD_STRENGTHS[(k // len(HARD_KINDS)) % len(HARD_STRENGTHS)]
+        img, mask = add_defect(load(s.path), rng, kind, strength)
+        write(out / "test" / kind / f"{k:04d}.png", maybe_reexpose(img))
+        (out / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(out / "ground_truth" / kind / f"{k:04d}_mask.png"), mask.astype(np.uint8) * 255)
+    (out / MARKER).write_text(
+        f"SYNTHETIC defects (fftrain.synthetic hard kinds {HARD_KINDS}, strengths {HARD_STRENGTHS}) drawn on the "
+        f"real test normals of {data}; {exposure_share:.0%} of test images re-exposed; crop {crop}; seed {seed}.\n"
+        "A development set: never used to train, select epochs or set thresholds.\n"
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m ffeval.synthetic_data",
+        description="Write a pixel-level development set (SYNTHETIC hard defects, exposure changes) from real images.",
+    )
+    p.add_argument("--data", default="elpv:mono", help="source of real images (elpv:mono, elpv:poly or an MVTec folder)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--crop", help="HxW centre crop of every image, e.g. 300x200 for non-square parts")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    crop = tuple(int(v) for v in args.crop.lower().split("x")) if args.crop else None
+    print(build_dev_folder(args.data, args.out, crop, args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -93,3 +93,18 @@ def test_synthetic_batch_is_deterministic(real_images):
     a, ma = synthetic.defect_batch(real_images, seed=7)
     b, mb = synthetic.defect_batch(real_images, seed=7)
     assert np.array_equal(a, b) and np.array_equal(ma, mb)
+
+
+def test_auto_image_size_follows_the_parts_aspect_ratio(tmp_path, elpv_split):
+    from fftrain.data import Sample, auto_image_size
+
+    squares = elpv_split.train[:5]  # 300x300 cells
+    assert auto_image_size(squares) == (256, 256)
+    strips = []
+    for i, s in enumerate(squares):
+        path = tmp_path / f"{i}.png"
+        cv2.imwrite(str(path), cv2.imread(str(s.path))[:, 60:240])  # 300 high, 180 wide
+        strips.append(Sample(path, 0))
+    h, w = auto_image_size(strips)
+    assert (h % 16, w % 16) == (0, 0) and abs(w / h - 0.6) < 0.05 and abs(h * w - 256 * 256) < 0.1 * 256 * 256
+    assert (h, w) == (336, 192)

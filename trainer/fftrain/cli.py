@@ -31,9 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the torch hub cache; never downloaded)")
     p.add_argument("--random-backbone", action="store_true",
                    help="random backbone weights: for tests and benchmarks only (recorded in the model)")
-    p.add_argument("--image-size", nargs="+", default=None, metavar="SIZE",
-                   help="model input: one side (square), 'H W' or 'HxW'; multiples of 16 "
-                   f"(default {d.height}x{d.width}). Pick the frames' aspect ratio for non-square parts")
+    p.add_argument("--image-size", nargs="+", default=["auto"], metavar="SIZE",
+                   help="model input: 'auto' (default: the training images' median aspect ratio at about "
+                   f"{d.height}x{d.width} pixels, so non-square parts are not squashed), one side (square), "
+                   "'H W' or 'HxW'; multiples of 16")
     p.add_argument("--resize-mode", choices=["stretch", "letterbox"], default=d.resize_mode,
                    help="how a frame becomes the model input: stretch it to the model size (default), or keep "
                    "its aspect ratio and pad (letterbox); the runtime does the same")
@@ -72,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from .backbones import BackboneWeightsError
     from .config import FastFlowConfig
-    from .data import DataError, resolve
+    from .data import DataError, auto_image_size, resolve
     from .train import TrainSettings, train_and_save
 
     try:
         config = FastFlowConfig(
             backbone=args.backbone,
             random_backbone=args.random_backbone,
-            image_size="x".join(args.image_size) if args.image_size else FastFlowConfig().image_size,
+            image_size=FastFlowConfig().image_size if args.image_size == ["auto"] else "x".join(args.image_size),
             resize_mode=args.resize_mode,
             map_normalization=args.map_normalization,
             flow_steps=args.flow_steps,
@@ -99,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.quiet,
         )
         split = resolve(args.data, args.val_every)
+        if args.image_size == ["auto"]:
+            config = config.model_copy(update={"image_size": auto_image_size(split.train, config.height * config.width)})
+            FastFlowConfig.model_validate(config.model_dump())
+            print(f"model input {config.height}x{config.width} (auto: the training images' aspect ratio)")
         counts = split.counts()
         print(f"data {split.name}: {counts['train']} train, {counts['val']} validation normals")
         for note in split.notes:

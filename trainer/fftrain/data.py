@@ -116,6 +116,27 @@ def load_batch(samples: list[Sample], size: int | tuple[int, int], mode: str = "
     return out
 
 
+def image_shape(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file (decoded: OpenCV has no header-only reader)."""
+    img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise DataError(f"{path}: not a decodable image (corrupt or empty file); remove it from the folder")
+    return int(img.shape[0]), int(img.shape[1])
+
+
+def auto_image_size(samples: list[Sample], pixels: int = 256 * 256, step: int = 16, limit: int = 64) -> tuple[int, int]:
+    """A model input with the training images' median aspect ratio and about ``pixels``
+    pixels, each side a multiple of ``step``: non-square parts are not squashed, and the
+    cost stays that of the square default. Looks at up to ``limit`` images spread over the set."""
+    if not samples:
+        raise DataError("no training images to size the model from")
+    picked = samples[:: max(1, len(samples) // limit)][:limit]
+    aspect = float(np.median([w / h for h, w in (image_shape(s.path) for s in picked)]))
+    h = max(32, min(1024, int(round(np.sqrt(pixels / aspect) / step)) * step))
+    w = max(32, min(1024, int(round(np.sqrt(pixels * aspect) / step)) * step))
+    return h, w
+
+
 def to_tensor_batch(images: np.ndarray):
     """uint8 NHWC -> float NCHW in [0, 1], the same arithmetic as the graph's input stage."""
     import torch
