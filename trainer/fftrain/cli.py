@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "or elpv:mono / elpv:poly")
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (written atomically)")
     p.add_argument("--backbone", default=d.backbone,
-                   help="efficientnet_lite0 (default; weights ship with pip), resnet18, wide_resnet50_2")
+                   help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2 (Lite weights ship "
+                   "with pip), resnet18, wide_resnet50_2")
     p.add_argument("--backbone-weights", help="ImageNet weights file for resnet18 / wide_resnet50_2 "
                    "(default: the torch hub cache; never downloaded)")
     p.add_argument("--random-backbone", action="store_true",
