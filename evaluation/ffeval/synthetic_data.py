@@ -55,7 +55,7 @@ def build_synthetic_folder(
 
 
 def build_dev_folder(data: str, out: str | Path, crop: tuple[int, int] | None = None, seed: int = 0,
-                     exposure_share: float = 0.5) -> Path:
+                     exposure_share: float = 0.5, limit: int | None = None) -> Path:
     """A pixel-level DEVELOPMENT set from a real data source (e.g. ``elpv:mono``):
 
     train/good   <- the source's training and validation normals (as they are)
@@ -66,7 +66,8 @@ def build_dev_folder(data: str, out: str | Path, crop: tuple[int, int] | None = 
                     same share re-exposed, exact masks in ground_truth/<kind>/
     ``crop`` (height, width) cuts every image to its centre first, e.g. (300, 200) makes
     non-square parts out of square cells. Original resolution is kept (no resize), so the
-    folder tests the runtime's own resizing too. Marked SYNTHETIC.
+    folder tests the runtime's own resizing too. Marked SYNTHETIC. ``limit`` caps each
+    part's image count (tests).
     """
     from fftrain.data import read_rgb, resolve
     from fftrain.synthetic import EXPOSURE_SHIFTS, HARD_KINDS, HARD_STRENGTHS, add_defect, reexpose
@@ -94,9 +95,9 @@ def build_dev_folder(data: str, out: str | Path, crop: tuple[int, int] | None = 
             return reexpose(img, *EXPOSURE_SHIFTS[int(rng.integers(len(EXPOSURE_SHIFTS)))])
         return img
 
-    for k, s in enumerate(split.train + split.val):
+    for k, s in enumerate((split.train + split.val)[:limit]):
         write(out / "train" / "good" / f"{k:04d}.png", load(s.path))
-    test_normals = [s for s in split.test if s.label == 0]
+    test_normals = [s for s in split.test if s.label == 0][:limit]
     for k, s in enumerate(test_normals):
         write(out / "test" / "good" / f"{k:04d}.png", maybe_reexpose(load(s.path)))
     for k, s in enumerate(test_normals):

@@ -152,3 +152,34 @@ def test_ffeval_does_not_import_torch(tiny_onnx, synthetic_folder):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "TORCH:\n" in proc.stdout, proc.stdout
+
+
+def test_development_folder_is_an_mvtec_layout_with_exact_masks(tmp_path):
+    import cv2
+
+    from ffeval.synthetic_data import MARKER, build_dev_folder
+    from fftrain.data import read_mask, resolve
+    from fftrain.synthetic import HARD_KINDS
+
+    root = build_dev_folder("elpv:mono", tmp_path / "dev", crop=(300, 200), seed=1, exposure_share=0.5, limit=10)
+    assert (root / MARKER).is_file() and "SYNTHETIC" in (root / MARKER).read_text()
+    split = resolve(str(root))
+    assert len(split.train) + len(split.val) == 10
+    defects = [s for s in split.test if s.label == 1]
+    assert len(defects) == 10 and {s.defect_type for s in defects} == set(HARD_KINDS)
+    src = resolve("elpv:mono")
+    originals = [s for s in src.test if s.label == 0][:10]
+    reexposed = 0
+    for i, s in enumerate(defects):
+        img = cv2.imread(str(s.path), cv2.IMREAD_GRAYSCALE)
+        assert img.shape == (300, 200)  # non-square: the centre of a 300x300 cell
+        mask = read_mask(s.mask_path, img.shape)
+        assert 0 < mask.sum() < mask.size // 2
+        ref = cv2.imread(str(originals[int(s.path.stem)].path), cv2.IMREAD_GRAYSCALE)[:, 50:250]
+        diff = np.abs(img.astype(int) - ref.astype(int))
+        # Unchanged exposure: the defect is where the mask is. Re-exposed: everything moved.
+        if np.median(diff[~mask]) == 0:
+            assert diff[mask].mean() > diff[~mask].mean() + 1
+        else:
+            reexposed += 1
+    assert 0 < reexposed < 10
