@@ -39,6 +39,7 @@ BASE = dict(backbone="efficientnet_lite0", image_size=(256, 256), flow_steps=8, 
 TRAINED = {
     # name: (config overrides, settings overrides). Every trained model is then scored with
     # each head variant in HEADS (the head is fitted after training, so no retraining).
+    "smoke": (dict(image_size=(64, 64), flow_steps=1), dict(epochs=1)),  # checks this script, not a result
     "old_ratio": (dict(hidden_ratio=2.0), dict(epochs=8)),  # ratio 1.0 in the old (doubled) meaning
     "paper": (dict(hidden_ratio=1.0), dict(epochs=8)),
     "paper_aug4": (dict(hidden_ratio=1.0), dict(epochs=8, augment_views=4)),
@@ -55,8 +56,7 @@ def cpu_name() -> str:
 
 
 @torch.no_grad()
-def scores_and_maps(model, images: np.ndarray):
-    feats = extract_features(model, images, progress=False)
+def scores_and_maps(model, feats):
     _, maps, scores = evaluate_features(model, feats)
     return scores.numpy().astype(np.float64), maps[:, 0].numpy()
 
@@ -69,18 +69,31 @@ def rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
     }
 
 
-def evaluate_head(model, split, config, thr: float) -> dict:
+def eval_features(model, split, config) -> dict:
+    """Backbone features of every evaluation set, computed once per trained model."""
     size, mode = config.image_size, config.resize_mode
     test = split.test
-    labels = np.array([s.label for s in test])
-    test_scores, _ = scores_and_maps(model, load_batch(test, size, mode))
-    real = {"image_auroc": roc_auc(labels, test_scores), **rates(test_scores, labels, thr)}
     normals = load_batch([s for s in test if s.label == 0], size, mode)
     defects, masks, _ = synthetic.hard_defect_batch(normals, seed=777)
-    n_scores, n_maps = scores_and_maps(model, normals)
-    d_scores, d_maps = scores_and_maps(model, defects)
+    shifted = np.concatenate([
+        np.stack([synthetic.reexpose(im, *shift) for im in normals[:60]]) for shift in synthetic.EXPOSURE_SHIFTS
+    ])
+    feats = lambda images: extract_features(model, images, progress=False)  # noqa: E731
+    return {
+        "labels": np.array([s.label for s in test]), "test": feats(load_batch(test, size, mode)),
+        "normals": feats(normals), "defects": feats(defects), "masks": masks, "shifted": feats(shifted),
+    }
+
+
+def evaluate_head(model, ev: dict, thr: float) -> dict:
+    labels = ev["labels"]
+    test_scores, _ = scores_and_maps(model, ev["test"])
+    real = {"image_auroc": roc_auc(labels, test_scores), **rates(test_scores, labels, thr)}
+    n_scores, n_maps = scores_and_maps(model, ev["normals"])
+    d_scores, d_maps = scores_and_maps(model, ev["defects"])
+    masks = ev["masks"]
     y = np.r_[np.zeros(len(n_scores)), np.ones(len(d_scores))]
-    all_masks = np.concatenate([np.zeros_like(masks[: len(normals)]), masks])
+    all_masks = np.concatenate([np.zeros((len(n_maps),) + masks.shape[1:], bool), masks])
     all_maps = np.concatenate([n_maps, d_maps])
     dev = {
         "image_auroc": roc_auc(y, np.r_[n_scores, d_scores]),
@@ -88,10 +101,7 @@ def evaluate_head(model, split, config, thr: float) -> dict:
         "aupro": aupro(all_masks, all_maps),
         **rates(np.r_[n_scores, d_scores], y, thr),
     }
-    shifted = np.concatenate([
-        np.stack([synthetic.reexpose(im, *shift) for im in normals[:60]]) for shift in synthetic.EXPOSURE_SHIFTS
-    ])
-    s_scores, _ = scores_and_maps(model, shifted)
+    s_scores, _ = scores_and_maps(model, ev["shifted"])
     exposure = {"false_reject_rate": float((s_scores > thr).mean()), "n": int(len(s_scores))}
     return {"real_test": real, "dev_synthetic": dev, "exposure_shift": exposure}
 
@@ -105,6 +115,7 @@ def run_variant(name: str, data: str, out: Path) -> list[dict]:
     result = train(config, split, settings, log=lambda m: print(f"[{name}] {m}", flush=True))
     train_s = time.perf_counter() - t0
     model = result.model.eval()
+    ev = eval_features(model, split, config)
     rows = []
     for norm, reduction in HEADS:
         model.head = AnomalyHead(config.image_size, reduction, config.topk_fraction,
@@ -118,7 +129,7 @@ def run_variant(name: str, data: str, out: Path) -> list[dict]:
             "settings": {k: v for k, v in vars(settings).items()},
             "best_epoch": result.best_epoch, "train_s": round(train_s, 1),
             "flow_params": sum(p.numel() for p in model.flows.parameters()), "threshold": thr,
-            **evaluate_head(model, split, config, thr),
+            **evaluate_head(model, ev, thr),
             "machine": f"{cpu_name()}, {torch.get_num_threads()} threads",
         }
         rows.append(row)
