@@ -16,6 +16,7 @@ from typing import Any
 
 import onnx
 import torch
+from pydantic import ValidationError
 
 from ffrt.meta import (
     BackboneInfo,
@@ -51,10 +52,22 @@ def _version(dist: str) -> str:
 
 
 def build_meta(model: FastFlow, payload: dict[str, Any], ckpt_sha256: str, batch_max: int, opset: int) -> ModelMeta:
-    cfg = model.config
     cal = payload.get("calibration") or {}
-    if "image_threshold" not in cal:
+    if not isinstance(cal, dict) or "image_threshold" not in cal or "pixel_threshold" not in cal:
         raise ExportError("the checkpoint has no calibration (thresholds); retrain it with fftrain")
+    try:
+        return _meta(model, payload, cal, ckpt_sha256, batch_max, opset)
+    except (ValidationError, TypeError, ValueError) as e:
+        # The schema refuses what the runtime would refuse (non-finite thresholds, ...): say
+        # so here rather than ship a file no Detector loads.
+        msg = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+        loc = ".".join(map(str, e.errors()[0]["loc"])) + ": " if isinstance(e, ValidationError) else ""
+        raise ExportError(f"the checkpoint's calibration or config cannot be described ({loc}{msg}); "
+                          "retrain it with fftrain") from e
+
+
+def _meta(model: FastFlow, payload: dict[str, Any], cal: dict, ckpt_sha256: str, batch_max: int, opset: int) -> ModelMeta:
+    cfg = model.config
     stats = cal.get("score_stats")
     return ModelMeta(
         input=InputSpec(
