@@ -112,4 +112,6 @@ def test_min_spearman_reaches_the_gate(tiny_checkpoint, tiny_onnx, tmp_path, cap
                "--refit-epochs", "0", "--calib-count", "8", "--min-spearman", "1.0"])
     captured = capsys.readouterr()
     assert rc == EXIT_GATE and "Spearman" in captured.err
+    # Item 11: the gate ran on validation data (held-out training normals + synthetic defects), and says so.
+    assert "held-out training normals of elpv:mono" in captured.out and "synthetic defects" in captured.out
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
