@@ -1,7 +1,7 @@
 """ffcalib: calibrate an exported ffrt model (INT8 quantization, decision thresholds).
 
     ffcalib int8 --model model.onnx --calib elpv:mono [--val SET] [--out DIR] [--force]
-    ffcalib thresholds --model model.onnx --normal DIR [--defects DIR [--masks DIR]] [--target-frr 0.01]
+    ffcalib thresholds --model model.onnx --normal DIR [--defects DIR [--masks DIR]] [--target-frr 0.01] [--backend auto]
 
 Exit codes: 0 ok, 1 failed (one-line reason on stderr), 3 INT8 accuracy gate failed
 (the report is printed; nothing written; --force overrides).
@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--histogram", type=Path, default=None,
                    help="PNG of normal/defect scores with the threshold (default: next to the model, with --defects)")
     t.add_argument("--dry-run", action="store_true", help="print the thresholds without writing them")
+    t.add_argument(
+        "--backend", default="auto",
+        help="backend to score with, as in ffrt.Detector: auto (default: what Detector(..., backend='auto') picks on "
+        "this machine, i.e. what the line will run), tensorrt, onnxruntime-tensorrt, onnxruntime-cuda or "
+        "onnxruntime-cpu. Run this on the line PC: FP16/INT8 scores differ between backends. The backend is recorded "
+        "in the metadata (thresholds.calibrated_on)",
+    )
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -182,6 +189,7 @@ def _thresholds(args) -> int:
         histogram_png=hist,
         threads=args.threads,
         progress=not args.no_progress,
+        backend=args.backend,
     )
     print(report.summary())
     return 0

@@ -38,6 +38,8 @@ from .graph import INPUT_NAME, OUTPUT_NAMES, FusedGraph
 DEFAULT_OPSET = 18
 DEFAULT_BATCH_MAX = 32
 ONNX_SIZE_LIMIT = 2 * 1024**3
+#: Where fftrain's thresholds were scored (ModelMeta.thresholds.calibrated_on).
+TRAINER_BACKEND = "fftrain (PyTorch, FP32)"
 
 
 class ExportError(RuntimeError):
@@ -84,7 +86,8 @@ def _meta(model: FastFlow, payload: dict[str, Any], cal: dict, ckpt_sha256: str,
             reduction=cfg.score_reduction,
             topk_fraction=cfg.topk_fraction if cfg.score_reduction == "topk_mean" else None,
         ),
-        thresholds=Thresholds(image=cal["image_threshold"], pixel=cal["pixel_threshold"], source=cal.get("source", "")),
+        thresholds=Thresholds(image=cal["image_threshold"], pixel=cal["pixel_threshold"], source=cal.get("source", ""),
+                              calibrated_on=cal.get("calibrated_on", TRAINER_BACKEND)),
         score_stats=ScoreStats(**stats) if stats else None,
         precision="fp32",
         target="any",
