@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         action="store_true",
         help="also build a TensorRT engine from the FP16 ONNX (with --fp16) or the FP32 one: OUT/model[.fp16].engine "
-        "+ a .json sidecar (TensorRT version, GPU, ONNX sha256, metadata). Needs TensorRT and an NVIDIA GPU; "
+        "+ a .json sidecar (TensorRT version, GPU, source graph hash, metadata). Needs TensorRT and an NVIDIA GPU; "
         "without them exits 2 after writing the ONNX and prints the command to run on the GPU host",
     )
     p.add_argument("--batch-min", type=int, default=1, help="--engine: smallest batch of the optimization profile (default 1)")
