@@ -356,3 +356,17 @@ def test_cli_int8_too_few_normals_for_a_default_gate(tiny_onnx, elpv_split, tmp_
     err = capsys.readouterr().err.strip()
     assert "held out for the accuracy gate" in err and "--val" in err and "\n" not in err
     assert not (tmp_path / CPU_NAME).exists()
+
+
+def test_int8_files_are_written_both_or_neither(tmp_path):
+    """A failure while writing the second file leaves the first one's previous bytes."""
+    from ffcalib.int8 import write_all_or_none
+
+    first = tmp_path / TRT_NAME
+    first.write_bytes(b"previous int8-trt")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    with pytest.raises(OSError):
+        write_all_or_none({first: b"new int8-trt", blocker / CPU_NAME: b"new int8-cpu"})
+    assert first.read_bytes() == b"previous int8-trt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, blocker.name])

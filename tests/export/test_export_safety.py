@@ -81,6 +81,21 @@ def test_a_graph_outside_tolerance_leaves_nothing(tiny_checkpoint, previous, cap
     assert _snapshot(previous) == before
 
 
+def test_an_exception_during_the_check_leaves_nothing(tiny_checkpoint, previous, monkeypatch):
+    """Any exception after the new graph was written (here: onnxruntime failing in the parity
+    check) propagates, and the stage with the unchecked graph is removed on the way out."""
+    import ffexport.parity
+
+    def broken(*_a, **_k):
+        raise RuntimeError("onnxruntime: simulated failure")
+
+    monkeypatch.setattr(ffexport.parity, "check", broken)
+    before = _snapshot(previous)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        ffexport_main(["--ckpt", str(tiny_checkpoint), "--out", str(previous), "--batch-max", "8"])
+    assert _snapshot(previous) == before
+
+
 @pytest.mark.parametrize("flag,value", [("--parity-count", "0"), ("--batch-max", "0"), ("--calib-count", "-1")])
 def test_bad_numbers_are_refused_before_any_write(tiny_checkpoint, previous, capsys, flag, value):
     before = _snapshot(previous)
