@@ -1,7 +1,7 @@
 """ffcalib: calibrate an exported ffrt model (INT8 quantization, decision thresholds).
 
-    ffcalib int8 --model model.onnx --calib elpv:mono [--out DIR] [--force]
-    ffcalib thresholds --model model.onnx --normal DIR [--defects DIR [--masks DIR]] [--target-frr 0.01]
+    ffcalib int8 --model model.onnx --calib elpv:mono [--val SET] [--out DIR] [--force]
+    ffcalib thresholds --model model.onnx --normal DIR [--defects DIR [--masks DIR]] [--target-frr 0.01] [--backend auto]
 
 Exit codes: 0 ok, 1 failed (one-line reason on stderr), 3 INT8 accuracy gate failed
 (the report is printed; nothing written; --force overrides).
@@ -42,11 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnxruntime calibration method for the activation ranges (default minmax)")
     q.add_argument(
         "--val",
-        help="accuracy-gate images: elpv:mono/poly (its test split), an MVTec-style root with test/, or a folder of "
-        "normal images (rank correlation only). Default: derived from --calib (elpv test split, the root's test/, "
-        "or the calibration folder itself)",
+        help="accuracy-gate images, named explicitly: elpv:mono/poly (its test split), an MVTec-style root with test/, "
+        "or a folder of normal images (rank correlation only). Default: validation data from --calib: every 10th "
+        "training normal is held out from calibration, and the gate runs on those normals plus each of them with a "
+        "synthetic defect drawn on (fftrain.synthetic). The report says which set was used",
     )
-    q.add_argument("--val-count", type=int, default=0, help="validation images, spread evenly (default 0 = all)")
+    q.add_argument("--val-count", type=int, default=0,
+                   help="gate images (with the default set: held-out normals, each also with a synthetic defect), "
+                   "spread evenly (default 0 = all)")
     q.add_argument("--op-types", default="Conv", help="comma-separated node types to quantize (default Conv)")
     q.add_argument("--scope", choices=("backbone", "all"), default="backbone",
                    help="backbone: only nodes upstream of the LayerNorms (the flow head stays float; default); all")
@@ -78,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--histogram", type=Path, default=None,
                    help="PNG of normal/defect scores with the threshold (default: next to the model, with --defects)")
     t.add_argument("--dry-run", action="store_true", help="print the thresholds without writing them")
+    t.add_argument(
+        "--backend", default="auto",
+        help="backend to score with, as in ffrt.Detector: auto (default: what Detector(..., backend='auto') picks on "
+        "this machine, i.e. what the line will run), tensorrt, onnxruntime-tensorrt, onnxruntime-cuda or "
+        "onnxruntime-cpu. Run this on the line PC: FP16/INT8 scores differ between backends. The backend is recorded "
+        "in the metadata (thresholds.calibrated_on)",
+    )
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -88,20 +98,42 @@ def _fail(msg: str, code: int = EXIT_FAILED) -> int:
     return code
 
 
+def _gate_set(args, meta):
+    """(calibration paths, gate images or paths, labels, what the gate set is) for ffcalib int8.
+
+    Default: validation data, never the test split: the normals held out from calibration
+    (every 10th training normal) plus each of them with a synthetic defect. --val names
+    another set explicitly (its test split for elpv:* and MVTec roots, or a folder of normals).
+    """
+    from .images import CalibError, calibration_paths, gate_images, held_out_split, sample_evenly, validation_set
+
+    if args.val:
+        val = validation_set(args.val)
+        keep = sample_evenly(list(range(len(val.paths))), args.val_count or None)
+        labels = val.labels[keep]
+        what = (f"--val {args.val}: {len(keep)} images ({int((labels == 0).sum())} normal, {int(labels.sum())} "
+                "defective)")
+        return calibration_paths(args.calib), [val.paths[i] for i in keep], labels, what
+    calib, held_out = held_out_split(args.calib)
+    held_out = sample_evenly(held_out, args.val_count or None)
+    if len(held_out) < 2:
+        raise CalibError(
+            f"--calib {args.calib}: {len(held_out)} normal image(s) held out for the accuracy gate (every "
+            "10th training normal); the gate needs at least 2. Add normal images, or name a gate set with --val DIR"
+        )
+    images, labels = gate_images(held_out, meta.input, progress=not args.no_progress)
+    what = (f"{len(held_out)} held-out training normals of {args.calib} + {len(held_out)} synthetic defects drawn "
+            "on them (validation data; not the test split)")
+    return calib, images, labels, what
+
+
 def _int8(args, refit_head=None) -> int:
     from ffrt.meta import read_onnx_meta
 
-    from .images import calibration_paths, sample_evenly, validation_set
     from .int8 import DEFAULT_MAX_AUROC_DROP, AccuracyGateError, quantize_model
 
-    read_onnx_meta(args.model)  # a non-ffrt model fails here, before any image is read
-    calib = calibration_paths(args.calib)
-    # Default gate set: elpv:* -> its test split; an MVTec root -> its test/; a plain folder
-    # -> the calibration folder itself (normals only: rank correlation, no AUROC).
-    val = validation_set(args.val or args.calib)
-    keep = sample_evenly(list(range(len(val.paths))), args.val_count or None)
-    val_paths = [val.paths[i] for i in keep]
-    val_labels = val.labels[keep]
+    meta = read_onnx_meta(args.model)  # a non-ffrt model fails here, before any image is read
+    calib, val_images, val_labels, val_source = _gate_set(args, meta)
     batches = tuple(int(b) for b in args.bench_batches.split(",") if b.strip())
     try:
         report = quantize_model(
@@ -112,8 +144,9 @@ def _int8(args, refit_head=None) -> int:
             count=args.calib_count or None,
             op_types=tuple(s.strip() for s in args.op_types.split(",") if s.strip()),
             scope=args.scope,
-            val_images=val_paths,
+            val_images=val_images,
             val_labels=val_labels,
+            val_source=val_source,
             max_auroc_drop=DEFAULT_MAX_AUROC_DROP if args.max_auroc_drop is None else args.max_auroc_drop,
             min_spearman=args.min_spearman,
             force=args.force,
@@ -156,6 +189,7 @@ def _thresholds(args) -> int:
         histogram_png=hist,
         threads=args.threads,
         progress=not args.no_progress,
+        backend=args.backend,
     )
     print(report.summary())
     return 0

@@ -4,10 +4,14 @@ Everything is decoded and resized by ``ffrt.preprocess.prepare_batch`` (the runt
 path: BGR decode -> RGB, INTER_AREA resize to the model size), so calibration sees the
 exact bytes the graph receives in production.
 
-Import rule (DESIGN.md: ``ffcalib -> ffrt``): ``fftrain.data`` is imported lazily and
-only for the ``elpv:mono`` / ``elpv:poly`` demo specs, because that module is the single
-definition of the fixed ELPV split (numpy/OpenCV only, no torch at import); duplicating it
-here would let the splits drift apart.
+Import rule (DESIGN.md: ``ffcalib -> ffrt``): ``fftrain.data`` (the single definition of
+the ELPV split, the MVTec layout and the every-10th hold-out rule) and ``fftrain.synthetic``
+(defects drawn onto real normals) are numpy/OpenCV only, no torch at import; they are
+imported lazily, and duplicating them here would let the splits drift apart.
+
+The INT8 gate's default set (:func:`held_out_split` + :func:`gate_images`) is validation
+data, never the test split: the training normals held out from calibration (every 10th,
+the trainer's rule) plus the same normals with one synthetic defect each.
 """
 
 from __future__ import annotations
@@ -79,6 +83,42 @@ def calibration_paths(spec: str | Path) -> list[Path]:
     if (root / "train" / "good").is_dir():
         return list_images(root / "train" / "good", "calibration folder")
     return list_images(root, "calibration folder")
+
+
+#: Seed of the synthetic defects of the default gate set (fixed: the gate is reproducible).
+GATE_DEFECT_SEED = 20_000
+#: Every n-th normal (by file order) is held out for validation, as fftrain does.
+VAL_EVERY = 10
+
+
+def held_out_split(spec: str | Path) -> tuple[list[Path], list[Path]]:
+    """(calibration normals, held-out validation normals) of a --calib spec.
+
+    elpv:mono/poly and MVTec roots: fftrain's own train / validation split; a plain folder:
+    every 10th image (by name) held out, the same rule. Calibration never sees the held-out ones.
+    """
+    from fftrain.data import DataError, split_train_val  # lazy: see the module docstring
+
+    spec_s = str(spec)
+    if spec_s.startswith("elpv:"):
+        split = _elpv(spec_s)
+        return [s.path for s in split.train], [s.path for s in split.val]
+    root = Path(spec_s)
+    folder = root / "train" / "good" if (root / "train" / "good").is_dir() else root
+    paths = list_images(folder, "calibration folder")
+    try:
+        return split_train_val(paths, VAL_EVERY)
+    except DataError as e:  # pragma: no cover - VAL_EVERY is valid
+        raise CalibError(str(e)) from e
+
+
+def gate_images(normals: list[Path], spec: InputSpec, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out normals plus each of them with one synthetic defect: uint8 images, labels 0/1."""
+    from fftrain.synthetic import defect_batch  # lazy: see the module docstring
+
+    good = load_images(normals, spec, progress, desc="loading held-out normals")
+    bad, _ = defect_batch(good, seed=GATE_DEFECT_SEED)
+    return np.concatenate([good, bad]), np.r_[np.zeros(len(good), np.int64), np.ones(len(bad), np.int64)]
 
 
 def validation_set(spec: str | Path) -> LabelledPaths:

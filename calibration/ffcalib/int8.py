@@ -43,7 +43,9 @@ LayerNormalization nodes (the per-scale norms that open each flow). Calibration 
 that backbone subgraph only (the flows need no ranges), which is also faster.
 
 Accuracy gate: FP32 and both INT8 files are scored on a validation set with ONNX
-Runtime on this CPU; image AUROC may not drop by more than ``max_auroc_drop`` (when the
+Runtime on this CPU (the CLI's default set is validation data: the training normals held
+out from calibration plus synthetic defects drawn on them; a test split would let the
+gate tune the shipped file on the data its accuracy is later reported on); image AUROC may not drop by more than ``max_auroc_drop`` (when the
 set has both classes) and the Spearman rank correlation of the INT8 scores with the FP32
 scores must be at least ``min_spearman``. If the gate fails (and ``force`` is False) the
 files are NOT written and :class:`AccuracyGateError` carries the report.
@@ -62,7 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from ffrt.errors import ModelFileError
-from ffrt.meta import ModelMeta, atomic_write_bytes, meta_from_proto, read_onnx_meta, set_proto_meta
+from ffrt.meta import ModelMeta, meta_from_proto, read_onnx_meta, set_proto_meta
 
 from .images import CalibError, load_images, sample_evenly
 
@@ -118,6 +120,8 @@ class Accuracy:
     encodings: dict[str, EncodingAccuracy]
     max_auroc_drop: float
     min_spearman: float
+    #: Which images the gate ran on (e.g. held-out training normals + synthetic defects).
+    source: str = ""
 
     @property
     def passed(self) -> bool:
@@ -172,7 +176,8 @@ class Int8Report:
         a = self.accuracy
         if a is not None:
             fp = f"{a.fp32_auroc:.4f}" if a.fp32_auroc is not None else "n/a (one class)"
-            lines.append(f"  accuracy on {a.images} validation images ({a.defects} defective): FP32 AUROC {fp}")
+            lines.append(f"  gate set: {a.source or 'images given by the caller'}")
+            lines.append(f"  accuracy on these {a.images} images ({a.defects} defective): FP32 AUROC {fp}")
             for name, e in a.encodings.items():
                 au = f"AUROC {e.auroc:.4f} (drop {e.auroc_drop:+.4f}), " if e.auroc is not None else ""
                 lines.append(
@@ -624,6 +629,7 @@ def quantize_model(
     scope: str = "backbone",
     val_images=None,
     val_labels=None,
+    val_source: str = "",
     max_auroc_drop: float = DEFAULT_MAX_AUROC_DROP,
     min_spearman: float | None = None,
     force: bool = False,
@@ -643,7 +649,10 @@ def quantize_model(
     method:        "minmax" | "entropy" | "percentile" (onnxruntime calibrators).
     op_types, scope: which nodes get Q/DQ ("backbone" = upstream of the LayerNorms, "all").
     val_images, val_labels: the accuracy gate's set (array or paths; labels 0/1, None = all
-                   normal -> rank correlation only). None skips the gate.
+                   normal -> rank correlation only). None skips the gate. Use validation data,
+                   not the test split (ffcalib int8's default: held-out training normals plus
+                   synthetic defects, see ffcalib.images.gate_images).
+    val_source:    what the gate set is, for the report.
     benchmark_batches: batch sizes at which FP32 and int8-cpu are timed on this CPU
                    (same thread count); () skips the benchmark.
     nodes:         explicit node names to quantize (overrides op_types/scope selection;
@@ -789,6 +798,7 @@ def quantize_model(
             threads=threads,
             progress=progress,
         )
+        report.accuracy.source = val_source
     if benchmark_batches:
         report.latency = benchmark(
             {"fp32": fp32_onnx_path, "int8-cpu": blobs["cpu"]},
@@ -816,12 +826,41 @@ def quantize_model(
             + "; --force writes anyway",
             report,
         )
-    for target, name in (("tensorrt", TRT_NAME), ("cpu", CPU_NAME)):
-        path = out_dir / name
-        atomic_write_bytes(path, blobs[target])
-        report.outputs[target] = str(path)
+    paths = {"tensorrt": out_dir / TRT_NAME, "cpu": out_dir / CPU_NAME}
+    write_all_or_none({paths[t]: blobs[t] for t in paths})
+    report.outputs.update({t: str(p) for t, p in paths.items()})
     report.written = True
     return report
+
+
+def write_all_or_none(files: dict[Path, bytes]) -> None:
+    """Write every file to a temp name next to it (fsynced), then rename them all.
+
+    A failure while writing (disk full, Ctrl-C) leaves every old file in place; the renames
+    come only after all bytes are on disk.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged.append((Path(tmp), path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _ort_version() -> str:

@@ -1,6 +1,10 @@
 """Decision thresholds calibrated on the exported model, written into its metadata.
 
-Images are scored through ``ffrt.Detector`` (the runtime path that ships). Then:
+Images are scored through ``ffrt.Detector`` (the runtime path that ships), on the backend
+that will run the line: by default the one ``Detector(..., backend="auto")`` picks on this
+machine (ONNX Runtime CPU computes FP16 regions in FP32 and quantizes INT8 biases its own
+way, so a threshold set there does not fit TensorRT's numerics exactly). The backend is
+recorded in the metadata (``thresholds.calibrated_on``). Then:
 
 - image threshold: without defects, the lowest threshold that rejects at most
   ``target_frr`` of the normal images (``fftrain.metrics.threshold_at_frr``); with
@@ -48,12 +52,13 @@ class ThresholdReport:
     defect_recall: float | None
     image_f1: float | None
     previous: tuple[float, float]
+    backend: str = ""  # the backend the images were scored with
     histogram_png: str | None = None
     written: bool = False
 
     def summary(self) -> str:
         lines = [
-            f"thresholds for {self.model}:",
+            f"thresholds for {self.model} (scored with {self.backend}):",
             f"  image {self.image_threshold:.6g} ({self.image_rule}; was {self.previous[0]:.6g})",
             f"  pixel {self.pixel_threshold:.6g} ({self.pixel_rule}; was {self.previous[1]:.6g})",
             f"  on these images: {self.normal_count} normals, false-reject rate {self.normal_frr:.4f}",
@@ -111,8 +116,9 @@ def calibrate_thresholds(
     histogram_png: str | os.PathLike | None = None,
     threads: int | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> ThresholdReport:
-    """Score the images with ffrt.Detector, choose thresholds (see module doc), write them atomically."""
+    """Score the images with ffrt.Detector on ``backend``, choose thresholds (see module doc), write them atomically."""
     from ffrt import Detector
 
     from fftrain.metrics import f1_max, precision_recall_at_threshold, threshold_at_frr  # numpy-only, no torch
@@ -127,7 +133,7 @@ def calibrate_thresholds(
     if not normal_paths:
         raise CalibError("no normal images given")
     defect_paths = list(defect_paths or [])
-    det = Detector(model_path, backend="onnxruntime-cpu", threads=threads, resize_outputs=False)
+    det = Detector(model_path, backend=backend, threads=threads, resize_outputs=False)
     normal_scores, normal_maps = score_paths(det, list(normal_paths), progress, "scoring normals")
     defect_scores, defect_maps = (
         score_paths(det, defect_paths, progress, "scoring defects") if defect_paths else (np.zeros(0), [])
@@ -170,11 +176,13 @@ def calibrate_thresholds(
         defect_recall=recall,
         image_f1=f1,
         previous=(meta.thresholds.image, meta.thresholds.pixel),
+        backend=det.backend_name,
     )
     if histogram_png is not None and defect_paths:
         report.histogram_png = str(write_histogram(histogram_png, normal_scores, defect_scores, image_t))
     if write:
-        new = meta.with_thresholds(float(image_t), float(pixel_t), f"ffcalib: image {image_rule}; pixel {pixel_rule}")
+        new = meta.with_thresholds(float(image_t), float(pixel_t), f"ffcalib: image {image_rule}; pixel {pixel_rule}",
+                                   calibrated_on=det.backend_name)
         new = new.model_copy(update={"score_stats": score_stats(normal_scores)})
         write_onnx_meta(model_path, new)
         report.written = True

@@ -2,7 +2,11 @@
 
     ffexport --ckpt model.pt --out DIR            -> DIR/model.onnx
     ffexport ... --fp16                           -> + DIR/model.fp16.onnx (mixed precision, checked)
+    ffexport ... --int8                           -> + DIR/model.int8-trt.onnx, DIR/model.int8-cpu.onnx (gated)
     ffexport ... [--fp16] --engine                -> + DIR/model[.fp16].engine (+ .json), GPU host only
+
+All or nothing: the files of one run are published only after every check passed
+(staging.py); on any failure the files already in DIR are untouched.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 
 EXIT_FAILED = 1
 EXIT_UNAVAILABLE = 2  # the requested feature cannot run here / is not in this release
+EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         "is checked on real images after every export.",
     )
     p.add_argument("--ckpt", required=True, type=Path, help="checkpoint written by fftrain (model.pt)")
-    p.add_argument("--out", required=True, type=Path, help="output folder; the model is written to OUT/model.onnx")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder; the model is written to OUT/model.onnx once every check has passed (files "
+                   "already there are replaced only then)")
     p.add_argument("--batch-max", type=int, default=32, help="largest batch the graph is meant for (default 32)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or newer (default 18)")
     p.add_argument(
@@ -69,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         action="store_true",
         help="also build a TensorRT engine from the FP16 ONNX (with --fp16) or the FP32 one: OUT/model[.fp16].engine "
-        "+ a .json sidecar (TensorRT version, GPU, ONNX sha256, metadata). Needs TensorRT and an NVIDIA GPU; "
+        "+ a .json sidecar (TensorRT version, GPU, source graph hash, metadata). Needs TensorRT and an NVIDIA GPU; "
         "without them exits 2 after writing the ONNX and prints the command to run on the GPU host",
     )
     p.add_argument("--batch-min", type=int, default=1, help="--engine: smallest batch of the optimization profile (default 1)")
@@ -107,13 +114,31 @@ def _parity_images(args, payload, size: tuple[int, int]) -> np.ndarray:
     return load_batch([Sample(p, 0) for p in paths[: args.parity_count]], size)
 
 
-def _refuse(path: Path, why: str) -> int:
-    """A file that failed its check is never left under its usable name: it is renamed
-    ``*.parity-failed`` (kept for inspection) so no tool picks it up by mistake."""
-    bad = path.with_name(path.name + ".parity-failed")
-    path.replace(bad)
-    print(f"ffexport: error: {why}; kept for inspection as {bad}", file=sys.stderr)
+def _refuse(why: str) -> int:
+    """The staged file failed its check: nothing is published (the stage is removed)."""
+    print(f"ffexport: error: {why}; nothing was written, the previous files in the output folder are untouched",
+          file=sys.stderr)
     return EXIT_FAILED
+
+
+def _check_numbers(args) -> str | None:
+    """The first numeric flag that cannot work, as a one-line reason (None: all fine)."""
+    rules = [
+        ("--parity-count", args.parity_count, 1, "images for the parity check"),
+        ("--batch-max", args.batch_max, 1, "the largest batch"),
+        ("--fp16-images", args.fp16_images, 1, "images per class for the FP16 check"),
+        ("--calib-count", args.calib_count, 0, "calibration images (0 = all)"),
+        ("--refit-epochs", args.refit_epochs, 0, "re-fit epochs (0 = plain post-training quantization)"),
+        ("--batch-min", args.batch_min, 1, "the smallest engine batch"),
+        ("--batch-opt", args.batch_opt, 1, "the engine batch TensorRT tunes for"),
+        ("--workspace", args.workspace, 0, "the builder workspace in MB"),
+    ]
+    for flag, value, low, what in rules:
+        if value is not None and value < low:
+            return f"{flag} {value}: {what} must be at least {low}"
+    if args.opset < 17:
+        return f"--opset {args.opset}: opset 17 or newer is required (LayerNormalization)"
+    return None
 
 
 def _int8_step(args, payload, fp32_path: Path, parity_images: np.ndarray) -> int:
@@ -154,45 +179,58 @@ def run(args) -> int:
         print("ffexport: error: choose one of --fp16 and --int8 per export (each is checked against FP32)",
               file=sys.stderr)
         return EXIT_FAILED
+    bad = _check_numbers(args)
+    if bad:
+        print(f"ffexport: error: {bad}", file=sys.stderr)
+        return EXIT_FAILED
 
     from fftrain import checkpoint
 
     from .exporter import export_onnx
     from . import parity
     from .parity import check
+    from .staging import Stage
 
     t0 = time.perf_counter()
     model, payload = checkpoint.load(args.ckpt)
     images = _parity_images(args, payload, model.config.image_size)
-    out = args.out / "model.onnx"
-    path, meta = export_onnx(model, payload, checkpoint.sha256(args.ckpt), out, args.batch_max, args.opset)
-    report = check(model, path, images, tolerance_rel=parity.FP32_RTOL)
-    print(report)
-    if not report.ok:
-        return _refuse(path, "the exported graph disagrees with PyTorch beyond tolerance")
-    size_mb = path.stat().st_size / 1e6
-    print(
-        f"wrote {path} ({size_mb:.1f} MB, {meta.backbone.name}, input {meta.input.height}x{meta.input.width}, "
-        f"batch 1..{meta.batch_max}, opset {meta.opset}) in {time.perf_counter() - t0:.1f} s"
-    )
-    engine_src, engine_meta = path, meta
-    if args.fp16:
-        code, fp16_path, fp16_meta = _fp16_step(args, payload, path, model.config.image_size)
-        if code:
-            return code
-        engine_src, engine_meta = fp16_path, fp16_meta
-    if args.int8:
-        code = _int8_step(args, payload, path, images)
-        if code:
-            return code
-        from ffrt.meta import read_onnx_meta
+    # Every file is written into a stage inside OUT and checked there; only when every check
+    # of this run has passed are they renamed to their usable names (staging.py).
+    with Stage(args.out) as stage:
+        path, meta = export_onnx(model, payload, checkpoint.sha256(args.ckpt), stage.path("model.onnx"),
+                                 args.batch_max, args.opset)
+        report = check(model, path, images, tolerance_rel=parity.FP32_RTOL)
+        print(report)
+        if not report.ok:
+            return _refuse(report.reason())
+        staged = [path.name]
+        engine_src, engine_meta = path.name, meta
+        if args.fp16:
+            code, fp16_path, fp16_meta = _fp16_step(args, payload, path, model.config.image_size)
+            if code:
+                return code
+            staged.append(fp16_path.name)
+            engine_src, engine_meta = fp16_path.name, fp16_meta
+        if args.int8:
+            code = _int8_step(args, payload, path, images)
+            if code:
+                return code
+            from ffcalib.int8 import CPU_NAME, TRT_NAME
+            from ffrt.meta import read_onnx_meta
 
-        engine_src = path.with_name("model.int8-trt.onnx")
-        engine_meta = read_onnx_meta(engine_src)
+            staged += [TRT_NAME, CPU_NAME]
+            engine_src, engine_meta = TRT_NAME, read_onnx_meta(stage.path(TRT_NAME))
+        written = stage.publish(staged)
+    for p in written:
+        print(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
+    print(
+        f"{meta.backbone.name}, input {meta.input.height}x{meta.input.width}, batch 1..{meta.batch_max}, "
+        f"opset {meta.opset}: every check passed in {time.perf_counter() - t0:.1f} s"
+    )
     if args.engine:
         from .tensorrt import run_engine_step
 
-        return run_engine_step(engine_src, engine_meta, args.batch_min, args.batch_opt, args.batch_max,
+        return run_engine_step(args.out / engine_src, engine_meta, args.batch_min, args.batch_opt, args.batch_max,
                                args.workspace, args.timing_cache)
     return 0
 
@@ -233,9 +271,8 @@ def _fp16_step(args, payload, fp32_path: Path, size: int):
         report = compare(fp32_path, fp16_model, images, labels, Path(tmp), kept)
     print(report)
     if not report.ok:
-        return _refuse(fp16_path, "the FP16 graph disagrees with FP32 beyond tolerance"), None, None
-    print(f"wrote {fp16_path} ({fp16_path.stat().st_size / 1e6:.1f} MB, {len(kept)} head nodes kept FP32) "
-          f"in {time.perf_counter() - t0:.1f} s")
+        return _refuse("the FP16 graph disagrees with FP32 beyond tolerance"), None, None
+    print(f"FP16 graph checked ({len(kept)} head nodes kept FP32) in {time.perf_counter() - t0:.1f} s")
     return 0, fp16_path, meta_from_proto(fp16_model, where=str(fp16_path))
 
 
@@ -250,8 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except (CheckpointError, DataError, ExportError, PrecisionError, OSError) as e:
-        print(f"ffexport: error: {e}", file=sys.stderr)
+        print(f"ffexport: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("ffexport: error: interrupted; nothing was written, the previous files are untouched", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

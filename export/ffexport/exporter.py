@@ -16,6 +16,7 @@ from typing import Any
 
 import onnx
 import torch
+from pydantic import ValidationError
 
 from ffrt.meta import (
     BackboneInfo,
@@ -37,6 +38,8 @@ from .graph import INPUT_NAME, OUTPUT_NAMES, FusedGraph
 DEFAULT_OPSET = 18
 DEFAULT_BATCH_MAX = 32
 ONNX_SIZE_LIMIT = 2 * 1024**3
+#: Where fftrain's thresholds were scored (ModelMeta.thresholds.calibrated_on).
+TRAINER_BACKEND = "fftrain (PyTorch, FP32)"
 
 
 class ExportError(RuntimeError):
@@ -51,10 +54,22 @@ def _version(dist: str) -> str:
 
 
 def build_meta(model: FastFlow, payload: dict[str, Any], ckpt_sha256: str, batch_max: int, opset: int) -> ModelMeta:
-    cfg = model.config
     cal = payload.get("calibration") or {}
-    if "image_threshold" not in cal:
+    if not isinstance(cal, dict) or "image_threshold" not in cal or "pixel_threshold" not in cal:
         raise ExportError("the checkpoint has no calibration (thresholds); retrain it with fftrain")
+    try:
+        return _meta(model, payload, cal, ckpt_sha256, batch_max, opset)
+    except (ValidationError, TypeError, ValueError) as e:
+        # The schema refuses what the runtime would refuse (non-finite thresholds, ...): say
+        # so here rather than ship a file no Detector loads.
+        msg = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+        loc = ".".join(map(str, e.errors()[0]["loc"])) + ": " if isinstance(e, ValidationError) else ""
+        raise ExportError(f"the checkpoint's calibration or config cannot be described ({loc}{msg}); "
+                          "retrain it with fftrain") from e
+
+
+def _meta(model: FastFlow, payload: dict[str, Any], cal: dict, ckpt_sha256: str, batch_max: int, opset: int) -> ModelMeta:
+    cfg = model.config
     stats = cal.get("score_stats")
     return ModelMeta(
         input=InputSpec(
@@ -72,7 +87,8 @@ def build_meta(model: FastFlow, payload: dict[str, Any], ckpt_sha256: str, batch
             reduction=cfg.score_reduction,
             topk_fraction=cfg.topk_fraction if cfg.score_reduction == "topk_mean" else None,
         ),
-        thresholds=Thresholds(image=cal["image_threshold"], pixel=cal["pixel_threshold"], source=cal.get("source", "")),
+        thresholds=Thresholds(image=cal["image_threshold"], pixel=cal["pixel_threshold"], source=cal.get("source", ""),
+                              calibrated_on=cal.get("calibrated_on", TRAINER_BACKEND)),
         score_stats=ScoreStats(**stats) if stats else None,
         precision="fp32",
         target="any",

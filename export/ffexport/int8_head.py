@@ -126,7 +126,10 @@ def head_refitter(
 
 def _export_refit(model: FastFlow, payload: dict, result, sha256: str, target: str, epochs: int,
                   parity_images: np.ndarray, batch_max: int, opset: int) -> onnx.ModelProto:
-    refit_payload = {**payload, "state_dict": model.state_dict(), "calibration": result.calibration}
+    # The re-fit's thresholds were scored by PyTorch flows on ONNX Runtime CPU's INT8 backbone features.
+    calibration = {**result.calibration,
+                   "calibrated_on": f"fftrain (PyTorch flows on onnxruntime-cpu features of the {target} encoding)"}
+    refit_payload = {**payload, "state_dict": model.state_dict(), "calibration": calibration}
     how = (
         f"flows re-fit on this file's INT8 backbone features ({target} encoding): {epochs} epochs from the FP32 "
         f"head, kept epoch {result.best_epoch}; thresholds re-calibrated ({result.calibration['source']})"

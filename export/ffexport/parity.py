@@ -34,12 +34,30 @@ class ParityReport:
     batch_consistency_max_abs: float  # batch of N vs N single-image runs of the ONNX graph
     map_ref_max_abs: float  # largest |value| of the reference map: the scale errors are judged on
     tolerance_rel: float
+    nonfinite_onnx: int = 0  # NaN/inf values in the ONNX outputs (map and score)
+    nonfinite_torch: int = 0  # ... and in PyTorch's
 
     @property
     def ok(self) -> bool:
+        # NaN compares False with everything, so the error bounds alone would also refuse a
+        # NaN graph; checking it first gives the user the real reason.
+        if self.nonfinite_onnx or self.nonfinite_torch:
+            return False
         worst = max(self.map_max_rel, self.score_max_rel)
         batch_rel = self.batch_consistency_max_abs / max(self.map_ref_max_abs, 1e-12)
         return worst <= self.tolerance_rel and batch_rel <= self.tolerance_rel
+
+    def reason(self) -> str:
+        """Why the check failed, in one line ('' when it passed)."""
+        if self.ok:
+            return ""
+        if self.nonfinite_onnx or self.nonfinite_torch:
+            return (
+                f"the model gives non-finite values (NaN/inf) on the {self.images} parity images ({self.nonfinite_onnx} "
+                f"in the exported graph, {self.nonfinite_torch} in PyTorch): the checkpoint's weights are broken; "
+                "retrain with fftrain"
+            )
+        return "the exported graph disagrees with PyTorch beyond tolerance"
 
     def __str__(self) -> str:
         verdict = "OK" if self.ok else "FAILED"
@@ -48,7 +66,9 @@ class ParityReport:
             f"map max abs {self.map_max_abs:.3g} (rel {self.map_max_rel:.3g}), "
             f"score max abs {self.score_max_abs:.3g} (rel {self.score_max_rel:.3g}), "
             f"batch-vs-single max abs {self.batch_consistency_max_abs:.3g}; "
-            f"tolerance rel {self.tolerance_rel:g}: {verdict}"
+            + (f"non-finite values ONNX {self.nonfinite_onnx}, PyTorch {self.nonfinite_torch}; "
+               if self.nonfinite_onnx or self.nonfinite_torch else "")
+            + f"tolerance rel {self.tolerance_rel:g}: {verdict}"
         )
 
 
@@ -57,8 +77,11 @@ def _rel(err: float, ref: np.ndarray) -> float:
 
 
 def check(model: FastFlow, onnx_path: str | Path, images: np.ndarray, tolerance_rel: float = FP32_RTOL) -> ParityReport:
-    """``images``: uint8 [N, S, S, 3] RGB at the model size."""
+    """``images``: uint8 [N, S, S, 3] RGB at the model size (at least one)."""
     import onnxruntime as ort
+
+    if len(images) == 0:
+        raise ValueError("the parity check needs at least one image")
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     onnx_map, onnx_score = session.run(None, {session.get_inputs()[0].name: images})
@@ -77,4 +100,10 @@ def check(model: FastFlow, onnx_path: str | Path, images: np.ndarray, tolerance_
         batch_consistency_max_abs=float(np.abs(single_map - onnx_map).max()),
         map_ref_max_abs=float(np.abs(ref_map).max()),
         tolerance_rel=tolerance_rel,
+        nonfinite_onnx=_nonfinite(onnx_map, onnx_score),
+        nonfinite_torch=_nonfinite(ref_map, ref_score),
     )
+
+
+def _nonfinite(*arrays: np.ndarray) -> int:
+    return int(sum((~np.isfinite(a)).sum() for a in arrays))

@@ -5,7 +5,9 @@ only compiles it", DESIGN.md), so this step only: parses it into a strongly type
 network (full parser errors printed), adds one optimization profile for the batch range,
 reuses a timing cache file across builds, ``build_serialized_network``, and writes the
 plan atomically with its metadata sidecar (TensorRT version, GPU name and compute
-capability, sha256 of the source ONNX and of the plan, batch profile, ModelMeta).
+capability, hash of the source ONNX's graph and its path, sha256 of the plan, batch
+profile, ModelMeta). Keep the ONNX next to the engine: the Detector reads the thresholds
+from it (re-tuned with ffcalib thresholds, no rebuild; see ffrt.engine.engine_meta).
 
 The TensorRT calls live in :func:`ffrt.engine.build_plan`, because the runtime's engine
 cache (``Detector("model.onnx", backend="tensorrt")``) builds the same plans and ffrt may

@@ -123,14 +123,14 @@ class Detector:
         suffix = path.suffix.lower()
         is_engine = suffix in ENGINE_SUFFIXES
         if is_engine:
-            # A plan runs only on the native TensorRT backend; its metadata is the sidecar
-            # written with it (ffrt.engine), checked against this machine when loaded.
+            # A plan runs only on the native TensorRT backend; its sidecar (ffrt.engine) is
+            # checked against this machine when loaded.
             if str(backend).strip().lower() not in ("auto", "tensorrt"):
                 raise InvalidArgumentError(
                     f"{path}: a TensorRT engine runs only with backend=\"tensorrt\" (or \"auto\"), not {backend!r}; "
                     "load the .onnx it was built from for the other backends."
                 )
-            from .engine import missing_for_tensorrt, read_engine_info
+            from .engine import engine_meta, missing_for_tensorrt
 
             missing = missing_for_tensorrt()
             if missing is not None:
@@ -144,7 +144,9 @@ class Detector:
 
         # Metadata before any session: a non-ffrt file or a newer schema fails here, with
         # the clear message, instead of deep inside a backend.
-        self._meta: ModelMeta = read_engine_info(path).meta if is_engine else read_onnx_meta(path)
+        # An engine's thresholds come from the ONNX next to it when it is the plan's source
+        # graph (engine.engine_meta): re-tuned thresholds apply without a rebuild.
+        self._meta: ModelMeta = engine_meta(path) if is_engine else read_onnx_meta(path)
         self._model_path = path
         base = self._meta.thresholds
         self._thresholds: Thresholds = base

@@ -3,15 +3,26 @@
 A serialized TensorRT plan only runs on the TensorRT version and the GPU architecture
 it was built for, and silently describes nothing about the ONNX it came from. So every
 plan ffrt writes gets a sidecar ``<plan>.json`` (:class:`EngineInfo`): TensorRT version,
-GPU name and compute capability, sha256 of the source ONNX and of the plan itself, the
-precision, the batch profile, and the model's full :class:`~ffrt.meta.ModelMeta`. A plan
-whose sidecar is missing, or disagrees with this machine or with the ONNX it is supposed
-to come from, is refused (explicit .engine) or rebuilt (engine cache), never run.
+GPU name and compute capability, the hash of the source ONNX's graph (:func:`graph_sha256`)
+and the source's path, sha256 of the plan itself, the precision, the batch profile, and a
+copy of the model's :class:`~ffrt.meta.ModelMeta`. A plan whose sidecar is missing, or
+disagrees with this machine or with the ONNX it is supposed to come from, is refused
+(explicit .engine) or rebuilt (engine cache), never run.
 
-Engine cache (``Detector("model.onnx", backend="tensorrt")`` and the ONNX Runtime
-TensorRT EP): key = ONNX sha256 + TensorRT version + compute capability + precision
-(:class:`CacheKey`); the key's digest names the cache entry, so a different ONNX, TensorRT
-or GPU simply looks up another entry, and the sidecar is re-checked on every load.
+The graph, not the file: thresholds are metadata (``metadata_props``) that
+``ffcalib thresholds`` rewrites on the line PC, and they do not change one weight of the
+plan. So plans are tied to the graph's hash (the ONNX without its metadata, serialized
+deterministically), and thresholds are read from the ONNX at load:
+
+* Engine cache (``Detector("model.onnx", backend="tensorrt")`` and the ONNX Runtime
+  TensorRT EP): key = graph hash + TensorRT version + GPU (name and compute capability) +
+  precision + batch profile (:class:`CacheKey`); re-tuned thresholds keep the key, so no
+  rebuild. After a build, entries of the same source ONNX path under any other key, and
+  temp files a kill left behind, are pruned (:func:`prune_cache`): one plan per model.
+* Explicit ``.engine``: the source of truth for thresholds is the ONNX next to it
+  (:func:`engine_meta`): when its graph hash is the one the sidecar records, its metadata
+  (thresholds, score statistics) is used; another graph there is refused; with no ONNX
+  next to it the sidecar's copy, frozen at build time, is used and a warning says so.
 
 Nothing here imports torch; ``tensorrt``/``pycuda`` are imported only inside the functions
 that need a GPU, so the cache and metadata logic is testable on any machine.
@@ -22,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -35,7 +47,7 @@ from .errors import BackendUnavailableError, EngineMismatchError, InvalidArgumen
 from .meta import ModelMeta, atomic_write_bytes
 
 ENGINE_FORMAT = "ffrt.engine"
-ENGINE_SCHEMA_VERSION = 1
+ENGINE_SCHEMA_VERSION = 2  # 2: graph_sha256 + source_onnx (plans keyed on the graph, not the file)
 SIDECAR_SUFFIX = ".json"
 #: Where Detector(..., backend="tensorrt") keeps built plans unless told otherwise.
 CACHE_ENV = "FFRT_ENGINE_CACHE"
@@ -49,6 +61,26 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def graph_sha256(model) -> str:
+    """sha256 of an ONNX model without its ``metadata_props``, serialized deterministically.
+
+    ``model``: a path, serialized bytes or an ``onnx.ModelProto`` (not modified). Two files
+    that differ only in their ffrt metadata (thresholds, score statistics) have the same
+    graph hash; any change to a node, weight, input or opset changes it.
+    """
+    import onnx
+
+    if isinstance(model, (str, os.PathLike)):
+        proto = onnx.load(str(model))
+    elif isinstance(model, (bytes, bytearray)):
+        proto = onnx.load_from_string(bytes(model))
+    else:
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+    del proto.metadata_props[:]
+    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
 
 
 def default_cache_dir() -> Path:
@@ -183,20 +215,32 @@ def missing_for_tensorrt() -> str | None:
 
 @dataclass(frozen=True)
 class CacheKey:
-    onnx_sha256: str
+    """Everything a plan depends on. Metadata (thresholds) is deliberately not part of it."""
+
+    graph_sha256: str
     tensorrt_version: str
+    gpu_name: str
     compute_capability: str
     precision: str
+    profile: tuple[int, int, int]  # batch (min, opt, max)
 
     def digest(self) -> str:
         text = json.dumps(
-            [self.onnx_sha256, self.tensorrt_version, self.compute_capability, self.precision], separators=(",", ":")
+            [self.graph_sha256, self.tensorrt_version, self.gpu_name, self.compute_capability, self.precision,
+             list(self.profile)],
+            separators=(",", ":"),
         )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def filename(self, stem: str = "model") -> str:
         cc = self.compute_capability.replace(".", "")
         return f"{stem}.{self.precision}.trt{self.tensorrt_version}.sm{cc}.{self.digest()}.engine"
+
+
+def cache_key(graph: str, meta: ModelMeta, tensorrt_version: str, gpu: GpuInfo, profile: "BatchProfile") -> CacheKey:
+    """The key of the plan for a graph (see :func:`graph_sha256`) on this TensorRT and GPU."""
+    return CacheKey(graph, tensorrt_version, gpu.name, gpu.compute_capability, meta.precision,
+                    (profile.min, profile.opt, profile.max))
 
 
 # -- sidecar ------------------------------------------------------------------------------
@@ -212,17 +256,27 @@ class EngineInfo(BaseModel):
     tensorrt_version: str
     gpu_name: str
     compute_capability: str
-    onnx_sha256: str
+    #: sha256 of the source ONNX's graph (:func:`graph_sha256`); None in schema-1 sidecars.
+    graph_sha256: str | None = None
+    #: Absolute path of the source ONNX when the plan was built (its file name is looked up
+    #: next to an explicit engine; the cache prunes by it).
+    source_onnx: str = ""
+    #: sha256 of the whole source file at build time (informative: metadata changes it).
+    onnx_sha256: str | None = None
     plan_sha256: str
     precision: Literal["fp32", "fp16", "int8"]
     profile: BatchProfile
     workspace_mb: int | None = None
     strongly_typed: bool = True
     built_at: str
+    #: The ModelMeta at build time. Thresholds here are a fallback only: see engine_meta().
     meta: ModelMeta
 
-    def key(self) -> CacheKey:
-        return CacheKey(self.onnx_sha256, self.tensorrt_version, self.compute_capability, self.precision)
+    def key(self) -> CacheKey | None:
+        if self.graph_sha256 is None:
+            return None
+        return CacheKey(self.graph_sha256, self.tensorrt_version, self.gpu_name, self.compute_capability,
+                        self.precision, (self.profile.min, self.profile.opt, self.profile.max))
 
 
 def sidecar_path(plan_path: str | os.PathLike) -> Path:
@@ -276,9 +330,10 @@ def engine_mismatches(
     *,
     tensorrt_version: str | None,
     compute_capability: str | None,
-    onnx_sha256: str | None = None,
+    graph_sha256: str | None = None,
     precision: str | None = None,
     plan_sha256: str | None = None,
+    profile: BatchProfile | None = None,
 ) -> list[str]:
     """Every way the plan does not fit this machine / this ONNX (empty = fits).
 
@@ -292,21 +347,29 @@ def engine_mismatches(
             f"built for a GPU of compute capability {info.compute_capability} ({info.gpu_name}), "
             f"this GPU has {compute_capability}"
         )
-    if onnx_sha256 is not None and info.onnx_sha256 != onnx_sha256:
-        out.append(f"built from another ONNX (sha256 {info.onnx_sha256[:12]}..., this one is {onnx_sha256[:12]}...)")
+    if graph_sha256 is not None:
+        if info.graph_sha256 is None:
+            out.append("its metadata (written by an older ffrt) records no graph hash, so it cannot be matched to an ONNX")
+        elif info.graph_sha256 != graph_sha256:
+            out.append(f"built from another graph (sha256 {info.graph_sha256[:12]}..., this ONNX's graph is "
+                       f"{graph_sha256[:12]}...)")
     if precision is not None and info.precision != precision:
         out.append(f"built at precision {info.precision}, {precision} was asked for")
+    if profile is not None and info.profile != profile:
+        out.append(f"built for batches {info.profile.min}..{info.profile.max} (opt {info.profile.opt}), "
+                   f"{profile.min}..{profile.max} (opt {profile.opt}) was asked for")
     if plan_sha256 is not None and info.plan_sha256 != plan_sha256:
         out.append("the plan file was changed after its metadata was written (sha256 differs)")
     return out
 
 
 def check_engine(plan_path: str | os.PathLike, plan: bytes, info: EngineInfo, *, tensorrt_version: str | None,
-                 compute_capability: str | None, onnx_sha256: str | None = None, precision: str | None = None) -> None:
+                 compute_capability: str | None, graph_sha256: str | None = None, precision: str | None = None,
+                 profile: BatchProfile | None = None) -> None:
     """Raise EngineMismatchError naming every mismatch (and how to rebuild) if the plan does not fit."""
     problems = engine_mismatches(
-        info, tensorrt_version=tensorrt_version, compute_capability=compute_capability, onnx_sha256=onnx_sha256,
-        precision=precision, plan_sha256=hashlib.sha256(plan).hexdigest(),
+        info, tensorrt_version=tensorrt_version, compute_capability=compute_capability, graph_sha256=graph_sha256,
+        precision=precision, plan_sha256=hashlib.sha256(plan).hexdigest(), profile=profile,
     )
     if problems:
         raise EngineMismatchError(
@@ -392,6 +455,8 @@ def build_plan(
         tensorrt_version=str(trt.__version__),
         gpu_name=gpu.name if gpu else "unknown",
         compute_capability=gpu.compute_capability if gpu else "unknown",
+        graph_sha256=graph_sha256(data),
+        source_onnx=str(onnx_path.resolve()),
         onnx_sha256=hashlib.sha256(data).hexdigest(),
         plan_sha256=hashlib.sha256(plan).hexdigest(),
         precision=meta.precision,
@@ -405,6 +470,65 @@ def build_plan(
     return plan, info
 
 
+def lookup_cached_plan(onnx_path: str | os.PathLike, meta: ModelMeta, cache_dir: str | os.PathLike,
+                       tensorrt_version: str, gpu: GpuInfo, profile: BatchProfile) -> tuple[Path, str | None]:
+    """(the cache entry for this ONNX's graph here, None if it holds a usable plan else why not).
+
+    Needs no TensorRT: the key and the sidecar checks are plain files and hashes.
+    """
+    graph = graph_sha256(onnx_path)
+    key = cache_key(graph, meta, tensorrt_version, gpu, profile)
+    plan_path = Path(cache_dir) / key.filename(Path(onnx_path).stem.split(".")[0])
+    if not plan_path.is_file():
+        return plan_path, "no plan cached for this graph, TensorRT, GPU, precision and batch profile"
+    try:
+        info = read_engine_info(plan_path)
+        check_engine(plan_path, plan_path.read_bytes(), info, tensorrt_version=tensorrt_version,
+                     compute_capability=gpu.compute_capability, graph_sha256=graph, precision=meta.precision,
+                     profile=profile)
+    except ModelFileError as e:
+        return plan_path, str(e)
+    return plan_path, None
+
+
+#: A temp file in the cache older than this was left by a killed write (a write takes seconds).
+STALE_TMP_AGE_S = 600
+
+
+def prune_cache(cache_dir: str | os.PathLike, keep: str | os.PathLike, source_onnx: str,
+                stale_tmp_age_s: float = STALE_TMP_AGE_S) -> list[Path]:
+    """Bound the cache: one plan per source ONNX, no temp files from killed writes.
+
+    Removes every other plan (and its sidecar) built from the same source path (another
+    graph after a re-export, another TensorRT or profile), and ``.tmp`` files older than
+    ``stale_tmp_age_s``. Plans of other models are kept: two stations' ``model.onnx`` in
+    different folders share the default cache without evicting each other. Returns what
+    was removed.
+    """
+    cache_dir, keep = Path(cache_dir), Path(keep)
+    removed: list[Path] = []
+    for plan in sorted(cache_dir.glob("*.engine")):
+        if plan.name == keep.name:
+            continue
+        try:
+            source = json.loads(sidecar_path(plan).read_text()).get("source_onnx")
+        except (OSError, ValueError, AttributeError):
+            continue  # not ours to judge
+        if source == source_onnx:
+            for f in (plan, sidecar_path(plan)):
+                f.unlink(missing_ok=True)
+                removed.append(f)
+    now = dt.datetime.now().timestamp()
+    for tmp in cache_dir.glob(".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > stale_tmp_age_s:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
 def cached_plan(
     onnx_path: str | os.PathLike,
     meta: ModelMeta,
@@ -413,30 +537,79 @@ def cached_plan(
     rebuild_mismatched: bool = True,
     log=print,
 ) -> Path:
-    """Path of a plan for this ONNX on this machine, building it on the first call.
+    """Path of a plan for this ONNX's graph on this machine, building it on the first call.
 
-    A cached plan whose sidecar disagrees (another ONNX, TensorRT, GPU or precision, or a
-    modified plan) is rebuilt when ``rebuild_mismatched`` else refused; never run.
+    A cached plan whose sidecar disagrees (another graph, TensorRT, GPU, precision or
+    profile, or a modified plan) is rebuilt when ``rebuild_mismatched`` else refused; never
+    run. Re-tuned thresholds do not change the graph: the cached plan is reused.
     """
     reason = missing_for_tensorrt()
     if reason is not None:
         raise BackendUnavailableError(reason)
     gpu = gpu_info()
-    trt_ver = tensorrt_version()
-    onnx_sha = sha256_file(onnx_path)
-    key = CacheKey(onnx_sha, trt_ver, gpu.compute_capability, meta.precision)
+    profile = profile or BatchProfile.for_model(meta)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    plan_path = cache_dir / key.filename(Path(onnx_path).stem.split(".")[0])
+    plan_path, miss = lookup_cached_plan(onnx_path, meta, cache_dir, tensorrt_version(), gpu, profile)
+    if miss is None:
+        return plan_path
     if plan_path.is_file():
-        try:
-            info = read_engine_info(plan_path)
-            check_engine(plan_path, plan_path.read_bytes(), info, tensorrt_version=trt_ver,
-                         compute_capability=gpu.compute_capability, onnx_sha256=onnx_sha, precision=meta.precision)
-            return plan_path
-        except ModelFileError as e:
-            if not rebuild_mismatched:
-                raise
-            log(f"ffrt: rebuilding cached engine: {e}")
-    plan, info = build_plan(onnx_path, meta, profile or BatchProfile.for_model(meta), timing_cache=cache_dir / "timing.cache", log=log)
+        if not rebuild_mismatched:
+            raise EngineMismatchError(miss)
+        log(f"ffrt: rebuilding cached engine: {miss}")
+    plan, info = build_plan(onnx_path, meta, profile, timing_cache=cache_dir / "timing.cache", log=log)
     write_engine(plan_path, plan, info)
+    for gone in prune_cache(cache_dir, plan_path, info.source_onnx):
+        log(f"ffrt: engine cache: removed {gone.name}")
     return plan_path
+
+
+# -- explicit engines: thresholds from the ONNX next to them ------------------------------------
+
+
+def source_onnx_next_to(plan_path: str | os.PathLike, info: EngineInfo) -> Path | None:
+    """The source ONNX in the engine's folder (by the name recorded at build time, else
+    ``<engine stem>.onnx``), or None."""
+    plan_path = Path(plan_path)
+    names = [Path(info.source_onnx).name] if info.source_onnx else []
+    names.append(plan_path.stem + ".onnx")
+    for name in names:
+        candidate = plan_path.with_name(name)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def engine_meta(plan_path: str | os.PathLike, log=None) -> ModelMeta:
+    """The metadata a Detector uses for an explicit engine.
+
+    Source of truth for thresholds (and score statistics): the ONNX the plan was built from,
+    found next to the engine, when its graph hash is the one the sidecar records, so that
+    ``ffcalib thresholds model.onnx`` takes effect without a rebuild. Another graph there
+    is refused (the engine is stale: rebuild it). No ONNX next to it, or a sidecar from
+    before graph hashes: the sidecar's copy, frozen at build time, with a warning.
+    """
+    from .meta import read_onnx_meta
+
+    warn = log or logging.getLogger("ffrt").warning
+    plan_path = Path(plan_path)
+    info = read_engine_info(plan_path)
+    # The plan accepts at most its profile's max batch, whatever the ONNX was exported for.
+    plan_limits = {"batch_max": info.profile.max}
+    source = source_onnx_next_to(plan_path, info)
+    if source is None:
+        warn(f"ffrt: {plan_path.name}: no source ONNX ({Path(info.source_onnx).name or plan_path.stem + '.onnx'}) "
+             "next to it; using the thresholds frozen in its sidecar at build time. Keep the ONNX next to the engine "
+             "so re-tuned thresholds (ffcalib thresholds) take effect.")
+        return info.meta.model_copy(update=plan_limits)
+    if info.graph_sha256 is None:
+        warn(f"ffrt: {plan_path.name}: its sidecar (written by an older ffrt) records no graph hash, so it cannot be "
+             f"matched to {source.name}; using the thresholds frozen in the sidecar. Rebuild the engine to link them.")
+        return info.meta.model_copy(update=plan_limits)
+    graph = graph_sha256(source)
+    if graph != info.graph_sha256:
+        raise EngineMismatchError(
+            f"{plan_path}: was built from another graph than {source.name} next to it (sidecar {info.graph_sha256[:12]}..., "
+            f"{source.name} {graph[:12]}...), so neither its thresholds nor its input contract can be trusted. Rebuild "
+            f"the engine from {source.name}: python -m ffexport.tensorrt {source}"
+        )
+    return read_onnx_meta(source).model_copy(update=plan_limits)

@@ -22,7 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ModelFileError
 
 META_KEY = "ffrt.meta"
-SCHEMA_VERSION = 2  # 2: head_fit (INT8 files whose flow head was re-fit on their INT8 backbone)
+# 2: head_fit (INT8 files whose flow head was re-fit on their INT8 backbone)
+# 3: thresholds.calibrated_on (the backend whose scores set the thresholds)
+# Every field added since 1 has a default, so files of older schemas keep loading.
+SCHEMA_VERSION = 3
 
 
 class _Strict(BaseModel):
@@ -73,6 +76,12 @@ class Thresholds(_Strict):
     image: float = Field(description="score > image  ->  the part is rejected as anomalous.")
     pixel: float = Field(description="anomaly_map > pixel  ->  the pixel is in the defect mask.")
     source: str = Field(default="", description="How these thresholds were chosen.")
+    calibrated_on: str = Field(
+        default="",
+        description="The backend whose scores these thresholds were set on (e.g. 'onnxruntime-cpu', 'tensorrt', "
+        "'fftrain (PyTorch, FP32)'): FP16 and INT8 numerics differ between backends, so thresholds are best set "
+        "on the backend that runs the line. Empty: not recorded (schema 2 and older).",
+    )
 
 
 class ScoreStats(_Strict):
@@ -153,8 +162,10 @@ class ModelMeta(_Strict):
         except ValidationError as e:
             raise ModelFileError(f"{where}: its '{META_KEY}' metadata is not usable:\n{_readable(e)}") from e
 
-    def with_thresholds(self, image: float, pixel: float, source: str) -> "ModelMeta":
-        return self.model_copy(update={"thresholds": Thresholds(image=image, pixel=pixel, source=source)})
+    def with_thresholds(self, image: float, pixel: float, source: str, calibrated_on: str = "") -> "ModelMeta":
+        # Writing new thresholds writes this ffrt's schema (the file now uses its fields).
+        thresholds = Thresholds(image=image, pixel=pixel, source=source, calibrated_on=calibrated_on)
+        return self.model_copy(update={"thresholds": thresholds, "schema_version": SCHEMA_VERSION})
 
 
 def _readable(e: ValidationError) -> str:

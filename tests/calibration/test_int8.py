@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import onnx
 import pytest
@@ -290,3 +292,81 @@ def test_qdq_placement_per_target(int8_pair):
     assert not clips_after_quantized, "ReLU6 after a quantized Conv must be folded into its output Q"
     fp_clips = sum(n.op_type == "Clip" for n in trt.graph.node)
     assert sum(n.op_type == "Clip" for n in cpu.graph.node) < fp_clips
+
+
+# -- item 11: the gate runs on validation data, never silently on the test split ------------------
+
+
+def test_cli_int8_default_gate_is_held_out_normals_plus_synthetic_defects(tiny_onnx, tmp_path, capsys):
+    import json
+
+    from ffcalib.cli import main
+    from fftrain.data import elpv
+
+    split = elpv("mono")  # the data definition the trainer holds out from (every 10th training normal)
+    report_path = tmp_path / "report.json"
+    rc = main(["int8", "--model", str(tiny_onnx), "--calib", "elpv:mono", "--calib-count", "8", "--bench-batches", "",
+               "--force", "--out", str(tmp_path), "--json", str(report_path), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    acc = json.loads(report_path.read_text())["accuracy"]
+    # Each held-out normal once as it is and once with a drawn defect; none of the 460 test cells.
+    assert acc["images"] == 2 * len(split.val) and acc["defects"] == len(split.val)
+    assert acc["images"] != len(split.test)
+    assert f"{len(split.val)} held-out training normals of elpv:mono + {len(split.val)} synthetic defects" in acc["source"]
+    assert "gate set: " + acc["source"] in out
+
+
+def test_cli_int8_plain_folder_holds_out_every_tenth_image(tiny_onnx, elpv_split, tmp_path, capsys):
+    import json
+
+    from ffcalib.cli import main
+
+    folder = tmp_path / "normals"
+    folder.mkdir()
+    for s in elpv_split.train[:20]:
+        shutil.copy(s.path, folder / s.path.name)
+    report_path = tmp_path / "report.json"
+    rc = main(["int8", "--model", str(tiny_onnx), "--calib", str(folder), "--calib-count", "0", "--bench-batches", "",
+               "--force", "--out", str(tmp_path / "o"), "--json", str(report_path), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads(report_path.read_text())
+    assert report["calib_images"] == 18  # the 2 held-out images are not calibrated on
+    assert report["accuracy"]["images"] == 4 and report["accuracy"]["defects"] == 2
+    assert "synthetic defects" in report["accuracy"]["source"]
+
+
+def test_cli_int8_explicit_val_is_named_in_the_report(tiny_onnx, tmp_path, capsys):
+    from ffcalib.cli import main
+
+    rc = main(["int8", "--model", str(tiny_onnx), "--calib", "elpv:mono", "--calib-count", "8", "--val", "elpv:mono",
+               "--val-count", "12", "--bench-batches", "", "--force", "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    assert "gate set: --val elpv:mono: 12 images" in capsys.readouterr().out
+
+
+def test_cli_int8_too_few_normals_for_a_default_gate(tiny_onnx, elpv_split, tmp_path, capsys):
+    from ffcalib.cli import main
+
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for s in elpv_split.train[:12]:  # one held-out image: not enough for a gate
+        shutil.copy(s.path, folder / s.path.name)
+    assert main(["int8", "--model", str(tiny_onnx), "--calib", str(folder), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "held out for the accuracy gate" in err and "--val" in err and "\n" not in err
+    assert not (tmp_path / CPU_NAME).exists()
+
+
+def test_int8_files_are_written_both_or_neither(tmp_path):
+    """A failure while writing the second file leaves the first one's previous bytes."""
+    from ffcalib.int8 import write_all_or_none
+
+    first = tmp_path / TRT_NAME
+    first.write_bytes(b"previous int8-trt")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    with pytest.raises(OSError):
+        write_all_or_none({first: b"new int8-trt", blocker / CPU_NAME: b"new int8-cpu"})
+    assert first.read_bytes() == b"previous int8-trt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, blocker.name])

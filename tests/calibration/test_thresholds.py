@@ -155,3 +155,73 @@ def test_target_mismatch_warning(int8_pair, tiny_onnx, caplog):
         Detector(out / "model.int8-cpu.onnx", backend="onnxruntime-cpu")
         Detector(tiny_onnx, backend="onnxruntime-cpu")
     assert not [r for r in caplog.records if "encoded for target" in r.getMessage()]
+
+
+# -- item 9: thresholds are calibrated on the backend that will run, and say which ---------------
+
+
+def _old_schema_copy(model_path, dst):
+    """The model as an ffrt of schema 2 wrote it: no record of the calibration backend."""
+    import json
+
+    from ffrt.meta import META_KEY
+
+    proto = onnx.load(str(model_path))
+    entry = next(p for p in proto.metadata_props if p.key == META_KEY)
+    data = json.loads(entry.value)
+    data["schema_version"] = 2
+    data["thresholds"].pop("calibrated_on", None)
+    entry.value = json.dumps(data)
+    onnx.save(proto, str(dst))
+    return dst
+
+
+def _normals_folder(normal_halves, tmp_path, n=8):
+    import shutil
+
+    folder = tmp_path / "normals"
+    folder.mkdir()
+    for p in normal_halves[0][:n]:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+def test_schema_2_files_still_load(model_copy, tmp_path):
+    old = _old_schema_copy(model_copy, tmp_path / "old.onnx")
+    meta = read_onnx_meta(old)
+    assert meta.schema_version == 2 and meta.thresholds.calibrated_on == ""
+    assert Detector(old, backend="onnxruntime-cpu").thresholds.image == read_onnx_meta(model_copy).thresholds.image
+
+
+def test_cli_thresholds_default_backend_is_what_auto_picks_and_is_recorded(model_copy, normal_halves, tmp_path, capsys):
+    from ffcalib.cli import main
+
+    old = _old_schema_copy(model_copy, tmp_path / "old.onnx")
+    folder = _normals_folder(normal_halves, tmp_path)
+    auto = Detector(old).backend_name  # what backend="auto" picks on this machine
+    assert main(["thresholds", "--model", str(old), "--normal", str(folder), "--no-progress"]) == 0
+    meta = read_onnx_meta(old)
+    assert meta.thresholds.calibrated_on == auto
+    assert meta.schema_version >= 3
+    assert f"scored with {auto}" in capsys.readouterr().out
+
+
+def test_cli_thresholds_backend_flag(model_copy, normal_halves, tmp_path, capsys):
+    from ffcalib.cli import main
+
+    folder = _normals_folder(normal_halves, tmp_path)
+    assert main(["thresholds", "--model", str(model_copy), "--normal", str(folder), "--backend", "onnxruntime-cpu",
+                 "--no-progress"]) == 0
+    assert read_onnx_meta(model_copy).thresholds.calibrated_on == "onnxruntime-cpu"
+    capsys.readouterr()
+
+    before = model_copy.read_bytes()
+    assert main(["thresholds", "--model", str(model_copy), "--normal", str(folder), "--backend", "openvino-gpu",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "unknown backend 'openvino-gpu'" in err and "onnxruntime-cpu" in err and "\n" not in err
+    assert model_copy.read_bytes() == before
+
+
+def test_exported_thresholds_say_they_come_from_the_trainer(tiny_onnx):
+    assert read_onnx_meta(tiny_onnx).thresholds.calibrated_on.startswith("fftrain")

@@ -93,16 +93,25 @@ def test_refit_needs_the_training_data(tiny_checkpoint, tmp_path, capsys):
                "--calib", str(folder)])
     err = capsys.readouterr().err
     assert rc == 1 and "--refit-epochs 0" in err
-    assert (tmp_path / "o" / "model.onnx").is_file() and not (tmp_path / "o" / CPU_NAME).exists()
+    # All or nothing: the FP32 file of a run whose INT8 step failed is not published either.
+    assert not (tmp_path / "o" / "model.onnx").exists() and not (tmp_path / "o" / CPU_NAME).exists()
 
 
-def test_min_spearman_reaches_the_gate(tiny_checkpoint, tmp_path, capsys):
-    """--min-spearman is passed to ffcalib's gate: a bound no INT8 file can meet refuses them all."""
+def test_min_spearman_reaches_the_gate(tiny_checkpoint, tiny_onnx, tmp_path, capsys):
+    """--min-spearman is passed to ffcalib's gate: a bound no INT8 file can meet refuses them all,
+    and the failed run changes nothing in the folder (the previous files stay, no temp files)."""
+    import shutil
+
     from ffcalib.cli import EXIT_GATE
     from ffexport.cli import main
 
+    for name in ("model.onnx", TRT_NAME, CPU_NAME):  # a previous export's files (stand-ins with known bytes)
+        shutil.copy(tiny_onnx, tmp_path / name)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     rc = main(["--ckpt", str(tiny_checkpoint), "--out", str(tmp_path), "--batch-max", "8", "--int8",
                "--refit-epochs", "0", "--calib-count", "8", "--min-spearman", "1.0"])
-    assert rc == EXIT_GATE and "Spearman" in capsys.readouterr().err
-    assert (tmp_path / "model.onnx").is_file()
-    assert not (tmp_path / TRT_NAME).exists() and not (tmp_path / CPU_NAME).exists()
+    captured = capsys.readouterr()
+    assert rc == EXIT_GATE and "Spearman" in captured.err
+    # Item 11: the gate ran on validation data (held-out training normals + synthetic defects), and says so.
+    assert "held-out training normals of elpv:mono" in captured.out and "synthetic defects" in captured.out
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -72,12 +72,13 @@ def _rel(a, b):
 def test_fp32_engine_build_and_sidecar(fp32_engine, tiny_onnx, workdir):
     import tensorrt as trt
 
-    from ffrt.engine import read_engine_info, sha256_file
+    from ffrt.engine import graph_sha256, read_engine_info, sha256_file
 
     path, info = fp32_engine
     assert path.is_file() and read_engine_info(path) == info
     assert info.tensorrt_version == trt.__version__ and info.compute_capability.count(".") == 1
     assert info.onnx_sha256 == sha256_file(tiny_onnx) and info.precision == "fp32" and info.strongly_typed
+    assert info.graph_sha256 == graph_sha256(tiny_onnx) and info.source_onnx == str(tiny_onnx.resolve())
     assert (workdir / "timing.cache").stat().st_size > 0
 
 
@@ -193,33 +194,46 @@ def test_detector_on_engine_from_several_threads(fp32_engine, real_images):
 
 
 def test_engine_cache_reuse_and_invalidation(tiny_onnx, workdir, monkeypatch):
+    import shutil
+
     import ffrt.engine as engine
     from ffrt import Detector
     from ffrt.engine import read_engine_info
+    from ffrt.meta import read_onnx_meta, write_onnx_meta
 
     cache = workdir / "cache"
     monkeypatch.setenv(engine.CACHE_ENV, str(cache))
-    det = Detector(tiny_onnx, backend="tensorrt")
+    model = workdir / "line" / "model.onnx"
+    model.parent.mkdir()
+    shutil.copy(tiny_onnx, model)
+    det = Detector(model, backend="tensorrt")
     plans = sorted(cache.glob("*.engine"))
     assert len(plans) == 1 and det.backend_name == "tensorrt"
     mtime = plans[0].stat().st_mtime_ns
-    Detector(tiny_onnx, backend="tensorrt")  # reuse: no rebuild
+    Detector(model, backend="tensorrt")  # reuse: no rebuild
     assert plans[0].stat().st_mtime_ns == mtime
+
+    # Re-tuned thresholds (metadata only): same graph, same plan, no rebuild; the new thresholds apply.
+    meta = read_onnx_meta(model)
+    write_onnx_meta(model, meta.with_thresholds(meta.thresholds.image + 1, meta.thresholds.pixel, "re-tuned"))
+    det = Detector(model, backend="tensorrt")
+    assert plans[0].stat().st_mtime_ns == mtime and det.thresholds.image == meta.thresholds.image + 1
 
     # A tampered plan (sidecar no longer matches) is rebuilt, never run.
     plans[0].write_bytes(plans[0].read_bytes() + b"\0")
-    Detector(tiny_onnx, backend="tensorrt")
+    Detector(model, backend="tensorrt")
     assert read_engine_info(plans[0]).plan_sha256 == engine.hashlib.sha256(plans[0].read_bytes()).hexdigest()
 
-    # Another ONNX (metadata changed -> another sha256) gets another cache entry.
-    other = workdir / "other.onnx"
-    from ffrt.meta import read_onnx_meta, write_onnx_meta
+    # A re-export (another graph at the same path) gets another entry; the old one is pruned.
+    import onnx
+    from onnx import numpy_helper
 
-    other.write_bytes(tiny_onnx.read_bytes())
-    meta = read_onnx_meta(other)
-    write_onnx_meta(other, meta.with_thresholds(meta.thresholds.image + 1, meta.thresholds.pixel, "test"))
-    Detector(other, backend="tensorrt")
-    assert len(list(cache.glob("*.engine"))) == 2
+    proto = onnx.load(str(model))
+    init = next(t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and t.dims)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.001), init.name))
+    onnx.save(proto, str(model))
+    Detector(model, backend="tensorrt")
+    assert len(list(cache.glob("*.engine"))) == 1 and not plans[0].exists()
 
 
 def test_explicit_engine_for_another_gpu_is_refused(fp32_engine, workdir):

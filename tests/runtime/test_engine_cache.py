@@ -46,7 +46,8 @@ def _info(plan=PLAN, **kw) -> EngineInfo:
         tensorrt_version="10.9.0",
         gpu_name="NVIDIA RTX A2000",
         compute_capability="8.6",
-        onnx_sha256="a" * 64,
+        graph_sha256="a" * 64,
+        source_onnx="/line3/model.fp16.onnx",
         plan_sha256=hashlib.sha256(plan).hexdigest(),
         precision="fp16",
         profile=BatchProfile(min=1, opt=4, max=8),
@@ -62,18 +63,21 @@ def _info(plan=PLAN, **kw) -> EngineInfo:
 
 
 def test_cache_key_changes_with_every_component():
-    k = CacheKey("a" * 64, "10.9.0", "8.6", "fp16")
+    k = CacheKey("a" * 64, "10.9.0", "NVIDIA RTX A2000", "8.6", "fp16", (1, 4, 8))
     others = [
-        CacheKey("b" * 64, "10.9.0", "8.6", "fp16"),
-        CacheKey("a" * 64, "11.0.0", "8.6", "fp16"),
-        CacheKey("a" * 64, "10.9.0", "8.9", "fp16"),
-        CacheKey("a" * 64, "10.9.0", "8.6", "fp32"),
+        CacheKey("b" * 64, "10.9.0", "NVIDIA RTX A2000", "8.6", "fp16", (1, 4, 8)),
+        CacheKey("a" * 64, "11.0.0", "NVIDIA RTX A2000", "8.6", "fp16", (1, 4, 8)),
+        CacheKey("a" * 64, "10.9.0", "NVIDIA RTX A4000", "8.6", "fp16", (1, 4, 8)),
+        CacheKey("a" * 64, "10.9.0", "NVIDIA RTX A2000", "8.9", "fp16", (1, 4, 8)),
+        CacheKey("a" * 64, "10.9.0", "NVIDIA RTX A2000", "8.6", "fp32", (1, 4, 8)),
+        CacheKey("a" * 64, "10.9.0", "NVIDIA RTX A2000", "8.6", "fp16", (1, 8, 8)),
     ]
     digests = {k.digest()} | {o.digest() for o in others}
-    assert len(digests) == 5
-    assert k.digest() == CacheKey("a" * 64, "10.9.0", "8.6", "fp16").digest()  # deterministic
+    assert len(digests) == 7
+    assert k.digest() == CacheKey("a" * 64, "10.9.0", "NVIDIA RTX A2000", "8.6", "fp16", (1, 4, 8)).digest()
     name = k.filename("model")
     assert name.startswith("model.fp16.trt10.9.0.sm86.") and name.endswith(".engine")
+    assert _info().key() == k
 
 
 # -- sidecar -------------------------------------------------------------------------------
@@ -118,9 +122,9 @@ def test_bad_and_newer_sidecars(tmp_path):
     with pytest.raises(ModelFileError, match="newer ffrt.*upgrade"):
         read_engine_info(p)
     data = json.loads(_info().model_dump_json())
-    del data["onnx_sha256"]
+    del data["plan_sha256"]
     side.write_text(json.dumps(data))
-    with pytest.raises(ModelFileError, match="onnx_sha256"):
+    with pytest.raises(ModelFileError, match="plan_sha256"):
         read_engine_info(p)
 
 
@@ -129,8 +133,9 @@ def test_bad_and_newer_sidecars(tmp_path):
 
 def test_matching_plan_passes():
     info = _info()
-    assert engine_mismatches(info, tensorrt_version="10.9.0", compute_capability="8.6", onnx_sha256="a" * 64,
-                             precision="fp16", plan_sha256=info.plan_sha256) == []
+    assert engine_mismatches(info, tensorrt_version="10.9.0", compute_capability="8.6", graph_sha256="a" * 64,
+                             precision="fp16", plan_sha256=info.plan_sha256,
+                             profile=BatchProfile(min=1, opt=4, max=8)) == []
     check_engine("p.engine", PLAN, info, tensorrt_version="10.9.0", compute_capability="8.6")
 
 
@@ -139,12 +144,13 @@ def test_matching_plan_passes():
     [
         ("tensorrt_version", "11.0.0", r"built with TensorRT 10\.9\.0, this machine has TensorRT 11\.0\.0"),
         ("compute_capability", "8.9", r"compute capability 8\.6 \(NVIDIA RTX A2000\), this GPU has 8\.9"),
-        ("onnx_sha256", "b" * 64, r"built from another ONNX"),
+        ("graph_sha256", "b" * 64, r"built from another graph"),
         ("precision", "fp32", r"built at precision fp16, fp32 was asked for"),
+        ("profile", BatchProfile(min=1, opt=8, max=16), r"built for batches 1\.\.8 \(opt 4\), 1\.\.16 \(opt 8\)"),
     ],
 )
 def test_each_mismatch_is_named_and_refused(field, value, message):
-    expected = dict(tensorrt_version="10.9.0", compute_capability="8.6", onnx_sha256="a" * 64, precision="fp16")
+    expected = dict(tensorrt_version="10.9.0", compute_capability="8.6", graph_sha256="a" * 64, precision="fp16")
     expected[field] = value
     with pytest.raises(EngineMismatchError, match=message) as e:
         check_engine("p.engine", PLAN, _info(), **expected)
@@ -245,10 +251,12 @@ def test_ort_tensorrt_cache_folder_is_keyed_like_plans(red_model, models, tmp_pa
     assert opts["trt_timing_cache_enable"] and opts["trt_fp16_enable"] is False and opts["trt_int8_enable"] is False
     assert opts["trt_profile_max_shapes"] == "image:4x32x32x3"
     assert folder.parent == tmp_path / "ort-trt"
-    _, other_model = trt_ep_options(models["red_b3"], meta, tmp_path)  # same graph, other metadata -> other sha
+    # Same graph, other metadata (thresholds): the same folder, ORT's plan is reused.
+    assert trt_ep_options(models["red_linear"], meta, tmp_path)[1] == folder
     _, other_precision = trt_ep_options(red_model, meta.model_copy(update={"precision": "fp16"}), tmp_path)
-    assert len({folder, other_model, other_precision}) == 3
-    assert trt_ep_options(red_model, meta, tmp_path)[1] == folder
+    _, other_profile = trt_ep_options(red_model, make_meta(batch_max=3), tmp_path)
+    _, other_graph = trt_ep_options(models["nan"], meta, tmp_path)
+    assert len({folder, other_precision, other_profile, other_graph}) == 4
 
 
 @needs_no_trt
@@ -270,3 +278,177 @@ def test_engine_command_without_tensorrt_exits_2_with_the_command(red_model):
     assert f"python -m ffexport.tensorrt {red_model.resolve()} --batch-min 1 --batch-opt 4 --batch-max 4" in lines[0]
     # torch-free: this command must work on a line PC without PyTorch
     assert proc.stdout.strip() == "NO-TORCH"
+
+
+# -- plans are keyed on the graph; thresholds come from the ONNX (issue 10, item 8) ---------------
+# The plan bytes are opaque to all of this (no TensorRT here): the sidecars are written as
+# build_plan writes them, from the real exported tiny FastFlow, and thresholds are re-tuned
+# with the real `ffcalib thresholds` on real ELPV images.
+
+TRT = "10.9.0"
+
+
+def _gpu():
+    from ffrt.engine import GpuInfo
+
+    return GpuInfo("NVIDIA RTX A2000", "8.6")
+
+
+def _built(onnx_path, plan_path, profile=None):
+    """Write a plan + sidecar for ``onnx_path`` the way build_plan/write_engine do on a GPU host."""
+    from ffrt.engine import graph_sha256, sha256_file
+    from ffrt.meta import read_onnx_meta
+
+    meta = read_onnx_meta(onnx_path)
+    profile = profile or BatchProfile.for_model(meta)
+    info = EngineInfo(
+        tensorrt_version=TRT, gpu_name=_gpu().name, compute_capability=_gpu().compute_capability,
+        graph_sha256=graph_sha256(onnx_path), source_onnx=str(Path(onnx_path).resolve()),
+        onnx_sha256=sha256_file(onnx_path), plan_sha256=hashlib.sha256(PLAN).hexdigest(), precision=meta.precision,
+        profile=profile, built_at="2026-01-01T00:00:00+00:00", meta=meta.model_copy(update={"batch_max": profile.max}),
+    )
+    return write_engine(plan_path, PLAN, info)
+
+
+def _other_graph(src, dst):
+    """The same model with one weight changed: another graph, identical metadata."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(src))
+    init = next(t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and t.dims)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(1e-3), init.name))
+    onnx.save(proto, str(dst))
+    return dst
+
+
+@pytest.fixture
+def line(tiny_onnx, tmp_path):
+    """A line PC's model folder holding the exported tiny model."""
+    import shutil
+
+    folder = tmp_path / "line3"
+    folder.mkdir()
+    shutil.copy(tiny_onnx, folder / "model.onnx")
+    return folder
+
+
+def test_graph_hash_ignores_metadata_only(line, tmp_path):
+    import onnx
+
+    from ffrt.engine import graph_sha256, sha256_file
+    from ffrt.meta import read_onnx_meta, write_onnx_meta
+
+    model = line / "model.onnx"
+    graph, file_sha = graph_sha256(model), sha256_file(model)
+    assert graph == graph_sha256(model.read_bytes()) == graph_sha256(onnx.load(str(model)))
+    meta = read_onnx_meta(model)
+    write_onnx_meta(model, meta.with_thresholds(meta.thresholds.image * 2, meta.thresholds.pixel * 2, "re-tuned"))
+    assert sha256_file(model) != file_sha and graph_sha256(model) == graph
+    assert graph_sha256(_other_graph(model, tmp_path / "other.onnx")) != graph
+
+
+def test_retuned_thresholds_keep_the_cache_key_and_reach_the_engines(line, elpv_split, tmp_path, capsys):
+    """The demonstration: `ffcalib thresholds` on the line PC changes the thresholds every
+    engine uses, while the cached plan stays a valid hit (no rebuild) and the explicit
+    engine needs no rebuild either."""
+    import shutil
+
+    from ffcalib.cli import main as ffcalib
+    from ffrt.engine import engine_meta, lookup_cached_plan, read_engine_info
+    from ffrt.meta import read_onnx_meta
+
+    model, cache = line / "model.onnx", tmp_path / "cache"
+    meta = read_onnx_meta(model)
+    profile = BatchProfile.for_model(meta)
+    entry, miss = lookup_cached_plan(model, meta, cache, TRT, _gpu(), profile)
+    assert miss is not None and not entry.exists()  # first use: a build is needed
+    _built(model, entry)  # ... which writes the plan under the key's name
+    explicit = _built(model, line / "model.engine")  # and `ffexport --engine` wrote this one
+    assert lookup_cached_plan(model, meta, cache, TRT, _gpu(), profile) == (entry, None)
+
+    normals = tmp_path / "normals"
+    normals.mkdir()
+    for s in [s for s in elpv_split.test if s.label == 0][:12]:
+        shutil.copy(s.path, normals / s.path.name)
+    assert ffcalib(["thresholds", "--model", str(model), "--normal", str(normals), "--target-frr", "0.25",
+                    "--backend", "onnxruntime-cpu", "--no-progress"]) == 0
+    retuned = read_onnx_meta(model)
+    assert retuned.thresholds.image != meta.thresholds.image and retuned.thresholds.source.startswith("ffcalib")
+
+    # Cache: the same entry is still a valid hit for the re-tuned file: no rebuild, nothing new.
+    assert lookup_cached_plan(model, retuned, cache, TRT, _gpu(), profile) == (entry, None)
+    assert entry.read_bytes() == PLAN and sorted(p.name for p in cache.iterdir()) == sorted(
+        [entry.name, entry.name + ".json"])
+    # Explicit engine: its sidecar still holds the build-time thresholds, the Detector's
+    # metadata comes from the ONNX next to it.
+    assert read_engine_info(explicit).meta.thresholds == meta.thresholds
+    used = engine_meta(explicit)
+    assert used.thresholds == retuned.thresholds and used.score_stats == retuned.score_stats
+    assert used.batch_max == profile.max
+
+
+def test_explicit_engine_next_to_another_graph_is_refused(line, tmp_path):
+    from ffrt.engine import engine_meta
+
+    explicit = _built(line / "model.onnx", line / "model.engine")
+    _other_graph(line / "model.onnx", line / "model.onnx")  # re-exported, engine not rebuilt
+    with pytest.raises(EngineMismatchError, match=r"built from another graph than model\.onnx next to it.*Rebuild"):
+        engine_meta(explicit)
+
+
+def test_explicit_engine_without_its_onnx_uses_the_sidecar_and_says_so(line, tmp_path):
+    from ffrt.engine import engine_meta, sidecar_path
+
+    explicit = _built(line / "model.onnx", line / "model.engine")
+    frozen = read_engine_info(explicit).meta
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    for f in (explicit, sidecar_path(explicit)):
+        f.rename(moved / f.name)
+    warnings: list[str] = []
+    assert engine_meta(moved / "model.engine", log=warnings.append).thresholds == frozen.thresholds
+    assert len(warnings) == 1 and "no source ONNX (model.onnx) next to it" in warnings[0]
+
+    # A schema-1 sidecar (no graph hash) next to its ONNX: cannot be matched, sidecar + warning.
+    old = json.loads(sidecar_path(moved / "model.engine").read_text())
+    for k in ("graph_sha256", "source_onnx"):
+        old.pop(k)
+    old["schema_version"] = 1
+    sidecar_path(line / "v1.engine").write_text(json.dumps(old))
+    (line / "v1.engine").write_bytes(PLAN)
+    import shutil
+
+    shutil.copy(line / "model.onnx", line / "v1.onnx")
+    warnings.clear()
+    assert engine_meta(line / "v1.engine", log=warnings.append).thresholds == frozen.thresholds
+    assert "records no graph hash" in warnings[0]
+
+
+def test_prune_keeps_one_plan_per_source_and_removes_stale_temp_files(line, tmp_path):
+    import time
+
+    from ffrt.engine import STALE_TMP_AGE_S, prune_cache
+
+    cache = tmp_path / "cache"
+    model = line / "model.onnx"
+    station4 = tmp_path / "line4"
+    station4.mkdir()
+    other_station = _other_graph(model, station4 / "model.onnx")  # another line's model.onnx, same name
+    old = _built(_other_graph(model, tmp_path / "old.onnx"), cache / "model.old.engine")
+    sidecar_path(old).write_text(sidecar_path(old).read_text().replace(str((tmp_path / "old.onnx").resolve()),
+                                                                        str(model.resolve())))  # line 3, before re-export
+    current = _built(model, cache / "model.current.engine")
+    neighbour = _built(other_station, cache / "model.station4.engine")
+    stale = cache / ".model.x.engine.abc123.tmp"
+    fresh = cache / ".model.y.engine.def456.tmp"
+    for t in (stale, fresh):
+        t.write_bytes(b"half a plan")
+    long_ago = time.time() - STALE_TMP_AGE_S - 60
+    os.utime(stale, (long_ago, long_ago))
+
+    removed = prune_cache(cache, current, str(model.resolve()))
+    assert sorted(p.name for p in removed) == sorted([old.name, old.name + ".json", stale.name])
+    left = sorted(p.name for p in cache.iterdir())
+    assert left == sorted([current.name, current.name + ".json", neighbour.name, neighbour.name + ".json", fresh.name])

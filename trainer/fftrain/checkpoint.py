@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from .backbones import file_sha256 as sha256  # noqa: F401  (the checkpoint's identity in metadata)
 from .config import FastFlowConfig
@@ -90,10 +91,50 @@ def legacy_config(config: dict[str, Any], state_dict: dict[str, Any]) -> dict[st
 
 
 def load(path: str | os.PathLike) -> tuple[FastFlow, dict[str, Any]]:
-    """Rebuild the model (eval mode) from a checkpoint; returns (model, payload)."""
+    """Rebuild the model (eval mode) from a checkpoint; returns (model, payload).
+
+    A config that is missing, invalid or does not fit the weights is a CheckpointError with
+    a one-line reason (never a pydantic or torch traceback).
+    """
     payload = load_payload(path)
-    config = FastFlowConfig.model_validate(legacy_config(payload["config"], payload["state_dict"]))
+    retrain = f"retrain with: fftrain --data DIR --out {path}"
+    raw = payload.get("config")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: has no model config (the 'config' entry is missing or not a dict); {retrain}")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path}: has no weights (the 'state_dict' entry is missing or empty); {retrain}")
+    try:
+        config = FastFlowConfig.model_validate(legacy_config(raw, state))
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise CheckpointError(f"{path}: its model config is invalid: {where}: {first['msg']}{more}; {retrain}") from e
     model = FastFlow(config, load_pretrained=False)
-    model.load_state_dict(payload["state_dict"])
+    problem = _state_mismatch(model.state_dict(), state)
+    if problem:
+        raise CheckpointError(f"{path}: its weights do not match its config ({problem}); {retrain}")
+    model.load_state_dict(state)
     model.backbone_sha256 = payload.get("backbone_sha256")
     return model.eval(), payload
+
+
+def _state_mismatch(expected: dict[str, torch.Tensor], given: dict[str, Any]) -> str:
+    """'' when ``given`` has exactly the expected tensor names and shapes, else a short summary."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    wrong = [
+        f"{k} is {tuple(given[k].shape) if isinstance(given[k], torch.Tensor) else type(given[k]).__name__}, "
+        f"the config needs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in given and (not isinstance(given[k], torch.Tensor) or given[k].shape != v.shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    if wrong:
+        parts.append(f"{len(wrong)} of another shape, e.g. {wrong[0]}")
+    return "; ".join(parts)

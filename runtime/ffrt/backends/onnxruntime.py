@@ -236,9 +236,10 @@ def _probe_trt_ep() -> str | None:
 def trt_ep_options(model_path: Path, meta: ModelMeta, cache_root: Path | None = None) -> tuple[dict, Path]:
     """TensorRT EP provider options, with ORT's engine cache in a folder keyed like ours.
 
-    The folder is named by :class:`ffrt.engine.CacheKey` (ONNX sha256 + TensorRT version +
-    compute capability + precision), so ORT never finds a plan built for another model,
-    TensorRT or GPU there (ORT's own cache does not check the TensorRT version).
+    The folder is named by :class:`ffrt.engine.CacheKey` (graph sha256 + TensorRT version +
+    GPU + precision + batch profile), so ORT never finds a plan built for another graph,
+    TensorRT or GPU there (ORT's own cache does not check the TensorRT version), and
+    re-tuned thresholds (metadata only) keep the folder: no rebuild.
     FP16/INT8 flags stay off: precision comes from the ONNX, and with both off ORT builds
     strongly typed networks (microsoft/onnxruntime PR 24298).
     Options: https://onnxruntime.ai/docs/execution-providers/TensorRT-ExecutionProvider.html
@@ -246,11 +247,11 @@ def trt_ep_options(model_path: Path, meta: ModelMeta, cache_root: Path | None = 
     trt_profile_min/opt/max_shapes; its Python example passes booleans, which
     onnxruntime's check_and_normalize_provider_args turns into "True"/"False").
     """
-    from ..engine import DEFAULT_WORKSPACE_MB, BatchProfile, CacheKey, default_cache_dir, gpu_info, sha256_file
+    from ..engine import DEFAULT_WORKSPACE_MB, BatchProfile, GpuInfo, cache_key, default_cache_dir, gpu_info, graph_sha256
 
-    gpu = gpu_info()
-    key = CacheKey(sha256_file(model_path), _trt_library_version() or "unknown",
-                   gpu.compute_capability if gpu else "unknown", meta.precision)
+    gpu = gpu_info() or GpuInfo("unknown", "unknown")
+    profile = BatchProfile.for_model(meta)
+    key = cache_key(graph_sha256(model_path), meta, _trt_library_version() or "unknown", gpu, profile)
     folder = (cache_root or default_cache_dir()) / "ort-trt" / key.digest()
     options = {
         "device_id": 0,
@@ -261,9 +262,30 @@ def trt_ep_options(model_path: Path, meta: ModelMeta, cache_root: Path | None = 
         "trt_max_workspace_size": DEFAULT_WORKSPACE_MB << 20,
         "trt_fp16_enable": False,
         "trt_int8_enable": False,
-        **BatchProfile.for_model(meta).ort_profile_options(meta),
+        **profile.ort_profile_options(meta),
     }
     return options, folder
+
+
+def prune_ort_trt_folders(folder: Path, model_path: Path) -> list[Path]:
+    """Remove the ORT TensorRT cache folders of the same ONNX path under other keys
+    (another graph after a re-export, another TensorRT): one folder per model."""
+    import json
+    import shutil
+
+    source = str(Path(model_path).resolve())
+    removed = []
+    for other in folder.parent.iterdir() if folder.parent.is_dir() else ():
+        if other == folder or not other.is_dir():
+            continue
+        try:
+            recorded = json.loads((other / "ffrt-key.json").read_text()).get("onnx")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if recorded == source:
+            shutil.rmtree(other, ignore_errors=True)
+            removed.append(other)
+    return removed
 
 
 def _create_trt_ep(path: Path, meta: ModelMeta, threads: int | None) -> "OnnxRuntimeBackend":
@@ -271,7 +293,9 @@ def _create_trt_ep(path: Path, meta: ModelMeta, threads: int | None) -> "OnnxRun
 
     options, folder = trt_ep_options(path, meta)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "ffrt-key.json").write_text(json.dumps({"onnx": str(path), "options": options}, indent=2, default=str))
+    (folder / "ffrt-key.json").write_text(
+        json.dumps({"onnx": str(Path(path).resolve()), "options": options}, indent=2, default=str))
+    prune_ort_trt_folders(folder, path)
     return OnnxRuntimeBackend(
         "onnxruntime-tensorrt", path, meta,
         [("TensorrtExecutionProvider", options), "CUDAExecutionProvider", "CPUExecutionProvider"], threads,
