@@ -45,23 +45,47 @@ class InfoTool(Tool):
     name = "info"
     help = "print a model's metadata (input size, thresholds, precision, provenance)"
     description = (
-        "Read the ffrt metadata stored inside an .onnx model and print it. Loads no "
-        "weights and needs no inference backend."
+        "Read the ffrt metadata stored inside an .onnx model, or in the .json sidecar of a "
+        "TensorRT engine (.engine/.plan/.trt), and print it. Loads no weights and needs no "
+        "inference backend (nor TensorRT for an engine)."
     )
 
     def add_args(self, parser):
-        parser.add_argument("model", metavar="MODEL", help="an .onnx model exported by ffexport")
-        parser.add_argument("--json", action="store_true", help="print the raw metadata as JSON instead")
+        parser.add_argument("model", metavar="MODEL", help="an .onnx model exported by ffexport, or a TensorRT engine with its sidecar")
+        parser.add_argument("--json", action="store_true", help="print the raw metadata as JSON instead (for an engine: its whole sidecar)")
 
     def run(self, args):
+        from .detector import ENGINE_SUFFIXES
         from .meta import read_onnx_meta
 
+        if Path(args.model).suffix.lower() in ENGINE_SUFFIXES:
+            # A plan is opaque bytes: what describes it is the sidecar written with it.
+            from .engine import read_engine_info
+
+            info = read_engine_info(args.model)
+            if args.json:
+                print(json.dumps(info.model_dump(mode="json"), indent=2))
+            else:
+                print(format_meta(info.meta, args.model))
+                print(format_engine(info))
+            return 0
         meta = read_onnx_meta(args.model)
         if args.json:
             print(json.dumps(meta.model_dump(mode="json"), indent=2))
         else:
             print(format_meta(meta, args.model))
         return 0
+
+
+def format_engine(info) -> str:
+    p = info.profile
+    return "\n".join([
+        f"engine:       TensorRT {info.tensorrt_version}, {info.gpu_name} (compute capability {info.compute_capability}), "
+        f"{info.precision}{', strongly typed' if info.strongly_typed else ''}",
+        f"batch:        profile min {p.min}, opt {p.opt}, max {p.max}",
+        f"built from:   ONNX sha256 {info.onnx_sha256}",
+        f"built at:     {info.built_at}",
+    ])
 
 
 def format_meta(meta, path) -> str:

@@ -403,6 +403,12 @@ def _new_thresholds(current: Thresholds, image: float | None, pixel: float | Non
             raise InvalidArgumentError(
                 f"{name} threshold must be finite, not {value}: NaN or inf would make every decision meaningless."
             )
+        # The metadata schema's rule too (meta.ThresholdValue): maps and scores are >= 0.
+        if value < 0:
+            raise InvalidArgumentError(
+                f"{name} threshold must be >= 0, not {value:g}: anomaly maps and scores are never negative, so it "
+                "would reject every part."
+            )
         return value
 
     return Thresholds(
