@@ -102,3 +102,26 @@ def test_a_graph_outside_tolerance_is_refused_and_set_aside(tiny_checkpoint, tmp
     assert "disagrees with PyTorch beyond tolerance" in capsys.readouterr().err
     assert not (tmp_path / "model.onnx").exists()
     assert (tmp_path / "model.onnx.parity-failed").exists()
+
+
+def test_int8_calib_accepts_a_plain_folder_of_normal_images(tiny_checkpoint, elpv_split, tmp_path):
+    # Issue 10: `ffexport --int8 --calib DIR` refused a plain folder of normal images unless
+    # it was an MVTec root. Re-fit and calibration both read it.
+    import shutil
+
+    from ffexport.cli import main
+    from ffrt.meta import read_onnx_meta
+
+    calib = tmp_path / "line_normals"
+    calib.mkdir()
+    for s in elpv_split.train[:20]:
+        shutil.copy(s.path, calib / s.path.name)
+    out = tmp_path / "export"
+    rc = main(["--ckpt", str(tiny_checkpoint), "--out", str(out), "--batch-max", "8", "--int8", "--calib", str(calib),
+               "--refit-epochs", "1", "--calib-count", "8", "--force"])
+    assert rc == 0
+    for name in ("model.int8-trt.onnx", "model.int8-cpu.onnx"):
+        meta = read_onnx_meta(out / name)
+        # The head was re-fit and re-calibrated on this folder's split (20 images: 2 held
+        # out), not on the checkpoint's recorded data (elpv:mono, 44 validation normals).
+        assert meta.precision == "int8" and "validation normals (n=2)" in meta.head_fit

@@ -93,3 +93,27 @@ def test_synthetic_batch_is_deterministic(real_images):
     a, ma = synthetic.defect_batch(real_images, seed=7)
     b, mb = synthetic.defect_batch(real_images, seed=7)
     assert np.array_equal(a, b) and np.array_equal(ma, mb)
+
+
+def test_a_plain_folder_of_normal_images_resolves(tmp_path, elpv_split):
+    # Issue 10: `ffexport --int8 --calib DIR` refused a plain folder of normal images (the
+    # form --calib was specified with) unless it was an MVTec root; it resolves through here.
+    for s in elpv_split.train[:12]:
+        shutil.copy(s.path, tmp_path / s.path.name)
+    (tmp_path / "readme.txt").write_text("not an image")
+    split = resolve(str(tmp_path), val_every=5)
+    names = sorted(s.path.name for s in elpv_split.train[:12])
+    assert [s.path.name for s in split.val] == [names[4], names[9]]
+    assert [s.path.name for s in split.train] == [n for i, n in enumerate(names) if i not in (4, 9)]
+    assert split.test == [] and "plain folder" in split.notes[0]
+
+
+@pytest.mark.parametrize("count,expected", [(4, (3, 1)), (9, (8, 1)), (10, (9, 1)), (20, (18, 2))])
+def test_few_normals_still_hold_one_out(tmp_path, elpv_split, count, expected):
+    good = tmp_path / "train" / "good"
+    good.mkdir(parents=True)
+    for s in elpv_split.train[:count]:
+        shutil.copy(s.path, good / s.path.name)
+    split = mvtec_folder(tmp_path)
+    assert (len(split.train), len(split.val)) == expected
+    assert any("only" in n for n in split.notes) == (count < 10)

@@ -11,6 +11,16 @@ import sys
 from pathlib import Path
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import FastFlowConfig
 
@@ -31,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-backbone", action="store_true",
                    help="random backbone weights: for tests and benchmarks only (recorded in the model)")
     p.add_argument("--image-size", type=int, default=d.image_size, help=f"square model input, multiple of 16 (default {d.image_size})")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs; the best validation epoch is kept (default 10)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per optimizer step (default 32)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="training epochs; the best validation epoch is kept (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per optimizer step (default 32)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine-decayed (default 1e-3)")
     p.add_argument("--flow-steps", type=int, default=d.flow_steps, help=f"coupling steps per scale (default {d.flow_steps})")
     p.add_argument("--hidden-ratio", type=float, default=d.hidden_ratio,

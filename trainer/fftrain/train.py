@@ -46,6 +46,18 @@ class TrainSettings:
     threads: int | None = None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        # Checked here, not deep in the loop: epochs=0 would otherwise end in a model with
+        # no selected epoch, and a zero batch size in a division.
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1 (got {self.epochs!r}): training picks the best epoch among them")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1 (got {self.batch_size!r})")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"learning rate must be a positive number (got {self.lr!r})")
+        if not (0.0 <= self.target_frr < 1.0):
+            raise ValueError(f"target false-reject rate must be in [0, 1) (got {self.target_frr!r})")
+
 
 @dataclass
 class EpochRecord:
@@ -137,6 +149,11 @@ def train(
              instead of the model's own PyTorch backbone. ffexport passes the INT8 backbone
              (ONNX Runtime) here, so the flows learn the features the INT8 file computes.
     """
+    if not split.train or not split.val:
+        raise ValueError(
+            f"{split.name}: {len(split.train)} training and {len(split.val)} validation normal images; training needs "
+            "at least one of each (validation images select the best epoch and set the thresholds)"
+        )
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(config.seed)
