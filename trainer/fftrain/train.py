@@ -24,13 +24,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from . import checkpoint, synthetic
 from .config import FastFlowConfig
 from .data import DataSplit, load_batch, to_tensor_batch
 from .metrics import roc_auc, score_statistics, threshold_at_frr
 from .model import FastFlow
+from .progress import progress as progress_bar  # `progress` is a parameter name here
 
 AUROC_SLACK = 0.01
 
@@ -91,8 +90,7 @@ def improves(record: EpochRecord, best: EpochRecord | None, history: list[EpochR
 def extract_features(model: FastFlow, images: np.ndarray, batch_size: int = 16, desc: str = "", progress: bool = True):
     """Backbone features of uint8 NHWC images, as one tensor per scale."""
     chunks: list[list[torch.Tensor]] = []
-    bar = tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, unit="batch", leave=False)
-    for start in bar:
+    for start in progress_bar(range(0, len(images), batch_size), desc=desc, unit="batch", enabled=progress):
         chunks.append(model.extract(to_tensor_batch(images[start : start + batch_size])))
     return [torch.cat([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
@@ -193,7 +191,9 @@ def train(
         model.train()
         order = torch.randperm(len(train_images), generator=generator)
         losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{settings.epochs}", disable=not settings.progress, leave=False)
+        # summary=False: off a terminal, the epoch line logged below is the one line per epoch.
+        bar = progress_bar(range(steps_per_epoch), desc=f"epoch {epoch}/{settings.epochs}", unit="step",
+                           enabled=settings.progress, summary=False)
         for step in bar:
             idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
             zs, logdets = model.flow([f[idx] for f in train_feats])
