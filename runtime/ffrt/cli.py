@@ -234,7 +234,7 @@ class DetectTool(Tool):
                     r = det(image)
                 except (InvalidImageError, InferenceError) as e:  # InvalidImageError includes ImageFileError
                     failed += 1
-                    report.add({"path": str(path), "error": str(e)}, det.stats.model_dump())
+                    report.add({"path": str(path), "error": str(e)}, lambda: det.stats.model_dump())
                     print(f"ffrt: error: {e if isinstance(e, ImageFileError) else f'{path}: {e}'}", file=sys.stderr)
                     continue
                 verdict = "FAIL" if r.is_anomalous else "PASS"
@@ -244,7 +244,7 @@ class DetectTool(Tool):
                 }
                 if args.overlays:
                     record["overlay"] = str(write_overlay(args.overlays, path, image, r, overlay_names, atomic_write_bytes))
-                report.add(record, det.stats.model_dump())
+                report.add(record, lambda: det.stats.model_dump())
                 print(f"{str(path):<{width}}  score {r.score:>10.5g}  {verdict}", flush=True)
             status = "complete"
         except KeyboardInterrupt:

@@ -18,6 +18,7 @@ import json
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,10 +128,11 @@ class RunReport:
         self.images: list[dict] = []
         self._last_write = float("-inf")
 
-    def add(self, record: dict, stats: dict) -> None:
+    def add(self, record: dict, stats: Callable[[], dict]) -> None:
+        """Append one image's record; ``stats`` is called only when the file is rewritten."""
         self.images.append(record)
-        if time.monotonic() - self._last_write >= REWRITE_EVERY_S:
-            self.write("running", stats)
+        if self.path is not None and time.monotonic() - self._last_write >= REWRITE_EVERY_S:
+            self.write("running", stats())
 
     def write(self, status: str, stats: dict) -> None:
         if self.path is None:

@@ -112,14 +112,10 @@ class LatencyWindow:
 
 
 def _union_length(starts: np.ndarray, ends: np.ndarray) -> float:
-    """Total length of the union of the intervals [starts[i], ends[i]]."""
+    """Total length of the union of the intervals [starts[i], ends[i]]: the span from the
+    first start to the last end, less the gaps that no interval covers."""
     order = np.argsort(starts, kind="stable")
-    total, cur_start, cur_end = 0.0, None, None
-    for s, e in zip(starts[order].tolist(), ends[order].tolist()):
-        if cur_end is None or s > cur_end:
-            if cur_end is not None:
-                total += cur_end - cur_start
-            cur_start, cur_end = s, e
-        else:
-            cur_end = max(cur_end, e)
-    return total + (cur_end - cur_start)
+    s, e = starts[order], ends[order]
+    reach = np.maximum.accumulate(e)  # the latest end among the intervals started so far
+    gaps = np.clip(s[1:] - reach[:-1], 0.0, None).sum()
+    return float(reach[-1] - s[0] - gaps)
