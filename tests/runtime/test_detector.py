@@ -241,8 +241,8 @@ def test_concurrent_calls_are_safe(red_model):
 
 
 def test_stats_report_wall_clock_throughput_with_threads(red_model):
-    # Issue 10: 8 threads reached 35.7 img/s while stats said 5.4 (images / sum of the
-    # overlapping latencies). Large frames make every call spend most of its time in
+    # Issue 10: with 8 threads, stats reported a fraction of the real throughput (images /
+    # sum of the overlapping latencies). Large frames make every call spend most of its time in
     # OpenCV resizes, which release the GIL, so the threads' calls really overlap.
     d = Detector(red_model, threads=1)
     frame = solid_bgr(1500, 2000, RED_BGR)
