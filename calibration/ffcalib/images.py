@@ -149,10 +149,10 @@ def validation_set(spec: str | Path) -> LabelledPaths:
 
 def load_images(paths: list[Path], spec: InputSpec, progress: bool = True, desc: str = "loading images") -> np.ndarray:
     """uint8 [N,H,W,3] RGB at the model size, decoded/resized exactly as ffrt.Detector does."""
-    from tqdm import tqdm
+    from fftrain.progress import progress as progress_bar
 
     out = np.empty((len(paths), spec.height, spec.width, 3), dtype=np.uint8)
-    for i, p in enumerate(tqdm(paths, desc=desc, unit="img", disable=not progress, leave=False)):
+    for i, p in enumerate(progress_bar(paths, desc=desc, unit="img", enabled=progress)):
         try:
             out[i] = prepare_batch([p], spec).batch[0]
         except FFRTError as e:

@@ -313,13 +313,13 @@ def make_session(path_or_bytes, threads: int | None = None):
 
 def score_images(session, images: np.ndarray, batch: int = 8, progress: bool = False, desc: str = "scoring") -> np.ndarray:
     """Image scores (float64 [N]) of uint8 NHWC ``images``."""
-    from tqdm import tqdm
+    from fftrain.progress import progress as progress_bar
 
     name = session.get_inputs()[0].name
     out_names = [o.name for o in session.get_outputs()]
     score_name = "score" if "score" in out_names else out_names[-1]
     scores = []
-    for i in tqdm(range(0, len(images), batch), desc=desc, unit="batch", disable=not progress, leave=False):
+    for i in progress_bar(range(0, len(images), batch), desc=desc, unit="batch", enabled=progress):
         (s,) = session.run([score_name], {name: images[i : i + batch]})
         scores.append(np.asarray(s, dtype=np.float64).reshape(-1))
     return np.concatenate(scores) if scores else np.zeros(0)
@@ -411,7 +411,7 @@ def benchmark(
     The first label is the reference for the speedup (put FP32 first). Random uint8 images:
     the graph's cost does not depend on pixel values.
     """
-    from tqdm import tqdm
+    from fftrain.progress import progress as progress_bar
 
     sessions = {k: make_session(v, threads) for k, v in models.items()}
     ref = next(iter(models))
@@ -424,7 +424,7 @@ def benchmark(
             name = s.get_inputs()[0].name
             s.run(None, {name: x})
         t_start = time.perf_counter()
-        bar = tqdm(desc=f"benchmark batch {b}", unit="round", disable=not progress, leave=False)
+        bar = progress_bar(desc=f"benchmark batch {b}", unit="round", enabled=progress)
         while True:
             for k, s in sessions.items():
                 name = s.get_inputs()[0].name
@@ -715,10 +715,10 @@ def quantize_model(
         # running ranges / histograms and frees the intermediate outputs (its
         # max_intermediate_outputs option drops data instead of merging it in ORT 1.32), so
         # memory stays bounded whatever the image count.
-        from tqdm import tqdm
+        from fftrain.progress import progress as progress_bar
 
         step = calib_batch * 2
-        for i in tqdm(range(0, len(calib), step), desc="calibrating", unit="chunk", disable=not progress, leave=False):
+        for i in progress_bar(range(0, len(calib), step), desc="calibrating", unit="chunk", enabled=progress):
             calibrator.collect_data(_Reader(input_name, calib[i : i + step], calib_batch))
         ranges = calibrator.compute_data()
         del calibrator

@@ -73,10 +73,10 @@ class ThresholdReport:
 
 def score_paths(detector, paths: list[Path], progress: bool = True, desc: str = "scoring") -> tuple[np.ndarray, list[np.ndarray]]:
     """(scores [N], anomaly maps at the model size) of image files, through the Detector."""
-    from tqdm import tqdm
+    from fftrain.progress import progress as progress_bar
 
     scores, maps = [], []
-    for i in tqdm(range(0, len(paths), BATCH), desc=desc, unit="batch", disable=not progress, leave=False):
+    for i in progress_bar(range(0, len(paths), BATCH), desc=desc, unit="batch", enabled=progress):
         try:
             results = detector.predict_batch(paths[i : i + BATCH], batch_size=min(BATCH, detector.meta.batch_max or BATCH))
         except FFRTError as e:

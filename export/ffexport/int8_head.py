@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from tqdm import tqdm
 
 from fftrain import checkpoint
 from fftrain.data import DataSplit
 from fftrain.model import FastFlow
+from fftrain.progress import progress
 from fftrain.train import FeatureExtractor, TrainSettings, train
 from ffrt.meta import set_proto_meta
 
@@ -73,8 +73,8 @@ def int8_backbone_extractor(q_model_bytes: bytes, feature_shapes, threads: int |
         raise ExportError(f"the INT8 backbone's feature maps {shapes} do not match the model's {feature_shapes}") from e
 
     def extract(images: np.ndarray, desc: str) -> list[torch.Tensor]:
-        chunks = [run(images[i : i + batch]) for i in tqdm(range(0, len(images), batch), desc=f"{desc}, int8",
-                                                            unit="batch", leave=False)]
+        chunks = [run(images[i : i + batch]) for i in progress(range(0, len(images), batch), desc=f"{desc}, int8",
+                                                                unit="batch")]
         return [torch.from_numpy(np.concatenate([c[k] for c in chunks])) for k in order]
 
     return extract

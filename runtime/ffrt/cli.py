@@ -23,8 +23,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import FFRTError, ImageFileError, InvalidImageError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from .runreport import IMAGE_SUFFIXES
 
 
 class Tool:
@@ -45,23 +44,47 @@ class InfoTool(Tool):
     name = "info"
     help = "print a model's metadata (input size, thresholds, precision, provenance)"
     description = (
-        "Read the ffrt metadata stored inside an .onnx model and print it. Loads no "
-        "weights and needs no inference backend."
+        "Read the ffrt metadata stored inside an .onnx model, or in the .json sidecar of a "
+        "TensorRT engine (.engine/.plan/.trt), and print it. Loads no weights and needs no "
+        "inference backend (nor TensorRT for an engine)."
     )
 
     def add_args(self, parser):
-        parser.add_argument("model", metavar="MODEL", help="an .onnx model exported by ffexport")
-        parser.add_argument("--json", action="store_true", help="print the raw metadata as JSON instead")
+        parser.add_argument("model", metavar="MODEL", help="an .onnx model exported by ffexport, or a TensorRT engine with its sidecar")
+        parser.add_argument("--json", action="store_true", help="print the raw metadata as JSON instead (for an engine: its whole sidecar)")
 
     def run(self, args):
+        from .detector import ENGINE_SUFFIXES
         from .meta import read_onnx_meta
 
+        if Path(args.model).suffix.lower() in ENGINE_SUFFIXES:
+            # A plan is opaque bytes: what describes it is the sidecar written with it.
+            from .engine import read_engine_info
+
+            info = read_engine_info(args.model)
+            if args.json:
+                print(json.dumps(info.model_dump(mode="json"), indent=2))
+            else:
+                print(format_meta(info.meta, args.model))
+                print(format_engine(info))
+            return 0
         meta = read_onnx_meta(args.model)
         if args.json:
             print(json.dumps(meta.model_dump(mode="json"), indent=2))
         else:
             print(format_meta(meta, args.model))
         return 0
+
+
+def format_engine(info) -> str:
+    p = info.profile
+    return "\n".join([
+        f"engine:       TensorRT {info.tensorrt_version}, {info.gpu_name} (compute capability {info.compute_capability}), "
+        f"{info.precision}{', strongly typed' if info.strongly_typed else ''}",
+        f"batch:        profile min {p.min}, opt {p.opt}, max {p.max}",
+        f"built from:   ONNX sha256 {info.onnx_sha256}",
+        f"built at:     {info.built_at}",
+    ])
 
 
 def format_meta(meta, path) -> str:
@@ -114,12 +137,17 @@ class DetectTool(Tool):
         "line per image: path, score, PASS/FAIL (FAIL = score above the image threshold). "
         "Ends with a latency/FPS summary. The latency covers preprocessing, inference and "
         "postprocessing; reading and decoding the files is not included, as on a line where "
-        "frames arrive from the camera in memory. Unreadable images are reported and "
-        "skipped; the exit code is then 1."
+        "frames arrive from the camera in memory. Unreadable or refused images (corrupt, "
+        "above --max-pixels, below --min-side) are reported and skipped; the exit code is then 1. "
+        "Folder entries that are not image files are listed as skipped. Output paths are "
+        "checked before the first image; the --json report is written at the start, rewritten "
+        "while the run goes and at its end; Ctrl-C stops the run, writes the report of the "
+        "images done so far (status 'interrupted') and exits with 130."
     )
 
     def add_args(self, parser):
         from .backends import backend_names
+        from .preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 
         parser.add_argument("model", metavar="MODEL", help="an .onnx model exported by ffexport")
         parser.add_argument(
@@ -134,6 +162,15 @@ class DetectTool(Tool):
             "Use RGB only for files whose red and blue were swapped when written (e.g. an RGB array saved "
             "with cv2.imwrite)",
         )
+        inputs.add_argument(
+            "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+            help=f"refuse images larger than N pixels (height x width), read from the file header before decoding "
+            f"(default {DEFAULT_MAX_PIXELS}: {DEFAULT_MAX_PIXELS / 1e6:g} megapixels)",
+        )
+        inputs.add_argument(
+            "--min-side", type=int, default=DEFAULT_MIN_SIDE, metavar="N",
+            help=f"refuse images whose shorter side is below N pixels (default {DEFAULT_MIN_SIDE})",
+        )
         run = parser.add_argument_group("inference")
         # No argparse `choices`: a planned name (tensorrt) should get ffrt's message saying
         # what it needs, not a bare "invalid choice".
@@ -146,7 +183,12 @@ class DetectTool(Tool):
         run.add_argument("--image-threshold", type=float, default=None, metavar="T", help="override the model's image threshold: score > T is FAIL")
         run.add_argument("--pixel-threshold", type=float, default=None, metavar="T", help="override the model's pixel threshold: map > T is in the defect mask")
         out = parser.add_argument_group("output")
-        out.add_argument("--json", metavar="FILE", type=Path, help="also write every result and the latency summary to FILE as JSON")
+        out.add_argument(
+            "--json", metavar="FILE", type=Path,
+            help="also write every result, the skipped entries and the latency summary to FILE as JSON; written "
+            "atomically at the start, while the run goes and at its end ('status': running / complete / "
+            "interrupted / failed)",
+        )
         out.add_argument(
             "--overlays", metavar="DIR", type=Path,
             help="write one PNG per image into DIR: heatmap of the anomaly map over the image, defect mask outlined in white, verdict and score in the corner",
@@ -154,39 +196,63 @@ class DetectTool(Tool):
 
     def run(self, args):
         from .detector import Detector
+        from .errors import InferenceError
         from .meta import atomic_write_bytes
         from .preprocess import read_image_file
+        from .runreport import RunReport, check_output_dir, check_output_file, collect_images
 
-        paths, problems = collect_images(args.images, args.recursive)
+        listing = collect_images(args.images, args.recursive)
+        # Outputs first: a report that cannot be written must fail now, not after the last image.
+        if args.json:
+            check_output_file(args.json, "--json")
+        if args.overlays:
+            check_output_dir(args.overlays, "--overlays")
         det = Detector(
             args.model, backend=args.backend, color_order=args.color_order, threads=args.threads,
             image_threshold=args.image_threshold, pixel_threshold=args.pixel_threshold,
+            max_pixels=args.max_pixels, min_side=args.min_side,
         )
-        for p in problems:
+        for p in listing.problems:
             print(f"ffrt: error: {p}", file=sys.stderr)
-        if args.overlays:
-            args.overlays.mkdir(parents=True, exist_ok=True)
+        for p, why in listing.skipped:
+            print(f"ffrt: skipped {p}: {why}", file=sys.stderr)
+        t = det.thresholds
+        header = {
+            "model": str(args.model), "backend": det.backend_description,
+            "thresholds": {"image": t.image, "pixel": t.pixel, "source": t.source},
+        }
+        report = RunReport(args.json, header, listing.skipped, listing.problems)
+        report.write("running", det.stats.model_dump())
 
+        paths = listing.paths
         width = min(60, max((len(str(p)) for p in paths), default=0))
-        records, failed, overlay_names = [], len(problems), set()
-        for path in paths:
-            try:
-                image = read_image_file(path)
-                r = det(image)
-            except InvalidImageError as e:  # includes ImageFileError
-                failed += 1
-                print(f"ffrt: error: {e if isinstance(e, ImageFileError) else f'{path}: {e}'}", file=sys.stderr)
-                records.append({"path": str(path), "error": str(e)})
-                continue
-            verdict = "FAIL" if r.is_anomalous else "PASS"
-            print(f"{str(path):<{width}}  score {r.score:>10.5g}  {verdict}", flush=True)
-            record = {
-                "path": str(path), "score": _json_float(r.score), "is_anomalous": r.is_anomalous,
-                "defect_pixels": int(r.mask.sum()), "latency_ms": round(r.latency_ms, 3),
-            }
-            if args.overlays:
-                record["overlay"] = str(write_overlay(args.overlays, path, image, r, overlay_names, atomic_write_bytes))
-            records.append(record)
+        records, failed, overlay_names = report.images, len(listing.problems), set()
+        status = "interrupted"
+        try:
+            for path in paths:
+                try:
+                    image = read_image_file(path, det.limits, det.meta.input)
+                    r = det(image)
+                except (InvalidImageError, InferenceError) as e:  # InvalidImageError includes ImageFileError
+                    failed += 1
+                    report.add({"path": str(path), "error": str(e)}, lambda: det.stats.model_dump())
+                    print(f"ffrt: error: {e if isinstance(e, ImageFileError) else f'{path}: {e}'}", file=sys.stderr)
+                    continue
+                verdict = "FAIL" if r.is_anomalous else "PASS"
+                record = {
+                    "path": str(path), "score": _json_float(r.score), "is_anomalous": r.is_anomalous,
+                    "defect_pixels": int(r.mask.sum()), "latency_ms": round(r.latency_ms, 3),
+                }
+                if args.overlays:
+                    record["overlay"] = str(write_overlay(args.overlays, path, image, r, overlay_names, atomic_write_bytes))
+                report.add(record, lambda: det.stats.model_dump())
+                print(f"{str(path):<{width}}  score {r.score:>10.5g}  {verdict}", flush=True)
+            status = "complete"
+        except KeyboardInterrupt:
+            pass  # status stays "interrupted": the summary and the report of what was done follow
+        except BaseException:
+            report.write("failed", det.stats.model_dump())
+            raise
 
         stats = det.stats
         done = len(records) - sum("error" in r for r in records)
@@ -194,14 +260,14 @@ class DetectTool(Tool):
         print(f"{done} image{'s' if done != 1 else ''}: {fails} FAIL, {done - fails} PASS" + (f", {failed} unreadable" if failed else ""))
         print(f"latency: {stats}")
         print(f"backend: {det.backend_description}")
-        if args.json:
-            t = det.thresholds
-            report = {
-                "model": str(args.model), "backend": det.backend_description, "ffrt_version": __version__,
-                "thresholds": {"image": t.image, "pixel": t.pixel, "source": t.source},
-                "images": records, "stats": stats.model_dump(),
-            }
-            atomic_write_bytes(args.json, (json.dumps(report, indent=2, allow_nan=False) + "\n").encode())
+        if listing.skipped:
+            n = len(listing.skipped)
+            print(f"skipped {n} folder entr{'ies' if n != 1 else 'y'} that {'are' if n != 1 else 'is'} not image files (listed above)")
+        report.write(status, stats.model_dump())
+        if status == "interrupted":
+            where = f"; the report of the {len(records)} image(s) done is in {args.json}" if args.json else ""
+            print(f"ffrt: interrupted after {len(records)} of {len(paths)} images{where}", file=sys.stderr)
+            return 130
         if failed:
             print(f"ffrt: error: {failed} of {failed + done} images could not be processed (see above)", file=sys.stderr)
             return 1
@@ -210,29 +276,6 @@ class DetectTool(Tool):
 
 def _json_float(x: float) -> float | None:
     return x if math.isfinite(x) else None  # JSON has no NaN/inf; null says "no valid score"
-
-
-def collect_images(args: list[str], recursive: bool) -> tuple[list[Path], list[str]]:
-    """Expand folders into their image files; report missing paths and empty folders."""
-    paths, problems = [], []
-    for arg in args:
-        p = Path(arg)
-        if p.is_dir():
-            found = sorted(
-                f for f in (p.rglob("*") if recursive else p.iterdir())
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not found:
-                problems.append(
-                    f"{p}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder"
-                    + ("" if recursive else " (use --recursive for sub-folders)")
-                )
-            paths.extend(found)
-        elif p.exists():
-            paths.append(p)  # an explicitly named file is tried whatever its suffix
-        else:
-            problems.append(f"{p}: no such file or folder")
-    return paths, problems
 
 
 def write_overlay(folder: Path, path: Path, image, result, used: set, write_bytes) -> Path:

@@ -33,7 +33,15 @@ import numpy as np
 from .backends import create_backend
 from .errors import BackendUnavailableError, FFRTError, InferenceError, InvalidArgumentError, InvalidImageError, ModelFileError
 from .meta import ModelMeta, Thresholds, read_onnx_meta
-from .preprocess import PreparedBatch, check_color_order, frame_region, prepare_batch
+from .preprocess import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_SIDE,
+    ImageLimits,
+    PreparedBatch,
+    check_color_order,
+    frame_region,
+    prepare_batch,
+)
 from .stats import DEFAULT_WINDOW, LatencyStats, LatencyWindow
 
 log = logging.getLogger("ffrt")
@@ -100,8 +108,17 @@ class Detector:
     image_threshold, pixel_threshold: override the metadata's thresholds for this
                      Detector (the file is not changed).
     resize_outputs:  return anomaly_map/mask at each input's original size (True) or at
-                     the model size (False, cheaper).
+                     the model size (False, cheaper). Full-size outputs cost 5 bytes per
+                     input pixel (float32 map + bool mask): 500 MB for a 100 MP frame.
     stats_window:    how many recent calls ``stats`` summarizes.
+    max_pixels:      images larger than this (height x width) are refused with an
+                     InvalidImageError; default 100 megapixels (DEFAULT_MAX_PIXELS), None =
+                     no limit. Image files are checked from their header before decoding
+                     (PNG, JPEG, BMP, TIFF, WebP, PNM, HDR, Sun raster; other formats after
+                     decoding), so a decompression bomb costs nothing.
+    min_side:        images whose shorter side is below this are refused; default 8 px
+                     (DEFAULT_MIN_SIDE): a 1 x 5000 strip stretched to the model size would
+                     score as an anomaly without meaning it.
     """
 
     def __init__(
@@ -114,9 +131,12 @@ class Detector:
         pixel_threshold: float | None = None,
         resize_outputs: bool = True,
         stats_window: int = DEFAULT_WINDOW,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        min_side: int = DEFAULT_MIN_SIDE,
     ) -> None:
         # Cheap argument checks first: a typo must not cost a model load.
         self._color_order = check_color_order(color_order)
+        self._limits = ImageLimits(max_pixels=max_pixels, min_side=min_side)
         path = Path(model_path)
         if not path.exists():
             raise ModelFileError(f"{path}: no such model file.")
@@ -213,6 +233,11 @@ class Detector:
     def color_order(self) -> str:
         return self._color_order
 
+    @property
+    def limits(self) -> ImageLimits:
+        """The image sizes this Detector accepts (``max_pixels``, ``min_side``)."""
+        return self._limits
+
     def __repr__(self) -> str:
         h, w = self.input_size
         return f"Detector({str(self._model_path)!r}, backend={self.backend_name!r}, input {h}x{w})"
@@ -245,16 +270,31 @@ class Detector:
             )
         return self._detect([image], chunk=1)[0]
 
-    def predict_batch(self, images: Iterable[object], batch_size: int | None = None) -> list[Result]:
-        """Detect on several images; returns one Result per image, in order.
+    def predict_batch(
+        self, images: Iterable[object], batch_size: int | None = None, errors: str = "raise"
+    ) -> list[Result] | list[Result | InvalidImageError]:
+        """Detect on several images; returns one outcome per image, in order.
+
+        errors="raise" (default): all images are validated and resized before the first
+        chunk runs, so a bad image raises (naming its position) without any inference.
+        errors="return": a bad image does not cost the others: its place in the returned
+        list holds the InvalidImageError (or ImageFileError) that refused it, every other
+        place a Result. Test with ``isinstance(outcome, Result)``. Backend failures
+        (InferenceError) still raise: they concern the batch, not one image.
 
         Inference runs in chunks of ``batch_size`` images (default: the model's
-        ``batch_max``, else 8); ``batch_size`` may not exceed ``batch_max``. All images are
-        validated and resized before the first chunk runs, so a bad image raises without
-        any inference (and memory holds all images at the model size: slice very long
-        lists). The call is timed as one: every Result carries the whole call's latency
-        and ``stats`` counts one call of len(images) images.
+        ``batch_max``, else 8); ``batch_size`` may not exceed ``batch_max``. Memory holds
+        all images at the model size: slice very long lists. The call is timed as one:
+        every Result carries the whole call's latency and ``stats`` counts one call of the
+        images that were scored.
         """
+        if errors not in ("raise", "return"):
+            raise InvalidArgumentError(f"errors must be 'raise' or 'return', not {errors!r}.")
+        if images is None:
+            raise InvalidImageError(
+                "predict_batch got None instead of a list of images. The code that collects the frames "
+                "produced nothing; pass a list (possibly empty)."
+            )
         if isinstance(images, (str, bytes)) or hasattr(images, "__fspath__"):
             raise InvalidImageError("predict_batch takes a list of images; for a single path call det(path).")
         if isinstance(images, np.ndarray):
@@ -263,11 +303,17 @@ class Detector:
                     f"predict_batch got one array of shape {images.shape}; pass a list of images, or an "
                     "N x H x W x C array. For a single image call det(image)."
                 )
-        items = list(images)
+        try:
+            items = list(images)
+        except TypeError:
+            raise InvalidImageError(
+                f"predict_batch takes a list of images, not an object of type {type(images).__name__}; for a single "
+                "image call det(image)."
+            ) from None
         chunk = self._chunk_size(batch_size)
         if not items:
             return []
-        return self._detect(items, chunk)
+        return self._detect(items, chunk, errors)
 
     def warmup(self, n: int = 3, batch_size: int = 1) -> None:
         """Run ``n`` inferences on a blank batch so that lazy initialisation (memory
@@ -296,24 +342,29 @@ class Detector:
             )
         return int(batch_size)
 
-    def _detect(self, images: list, chunk: int) -> list[Result]:
+    def _detect(self, images: list, chunk: int, errors: str = "raise") -> list:
         t0 = time.perf_counter()
         # Reads the thresholds once: a concurrent set_thresholds never mixes old and new.
         thresholds = self._thresholds
-        prepared = prepare_batch(images, self._meta.input, self._color_order)
+        prepared = prepare_batch(images, self._meta.input, self._color_order, self._limits, errors)
+        outcomes: list = [None] * len(images)
+        for position, error in prepared.errors:
+            outcomes[position] = error
+        n = len(prepared.batch)
+        if n == 0:
+            return outcomes  # every image was refused: nothing ran, nothing to time
         maps, scores = self._infer(prepared, chunk)
-        parts = [self._postprocess(maps[i, 0], float(scores[i]), prepared.original_sizes[i], thresholds) for i in range(len(images))]
-        seconds = time.perf_counter() - t0
-        self._stats.record(seconds, len(images))
-        latency_ms = seconds * 1000.0
+        parts = [self._postprocess(maps[i, 0], float(scores[i]), prepared.original_sizes[i], thresholds) for i in range(n)]
+        t1 = time.perf_counter()
+        self._stats.record(t1 - t0, n, end=t1)
+        latency_ms = (t1 - t0) * 1000.0
         scale = self._norm_scale
-        return [
-            Result(
+        for position, (s, a, m, k) in zip(prepared.positions, parts):
+            outcomes[position] = Result(
                 score=s, is_anomalous=a, anomaly_map=m, mask=k, latency_ms=latency_ms,
                 normalized_score=None if scale is None else normalize_score(s, thresholds.image, scale),
             )
-            for s, a, m, k in parts
-        ]
+        return outcomes
 
     def _infer(self, prepared: PreparedBatch, chunk: int) -> tuple[np.ndarray, np.ndarray]:
         batch = prepared.batch
@@ -353,8 +404,10 @@ class Detector:
             amap = cv2.resize(amap, (original[1], original[0]), interpolation=cv2.INTER_LINEAR)
         else:
             amap = amap.copy()  # own the data: a view would pin the whole batch in memory
-        # "not <=" rather than ">": NaN (e.g. overflow in the model) fails the part.
-        mask = ~(amap <= thresholds.pixel)
+        # "not <=" rather than ">": NaN (e.g. overflow in the model) fails the part. In place
+        # into one bool array: at full size on a large frame, a temporary per step adds up.
+        mask = np.less_equal(amap, thresholds.pixel)
+        np.logical_not(mask, out=mask)
         is_anomalous = not (score <= thresholds.image)
         if math.isnan(score):
             log.warning("ffrt: the model returned a NaN score; the image is reported as anomalous")
@@ -407,6 +460,12 @@ def _new_thresholds(current: Thresholds, image: float | None, pixel: float | Non
         if not math.isfinite(value):
             raise InvalidArgumentError(
                 f"{name} threshold must be finite, not {value}: NaN or inf would make every decision meaningless."
+            )
+        # The metadata schema's rule too (meta.ThresholdValue): maps and scores are >= 0.
+        if value < 0:
+            raise InvalidArgumentError(
+                f"{name} threshold must be >= 0, not {value:g}: anomaly maps and scores are never negative, so it "
+                "would reject every part."
             )
         return value
 

@@ -44,7 +44,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import BackendUnavailableError, EngineMismatchError, InvalidArgumentError, ModelFileError
-from .meta import ModelMeta, atomic_write_bytes
+from .meta import ModelMeta, atomic_write_bytes, readable
 
 ENGINE_FORMAT = "ffrt.engine"
 ENGINE_SCHEMA_VERSION = 2  # 2: graph_sha256 + source_onnx (plans keyed on the graph, not the file)
@@ -310,19 +310,22 @@ def read_engine_info(plan_path: str | os.PathLike) -> EngineInfo:
             "(or load the .onnx with backend=\"tensorrt\", which builds and caches a plan)."
         )
     try:
-        data = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        text = side.read_text()
+        data = json.loads(text)
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or text encoding
         raise ModelFileError(f"{side}: unreadable engine metadata ({e}).") from e
+    except RecursionError as e:  # nested deeper than Python's parser recurses: not ours
+        raise ModelFileError(f"{side}: unreadable engine metadata (nested too deeply to be an ffrt sidecar).") from e
     if isinstance(data, dict) and isinstance(data.get("schema_version"), int) and data["schema_version"] > ENGINE_SCHEMA_VERSION:
         raise ModelFileError(
             f"{side}: engine metadata schema {data['schema_version']} was written by a newer ffrt (this one reads up to "
             f"{ENGINE_SCHEMA_VERSION}); upgrade ffrt: pip install -U ffrt"
         )
     try:
-        return EngineInfo.model_validate(data)
+        # Strict, like ModelMeta.from_json: the embedded model metadata gets the same checks.
+        return EngineInfo.model_validate_json(text, strict=True)
     except ValidationError as e:
-        lines = "\n".join(f"  - {'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        raise ModelFileError(f"{side}: engine metadata is not usable:\n{lines}") from e
+        raise ModelFileError(f"{side}: engine metadata is not usable:\n{readable(e)}") from e
 
 
 def engine_mismatches(

@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -31,6 +31,16 @@ SCHEMA_VERSION = 3
 class _Strict(BaseModel):
     # Unknown keys are an error: a typo in a hand-edited threshold must not be ignored.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# NaN or inf in any number the runtime computes with makes its decisions meaningless (an
+# infinite threshold passes every part), so no float here may be non-finite.
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+#: Anomaly maps and scores are >= 0 by construction (0.5 * mean z^2, then averages), so a
+#: negative threshold would reject every part: thresholds are finite and >= 0. The
+#: Detector's setter applies the same rule (detector._new_thresholds).
+ThresholdValue = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class InputSpec(_Strict):
@@ -49,8 +59,10 @@ class InputSpec(_Strict):
         description="stretch: every frame is resized to height x width; letterbox: its aspect ratio is kept, "
         "it is centred and the rest is padded with 0 (maps and masks are cropped back before resizing).",
     )
-    mean: tuple[float, float, float] = Field(description="Per-channel mean on the 0-1 scale, applied in the graph.")
-    std: tuple[float, float, float] = Field(description="Per-channel std on the 0-1 scale, applied in the graph.")
+    mean: tuple[Finite, Finite, Finite] = Field(description="Per-channel mean on the 0-1 scale, applied in the graph.")
+    std: tuple[Positive, Positive, Positive] = Field(
+        description="Per-channel std on the 0-1 scale, applied in the graph (divided by: must be > 0)."
+    )
 
 
 class OutputSpec(_Strict):
@@ -67,14 +79,14 @@ class ScoreSpec(_Strict):
         description="What one anomaly-map value means.",
     )
     reduction: Literal["max", "topk_mean"] = "topk_mean"
-    topk_fraction: float | None = Field(default=None, gt=0, le=1)
+    topk_fraction: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
 
 
 class Thresholds(_Strict):
     """Decision thresholds, in the units of ``score`` and ``anomaly_map``."""
 
-    image: float = Field(description="score > image  ->  the part is rejected as anomalous.")
-    pixel: float = Field(description="anomaly_map > pixel  ->  the pixel is in the defect mask.")
+    image: ThresholdValue = Field(description="score > image  ->  the part is rejected as anomalous.")
+    pixel: ThresholdValue = Field(description="anomaly_map > pixel  ->  the pixel is in the defect mask.")
     source: str = Field(default="", description="How these thresholds were chosen.")
     calibrated_on: str = Field(
         default="",
@@ -88,12 +100,12 @@ class ScoreStats(_Strict):
     """Statistics of image scores on normal validation images (for 0-1 normalization)."""
 
     count: int = Field(ge=0)
-    mean: float
-    std: float = Field(ge=0)
-    min: float
-    max: float
-    p50: float
-    p99: float
+    mean: Finite
+    std: float = Field(ge=0, allow_inf_nan=False)
+    min: Finite
+    max: Finite
+    p50: Finite
+    p99: Finite
 
 
 class BackboneInfo(_Strict):
@@ -104,19 +116,19 @@ class BackboneInfo(_Strict):
 
 class FlowInfo(_Strict):
     steps: int = Field(gt=0)
-    hidden_ratio: float = Field(gt=0)
+    hidden_ratio: Positive
     hidden_channels: tuple[int, ...] | None = Field(
         default=None,
         description="Subnet hidden channels per feature scale (absent in files written before they were "
         "recorded, whose hidden_ratio counted full feature channels).",
     )
     conv3x3_only: bool
-    clamp: float = Field(gt=0)
+    clamp: Positive
 
 
 class ModelMeta(_Strict):
     format: Literal["ffrt.meta"] = "ffrt.meta"
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
     input: InputSpec
     outputs: OutputSpec = OutputSpec()
     score: ScoreSpec
@@ -128,7 +140,7 @@ class ModelMeta(_Strict):
     )
     backbone: BackboneInfo
     flow: FlowInfo
-    feature_strides: tuple[int, ...]
+    feature_strides: tuple[Annotated[int, Field(gt=0)], ...]
     head_fit: str = Field(
         default="",
         description="How the flow head was fit when it is not the FP32 model's (INT8 files: re-fit on the features "
@@ -155,12 +167,17 @@ class ModelMeta(_Strict):
 
     @classmethod
     def from_json(cls, text: str, where: str = "model") -> "ModelMeta":
+        """Parse and validate stored metadata; any problem is a ModelFileError.
+
+        Strict: a number written as a string ("0.7") is refused rather than converted, as a
+        hand edit that quotes a threshold is a mistake to report, not to guess at. pydantic's
+        own JSON parser bounds nesting depth, so absurdly nested input is a validation error,
+        not a RecursionError.
+        """
         try:
-            return cls.model_validate(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise ModelFileError(f"{where}: the '{META_KEY}' metadata is not valid JSON ({e}).") from e
+            return cls.model_validate_json(text, strict=True)
         except ValidationError as e:
-            raise ModelFileError(f"{where}: its '{META_KEY}' metadata is not usable:\n{_readable(e)}") from e
+            raise ModelFileError(f"{where}: its '{META_KEY}' metadata is not usable:\n{readable(e)}\n{FIX_HINT}") from e
 
     def with_thresholds(self, image: float, pixel: float, source: str, calibrated_on: str = "") -> "ModelMeta":
         # Writing new thresholds writes this ffrt's schema (the file now uses its fields).
@@ -168,12 +185,28 @@ class ModelMeta(_Strict):
         return self.model_copy(update={"thresholds": thresholds, "schema_version": SCHEMA_VERSION})
 
 
-def _readable(e: ValidationError) -> str:
+FIX_HINT = (
+    "The metadata was edited by hand or written by a broken tool: re-write the thresholds with "
+    "'ffcalib thresholds --model MODEL --normal DIR', or re-export the model with ffexport."
+)
+
+
+def readable(e: ValidationError, limit: int = 10) -> str:
+    """One line per problem: where, what, and the value found (cut short)."""
     lines = []
-    for err in e.errors():
+    errors = e.errors()
+    for err in errors[:limit]:
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        lines.append(f"  - {loc}: {err['msg']}")
+        found = "" if err["type"] in ("missing", "json_invalid") else f" (found {_short(err.get('input'))})"
+        lines.append(f"  - {loc}: {err['msg']}{found}")
+    if len(errors) > limit:
+        lines.append(f"  - ... and {len(errors) - limit} more")
     return "\n".join(lines)
+
+
+def _short(value: object, width: int = 60) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool)) or value is None else repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:

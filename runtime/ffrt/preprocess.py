@@ -13,6 +13,12 @@ Anything else is refused with :class:`~ffrt.errors.InvalidImageError` (or
 how to fix it. Validation happens before any pixel is written into the batch, and the
 functions here keep no state, so a refused image cannot affect the next call.
 
+Size limits (:class:`ImageLimits`): an image above ``max_pixels`` is refused (for files,
+from the size in the header, before anything is decoded: see ``imageheader``), and so is
+one whose shorter side is below ``min_side`` (it would be upscaled so far that its score
+means nothing). Only regular files are opened: a FIFO or device path would block forever
+or stream without end.
+
 Normalization (mean/std) is *not* done here: it is inside the graph, so the host sends
 one byte per pixel and serving cannot drift from training.
 """
@@ -20,6 +26,7 @@ one byte per pixel and serving cannot drift from training.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +35,65 @@ import cv2
 import numpy as np
 
 from .errors import ImageFileError, InvalidArgumentError, InvalidImageError
+from .imageheader import image_size
 from .meta import InputSpec
 
 COLOR_ORDERS = ("BGR", "RGB")
+
+#: Default pixel limit: 100 megapixels, above the largest area-scan industrial sensors in
+#: common use; a frame at the limit costs 300 MB as BGR plus 500 MB for a full-size
+#: float32 map and bool mask.
+DEFAULT_MAX_PIXELS = 100_000_000
+#: Default minimum for the shorter image side.
+DEFAULT_MIN_SIDE = 8
+# Bytes a decodable image within the pixel limit can take on disk, beyond which a file is
+# refused unread: 16 bytes per pixel (4 channels of float32, uncompressed) plus room for
+# metadata (EXIF, ICC profiles, other TIFF pages).
+_BYTES_PER_PIXEL_MAX = 16
+_FILE_SLACK_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Which image sizes a Detector accepts.
+
+    max_pixels: height x width above which an image is refused (None: no limit). Files are
+                checked from their header before decoding.
+    min_side:   the shorter side must be at least this many pixels.
+    """
+
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    min_side: int = DEFAULT_MIN_SIDE
+
+    def __post_init__(self) -> None:
+        mp = self.max_pixels
+        if mp is not None and (isinstance(mp, bool) or not isinstance(mp, (int, np.integer)) or mp < 1):
+            raise InvalidArgumentError(f"max_pixels must be a positive integer or None (no limit), not {mp!r}.")
+        ms = self.min_side
+        if isinstance(ms, bool) or not isinstance(ms, (int, np.integer)) or ms < 1:
+            raise InvalidArgumentError(f"min_side must be a positive integer, not {ms!r}.")
+
+    def problem(self, height: int, width: int, spec: InputSpec | None = None) -> str | None:
+        """Why an image of this size is refused, or None if it is accepted."""
+        pixels = height * width
+        if self.max_pixels is not None and pixels > self.max_pixels:
+            return (
+                f"the image is {width}x{height} pixels ({pixels / 1e6:.1f} MP), above this Detector's limit "
+                f"max_pixels={self.max_pixels} ({self.max_pixels / 1e6:g} MP); decoding and scoring it would need "
+                f"about {pixels * 8 / 1e9:.1f} GB. If such images are expected, raise the limit: "
+                "Detector(..., max_pixels=N), or crop / downscale the image first."
+            )
+        if min(height, width) < self.min_side:
+            target = f" to the model's {spec.width}x{spec.height} input" if spec is not None else ""
+            return (
+                f"the image is {width}x{height} pixels; its shorter side is below this Detector's minimum "
+                f"min_side={self.min_side} px, so it would be stretched{target} far enough for its score to mean "
+                "nothing. Check the camera grab or crop that produced it (Detector(..., min_side=N) changes the minimum)."
+            )
+        return None
+
+
+DEFAULT_LIMITS = ImageLimits()
 
 
 @dataclass(frozen=True)
@@ -39,6 +102,11 @@ class PreparedBatch:
 
     batch: np.ndarray  # uint8 [N, H, W, 3], RGB, C-contiguous, at the model size
     original_sizes: tuple[tuple[int, int], ...]  # (height, width) of each input image
+    #: Position in the caller's list of each image in ``batch`` (all of them unless
+    #: errors="return" dropped some).
+    positions: tuple[int, ...] = ()
+    #: errors="return": (position, error) of each refused image.
+    errors: tuple[tuple[int, InvalidImageError], ...] = ()
 
 
 def check_color_order(color_order: str) -> str:
@@ -62,34 +130,97 @@ def interpolation_flag(name: str) -> int:
     return cv2.INTER_AREA if name == "area" else cv2.INTER_LINEAR
 
 
-def read_image_file(path: str | os.PathLike) -> np.ndarray:
+def read_image_file(path: str | os.PathLike, limits: ImageLimits = DEFAULT_LIMITS, spec: InputSpec | None = None) -> np.ndarray:
     """Decode an image file to a BGR uint8 HxWx3 array.
 
-    ``np.fromfile`` + ``cv2.imdecode`` instead of ``cv2.imread`` because imread cannot open
-    non-ASCII paths on Windows (and fails silently, returning None, everywhere).
+    Read into memory + ``cv2.imdecode`` instead of ``cv2.imread`` because imread cannot
+    open non-ASCII paths on Windows (and fails silently, returning None, everywhere), and
+    because the size in the header is checked against ``limits`` before decoding.
     Gray files come back as three equal channels (IMREAD_COLOR), like in the trainer.
     """
     path = Path(path)
-    if not path.exists():
-        raise ImageFileError(f"{path}: no such image file. Check the path and the working directory.")
-    if path.is_dir():
-        raise ImageFileError(f"{path}: is a directory, not an image file. Pass the image files inside it.")
+    data = _read_regular_file(path, limits)
+    size = image_size(data)
+    if size is not None:
+        problem = limits.problem(*size, spec)
+        if problem is not None:
+            raise ImageFileError(f"{path}: {problem} (size read from the file header; the file was not decoded)")
     try:
-        raw = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise ImageFileError(f"{path}: cannot be read ({e.strerror or e}). Check the file's permissions.") from e
-    if raw.size == 0:
-        raise ImageFileError(f"{path}: the file is empty (0 bytes); the image was not written completely.")
-    image = cv2.imdecode(raw, cv2.IMREAD_COLOR)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:  # e.g. OpenCV's own size limit, or a decoder that throws instead of returning None
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ImageFileError(f"{path}: cannot be decoded as an image (OpenCV: {reason}).") from e
     if image is None or image.size == 0:
         raise ImageFileError(
-            f"{path}: cannot be decoded as an image ({raw.size} bytes; corrupt, truncated, or a format "
+            f"{path}: cannot be decoded as an image ({len(data)} bytes; corrupt, truncated, or a format "
             "OpenCV does not read). Re-save it as PNG, JPEG, BMP or TIFF."
         )
+    # Formats whose header is not parsed are checked here, after decoding.
+    problem = limits.problem(image.shape[0], image.shape[1], spec)
+    if problem is not None:
+        raise ImageFileError(f"{path}: {problem}")
     return image
 
 
-def to_uint8_image(image: object, color_order: str = "BGR") -> tuple[np.ndarray, str]:
+def _read_regular_file(path: Path, limits: ImageLimits) -> bytes:
+    """The bytes of ``path``, which must be a regular, non-empty file of plausible size.
+
+    Opened non-blocking and checked with fstat on the open descriptor (not stat on the
+    name, which another process could swap): opening a FIFO for reading would otherwise
+    wait for a writer forever.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise ImageFileError(f"{path}: no such image file. Check the path and the working directory.") from None
+    except IsADirectoryError:  # Windows; on POSIX a directory opens and fstat says so below
+        raise ImageFileError(f"{path}: is a directory, not an image file. Pass the image files inside it.") from None
+    except OSError as e:
+        raise ImageFileError(f"{path}: cannot be read ({e.strerror or e}). Check the file's permissions.") from e
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageFileError(f"{path}: is a directory, not an image file. Pass the image files inside it.")
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageFileError(
+                f"{path}: is a {_file_kind(st.st_mode)}, not a regular file; ffrt reads images only from regular "
+                "files. Save the frame to a file, or pass it as a numpy array."
+            )
+        if st.st_size == 0:
+            raise ImageFileError(f"{path}: the file is empty (0 bytes); the image was not written completely.")
+        if limits.max_pixels is not None:
+            most = limits.max_pixels * _BYTES_PER_PIXEL_MAX + _FILE_SLACK_BYTES
+            if st.st_size > most:
+                raise ImageFileError(
+                    f"{path}: the file is {st.st_size / 1e9:.2f} GB, more than any image within this Detector's "
+                    f"limit max_pixels={limits.max_pixels} can take; it was not read. Raise the limit "
+                    "(Detector(..., max_pixels=N)) if such images are expected."
+                )
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read()
+    except OSError as e:
+        raise ImageFileError(f"{path}: cannot be read ({e.strerror or e}).") from e
+    finally:
+        os.close(fd)
+    if not data:
+        raise ImageFileError(f"{path}: the file is empty (0 bytes); the image was not written completely.")
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "special file"
+
+
+def to_uint8_image(
+    image: object, color_order: str = "BGR", limits: ImageLimits = DEFAULT_LIMITS, spec: InputSpec | None = None
+) -> tuple[np.ndarray, str]:
     """Validate one input and return it as a uint8 array plus the channel order it is in.
 
     The returned array is HxW or HxWx3 (HxWx1 is squeezed); its order is "GRAY", "BGR" or
@@ -97,7 +228,7 @@ def to_uint8_image(image: object, color_order: str = "BGR") -> tuple[np.ndarray,
     resized image (see :func:`to_model_rgb`).
     """
     if isinstance(image, (str, os.PathLike)):
-        return read_image_file(image), "BGR"
+        return read_image_file(image, limits, spec), "BGR"
     if image is None:
         raise InvalidImageError("image is None. The camera grab or the file read before this call failed.")
     if not isinstance(image, np.ndarray):
@@ -130,7 +261,14 @@ def to_uint8_image(image: object, color_order: str = "BGR") -> tuple[np.ndarray,
             f"HxWx3.{hint}"
         )
 
+    # The pixel limit before the dtype conversion (which may copy the whole image), the
+    # minimum side after it, so that a tiny array of a wrong dtype hears about its dtype.
+    limit = limits.max_pixels
+    if limit is not None and image.shape[0] * image.shape[1] > limit:
+        raise InvalidImageError(limits.problem(image.shape[0], image.shape[1], spec))
     image = _to_uint8(image)
+    if min(image.shape[:2]) < limits.min_side:
+        raise InvalidImageError(limits.problem(image.shape[0], image.shape[1], spec))
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     # cv2 refuses negative strides (img[:, :, ::-1]) and some other views: hand it a
@@ -245,26 +383,45 @@ def to_model_rgb(image: np.ndarray, order: str, spec: InputSpec) -> np.ndarray:
     return small
 
 
-def prepare_batch(images: Sequence[object], spec: InputSpec, color_order: str = "BGR") -> PreparedBatch:
+def prepare_batch(
+    images: Sequence[object],
+    spec: InputSpec,
+    color_order: str = "BGR",
+    limits: ImageLimits = DEFAULT_LIMITS,
+    errors: str = "raise",
+) -> PreparedBatch:
     """Validate, decode, resize and colour-convert ``images`` into one uint8 NHWC RGB batch.
 
-    Every image is checked before the batch is returned, so a bad image anywhere in the
-    list raises before anything reaches a backend. Errors name the image's position when
-    there is more than one.
+    errors="raise": every image is checked before the batch is returned, so a bad image
+    anywhere in the list raises before anything reaches a backend. Errors name the image's
+    position when there is more than one.
+    errors="return": a refused image is left out of the batch and its error is returned in
+    ``PreparedBatch.errors``; the others go on.
     """
     color_order = check_color_order(color_order)
+    if errors not in ("raise", "return"):
+        raise InvalidArgumentError(f"errors must be 'raise' or 'return', not {errors!r}.")
     n = len(images)
     batch = np.empty((n, spec.height, spec.width, 3), dtype=np.uint8)
     sizes: list[tuple[int, int]] = []
+    positions: list[int] = []
+    refused: list[tuple[int, InvalidImageError]] = []
     for i, item in enumerate(images):
         try:
-            image, order = to_uint8_image(item, color_order)
+            image, order = to_uint8_image(item, color_order, limits, spec)
         except InvalidImageError as e:
-            if n == 1:
-                raise
-            # Re-raise the same class with the position prepended: "which one?" is the
-            # first question when one frame of a batch is bad.
-            raise type(e)(f"image {i} of {n}: {e}") from e
+            # The same class with the position prepended: "which one?" is the first
+            # question when one frame of a batch is bad.
+            located = e if n == 1 else type(e)(f"image {i} of {n}: {e}")
+            if errors == "raise":
+                if located is e:
+                    raise
+                raise located from e
+            refused.append((i, located))
+            continue
+        batch[len(sizes)] = to_model_rgb(image, order, spec)
         sizes.append((int(image.shape[0]), int(image.shape[1])))
-        batch[i] = to_model_rgb(image, order, spec)
-    return PreparedBatch(batch=batch, original_sizes=tuple(sizes))
+        positions.append(i)
+    return PreparedBatch(
+        batch=batch[: len(sizes)], original_sizes=tuple(sizes), positions=tuple(positions), errors=tuple(refused)
+    )

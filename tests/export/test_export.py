@@ -91,3 +91,26 @@ def test_engine_request_still_writes_the_onnx(tiny_checkpoint, tmp_path, capsys)
 def test_missing_checkpoint(tmp_path, capsys):
     assert ffexport_main(["--ckpt", str(tmp_path / "none.pt"), "--out", str(tmp_path)]) == 1
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_int8_calib_accepts_a_plain_folder_of_normal_images(tiny_checkpoint, elpv_split, tmp_path):
+    # Issue 10: `ffexport --int8 --calib DIR` refused a plain folder of normal images unless
+    # it was an MVTec root. Re-fit and calibration both read it.
+    import shutil
+
+    from ffexport.cli import main
+    from ffrt.meta import read_onnx_meta
+
+    calib = tmp_path / "line_normals"
+    calib.mkdir()
+    for s in elpv_split.train[:20]:
+        shutil.copy(s.path, calib / s.path.name)
+    out = tmp_path / "export"
+    rc = main(["--ckpt", str(tiny_checkpoint), "--out", str(out), "--batch-max", "8", "--int8", "--calib", str(calib),
+               "--refit-epochs", "1", "--calib-count", "8", "--force"])
+    assert rc == 0
+    for name in ("model.int8-trt.onnx", "model.int8-cpu.onnx"):
+        meta = read_onnx_meta(out / name)
+        # The head was re-fit and re-calibrated on this folder's split (20 images: 2 held
+        # out), not on the checkpoint's recorded data (elpv:mono, 44 validation normals).
+        assert meta.precision == "int8" and "validation normals (n=2)" in meta.head_fit

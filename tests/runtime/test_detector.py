@@ -1,6 +1,7 @@
 """Detector end to end through the real onnxruntime, on the red-channel model (conftest)."""
 
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -209,7 +210,10 @@ def test_stats_are_recorded_per_call(red_model):
     assert 0 < s.p50_ms <= s.p90_ms <= s.p99_ms <= s.max_ms
     latencies = [r.latency_ms for r in results[:4]] + [results[4].latency_ms]
     assert s.max_ms == pytest.approx(max(latencies))
-    assert s.fps == pytest.approx(7 / (sum(latencies) / 1000), rel=1e-6)
+    # One caller: calls never overlap, so the busy throughput is images / sum of latencies,
+    # and the wall-clock one (gaps between calls included) cannot be higher.
+    assert s.busy_fps == pytest.approx(7 / (sum(latencies) / 1000), rel=1e-6)
+    assert 0 < s.fps <= s.busy_fps
     assert "p99" in str(s) and "images/s" in str(s)
     d.reset_stats()
     assert d.stats.count == 0
@@ -234,6 +238,36 @@ def test_concurrent_calls_are_safe(red_model):
     assert not errors
     assert all(s == pytest.approx(v / 255, abs=1e-6) for v, s in scores)
     assert d.stats.count == 30
+
+
+def test_stats_report_wall_clock_throughput_with_threads(red_model):
+    # Issue 10: with 8 threads, stats reported a fraction of the real throughput (images /
+    # sum of the overlapping latencies). Large frames make every call spend most of its time in
+    # OpenCV resizes, which release the GIL, so the threads' calls really overlap.
+    d = Detector(red_model, threads=1)
+    frame = solid_bgr(1500, 2000, RED_BGR)
+    d(frame)
+    d.reset_stats()
+    latencies: list[float] = []
+
+    def work():
+        for _ in range(6):
+            latencies.append(d(frame).latency_ms / 1000)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    s = d.stats
+    assert s.images == 24
+    # The window lies inside the measured span, so its wall-clock rate is at least this.
+    assert s.wall_s <= elapsed and s.fps >= 24 / elapsed
+    # ... and calls overlapped, which images / sum of latencies cannot see.
+    assert sum(latencies) > elapsed
+    assert s.fps > 24 / sum(latencies)
 
 
 def test_result_repr_is_short(det):

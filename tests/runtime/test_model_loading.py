@@ -115,3 +115,27 @@ def test_registry_lists(red_model):
     assert backend_names()[:5] == ("auto", "tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
     av = availability()
     assert tuple(av) == AUTO_ORDER and av["onnxruntime-cpu"] is None and av["tensorrt"]
+
+
+def test_auto_tries_the_cpu_first_for_a_cpu_target_file(tmp_path):
+    # Issue 10: backend="auto" tried TensorRT first even for an INT8 file encoded for CPUs.
+    # On this machine every GPU backend is unavailable, so whatever "auto" tried before the
+    # CPU shows up in backend_selection.
+    from conftest import make_graph, make_meta, save_model
+
+    meta = make_meta().model_copy(update={"precision": "int8", "target": "cpu"})
+    det = Detector(save_model(tmp_path / "model.int8-cpu.onnx", make_graph(), meta))
+    assert det.backend_name == "onnxruntime-cpu"
+    assert det.backend_selection == ()  # nothing was tried before the CPU
+
+
+def test_auto_order_for_other_targets(red_model):
+    from ffrt.backends import auto_order
+
+    from conftest import make_meta
+
+    assert auto_order(make_meta()) == AUTO_ORDER
+    assert auto_order(make_meta().model_copy(update={"target": "tensorrt"})) == AUTO_ORDER
+    assert auto_order(make_meta().model_copy(update={"target": "cpu"}))[0] == "onnxruntime-cpu"
+    if availability()["tensorrt"] is not None:  # no GPU here: an "any" model records the skip
+        assert any(s.startswith("tensorrt:") for s in Detector(red_model).backend_selection)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ffrt.errors import ImageFileError, InvalidArgumentError, InvalidImageError
-from ffrt.preprocess import interpolation_flag, prepare_batch, read_image_file, to_model_rgb, to_uint8_image
+from ffrt.preprocess import ImageLimits, interpolation_flag, prepare_batch, read_image_file, to_model_rgb, to_uint8_image
 
 from conftest import make_meta
 
@@ -49,10 +49,11 @@ def test_gray_is_replicated_to_three_channels(shape):
 
 def test_float_images_are_scaled_and_rounded():
     img = np.array([[0.0, 0.5, 0.999, 1.0, 0.002]], dtype=np.float32)
-    u8, order = to_uint8_image(img)
+    one_row = ImageLimits(min_side=1)  # a 1x5 image is below the Detector's default minimum
+    u8, order = to_uint8_image(img, limits=one_row)
     assert order == "GRAY" and u8.dtype == np.uint8
     np.testing.assert_array_equal(u8, [[0, 128, 255, 255, 1]])  # rounded, not truncated
-    u8_64, _ = to_uint8_image(img.astype(np.float64))
+    u8_64, _ = to_uint8_image(img.astype(np.float64), limits=one_row)
     np.testing.assert_array_equal(u8_64, u8)
 
 

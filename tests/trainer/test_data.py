@@ -108,3 +108,27 @@ def test_auto_image_size_follows_the_parts_aspect_ratio(tmp_path, elpv_split):
     h, w = auto_image_size(strips)
     assert (h % 16, w % 16) == (0, 0) and abs(w / h - 0.6) < 0.05 and abs(h * w - 256 * 256) < 0.1 * 256 * 256
     assert (h, w) == (336, 192)
+
+
+def test_a_plain_folder_of_normal_images_resolves(tmp_path, elpv_split):
+    # Issue 10: `ffexport --int8 --calib DIR` refused a plain folder of normal images (the
+    # form --calib was specified with) unless it was an MVTec root; it resolves through here.
+    for s in elpv_split.train[:12]:
+        shutil.copy(s.path, tmp_path / s.path.name)
+    (tmp_path / "readme.txt").write_text("not an image")
+    split = resolve(str(tmp_path), val_every=5)
+    names = sorted(s.path.name for s in elpv_split.train[:12])
+    assert [s.path.name for s in split.val] == [names[4], names[9]]
+    assert [s.path.name for s in split.train] == [n for i, n in enumerate(names) if i not in (4, 9)]
+    assert split.test == [] and "plain folder" in split.notes[0]
+
+
+@pytest.mark.parametrize("count,expected", [(4, (3, 1)), (9, (8, 1)), (10, (9, 1)), (20, (18, 2))])
+def test_few_normals_still_hold_one_out(tmp_path, elpv_split, count, expected):
+    good = tmp_path / "train" / "good"
+    good.mkdir(parents=True)
+    for s in elpv_split.train[:count]:
+        shutil.copy(s.path, good / s.path.name)
+    split = mvtec_folder(tmp_path)
+    assert (len(split.train), len(split.val)) == expected
+    assert any("only" in n for n in split.notes) == (count < 10)

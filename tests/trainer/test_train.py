@@ -96,3 +96,61 @@ def test_epoch_selection_prefers_low_validation_nll_among_good_detectors():
         if improves(record, best, history):
             best = record
     assert best.epoch == 4
+
+
+def _mvtec_folder(root, samples):
+    import shutil
+
+    good = root / "train" / "good"
+    good.mkdir(parents=True)
+    for i, s in enumerate(samples):
+        shutil.copy(s.path, good / f"{i:03d}{s.path.suffix}")
+    return root
+
+
+TINY_FLAGS = ["--epochs", "1", "--image-size", "64", "--flow-steps", "2", "--hidden-ratio", "0.5", "--batch-size", "4", "--quiet"]
+
+
+def test_few_normal_images_give_a_working_model(tmp_path, elpv_split, capsys):
+    # Issue 10: an MVTec folder with 4-9 normal images (empty validation set with the
+    # default --val-every 10) crashed the trainer. Now the last image is held out, the
+    # output says how thin that is, and the model exports and runs.
+    from ffexport.cli import main as ffexport_main
+    from ffrt import Detector
+
+    data = _mvtec_folder(tmp_path / "part", elpv_split.train[:5])
+    out = tmp_path / "model.pt"
+    assert fftrain_main(["--data", str(data), "--out", str(out), *TINY_FLAGS]) == 0
+    printed = capsys.readouterr().out
+    assert "4 train, 1 validation normals" in printed and "only 5 normal images" in printed
+    payload = torch.load(out, map_location="cpu", weights_only=True)
+    assert payload["train_info"]["counts"]["val"] == 1
+    assert np.isfinite(payload["calibration"]["image_threshold"])
+    assert ffexport_main(["--ckpt", str(out), "--out", str(tmp_path / "export"), "--batch-max", "2"]) == 0
+    r = Detector(tmp_path / "export" / "model.onnx")(str(data / "train" / "good" / "000.png"))
+    assert np.isfinite(r.score)
+
+
+def test_zero_epochs_is_a_clear_error(tmp_path, elpv_split, capsys):
+    # Issue 10: --epochs 0 crashed after caching features (no epoch to keep).
+    data = _mvtec_folder(tmp_path / "part", elpv_split.train[:5])
+    with pytest.raises(SystemExit) as exc:
+        fftrain_main(["--data", str(data), "--out", str(tmp_path / "m.pt"), "--epochs", "0"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--epochs" in err and "at least 1" in err and "Traceback" not in err
+    from fftrain.train import TrainSettings
+
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
+        TrainSettings(epochs=0)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_refuses_an_empty_validation_split(elpv_split):
+    from fftrain.data import DataSplit
+    from fftrain.train import TrainSettings, train
+
+    split = DataSplit("handmade", elpv_split.train[:4], [], [])
+    with pytest.raises(ValueError, match="0 validation normal images"):
+        train(FastFlowConfig(image_size=64, flow_steps=2, hidden_ratio=0.5), split, TrainSettings(epochs=1, progress=False),
+              log=lambda _: None)

@@ -11,6 +11,16 @@ import sys
 from pathlib import Path
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import FastFlowConfig
     from .train import TrainSettings
@@ -39,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize-mode", choices=["stretch", "letterbox"], default=d.resize_mode,
                    help="how a frame becomes the model input: stretch it to the model size (default), or keep "
                    "its aspect ratio and pad (letterbox); the runtime does the same")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs; the best validation epoch is kept (default 10)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per optimizer step (default 32)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="training epochs; the best validation epoch is kept (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per optimizer step (default 32)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine-decayed (default 1e-3)")
     p.add_argument("--flow-steps", type=int, default=d.flow_steps, help=f"coupling steps per scale (default {d.flow_steps})")
     p.add_argument("--hidden-ratio", type=float, default=d.hidden_ratio,

@@ -1,8 +1,10 @@
 """Where training, validation and test images come from, and how they are loaded.
 
-Two sources:
+Three sources:
 - an MVTec-AD style folder: ``train/good``, ``test/<type>``, ``ground_truth/<type>/<name>_mask.png``
   (images of any size, gray or colour);
+- a plain folder of normal images (what ``ffexport --int8 --calib DIR`` is given): split like
+  ``train/good``, without a test split;
 - ``elpv:mono`` / ``elpv:poly``: the ELPV solar-cell electroluminescence images from the
   optional ``elpv-dataset`` package (CC BY-NC-SA 4.0, non-commercial; only the demo uses it).
 
@@ -152,12 +154,29 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def split_train_val(normals: list, val_every: int) -> tuple[list, list]:
-    """Every ``val_every``-th normal image (by order) is held out for validation."""
+    """Every ``val_every``-th normal image (by order) is held out for validation; with fewer
+    than ``val_every`` images, the last one is, since without any held-out image there is
+    no epoch to select and no threshold to set."""
     if val_every < 2:
         raise DataError("val_every must be >= 2")
     val = [s for i, s in enumerate(normals) if i % val_every == val_every - 1]
     train = [s for i, s in enumerate(normals) if i % val_every != val_every - 1]
+    if not val and len(normals) >= 2:
+        train, val = list(normals[:-1]), list(normals[-1:])
     return train, val
+
+
+def _normals_split(normals: list[Sample], where: Path, val_every: int) -> tuple[list, list, list[str]]:
+    if len(normals) < 4:
+        raise DataError(f"{where}: found {len(normals)} images; FastFlow needs at least a few dozen normal images")
+    train, val = split_train_val(normals, val_every)
+    notes = []
+    if len(normals) < val_every:
+        notes.append(
+            f"only {len(normals)} normal images: {len(val)} held out for validation. The best epoch and the "
+            "thresholds rest on it; collect a few dozen normal images for dependable thresholds."
+        )
+    return train, val, notes
 
 
 def mvtec_folder(root: Path, val_every: int = 10) -> DataSplit:
@@ -165,12 +184,10 @@ def mvtec_folder(root: Path, val_every: int = 10) -> DataSplit:
     if not train_dir.is_dir():
         raise DataError(
             f"{root}: expected an MVTec-AD style folder with train/good/ (normal images), optionally "
-            "test/<type>/ and ground_truth/<type>/<name>_mask.png"
+            "test/<type>/ and ground_truth/<type>/<name>_mask.png; or a folder of normal images"
         )
     normals = [Sample(p, 0) for p in _images_in(train_dir)]
-    if len(normals) < 4:
-        raise DataError(f"{train_dir}: found {len(normals)} images; FastFlow needs at least a few dozen normal images")
-    train, val = split_train_val(normals, val_every)
+    train, val, notes = _normals_split(normals, train_dir, val_every)
     test: list[Sample] = []
     test_dir = root / "test"
     if test_dir.is_dir():
@@ -182,7 +199,15 @@ def mvtec_folder(root: Path, val_every: int = 10) -> DataSplit:
                     continue
                 mask = root / "ground_truth" / defect / f"{p.stem}_mask.png"
                 test.append(Sample(p, 1, defect, mask if mask.is_file() else None))
-    return DataSplit(str(root), train, val, test)
+    return DataSplit(str(root), train, val, test, notes)
+
+
+def plain_folder(root: Path, val_every: int = 10) -> DataSplit:
+    """A folder whose image files are all normal (the form ``--calib DIR`` names): split
+    into train and validation like ``train/good``; no test split."""
+    train, val, notes = _normals_split([Sample(p, 0) for p in _images_in(root)], root, val_every)
+    notes.insert(0, f"{root}: a plain folder of images, all taken as normal (no test split)")
+    return DataSplit(str(root), train, val, [], notes)
 
 
 def elpv(cell_type: str, val_every: int = 10) -> DataSplit:
@@ -222,10 +247,12 @@ def elpv(cell_type: str, val_every: int = 10) -> DataSplit:
 
 
 def resolve(spec: str, val_every: int = 10) -> DataSplit:
-    """``elpv:mono``, ``elpv:poly`` or a folder path."""
+    """``elpv:mono``, ``elpv:poly``, an MVTec-AD style folder, or a plain folder of normal images."""
     if spec.startswith("elpv:"):
         return elpv(spec.split(":", 1)[1], val_every)
     root = Path(spec)
     if not root.exists():
         raise DataError(f"{root}: no such folder (use an MVTec-AD style folder, or elpv:mono / elpv:poly)")
+    if root.is_dir() and not (root / "train").is_dir() and _images_in(root):
+        return plain_folder(root, val_every)
     return mvtec_folder(root, val_every)

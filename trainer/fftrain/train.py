@@ -32,13 +32,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from . import augment, checkpoint, synthetic
 from .config import FastFlowConfig
 from .data import DataSplit, load_batch, to_tensor_batch
 from .metrics import roc_auc, score_statistics, threshold_at_frr
 from .model import FastFlow
+from .progress import progress as progress_bar  # `progress` is a parameter name here
 
 AUROC_SLACK = 0.01
 
@@ -55,6 +54,18 @@ class TrainSettings:
     threads: int | None = None
     progress: bool = True
     keep_features: bool = False
+
+    def __post_init__(self) -> None:
+        # Checked here, not deep in the loop: epochs=0 would otherwise end in a model with
+        # no selected epoch, and a zero batch size in a division.
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1 (got {self.epochs!r}): training picks the best epoch among them")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1 (got {self.batch_size!r})")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"learning rate must be a positive number (got {self.lr!r})")
+        if not (0.0 <= self.target_frr < 1.0):
+            raise ValueError(f"target false-reject rate must be in [0, 1) (got {self.target_frr!r})")
 
 
 @dataclass
@@ -92,8 +103,7 @@ def improves(record: EpochRecord, best: EpochRecord | None, history: list[EpochR
 def extract_features(model: FastFlow, images: np.ndarray, batch_size: int = 16, desc: str = "", progress: bool = True):
     """Backbone features of uint8 NHWC images, as one tensor per scale."""
     chunks: list[list[torch.Tensor]] = []
-    bar = tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, unit="batch", leave=False)
-    for start in bar:
+    for start in progress_bar(range(0, len(images), batch_size), desc=desc, unit="batch", enabled=progress):
         chunks.append(model.extract(to_tensor_batch(images[start : start + batch_size])))
     return [torch.cat([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
@@ -165,6 +175,11 @@ def train(
         raise ValueError(f"epochs must be at least 1 (got {settings.epochs})")
     if settings.augment_views < 0:
         raise ValueError(f"augment_views must be >= 0 (got {settings.augment_views})")
+    if not split.train or not split.val:
+        raise ValueError(
+            f"{split.name}: {len(split.train)} training and {len(split.val)} validation normal images; training needs "
+            "at least one of each (validation images select the best epoch and set the thresholds)"
+        )
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(config.seed)
@@ -210,7 +225,9 @@ def train(
         # With augmentation the pool is larger than an epoch: each epoch draws a fresh subset.
         order = torch.randperm(len(train_images), generator=generator)[:n_train]
         losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{settings.epochs}", disable=not settings.progress, leave=False)
+        # summary=False: off a terminal, the epoch line logged below is the one line per epoch.
+        bar = progress_bar(range(steps_per_epoch), desc=f"epoch {epoch}/{settings.epochs}", unit="step",
+                           enabled=settings.progress, summary=False)
         for step in bar:
             idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
             zs, logdets = model.flow([f[idx] for f in train_feats])
