@@ -46,7 +46,8 @@ TRAINED = {
     "lite1_aug4": (dict(backbone="efficientnet_lite1", hidden_ratio=1.0), dict(epochs=8, augment_views=4)),
     "lite2_aug4": (dict(backbone="efficientnet_lite2", hidden_ratio=1.0), dict(epochs=8, augment_views=4)),
 }
-HEADS = [(norm, red) for norm in ("none", "scale", "position") for red in ("topk_mean", "max")]
+HEADS = [(norm, red, 0.0) for norm in ("none", "scale", "position") for red in ("topk_mean", "max")] + [
+    ("position", "topk_mean", 2.0), ("position", "topk_mean", 4.0)]
 
 def cpu_name() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -117,14 +118,16 @@ def run_variant(name: str, data: str, out: Path) -> list[dict]:
     model = result.model.eval()
     ev = eval_features(model, split, config)
     rows = []
-    for norm, reduction in HEADS:
+    for norm, reduction, blur in HEADS:
         model.head = AnomalyHead(config.image_size, reduction, config.topk_fraction,
-                                 map_shapes=[(h, w) for _, h, w in model.feature_shapes], normalization=norm)
+                                 map_shapes=[(h, w) for _, h, w in model.feature_shapes], normalization=norm,
+                                 blur_sigma=blur)
         model.head.fit_normalization(raw_scale_maps(model, result.features["train"]))
         _, val_maps, val_scores = evaluate_features(model, result.features["val"])
         thr = calibrate(val_maps, val_scores, settings.target_frr)["image_threshold"]
         row = {
-            "variant": f"{name}+{norm}+{reduction}", "trained": name, "map_normalization": norm, "reduction": reduction,
+            "variant": f"{name}+{norm}+{reduction}{f'+blur{blur:g}' if blur else ''}", "trained": name,
+            "map_normalization": norm, "reduction": reduction, "blur_sigma": blur,
             "data": data, "config": config.model_dump(mode="json"),
             "settings": {k: v for k, v in vars(settings).items()},
             "best_epoch": result.best_epoch, "train_s": round(train_s, 1),

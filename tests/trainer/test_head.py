@@ -68,3 +68,16 @@ def test_std_floor_keeps_a_position_where_normals_agree_from_exploding():
     floor = 0.25 * float(raw[0].std(0).mean())  # the documented floor: a quarter of the mean std
     assert math.isfinite(float(inv[0, 0])) and float(inv[0, 0]) == pytest.approx(1 / floor, rel=1e-4)
     assert float(inv[1, 1]) < 15  # positions with real spread keep their own std (about 0.1)
+
+
+def test_blur_smooths_a_single_hot_pixel_and_keeps_a_constant_map():
+    head = AnomalyHead((32, 32), "max", 0.01, blur_sigma=2.0)
+    flat = torch.full((1, 1, 32, 32), 3.0)
+    torch.testing.assert_close(head.blur(flat), flat)  # replicate padding: no dark border
+    spike = torch.zeros(1, 1, 32, 32)
+    spike[0, 0, 16, 16] = 1.0
+    out = head.blur(spike)
+    assert float(out.sum()) == pytest.approx(1.0, rel=1e-4)  # mass kept away from the border
+    assert float(out.max()) < 0.05 and float(out[0, 0, 16, 16]) == float(out.max())
+    # a 2-D Gaussian of sigma 2: the centre holds 1 / (2 pi sigma^2) of the mass
+    assert float(out[0, 0, 16, 16]) == pytest.approx(1 / (2 * math.pi * 4), rel=0.02)

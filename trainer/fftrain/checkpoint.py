@@ -80,7 +80,8 @@ def legacy_config(config: dict[str, Any], state_dict: dict[str, Any]) -> dict[st
     if not isinstance(config, dict):
         return config
     if "map_normalization" not in config:
-        config = {**config, "map_normalization": "none"}  # written before the head could standardize maps
+        # Written before the head could standardize and smooth maps.
+        config = {**config, "map_normalization": "none", "map_blur_sigma": 0.0}
     if "flow_hidden_channels" in config:
         return config
     hidden, i = [], 0

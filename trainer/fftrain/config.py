@@ -63,6 +63,9 @@ class FastFlowConfig(BaseModel):
         description="Standardize each scale's map by normal training images before fusing: none, per scale, "
         "or per position (fftrain.head explains).",
     )
+    map_blur_sigma: float = Field(
+        default=0.0, ge=0, le=16, description="Gaussian smoothing of the fused map, in input pixels (0 = none)."
+    )
     score_reduction: Literal["max", "topk_mean"] = "topk_mean"
     topk_fraction: float = Field(default=0.01, gt=0, le=1, description="Share of map pixels averaged into the score.")
     seed: int = 0

@@ -15,7 +15,9 @@ parts show there, fitted on the training normals after training:
 - ``position``: a mean and std per position of each scale's map. Aligned parts have
   places (edges, busbars, fixture marks) where even good parts are less likely under the
   flow; a defect is what departs from what normal parts show *at that place*.
-Maps are upsampled bilinearly to the input size and fused by a mean; the image score is
+Maps are upsampled bilinearly to the input size and fused by a mean, optionally smoothed
+by a Gaussian (``blur_sigma`` pixels at the input size: a defect is a region, and single
+pixels of flow noise should not outvote it); the image score is
 the mean of the top-k pixels (or the max): the top-k mean is less sensitive to a single
 noisy pixel than the max.
 """
@@ -51,9 +53,16 @@ class AnomalyHead(nn.Module):
         topk_fraction: float,
         map_shapes: Sequence[tuple[int, int]] = (),
         normalization: MapNormalization = "none",
+        blur_sigma: float = 0.0,
     ):
         super().__init__()
         self.image_size = tuple(image_size)
+        self.blur_sigma = float(blur_sigma)
+        if self.blur_sigma > 0:
+            radius = max(1, math.ceil(3 * self.blur_sigma))
+            x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+            kernel = torch.exp(-0.5 * (x / self.blur_sigma) ** 2)
+            self.register_buffer("blur_kernel", (kernel / kernel.sum()).float().view(1, 1, 1, -1))
         self.reduction = reduction
         self.normalization = normalization
         # k is a constant of the graph (TopK with a fixed k exports and compiles cleanly).
@@ -82,7 +91,16 @@ class AnomalyHead(nn.Module):
             F.interpolate(m, size=self.image_size, mode="bilinear", align_corners=False) for m in self.scale_maps(zs)
         ]
         anomaly_map = torch.stack(maps, dim=0).mean(dim=0)
+        if self.blur_sigma > 0:
+            anomaly_map = self.blur(anomaly_map)
         return anomaly_map, self.score(anomaly_map)
+
+    def blur(self, amap: torch.Tensor) -> torch.Tensor:
+        """Separable Gaussian; edges replicated so the border is not pulled towards 0."""
+        k = self.blur_kernel
+        r = k.shape[-1] // 2
+        amap = F.conv2d(F.pad(amap, (r, r, 0, 0), mode="replicate"), k)
+        return F.conv2d(F.pad(amap, (0, 0, r, r), mode="replicate"), k.transpose(2, 3))
 
     def score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         flat = anomaly_map.flatten(1)

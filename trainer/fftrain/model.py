@@ -49,6 +49,7 @@ class FastFlow(nn.Module):
         self.head = AnomalyHead(
             (height, width), config.score_reduction, config.topk_fraction,
             map_shapes=[(h, w) for _, h, w in self.feature_shapes], normalization=config.map_normalization,
+            blur_sigma=config.map_blur_sigma,
         )
 
     @property
