@@ -59,7 +59,7 @@ class FastFlowConfig(BaseModel):
     conv3x3_only: bool = Field(default=True, description="3x3 kernels only (else 3x3/1x1 alternating).")
     clamp: float = Field(default=2.0, gt=0, description="Soft clamp of the coupling log-scales.")
     map_normalization: Literal["none", "scale", "position"] = Field(
-        default="none",
+        default="position",
         description="Standardize each scale's map by normal training images before fusing: none, per scale, "
         "or per position (fftrain.head explains).",
     )

@@ -50,7 +50,7 @@ class TrainSettings:
     weight_decay: float = 1e-5
     grad_clip: float = 1.0
     target_frr: float = 0.02
-    augment_views: int = 0  # re-exposed views per training image, cached with the originals
+    augment_views: int = 4  # re-exposed views per training image, cached with the originals
     threads: int | None = None
     progress: bool = True
     keep_features: bool = False
