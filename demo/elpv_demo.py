@@ -36,12 +36,12 @@ def time_calls(fn, repeats: int) -> np.ndarray:
 def latency_table(model, onnx_path: Path, images: np.ndarray, repeats: int) -> list[dict]:
     """Model-only latency (uint8 batch at the model size in, map and score out):
     ONNX Runtime CPU on the fused graph vs PyTorch eager on the same model, interleaved per batch size."""
-    import onnxruntime as ort
     import torch
 
+    from ffcore.ort import make_session
     from fftrain.data import to_tensor_batch
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = make_session(onnx_path)
     rows = []
     for batch in (1, 8):
         x = images[:batch]

@@ -6,9 +6,9 @@ PyTorch model (the same head the exported graph runs) on:
 - ELPV mono / poly test split (real defects, image labels): image AUROC, and recall and
   false-reject rate at the model's stored threshold (2% FRR target on validation normals);
 - dev-synthetic: the ELPV *test* normals of the same cell type with HARD synthetic defects
-  drawn in at three strengths (fftrain.synthetic; a seed no training or selection uses):
+  drawn in at three strengths (ffcore.synthetic; a seed no training or selection uses):
   image AUROC, pixel AUROC, AUPRO. SYNTHETIC defects on real images;
-- exposure shift: the same test normals re-exposed six ways (fftrain.synthetic.EXPOSURE_SHIFTS):
+- exposure shift: the same test normals re-exposed six ways (ffcore.synthetic.EXPOSURE_SHIFTS):
   the share rejected at the stored threshold (should stay near the target FRR).
 
 Nothing here is used to pick an epoch or a threshold: those come from the training split.
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fftrain import synthetic
+from ffcore import synthetic
 from fftrain.config import FastFlowConfig
 from fftrain.data import load_batch, resolve
 from fftrain.metrics import aupro, pixel_auroc, roc_auc

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="accuracy-gate images, named explicitly: elpv:mono/poly (its test split), an MVTec-style root with test/, "
         "or a folder of normal images (rank correlation only). Default: validation data from --calib: every 10th "
         "training normal is held out from calibration, and the gate runs on those normals plus each of them with a "
-        "synthetic defect drawn on (fftrain.synthetic). The report says which set was used",
+        "synthetic defect drawn on (ffcore.synthetic). The report says which set was used",
     )
     q.add_argument("--val-count", type=int, default=0,
                    help="gate images (with the default set: held-out normals, each also with a synthetic defect), "
@@ -98,42 +98,15 @@ def _fail(msg: str, code: int = EXIT_FAILED) -> int:
     return code
 
 
-def _gate_set(args, meta):
-    """(calibration paths, gate images or paths, labels, what the gate set is) for ffcalib int8.
-
-    Default: validation data, never the test split: the normals held out from calibration
-    (every 10th training normal) plus each of them with a synthetic defect. --val names
-    another set explicitly (its test split for elpv:* and MVTec roots, or a folder of normals).
-    """
-    from .images import CalibError, calibration_paths, gate_images, held_out_split, sample_evenly, validation_set
-
-    if args.val:
-        val = validation_set(args.val)
-        keep = sample_evenly(list(range(len(val.paths))), args.val_count or None)
-        labels = val.labels[keep]
-        what = (f"--val {args.val}: {len(keep)} images ({int((labels == 0).sum())} normal, {int(labels.sum())} "
-                "defective)")
-        return calibration_paths(args.calib), [val.paths[i] for i in keep], labels, what
-    calib, held_out = held_out_split(args.calib)
-    held_out = sample_evenly(held_out, args.val_count or None)
-    if len(held_out) < 2:
-        raise CalibError(
-            f"--calib {args.calib}: {len(held_out)} normal image(s) held out for the accuracy gate (every "
-            "10th training normal); the gate needs at least 2. Add normal images, or name a gate set with --val DIR"
-        )
-    images, labels = gate_images(held_out, meta.input, progress=not args.no_progress)
-    what = (f"{len(held_out)} held-out training normals of {args.calib} + {len(held_out)} synthetic defects drawn "
-            "on them (validation data; not the test split)")
-    return calib, images, labels, what
-
-
-def _int8(args, refit_head=None) -> int:
+def _int8(args) -> int:
     from ffrt.meta import read_onnx_meta
 
+    from .images import gate_set
     from .int8 import DEFAULT_MAX_AUROC_DROP, AccuracyGateError, quantize_model
 
     meta = read_onnx_meta(args.model)  # a non-ffrt model fails here, before any image is read
-    calib, val_images, val_labels, val_source = _gate_set(args, meta)
+    calib, val_images, val_labels, val_source = gate_set(args.calib, meta.input, args.val, args.val_count,
+                                                         progress=not args.no_progress)
     batches = tuple(int(b) for b in args.bench_batches.split(",") if b.strip())
     try:
         report = quantize_model(
@@ -153,7 +126,6 @@ def _int8(args, refit_head=None) -> int:
             benchmark_batches=batches,
             threads=args.threads,
             progress=not args.no_progress,
-            refit_head=refit_head,
         )
     except AccuracyGateError as e:
         print(e.report.summary())
@@ -195,15 +167,14 @@ def _thresholds(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None, *, refit_head=None) -> int:
-    """``refit_head``: see ``ffcalib.int8.quantize_model`` (ffexport --int8 passes one)."""
+def main(argv: list[str] | None = None) -> int:
     from ffrt.errors import FFRTError
 
     from .images import CalibError
 
     args = build_parser().parse_args(argv)
     try:
-        return _int8(args, refit_head) if args.command == "int8" else _thresholds(args)
+        return _int8(args) if args.command == "int8" else _thresholds(args)
     except (CalibError, FFRTError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:

@@ -4,10 +4,9 @@ Everything is decoded and resized by ``ffrt.preprocess.prepare_batch`` (the runt
 path: BGR decode -> RGB, INTER_AREA resize to the model size), so calibration sees the
 exact bytes the graph receives in production.
 
-Import rule (DESIGN.md: ``ffcalib -> ffrt``): ``fftrain.data`` (the single definition of
-the ELPV split, the MVTec layout and the every-10th hold-out rule) and ``fftrain.synthetic``
-(defects drawn onto real normals) are numpy/OpenCV only, no torch at import; they are
-imported lazily, and duplicating them here would let the splits drift apart.
+The ELPV split, the MVTec layout, the every-10th hold-out rule and the synthetic defects
+come from the torch-free core (``ffcore.data``, ``ffcore.synthetic``), the definitions
+training uses, so the splits cannot drift apart.
 
 The INT8 gate's default set (:func:`held_out_split` + :func:`gate_images`) is validation
 data, never the test split: the training normals held out from calibration (every 10th,
@@ -21,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ffcore.data import DataError, elpv, split_train_val
+from ffcore.files import IMAGE_SUFFIXES
+from ffcore.progress import progress as progress_bar
+from ffcore.synthetic import defect_batch
 from ffrt.errors import FFRTError
 from ffrt.meta import InputSpec
 from ffrt.preprocess import prepare_batch
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 class CalibError(Exception):
@@ -66,8 +67,6 @@ def sample_evenly(items: list, count: int | None) -> list:
 
 
 def _elpv(spec: str):
-    from fftrain.data import DataError, elpv  # lazy: see the module docstring
-
     try:
         return elpv(spec.split(":", 1)[1])
     except DataError as e:
@@ -97,8 +96,6 @@ def held_out_split(spec: str | Path) -> tuple[list[Path], list[Path]]:
     elpv:mono/poly and MVTec roots: fftrain's own train / validation split; a plain folder:
     every 10th image (by name) held out, the same rule. Calibration never sees the held-out ones.
     """
-    from fftrain.data import DataError, split_train_val  # lazy: see the module docstring
-
     spec_s = str(spec)
     if spec_s.startswith("elpv:"):
         split = _elpv(spec_s)
@@ -114,8 +111,6 @@ def held_out_split(spec: str | Path) -> tuple[list[Path], list[Path]]:
 
 def gate_images(normals: list[Path], spec: InputSpec, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The held-out normals plus each of them with one synthetic defect: uint8 images, labels 0/1."""
-    from fftrain.synthetic import defect_batch  # lazy: see the module docstring
-
     good = load_images(normals, spec, progress, desc="loading held-out normals")
     bad, _ = defect_batch(good, seed=GATE_DEFECT_SEED)
     return np.concatenate([good, bad]), np.r_[np.zeros(len(good), np.int64), np.ones(len(bad), np.int64)]
@@ -149,8 +144,6 @@ def validation_set(spec: str | Path) -> LabelledPaths:
 
 def load_images(paths: list[Path], spec: InputSpec, progress: bool = True, desc: str = "loading images") -> np.ndarray:
     """uint8 [N,H,W,3] RGB at the model size, decoded/resized exactly as ffrt.Detector does."""
-    from fftrain.progress import progress as progress_bar
-
     out = np.empty((len(paths), spec.height, spec.width, 3), dtype=np.uint8)
     for i, p in enumerate(progress_bar(paths, desc=desc, unit="img", enabled=progress)):
         try:
@@ -158,3 +151,31 @@ def load_images(paths: list[Path], spec: InputSpec, progress: bool = True, desc:
         except FFRTError as e:
             raise CalibError(str(e)) from e
     return out
+
+
+def gate_set(calib: str | Path, spec: InputSpec, val: str | Path | None = None, val_count: int | None = None,
+             progress: bool = True) -> tuple[list[Path], np.ndarray | list[Path], np.ndarray, str]:
+    """(calibration paths, gate images or paths, labels, what the gate set is) of an INT8 run.
+
+    Default: validation data, never the test split: the normals held out from calibration
+    (every 10th training normal) plus each of them with a synthetic defect. ``val`` names
+    another set explicitly (its test split for elpv:* and MVTec roots, or a folder of normals).
+    """
+    if val:
+        vset = validation_set(val)
+        keep = sample_evenly(list(range(len(vset.paths))), val_count or None)
+        labels = vset.labels[keep]
+        what = (f"--val {val}: {len(keep)} images ({int((labels == 0).sum())} normal, {int(labels.sum())} "
+                "defective)")
+        return calibration_paths(calib), [vset.paths[i] for i in keep], labels, what
+    calib_paths, held_out = held_out_split(calib)
+    held_out = sample_evenly(held_out, val_count or None)
+    if len(held_out) < 2:
+        raise CalibError(
+            f"--calib {calib}: {len(held_out)} normal image(s) held out for the accuracy gate (every "
+            "10th training normal); the gate needs at least 2. Add normal images, or name a gate set with --val DIR"
+        )
+    images, labels = gate_images(held_out, spec, progress=progress)
+    what = (f"{len(held_out)} held-out training normals of {calib} + {len(held_out)} synthetic defects drawn "
+            "on them (validation data; not the test split)")
+    return calib_paths, images, labels, what

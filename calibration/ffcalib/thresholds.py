@@ -7,7 +7,7 @@ way, so a threshold set there does not fit TensorRT's numerics exactly). The bac
 recorded in the metadata (``thresholds.calibrated_on``). Then:
 
 - image threshold: without defects, the lowest threshold that rejects at most
-  ``target_frr`` of the normal images (``fftrain.metrics.threshold_at_frr``); with
+  ``target_frr`` of the normal images (``ffcore.metrics.threshold_at_frr``); with
   labelled defects, the F1-optimal threshold over normals + defects (``f1_max``).
 - pixel threshold: without masks, ``threshold_at_frr`` over each normal image's MAXIMUM
   anomaly-map value (the trainer's rule): a normal image has no mask pixel at all with
@@ -19,8 +19,8 @@ recorded in the metadata (``thresholds.calibrated_on``). Then:
 The metadata is replaced atomically (``ffrt.meta.write_onnx_meta``: temp file + fsync +
 rename), so a crash leaves the old model file intact.
 
-``fftrain.metrics`` is the trainer's numpy/OpenCV-only metrics module (no torch import);
-using it keeps one definition of every threshold rule across training and calibration.
+``ffcore.metrics`` (torch-free) keeps one definition of every threshold rule across
+training and calibration.
 """
 
 from __future__ import annotations
@@ -31,10 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ffcore.images import DataError, read_mask
+from ffcore.metrics import f1_max, precision_recall_at_threshold, score_statistics, threshold_at_frr
+from ffcore.progress import progress as progress_bar
 from ffrt.errors import FFRTError, ModelFileError
 from ffrt.meta import ScoreStats, read_onnx_meta, write_onnx_meta
 
-from .images import CalibError, IMAGE_SUFFIXES
+from ffcore.files import IMAGE_SUFFIXES
+
+from .images import CalibError
 
 BATCH = 8
 
@@ -73,8 +78,6 @@ class ThresholdReport:
 
 def score_paths(detector, paths: list[Path], progress: bool = True, desc: str = "scoring") -> tuple[np.ndarray, list[np.ndarray]]:
     """(scores [N], anomaly maps at the model size) of image files, through the Detector."""
-    from fftrain.progress import progress as progress_bar
-
     scores, maps = [], []
     for i in progress_bar(range(0, len(paths), BATCH), desc=desc, unit="batch", enabled=progress):
         try:
@@ -88,8 +91,6 @@ def score_paths(detector, paths: list[Path], progress: bool = True, desc: str = 
 
 
 def _mask_for(image: Path, masks_dir: Path, hw: tuple[int, int]) -> np.ndarray:
-    from fftrain.data import DataError, read_mask  # numpy/OpenCV only, no torch
-
     for cand in (masks_dir / f"{image.stem}_mask.png", *(masks_dir / f"{image.stem}{s}" for s in sorted(IMAGE_SUFFIXES))):
         if cand.is_file():
             try:
@@ -100,8 +101,6 @@ def _mask_for(image: Path, masks_dir: Path, hw: tuple[int, int]) -> np.ndarray:
 
 
 def score_stats(scores: np.ndarray) -> ScoreStats:
-    from fftrain.metrics import score_statistics  # numpy-only, no torch
-
     return ScoreStats(**score_statistics(scores))
 
 
@@ -120,8 +119,6 @@ def calibrate_thresholds(
 ) -> ThresholdReport:
     """Score the images with ffrt.Detector on ``backend``, choose thresholds (see module doc), write them atomically."""
     from ffrt import Detector
-
-    from fftrain.metrics import f1_max, precision_recall_at_threshold, threshold_at_frr  # numpy-only, no torch
 
     model_path = Path(model_path)
     try:

@@ -30,7 +30,6 @@ iteration by iteration with the ONNX Runtime inference, so both see the same mac
 
 from __future__ import annotations
 
-import hashlib
 import os
 import resource
 import sys
@@ -41,6 +40,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from ffcore.files import sha256_file
 
 SCHEMA = "ffeval.bench"
 SCHEMA_VERSION = 1
@@ -85,14 +85,6 @@ def _peak_rss_mb() -> float:
     return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_frames(spec: str | None, count: int, seed: int = 0) -> tuple[list[np.ndarray], str]:
     """Frames to benchmark on: decoded images (BGR / gray, original size) and a description.
 
@@ -110,7 +102,7 @@ def load_frames(spec: str | None, count: int, seed: int = 0) -> tuple[list[np.nd
             frames = [rng.integers(0, 256, (300, 300, 3), dtype=np.uint8) for _ in range(count)]
             return frames, f"{count} random uint8 300x300x3 frames, seed {seed} (ELPV not installed)"
     if spec.startswith("elpv:"):
-        from fftrain.data import DataError, elpv
+        from ffcore.data import DataError, elpv
 
         try:
             split = elpv(spec.split(":", 1)[1])
@@ -122,7 +114,7 @@ def load_frames(spec: str | None, count: int, seed: int = 0) -> tuple[list[np.nd
         folder = Path(spec)
         if not folder.is_dir():
             raise BenchError(f"--images {spec}: no such folder (give a folder of images or elpv:mono)")
-        from fftrain.data import IMAGE_SUFFIXES
+        from ffcore.files import IMAGE_SUFFIXES
 
         paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and "ground_truth" not in p.parts)[:count]
         what = f"{len(paths)} images from {folder}"
@@ -296,7 +288,7 @@ def run_benchmark(
         "command": command if command is not None else list(sys.argv),
         "model": {
             "path": str(path),
-            "sha256": file_sha256(path),
+            "sha256": sha256_file(path),
             "bytes": path.stat().st_size,
             "precision": meta.precision,
             "target": meta.target,

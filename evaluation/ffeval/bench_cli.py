@@ -119,12 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(format_report(report))
         if args.json:
-            from ffrt.meta import atomic_write_bytes
-
-            from .plots import make_readable
+            from ffcore.files import atomic_write_bytes
 
             atomic_write_bytes(args.json, json.dumps(report, indent=2).encode())
-            make_readable(args.json)
             say(f"wrote {args.json}")
         if args.plot:
             from .plots import bench_plot

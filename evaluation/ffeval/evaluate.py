@@ -2,7 +2,7 @@
 
 The artifact a line runs is what is evaluated (the .onnx through ffrt's preprocessing,
 backend and thresholds), not the PyTorch model it came from. Metrics are those of
-``fftrain.metrics`` (numpy only), so ffeval and training-time figures are comparable.
+``ffcore.metrics`` (numpy only), so ffeval and training-time figures are comparable.
 
 Image level, on the test split of the data: AUROC, F1 / precision / recall and confusion
 matrix at the model's stored image threshold (``score > threshold`` = reject), F1-max
@@ -34,7 +34,7 @@ class EvalError(RuntimeError):
 
 
 def _split(data: str):
-    from fftrain.data import DataError, resolve
+    from ffcore.data import DataError, resolve
 
     try:
         split = resolve(data)
@@ -51,8 +51,8 @@ def evaluate(
     command: list[str] | None = None,
 ) -> dict:
     from ffrt import Detector, FFRTError
-    from fftrain import metrics as M
-    from fftrain.data import read_mask
+    from ffcore import metrics as M
+    from ffcore.images import read_mask
 
     path = Path(model_path)
     if not path.is_file():
@@ -153,7 +153,7 @@ def evaluate(
                   "input": f"{h}x{w}", "backend": det.backend_description},
         "data": {"spec": data, "synthetic": bool(synthetic), "counts": counts,
                  "defect_types": {t: per_type[t]["count"] for t in types}, "notes": list(split.notes)
-                 + (["SYNTHETIC defects drawn on real normal images (fftrain.synthetic): figures measure "
+                 + (["SYNTHETIC defects drawn on real normal images (ffcore.synthetic): figures measure "
                      "sensitivity to drawn defects, not accuracy on real ones."] if synthetic else [])},
         "image": image, "per_defect_type": per_type, "pixel": pixel,
         "examples": {g: [{"path": str(samples[i].path), "defect_type": samples[i].defect_type, "score": float(scores[i])}
@@ -176,14 +176,11 @@ def evaluate(
         progress("rendering the overlay grid")
         report["files"]["overlays"] = str(_overlays(det, samples, scores, per_group, f"{name}: thresholds image "
                                                      f"{thr.image:.4g}, pixel {thr.pixel:.4g}", out / "overlays.png"))
-        from ffrt.meta import atomic_write_bytes
+        from ffcore.files import atomic_write_bytes
         import json
 
         report["files"]["metrics"] = str(out / "metrics.json")
         atomic_write_bytes(out / "metrics.json", json.dumps(report, indent=2).encode())
-        from .plots import make_readable
-
-        make_readable(out / "metrics.json")
     return report
 
 
@@ -201,7 +198,7 @@ def pick_examples(labels: np.ndarray, scores: np.ndarray, per_group: int) -> dic
 def _overlays(det, samples, scores, per_group: int, title: str, path: Path) -> Path:
     from ffrt.overlay import render_overlay
     from ffrt.preprocess import read_image_file
-    from fftrain.data import read_mask
+    from ffcore.images import read_mask
 
     from .plots import overlay_grid
 

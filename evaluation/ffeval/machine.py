@@ -61,7 +61,7 @@ def _max_mhz() -> float | None:
 
 def physical_cores() -> int:
     """Physical cores this process may use (the count ffrt's ONNX Runtime backend uses)."""
-    from ffrt.backends.onnxruntime import physical_core_count
+    from ffcore.ort import physical_core_count
 
     return physical_core_count() or os.cpu_count() or 1
 

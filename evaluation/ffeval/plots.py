@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+from ffcore.files import atomic_write
 
 
 def _plt():
@@ -18,28 +17,14 @@ def _plt():
     return plt
 
 
-def make_readable(path: str | Path) -> None:
-    """Temp files are created 0600; give the finished file the usual umask permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def _save(fig, path: str | Path) -> Path:
     """Atomic write: a crash never leaves half a PNG."""
     plt = _plt()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        make_readable(tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def bench_plot(report: dict, path: str | Path) -> Path:
@@ -109,7 +94,7 @@ def roc_plot(fpr, tpr, auroc: float, title: str, path: str | Path, per_type: dic
 
 def pro_curve(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, points: int = 200):
     """(fpr, pro) sampled at ``points`` thresholds (quantiles of the normal pixels' scores),
-    for the picture only; the number reported is fftrain.metrics.aupro (exact)."""
+    for the picture only; the number reported is ffcore.metrics.aupro (exact)."""
     import cv2
 
     m = masks.astype(bool)

@@ -1,5 +1,5 @@
 """An MVTec-style folder built from REAL normal images with SYNTHETIC defects drawn on them
-(fftrain.synthetic), with exact pixel masks. For tests and for pixel-metric smoke checks
+(ffcore.synthetic), with exact pixel masks. For tests and for pixel-metric smoke checks
 where real pixel ground truth does not exist (ELPV). Every figure computed on such a
 folder is labelled "synthetic": it measures sensitivity to drawn defects, not accuracy on
 real ones. The folder carries a ``SYNTHETIC.txt`` marker that ffeval reads.
@@ -22,8 +22,8 @@ def build_synthetic_folder(
     """train/good <- the first ``n_train`` images; test/good <- the next ``n_test_normal``;
     test/<kind> <- the following images with one synthetic defect of that kind each, masks
     in ground_truth/<kind>/<name>_mask.png. Images are resized to ``size`` (RGB->BGR PNG)."""
-    from fftrain.data import read_rgb, resize_to_model
-    from fftrain.synthetic import KINDS, add_defect
+    from ffcore.images import read_rgb, resize_to_model
+    from ffcore.synthetic import KINDS, add_defect
 
     out = Path(out)
     need = n_train + n_test_normal + n_defect_per_kind * len(KINDS)
@@ -48,7 +48,7 @@ def build_synthetic_folder(
             (out / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(out / "ground_truth" / kind / f"{k:03d}_mask.png"), mask.astype(np.uint8) * 255)
     (out / MARKER).write_text(
-        "SYNTHETIC defects (fftrain.synthetic) drawn on real normal images; pixel masks are exact.\n"
+        "SYNTHETIC defects (ffcore.synthetic) drawn on real normal images; pixel masks are exact.\n"
         f"seed {seed}, size {size}, {n_train} train, {n_test_normal} test normals, {n_defect_per_kind} per kind {KINDS}\n"
     )
     return out
@@ -60,17 +60,17 @@ def build_dev_folder(data: str, out: str | Path, crop: tuple[int, int] | None = 
 
     train/good   <- the source's training and validation normals (as they are)
     test/good    <- its test normals; ``exposure_share`` of them re-exposed
-                    (fftrain.synthetic.EXPOSURE_SHIFTS): good parts under another exposure
+                    (ffcore.synthetic.EXPOSURE_SHIFTS): good parts under another exposure
     test/<kind>  <- the same test normals with one HARD synthetic defect each (kinds and
-                    strengths cycled, fftrain.synthetic.HARD_KINDS / HARD_STRENGTHS), the
+                    strengths cycled, ffcore.synthetic.HARD_KINDS / HARD_STRENGTHS), the
                     same share re-exposed, exact masks in ground_truth/<kind>/
     ``crop`` (height, width) cuts every image to its centre first, e.g. (300, 200) makes
     non-square parts out of square cells. Original resolution is kept (no resize), so the
     folder tests the runtime's own resizing too. Marked SYNTHETIC. ``limit`` caps each
     part's image count (tests).
     """
-    from fftrain.data import read_rgb, resolve
-    from fftrain.synthetic import EXPOSURE_SHIFTS, HARD_KINDS, HARD_STRENGTHS, add_defect, reexpose
+    from ffcore.data import read_rgb, resolve
+    from ffcore.synthetic import EXPOSURE_SHIFTS, HARD_KINDS, HARD_STRENGTHS, add_defect, reexpose
 
     out = Path(out)
     split = resolve(data)
@@ -108,7 +108,7 @@ def build_dev_folder(data: str, out: str | Path, crop: tuple[int, int] | None = 
         (out / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(out / "ground_truth" / kind / f"{k:04d}_mask.png"), mask.astype(np.uint8) * 255)
     (out / MARKER).write_text(
-        f"SYNTHETIC defects (fftrain.synthetic hard kinds {HARD_KINDS}, strengths {HARD_STRENGTHS}) drawn on the "
+        f"SYNTHETIC defects (ffcore.synthetic hard kinds {HARD_KINDS}, strengths {HARD_STRENGTHS}) drawn on the "
         f"real test normals of {data}; {exposure_share:.0%} of test images re-exposed; crop {crop}; seed {seed}.\n"
         "A development set: never used to train, select epochs or set thresholds.\n"
     )

@@ -20,6 +20,7 @@ import numpy as np
 
 EXIT_FAILED = 1
 EXIT_UNAVAILABLE = 2  # the requested feature cannot run here / is not in this release
+EXIT_GATE = 3  # the INT8 accuracy gate refused the files (as `ffcalib int8`)
 EXIT_INTERRUPTED = 130
 
 
@@ -96,7 +97,7 @@ def _parity_images(args, payload, size: tuple[int, int]) -> np.ndarray:
         spec = args.parity_images
         folder = Path(spec)
         if folder.is_dir() and not (folder / "train").is_dir():
-            from fftrain.data import IMAGE_SUFFIXES
+            from ffcore.files import IMAGE_SUFFIXES
 
             paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         else:
@@ -142,9 +143,14 @@ def _check_numbers(args) -> str | None:
 
 
 def _int8_step(args, payload, fp32_path: Path, parity_images: np.ndarray) -> int:
-    """ffcalib int8 on the ONNX just written (the same tool, flags and gate as `ffcalib int8`),
-    with each INT8 file's flow head re-fit on its INT8 backbone (int8_head.py explains why)."""
-    from ffcalib.cli import main as ffcalib_main
+    """INT8 of the ONNX just written, through ffcalib's library (the same steps, defaults and gate
+    as `ffcalib int8`), with each INT8 file's flow head re-fit on its INT8 backbone (int8_head.py
+    explains why): calibrate once, encode each target, re-fit its head, then encode the re-fit
+    graph from the same ranges, gate and write."""
+    from ffcalib.images import gate_set
+    from ffcalib.int8 import DEFAULT_MAX_AUROC_DROP, ENCODINGS, AccuracyGateError, calibrate, quantize_model
+    from ffcalib.int8 import as_images, encode  # noqa: E402
+    from ffrt.meta import read_onnx_meta
     from fftrain.data import DataError, resolve
 
     data = payload.get("train_info", {}).get("data")
@@ -167,11 +173,27 @@ def _int8_step(args, payload, fp32_path: Path, parity_images: np.ndarray) -> int
             return EXIT_FAILED
         refit = head_refitter(args.ckpt, split, parity_images, epochs=epochs, batch_max=args.batch_max,
                               opset=args.opset)
-    argv = ["int8", "--model", str(fp32_path), "--calib", str(calib), "--calib-count", str(args.calib_count),
-            "--calib-method", args.calib_method, "--out", str(fp32_path.parent)]
-    if args.min_spearman is not None:
-        argv += ["--min-spearman", str(args.min_spearman)]
-    return ffcalib_main(argv + (["--force"] if args.force else []), refit_head=refit)
+    meta = read_onnx_meta(fp32_path)
+    calib_paths, val_images, val_labels, val_source = gate_set(str(calib), meta.input)
+    cal = calibrate(fp32_path, as_images(calib_paths, meta, args.calib_count or None, True, "calibration"),
+                    method=args.calib_method)
+    sources = None
+    if refit is not None:
+        # The flows were fit on FP32 features; INT8 features differ, and the density model reads
+        # that as anomaly. Re-fit the flows on the features of each target's very Q/DQ backbone;
+        # quantize_model then puts the same Q/DQ (same ranges) on the re-fit graph.
+        sources = {t: refit(t, encode(cal, t).SerializeToString()) for t in ENCODINGS}
+    try:
+        report = quantize_model(fp32_path, fp32_path.parent, calibration=cal, sources=sources,
+                                val_images=val_images, val_labels=val_labels, val_source=val_source,
+                                max_auroc_drop=DEFAULT_MAX_AUROC_DROP, min_spearman=args.min_spearman,
+                                force=args.force)
+    except AccuracyGateError as e:
+        print(e.report.summary())
+        print(f"ffexport: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_GATE
+    print(report.summary())
+    return 0
 
 
 def run(args) -> int:
@@ -282,11 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     from fftrain.checkpoint import CheckpointError
     from fftrain.data import DataError
 
+    from ffcalib.images import CalibError
     from ffexport.precision import PrecisionError
+    from ffrt.errors import FFRTError
 
     try:
         return run(args)
-    except (CheckpointError, DataError, ExportError, PrecisionError, OSError) as e:
+    except (CalibError, CheckpointError, DataError, ExportError, FFRTError, PrecisionError, OSError) as e:
         print(f"ffexport: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -34,7 +34,7 @@ import torch
 from fftrain import checkpoint
 from fftrain.data import DataSplit
 from fftrain.model import FastFlow
-from fftrain.progress import progress
+from ffcore.progress import progress
 from fftrain.train import FeatureExtractor, TrainSettings, train
 from ffrt.meta import set_proto_meta
 
@@ -54,7 +54,8 @@ def int8_backbone_extractor(q_model_bytes: bytes, feature_shapes, threads: int |
     The backbone subgraph (image -> the LayerNorm inputs) runs on ONNX Runtime CPU with the
     runtime's session settings; outputs are ordered like the model's scales (matched by shape).
     """
-    from ffcalib.int8 import backbone_boundary, backbone_submodel, make_session
+    from ffcalib.int8 import backbone_boundary, backbone_submodel
+    from ffcore.ort import make_session
 
     q = onnx.load_from_string(q_model_bytes)
     boundary = backbone_boundary(q)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ffcore.ort import make_session
 from fftrain.data import to_tensor_batch
 from fftrain.model import FastFlow
 
@@ -78,12 +79,10 @@ def _rel(err: float, ref: np.ndarray) -> float:
 
 def check(model: FastFlow, onnx_path: str | Path, images: np.ndarray, tolerance_rel: float = FP32_RTOL) -> ParityReport:
     """``images``: uint8 [N, S, S, 3] RGB at the model size (at least one)."""
-    import onnxruntime as ort
-
     if len(images) == 0:
         raise ValueError("the parity check needs at least one image")
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = make_session(onnx_path)
     onnx_map, onnx_score = session.run(None, {session.get_inputs()[0].name: images})
     singles = [session.run(None, {session.get_inputs()[0].name: images[i : i + 1]}) for i in range(len(images))]
     single_map = np.concatenate([s[0] for s in singles])

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from ffcore.metrics import roc_auc, spearman  # noqa: F401  (spearman re-exported for callers)
+from ffcore.ort import make_session
 
 #: Parity tolerances of FP16 vs FP32 on real images (checked by ffexport --fp16).
 #: FP16 keeps ~3 decimal digits per activation; through ~40 convolutions that gives
@@ -344,49 +346,15 @@ class Fp16Report:
         )
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties), numpy only."""
-
-    def ranks(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float64)
-        order = np.argsort(x, kind="mergesort")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x), dtype=np.float64)
-        for v in np.unique(x):  # average ties
-            idx = x == v
-            if idx.sum() > 1:
-                r[idx] = r[idx].mean()
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    ra -= ra.mean()
-    rb -= rb.mean()
-    denom = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
-    return float((ra * rb).sum() / denom) if denom > 0 else 1.0
-
-
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Image AUROC (Mann-Whitney U with ties counted half); None without both classes."""
+    """Image AUROC (ffcore.metrics.roc_auc); None without both classes."""
     labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, np.float64)
-    pos, neg = scores[labels], scores[~labels]
-    if len(pos) == 0 or len(neg) == 0:
-        return None
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
+    return roc_auc(labels, scores) if 0 < labels.sum() < labels.size else None
 
 
 def _session(path_or_bytes, optimized: Path | None = None, optimize: bool = True):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # the converter leaves unused FP32 copies; ORT warns about each
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if optimized is not None:
-        opts.optimized_model_filepath = str(optimized)
-    src = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else str(path_or_bytes)
-    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+    # quiet: the converter leaves unused FP32 copies; ORT warns about each
+    return make_session(path_or_bytes, optimize=optimize, optimized_path=optimized)
 
 
 def run_cpu(path_or_bytes, images: np.ndarray, chunk: int = 8, optimize: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -471,7 +439,8 @@ def write_fp16(fp32_path: str | Path, out: str | Path | None = None) -> tuple[Pa
 
     The metadata is the FP32 file's with ``precision="fp16"``.
     """
-    from ffrt.meta import atomic_write_bytes, meta_from_proto, set_proto_meta
+    from ffcore.files import atomic_write_bytes
+    from ffrt.meta import meta_from_proto, set_proto_meta
 
     fp32_path = Path(fp32_path)
     out = Path(out) if out is not None else fp32_path.with_name(fp32_path.name[: -len(".onnx")] + FP16_SUFFIX)

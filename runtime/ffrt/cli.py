@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import FFRTError, ImageFileError, InvalidImageError
-from .runreport import IMAGE_SUFFIXES
+from ffcore.files import IMAGE_SUFFIXES
 
 
 class Tool:
@@ -54,7 +54,7 @@ class InfoTool(Tool):
         parser.add_argument("--json", action="store_true", help="print the raw metadata as JSON instead (for an engine: its whole sidecar)")
 
     def run(self, args):
-        from .detector import ENGINE_SUFFIXES
+        from ffcore.files import ENGINE_SUFFIXES
         from .meta import read_onnx_meta
 
         if Path(args.model).suffix.lower() in ENGINE_SUFFIXES:

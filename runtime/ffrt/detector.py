@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
+from ffcore.files import ENGINE_SUFFIXES  # noqa: F401  (re-exported: ffrt.detector.ENGINE_SUFFIXES)
 
 from .backends import create_backend
 from .errors import BackendUnavailableError, FFRTError, InferenceError, InvalidArgumentError, InvalidImageError, ModelFileError
@@ -48,7 +49,6 @@ log = logging.getLogger("ffrt")
 
 #: Chunk size of predict_batch when neither batch_size nor the model's batch_max says.
 DEFAULT_BATCH_SIZE = 8
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 class ImageSize(NamedTuple):

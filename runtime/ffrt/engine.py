@@ -43,6 +43,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ffcore.files import sha256_file  # noqa: F401  (re-exported)
+
 from .errors import BackendUnavailableError, EngineMismatchError, InvalidArgumentError, ModelFileError
 from .meta import ModelMeta, atomic_write_bytes, readable
 
@@ -53,14 +55,6 @@ SIDECAR_SUFFIX = ".json"
 CACHE_ENV = "FFRT_ENGINE_CACHE"
 DEFAULT_WORKSPACE_MB = 1024
 INSTALL_GPU = 'pip install "ffrt[gpu]"'
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def graph_sha256(model) -> str:

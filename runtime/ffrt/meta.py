@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ffcore.files import atomic_write_bytes  # noqa: F401  (re-exported: ffrt.meta.atomic_write_bytes)
 
 from .errors import ModelFileError
 
@@ -253,26 +254,3 @@ def write_onnx_meta(path: str | os.PathLike, meta: ModelMeta) -> None:
     proto = onnx.load(str(path))
     set_proto_meta(proto, meta)
     atomic_write_bytes(path, proto.SerializeToString())
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``.
-
-    A crash at any point leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates 0600 files; a model file should get the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, (0o666 if not path.exists() else path.stat().st_mode) & ~umask & 0o777)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

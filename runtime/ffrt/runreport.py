@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .meta import atomic_write_bytes
+from ffcore.files import IMAGE_SUFFIXES, atomic_write_bytes
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: The report is rewritten at most this often while a run goes: rewriting it after every
 #: image would cost time quadratic in the number of images.
 REWRITE_EVERY_S = 1.0

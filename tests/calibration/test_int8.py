@@ -14,11 +14,11 @@ from ffcalib.int8 import (
     TRT_NAME,
     AccuracyGateError,
     find_quantizable_nodes,
-    make_session,
     quantize_model,
     score_images,
-    spearman,
 )
+from ffcore.metrics import spearman
+from ffcore.ort import make_session
 from ffrt.meta import read_onnx_meta
 
 # Stated parity bounds of INT8 vs FP32 image scores on 48 real ELPV test cells (tiny 64x64
@@ -218,7 +218,7 @@ def test_float_bias_survives_onnxruntime_bias_quantization(tmp_path):
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from ffcalib.int8 import ENCODINGS, protect_float_bias
+    from ffcalib.encode import ENCODINGS, protect_float_bias
 
     src, w, b = _dead_channel_conv(tmp_path)
     x = np.random.default_rng(1).uniform(-1, 1, (4, 1, 2, 8, 8)).astype(np.float32)
@@ -360,7 +360,7 @@ def test_cli_int8_too_few_normals_for_a_default_gate(tiny_onnx, elpv_split, tmp_
 
 def test_int8_files_are_written_both_or_neither(tmp_path):
     """A failure while writing the second file leaves the first one's previous bytes."""
-    from ffcalib.int8 import write_all_or_none
+    from ffcore.files import write_all_or_none
 
     first = tmp_path / TRT_NAME
     first.write_bytes(b"previous int8-trt")

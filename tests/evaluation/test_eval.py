@@ -2,7 +2,7 @@
 Runtime outputs; PNGs written; ELPV without masks; error paths.
 
 The pixel-level data here is SYNTHETIC: real ELPV normal cells with defects drawn by
-fftrain.synthetic (exact masks)."""
+ffcore.synthetic (exact masks)."""
 
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def test_development_folder_is_an_mvtec_layout_with_exact_masks(tmp_path):
 
     from ffeval.synthetic_data import MARKER, build_dev_folder
     from fftrain.data import read_mask, resolve
-    from fftrain.synthetic import HARD_KINDS
+    from ffcore.synthetic import HARD_KINDS
 
     root = build_dev_folder("elpv:mono", tmp_path / "dev", crop=(300, 200), seed=1, exposure_share=0.5, limit=10)
     assert (root / MARKER).is_file() and "SYNTHETIC" in (root / MARKER).read_text()

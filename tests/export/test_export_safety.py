@@ -21,7 +21,7 @@ from ffexport.cli import main as ffexport_main
 from ffrt.meta import read_onnx_meta, write_onnx_meta
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("runtime", "trainer", "export", "calibration", "evaluation")
+PACKAGES = ("core", "runtime", "trainer", "export", "calibration", "evaluation")
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from ffcalib.int8 import CPU_NAME, TRT_NAME, make_session, score_images
-from fftrain.metrics import roc_auc
+from ffcalib.int8 import CPU_NAME, TRT_NAME, score_images
+from ffcore.metrics import roc_auc
+from ffcore.ort import make_session
 from ffrt.meta import read_onnx_meta
 
 # Stated bound: image AUROC of each re-fit INT8 file on the 460 ELPV mono test cells. The

@@ -106,7 +106,7 @@ def test_backends_command(capsys):
 
 
 def test_module_entry_point_and_help(red_model):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "runtime")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("core", "runtime"))}
     run = lambda *a: subprocess.run([sys.executable, "-m", "ffrt.cli", *a], capture_output=True, text=True, env=env, timeout=120)
     help_text = run("detect", "--help")
     assert help_text.returncode == 0

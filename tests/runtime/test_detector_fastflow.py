@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from ffrt import Detector, InvalidImageError
-from fftrain import synthetic
+from ffcore import synthetic
 
 
 @pytest.fixture(scope="module")

@@ -261,7 +261,7 @@ def test_ort_tensorrt_cache_folder_is_keyed_like_plans(red_model, models, tmp_pa
 
 @needs_no_trt
 def test_engine_command_without_tensorrt_exits_2_with_the_command(red_model):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("runtime", "export"))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("core", "runtime", "export"))}
     script = (
         "import runpy, sys\n"
         f"sys.argv = ['ffexport.tensorrt', {str(red_model)!r}, '--batch-max', '4']\n"

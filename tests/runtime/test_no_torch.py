@@ -20,7 +20,7 @@ print("TORCH:" + ",".join(bad))
 
 
 def test_ffrt_never_imports_torch(red_model):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "runtime")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("core", "runtime"))}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(red_model)], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "TORCH:\n" in proc.stdout, proc.stdout  # an empty list of torch modules

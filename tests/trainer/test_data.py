@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fftrain import synthetic
+from ffcore import synthetic
 from fftrain.data import DataError, elpv, load_batch, mvtec_folder, read_rgb, resolve
 
 

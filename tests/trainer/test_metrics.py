@@ -1,4 +1,4 @@
-"""Tests for fftrain.metrics on hand-computed cases plus randomized cross-checks.
+"""Tests for ffcore.metrics on hand-computed cases plus randomized cross-checks.
 
 Expected values are worked out by hand in the comment next to each case.
 """
@@ -10,8 +10,8 @@ from collections import deque
 import numpy as np
 import pytest
 
-from fftrain import metrics
-from fftrain.metrics import (
+from ffcore import metrics
+from ffcore.metrics import (
     aupro,
     f1_at_threshold,
     f1_max,

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fftrain.progress import progress
+from ffcore.progress import progress
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fftrain import augment, synthetic
+from ffcore import synthetic
+from fftrain import augment
 from fftrain.data import load_batch
 
 

@@ -11,7 +11,6 @@ FastFlow, and running them would only cost time on the line.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import math
 import os
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from ffcore.files import sha256_file as file_sha256
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -225,14 +225,6 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet18": BackboneSpec("resnet18", IMAGENET_MEAN, IMAGENET_STD, "resnet18-"),
     "wide_resnet50_2": BackboneSpec("wide_resnet50_2", IMAGENET_MEAN, IMAGENET_STD, "wide_resnet50_2-"),
 }
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def lite_weights_path(name: str) -> Path:

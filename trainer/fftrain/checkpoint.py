@@ -9,14 +9,13 @@ what training did.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from ffcore.files import atomic_write, sha256_file as sha256  # noqa: F401  (sha256: the checkpoint's identity in metadata)
 from pydantic import ValidationError
 
-from .backbones import file_sha256 as sha256  # noqa: F401  (the checkpoint's identity in metadata)
 from .config import FastFlowConfig
 from .model import FastFlow
 
@@ -29,7 +28,7 @@ class CheckpointError(ValueError):
 
 
 def save(path: str | os.PathLike, model: FastFlow, calibration: dict[str, Any], train_info: dict[str, Any]) -> None:
-    """Atomic: written to a temp file in the same folder, then renamed over ``path``."""
+    """Atomic (ffcore.files.atomic_write): temp file in the same folder, fsync'd, renamed over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -41,14 +40,7 @@ def save(path: str | os.PathLike, model: FastFlow, calibration: dict[str, Any], 
         "calibration": calibration,
         "train_info": train_info,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_payload(path: str | os.PathLike) -> dict[str, Any]:

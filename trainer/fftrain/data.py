@@ -1,142 +1,25 @@
-"""Where training, validation and test images come from, and how they are loaded.
-
-Three sources:
-- an MVTec-AD style folder: ``train/good``, ``test/<type>``, ``ground_truth/<type>/<name>_mask.png``
-  (images of any size, gray or colour);
-- a plain folder of normal images (what ``ffexport --int8 --calib DIR`` is given): split like
-  ``train/good``, without a test split;
-- ``elpv:mono`` / ``elpv:poly``: the ELPV solar-cell electroluminescence images from the
-  optional ``elpv-dataset`` package (CC BY-NC-SA 4.0, non-commercial; only the demo uses it).
-
-Splits are deterministic (by file order, no random state) so figures compare across runs
-and tools.
-"""
+"""Datasets for training: the layouts and image reading live in the torch-free core
+(:mod:`ffcore.data`, :mod:`ffcore.images`) and are re-exported here for the trainer's
+callers; only the torch conversion is the trainer's own."""
 
 from __future__ import annotations
 
-import csv
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-ELPV_DEFECT_MIN_PROBABILITY = 0.67
-
-
-class DataError(ValueError):
-    """A data folder or spec cannot be used; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    path: Path
-    label: int  # 0 = normal, 1 = defective
-    defect_type: str = "good"
-    mask_path: Path | None = None
-
-
-@dataclass
-class DataSplit:
-    name: str
-    train: list[Sample]
-    val: list[Sample]  # normal images held out from training
-    test: list[Sample]
-    notes: list[str] = field(default_factory=list)
-
-    def counts(self) -> dict[str, int]:
-        return {
-            "train": len(self.train),
-            "val": len(self.val),
-            "test_normal": sum(s.label == 0 for s in self.test),
-            "test_defective": sum(s.label == 1 for s in self.test),
-        }
-
-
-# --- loading ---------------------------------------------------------------------------
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to uint8 RGB HxWx3 (gray files become 3 equal channels)."""
-    path = Path(path)
-    try:
-        raw = np.fromfile(path, dtype=np.uint8)  # fromfile + imdecode: non-ASCII paths work
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from e
-    bgr = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
-    if bgr is None:
-        raise DataError(f"{path}: not a decodable image (corrupt or empty file); remove it from the folder")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def letterbox_geometry(height: int, width: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Where a height x width frame lands inside the model input when its aspect ratio is
-    kept: (top, left, resized height, resized width), centred, the rest padded with 0.
-    ffrt.preprocess computes the same (tests/runtime/test_preprocess.py proves it)."""
-    mh, mw = size
-    scale = min(mh / height, mw / width)
-    nh, nw = max(1, min(mh, round(height * scale))), max(1, min(mw, round(width * scale)))
-    return (mh - nh) // 2, (mw - nw) // 2, nh, nw
-
-
-def resize_to_model(image: np.ndarray, size: int | tuple[int, int], mode: str = "stretch") -> np.ndarray:
-    """The resize the runtime applies too (ffrt.preprocess, recorded in the metadata as
-    'area' + the resize mode): INTER_AREA, which averages rather than aliases when
-    shrinking. ``size`` is a square side or (height, width)."""
-    h, w = (size, size) if isinstance(size, int) else size
-    if mode == "stretch":
-        return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-    if mode != "letterbox":
-        raise ValueError(f"unknown resize mode {mode!r}; choose stretch or letterbox")
-    top, left, nh, nw = letterbox_geometry(image.shape[0], image.shape[1], (h, w))
-    out = np.zeros((h, w) + image.shape[2:], dtype=image.dtype)
-    out[top : top + nh, left : left + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA).reshape(
-        (nh, nw) + image.shape[2:]
-    )
-    return out
-
-
-def read_mask(path: Path | None, size: int | tuple[int, int]) -> np.ndarray:
-    """Ground-truth mask as bool, resized (nearest) to ``size`` (square side or (h, w));
-    no file means a defect-free image."""
-    h, w = (size, size) if isinstance(size, int) else size
-    if path is None:
-        return np.zeros((h, w), dtype=bool)
-    mask = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise DataError(f"{path}: not a decodable mask image")
-    return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST) > 127
-
-
-def load_batch(samples: list[Sample], size: int | tuple[int, int], mode: str = "stretch") -> np.ndarray:
-    """uint8 [N, H, W, 3] RGB: the exact bytes the exported graph receives."""
-    h, w = (size, size) if isinstance(size, int) else size
-    out = np.empty((len(samples), h, w, 3), dtype=np.uint8)
-    for i, s in enumerate(samples):
-        out[i] = resize_to_model(read_rgb(s.path), (h, w), mode)
-    return out
-
-
-def image_shape(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file (decoded: OpenCV has no header-only reader)."""
-    img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        raise DataError(f"{path}: not a decodable image (corrupt or empty file); remove it from the folder")
-    return int(img.shape[0]), int(img.shape[1])
-
-
-def auto_image_size(samples: list[Sample], pixels: int = 256 * 256, step: int = 16, limit: int = 64) -> tuple[int, int]:
-    """A model input with the training images' median aspect ratio and about ``pixels``
-    pixels, each side a multiple of ``step``: non-square parts are not squashed, and the
-    cost stays that of the square default. Looks at up to ``limit`` images spread over the set."""
-    if not samples:
-        raise DataError("no training images to size the model from")
-    picked = samples[:: max(1, len(samples) // limit)][:limit]
-    aspect = float(np.median([w / h for h, w in (image_shape(s.path) for s in picked)]))
-    h = max(32, min(1024, int(round(np.sqrt(pixels / aspect) / step)) * step))
-    w = max(32, min(1024, int(round(np.sqrt(pixels * aspect) / step)) * step))
-    return h, w
+from ffcore.data import (  # noqa: F401  (re-exported)
+    ELPV_DEFECT_MIN_PROBABILITY,
+    DataSplit,
+    Sample,
+    auto_image_size,
+    elpv,
+    load_batch,
+    mvtec_folder,
+    plain_folder,
+    resolve,
+    split_train_val,
+)
+from ffcore.files import IMAGE_SUFFIXES  # noqa: F401
+from ffcore.images import DataError, image_shape, letterbox_geometry, read_mask, read_rgb, resize_to_model  # noqa: F401
 
 
 def to_tensor_batch(images: np.ndarray):
@@ -144,115 +27,3 @@ def to_tensor_batch(images: np.ndarray):
     import torch
 
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-
-
-# --- sources ---------------------------------------------------------------------------
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def split_train_val(normals: list, val_every: int) -> tuple[list, list]:
-    """Every ``val_every``-th normal image (by order) is held out for validation; with fewer
-    than ``val_every`` images, the last one is, since without any held-out image there is
-    no epoch to select and no threshold to set."""
-    if val_every < 2:
-        raise DataError("val_every must be >= 2")
-    val = [s for i, s in enumerate(normals) if i % val_every == val_every - 1]
-    train = [s for i, s in enumerate(normals) if i % val_every != val_every - 1]
-    if not val and len(normals) >= 2:
-        train, val = list(normals[:-1]), list(normals[-1:])
-    return train, val
-
-
-def _normals_split(normals: list[Sample], where: Path, val_every: int) -> tuple[list, list, list[str]]:
-    if len(normals) < 4:
-        raise DataError(f"{where}: found {len(normals)} images; FastFlow needs at least a few dozen normal images")
-    train, val = split_train_val(normals, val_every)
-    notes = []
-    if len(normals) < val_every:
-        notes.append(
-            f"only {len(normals)} normal images: {len(val)} held out for validation. The best epoch and the "
-            "thresholds rest on it; collect a few dozen normal images for dependable thresholds."
-        )
-    return train, val, notes
-
-
-def mvtec_folder(root: Path, val_every: int = 10) -> DataSplit:
-    train_dir = root / "train" / "good"
-    if not train_dir.is_dir():
-        raise DataError(
-            f"{root}: expected an MVTec-AD style folder with train/good/ (normal images), optionally "
-            "test/<type>/ and ground_truth/<type>/<name>_mask.png; or a folder of normal images"
-        )
-    normals = [Sample(p, 0) for p in _images_in(train_dir)]
-    train, val, notes = _normals_split(normals, train_dir, val_every)
-    test: list[Sample] = []
-    test_dir = root / "test"
-    if test_dir.is_dir():
-        for type_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()):
-            defect = type_dir.name
-            for p in _images_in(type_dir):
-                if defect == "good":
-                    test.append(Sample(p, 0))
-                    continue
-                mask = root / "ground_truth" / defect / f"{p.stem}_mask.png"
-                test.append(Sample(p, 1, defect, mask if mask.is_file() else None))
-    return DataSplit(str(root), train, val, test, notes)
-
-
-def plain_folder(root: Path, val_every: int = 10) -> DataSplit:
-    """A folder whose image files are all normal (the form ``--calib DIR`` names): split
-    into train and validation like ``train/good``; no test split."""
-    train, val, notes = _normals_split([Sample(p, 0) for p in _images_in(root)], root, val_every)
-    notes.insert(0, f"{root}: a plain folder of images, all taken as normal (no test split)")
-    return DataSplit(str(root), train, val, [], notes)
-
-
-def elpv(cell_type: str, val_every: int = 10) -> DataSplit:
-    """The ELPV demo split (fixed so figures compare across tools):
-    normal = defect probability 0 of ``cell_type`` in dataset order; every 4th
-    (index % 4 == 0) is a test normal, the rest train (every ``val_every``-th of those is
-    validation); test defects = all cells of that type with probability >= 0.67."""
-    if cell_type not in ("mono", "poly"):
-        raise DataError(f"elpv:{cell_type}: choose elpv:mono or elpv:poly")
-    try:
-        import elpv_dataset
-    except ImportError as e:
-        raise DataError(
-            "the ELPV demo data is not installed: pip install 'ffrt[demo]' (elpv-dataset, CC BY-NC-SA 4.0)"
-        ) from e
-    data_dir = Path(elpv_dataset.__file__).parent / "data"
-    normals, defects = [], []
-    with open(data_dir / "labels.csv", newline="") as f:
-        for row in csv.reader(f, delimiter=" ", skipinitialspace=True):
-            if not row:
-                continue
-            rel, probability, kind = row[0], float(row[1]), row[2]
-            if kind != cell_type:
-                continue
-            if probability == 0.0:
-                normals.append(Sample(data_dir / rel, 0))
-            elif probability >= ELPV_DEFECT_MIN_PROBABILITY:
-                defects.append(Sample(data_dir / rel, 1, "defective"))
-    test_normals = [s for i, s in enumerate(normals) if i % 4 == 0]
-    pool = [s for i, s in enumerate(normals) if i % 4 != 0]
-    train, val = split_train_val(pool, val_every)
-    notes = [
-        "ELPV (Buerhop-Lutz et al., Deitsch et al.), CC BY-NC-SA 4.0: non-commercial use only.",
-        "Image-level labels only: pixel metrics are not available on this data.",
-    ]
-    return DataSplit(f"elpv:{cell_type}", train, val, test_normals + defects, notes)
-
-
-def resolve(spec: str, val_every: int = 10) -> DataSplit:
-    """``elpv:mono``, ``elpv:poly``, an MVTec-AD style folder, or a plain folder of normal images."""
-    if spec.startswith("elpv:"):
-        return elpv(spec.split(":", 1)[1], val_every)
-    root = Path(spec)
-    if not root.exists():
-        raise DataError(f"{root}: no such folder (use an MVTec-AD style folder, or elpv:mono / elpv:poly)")
-    if root.is_dir() and not (root / "train").is_dir() and _images_in(root):
-        return plain_folder(root, val_every)
-    return mvtec_folder(root, val_every)

@@ -32,7 +32,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from . import augment, checkpoint, synthetic
+from ffcore import synthetic
+
+from . import augment, checkpoint
 from .config import FastFlowConfig
 from .data import DataSplit, load_batch, to_tensor_batch
 from .metrics import roc_auc, score_statistics, threshold_at_frr

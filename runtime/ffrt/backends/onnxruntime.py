@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ffcore.ort import make_session, physical_core_count
+
 from ..errors import BackendUnavailableError, InvalidArgumentError, ModelFileError
 from ..meta import ModelMeta
 from .base import Backend, BackendSpec, register_backend
@@ -30,46 +32,17 @@ def _import_ort():
     return onnxruntime
 
 
-def physical_core_count() -> int | None:
-    """Physical cores this process may run on (None where the OS does not tell us).
-
-    One inference thread per physical core is ONNX Runtime's own rule of thumb: SMT
-    siblings share the vector units, so extra threads on them add contention, not speed.
-    Counts only CPUs in this process's affinity mask (containers, taskset).
-    """
-    try:
-        allowed = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux: ONNX Runtime's own default is physical cores too
-        return None
-    cores = set()
-    for cpu in allowed:
-        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add((topo.joinpath("physical_package_id").read_text().strip(), topo.joinpath("core_id").read_text().strip()))
-        except OSError:
-            cores.add(("cpu", str(cpu)))  # no topology exposed: count logical CPUs
-    return max(1, len(cores))
-
-
 class OnnxRuntimeBackend(Backend):
     def __init__(self, name: str, model_path: Path, meta: ModelMeta, providers: list, threads: int | None):
-        ort = _import_ort()
+        _import_ort()
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise InvalidArgumentError(f"threads must be a positive integer or None (all physical cores), not {threads!r}.")
         self.name = name
         # None -> 0 = ONNX Runtime's default (physical cores) where we cannot count them.
         self.threads = threads if threads is not None else physical_core_count()
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # The fused graph is one chain (backbone -> flows -> head): parallel execution of
-        # independent nodes buys nothing and adds scheduling jitter to the latency.
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = self.threads or 0
-        options.inter_op_num_threads = 1
-
         try:
-            self._session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+            self._session = make_session(model_path, self.threads or 0, providers, quiet=False)
         except Exception as e:
             if name in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
                 # Most often missing/mismatched CUDA, cuDNN or TensorRT libraries, not a bad

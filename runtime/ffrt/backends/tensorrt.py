@@ -38,13 +38,14 @@ from ..engine import (
     read_engine_info,
     tensorrt_version,
 )
+from ffcore.files import ENGINE_SUFFIXES  # noqa: F401
+
 from ..errors import BackendUnavailableError, InferenceError, InvalidArgumentError, ModelFileError
 from ..meta import ModelMeta
 from .base import Backend, BackendSpec, register_backend
 
 log = logging.getLogger("ffrt")
 
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 #: Execution contexts (each with its stream and buffers) per backend: concurrent callers.
 DEFAULT_SLOTS = 2
 
