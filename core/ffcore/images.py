@@ -31,7 +31,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
 def letterbox_geometry(height: int, width: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
     """Where a height x width frame lands inside the model input when its aspect ratio is
     kept: (top, left, resized height, resized width), centred, the rest padded with 0.
-    ffrt.preprocess computes the same (tests/runtime/test_preprocess.py proves it)."""
+    ffrt.preprocess uses this same function (tests/export/test_nonsquare.py holds the bytes equal)."""
     mh, mw = size
     scale = min(mh / height, mw / width)
     nh, nw = max(1, min(mh, round(height * scale))), max(1, min(mw, round(width * scale)))

@@ -34,6 +34,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ffcore.images import letterbox_geometry as core_letterbox
+
 from .errors import ImageFileError, InvalidArgumentError, InvalidImageError
 from .imageheader import image_size
 from .meta import InputSpec
@@ -336,12 +338,8 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 
 def letterbox_geometry(height: int, width: int, spec: InputSpec) -> tuple[int, int, int, int]:
     """Where a height x width frame lands in the model input when its aspect ratio is kept:
-    (top, left, resized height, resized width), centred. The trainer computes the same
-    (fftrain.data.letterbox_geometry; a test holds the two equal)."""
-    scale = min(spec.height / height, spec.width / width)
-    nh = max(1, min(spec.height, round(height * scale)))
-    nw = max(1, min(spec.width, round(width * scale)))
-    return (spec.height - nh) // 2, (spec.width - nw) // 2, nh, nw
+    (top, left, resized height, resized width). One definition, the trainer's (ffcore)."""
+    return core_letterbox(height, width, (spec.height, spec.width))
 
 
 def resize_to_model(image: np.ndarray, spec: InputSpec) -> np.ndarray:
