@@ -45,6 +45,19 @@ def _split(data: str):
     return split
 
 
+def model_geometry_mask(path, size: tuple[int, int], mode: str) -> np.ndarray:
+    """A ground-truth mask brought into the model input's geometry (where the maps are),
+    resized the way the frame was: stretched, or letterboxed into the middle."""
+    from ffcore.images import read_mask, resize_to_model
+
+    if mode == "stretch":
+        return read_mask(path, size)
+    native = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+    if native is None:
+        raise EvalError(f"{path}: not a decodable mask image")
+    return resize_to_model(((native > 127) * 255).astype(np.uint8), size, mode) > 127
+
+
 def evaluate(
     model_path: str | Path, data: str, out: str | Path | None = None, backend: str = "auto",
     batch_size: int = 8, per_group: int = 4, synthetic: bool | None = None, progress=lambda s: None,
@@ -130,10 +143,9 @@ def evaluate(
     pixel: dict = {"available": False, "reason": "the data has image labels only (no ground-truth masks)"}
     masks = None
     if has_masks:
-        masks = np.stack([read_mask(samples[i].mask_path, (h, w)) if samples[i].label == 1 else np.zeros((h, w), bool)
-                          for i in pixel_idx]) if h == w else None
-        if masks is None:
-            raise EvalError(f"pixel metrics need a square model input, this one is {h}x{w}")
+        mode = det.meta.input.resize_mode
+        masks = np.stack([model_geometry_mask(samples[i].mask_path, (h, w), mode) if samples[i].label == 1
+                          else np.zeros((h, w), bool) for i in pixel_idx])
         pixel = {
             "available": True,
             "auroc": M.pixel_auroc(masks, maps),

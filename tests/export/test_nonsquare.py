@@ -95,3 +95,27 @@ def test_trainer_and_runtime_letterbox_identically(strips):
             got = prepare_batch([frame], spec).batch[0]
             expected = resize_to_model(read_rgb(s.path), hw, "letterbox")
             np.testing.assert_array_equal(got, expected)
+
+
+def test_ffeval_scores_pixels_of_non_square_models(exported, tmp_path):
+    """Pixel metrics in the model's geometry: masks are stretched or letterboxed like the frames."""
+    from ffeval.evaluate import evaluate, model_geometry_mask
+    from ffeval.synthetic_data import build_dev_folder
+
+    mode, _, onnx_path, _ = exported
+    dev = build_dev_folder("elpv:mono", tmp_path / "dev", crop=(300, 180), seed=2, limit=10)
+    report = evaluate(onnx_path, str(dev), batch_size=4)
+    assert report["pixel"]["available"] and 0 <= report["pixel"]["auroc"] <= 1
+    mask_path = next((dev / "ground_truth").rglob("*_mask.png"))
+    native = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 127
+    m = model_geometry_mask(mask_path, MODEL_HW, mode)
+    assert m.shape == MODEL_HW and m.any()
+    if mode == "letterbox":
+        # 300x180 into 48x80: the frame occupies columns 25..53; nothing of the mask outside.
+        cols = np.flatnonzero(m.any(axis=0))
+        assert cols.min() >= 25 and cols.max() <= 54
+    else:
+        # stretched: the mask's relative position is kept
+        ys, xs = np.nonzero(native)
+        my, mx = np.nonzero(m)
+        assert abs(my.mean() / MODEL_HW[0] - ys.mean() / 300) < 0.1 and abs(mx.mean() / MODEL_HW[1] - xs.mean() / 180) < 0.1
