@@ -3,6 +3,7 @@
     ffrt info MODEL
     ffrt detect MODEL IMAGE_OR_DIR... [--backend B] [--json FILE] [--overlays DIR] [--color-order BGR|RGB]
     ffrt backends
+    ffrt doctor [--device N]
 
 Layered like Polygraphy's CLIs: each subcommand is a small ``Tool`` that adds its own
 argument groups and runs; ``main`` only dispatches and turns every ffrt error into one
@@ -313,7 +314,27 @@ class BackendsTool(Tool):
         return 0
 
 
-TOOLS: tuple[Tool, ...] = (InfoTool(), DetectTool(), BackendsTool())
+class DoctorTool(Tool):
+    name = "doctor"
+    help = "what this machine has for the GPU path (driver, GPUs, CUDA, TensorRT, onnxruntime) and which backends run"
+    description = (
+        "Print, in one screen, the NVIDIA driver and GPUs (through cuda-python or pycuda), the pip-installed CUDA "
+        "libraries, the TensorRT bindings and the libnvinfer they load (and whether TensorRT starts on the GPU), "
+        "onnxruntime and the libnvinfer its TensorRT provider links, then every backend and why it cannot run. "
+        "Builds and runs nothing."
+    )
+
+    def add_args(self, parser):
+        parser.add_argument("--device", type=int, default=0, help="GPU index to check TensorRT on (default 0)")
+
+    def run(self, args):
+        from .doctor import report
+
+        print(report(args.device))
+        return 0
+
+
+TOOLS: tuple[Tool, ...] = (InfoTool(), DetectTool(), BackendsTool(), DoctorTool())
 
 
 def build_parser() -> argparse.ArgumentParser:

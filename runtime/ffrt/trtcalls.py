@@ -62,7 +62,7 @@ def make_logger(trt):
             self.messages: list[str] = []
 
         def log(self, severity, msg):  # called by TensorRT, from any thread
-            if severity <= trt.ILogger.Severity.WARNING:
+            if int(severity) <= int(trt.ILogger.Severity.WARNING):
                 text = str(msg)
                 self.messages.append(text)
                 del self.messages[:-50]
