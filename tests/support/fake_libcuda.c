@@ -112,6 +112,7 @@ API void fake_cuda_stats(int *out) {
     out[0] = live_dev; out[1] = live_host; out[2] = live_streams; out[3] = retained; out[4] = depth; }
 API const char *fake_cuda_log(void) { return calllog; }
 API void fake_cuda_clear_log(void) { calllog[0] = 0; }
+API void fake_cuda_note(const char *what) { pthread_mutex_lock(&mu); note(what); pthread_mutex_unlock(&mu); }
 
 struct entry { const char *name; void *fn; };
 static const struct entry table[] = {

@@ -122,13 +122,7 @@ class TensorRTBackend(Backend):
                  device: int = 0, slot_timeout_s: float = SLOT_TIMEOUT_S):
         from ..cudahost import CudaError, host_api
 
-        self._cuda = None
-        self._slots_all: list[_Slot] = []
-        self._closed = False
-        self._close_lock = threading.Lock()
-        self._engine = self._runtime = None
-        self.device = device
-        self.slot_timeout_s = float(slot_timeout_s)
+        self._init_state(device, slot_timeout_s)
         reason = missing_for_tensorrt(device)
         if reason is not None:
             raise BackendUnavailableError(reason)
@@ -150,15 +144,29 @@ class TensorRTBackend(Backend):
         self.info = info
         self.plan_path = plan_path
         self._meta = meta
-        self._host_api = api.name
+        self._open(trt, api, plan, plan_path, meta, slots)
 
+    def _init_state(self, device: int, slot_timeout_s: float) -> None:
+        self._cuda = None
+        self._slots_all: list[_Slot] = []
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._engine = self._runtime = None
+        self.device = device
+        self.slot_timeout_s = float(slot_timeout_s)
+
+    def _open(self, trt, api, plan: bytes, plan_path: Path, meta: ModelMeta, slots: int) -> None:
+        """Retain the GPU's context and start TensorRT in it; on any failure free what was made."""
+        from ..cudahost import CudaError
+
+        self._host_api = api.name
         try:
-            self._cuda = api.open(device)
+            self._cuda = api.open(self.device)
             with self._cuda.active():
                 self._start(trt, plan, plan_path, meta, slots)
         except CudaError as e:
             self.close()
-            raise BackendUnavailableError(f"CUDA failed on GPU {device} ({api.name}): {e}") from e
+            raise BackendUnavailableError(f"CUDA failed on GPU {self.device} ({api.name}): {e}") from e
         except BaseException:
             self.close()
             raise
