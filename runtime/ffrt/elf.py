@@ -63,22 +63,28 @@ def needed(path: str | os.PathLike) -> list[str]:
     return out
 
 
-def loaded_path(soname: str) -> str | None:
-    """The file this process has mapped for ``soname`` (after loading it), from /proc/self/maps."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def loaded_path(soname: str, symbol: str = "getInferLibVersion") -> str | None:
+    """The file the dynamic loader gives this process for ``soname`` (dladdr of one of its
+    symbols: the path as it was opened), or None when it does not load."""
+    lib = load(soname)
+    if lib is None:
         return None
-    for line in maps.splitlines():
-        parts = line.split(None, 5)
-        if len(parts) == 6 and os.path.basename(parts[5]) == soname:
-            return parts[5]
-    # The file may be a differently named target of a symlink named soname.
-    for line in maps.splitlines():
-        parts = line.split(None, 5)
-        if len(parts) == 6 and os.path.basename(parts[5]).startswith(soname.split(".so")[0] + ".so"):
-            return parts[5]
-    return None
+    try:
+        fn = getattr(lib, symbol)
+        libc = ctypes.CDLL(None)
+        dladdr = libc.dladdr
+    except (AttributeError, OSError):
+        return None
+    dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+    info = _DlInfo()
+    if not dladdr(ctypes.cast(fn, ctypes.c_void_p), ctypes.byref(info)) or not info.dli_fname:
+        return None
+    return os.path.realpath(info.dli_fname.decode(errors="replace"))
 
 
 def load(soname: str) -> ctypes.CDLL | None:

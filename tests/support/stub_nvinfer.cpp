@@ -52,5 +52,9 @@ __attribute__((visibility("default"))) void* getPluginRegistry() noexcept { retu
 __attribute__((visibility("default"))) void* getBuilderPluginRegistry(int32_t) noexcept { return nullptr; }
 __attribute__((visibility("default"))) int32_t getNvOnnxParserVersion() noexcept { return 0; }
 __attribute__((visibility("default"))) bool initLibNvInferPlugins(void*, const char*) noexcept { return false; }
-__attribute__((visibility("default"))) int32_t getInferLibVersion() noexcept { return 0; }
+// major*10000 + minor*100 + patch, as TensorRT >= 10 reports it; STUB_TRT_LIB_VERSION overrides.
+__attribute__((visibility("default"))) int32_t getInferLibVersion() noexcept {
+    const char* v = std::getenv("STUB_TRT_LIB_VERSION");
+    return v ? std::atoi(v) : 101601;
+}
 }
