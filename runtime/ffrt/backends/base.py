@@ -62,6 +62,12 @@ class Backend(abc.ABC):
         """Release what the backend holds (GPU memory, sessions). Idempotent; later
         ``run`` calls may fail. The default holds nothing that needs it."""
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 @dataclass(frozen=True)
 class BackendSpec:
