@@ -181,6 +181,7 @@ class DetectTool(Tool):
             "that works here and says which; 'ffrt backends' lists what this machine can run",
         )
         run.add_argument("--threads", type=int, default=None, metavar="N", help="CPU inference threads (default: all physical cores)")
+        run.add_argument("--device", type=int, default=0, metavar="N", help="GPU index for the GPU backends (default 0)")
         run.add_argument("--image-threshold", type=float, default=None, metavar="T", help="override the model's image threshold: score > T is FAIL")
         run.add_argument("--pixel-threshold", type=float, default=None, metavar="T", help="override the model's pixel threshold: map > T is in the defect mask")
         out = parser.add_argument_group("output")
@@ -211,7 +212,7 @@ class DetectTool(Tool):
         det = Detector(
             args.model, backend=args.backend, color_order=args.color_order, threads=args.threads,
             image_threshold=args.image_threshold, pixel_threshold=args.pixel_threshold,
-            max_pixels=args.max_pixels, min_side=args.min_side,
+            max_pixels=args.max_pixels, min_side=args.min_side, device=args.device,
         )
         for p in listing.problems:
             print(f"ffrt: error: {p}", file=sys.stderr)
