@@ -1,56 +1,83 @@
 #!/usr/bin/env bash
-# One command for a GPU host (the line PC): install the gpu extra, run the GPU tests, build
-# TensorRT engines and measure their latency with ffrt.Detector at batch 1 and 8, and save
-# a report under runs/gpu_check/<UTC time>/ (report.md, report.json, pytest log, junit xml).
+# One command for a GPU host (the line PC). Every step runs and reports PASS/FAIL/SKIP; a failing
+# step does not stop the next ones (an install error is a result, not the end of the check):
+#
+#   driver      nvidia-smi: driver, GPUs
+#   install     a separate venv (.venv-gpu: onnxruntime-gpu cannot live next to the CPU onnxruntime)
+#               with pip install -e ".[gpu,train,demo,dev]" (the gpu extra: README "GPU install")
+#   doctor      ffrt doctor (what this machine has, which backends run and why not)
+#   cpu-tests   the CPU test suite on this GPU host (it must pass or skip here too)
+#   gpu-tests   pytest -m gpu: engine builds, parity with ONNX Runtime, batches, threads, cache,
+#               TF32 off in the sidecar, no leak over 100 create/close cycles, device selection
+#   bench       engines FP32/FP16/INT8 and their batch-1/8 latency with ffrt.Detector
+#   ffbench     per-stage figures in ffbench's JSON schema
+#
+# Everything is saved under runs/gpu_check/<UTC time>/ (report.md ends with the step table).
 #
 #   scripts/gpu_check.sh [model.pt]
 #
 # model.pt: a checkpoint to benchmark (default: a 256x256 EfficientNet-Lite0 FastFlow trained
 # here for 1 epoch on ELPV mono cells: latency does not depend on how well it is trained).
-# Environment: PYTHON (default python3) to create .venv; GPU_CHECK_ITERS (default 200).
-# Exit code: that of pytest (GPU tests), or of the benchmark if the tests passed.
-set -euo pipefail
+# Environment: PYTHON (default python3) to create .venv-gpu; GPU_CHECK_ITERS (default 200);
+# GPU_CHECK_PIP_ARGS extra pip arguments (e.g. --extra-index-url https://pypi.nvidia.com);
+# GPU_CHECK_OUT / GPU_CHECK_VENV override the report folder and the venv.
+# Exit code: 0 if every step passed, else 1.
+set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+cd "$ROOT" || exit 1
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
-OUT="$ROOT/runs/gpu_check/$STAMP"
+OUT="${GPU_CHECK_OUT:-$ROOT/runs/gpu_check/$STAMP}"
 mkdir -p "$OUT"
 CKPT="${1:-}"
 ITERS="${GPU_CHECK_ITERS:-200}"
+VENV="${GPU_CHECK_VENV:-$ROOT/.venv-gpu}"
+PY="$VENV/bin/python"
+STEPS=()
 
-echo "== gpu_check: report in $OUT"
-if ! command -v nvidia-smi >/dev/null 2>&1; then
-    echo "gpu_check: error: nvidia-smi not found: this script needs an NVIDIA GPU host with its driver installed" >&2
-    exit 2
-fi
-nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv | tee "$OUT/nvidia-smi.csv"
+# step NAME FUNCTION: run it, log to $OUT/NAME.log, record PASS/FAIL (SKIP without the venv).
+step() {
+    local name="$1"; shift
+    echo "== gpu_check: $name"
+    if [ "$name" != driver ] && [ "$name" != install ] && [ ! -x "$PY" ]; then
+        STEPS+=("$name SKIP (no $VENV: the install step failed)"); return 0
+    fi
+    "$@" 2>&1 | tee "$OUT/$name.log"
+    local rc=${PIPESTATUS[0]}
+    if [ "$rc" -eq 0 ]; then STEPS+=("$name PASS"); else STEPS+=("$name FAIL (exit $rc, log: $name.log)"); fi
+    return 0
+}
 
-if [ ! -x .venv/bin/python ]; then
-    "${PYTHON:-python3}" -m venv .venv
-fi
-.venv/bin/python -m pip install --upgrade pip >/dev/null
-.venv/bin/python -m pip install -e ".[gpu,train,demo,dev]" 2>&1 | tail -n 3
-.venv/bin/python - <<'EOF' | tee "$OUT/versions.txt"
+driver() {
+    if ! command -v nvidia-smi >/dev/null 2>&1; then
+        echo "nvidia-smi not found: install the NVIDIA driver (R580 or newer for the CUDA 13 gpu extra)"
+        return 2
+    fi
+    nvidia-smi --query-gpu=index,name,compute_cap,driver_version,memory.total --format=csv
+}
+
+install() {
+    [ -x "$PY" ] || "${PYTHON:-python3}" -m venv "$VENV" || return 1
+    "$PY" -m pip install --upgrade pip >/dev/null || return 1
+    # shellcheck disable=SC2086
+    "$PY" -m pip install ${GPU_CHECK_PIP_ARGS:-} -e ".[gpu,train,demo,dev]" || return 1
+    "$PY" - <<'EOF'
 import importlib.metadata as md
-for dist in ("ffrt", "tensorrt", "pycuda", "onnxruntime-gpu", "onnx", "torch"):
+for dist in ("ffrt", "onnxruntime-gpu", "tensorrt-cu13", "tensorrt-cu13-libs", "tensorrt-cu13-bindings", "cuda-python",
+             "cuda-bindings", "nvidia-cuda-runtime", "nvidia-cudnn-cu13", "nvidia-cublas", "pycuda", "onnx", "torch"):
     try:
         print(f"{dist} {md.version(dist)}")
     except md.PackageNotFoundError:
         print(f"{dist} not installed")
-import onnxruntime
-print("onnxruntime providers", onnxruntime.get_available_providers())
 EOF
+}
 
-echo "== GPU tests (pytest -m gpu)"
-set +e
-.venv/bin/python -m pytest -m gpu tests -rs -v --junitxml="$OUT/pytest-gpu.xml" 2>&1 | tee "$OUT/pytest-gpu.log"
-TESTS_RC=${PIPESTATUS[0]}
-set -e
+doctor() { "$VENV/bin/ffrt" doctor; }
+cpu_tests() { "$PY" -m pytest -q -m "not gpu" tests --junitxml="$OUT/pytest-cpu.xml"; }
+gpu_tests() { "$PY" -m pytest -m gpu tests -rs -v -s --junitxml="$OUT/pytest-gpu.xml"; }
 
-echo "== engines and latency (ffrt.Detector stats, batch 1 and 8, $ITERS calls each)"
-set +e
-.venv/bin/python - "$OUT" "$CKPT" "$ITERS" <<'EOF' 2>&1 | tee "$OUT/bench.log"
+bench() {
+    "$PY" - "$OUT" "$CKPT" "$ITERS" <<'EOF'
 import json, platform, sys, time
 from pathlib import Path
 
@@ -151,22 +178,38 @@ for r in results["rows"]:
 print("\n".join(lines))
 sys.exit(0 if code == 0 and code32 == 0 and code8e == 0 else 1)
 EOF
-BENCH_RC=${PIPESTATUS[0]}
+}
 
-# Per-stage figures in the stable ffbench schema, for the GPU rows of benchmarks/README.md.
-for variant in model model.fp16; do
-    if [ -f "$OUT/model/$variant.onnx" ]; then
-        .venv/bin/ffbench "$OUT/model/$variant.onnx" --backend tensorrt --batch 1,8 \
-            --json "$OUT/ffbench-$variant.json" --plot "$OUT/ffbench-$variant.png" 2>&1 | tee -a "$OUT/bench.log"
-    fi
-done
-set -e
+ffbench_step() {
+    local rc=0
+    for variant in model model.fp16; do
+        if [ -f "$OUT/model/$variant.onnx" ]; then
+            "$VENV/bin/ffbench" "$OUT/model/$variant.onnx" --backend tensorrt --batch 1,8 \
+                --json "$OUT/ffbench-$variant.json" --plot "$OUT/ffbench-$variant.png" || rc=1
+        else
+            echo "no $variant.onnx (the bench step did not export it)"; rc=1
+        fi
+    done
+    return $rc
+}
+
+echo "== gpu_check: report in $OUT"
+step driver driver
+step install install
+step doctor doctor
+step cpu-tests cpu_tests
+step gpu-tests gpu_tests
+step bench bench
+step ffbench ffbench_step
 
 {
     echo
-    echo "GPU tests exit code: $TESTS_RC (log: pytest-gpu.log)"
-    echo "benchmark exit code: $BENCH_RC (log: bench.log)"
+    echo "## steps"
+    echo
+    for s in "${STEPS[@]}"; do echo "- $s"; done
 } | tee -a "$OUT/report.md"
 echo "== gpu_check: report saved to $OUT"
-if [ "$TESTS_RC" -ne 0 ]; then exit "$TESTS_RC"; fi
-exit "$BENCH_RC"
+for s in "${STEPS[@]}"; do
+    case "$s" in *" PASS") ;; *) exit 1 ;; esac
+done
+exit 0

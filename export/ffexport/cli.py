@@ -85,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", type=int, default=1024, help="--engine: TensorRT builder workspace limit in MB (default 1024)")
     p.add_argument(
         "--timing-cache", type=Path, default=None,
-        help="--engine: TensorRT timing cache file, created or reused across builds (default OUT/timing.cache)",
+        help="--engine: TensorRT timing cache base name, created or reused across builds; the file is per TensorRT "
+        "version and GPU (default OUT/timing.cache -> OUT/timing.trt<version>.sm<cc>.<gpu>.cache)",
     )
+    p.add_argument("--device", type=int, default=0, help="--engine: index of the GPU to build on (default 0)")
     return p
 
 
@@ -133,6 +135,7 @@ def _check_numbers(args) -> str | None:
         ("--batch-min", args.batch_min, 1, "the smallest engine batch"),
         ("--batch-opt", args.batch_opt, 1, "the engine batch TensorRT tunes for"),
         ("--workspace", args.workspace, 0, "the builder workspace in MB"),
+        ("--device", args.device, 0, "the GPU index"),
     ]
     for flag, value, low, what in rules:
         if value is not None and value < low:
@@ -242,6 +245,14 @@ def run(args) -> int:
 
             staged += [TRT_NAME, CPU_NAME]
             engine_src, engine_meta = TRT_NAME, read_onnx_meta(stage.path(TRT_NAME))
+        # Every file must build on the line PC's TensorRT too (TopK K <= 3840, ffrt.trtlimits):
+        # refused here, not discovered there.
+        from ffrt import trtlimits
+
+        for name in staged:
+            found = trtlimits.problems(stage.path(name))
+            if found:
+                return _refuse(trtlimits.refusal(name, found))
         written = stage.publish(staged)
     for p in written:
         print(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
@@ -253,7 +264,7 @@ def run(args) -> int:
         from .tensorrt import run_engine_step
 
         return run_engine_step(args.out / engine_src, engine_meta, args.batch_min, args.batch_opt, args.batch_max,
-                               args.workspace, args.timing_cache)
+                               args.workspace, args.timing_cache, device=args.device)
     return 0
 
 

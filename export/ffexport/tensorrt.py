@@ -29,6 +29,7 @@ from pathlib import Path
 from ffrt.engine import (
     DEFAULT_WORKSPACE_MB,
     BatchProfile,
+    EngineBuildError,
     EngineInfo,
     build_plan,
     missing_for_tensorrt,
@@ -51,7 +52,8 @@ def default_timing_cache(onnx_path: Path) -> Path:
     return onnx_path.parent / "timing.cache"
 
 
-def target_command(onnx_path: Path, profile: BatchProfile, workspace_mb: int | None, timing_cache: Path | None) -> str:
+def target_command(onnx_path: Path, profile: BatchProfile, workspace_mb: int | None, timing_cache: Path | None,
+                   device: int = 0) -> str:
     """The exact command that builds this engine on the GPU host (torch-free)."""
     parts = [
         "python", "-m", "ffexport.tensorrt", str(onnx_path.resolve()),
@@ -61,32 +63,36 @@ def target_command(onnx_path: Path, profile: BatchProfile, workspace_mb: int | N
         parts += ["--workspace", str(workspace_mb)]
     if timing_cache:
         parts += ["--timing-cache", str(Path(timing_cache).resolve())]
+    if device:
+        parts += ["--device", str(device)]
     return " ".join(shlex.quote(p) for p in parts)
 
 
 def unavailable_line(onnx_path: Path, profile: BatchProfile, workspace_mb: int | None, timing_cache: Path | None,
-                     missing: str) -> str:
+                     missing: str, device: int = 0) -> str:
+    missing = " ".join(str(missing).split())
     return (
         f"ffexport: error: cannot build the TensorRT engine here: {missing}; the ONNX files are written. "
-        f"On the GPU host run: {target_command(onnx_path, profile, workspace_mb, timing_cache)}"
+        f"On the GPU host run: {target_command(onnx_path, profile, workspace_mb, timing_cache, device)}"
     )
 
 
 def build_engine(onnx_path: str | Path, profile: BatchProfile, workspace_mb: int | None = DEFAULT_WORKSPACE_MB,
                  timing_cache: str | Path | None = None, out: str | Path | None = None,
-                 meta: ModelMeta | None = None, log=print) -> tuple[Path, EngineInfo]:
-    """Build and write the plan + sidecar. Raises BackendUnavailableError without TensorRT/GPU."""
+                 meta: ModelMeta | None = None, log=print, device: int = 0) -> tuple[Path, EngineInfo]:
+    """Build and write the plan + sidecar. Raises BackendUnavailableError without TensorRT/GPU,
+    EngineBuildError (a subclass) when TensorRT cannot build this graph."""
     onnx_path = Path(onnx_path)
     meta = meta or read_onnx_meta(onnx_path)
     out = Path(out) if out else engine_path_for(onnx_path)
-    plan, info = build_plan(onnx_path, meta, profile, workspace_mb, timing_cache, log=log)
+    plan, info = build_plan(onnx_path, meta, profile, workspace_mb, timing_cache, log=log, device=device)
     write_engine(out, plan, info)
     return out, info
 
 
 def run_engine_step(onnx_path: Path, meta: ModelMeta, batch_min: int | None, batch_opt: int | None,
                     batch_max: int | None, workspace_mb: int | None, timing_cache: Path | None,
-                    out: Path | None = None) -> int:
+                    out: Path | None = None, device: int = 0) -> int:
     """The --engine step of ffexport (and of ``python -m ffexport.tensorrt``); returns an exit code."""
     try:
         profile = BatchProfile.for_model(meta, batch_min, batch_opt, batch_max)
@@ -94,16 +100,19 @@ def run_engine_step(onnx_path: Path, meta: ModelMeta, batch_min: int | None, bat
         print(f"ffexport: error: {e}", file=sys.stderr)
         return EXIT_FAILED
     timing_cache = timing_cache or default_timing_cache(onnx_path)
-    missing = missing_for_tensorrt()
+    missing = missing_for_tensorrt(device)
     if missing is not None:
-        print(unavailable_line(onnx_path, profile, workspace_mb, timing_cache, missing), file=sys.stderr)
+        print(unavailable_line(onnx_path, profile, workspace_mb, timing_cache, missing, device), file=sys.stderr)
         return EXIT_UNAVAILABLE
     t0 = time.perf_counter()
     try:
-        path, info = build_engine(onnx_path, profile, workspace_mb, timing_cache, out, meta)
-    except BackendUnavailableError as e:  # parser errors (printed in full), build failure
+        path, info = build_engine(onnx_path, profile, workspace_mb, timing_cache, out, meta, device=device)
+    except EngineBuildError as e:  # this graph does not build: parser errors (printed in full), TopK, ...
         print(f"ffexport: error: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except BackendUnavailableError as e:  # TensorRT/CUDA cannot start here (driver, GPU): one line
+        print(unavailable_line(onnx_path, profile, workspace_mb, timing_cache, str(e), device), file=sys.stderr)
+        return EXIT_UNAVAILABLE
     print(
         f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, TensorRT {info.tensorrt_version}, {info.gpu_name} "
         f"sm{info.compute_capability}, {info.precision}, batch {profile.min}..{profile.max} opt {profile.opt}) "
@@ -124,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-opt", type=int, help="batch TensorRT tunes for (default min(8, batch-max))")
     p.add_argument("--batch-max", type=int, help="largest batch (default: the ONNX's batch_max)")
     p.add_argument("--workspace", type=int, default=DEFAULT_WORKSPACE_MB, help="builder workspace limit in MB (default 1024)")
-    p.add_argument("--timing-cache", type=Path, help="timing cache file, reused across builds (default: DIR/timing.cache)")
+    p.add_argument("--timing-cache", type=Path, help="timing cache base name, reused across builds; the file is per "
+                   "TensorRT version and GPU, e.g. DIR/timing.trt10.16.1.11.sm86.<gpu>.cache (default: DIR/timing.cache)")
+    p.add_argument("--device", type=int, default=0, help="index of the GPU to build for (default 0)")
     args = p.parse_args(argv)
     try:
         meta = read_onnx_meta(args.onnx)
@@ -132,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ffexport: error: {e}", file=sys.stderr)
         return EXIT_FAILED
     return run_engine_step(args.onnx, meta, args.batch_min, args.batch_opt, args.batch_max, args.workspace,
-                           args.timing_cache, args.out)
+                           args.timing_cache, args.out, device=args.device)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     ffrt info MODEL
     ffrt detect MODEL IMAGE_OR_DIR... [--backend B] [--json FILE] [--overlays DIR] [--color-order BGR|RGB]
     ffrt backends
+    ffrt doctor [--device N]
 
 Layered like Polygraphy's CLIs: each subcommand is a small ``Tool`` that adds its own
 argument groups and runs; ``main`` only dispatches and turns every ffrt error into one
@@ -180,6 +181,7 @@ class DetectTool(Tool):
             "that works here and says which; 'ffrt backends' lists what this machine can run",
         )
         run.add_argument("--threads", type=int, default=None, metavar="N", help="CPU inference threads (default: all physical cores)")
+        run.add_argument("--device", type=int, default=0, metavar="N", help="GPU index for the GPU backends (default 0)")
         run.add_argument("--image-threshold", type=float, default=None, metavar="T", help="override the model's image threshold: score > T is FAIL")
         run.add_argument("--pixel-threshold", type=float, default=None, metavar="T", help="override the model's pixel threshold: map > T is in the defect mask")
         out = parser.add_argument_group("output")
@@ -210,7 +212,7 @@ class DetectTool(Tool):
         det = Detector(
             args.model, backend=args.backend, color_order=args.color_order, threads=args.threads,
             image_threshold=args.image_threshold, pixel_threshold=args.pixel_threshold,
-            max_pixels=args.max_pixels, min_side=args.min_side,
+            max_pixels=args.max_pixels, min_side=args.min_side, device=args.device,
         )
         for p in listing.problems:
             print(f"ffrt: error: {p}", file=sys.stderr)
@@ -313,7 +315,27 @@ class BackendsTool(Tool):
         return 0
 
 
-TOOLS: tuple[Tool, ...] = (InfoTool(), DetectTool(), BackendsTool())
+class DoctorTool(Tool):
+    name = "doctor"
+    help = "what this machine has for the GPU path (driver, GPUs, CUDA, TensorRT, onnxruntime) and which backends run"
+    description = (
+        "Print, in one screen, the NVIDIA driver and GPUs (through cuda-python or pycuda), the pip-installed CUDA "
+        "libraries, the TensorRT bindings and the libnvinfer they load (and whether TensorRT starts on the GPU), "
+        "onnxruntime and the libnvinfer its TensorRT provider links, then every backend and why it cannot run. "
+        "Builds and runs nothing."
+    )
+
+    def add_args(self, parser):
+        parser.add_argument("--device", type=int, default=0, help="GPU index to check TensorRT on (default 0)")
+
+    def run(self, args):
+        from .doctor import report
+
+        print(report(args.device))
+        return 0
+
+
+TOOLS: tuple[Tool, ...] = (InfoTool(), DetectTool(), BackendsTool(), DoctorTool())
 
 
 def build_parser() -> argparse.ArgumentParser:

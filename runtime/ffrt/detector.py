@@ -111,6 +111,8 @@ class Detector:
                      the model size (False, cheaper). Full-size outputs cost 5 bytes per
                      input pixel (float32 map + bool mask): 500 MB for a 100 MP frame.
     stats_window:    how many recent calls ``stats`` summarizes.
+    device:          index of the NVIDIA GPU the GPU backends use (default 0; the order of
+                     the CUDA driver, which ``CUDA_VISIBLE_DEVICES`` restricts).
     max_pixels:      images larger than this (height x width) are refused with an
                      InvalidImageError; default 100 megapixels (DEFAULT_MAX_PIXELS), None =
                      no limit. Image files are checked from their header before decoding
@@ -133,9 +135,14 @@ class Detector:
         stats_window: int = DEFAULT_WINDOW,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
+        device: int = 0,
     ) -> None:
         # Cheap argument checks first: a typo must not cost a model load.
+        self._backend = None
         self._color_order = check_color_order(color_order)
+        if not isinstance(device, int) or isinstance(device, bool) or device < 0:
+            raise InvalidArgumentError(f"device must be a GPU index >= 0, not {device!r}.")
+        self._device = device
         self._limits = ImageLimits(max_pixels=max_pixels, min_side=min_side)
         path = Path(model_path)
         if not path.exists():
@@ -152,7 +159,7 @@ class Detector:
                 )
             from .engine import engine_meta, missing_for_tensorrt
 
-            missing = missing_for_tensorrt()
+            missing = missing_for_tensorrt(device)
             if missing is not None:
                 raise BackendUnavailableError(
                     f"{path}: TensorRT engine files need the native TensorRT backend, which is not available here: "
@@ -175,7 +182,7 @@ class Detector:
         self._resize_outputs = bool(resize_outputs)
         self._stats = LatencyWindow(stats_window)
 
-        self._backend, self._selection = create_backend(backend, path, self._meta, threads)
+        self._backend, self._selection = create_backend(backend, path, self._meta, threads, device)
         stats = self._meta.score_stats
         self._norm_scale = stats.std if stats is not None and stats.std > 0 else None
         if not target_matches(self._meta.target, self._backend.name):
@@ -237,6 +244,24 @@ class Detector:
     def limits(self) -> ImageLimits:
         """The image sizes this Detector accepts (``max_pixels``, ``min_side``)."""
         return self._limits
+
+    @property
+    def device(self) -> int:
+        """The GPU index the GPU backends use (unused by the CPU backend)."""
+        return self._device
+
+    def close(self) -> None:
+        """Release the backend (GPU memory, CUDA context, sessions) now. Idempotent; a
+        closed Detector's calls raise InferenceError. ``with Detector(...) as det:`` calls it."""
+        backend = self._backend
+        if backend is not None:
+            backend.close()
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         h, w = self.input_size

@@ -24,14 +24,17 @@ deterministically), and thresholds are read from the ONNX at load:
   (thresholds, score statistics) is used; another graph there is refused; with no ONNX
   next to it the sidecar's copy, frozen at build time, is used and a warning says so.
 
-Nothing here imports torch; ``tensorrt``/``pycuda`` are imported only inside the functions
-that need a GPU, so the cache and metadata logic is testable on any machine.
+Nothing here imports torch; ``tensorrt`` and the CUDA host API (:mod:`ffrt.cudahost`:
+cuda-python or pycuda) are imported only inside the functions that need a GPU, so the cache
+and metadata logic is testable on any machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -49,7 +52,7 @@ from .errors import BackendUnavailableError, EngineMismatchError, InvalidArgumen
 from .meta import ModelMeta, atomic_write_bytes, readable
 
 ENGINE_FORMAT = "ffrt.engine"
-ENGINE_SCHEMA_VERSION = 2  # 2: graph_sha256 + source_onnx (plans keyed on the graph, not the file)
+ENGINE_SCHEMA_VERSION = 3  # 2: graph_sha256 + source_onnx (plans keyed on the graph, not the file); 3: tf32
 SIDECAR_SUFFIX = ".json"
 #: Where Detector(..., backend="tensorrt") keeps built plans unless told otherwise.
 CACHE_ENV = "FFRT_ENGINE_CACHE"
@@ -154,26 +157,47 @@ class GpuInfo:
     compute_capability: str  # "8.6"
 
 
+def import_tensorrt():
+    """The TensorRT Python module, or BackendUnavailableError saying what is missing.
+
+    ``tensorrt`` is what the ``tensorrt-cu13`` package installs (a thin module over
+    ``tensorrt_bindings``); a bindings-only install is accepted too. The bindings load the
+    native libraries (libnvinfer.so.N, from the ``tensorrt-cu13-libs`` wheel) on import: a
+    missing or mismatched library is an OSError/ImportError naming the file.
+    """
+    errors = []
+    for name in ("tensorrt", "tensorrt_bindings"):
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name not in (name, name.split(".")[0]):
+                errors.append(f"{name}: {e}")
+            continue
+        except (ImportError, OSError) as e:
+            errors.append(f"{name}: {' '.join(str(e).split())}")
+    if errors:
+        raise BackendUnavailableError(
+            f"the TensorRT Python bindings are installed but do not load ({'; '.join(errors)}); reinstall them with "
+            f"their libraries: {INSTALL_GPU}")
+    raise BackendUnavailableError(f"TensorRT is not installed (no importable 'tensorrt'; {INSTALL_GPU})")
+
+
 def tensorrt_version() -> str | None:
-    """Version of the importable ``tensorrt`` package, or None."""
+    """Version of the importable TensorRT bindings, or None."""
     try:
-        import tensorrt as trt  # noqa: PLC0415
-    except ImportError:
+        return str(import_tensorrt().__version__)
+    except BackendUnavailableError:
         return None
-    return str(trt.__version__)
 
 
 def gpu_info(device: int = 0) -> GpuInfo | None:
-    """Name and compute capability of GPU ``device`` (pycuda, else nvidia-smi), or None."""
-    try:
-        import pycuda.driver as cuda  # noqa: PLC0415
+    """Name and compute capability of GPU ``device`` (the CUDA host API, else nvidia-smi), or None."""
+    from .cudahost import CudaError, host_api
 
-        cuda.init()
-        if cuda.Device.count() > device:
-            d = cuda.Device(device)
-            major, minor = d.compute_capability()
-            return GpuInfo(d.name(), f"{major}.{minor}")
-    except Exception:  # noqa: BLE001 - no pycuda / no driver: try nvidia-smi
+    try:
+        d = host_api().device(device)
+        return GpuInfo(d.name, d.compute_capability)
+    except CudaError:
         pass
     smi = shutil.which("nvidia-smi")
     if smi is None:
@@ -191,16 +215,23 @@ def gpu_info(device: int = 0) -> GpuInfo | None:
     return GpuInfo(name, cc)
 
 
-def missing_for_tensorrt() -> str | None:
-    """None when TensorRT and a GPU are usable here, else one sentence naming what is missing."""
-    if tensorrt_version() is None:
-        return f"TensorRT is not installed (no importable 'tensorrt'; {INSTALL_GPU})"
+def missing_for_tensorrt(device: int = 0) -> str | None:
+    """None when TensorRT, a CUDA host API and GPU ``device`` are usable here, else one
+    sentence naming what is missing (and what to install)."""
+    from .cudahost import CudaError, host_api
+
     try:
-        import pycuda.driver  # noqa: F401, PLC0415
-    except ImportError:
-        return f"pycuda is not installed ({INSTALL_GPU})"
-    if gpu_info() is None:
-        return "no NVIDIA GPU is visible (CUDA driver/nvidia-smi found no device)"
+        import_tensorrt()
+    except BackendUnavailableError as e:
+        return str(e)
+    try:
+        api = host_api()
+    except CudaError as e:
+        return str(e)
+    try:
+        api.device(device)
+    except CudaError as e:
+        return f"no usable NVIDIA GPU ({api.name}: {e})"
     return None
 
 
@@ -262,6 +293,8 @@ class EngineInfo(BaseModel):
     profile: BatchProfile
     workspace_mb: int | None = None
     strongly_typed: bool = True
+    #: Whether TensorRT could use TF32 for FP32 tensors; ffrt clears it (None: schema < 3).
+    tf32: bool | None = None
     built_at: str
     #: The ModelMeta at build time. Thresholds here are a fallback only: see engine_meta().
     meta: ModelMeta
@@ -390,34 +423,77 @@ def build_plan(
     workspace_mb: int | None = DEFAULT_WORKSPACE_MB,
     timing_cache: str | os.PathLike | None = None,
     log=print,
+    device: int = 0,
 ) -> tuple[bytes, EngineInfo]:
-    """Parse the ONNX into a strongly typed network and build a serialized plan.
+    """Parse the ONNX into a strongly typed network and build a serialized plan on GPU ``device``.
 
     Precision comes from the ONNX (FP16 tensors, Q/DQ nodes): no FP16/INT8 builder flags,
-    which TensorRT 10 deprecates and 11 removes. API references (TensorRT Python API,
-    https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html
-    and .../11.0.0/_static/python-api/infer/Core/Builder.html): create_network with
-    ``1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)`` (TRT 11: flag deprecated and
-    ignored, strong typing always on), OnnxParser.parse + get_error, create_optimization_profile
-    + set_shape, config.set_memory_pool_limit(MemoryPoolType.WORKSPACE),
-    create_timing_cache/set_timing_cache/get_timing_cache().serialize(),
-    build_serialized_network.
+    which TensorRT 10 deprecates and 11 removes, and TF32 cleared (:mod:`ffrt.trtcalls`).
+    ``timing_cache``: a file name or folder; the file actually used is per TensorRT version
+    and GPU (:func:`ffrt.trtcalls.timing_cache_file`). API references: TensorRT Python API
+    Builder / IBuilderConfig / OnnxParser / ITimingCache, 10.16 and 11.4
+    (https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html);
+    checked against both lines' genuine bindings in tests/runtime/test_tensorrt_bindings.py.
     """
-    reason = missing_for_tensorrt()
-    if reason is not None:
-        raise BackendUnavailableError(reason)
-    import tensorrt as trt  # noqa: PLC0415
+    from . import trtcalls, trtlimits
+    from .cudahost import CudaError, host_api
 
     onnx_path = Path(onnx_path)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    data = onnx_path.read_bytes()
+    found = trtlimits.problems(data)
+    if found:
+        raise EngineBuildError(trtlimits.refusal(str(onnx_path), found))
+    reason = missing_for_tensorrt(device)
+    if reason is not None:
+        raise BackendUnavailableError(reason)
+    trt = import_tensorrt()
+    try:
+        api = host_api()
+        gpu = api.device(device)
+        ctx = api.open(device)
+    except CudaError as e:
+        raise BackendUnavailableError(f"no usable NVIDIA GPU {device} ({e})") from e
+    cache_path = (trtcalls.timing_cache_file(timing_cache, str(trt.__version__), gpu.name, gpu.compute_capability)
+                  if timing_cache else None)
+    try:
+        with ctx.active():
+            plan, tf32 = _build(trt, trtcalls, onnx_path, data, meta, profile, workspace_mb, cache_path, log, device)
+    except CudaError as e:
+        raise BackendUnavailableError(f"CUDA failed on GPU {device} while building the engine ({e})") from e
+    finally:
+        with contextlib.suppress(CudaError):
+            ctx.release()
+    info = EngineInfo(
+        tensorrt_version=str(trt.__version__),
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        graph_sha256=graph_sha256(data),
+        source_onnx=str(onnx_path.resolve()),
+        onnx_sha256=hashlib.sha256(data).hexdigest(),
+        plan_sha256=hashlib.sha256(plan).hexdigest(),
+        precision=meta.precision,
+        profile=profile,
+        workspace_mb=workspace_mb,
+        strongly_typed=True,
+        tf32=tf32,
+        built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        # The plan accepts profile.max at most: the Detector chunks batches by meta.batch_max.
+        meta=meta.model_copy(update={"batch_max": profile.max}),
+    )
+    return plan, info
+
+
+def _build(trt, trtcalls, onnx_path: Path, data: bytes, meta: ModelMeta, profile: BatchProfile,
+           workspace_mb: int | None, cache_path: Path | None, log, device: int) -> tuple[bytes, bool]:
+    """The TensorRT calls of a build (the device's context is current). Returns (plan, tf32)."""
+    logger = trtcalls.make_logger(trt)
+    builder = trtcalls.create(trt, "Builder", logger, device)
     flags = 0
     strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    if strongly is not None:
+    if strongly is not None:  # TensorRT 10; 11 keeps the (ignored) flag for compatibility
         flags |= 1 << int(strongly)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    data = onnx_path.read_bytes()
     # parse_from_file resolves external data next to the file; our ONNX is one file, so
     # parse(bytes) is equivalent and keeps the sha256 we record tied to what was parsed.
     if not parser.parse(data, str(onnx_path)):
@@ -427,44 +503,26 @@ def build_plan(
             + "\n".join(f"  [{i}] {e}" for i, e in enumerate(errors))
         )
     config = builder.create_builder_config()
+    # FP32 tensors stay FP32: TF32 is on by default in every builder config (10.16/11.4 docs).
+    config.clear_flag(trt.BuilderFlag.TF32)
+    tf32 = bool(config.get_flag(trt.BuilderFlag.TF32))
     if workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     opt_profile = builder.create_optimization_profile()
     mn, op, mx = profile.shapes(meta)
     opt_profile.set_shape(meta.input.name, mn, op, mx)
     config.add_optimization_profile(opt_profile)
-
-    cache_path = Path(timing_cache) if timing_cache else None
-    cache_blob = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
-    tcache = config.create_timing_cache(cache_blob)
-    config.set_timing_cache(tcache, ignore_mismatch=False)
-    if cache_path:
-        log(f"timing cache: {'reusing' if cache_blob else 'creating'} {cache_path}")
+    timing = trtcalls.attach_timing_cache(config, cache_path, log)
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise EngineBuildError(f"{onnx_path}: TensorRT {trt.__version__} failed to build the engine (see its log above).")
+        said = logger.said()
+        raise EngineBuildError(f"{onnx_path}: TensorRT {trt.__version__} failed to build the engine"
+                               + (f" ({said})" if said else " (see its log above)") + ".")
     plan = bytes(plan)
-    if cache_path:
-        atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
-    gpu = gpu_info()
-    info = EngineInfo(
-        tensorrt_version=str(trt.__version__),
-        gpu_name=gpu.name if gpu else "unknown",
-        compute_capability=gpu.compute_capability if gpu else "unknown",
-        graph_sha256=graph_sha256(data),
-        source_onnx=str(onnx_path.resolve()),
-        onnx_sha256=hashlib.sha256(data).hexdigest(),
-        plan_sha256=hashlib.sha256(plan).hexdigest(),
-        precision=meta.precision,
-        profile=profile,
-        workspace_mb=workspace_mb,
-        strongly_typed=True,
-        built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        # The plan accepts profile.max at most: the Detector chunks batches by meta.batch_max.
-        meta=meta.model_copy(update={"batch_max": profile.max}),
-    )
-    return plan, info
+    if timing is not None:
+        trtcalls.save_timing_cache(config, cache_path, log)
+    return plan, tf32
 
 
 def lookup_cached_plan(onnx_path: str | os.PathLike, meta: ModelMeta, cache_dir: str | os.PathLike,
@@ -533,17 +591,18 @@ def cached_plan(
     profile: BatchProfile | None = None,
     rebuild_mismatched: bool = True,
     log=print,
+    device: int = 0,
 ) -> Path:
-    """Path of a plan for this ONNX's graph on this machine, building it on the first call.
+    """Path of a plan for this ONNX's graph on GPU ``device``, building it on the first call.
 
     A cached plan whose sidecar disagrees (another graph, TensorRT, GPU, precision or
     profile, or a modified plan) is rebuilt when ``rebuild_mismatched`` else refused; never
     run. Re-tuned thresholds do not change the graph: the cached plan is reused.
     """
-    reason = missing_for_tensorrt()
+    reason = missing_for_tensorrt(device)
     if reason is not None:
         raise BackendUnavailableError(reason)
-    gpu = gpu_info()
+    gpu = gpu_info(device)
     profile = profile or BatchProfile.for_model(meta)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     plan_path, miss = lookup_cached_plan(onnx_path, meta, cache_dir, tensorrt_version(), gpu, profile)
@@ -553,7 +612,7 @@ def cached_plan(
         if not rebuild_mismatched:
             raise EngineMismatchError(miss)
         log(f"ffrt: rebuilding cached engine: {miss}")
-    plan, info = build_plan(onnx_path, meta, profile, timing_cache=cache_dir / "timing.cache", log=log)
+    plan, info = build_plan(onnx_path, meta, profile, timing_cache=cache_dir / "timing.cache", log=log, device=device)
     write_engine(plan_path, plan, info)
     for gone in prune_cache(cache_dir, plan_path, info.source_onnx):
         log(f"ffrt: engine cache: removed {gone.name}")

@@ -20,6 +20,15 @@ by a Gaussian (``blur_sigma`` pixels at the input size: a defect is a region, an
 pixels of flow noise should not outvote it); the image score is
 the mean of the top-k pixels (or the max): the top-k mean is less sensitive to a single
 noisy pixel than the max.
+
+TensorRT builds TopK only for K <= 3840 (``add_topk``/``ITopKLayer`` docstrings of the 10.x
+and 11.x bindings), and the top 1% of a 624x624 map is already K = 3894. So for a larger K
+the score takes the top values in rounds of at most 3840 (:func:`topk_sum`): each round's
+TopK picks the largest values still in the map and ScatterElements masks exactly those
+positions with -inf before the next round. The values summed are the same multiset
+``torch.topk(map, K)`` returns (ties included, negative standardized maps included); only
+the order of the float additions differs. For K <= 3840 the graph is the single TopK it
+always was.
 """
 
 from __future__ import annotations
@@ -37,6 +46,26 @@ MAP_UNITS_NORMALIZED = (
     "images ({how}), averaged over feature scales"
 )
 MapNormalization = Literal["none", "scale", "position"]
+#: The largest K TensorRT's TopK layer accepts (10.0 through 11.4).
+TOPK_MAX_K = 3840
+
+
+def topk_sum(flat: torch.Tensor, k: int, max_k: int = TOPK_MAX_K) -> torch.Tensor:
+    """Sum of the ``k`` largest values of each row of ``flat`` [N, M], exactly, with no
+    TopK wider than ``max_k``: rounds of TopK, each round's picks masked with -inf
+    (ScatterElements) before the next. Same values as ``torch.topk(flat, k).values.sum(1)``."""
+    total = None
+    rest = flat
+    remaining = int(k)
+    while remaining > 0:
+        step = min(remaining, int(max_k))
+        values, index = torch.topk(rest, step, dim=1)
+        part = values.sum(dim=1)
+        total = part if total is None else total + part
+        remaining -= step
+        if remaining:
+            rest = rest.scatter(1, index, float("-inf"))
+    return total
 
 
 def map_units(normalization: str) -> str:
@@ -106,7 +135,9 @@ class AnomalyHead(nn.Module):
         flat = anomaly_map.flatten(1)
         if self.reduction == "max":
             return flat.amax(dim=1)
-        return torch.topk(flat, self.topk, dim=1).values.mean(dim=1)
+        if self.topk <= TOPK_MAX_K:
+            return torch.topk(flat, self.topk, dim=1).values.mean(dim=1)
+        return topk_sum(flat, self.topk) / self.topk
 
     @torch.no_grad()
     def fit_normalization(self, raw_maps: Sequence[torch.Tensor], min_std_fraction: float = 0.25) -> None:

@@ -58,16 +58,27 @@ class Backend(abc.ABC):
         Returns (anomaly maps float32 [N, 1, H, W], scores float32 [N]).
         """
 
+    def close(self) -> None:
+        """Release what the backend holds (GPU memory, sessions). Idempotent; later
+        ``run`` calls may fail. The default holds nothing that needs it."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 @dataclass(frozen=True)
 class BackendSpec:
     name: str
     #: None when the backend can run here, else a sentence saying why not and what to install.
     probe: Callable[[], str | None]
-    #: Builds the backend. Raises BackendUnavailableError when the machine turns out not to
-    #: support it after all (e.g. CUDA libraries missing); "auto" then moves on. Any other
-    #: error (ModelFileError: the model breaks the contract) is not hidden by "auto".
-    create: Callable[[Path, ModelMeta, int | None], Backend]
+    #: Builds the backend: (model path, metadata, CPU threads, GPU index). Raises
+    #: BackendUnavailableError when the machine turns out not to support it after all (e.g.
+    #: CUDA libraries missing, TensorRT cannot initialise CUDA); "auto" then moves on. Any
+    #: other error (ModelFileError: the model breaks the contract) is not hidden by "auto".
+    create: Callable[[Path, ModelMeta, int | None, int], Backend]
 
 
 _REGISTRY: dict[str, BackendSpec] = {}
@@ -94,7 +105,7 @@ def availability() -> dict[str, str | None]:
 
 
 def create_backend(
-    requested: str, model_path: Path, meta: ModelMeta, threads: int | None = None
+    requested: str, model_path: Path, meta: ModelMeta, threads: int | None = None, device: int = 0
 ) -> tuple[Backend, tuple[str, ...]]:
     """Build the requested backend (or pick one for "auto").
 
@@ -103,7 +114,7 @@ def create_backend(
     """
     name = str(requested).strip().lower()
     if name == "auto":
-        return _auto(model_path, meta, threads)
+        return _auto(model_path, meta, threads, device)
 
     spec = _REGISTRY.get(name)
     if spec is None:
@@ -115,7 +126,7 @@ def create_backend(
     reason = spec.probe()
     if reason is not None:
         raise BackendUnavailableError(f"backend {name!r} is not available here: {reason}.")
-    backend = spec.create(model_path, meta, threads)
+    backend = spec.create(model_path, meta, threads, device)
     log.info("ffrt backend: %s", backend.description)
     return backend, ()
 
@@ -130,7 +141,7 @@ def auto_order(meta: ModelMeta) -> tuple[str, ...]:
     return AUTO_ORDER
 
 
-def _auto(model_path: Path, meta: ModelMeta, threads: int | None) -> tuple[Backend, tuple[str, ...]]:
+def _auto(model_path: Path, meta: ModelMeta, threads: int | None, device: int) -> tuple[Backend, tuple[str, ...]]:
     skipped: list[str] = []
     for name in auto_order(meta):
         spec = _REGISTRY.get(name)
@@ -142,7 +153,7 @@ def _auto(model_path: Path, meta: ModelMeta, threads: int | None) -> tuple[Backe
             skipped.append(f"{name}: {reason}")
             continue
         try:
-            backend = spec.create(model_path, meta, threads)
+            backend = spec.create(model_path, meta, threads, device)
         except BackendUnavailableError as e:
             skipped.append(f"{name}: {e}")
             continue

@@ -78,8 +78,16 @@ class OnnxRuntimeBackend(Backend):
         return f"{self.name} ({', '.join(self._providers)}{threads})"
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        maps, scores = self._session.run(self._outputs, {self._input: batch})
+        session = self._session
+        if session is None:
+            from ..errors import InferenceError
+
+            raise InferenceError(f"this {self.name} backend is closed; create a new Detector")
+        maps, scores = session.run(self._outputs, {self._input: batch})
         return maps, scores
+
+    def close(self) -> None:
+        self._session = None  # ONNX Runtime frees the session (and its GPU memory) with it
 
 
 def _dims(shape) -> list:
@@ -166,51 +174,120 @@ def _probe_cuda() -> str | None:
     return _missing_provider("CUDAExecutionProvider")
 
 
-def _trt_library_version() -> str | None:
-    """Version of the TensorRT library ONNX Runtime's TensorRT EP will load, or None.
+_GPU_LIBS_PREPARED: dict[str, str] = {}
 
-    The ``tensorrt`` wheel when importable (ORT's docs recommend its libraries), else
-    ``getInferLibVersion()`` of libnvinfer (NvInferRuntime.h: returns
-    major*10000 + minor*100 + patch for TensorRT >= 10), else None.
+
+def prepare_gpu_libraries(ort=None) -> str:
+    """Make the CUDA/cuDNN/TensorRT libraries of the gpu extra's wheels findable by ONNX
+    Runtime's CUDA and TensorRT providers (once per process); returns what was said.
+
+    * ``onnxruntime.preload_dlls()`` (onnxruntime-gpu >= 1.21) loads CUDA and cuDNN from the
+      nvidia-* wheels; without it they are found only if torch was imported first. It prints
+      to stdout on failure: that text is captured and logged instead.
+    * ``import tensorrt_libs`` (the tensorrt-cu13-libs wheel) loads libnvinfer.so.10 etc.; the
+      TensorRT provider's NEEDED entries then resolve to them.
     """
-    from ..engine import tensorrt_version
+    import contextlib
+    import io
 
-    version = tensorrt_version()
-    if version is not None:
-        return version
-    import ctypes
+    if "done" in _GPU_LIBS_PREPARED:
+        return _GPU_LIBS_PREPARED["done"]
+    ort = ort or _import_ort()
+    said = []
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        buf = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(buf):
+                preload()
+        except Exception as e:  # noqa: BLE001 - a missing library is reported by the session
+            said.append(f"preload_dlls: {e}")
+        text = " ".join(buf.getvalue().split())
+        if text:
+            said.append(f"preload_dlls: {text}")
+    try:
+        import tensorrt_libs  # noqa: F401, PLC0415
+    except Exception:  # noqa: BLE001 - not installed: system libnvinfer or none
+        pass
+    _GPU_LIBS_PREPARED["done"] = "; ".join(said)
+    if said:
+        import logging
 
-    for lib in ("libnvinfer.so.11", "libnvinfer.so.10", "nvinfer_11.dll", "nvinfer_10.dll"):
-        try:
-            handle = ctypes.CDLL(lib)
-        except OSError:
-            continue
-        try:
-            v = int(handle.getInferLibVersion())
-        except AttributeError:
-            continue
-        return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
-    return None
+        logging.getLogger("ffrt").info("ffrt: %s", "; ".join(said))
+    return _GPU_LIBS_PREPARED["done"]
+
+
+def ort_trt_library(ort=None) -> dict:
+    """What ONNX Runtime's TensorRT provider will run on: the libnvinfer soname its provider
+    library links (from its DT_NEEDED entries), and the version and file of that library as
+    this process loads it (``getInferLibVersion()``: major*10000 + minor*100 + patch).
+
+    Keys: ``provider`` (path or None), ``soname`` (e.g. "libnvinfer.so.10" or None),
+    ``version`` (e.g. "10.16.1" or None), ``path`` (the loaded file or None).
+    """
+    from .. import elf
+
+    out = {"provider": None, "soname": None, "version": None, "path": None}
+    try:
+        ort = ort or _import_ort()
+    except BackendUnavailableError:
+        return out
+    capi = Path(ort.__file__).parent / "capi"
+    provider = next(iter(sorted(capi.glob("libonnxruntime_providers_tensorrt.so*"))), None)
+    if provider is None:
+        return out
+    out["provider"] = str(provider)
+    soname = next((n for n in elf.needed(provider) if n.startswith("libnvinfer.so.")), None)
+    out["soname"] = soname
+    if soname is None:
+        return out
+    prepare_gpu_libraries(ort)
+    lib = elf.load(soname)
+    if lib is None:
+        return out
+    try:
+        v = int(lib.getInferLibVersion())
+    except (AttributeError, OSError):
+        return out
+    out["version"] = f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+    out["path"] = elf.loaded_path(soname)
+    return out
+
+
+def _trt_library_version() -> str | None:
+    """Version of the libnvinfer ONNX Runtime's TensorRT provider loads, or None."""
+    return ort_trt_library()["version"]
 
 
 def _probe_trt_ep() -> str | None:
     missing = _missing_provider("TensorrtExecutionProvider")
     if missing is not None:
         return missing
-    if _trt_library_version() is None:
+    lib = ort_trt_library()
+    if lib["soname"] and lib["version"] is None:
+        from ..engine import tensorrt_version
+
+        python_trt = tensorrt_version()
+        also = f" (the Python tensorrt here is {python_trt}, whose libraries are another major)" if python_trt and \
+            not python_trt.startswith(lib["soname"].rsplit(".", 1)[-1] + ".") else ""
+        return (f"this onnxruntime's TensorRT provider links {lib['soname']}, which is not found{also}; {GPU_HINT}")
+    if lib["version"] is None:
         return f"no TensorRT library (libnvinfer) found for the TensorRT execution provider; {GPU_HINT}"
     from ..engine import gpu_info
 
     if gpu_info() is None:
-        return "no NVIDIA GPU is visible (nvidia-smi found no device)"
+        return "no NVIDIA GPU is visible (the NVIDIA driver reports no device)"
     return None
 
 
-def trt_ep_options(model_path: Path, meta: ModelMeta, cache_root: Path | None = None) -> tuple[dict, Path]:
+def trt_ep_options(model_path: Path, meta: ModelMeta, cache_root: Path | None = None,
+                   device: int = 0) -> tuple[dict, Path]:
     """TensorRT EP provider options, with ORT's engine cache in a folder keyed like ours.
 
     The folder is named by :class:`ffrt.engine.CacheKey` (graph sha256 + TensorRT version +
-    GPU + precision + batch profile), so ORT never finds a plan built for another graph,
+    GPU + precision + batch profile), where the TensorRT version is that of the libnvinfer
+    the provider itself loads (:func:`ort_trt_library`), not of the Python ``tensorrt``
+    package, so ORT never finds a plan built for another graph,
     TensorRT or GPU there (ORT's own cache does not check the TensorRT version), and
     re-tuned thresholds (metadata only) keep the folder: no rebuild.
     FP16/INT8 flags stay off: precision comes from the ONNX, and with both off ORT builds
@@ -222,12 +299,12 @@ def trt_ep_options(model_path: Path, meta: ModelMeta, cache_root: Path | None = 
     """
     from ..engine import DEFAULT_WORKSPACE_MB, BatchProfile, GpuInfo, cache_key, default_cache_dir, gpu_info, graph_sha256
 
-    gpu = gpu_info() or GpuInfo("unknown", "unknown")
+    gpu = gpu_info(device) or GpuInfo("unknown", "unknown")
     profile = BatchProfile.for_model(meta)
     key = cache_key(graph_sha256(model_path), meta, _trt_library_version() or "unknown", gpu, profile)
     folder = (cache_root or default_cache_dir()) / "ort-trt" / key.digest()
     options = {
-        "device_id": 0,
+        "device_id": device,
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(folder),
         "trt_timing_cache_enable": True,
@@ -261,18 +338,33 @@ def prune_ort_trt_folders(folder: Path, model_path: Path) -> list[Path]:
     return removed
 
 
-def _create_trt_ep(path: Path, meta: ModelMeta, threads: int | None) -> "OnnxRuntimeBackend":
+def _create_trt_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0) -> "OnnxRuntimeBackend":
     import json
 
-    options, folder = trt_ep_options(path, meta)
+    prepare_gpu_libraries()
+    options, folder = trt_ep_options(path, meta, device=device)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "ffrt-key.json").write_text(
         json.dumps({"onnx": str(Path(path).resolve()), "options": options}, indent=2, default=str))
     prune_ort_trt_folders(folder, path)
     return OnnxRuntimeBackend(
         "onnxruntime-tensorrt", path, meta,
-        [("TensorrtExecutionProvider", options), "CUDAExecutionProvider", "CPUExecutionProvider"], threads,
+        [("TensorrtExecutionProvider", options), ("CUDAExecutionProvider", cuda_ep_options(device)),
+         "CPUExecutionProvider"], threads,
     )
+
+
+def cuda_ep_options(device: int = 0) -> dict:
+    """CUDA EP options: the GPU, and TF32 off (``use_tf32``, on by default in the CUDA EP):
+    FP32 tensors of the ONNX stay FP32, as in the native TensorRT engines."""
+    return {"device_id": device, "use_tf32": 0}
+
+
+def _create_cuda_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0) -> "OnnxRuntimeBackend":
+    prepare_gpu_libraries()
+    # CPU EP listed second: nodes CUDA lacks a kernel for still run.
+    return OnnxRuntimeBackend("onnxruntime-cuda", path, meta,
+                              [("CUDAExecutionProvider", cuda_ep_options(device)), "CPUExecutionProvider"], threads)
 
 
 register_backend(
@@ -286,17 +378,14 @@ register_backend(
     BackendSpec(
         name="onnxruntime-cuda",
         probe=_probe_cuda,
-        # CPU EP listed second: nodes CUDA lacks a kernel for still run.
-        create=lambda path, meta, threads: OnnxRuntimeBackend(
-            "onnxruntime-cuda", path, meta, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads
-        ),
+        create=_create_cuda_ep,
     )
 )
 register_backend(
     BackendSpec(
         name="onnxruntime-cpu",
         probe=_probe_cpu,
-        create=lambda path, meta, threads: OnnxRuntimeBackend(
+        create=lambda path, meta, threads, device=0: OnnxRuntimeBackend(
             "onnxruntime-cpu", path, meta, ["CPUExecutionProvider"], threads
         ),
     )
