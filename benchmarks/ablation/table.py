@@ -14,7 +14,7 @@ def fmt(v, digits=3):
 def main(argv=None) -> int:
     folder = Path((argv or sys.argv[1:] or ["benchmarks/results/ablation"])[0])
     rows = []
-    for f in sorted(folder.glob("*.json")):
+    for f in sorted(folder.glob("*__*.json")):  # run_ablation.py output: VARIANT__DATA.json
         rows += json.loads(f.read_text())
     print("| variant | data | flow params | best epoch | real AUROC | real recall @thr | real FRR @thr | "
           "dev image AUROC | dev pixel AUROC | dev AUPRO | dev recall @thr | exposure-shift FRR |")

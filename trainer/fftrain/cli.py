@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map-normalization", choices=["none", "scale", "position"], default=d.map_normalization,
                    help="standardize each feature scale's map by what normal training images show: not at all, "
                    f"per scale, or per position (default {d.map_normalization})")
+    p.add_argument("--map-blur-sigma", type=float, default=d.map_blur_sigma,
+                   help=f"Gaussian smoothing of the fused map, in input pixels; 0 = none (default {d.map_blur_sigma:g})")
     p.add_argument("--augment-views", type=int, default=TrainSettings.augment_views,
                    help="re-exposed views (gain, gamma, offset, noise, small shifts) of every training image, cached "
                    f"with the originals, so exposure changes read as normal; 0 = none (default {TrainSettings.augment_views})")
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             image_size=FastFlowConfig().image_size if args.image_size == ["auto"] else "x".join(args.image_size),
             resize_mode=args.resize_mode,
             map_normalization=args.map_normalization,
+            map_blur_sigma=args.map_blur_sigma,
             flow_steps=args.flow_steps,
             hidden_ratio=args.hidden_ratio,
             conv3x3_only=args.conv3x3_only,
