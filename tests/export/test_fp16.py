@@ -207,8 +207,11 @@ def test_strong_defect_overflow(tiny_onnx, fp16, real_images, capsys):
     z_def[0][:, :, 4:8, 4:8] = 300.0 * np.where(z_def[0][:, :, 4:8, 4:8] < 0, -1.0, 1.0)
     feeds = dict(zip(zs, z_def))
     map32, score32 = _run(head32, feeds)
-    assert np.isfinite(map32).all() and 0.5 * 300**2 / 3 < map32.max() < FP16_MAX  # map itself fits FP16 ...
-    assert (300.0**2) > FP16_MAX  # ... but z*z does not
+    # The FP32 head stays finite and shows the defect. (A standardized map, the default, can
+    # itself exceed FP16's range once divided by a small normal spread: one more reason the
+    # head, standardization included, stays FP32.)
+    assert np.isfinite(map32).all() and map32.max() > 1000
+    assert (300.0**2) > FP16_MAX  # z*z does not fit FP16
 
     # Mixed head (as shipped): it is the FP32 head, so it must give the FP32 answer exactly.
     mixed_head, kept_head = to_mixed_fp16(head32)

@@ -116,7 +116,11 @@ def test_cpu_image_pip_line_installs_a_working_ffrt(tmp_path, models):
     src = tmp_path / "src"  # what the image COPYs, nothing else
     src.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    for name in ("pyproject.toml", "README.md", "runtime", "trainer", "export", "calibration", "evaluation"):
+    # Exactly what Dockerfile.cpu COPYs: a package missing there fails here too.
+    copied = [w for line in (ROOT / "docker" / "Dockerfile.cpu").read_text().splitlines()
+              if line.startswith("COPY ") for w in line.split()[1:-1]]
+    assert "core" in copied and "runtime" in copied, copied
+    for name in copied:
         if (ROOT / name).is_dir():
             shutil.copytree(ROOT / name, src / name, ignore=ignore)
         else:

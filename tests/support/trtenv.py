@@ -33,7 +33,7 @@ SUPPORT = Path(__file__).resolve().parent
 #: The TensorRT lines checked: the gpu extra's pin (10.x) and the newest 11.x.
 TRT_LINES = {"10": "10.16.1.11", "11": "11.4.0.106"}
 CUDA_BINDINGS = ("cuda-bindings==13.4.4", "cuda-pathfinder==1.9.0")
-PACKAGES = [str(ROOT / d) for d in ("runtime", "trainer", "export", "calibration", "evaluation")]
+PACKAGES = [str(ROOT / d) for d in ("core", "runtime", "trainer", "export", "calibration", "evaluation")]
 
 
 def cache_root() -> Path:

@@ -52,7 +52,7 @@ def test_on_a_terminal_a_bar_is_drawn():
 
 def test_no_module_uses_tqdm_directly():
     offenders = []
-    for pkg in ("runtime", "trainer", "export", "calibration", "evaluation", "demo"):
+    for pkg in ("core", "runtime", "trainer", "export", "calibration", "evaluation", "demo"):
         for path in (ROOT / pkg).rglob("*.py"):
             if path.name != "progress.py" and re.search(r"^\s*(from tqdm|import tqdm)", path.read_text(), re.M):
                 offenders.append(str(path.relative_to(ROOT)))
