@@ -53,7 +53,7 @@ def test_ctrl_c_writes_the_report_of_what_was_processed_and_exits_130(red_model,
     images = tmp_path / "images"
     images.mkdir()
     data = cv2.imencode(".png", solid_bgr(16, 16, RED_BGR))[1].tobytes()
-    total = 1500  # more result lines than a pipe buffer holds: the run cannot finish unread
+    total = 5000  # far more result lines than the pipe and both sides' buffers hold: the run cannot finish unread
     for i in range(total):
         (images / f"part_{i:05d}.png").write_bytes(data)
     report = tmp_path / "out" / "report.json"
