@@ -60,6 +60,10 @@ def test_ctrl_c_writes_the_report_of_what_was_processed_and_exits_130(red_model,
     proc = subprocess.Popen(
         _ffrt("detect", str(red_model), str(images), "--json", str(report), "--threads", "1"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT,
+        # A test runner started in the background (nohup, `cmd &` in a script) inherits SIGINT
+        # as *ignored*, and Python then installs no KeyboardInterrupt handler: give the child
+        # the disposition a terminal gives it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         seen = [proc.stdout.readline() for _ in range(3)]
