@@ -15,6 +15,13 @@ import numpy as np
 MARKER = "SYNTHETIC.txt"
 
 
+def write(path: Path, rgb: np.ndarray) -> None:
+    """An RGB image as a PNG (OpenCV writes BGR), folders created; a failed write raises."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"{path}: cannot write")
+
+
 def build_synthetic_folder(
     normal_paths: list[Path], out: str | Path, size: int, n_train: int, n_test_normal: int,
     n_defect_per_kind: int, seed: int = 0,
@@ -31,10 +38,6 @@ def build_synthetic_folder(
         raise ValueError(f"need {need} normal images, got {len(normal_paths)}")
     rng = np.random.default_rng(seed)
     images = [resize_to_model(read_rgb(p), size) for p in normal_paths[:need]]
-
-    def write(path: Path, rgb: np.ndarray) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
     i = 0
     for k in range(n_train):
@@ -84,11 +87,6 @@ def build_dev_folder(data: str, out: str | Path, crop: tuple[int, int] | None = 
             top, left = (h - ch) // 2, (w - cw) // 2
             img = img[top : top + ch, left : left + cw]
         return img
-
-    def write(path: Path, rgb: np.ndarray) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"{path}: cannot write")
 
     def maybe_reexpose(img: np.ndarray) -> np.ndarray:
         if rng.random() < exposure_share:
