@@ -33,24 +33,29 @@ def progress(
     total: int | None = None,
     summary: bool = True,
     stream: IO | None = None,
+    every_s: float | None = None,
 ):
     """Wrap ``iterable`` (or, without one, a manual ``update(n)`` / ``close()`` counter).
 
     enabled=False shows nothing. The returned object supports iteration, ``update``,
-    ``set_postfix`` and ``close`` whichever form it takes.
+    ``set_postfix`` and ``close`` whichever form it takes. ``every_s``: off a terminal,
+    also print a line (count, rate, postfix) at most every ``every_s`` seconds while the
+    stage goes, for stages that run for hours (``ffrt run`` on a line).
     """
     stream = stream if stream is not None else sys.stderr
     if enabled and is_terminal(stream):
         from tqdm import tqdm
 
         return tqdm(iterable, desc=desc, unit=unit, total=total, leave=False, file=stream)
-    return StageLine(iterable, desc, unit, stream if enabled and summary else None)
+    return StageLine(iterable, desc, unit, stream if enabled and summary else None, every_s)
 
 
 class StageLine:
     """The non-terminal form: counts, and prints ``desc: N unit in S s`` once at the end."""
 
-    def __init__(self, iterable: Iterable | None, desc: str, unit: str, stream: IO | None) -> None:
+    def __init__(
+        self, iterable: Iterable | None, desc: str, unit: str, stream: IO | None, every_s: float | None = None
+    ) -> None:
         self._iterable = iterable
         self._desc = desc
         self._unit = unit
@@ -58,6 +63,8 @@ class StageLine:
         self._count = 0
         self._postfix = ""
         self._t0 = time.perf_counter()
+        self._every_s = every_s
+        self._last_line = self._t0
         self._closed = False
 
     def __iter__(self) -> Iterator:
@@ -69,7 +76,16 @@ class StageLine:
             self.close()
 
     def update(self, n: int = 1) -> None:
+        """Count ``n`` more (``update(0)`` only gives a due periodic line its chance)."""
         self._count += n
+        if self._every_s is not None and self._stream is not None and not self._closed:
+            now = time.perf_counter()
+            if now - self._last_line >= self._every_s:
+                self._last_line = now
+                rate = self._count / (now - self._t0) if now > self._t0 else 0.0
+                extra = f", {self._postfix}" if self._postfix else ""
+                label = f"{self._desc}: " if self._desc else ""
+                print(f"{label}{self._count} {self._unit} so far, {rate:.1f} {self._unit}/s{extra}", file=self._stream, flush=True)
 
     def set_postfix(self, **values: Any) -> None:
         self._postfix = ", ".join(f"{k}={v}" for k, v in values.items())

@@ -2,6 +2,7 @@
 
     ffrt info MODEL
     ffrt detect MODEL IMAGE_OR_DIR... [--backend B] [--json FILE] [--overlays DIR] [--color-order BGR|RGB]
+    ffrt run MODEL SOURCE... --out DIR [--source-name NAME]... [--csv] [--metrics-port N]   (ffrt.runcmd)
     ffrt backends
     ffrt doctor [--device N]
 
@@ -147,9 +148,6 @@ class DetectTool(Tool):
     )
 
     def add_args(self, parser):
-        from .backends import backend_names
-        from .preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
-
         parser.add_argument("model", metavar="MODEL", help="an .onnx model exported by ffexport")
         parser.add_argument(
             "images", metavar="IMAGE_OR_DIR", nargs="+",
@@ -163,27 +161,8 @@ class DetectTool(Tool):
             "Use RGB only for files whose red and blue were swapped when written (e.g. an RGB array saved "
             "with cv2.imwrite)",
         )
-        inputs.add_argument(
-            "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
-            help=f"refuse images larger than N pixels (height x width), read from the file header before decoding "
-            f"(default {DEFAULT_MAX_PIXELS}: {DEFAULT_MAX_PIXELS / 1e6:g} megapixels)",
-        )
-        inputs.add_argument(
-            "--min-side", type=int, default=DEFAULT_MIN_SIDE, metavar="N",
-            help=f"refuse images whose shorter side is below N pixels (default {DEFAULT_MIN_SIDE})",
-        )
-        run = parser.add_argument_group("inference")
-        # No argparse `choices`: a planned name (tensorrt) should get ffrt's message saying
-        # what it needs, not a bare "invalid choice".
-        run.add_argument(
-            "--backend", default="auto", metavar="NAME",
-            help=f"inference backend: {', '.join(backend_names())}. 'auto' (default) picks the fastest "
-            "that works here and says which; 'ffrt backends' lists what this machine can run",
-        )
-        run.add_argument("--threads", type=int, default=None, metavar="N", help="CPU inference threads (default: all physical cores)")
-        run.add_argument("--device", type=int, default=0, metavar="N", help="GPU index for the GPU backends (default 0)")
-        run.add_argument("--image-threshold", type=float, default=None, metavar="T", help="override the model's image threshold: score > T is FAIL")
-        run.add_argument("--pixel-threshold", type=float, default=None, metavar="T", help="override the model's pixel threshold: map > T is in the defect mask")
+        add_limit_args(inputs)
+        add_inference_args(parser.add_argument_group("inference"))
         out = parser.add_argument_group("output")
         out.add_argument(
             "--json", metavar="FILE", type=Path,
@@ -276,26 +255,52 @@ class DetectTool(Tool):
         return 0
 
 
+def add_limit_args(group) -> None:
+    """--max-pixels, --min-side: the image sizes the Detector accepts (detect, run)."""
+    from .preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+
+    group.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+        help=f"refuse images larger than N pixels (height x width), read from the file header before decoding "
+        f"(default {DEFAULT_MAX_PIXELS}: {DEFAULT_MAX_PIXELS / 1e6:g} megapixels)",
+    )
+    group.add_argument(
+        "--min-side", type=int, default=DEFAULT_MIN_SIDE, metavar="N",
+        help=f"refuse images whose shorter side is below N pixels (default {DEFAULT_MIN_SIDE})",
+    )
+
+
+def add_inference_args(group) -> None:
+    """--backend, --threads, --device and the threshold overrides (detect, run)."""
+    from .backends import backend_names
+
+    # No argparse `choices`: a planned name (tensorrt) should get ffrt's message saying
+    # what it needs, not a bare "invalid choice".
+    group.add_argument(
+        "--backend", default="auto", metavar="NAME",
+        help=f"inference backend: {', '.join(backend_names())}. 'auto' (default) picks the fastest "
+        "that works here and says which; 'ffrt backends' lists what this machine can run",
+    )
+    group.add_argument("--threads", type=int, default=None, metavar="N", help="CPU inference threads (default: all physical cores)")
+    group.add_argument("--device", type=int, default=0, metavar="N", help="GPU index for the GPU backends (default 0)")
+    group.add_argument("--image-threshold", type=float, default=None, metavar="T", help="override the model's image threshold: score > T is FAIL")
+    group.add_argument("--pixel-threshold", type=float, default=None, metavar="T", help="override the model's pixel threshold: map > T is in the defect mask")
+
+
 def _json_float(x: float) -> float | None:
     return x if math.isfinite(x) else None  # JSON has no NaN/inf; null says "no valid score"
 
 
 def write_overlay(folder: Path, path: Path, image, result, used: set, write_bytes) -> Path:
-    import cv2
-
-    from .overlay import render_overlay
+    from .overlay import overlay_png
 
     # Same stem from two folders (a/1.png, b/1.png) must not overwrite each other.
     name, k = f"{path.stem}.png", 1
     while name in used:
         name, k = f"{path.stem}_{k}.png", k + 1
     used.add(name)
-    png = render_overlay(image, result.anomaly_map, result.mask, score=result.score, is_anomalous=result.is_anomalous)
-    ok, data = cv2.imencode(".png", png)
-    if not ok:
-        raise FFRTError(f"could not encode the overlay for {path} as PNG")
     out = folder / name
-    write_bytes(out, data.tobytes())
+    write_bytes(out, overlay_png(image, result))
     return out
 
 
@@ -335,7 +340,10 @@ class DoctorTool(Tool):
         return 0
 
 
-TOOLS: tuple[Tool, ...] = (InfoTool(), DetectTool(), BackendsTool(), DoctorTool())
+def _tools() -> tuple[Tool, ...]:
+    from .runcmd import RunTool  # its own module: the line runner is larger than the rest together
+
+    return (InfoTool(), DetectTool(), RunTool(), BackendsTool(), DoctorTool())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -347,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ffrt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr (e.g. why 'auto' chose its backend)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for tool in TOOLS:
+    for tool in _tools():
         p = sub.add_parser(tool.name, help=tool.help, description=tool.description)
         tool.add_args(p)
         p.set_defaults(tool=tool)

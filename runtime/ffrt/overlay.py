@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .errors import InvalidImageError
+from .errors import FFRTError, InvalidImageError
 
 HEATMAP_WEIGHT = 0.45  # enough colour to read the map, enough image to see the part
 OUTLINE_BGR = (255, 255, 255)  # white: visible on every JET colour, unlike red on red
@@ -73,6 +73,20 @@ def render_overlay(
         colour = OUTLINE_BGR if is_anomalous is None else (FAIL_BGR if is_anomalous else PASS_BGR)
         _label(out, f"{verdict}{score:.4g}", colour)
     return out
+
+
+def overlay_png(image: np.ndarray, result) -> bytes:
+    """The PNG bytes of ``render_overlay`` for a Detector ``Result`` on ``image``, with
+    the verdict and score in the corner."""
+    png = render_overlay(image, result.anomaly_map, result.mask, score=result.score, is_anomalous=result.is_anomalous)
+    return encode_png(png, "the overlay")
+
+
+def encode_png(image: np.ndarray, what: str) -> bytes:
+    ok, data = cv2.imencode(".png", image)
+    if not ok:
+        raise FFRTError(f"could not encode {what} as PNG")
+    return data.tobytes()
 
 
 def _as_bgr(image: np.ndarray) -> np.ndarray:

@@ -1,0 +1,255 @@
+"""``ffrt run MODEL SOURCE... --out DIR``: the line runner.
+
+Several sources at once (image folders and globs, video files, cameras, stream URLs; see
+ffrt.sources), one Detector with dynamic batching, every frame's result as a JSON line
+(ffrt.runwriter), a progress bar, a summary, Prometheus metrics on request (ffrt.metrics).
+The loop itself is ffrt.linerun; this module is the command line around it.
+
+Exit codes: 0 every frame scored or deliberately dropped; 1 an unreadable or corrupt
+frame, a source that could not be opened or disconnected, or an ffrt error before the
+run; 130 Ctrl-C (SIGINT), 143 SIGTERM: the frames already submitted are written and the
+summary follows, as for a complete run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .cli import Tool, add_inference_args, add_limit_args
+
+PROGRESS_EVERY_S = 10.0
+POLICIES = ("block", "reject", "drop_oldest")
+
+
+class RunTool(Tool):
+    name = "run"
+    help = "score frames from folders, globs, video files, cameras and streams; one JSON line per frame"
+    description = (
+        "Read every SOURCE in its own thread and score its frames with MODEL, batching frames of all sources "
+        "together. SOURCE: a folder of images (name order), a glob ('parts/*.png', quoted), an image file, a "
+        "video file, a camera index (0) or a stream URL (rtsp://...). Writes into --out: results.jsonl (one "
+        "JSON object per frame: source, frame index or file, time, status, verdict, score, normalized score, "
+        "regions, latencies), results.csv (--csv), overlays/ and masks/ of rejected frames (--overlays, "
+        "--masks) and summary.json. An unreadable file or a corrupt frame is reported and skipped; a source "
+        "that ends or disconnects does not stop the others; Ctrl-C stops reading, writes the frames already "
+        "submitted and the summary, and exits with 130."
+    )
+
+    def add_args(self, parser):
+        parser.add_argument("model", metavar="MODEL", help="an .onnx model exported by ffexport")
+        parser.add_argument("sources", metavar="SOURCE", nargs="+", help="folder, glob, image or video file, camera index, or stream URL")
+        parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the results (created; must not hold an earlier run's results)")
+        src = parser.add_argument_group("sources")
+        src.add_argument(
+            "--source-name", action="append", metavar="NAME",
+            help="name of each source in the results (the camera), once per SOURCE in order; default: from the "
+            "folder or file name, cameraN, or the stream's host",
+        )
+        src.add_argument("-r", "--recursive", action="store_true", help="also take the images in sub-folders of folder sources")
+        src.add_argument(
+            "--realtime", action="store_true",
+            help="read video files at their own frame rate, as a camera delivers them (default: as fast as they are scored)",
+        )
+        add_limit_args(src)
+        add_inference_args(parser.add_argument_group("inference"))
+        batching = parser.add_argument_group("batching and queue")
+        batching.add_argument("--max-batch", type=int, default=None, metavar="N", help="most frames scored in one backend call (default: the Detector's)")
+        batching.add_argument("--max-delay-ms", type=float, default=None, metavar="MS", help="longest a frame waits for a batch to fill (default: the Detector's)")
+        batching.add_argument("--queue-size", type=int, default=None, metavar="N", help="frames waiting for scoring at most (default: the Detector's)")
+        batching.add_argument(
+            "--queue-policy", choices=POLICIES, default="block",
+            help="when the queue is full: block the source (default; files lose nothing), reject the new frame, or "
+            "drop_oldest (live cameras: the newest frame matters). Rejected and dropped frames are counted and "
+            "listed in results.jsonl with status 'refused' / 'dropped'",
+        )
+        batching.add_argument("--min-region-px", type=int, default=None, metavar="N", help="defect regions smaller than N pixels are not reported")
+        out = parser.add_argument_group("output")
+        out.add_argument("--csv", action="store_true", help="also write results.csv")
+        out.add_argument("--overlays", action="store_true", help="write overlays/SOURCE/*.png (heatmap over the frame) for rejected frames")
+        out.add_argument("--masks", action="store_true", help="write masks/SOURCE/*.png (defect mask, 0/255) for rejected frames")
+        mon = parser.add_argument_group("monitoring")
+        mon.add_argument(
+            "--metrics-port", type=int, default=None, metavar="N",
+            help="serve Prometheus metrics on port N (0: any free port, printed); needs the extra 'metrics'",
+        )
+        mon.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDR", help="address to serve metrics on (default 127.0.0.1: this machine only)")
+
+    def run(self, args):
+        from ffcore.progress import is_terminal, progress
+
+        from .linerun import LineRun
+        from .metrics import require_prometheus
+        from .preprocess import read_image_file
+        from .runwriter import RunOutputs
+        from .sources import parse_sources
+
+        # Everything that can be refused is refused before the model loads.
+        specs = parse_sources(args.sources, args.source_name, args.recursive)
+        if args.metrics_port is not None:
+            require_prometheus()
+        outputs = RunOutputs(args.out, csv_too=args.csv, overlays=args.overlays, masks=args.masks)
+        outputs.check()
+        with _make_detector(args) as det:
+            submit, pool = _submitter(det)
+            t = det.thresholds
+            header = {
+                "model": str(args.model), "backend": det.backend_description,
+                "thresholds": {"image": t.image, "pixel": t.pixel, "source": t.source},
+                "queue_policy": args.queue_policy,
+            }
+            tty = is_terminal(sys.stderr)
+            total = sum(len(s.files) for s in specs) if all(s.kind == "images" for s in specs) else None
+            bar = progress(desc="run", unit="frame", total=total, every_s=PROGRESS_EVERY_S)
+            say = _sayer(bar if tty else None)
+            run = LineRun(
+                submit, specs, lambda p: read_image_file(p, det.limits, det.meta.input), outputs,
+                queue_full=_queue_full_errors(), realtime=args.realtime, header=header,
+                progress=bar, say=say,
+            )
+            metrics = _start_metrics(args, run, det, say) if args.metrics_port is not None else None
+            if metrics is not None:
+                run.on_frame = metrics.observe
+            outputs.open()
+            for s in specs:
+                say(f"ffrt: {s.name}: {s.describe()}")
+            got = _catch_signals(run)
+            try:
+                status = run.run()
+            finally:
+                got.restore()
+                bar.close()
+                if metrics is not None:
+                    metrics.close()
+                if pool is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
+            summary = run.summary(_detector_report(det))
+            outputs.write_summary(summary)
+        print_summary(summary)
+        if status == "interrupted":
+            print(f"ffrt: interrupted; the results of the {summary['totals']['frames']} frame(s) handled are in {args.out}", file=sys.stderr)
+            return 128 + (got.signum or signal.SIGINT)
+        if summary["totals"]["errors"] or summary["totals"]["sources_failed"]:
+            print("ffrt: error: some frames or sources could not be read (see above and summary.json)", file=sys.stderr)
+            return 1
+        return 0
+
+
+def _make_detector(args):
+    from .detector import Detector
+
+    kwargs = dict(
+        backend=args.backend, threads=args.threads, image_threshold=args.image_threshold,
+        pixel_threshold=args.pixel_threshold, max_pixels=args.max_pixels, min_side=args.min_side, device=args.device,
+    )
+    batching = dict(
+        max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, queue_size=args.queue_size,
+        queue_policy=args.queue_policy, min_region_px=args.min_region_px,
+    )
+    # ADAPTER until Detector.submit lands on main: pass only the options this Detector has.
+    params = inspect.signature(Detector).parameters
+    kwargs.update({k: v for k, v in batching.items() if v is not None and k in params})
+    return Detector(args.model, **kwargs)
+
+
+def _submitter(det):
+    """ADAPTER until Detector.submit lands: one worker thread calling det(image) in order."""
+    if hasattr(det, "submit"):
+        return det.submit, None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="ffrt-score")
+    return (lambda image, source=None: pool.submit(det, image)), pool
+
+
+def _queue_full_errors() -> tuple[type[BaseException], ...]:
+    from . import errors
+
+    return tuple(e for e in (getattr(errors, "QueueFullError", None),) if e is not None)
+
+
+def _detector_report(det) -> dict:
+    out = {}
+    stats = getattr(det, "pipeline_stats", None)
+    out["pipeline"] = stats().to_dict() if stats is not None else det.stats.model_dump()
+    health = getattr(det, "health", None)
+    if health is not None:
+        out["health"] = health().to_dict()
+    return out
+
+
+def _start_metrics(args, run, det, say):
+    from .metrics import RunMetrics
+
+    health = getattr(det, "health", None)
+
+    def snapshot() -> dict:
+        return {**run.live(), "drift": health().to_dict() if health is not None else None}
+
+    metrics = RunMetrics(snapshot)
+    port = metrics.serve(args.metrics_host, args.metrics_port)
+    host = f"[{args.metrics_host}]" if ":" in args.metrics_host else args.metrics_host
+    say(f"ffrt: metrics: http://{host}:{port}/metrics")
+    return metrics
+
+
+class _Signals:
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _catch_signals(run) -> _Signals:
+    """First SIGINT/SIGTERM: stop reading and finish what was submitted; second: stop now.
+    The handler only sets events: a KeyboardInterrupt raised between a line's write and its
+    count would make the summary disagree with the file."""
+    got = _Signals()
+    if threading.current_thread() is not threading.main_thread():
+        return got  # signals are delivered to the main thread only; a caller's thread keeps its own
+
+    def handler(signum, frame):
+        if run.stop.is_set():
+            run.abort.set()
+        else:
+            got.signum = signum
+            run.stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        got.previous[sig] = signal.signal(sig, handler)
+    return got
+
+
+def _sayer(bar):
+    """Messages to stderr, above the progress bar when there is one."""
+    if bar is None:
+        return lambda msg: print(msg, file=sys.stderr, flush=True)
+    return lambda msg: bar.write(msg, file=sys.stderr)
+
+
+def print_summary(summary: dict) -> None:
+    width = max(len(s["name"]) for s in summary["sources"])
+    for s in summary["sources"]:
+        extra = "".join(f", {s[k]} {k}" for k in ("errors", "dropped", "refused") if s[k])
+        print(f"{s['name']:<{width}}  {s['frames']} frames: {s['fail']} FAIL, {s['pass']} PASS{extra}; {s['ended']}")
+    t = summary["totals"]
+    extra = "".join(f", {t[k]} {k}" for k in ("errors", "dropped", "refused") if t[k])
+    print(
+        f"total: {t['frames']} frames in {t['elapsed_s']:.1f} s: {t['fail']} FAIL, {t['pass']} PASS{extra}; "
+        f"{t['fps']:.1f} frames/s scored, reject rate {100 * t['reject_rate']:.1f}%"
+    )
+    print(f"latency: {_latency_line(summary.get('pipeline', {}))}")
+    print(f"backend: {summary['backend']}")
+    print(f"results: {', '.join(summary['outputs'])}")
+
+
+def _latency_line(p: dict) -> str:
+    if "p50_ms" in p:  # LatencyStats (Detector without pipeline_stats)
+        return f"p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms per call"
+    return str(p)
