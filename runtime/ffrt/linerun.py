@@ -131,6 +131,7 @@ class LineRun:
         self.started_at = time.time()
         self._t0 = time.monotonic()
         self._in_flight = 0
+        self._postfix_at = float("-inf")
         self._threads: list[threading.Thread] = []
         self.status = "running"
 
@@ -245,8 +246,13 @@ class LineRun:
             self._say(f"ffrt: error: {spec.name} frame {frame.index}{where}: {record['error']}")
         if self.on_frame is not None:
             outcome = record.get("verdict", status).lower() if status == "scored" else status
-            self.on_frame(spec.name, outcome, record.get("latency_ms"))
+            self.on_frame(spec.name, outcome, stage_latencies(record))
         if self._progress is not None:
+            now = time.monotonic()
+            if now - self._postfix_at >= 0.5:  # tqdm redraws at each set_postfix
+                t = self.totals()
+                self._progress.set_postfix(rejected=f"{100 * t['reject_rate']:.1f}%", errors=t["errors"])
+                self._postfix_at = now
             self._progress.update(1)
 
     def _wait(self, future: Future):
@@ -308,24 +314,21 @@ def frame_record(source: str, frame: Frame, status: str, result=None, error: str
 
 
 def result_fields(result) -> dict:
-    import math
-
-    score = result.score
-    fields = {
-        "verdict": "FAIL" if result.is_anomalous else "PASS",
-        "score": score if math.isfinite(score) else None,  # JSON has no NaN: null = no valid score
-        "normalized_score": result.normalized_score,
-    }
-    regions = getattr(result, "regions", None)
-    if regions is not None:
-        fields["regions"] = [_region(r) for r in regions]
-    fields["latency_ms"] = {"total": round(result.latency_ms, 3)}
-    return fields
+    """The verdict first, then ``Result.to_dict()`` (score, normalized score, regions, latency
+    and its split) less what is the same for every frame of a run (backend, precision: in
+    summary.json)."""
+    d = result.to_dict()
+    d.pop("backend", None)
+    d.pop("precision", None)
+    return {"verdict": "FAIL" if d.pop("is_anomalous") else "PASS", **d}
 
 
-def _region(r) -> dict:
-    return {"area_px": int(r.area_px), "bbox": [int(v) for v in r.bbox], "centroid": [round(float(v), 2) for v in r.centroid],
-            "peak_score": float(r.peak_score)}
+#: Stage latencies in a frame's record, by the metrics' stage label.
+STAGES = {"queue": "queue_ms", "preprocess": "preprocess_ms", "inference": "inference_ms", "postprocess": "postprocess_ms", "total": "latency_ms"}
+
+
+def stage_latencies(record: dict) -> dict[str, float]:
+    return {stage: record[key] for stage, key in STAGES.items() if record.get(key) is not None}
 
 
 def iso_time(t: float) -> str:

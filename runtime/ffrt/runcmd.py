@@ -105,7 +105,7 @@ class RunTool(Tool):
             }
             tty = is_terminal(sys.stderr)
             total = sum(len(s.files) for s in specs) if all(s.kind == "images" for s in specs) else None
-            bar = progress(desc="run", unit="frame", total=total, every_s=PROGRESS_EVERY_S)
+            bar = progress(desc="run", unit="frames", total=total, every_s=PROGRESS_EVERY_S)
             say = _sayer(bar if tty else None)
             run = LineRun(
                 submit, specs, lambda p: read_image_file(p, det.limits, det.meta.input), outputs,

@@ -34,7 +34,7 @@ RESULTS_CSV = "results.csv"
 SUMMARY_JSON = "summary.json"
 CSV_COLUMNS = (
     "source", "frame", "file", "video_ms", "time", "status", "verdict", "score", "normalized_score",
-    "regions", "largest_region_px", "latency_ms", "error",
+    "regions", "largest_region_px", "latency_ms", "queue_ms", "preprocess_ms", "inference_ms", "postprocess_ms", "error",
 )
 
 
@@ -155,7 +155,6 @@ def _csv_values(record: dict) -> list:
         **record,
         "regions": None if regions is None else len(regions),
         "largest_region_px": regions[0]["area_px"] if regions else None,
-        "latency_ms": (record.get("latency_ms") or {}).get("total"),
     }
     return [flat.get(c) for c in CSV_COLUMNS]
 

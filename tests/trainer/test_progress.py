@@ -38,6 +38,25 @@ def test_manual_counters_and_quiet_forms():
     assert quiet.getvalue() == ""
 
 
+def test_a_long_stage_off_a_terminal_prints_a_line_every_so_often():
+    # ffrt run on a line goes for hours: its log gets a line now and then, not only at the end.
+    buf = io.StringIO()
+    bar = progress(desc="run", unit="frames", stream=buf, every_s=0.0)  # 0: a line at every update
+    bar.set_postfix(rejected="10.0%")
+    bar.update(2)
+    bar.update(0)  # nothing new, yet the line is due
+    bar.close()
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 3
+    assert all(re.fullmatch(r"run: 2 frames so far, [\d.]+ frames/s, rejected=10\.0%", line) for line in lines[:2])
+    assert re.fullmatch(r"run: 2 frames in \d+\.\d s \(rejected=10\.0%\)", lines[2])
+    hourly = io.StringIO()
+    bar = progress(desc="run", unit="frames", stream=hourly, every_s=3600.0)
+    bar.update(5)
+    bar.close()
+    assert hourly.getvalue().count("\n") == 1  # only the closing line
+
+
 def test_on_a_terminal_a_bar_is_drawn():
     master, slave = os.openpty()  # a real pseudo-terminal
     try:
