@@ -19,19 +19,16 @@ from .report import Accuracy, EncodingAccuracy, Latency
 
 DEFAULT_MAX_AUROC_DROP = 0.01
 #: Lowest accepted Spearman rank correlation of INT8 vs FP32 image scores on the
-#: validation set. 0.95 means the INT8 model orders parts essentially like FP32. For scale
-#: (ELPV demo model, measured): Gaussian noise of 2% / 5% / 10% RMS on the backbone
-#: features gives Spearman 0.999 / 0.969 / 0.649 and AUROC -0.001 / -0.021 / -0.174, so
-#: 0.95 admits roughly the feature noise that still costs about 0.01-0.02 AUROC.
+#: validation set. 0.95 means the INT8 model orders parts essentially like FP32: it admits
+#: roughly the backbone feature noise that still costs about 0.01-0.02 AUROC (the noise ->
+#: Spearman -> AUROC figures: benchmarks/README.md, "Figures behind the code's defaults").
 DEFAULT_MIN_SPEARMAN = 0.95
 #: The same bound when each INT8 file's flow head was re-fit (ffexport --int8). A re-fit head
 #: is a re-trained head: its scores are not the FP32 head's plus noise, and the noise ->
-#: AUROC link above no longer holds (the head adapts; image AUROC is gated directly).
-#: Measured on the ELPV demo model (460 test cells): merely continuing the FP32 head's
-#: training for the same 6 epochs on FP32 features gives Spearman 0.978 against the shipped
-#: FP32 (AUROC 0.901 -> 0.917); the re-fit INT8 heads give 0.916 (TensorRT encoding) and
-#: 0.950 (CPU encoding) at AUROC 0.892 / 0.911. 0.90 still refuses a head that orders parts
-#: differently (a broken re-fit scores ~0, plain PTQ ~0.0-0.3).
+#: AUROC link above no longer holds (the head adapts; image AUROC is gated directly): even
+#: continuing the FP32 head's training on FP32 features moves its ranking. 0.90 still
+#: refuses a head that orders parts differently (a broken re-fit, or plain PTQ, scores near
+#: 0). The demo's figures are in benchmarks/README.md ("Figures behind the code's defaults").
 DEFAULT_MIN_SPEARMAN_REFIT = 0.90
 
 

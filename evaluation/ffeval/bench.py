@@ -20,8 +20,7 @@ check that the stage split adds up to what a user of the Detector sees.
 Between runs of different engines (the pipeline's session, PyTorch, the Detector's own
 session) the loop pauses ``settle_ms`` (untimed): ONNX Runtime and OpenMP worker threads
 spin-wait after a run, and without the pause each engine is timed against the previous
-one's spinning threads (measured on the 2-core dev machine, Lite0 batch 1: ONNX Runtime
-24 -> 42 ms and PyTorch 74 -> 147 ms when interleaved back to back).
+one's spinning threads (the size of that effect: benchmarks/README.md).
 
 ``--vs-torch`` times the PyTorch eager model of the same checkpoint on the same uint8
 batch (``to_tensor_batch`` + ``model(x)`` under ``torch.inference_mode``), interleaved

@@ -65,7 +65,6 @@ def evaluate(
 ) -> dict:
     from ffrt import Detector, FFRTError
     from ffcore import metrics as M
-    from ffcore.images import read_mask
 
     path = Path(model_path)
     if not path.is_file():
@@ -210,7 +209,7 @@ def pick_examples(labels: np.ndarray, scores: np.ndarray, per_group: int) -> dic
 def _overlays(det, samples, scores, per_group: int, title: str, path: Path) -> Path:
     from ffrt.overlay import render_overlay
     from ffrt.preprocess import read_image_file
-    from ffcore.images import read_mask
+    from ffcore.images import resize_to_model
 
     from .plots import overlay_grid
 
@@ -218,7 +217,10 @@ def _overlays(det, samples, scores, per_group: int, title: str, path: Path) -> P
     groups = pick_examples(labels, scores, per_group)
     chosen = [(g, i) for g, idx in groups.items() for i in idx]
     h, w = det.input_size
-    images = [cv2.resize(read_image_file(samples[i].path), (w, h), interpolation=cv2.INTER_AREA) for _, i in chosen]
+    mode = det.meta.input.resize_mode
+    # Each row shows the frame as the model saw it (stretched or letterboxed to (h, w)),
+    # so the map, the predicted mask and the ground truth line up with it.
+    images = [resize_to_model(read_image_file(samples[i].path), (h, w), mode) for _, i in chosen]
     results = det.predict_batch(images, batch_size=1) if images else []
     thr = det.thresholds
     # One colour scale for every row, so rows compare: from the pixel threshold's half to
@@ -231,7 +233,7 @@ def _overlays(det, samples, scores, per_group: int, title: str, path: Path) -> P
         empty = np.zeros_like(r.mask)
         gt = None
         if s.mask_path is not None:
-            gt = read_mask(s.mask_path, (h, w)).astype(np.float32)
+            gt = model_geometry_mask(s.mask_path, (h, w), mode).astype(np.float32)
         elif s.label == 0:
             gt = np.zeros((h, w), np.float32)
         rows.append({

@@ -10,19 +10,17 @@ One call = preprocess (validate, decode, resize, colour) -> backend.run(uint8 NH
 the model's metadata and can be re-tuned at run time with :meth:`Detector.set_thresholds`.
 
 Thread-safety: a Detector may be shared by several threads. Preprocessing keeps no
-state; ONNX Runtime sessions may run concurrently (a backend that may not says so with
-``concurrent_safe = False`` and the Detector then serializes its calls); the thresholds
-are one immutable object swapped atomically; the latency window is locked.
+state; every backend's ``run`` may be called concurrently (ONNX Runtime sessions are
+thread-safe for ``run``; the TensorRT backend gives each call its own execution slot); the
+thresholds are one immutable object swapped atomically; the latency window is locked.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Iterable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import NamedTuple
 
@@ -154,8 +152,6 @@ class Detector:
                 "model.int8-cpu.onnx for CPUs, model.int8-trt.onnx for TensorRT).",
                 path, self._meta.target, self._meta.precision, self._backend.name,
             )
-        # Only backends that cannot run concurrently pay for a lock.
-        self._run_lock = nullcontext() if self._backend.concurrent_safe else threading.Lock()
 
     # -- properties --------------------------------------------------------------------
 
@@ -363,8 +359,7 @@ class Detector:
     def _run_backend(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(batch)
         try:
-            with self._run_lock:
-                maps, scores = self._backend.run(batch)
+            maps, scores = self._backend.run(batch)
         except FFRTError:
             raise
         except Exception as e:
