@@ -7,9 +7,10 @@ itself is built from:
                    (validate, resize to the model size with INTER_AREA, colour order). File
                    decoding is not included: on a line, frames come from the camera.
 - ``inference``:   ``backend.run(uint8 NHWC batch)`` (``ffrt.backends.create_backend``).
-                   For a GPU backend that exposes them (attribute ``last_stage_ms`` with
-                   ``h2d``/``compute``/``d2h``), the host-to-device, compute and
-                   device-to-host parts; "n/a" otherwise (CPU backends have no copies).
+                   A backend that measures its host-to-device, compute and device-to-host
+                   parts (attribute ``last_stage_ms``, a dict with ``h2d``/``compute``/``d2h``
+                   after each run) gets those stages too; they are absent otherwise (no
+                   backend of this release measures them; CPU backends have no copies).
 - ``postprocess``: what the Detector does after inference: bilinear resize of each map
                    back to its frame's size, pixel threshold -> mask, image threshold.
 - ``total``:       the sum of the three, per iteration.
@@ -42,7 +43,8 @@ import numpy as np
 from ffcore.files import sha256_file
 
 SCHEMA = "ffeval.bench"
-SCHEMA_VERSION = 1
+#: 2: the h2d / compute / d2h stages are present only when measured (1 wrote "n/a").
+SCHEMA_VERSION = 2
 DEFAULT_BATCHES = (1, 2, 4, 8, 16)
 
 
@@ -62,6 +64,14 @@ def summarize(ms: list[float] | np.ndarray, batch: int) -> dict:
         "max_ms": float(a.max()), "mean_ms": mean,
         "images_per_s": batch * 1000.0 / mean if mean > 0 else None,
     }
+
+
+def compute_rate(macs_per_image: int, batch: int, p50_ms: float, peak_gflops: float | None) -> tuple[float | None, float | None]:
+    """(achieved GFLOP/s, fraction of the peak): 2 FLOP per MAC, the whole batch in ``p50_ms``."""
+    if p50_ms <= 0:
+        return None, None
+    gflops = 2.0 * macs_per_image * batch / (p50_ms / 1e3) / 1e9
+    return gflops, (gflops / peak_gflops if peak_gflops else None)
 
 
 def _reset_peak_rss() -> bool:
@@ -156,7 +166,7 @@ def run_benchmark(
     progress: Callable[[str], None] = lambda s: None,
     command: list[str] | None = None,
 ) -> dict:
-    """Measure and return the report dict (schema ``ffeval.bench`` v1, see benchmarks/README.md)."""
+    """Measure and return the report dict (schema ``ffeval.bench`` v2, see benchmarks/README.md)."""
     from ffrt import Detector, FFRTError
     from ffrt.backends import create_backend
     from ffrt.meta import read_onnx_meta
@@ -250,26 +260,21 @@ def run_benchmark(
             e2e.append((time.perf_counter() - t5) * 1e3)
             settle()
         inference = summarize(inf, batch)
-        flops = 2.0 * macs.total * batch
-        gflops = flops / (inference["p50_ms"] / 1e3) / 1e9 if inference["p50_ms"] > 0 else None
+        gflops, fraction = compute_rate(macs.total, batch, inference["p50_ms"],
+                                        peak["fp32_gflops"] if (is_cpu and peak) else None)
+        stages = {"preprocess": summarize(pre, batch), "inference": inference}
+        stages.update({k: summarize(v, batch) for k, v in gpu_parts.items() if v})
+        stages.update({"postprocess": summarize(post, batch), "total": summarize(total, batch)})
         row = {
             "batch": batch,
-            "stages": {
-                "preprocess": summarize(pre, batch),
-                "inference": inference,
-                "h2d": summarize(gpu_parts["h2d"], batch) if gpu_parts["h2d"] else "n/a",
-                "compute": summarize(gpu_parts["compute"], batch) if gpu_parts["compute"] else "n/a",
-                "d2h": summarize(gpu_parts["d2h"], batch) if gpu_parts["d2h"] else "n/a",
-                "postprocess": summarize(post, batch),
-                "total": summarize(total, batch),
-            },
+            "stages": stages,
             "detector_end_to_end": summarize(e2e, batch),
             "throughput_images_per_s": {
                 "inference": inference["images_per_s"],
                 "pipeline": summarize(total, batch)["images_per_s"],
             },
             "achieved_gflops": gflops,
-            "fraction_of_cpu_peak": (gflops / peak["fp32_gflops"]) if (is_cpu and peak and gflops) else None,
+            "fraction_of_cpu_peak": fraction,
             "peak_rss_mb": _peak_rss_mb(),
             "peak_rss_scope": "this batch size" if rss_reset else "process lifetime",
             "torch_eager": None,

@@ -54,16 +54,26 @@ def test_metadata_round_trip_and_score_stats(model_copy, normal_halves):
     assert np.mean(flagged) <= 0.05
 
 
-def test_defects_give_f1_threshold_and_histogram(model_copy, normal_halves, elpv_split, tmp_path):
-    from fftrain.metrics import f1_max
+def _f1_by_counting(labels: np.ndarray, scores: np.ndarray, t: float) -> float:
+    flagged = scores > t
+    tp = int(np.sum(flagged & (labels == 1)))
+    fp = int(np.sum(flagged & (labels == 0)))
+    fn = int(np.sum(~flagged & (labels == 1)))
+    return 2 * tp / (2 * tp + fp + fn)
 
+
+def test_defects_give_f1_threshold_and_histogram(model_copy, normal_halves, elpv_split, tmp_path):
     defects = [s.path for s in elpv_split.test if s.label == 1][:20]
     png = tmp_path / "hist.png"
     report = calibrate_thresholds(model_copy, normal_halves[0][:20], defects, histogram_png=png, progress=False)
     det = Detector(model_copy, backend="onnxruntime-cpu")
-    s = [r.score for r in det.predict_batch(normal_halves[0][:20] + defects)]
-    f1, t = f1_max(np.r_[np.zeros(20), np.ones(20)], s)
-    assert report.image_threshold == pytest.approx(t) and report.image_f1 == pytest.approx(f1)
+    scores = np.array([r.score for r in det.predict_batch(normal_halves[0][:20] + defects)])
+    labels = np.r_[np.zeros(20, int), np.ones(20, int)]
+    # Brute force: every operating point "flag the k highest scores" (a threshold just below
+    # each observed score), counted directly; the calibrated threshold must reach the best.
+    best = max(_f1_by_counting(labels, scores, np.nextafter(v, -np.inf)) for v in scores)
+    assert report.image_f1 == pytest.approx(best)
+    assert _f1_by_counting(labels, scores, report.image_threshold) == pytest.approx(best)
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -126,19 +136,29 @@ def test_cli_thresholds_writes(model_copy, normal_halves, tmp_path, capsys):
     assert read_onnx_meta(model_copy).thresholds.source.startswith("ffcalib")
 
 
-def test_normalized_score(model_copy, real_images):
+def test_normalize_score_by_hand():
     from ffrt.detector import normalize_score
 
+    # logistic(z) with z = (score - threshold) / scale: z = 0 -> 1/2; z = ln 3 -> 1/(1 + 1/3) = 3/4.
+    assert normalize_score(2.0, 2.0, 0.5) == 0.5
+    assert normalize_score(2.0 + 0.5 * math.log(3), 2.0, 0.5) == pytest.approx(0.75)
+    assert normalize_score(2.0 - 0.5 * math.log(3), 2.0, 0.5) == pytest.approx(0.25)
+    assert normalize_score(-1e9, 0.0, 1.0) == 0.0 and normalize_score(1e9, 0.0, 1.0) == 1.0  # no overflow
+    assert normalize_score(float("nan"), 1.0, 1.0) == 1.0
+
+
+def test_normalized_score(model_copy, real_images):
     det = Detector(model_copy, backend="onnxruntime-cpu")
     stats = det.meta.score_stats
     assert stats is not None and stats.std > 0
     r = det(real_images[0])
-    t = det.thresholds.image
-    assert r.normalized_score == pytest.approx(1 / (1 + math.exp(-(r.score - t) / stats.std)))
     assert (r.normalized_score > 0.5) == r.is_anomalous
     det.set_thresholds(image=r.score)  # at the threshold -> exactly 0.5
     assert det(real_images[0]).normalized_score == pytest.approx(0.5, abs=1e-6)
-    assert normalize_score(float("nan"), 1.0, 1.0) == 1.0
+    # ln 3 normal-score standard deviations below the threshold reads 1/4: the scale is the
+    # metadata's score_stats.std.
+    det.set_thresholds(image=r.score + stats.std * math.log(3))
+    assert det(real_images[0]).normalized_score == pytest.approx(0.25, abs=1e-5)
     # Without statistics there is no normalized score.
     meta = read_onnx_meta(model_copy)
     write_onnx_meta(model_copy, meta.model_copy(update={"score_stats": None}))
