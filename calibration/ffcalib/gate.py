@@ -5,13 +5,13 @@ FP32-vs-INT8 latency table."""
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 
 import numpy as np
 from ffcore.metrics import roc_auc, spearman
 from ffcore.ort import make_session
 from ffcore.progress import progress as progress_bar
+from ffcore.timing import interleaved
 from ffrt.meta import meta_from_proto
 
 from .images import CalibError
@@ -108,24 +108,12 @@ def benchmark(
     out = []
     for b in batches:
         x = rng.integers(0, 256, size=(b, input_hw[0], input_hw[1], 3), dtype=np.uint8)
-        times: dict[str, list[float]] = {k: [] for k in sessions}
-        for s in sessions.values():  # warm-up: arenas, kernel selection
-            name = s.get_inputs()[0].name
-            s.run(None, {name: x})
-        t_start = time.perf_counter()
+        runners = {k: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})) for k, s in sessions.items()}
         bar = progress_bar(desc=f"benchmark batch {b}", unit="round", enabled=progress)
-        while True:
-            for k, s in sessions.items():
-                name = s.get_inputs()[0].name
-                t0 = time.perf_counter()
-                s.run(None, {name: x})
-                times[k].append(time.perf_counter() - t0)
-            bar.update(1)
-            n = len(times[ref])
-            if n >= min_runs and time.perf_counter() - t_start >= min_seconds * len(sessions):
-                break
+        times = interleaved(runners, min_rounds=min_runs, min_seconds=min_seconds * len(sessions),
+                            on_round=lambda _: bar.update(1))
         bar.close()
-        ms = {k: float(np.median(v) * 1000.0) for k, v in times.items()}
+        ms = {k: float(np.median(v)) for k, v in times.items()}
         out.append(
             Latency(
                 batch=b,

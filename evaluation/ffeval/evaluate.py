@@ -19,7 +19,6 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .synthetic_data import MARKER
@@ -50,12 +49,15 @@ def model_geometry_mask(path, size: tuple[int, int], mode: str) -> np.ndarray:
     resized the way the frame was: stretched, or letterboxed into the middle."""
     from ffcore.images import read_mask, resize_to_model
 
-    if mode == "stretch":
-        return read_mask(path, size)
-    native = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-    if native is None:
-        raise EvalError(f"{path}: not a decodable mask image")
-    return resize_to_model(((native > 127) * 255).astype(np.uint8), size, mode) > 127
+    from ffcore.images import DataError
+
+    try:
+        if mode == "stretch":
+            return read_mask(path, size)
+        native = read_mask(path, None)
+    except DataError as e:
+        raise EvalError(str(e)) from e
+    return resize_to_model(native.astype(np.uint8) * 255, size, mode) > 127
 
 
 def evaluate(
@@ -173,7 +175,7 @@ def evaluate(
     }
 
     if out is not None:
-        from .plots import pro_curve, pro_plot, roc_plot
+        from .plots import pro_plot, roc_plot
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -182,7 +184,7 @@ def evaluate(
                                               per_type=curves if len(types) > 1 else None,
                                               operating_point=(float(pred[~y].mean()), float(pred[y].mean()), thr.image)))
         if pixel["available"]:
-            pf, pp = pro_curve(masks, maps, AUPRO_FPR_LIMIT)
+            pf, pp = M.pro_curve(masks, maps, AUPRO_FPR_LIMIT)
             report["files"]["pro"] = str(pro_plot(pf, pp, pixel["aupro"], AUPRO_FPR_LIMIT, f"PRO curve: {name}", out / "pro.png"))
         progress("rendering the overlay grid")
         report["files"]["overlays"] = str(_overlays(det, samples, scores, per_group, f"{name}: thresholds image "

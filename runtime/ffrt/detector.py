@@ -24,7 +24,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 from ffcore.files import ENGINE_SUFFIXES  # noqa: F401  (re-exported: ffrt.detector.ENGINE_SUFFIXES)
 
@@ -37,9 +36,9 @@ from .preprocess import (
     ImageLimits,
     PreparedBatch,
     check_color_order,
-    frame_region,
     prepare_batch,
 )
+from .postprocess import postprocess
 from .result import Result, normalize_score  # noqa: F401  (re-exported: ffrt.detector.Result, .normalize_score)
 from .stats import DEFAULT_WINDOW, LatencyStats, LatencyWindow
 
@@ -379,21 +378,7 @@ class Detector:
     def _postprocess(
         self, amap: np.ndarray, score: float, original: tuple[int, int], thresholds: Thresholds
     ) -> tuple[float, bool, np.ndarray, np.ndarray]:
-        if self._resize_outputs:
-            # Letterboxed: the padding is not part of the frame; crop it off, then resize.
-            amap = frame_region(amap, original, self._meta.input)
-        if self._resize_outputs and original != amap.shape:
-            amap = cv2.resize(amap, (original[1], original[0]), interpolation=cv2.INTER_LINEAR)
-        else:
-            amap = amap.copy()  # own the data: a view would pin the whole batch in memory
-        # "not <=" rather than ">": NaN (e.g. overflow in the model) fails the part. In place
-        # into one bool array: at full size on a large frame, a temporary per step adds up.
-        mask = np.less_equal(amap, thresholds.pixel)
-        np.logical_not(mask, out=mask)
-        is_anomalous = not (score <= thresholds.image)
-        if math.isnan(score):
-            log.warning("ffrt: the model returned a NaN score; the image is reported as anomalous")
-        return score, is_anomalous, amap, mask
+        return postprocess(amap, score, original, self._meta.input, thresholds, self._resize_outputs)
 
 
 def target_matches(target: str, backend_name: str) -> bool:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ffeval.bench import SCHEMA, SCHEMA_VERSION, BenchError, compute_rate, parse_batches, postprocess, summarize
+from ffeval.bench import SCHEMA, SCHEMA_VERSION, BenchError, compute_rate, parse_batches, summarize
 from ffeval.bench_cli import main
 from ffeval.machine import RELEVANT_FLAGS, describe
 
@@ -167,25 +167,6 @@ def test_table_printed(tiny_onnx, frame_folder, capsys):
     out, err = capsys.readouterr()
     assert "GMAC/image" in out and "CPU peak" in out and "x 2" in out
     assert "ffbench: batch 1" in err  # progress lines on stderr
-
-
-def test_postprocess_matches_detector(tiny_onnx, frame_folder):
-    """The bench's postprocess stage does what the Detector does."""
-    import cv2
-    import numpy as np
-
-    from ffrt import Detector
-
-    frame = cv2.imread(str(sorted(frame_folder.iterdir())[0]), cv2.IMREAD_UNCHANGED)
-    det = Detector(tiny_onnx, backend="onnxruntime-cpu")
-    ref = det(frame)
-    det_small = Detector(tiny_onnx, backend="onnxruntime-cpu", resize_outputs=False)
-    small = det_small(frame)
-    score, anomalous, amap, mask = postprocess(small.anomaly_map[None, None], np.array([small.score]),
-                                               [frame.shape[:2]], det.thresholds.image, det.thresholds.pixel)[0]
-    assert score == pytest.approx(ref.score) and anomalous == ref.is_anomalous
-    np.testing.assert_allclose(amap, ref.anomaly_map, rtol=1e-6, atol=1e-6)
-    assert (mask == ref.mask).mean() > 0.999
 
 
 @pytest.mark.parametrize(
