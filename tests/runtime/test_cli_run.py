@@ -320,3 +320,21 @@ def test_metrics_endpoint_on_loopback(tiny_onnx, cells, tmp_path):
     assert 0.0 <= value("ffrt_reject_rate", source="cam1") <= 1.0
     assert value("ffrt_source_up", source="cam1") == 1.0
     assert value("ffrt_queue_depth") >= 0
+
+
+def test_what_each_argument_is_and_its_default_name(tmp_path, monkeypatch):
+    from ffrt.sources import parse_sources
+
+    monkeypatch.chdir(tmp_path)
+    for d in ("top", "side"):
+        (tmp_path / d).mkdir()
+        cv2.imwrite(str(tmp_path / d / "a.png"), np.zeros((20, 20, 3), np.uint8))
+    (tmp_path / "side" / "notes.txt").write_text("x")
+    (tmp_path / "line.avi").write_bytes(b"")
+    specs = parse_sources(["top", "side/*", "line.avi", "0", "rtsp://user@10.0.0.7:554/s1", "top/a.png", "top"], None)
+    assert [(s.kind, s.name) for s in specs] == [
+        ("images", "top"), ("images", "side"), ("video", "line"), ("camera", "camera0"),
+        ("stream", "10.0.0.7_554"), ("images", "a"), ("images", "top-2"),
+    ]
+    assert specs[1].files == (Path("side/a.png"),) and specs[1].skipped[0][0] == "side/notes.txt"
+    assert [s.live for s in specs] == [False, False, False, True, True, False, False]
