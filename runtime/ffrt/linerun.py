@@ -130,7 +130,6 @@ class LineRun:
         self.states = {s.name: SourceState(s) for s in specs}
         self.started_at = time.time()
         self._t0 = time.monotonic()
-        self._in_flight = 0
         self._postfix_at = float("-inf")
         self._threads: list[threading.Thread] = []
         self.status = "running"
@@ -219,7 +218,6 @@ class LineRun:
         if future is REFUSED:
             status = "refused"
         elif future is not None:
-            self._in_flight += 1
             try:
                 result = self._wait(future)
                 status = "scored"
@@ -227,8 +225,6 @@ class LineRun:
                 status = "dropped"
             except FFRTError as e:  # this frame only: refused image, failed batch
                 error = str(e)
-            finally:
-                self._in_flight -= 1
         record = frame_record(spec.name, frame, status, result, error)
         if status == "scored":
             st.scored += 1
@@ -268,10 +264,7 @@ class LineRun:
 
     def live(self) -> dict:
         """What the metrics endpoint shows at a scrape."""
-        return {
-            "queue_depth": self._pending.qsize() + self._in_flight,
-            "sources": {n: st.live(self._t0) for n, st in self.states.items()},
-        }
+        return {"sources": {n: st.live(self._t0) for n, st in self.states.items()}}
 
     def totals(self) -> dict:
         keys = ("frames", "scored", "fail", "errors", "dropped", "refused")

@@ -9,7 +9,7 @@ authentication, and a line PC's other interfaces face the plant network.
     ffrt_frames_total{source,outcome}          counter: pass, fail, error, dropped, refused
     ffrt_throughput_fps{source}                frames scored per second, recent window
     ffrt_reject_rate{source}                   share of FAIL among the recent scored frames
-    ffrt_queue_depth                           frames submitted and not yet answered
+    ffrt_queue_depth                           frames waiting in the Detector's queue
     ffrt_source_up{source}                     1 while the source delivers frames, 0 once it ended
     ffrt_drift{state}                          1 for the Detector's current drift state
     ffrt_drift_value{name}                     the numbers behind it (recent median, share above threshold, ...)
@@ -113,7 +113,7 @@ class _Live:
             rej.add_metric([name], s["reject_rate"])
             up.add_metric([name], 1.0 if s["up"] else 0.0)
         yield from (fps, rej, up)
-        yield GaugeMetricFamily("ffrt_queue_depth", "Frames submitted to the Detector and not yet answered.", value=snap.get("queue_depth", 0))
+        yield GaugeMetricFamily("ffrt_queue_depth", "Frames waiting in the Detector's queue for a batch.", value=snap.get("queue_depth", 0))
         drift = snap.get("drift")
         if drift:
             state = GaugeMetricFamily("ffrt_drift", "1 for the Detector's current drift state.", labels=["state"])

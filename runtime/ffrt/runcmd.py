@@ -13,15 +13,13 @@ summary follows, as for a complete run.
 
 from __future__ import annotations
 
-import argparse
-import inspect
 import signal
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .cli import Tool, add_inference_args, add_limit_args
+from .errors import QueueFullError
 
 PROGRESS_EVERY_S = 10.0
 POLICIES = ("block", "reject", "drop_oldest")
@@ -96,7 +94,6 @@ class RunTool(Tool):
         outputs = RunOutputs(args.out, csv_too=args.csv, overlays=args.overlays, masks=args.masks)
         outputs.check()
         with _make_detector(args) as det:
-            submit, pool = _submitter(det)
             t = det.thresholds
             header = {
                 "model": str(args.model), "backend": det.backend_description,
@@ -108,8 +105,8 @@ class RunTool(Tool):
             bar = progress(desc="run", unit="frames", total=total, every_s=PROGRESS_EVERY_S)
             say = _sayer(bar if tty else None)
             run = LineRun(
-                submit, specs, lambda p: read_image_file(p, det.limits, det.meta.input), outputs,
-                queue_full=_queue_full_errors(), realtime=args.realtime, header=header,
+                det.submit, specs, lambda p: read_image_file(p, det.limits, det.meta.input), outputs,
+                queue_full=(QueueFullError,), realtime=args.realtime, header=header,
                 progress=bar, say=say,
             )
             metrics = _start_metrics(args, run, det, say) if args.metrics_port is not None else None
@@ -126,9 +123,7 @@ class RunTool(Tool):
                 bar.close()
                 if metrics is not None:
                     metrics.close()
-                if pool is not None:
-                    pool.shutdown(wait=False, cancel_futures=True)
-            summary = run.summary(_detector_report(det))
+            summary = _final_summary(run, det)
             outputs.write_summary(summary)
         print_summary(summary)
         if status == "interrupted":
@@ -143,51 +138,28 @@ class RunTool(Tool):
 def _make_detector(args):
     from .detector import Detector
 
-    kwargs = dict(
-        backend=args.backend, threads=args.threads, image_threshold=args.image_threshold,
+    batching = dict(max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, queue_size=args.queue_size, min_region_px=args.min_region_px)
+    return Detector(
+        args.model, backend=args.backend, threads=args.threads, image_threshold=args.image_threshold,
         pixel_threshold=args.pixel_threshold, max_pixels=args.max_pixels, min_side=args.min_side, device=args.device,
+        queue_policy=args.queue_policy, **{k: v for k, v in batching.items() if v is not None},
     )
-    batching = dict(
-        max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, queue_size=args.queue_size,
-        queue_policy=args.queue_policy, min_region_px=args.min_region_px,
-    )
-    # ADAPTER until Detector.submit lands on main: pass only the options this Detector has.
-    params = inspect.signature(Detector).parameters
-    kwargs.update({k: v for k, v in batching.items() if v is not None and k in params})
-    return Detector(args.model, **kwargs)
 
 
-def _submitter(det):
-    """ADAPTER until Detector.submit lands: one worker thread calling det(image) in order."""
-    if hasattr(det, "submit"):
-        return det.submit, None
-    pool = ThreadPoolExecutor(1, thread_name_prefix="ffrt-score")
-    return (lambda image, source=None: pool.submit(det, image)), pool
-
-
-def _queue_full_errors() -> tuple[type[BaseException], ...]:
-    from . import errors
-
-    return tuple(e for e in (getattr(errors, "QueueFullError", None),) if e is not None)
-
-
-def _detector_report(det) -> dict:
-    out = {}
-    stats = getattr(det, "pipeline_stats", None)
-    out["pipeline"] = stats().to_dict() if stats is not None else det.stats.model_dump()
-    health = getattr(det, "health", None)
-    if health is not None:
-        out["health"] = health().to_dict()
-    return out
+def _final_summary(run, det) -> dict:
+    """The run's summary with the Detector's own view: stage latencies and counters per
+    source and overall (pipeline_stats), and the drift state (health)."""
+    summary = run.summary({"pipeline": det.pipeline_stats().to_dict(), "health": det.health().to_dict()})
+    for s in summary["sources"]:
+        s["pipeline"] = det.pipeline_stats(s["name"]).to_dict()
+    return summary
 
 
 def _start_metrics(args, run, det, say):
     from .metrics import RunMetrics
 
-    health = getattr(det, "health", None)
-
     def snapshot() -> dict:
-        return {**run.live(), "drift": health().to_dict() if health is not None else None}
+        return {**run.live(), "queue_depth": det.pipeline_stats().queue_depth, "drift": det.health().to_dict()}
 
     metrics = RunMetrics(snapshot)
     port = metrics.serve(args.metrics_host, args.metrics_port)
@@ -244,12 +216,17 @@ def print_summary(summary: dict) -> None:
         f"total: {t['frames']} frames in {t['elapsed_s']:.1f} s: {t['fail']} FAIL, {t['pass']} PASS{extra}; "
         f"{t['fps']:.1f} frames/s scored, reject rate {100 * t['reject_rate']:.1f}%"
     )
-    print(f"latency: {_latency_line(summary.get('pipeline', {}))}")
+    print(f"latency: {_latency_line(summary['pipeline'])}")
+    h = summary["health"]
+    print(f"drift: {h['state']}: {h['reason']}")
     print(f"backend: {summary['backend']}")
     print(f"results: {', '.join(summary['outputs'])}")
 
 
 def _latency_line(p: dict) -> str:
-    if "p50_ms" in p:  # LatencyStats (Detector without pipeline_stats)
-        return f"p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms per call"
-    return str(p)
+    """p50 / p99 of each stage (ms), from PipelineStats.to_dict()."""
+    if not p.get("count"):
+        return "no frame scored"
+    stages = ("queue", "preprocess", "inference", "postprocess", "latency")
+    parts = [f"{'total' if k == 'latency' else k} {p[k]['p50_ms']:.1f}/{p[k]['p99_ms']:.1f}" for k in stages]
+    return f"p50/p99 ms: {', '.join(parts)}; {p['mean_batch_size']:.1f} frames per batch"

@@ -121,7 +121,9 @@ def test_folder_and_video_with_a_corrupt_frame(tiny_onnx, cells, tmp_path, capsy
         assert r["status"] == "scored"
         assert r["score"] == pytest.approx(file_scores[Path(r["file"]).name], rel=1e-5)
         assert r["verdict"] == ("FAIL" if r["score"] > threshold else "PASS")
-        assert 0.0 <= r["normalized_score"] <= 1.0 and r["latency_ms"]["total"] > 0
+        assert 0.0 <= r["normalized_score"] <= 1.0 and r["latency_ms"] > 0
+        split = [r[k] for k in ("queue_ms", "preprocess_ms", "inference_ms", "postprocess_ms")]
+        assert min(split) >= 0 and sum(split) == pytest.approx(r["latency_ms"], abs=0.01)
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["time"])
 
     frames = by["cam2"]
@@ -139,6 +141,11 @@ def test_folder_and_video_with_a_corrupt_frame(tiny_onnx, cells, tmp_path, capsy
             assert cv2.imread(str(out / r["overlay"])).shape == (300, 300, 3)
             mask = cv2.imread(str(out / r["mask"]), cv2.IMREAD_GRAYSCALE)
             assert mask.shape == (300, 300) and set(np.unique(mask)) <= {0, 255}
+            # The regions are the mask's connected components, in the frame's coordinates.
+            assert sum(g["area_px"] for g in r["regions"]) == int((mask == 255).sum())
+            for g in r["regions"]:
+                x, y, w, h = g["bbox"]
+                assert 0 <= x and 0 <= y and x + w <= 300 and y + h <= 300 and mask[y:y + h, x:x + w].any()
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "complete"
@@ -147,6 +154,9 @@ def test_folder_and_video_with_a_corrupt_frame(tiny_onnx, cells, tmp_path, capsy
     assert (s["cam2"]["frames"], s["cam2"]["scored"], s["cam2"]["errors"]) == (10, 9, 1)
     fails = sum(r.get("verdict") == "FAIL" for r in files + frames)
     assert summary["totals"]["fail"] == fails and summary["totals"]["errors"] == 2
+    # The Detector's own count per source agrees with the file.
+    assert s["cells"]["pipeline"]["completed"] == 6 and s["cam2"]["pipeline"]["completed"] == 9
+    assert summary["health"]["state"] in ("ok", "drift", "insufficient_data")
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 17 and sum(r["status"] == "error" for r in rows) == 2
@@ -314,12 +324,16 @@ def test_metrics_endpoint_on_loopback(tiny_onnx, cells, tmp_path):
 
     scored = sum(v for n, lab, v in samples if n == "ffrt_frames_total" and lab.get("outcome") in ("pass", "fail"))
     assert scored >= 5
-    assert value("ffrt_stage_latency_seconds_count", source="cam1", stage="total") == scored
+    for stage in ("queue", "preprocess", "inference", "postprocess", "total"):
+        assert value("ffrt_stage_latency_seconds_count", source="cam1", stage=stage) == scored
     assert value("ffrt_stage_latency_seconds_bucket", source="cam1", stage="total", le="+Inf") == scored
     assert 0 < value("ffrt_throughput_fps", source="cam1") < 20  # paced at 10 frames/s
     assert 0.0 <= value("ffrt_reject_rate", source="cam1") <= 1.0
     assert value("ffrt_source_up", source="cam1") == 1.0
     assert value("ffrt_queue_depth") >= 0
+    drift = [lab["state"] for n, lab, v in samples if n == "ffrt_drift" and v == 1.0]
+    assert len(drift) == 1 and drift[0] in ("ok", "drift", "insufficient_data")
+    assert value("ffrt_drift_value", name="count") == scored  # the drift window holds every score so far
 
 
 def test_what_each_argument_is_and_its_default_name(tmp_path, monkeypatch):
@@ -338,3 +352,42 @@ def test_what_each_argument_is_and_its_default_name(tmp_path, monkeypatch):
     ]
     assert specs[1].files == (Path("side/a.png"),) and specs[1].skipped[0][0] == "side/notes.txt"
     assert [s.live for s in specs] == [False, False, False, True, True, False, False]
+
+
+def test_queue_policy_reject_refuses_frames_and_accounts_for_each(tiny_onnx, cells, tmp_path, capsys):
+    folder = tmp_path / "fast"
+    folder.mkdir()
+    for i in range(30):
+        os.link(cells[i % len(cells)], folder / f"{i:03d}.png")
+    video = write_video(tmp_path / "v.avi", _frames(cells[:30]))
+    out = tmp_path / "out"
+    # Two sources reading far faster than one thread scores, into a queue of one frame.
+    code = main(["run", str(tiny_onnx), str(folder), str(video), "--out", str(out), "--threads", "1",
+                 "--queue-policy", "reject", "--queue-size", "1", "--max-batch", "1"])
+    assert code == 0  # refused frames are the policy working, not errors
+    by = _by_source(_lines(out))
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("fast", "v"):
+        recs = by[name]
+        assert [r["frame"] for r in recs] == list(range(30))  # every frame once, in order
+        assert {r["status"] for r in recs} <= {"scored", "refused"}
+        src = next(s for s in summary["sources"] if s["name"] == name)
+        assert src["refused"] == sum(r["status"] == "refused" for r in recs) == src["pipeline"]["rejected"]
+        assert src["scored"] == sum(r["status"] == "scored" for r in recs)
+    assert summary["totals"]["refused"] > 0 and summary["totals"]["scored"] > 0
+    assert "refused" in capsys.readouterr().out
+
+
+def test_queue_policy_drop_oldest_keeps_the_newest_frame(tiny_onnx, cells, tmp_path):
+    video = write_video(tmp_path / "live.avi", _frames(cells[:40]))
+    out = tmp_path / "out"
+    code = main(["run", str(tiny_onnx), str(video), "--out", str(out), "--threads", "1",
+                 "--queue-policy", "drop_oldest", "--queue-size", "1", "--max-batch", "1"])
+    assert code == 0
+    recs = _lines(out)
+    assert [r["frame"] for r in recs] == list(range(40))
+    dropped = [r for r in recs if r["status"] == "dropped"]
+    assert dropped and all("verdict" not in r for r in dropped)
+    assert recs[-1]["status"] == "scored"  # the newest frame is never the one dropped
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["totals"]["dropped"] == len(dropped) == summary["sources"][0]["pipeline"]["dropped"]
