@@ -324,16 +324,19 @@ def test_metrics_endpoint_on_loopback(tiny_onnx, cells, tmp_path):
 
     scored = sum(v for n, lab, v in samples if n == "ffrt_frames_total" and lab.get("outcome") in ("pass", "fail"))
     assert scored >= 5
+    # A scrape reads the histograms, then the counters: a frame counted in between is in the
+    # counters only (never the other way round).
     for stage in ("queue", "preprocess", "inference", "postprocess", "total"):
-        assert value("ffrt_stage_latency_seconds_count", source="cam1", stage=stage) == scored
-    assert value("ffrt_stage_latency_seconds_bucket", source="cam1", stage="total", le="+Inf") == scored
+        assert scored - 1 <= value("ffrt_stage_latency_seconds_count", source="cam1", stage=stage) <= scored
+    total = value("ffrt_stage_latency_seconds_count", source="cam1", stage="total")
+    assert value("ffrt_stage_latency_seconds_bucket", source="cam1", stage="total", le="+Inf") == total
     assert 0 < value("ffrt_throughput_fps", source="cam1") < 20  # paced at 10 frames/s
     assert 0.0 <= value("ffrt_reject_rate", source="cam1") <= 1.0
     assert value("ffrt_source_up", source="cam1") == 1.0
     assert value("ffrt_queue_depth") >= 0
     drift = [lab["state"] for n, lab, v in samples if n == "ffrt_drift" and v == 1.0]
     assert len(drift) == 1 and drift[0] in ("ok", "drift", "insufficient_data")
-    assert value("ffrt_drift_value", name="count") == scored  # the drift window holds every score so far
+    assert scored <= value("ffrt_drift_value", name="count") <= 40  # the drift window holds every score so far
 
 
 def test_what_each_argument_is_and_its_default_name(tmp_path, monkeypatch):
