@@ -145,7 +145,7 @@ def test_gpu_stages_appear_when_the_backend_measures_them(tiny_onnx, frame_folde
             return out
 
     spec = BackendSpec("staged-cpu", lambda: None,
-                       lambda path, meta, threads, device=0: Staged("staged-cpu", path, meta, ["CPUExecutionProvider"], threads))
+                       lambda path, meta, threads, device=0, **_: Staged("staged-cpu", path, meta, ["CPUExecutionProvider"], threads))
     monkeypatch.setitem(base._REGISTRY, "staged-cpu", spec)
     assert main([str(tiny_onnx), "--backend", "staged-cpu", "--batch", "1", "--iters", "3", "--warmup", "0",
                  "--threads", "1", "--images", str(frame_folder), "--json", str(tmp_path / "r.json"), "--quiet"]) == 0
