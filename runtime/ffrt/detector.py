@@ -28,6 +28,7 @@ import numpy as np
 from ffcore.files import ENGINE_SUFFIXES  # noqa: F401  (re-exported: ffrt.detector.ENGINE_SUFFIXES)
 
 from .backends import create_backend
+from .backends.base import check_precision
 from .errors import BackendUnavailableError, FFRTError, InferenceError, InvalidArgumentError, InvalidImageError, ModelFileError
 from .meta import ModelMeta, Thresholds, read_onnx_meta
 from .preprocess import (
@@ -59,8 +60,17 @@ class Detector:
     model_path:      an .onnx exported by ffexport, or a TensorRT .engine built by
                      ffexport --engine (runs on backend "tensorrt"; its .json sidecar
                      must match this TensorRT and GPU).
-    backend:         "auto" (default: the fastest that works here; see ``backend_name``
-                     and ``backend_selection``), "onnxruntime-cuda" or "onnxruntime-cpu".
+    backend:         "auto" (default: the fastest that works here; see ``backend_name``,
+                     ``backend_selection`` and ``backend_choice``; on the CPU the faster of
+                     ONNX Runtime and OpenVINO, measured once per model and machine),
+                     "openvino", "onnxruntime-cuda", "onnxruntime-cpu", ... (ffrt backends).
+    precision:       the float precision of the CPU compute: "auto" (default: FP32, or BF16 on
+                     OpenVINO when the file carries a passed BF16 accuracy gate and the CPU has
+                     native BF16), "fp32", or "bf16" (backend "openvino" on a CPU with AMX or
+                     AVX512-BF16; the anomaly head stays FP32). INT8/FP16 parts of a file run
+                     as encoded. What actually ran: ``precision``, ``precision_detail``.
+    backend_options: options of the chosen backend (openvino: performance_hint,
+                     infer_requests, batch_shapes, keep_fp32; see ffrt.backends.openvino).
     color_order:     channel order of 3-channel numpy inputs, "BGR" (OpenCV, most camera
                      SDKs) or "RGB" (PIL, imageio). Files are decoded as BGR regardless.
     threads:         CPU inference threads; None = all physical cores.
@@ -95,10 +105,15 @@ class Detector:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
         device: int = 0,
+        precision: str = "auto",
+        backend_options: dict | None = None,
     ) -> None:
         # Cheap argument checks first: a typo must not cost a model load.
         self._backend = None
         self._color_order = check_color_order(color_order)
+        precision = check_precision(precision)
+        if backend_options is not None and not isinstance(backend_options, dict):
+            raise InvalidArgumentError(f"backend_options must be a dict or None, not {type(backend_options).__name__}.")
         if not isinstance(device, int) or isinstance(device, bool) or device < 0:
             raise InvalidArgumentError(f"device must be a GPU index >= 0, not {device!r}.")
         self._device = device
@@ -141,7 +156,8 @@ class Detector:
         self._resize_outputs = bool(resize_outputs)
         self._stats = LatencyWindow(stats_window)
 
-        self._backend, self._selection = create_backend(backend, path, self._meta, threads, device)
+        self._backend, self._selection = create_backend(backend, path, self._meta, threads, device, precision,
+                                                        backend_options)
         stats = self._meta.score_stats
         self._norm_scale = stats.std if stats is not None and stats.std > 0 else None
         if not target_matches(self._meta.target, self._backend.name):
@@ -177,6 +193,22 @@ class Detector:
     def backend_selection(self) -> tuple[str, ...]:
         """For backend="auto": each faster backend that was skipped, and why."""
         return self._selection
+
+    @property
+    def backend_choice(self) -> str:
+        """For backend="auto" on a CPU: how this CPU backend was chosen over the others
+        (measured figures, or why the others could not start); "" for an explicit backend."""
+        return self._backend.choice
+
+    @property
+    def precision(self) -> str:
+        """The precision the backend computes in: "fp32", "bf16", "fp16", "int8", "int8+bf16"."""
+        return self._backend.precision
+
+    @property
+    def precision_detail(self) -> str:
+        """Which parts ran in which precision, and why (e.g. why precision="auto" chose FP32)."""
+        return self._backend.precision_detail or f"{self.precision} (as the file encodes it)"
 
     @property
     def thresholds(self) -> Thresholds:
@@ -352,17 +384,23 @@ class Detector:
         batch = prepared.batch
         if len(batch) <= chunk:
             return self._run_backend(batch)
-        outs = [self._run_backend(batch[i : i + chunk]) for i in range(0, len(batch), chunk)]
+        outs = self._run_backend_chunks([batch[i : i + chunk] for i in range(0, len(batch), chunk)])
         return np.concatenate([m for m, _ in outs]), np.concatenate([s for _, s in outs])
 
     def _run_backend(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n = len(batch)
+        return self._run_backend_chunks([batch])[0]
+
+    def _run_backend_chunks(self, batches: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         try:
-            maps, scores = self._backend.run(batch)
+            outs = self._backend.run_chunks(batches) if len(batches) > 1 else [self._backend.run(batches[0])]
         except FFRTError:
             raise
         except Exception as e:
-            raise InferenceError(f"{self._backend.name} failed on a batch of {n}: {type(e).__name__}: {e}") from e
+            sizes = "+".join(str(len(b)) for b in batches)
+            raise InferenceError(f"{self._backend.name} failed on a batch of {sizes}: {type(e).__name__}: {e}") from e
+        return [self._check_outputs(len(b), *out) for b, out in zip(batches, outs)]
+
+    def _check_outputs(self, n: int, maps, scores) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.input_size
         maps = np.asarray(maps, dtype=np.float32)
         scores = np.asarray(scores, dtype=np.float32)
@@ -391,7 +429,7 @@ def target_matches(target: str, backend_name: str) -> bool:
     if target == "any":
         return True
     if target == "cpu":
-        return backend_name.endswith("-cpu")
+        return backend_name.endswith("-cpu") or backend_name == "openvino"
     if target == "tensorrt":
         return "tensorrt" in backend_name
     return True
