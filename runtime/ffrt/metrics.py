@@ -12,7 +12,7 @@ authentication, and a line PC's other interfaces face the plant network.
     ffrt_queue_depth                           frames waiting in the Detector's queue
     ffrt_source_up{source}                     1 while the source delivers frames, 0 once it ended
     ffrt_drift{state}                          1 for the Detector's current drift state
-    ffrt_drift_value{name}                     the numbers behind it (recent median, share above threshold, ...)
+    ffrt_drift_value{stat}                     the numbers behind it (recent median, share above threshold, ...)
 
 Counters and histograms are updated as frames are written; the gauges are read from the
 run when Prometheus scrapes (a custom collector), so a scrape sees the state of that moment.
@@ -119,7 +119,7 @@ class _Live:
             state = GaugeMetricFamily("ffrt_drift", "1 for the Detector's current drift state.", labels=["state"])
             state.add_metric([str(drift.get("state"))], 1.0)
             yield state
-            values = GaugeMetricFamily("ffrt_drift_value", "The statistics behind the drift state.", labels=["name"])
+            values = GaugeMetricFamily("ffrt_drift_value", "The statistics behind the drift state.", labels=["stat"])
             for k, v in drift.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     values.add_metric([k], float(v))

@@ -317,9 +317,9 @@ def test_metrics_endpoint_on_loopback(tiny_onnx, cells, tmp_path):
         for m in re.finditer(r"^(\w+)(?:{(.*)})? (\S+)$", body, re.M)
     ]
 
-    def value(name: str, **labels) -> float:
-        found = [v for n, lab, v in samples if n == name and lab == labels]
-        assert found, f"{name} {labels} not in:\n{body}"
+    def value(metric: str, **labels) -> float:
+        found = [v for n, lab, v in samples if n == metric and lab == labels]
+        assert found, f"{metric} {labels} not in:\n{body}"
         return found[0]
 
     scored = sum(v for n, lab, v in samples if n == "ffrt_frames_total" and lab.get("outcome") in ("pass", "fail"))
@@ -336,7 +336,7 @@ def test_metrics_endpoint_on_loopback(tiny_onnx, cells, tmp_path):
     assert value("ffrt_queue_depth") >= 0
     drift = [lab["state"] for n, lab, v in samples if n == "ffrt_drift" and v == 1.0]
     assert len(drift) == 1 and drift[0] in ("ok", "drift", "insufficient_data")
-    assert scored <= value("ffrt_drift_value", name="count") <= 40  # the drift window holds every score so far
+    assert scored <= value("ffrt_drift_value", stat="count") <= 40  # the drift window holds every score so far
 
 
 def test_what_each_argument_is_and_its_default_name(tmp_path, monkeypatch):
