@@ -109,8 +109,6 @@ class LineRun:
         pending_max: int = 64,
         header: dict | None = None,
         on_frame: Callable[[str, str, dict | None], None] | None = None,
-        progress=None,
-        say: Callable[[str], None] = lambda msg: None,
     ) -> None:
         self._submit = submit
         self.specs = specs
@@ -123,8 +121,9 @@ class LineRun:
         #: Called after each frame's lines with (source, outcome, latencies in ms or None);
         #: outcome: pass, fail, error, dropped, refused (the metrics' labels).
         self.on_frame = on_frame
-        self._progress = progress
-        self._say = say
+        #: A progress counter (ffcore.progress) and where messages go; set by the caller.
+        self.progress = None
+        self.say: Callable[[str], None] = lambda msg: None
         self.stop = threading.Event()
         self.abort = threading.Event()
         self.states = {s.name: SourceState(s) for s in specs}
@@ -133,6 +132,8 @@ class LineRun:
         self._postfix_at = float("-inf")
         self._threads: list[threading.Thread] = []
         self.status = "running"
+        #: Frames read and left unwritten when the run was stopped without waiting for them.
+        self.abandoned = 0
 
     # -- sources ---------------------------------------------------------------------
 
@@ -188,11 +189,11 @@ class LineRun:
                     st = self.states[item.source]
                     st.ended, st.failed = item.reason or "ended", item.failed
                     open_sources -= 1
-                    self._say(f"ffrt: {'error: ' if item.failed else ''}{item.source}: {st.ended} ({st.frames} frames)")
+                    self.say(f"ffrt: {'error: ' if item.failed else ''}{item.source}: {st.ended} ({st.frames} frames)")
                 elif item is not None:
                     self._handle(*item)
-                if self._progress is not None:
-                    self._progress.update(0)
+                if self.progress is not None:
+                    self.progress.update(0)
                 if time.monotonic() - last_sync >= SYNC_EVERY_S:
                     self.outputs.sync()
                     self.outputs.write_summary(self.summary())
@@ -203,6 +204,7 @@ class LineRun:
             raise
         finally:
             self.stop.set()
+            self._abandon_pending()
             for t in self._threads:
                 t.join(timeout=0.5)
             for st in self.states.values():
@@ -210,6 +212,19 @@ class LineRun:
             self.outputs.close()
             self.outputs.write_summary(self.summary())
         return self.status
+
+    def _abandon_pending(self) -> None:
+        """After a second Ctrl-C (or a source stuck past DRAIN_S): frames read but not
+        written are counted, and their futures cancelled so the Detector skips them."""
+        while True:
+            try:
+                item = self._pending.get_nowait()
+            except queue.Empty:
+                return
+            if not isinstance(item, End):
+                self.abandoned += 1
+                if isinstance(item[2], Future):
+                    item[2].cancel()
 
     def _handle(self, spec: SourceSpec, frame: Frame, future) -> None:
         st = self.states[spec.name]
@@ -239,17 +254,17 @@ class LineRun:
         self.outputs.write(record, frame.image, result)
         if status == "error":
             where = f" ({frame.file})" if frame.file and frame.file not in record["error"] else ""
-            self._say(f"ffrt: error: {spec.name} frame {frame.index}{where}: {record['error']}")
+            self.say(f"ffrt: error: {spec.name} frame {frame.index}{where}: {record['error']}")
         if self.on_frame is not None:
             outcome = record.get("verdict", status).lower() if status == "scored" else status
             self.on_frame(spec.name, outcome, stage_latencies(record))
-        if self._progress is not None:
+        if self.progress is not None:
             now = time.monotonic()
             if now - self._postfix_at >= 0.5:  # tqdm redraws at each set_postfix
                 t = self.totals()
-                self._progress.set_postfix(rejected=f"{100 * t['reject_rate']:.1f}%", errors=t["errors"])
+                self.progress.set_postfix(rejected=f"{100 * t['reject_rate']:.1f}%", errors=t["errors"])
                 self._postfix_at = now
-            self._progress.update(1)
+            self.progress.update(1)
 
     def _wait(self, future: Future):
         while True:
@@ -275,6 +290,7 @@ class LineRun:
         t["fps"] = round(t["scored"] / elapsed, 3) if elapsed > 0 else 0.0
         t["reject_rate"] = round(t["fail"] / t["scored"], 6) if t["scored"] else 0.0
         t["sources_failed"] = sum(st.failed for st in self.states.values())
+        t["abandoned"] = self.abandoned
         return t
 
     def summary(self, extra: dict | None = None) -> dict:

@@ -100,26 +100,27 @@ class RunTool(Tool):
                 "thresholds": {"image": t.image, "pixel": t.pixel, "source": t.source},
                 "queue_policy": args.queue_policy,
             }
-            tty = is_terminal(sys.stderr)
-            total = sum(len(s.files) for s in specs) if all(s.kind == "images" for s in specs) else None
-            bar = progress(desc="run", unit="frames", total=total, every_s=PROGRESS_EVERY_S)
-            say = _sayer(bar if tty else None)
             run = LineRun(
                 det.submit, specs, lambda p: read_image_file(p, det.limits, det.meta.input), outputs,
                 queue_full=(QueueFullError,), realtime=args.realtime, header=header,
-                progress=bar, say=say,
             )
-            metrics = _start_metrics(args, run, det, say) if args.metrics_port is not None else None
-            if metrics is not None:
-                run.on_frame = metrics.observe
-            outputs.open()
-            for s in specs:
-                say(f"ffrt: {s.name}: {s.describe()}")
-            got = _catch_signals(run)
+            # The metrics port is taken before anything is shown or written: a port in use fails cleanly.
+            metrics = _start_metrics(args, run, det) if args.metrics_port is not None else None
+            total = sum(len(s.files) for s in specs) if all(s.kind == "images" for s in specs) else None
+            run.progress = bar = progress(desc="run", unit="frames", total=total, every_s=PROGRESS_EVERY_S)
+            run.say = say = _sayer(bar if is_terminal(sys.stderr) else None)
             try:
-                status = run.run()
+                if metrics is not None:
+                    run.on_frame = metrics.observe
+                outputs.open()
+                for s in specs:
+                    say(f"ffrt: {s.name}: {s.describe()}")
+                got = _catch_signals(run)
+                try:
+                    status = run.run()
+                finally:
+                    got.restore()
             finally:
-                got.restore()
                 bar.close()
                 if metrics is not None:
                     metrics.close()
@@ -155,7 +156,7 @@ def _final_summary(run, det) -> dict:
     return summary
 
 
-def _start_metrics(args, run, det, say):
+def _start_metrics(args, run, det):
     from .metrics import RunMetrics
 
     def snapshot() -> dict:
@@ -164,7 +165,7 @@ def _start_metrics(args, run, det, say):
     metrics = RunMetrics(snapshot)
     port = metrics.serve(args.metrics_host, args.metrics_port)
     host = f"[{args.metrics_host}]" if ":" in args.metrics_host else args.metrics_host
-    say(f"ffrt: metrics: http://{host}:{port}/metrics")
+    print(f"ffrt: metrics: http://{host}:{port}/metrics", file=sys.stderr, flush=True)
     return metrics
 
 
@@ -211,7 +212,7 @@ def print_summary(summary: dict) -> None:
         extra = "".join(f", {s[k]} {k}" for k in ("errors", "dropped", "refused") if s[k])
         print(f"{s['name']:<{width}}  {s['frames']} frames: {s['fail']} FAIL, {s['pass']} PASS{extra}; {s['ended']}")
     t = summary["totals"]
-    extra = "".join(f", {t[k]} {k}" for k in ("errors", "dropped", "refused") if t[k])
+    extra = "".join(f", {t[k]} {k}" for k in ("errors", "dropped", "refused", "abandoned") if t[k])
     print(
         f"total: {t['frames']} frames in {t['elapsed_s']:.1f} s: {t['fail']} FAIL, {t['pass']} PASS{extra}; "
         f"{t['fps']:.1f} frames/s scored, reject rate {100 * t['reject_rate']:.1f}%"

@@ -394,3 +394,18 @@ def test_queue_policy_drop_oldest_keeps_the_newest_frame(tiny_onnx, cells, tmp_p
     assert recs[-1]["status"] == "scored"  # the newest frame is never the one dropped
     summary = json.loads((out / "summary.json").read_text())
     assert summary["totals"]["dropped"] == len(dropped) == summary["sources"][0]["pipeline"]["dropped"]
+
+
+def test_a_metrics_port_in_use_fails_before_any_frame(tiny_onnx, cells, tmp_path, capsys):
+    pytest.importorskip("prometheus_client", reason="needs the optional extra 'metrics' (pip install \"ffrt[metrics]\")")
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = tmp_path / "out"
+        assert main(["run", str(tiny_onnx), str(cells[0]), "--out", str(out), "--metrics-port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"--metrics-port {port} on 127.0.0.1: cannot listen" in err and err.count("\n") == 1
+    assert not (out / "results.jsonl").exists()
