@@ -9,7 +9,8 @@ Needs numpy, opencv, pydantic, onnx and an inference backend (pip install "ffrt[
 """
 
 from .detector import Detector, ImageSize
-from .result import Result
+from .regions import Region
+from .result import LatencySplit, Result
 from .errors import (
     BackendUnavailableError,
     FFRTError,
@@ -33,9 +34,11 @@ __all__ = [
     "InferenceError",
     "InvalidArgumentError",
     "InvalidImageError",
+    "LatencySplit",
     "LatencyStats",
     "ModelFileError",
     "ModelMeta",
+    "Region",
     "Result",
     "Thresholds",
     "__version__",

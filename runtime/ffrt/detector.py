@@ -26,7 +26,6 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 from ffcore.files import ENGINE_SUFFIXES  # noqa: F401  (re-exported: ffrt.detector.ENGINE_SUFFIXES)
 
@@ -39,10 +38,11 @@ from .preprocess import (
     ImageLimits,
     PreparedBatch,
     check_color_order,
-    frame_region,
     prepare_batch,
 )
-from .result import Result, normalize_score  # noqa: F401  (re-exported: ffrt.detector.Result, .normalize_score)
+from .postprocess import Postprocessor
+from .regions import check_min_region_px
+from .result import LatencySplit, Result, normalize_score  # noqa: F401  (re-exported: ffrt.detector.Result, .normalize_score)
 from .stats import DEFAULT_WINDOW, LatencyStats, LatencyWindow
 
 log = logging.getLogger("ffrt")
@@ -83,6 +83,8 @@ class Detector:
     min_side:        images whose shorter side is below this are refused; default 8 px
                      (DEFAULT_MIN_SIDE): a 1 x 5000 strip stretched to the model size would
                      score as an anomaly without meaning it.
+    min_region_px:   ``Result.regions`` leaves out regions of fewer frame pixels than this
+                     (default 0: all). It does not change ``is_anomalous`` (see Result).
     """
 
     def __init__(
@@ -98,6 +100,8 @@ class Detector:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
         device: int = 0,
+        *,
+        min_region_px: int = 0,
     ) -> None:
         # Cheap argument checks first: a typo must not cost a model load.
         self._backend = None
@@ -106,6 +110,7 @@ class Detector:
             raise InvalidArgumentError(f"device must be a GPU index >= 0, not {device!r}.")
         self._device = device
         self._limits = ImageLimits(max_pixels=max_pixels, min_side=min_side)
+        min_region_px = check_min_region_px(min_region_px)
         path = Path(model_path)
         if not path.exists():
             raise ModelFileError(f"{path}: no such model file.")
@@ -146,7 +151,11 @@ class Detector:
 
         self._backend, self._selection = create_backend(backend, path, self._meta, threads, device)
         stats = self._meta.score_stats
-        self._norm_scale = stats.std if stats is not None and stats.std > 0 else None
+        self._post = Postprocessor(
+            spec=self._meta.input, resize_outputs=self._resize_outputs,
+            norm_scale=stats.std if stats is not None and stats.std > 0 else None,
+            min_region_px=min_region_px, backend=self._backend.name, precision=self._meta.precision,
+        )
         if not target_matches(self._meta.target, self._backend.name):
             log.warning(
                 "ffrt: %s is encoded for target %r (%s) but runs on %s; it will work, but may be slow or "
@@ -340,17 +349,16 @@ class Detector:
         n = len(prepared.batch)
         if n == 0:
             return outcomes  # every image was refused: nothing ran, nothing to time
-        maps, scores = self._infer(prepared, chunk)
-        parts = [self._postprocess(maps[i, 0], float(scores[i]), prepared.original_sizes[i], thresholds) for i in range(n)]
         t1 = time.perf_counter()
-        self._stats.record(t1 - t0, n, end=t1)
-        latency_ms = (t1 - t0) * 1000.0
-        scale = self._norm_scale
-        for position, (s, a, m, k) in zip(prepared.positions, parts):
-            outcomes[position] = Result(
-                score=s, is_anomalous=a, anomaly_map=m, mask=k, latency_ms=latency_ms,
-                normalized_score=None if scale is None else normalize_score(s, thresholds.image, scale),
-            )
+        maps, scores = self._infer(prepared, chunk)
+        t2 = time.perf_counter()
+        post = self._post
+        parts = [post.outputs(maps[i, 0], float(scores[i]), prepared.original_sizes[i], thresholds) for i in range(n)]
+        t3 = time.perf_counter()
+        self._stats.record(t3 - t0, n, end=t3)
+        split = LatencySplit(0.0, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+        for position, out in zip(prepared.positions, parts):
+            outcomes[position] = post.result(out, thresholds, (t3 - t0) * 1e3, split)
         return outcomes
 
     def _infer(self, prepared: PreparedBatch, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -380,25 +388,6 @@ class Detector:
                 f"batch of {n}; expected {(n, 1, h, w)} and {(n,)}. Re-export the model with ffexport."
             )
         return maps, scores
-
-    def _postprocess(
-        self, amap: np.ndarray, score: float, original: tuple[int, int], thresholds: Thresholds
-    ) -> tuple[float, bool, np.ndarray, np.ndarray]:
-        if self._resize_outputs:
-            # Letterboxed: the padding is not part of the frame; crop it off, then resize.
-            amap = frame_region(amap, original, self._meta.input)
-        if self._resize_outputs and original != amap.shape:
-            amap = cv2.resize(amap, (original[1], original[0]), interpolation=cv2.INTER_LINEAR)
-        else:
-            amap = amap.copy()  # own the data: a view would pin the whole batch in memory
-        # "not <=" rather than ">": NaN (e.g. overflow in the model) fails the part. In place
-        # into one bool array: at full size on a large frame, a temporary per step adds up.
-        mask = np.less_equal(amap, thresholds.pixel)
-        np.logical_not(mask, out=mask)
-        is_anomalous = not (score <= thresholds.image)
-        if math.isnan(score):
-            log.warning("ffrt: the model returned a NaN score; the image is reported as anomalous")
-        return score, is_anomalous, amap, mask
 
 
 def target_matches(target: str, backend_name: str) -> bool:
