@@ -9,6 +9,7 @@ Needs numpy, opencv, pydantic, onnx and an inference backend (pip install "ffrt[
 """
 
 from .detector import Detector, ImageSize
+from .drift import Health
 from .regions import Region
 from .result import LatencySplit, Result
 from .errors import (
@@ -19,9 +20,10 @@ from .errors import (
     InvalidArgumentError,
     InvalidImageError,
     ModelFileError,
+    QueueFullError,
 )
 from .meta import ModelMeta, Thresholds
-from .stats import LatencyStats
+from .stats import LatencyStats, PipelineStats
 
 __version__ = "0.1.0"
 
@@ -29,6 +31,7 @@ __all__ = [
     "BackendUnavailableError",
     "Detector",
     "FFRTError",
+    "Health",
     "ImageFileError",
     "ImageSize",
     "InferenceError",
@@ -38,6 +41,8 @@ __all__ = [
     "LatencyStats",
     "ModelFileError",
     "ModelMeta",
+    "PipelineStats",
+    "QueueFullError",
     "Region",
     "Result",
     "Thresholds",
