@@ -234,20 +234,20 @@ class DriftMonitor:
             )
         median = float(np.median(scores)) if n else None
         share = float(np.mean(scores > self._threshold)) if n else None
+        expected = None if self._beta is None else self._beta[0] / sum(self._beta)
         if n < min(MIN_SCORES, self._window):
             return Health(
                 state=INSUFFICIENT, reason=f"{n} score(s) so far; a verdict needs {min(MIN_SCORES, self._window)}",
-                recent_median=median, median_bounds=None, share_above_threshold=share, expected_share=None,
+                recent_median=median, median_bounds=None, share_above_threshold=share, expected_share=expected,
                 share_bound=None, **base,
             )
         # Hysteresis: once in drift, the bounds shrink to EXIT_FRACTION until it is left.
         scale = EXIT_FRACTION if self._state == DRIFT else 1.0
         half = scale * self._z * MEDIAN_SD_FACTOR * st.std * math.sqrt(1.0 / n + 1.0 / st.count)
         low, high = st.p50 - half, st.p50 + half
-        expected = bound = None
+        bound = None
         if self._beta is not None:
             a, b = self._beta
-            expected = a / (a + b)
             limit = share_limit(n, a, b, self._tail)
             bound = expected + scale * (limit / n - expected)
         problems = []

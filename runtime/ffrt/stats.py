@@ -1,8 +1,10 @@
-"""Latency and throughput of the last N detector calls.
+"""Latency and throughput of the last N detector calls, and of the submit pipeline.
 
 A rolling window (default: the last 1000 calls), not a lifetime average: on a line the
 question is "how fast is it *now*", and a window also keeps memory bounded on a process
-that runs for months.
+that runs for months. ``LatencyWindow`` times direct calls (``det(image)``,
+``predict_batch``); ``PipelineRecorder`` times each image of ``Detector.submit`` by stage,
+per source and overall, and counts what did not become a result (rejects, drops, errors).
 """
 
 from __future__ import annotations
