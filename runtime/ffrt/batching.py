@@ -83,10 +83,12 @@ class PipelineConfig:
 
 
 class _Request:
-    __slots__ = ("image", "source", "future", "submitted", "prep")
+    # The image itself is not kept: only its preprocessing task holds it, so a frame is
+    # freed as soon as it is at the model size.
+    __slots__ = ("source", "future", "submitted", "prep")
 
-    def __init__(self, image: object, source: object, submitted: float) -> None:
-        self.image, self.source, self.submitted = image, source, submitted
+    def __init__(self, source: object, submitted: float) -> None:
+        self.source, self.submitted = source, submitted
         self.future: Future = Future()
         self.prep: Future | None = None
 
@@ -129,7 +131,7 @@ class Pipeline:
     # -- callers' side -----------------------------------------------------------------
 
     def submit(self, image: object, source: object) -> Future:
-        req = _Request(image, source, time.perf_counter())
+        req = _Request(source, time.perf_counter())
         dropped = None
         with self._cond:
             self._check_open()
