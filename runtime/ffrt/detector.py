@@ -173,7 +173,7 @@ class Detector:
         self._resize_outputs = bool(resize_outputs)
         self._stats = LatencyWindow(stats_window)
         self._recorder = PipelineRecorder(stats_window)
-        self._pipeline_config = replace(config, max_batch=self._max_batch(max_batch))
+        self._pipeline_config = replace(config, max_batch=self._chunk_size(max_batch, "max_batch"))
         self._drift = DriftMonitor(self._meta.score_stats, self._thresholds.image, self._target_frr(), drift_window)
 
         self._backend, self._selection = create_backend(backend, path, self._meta, threads, device)
@@ -398,16 +398,16 @@ class Detector:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _chunk_size(self, batch_size: int | None) -> int:
+    def _chunk_size(self, batch_size: int | None, name: str = "batch_size") -> int:
         batch_max = self._meta.batch_max
         if batch_size is None:
             return batch_max or DEFAULT_BATCH_SIZE
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise InvalidArgumentError(f"batch_size must be a positive integer or None, not {batch_size!r}.")
+            raise InvalidArgumentError(f"{name} must be a positive integer or None, not {batch_size!r}.")
         if batch_max is not None and batch_size > batch_max:
             raise InvalidArgumentError(
-                f"batch_size {batch_size} exceeds this model's batch_max {batch_max} (the largest batch it was "
-                f"exported for); use batch_size <= {batch_max}, or re-export with a larger batch."
+                f"{name} {batch_size} exceeds this model's batch_max {batch_max} (the largest batch it was "
+                f"exported for); use {name} <= {batch_max}, or re-export with a larger batch."
             )
         return int(batch_size)
 
@@ -441,17 +441,6 @@ class Detector:
             return self._run_backend(batch)
         outs = [self._run_backend(batch[i : i + chunk]) for i in range(0, len(batch), chunk)]
         return np.concatenate([m for m, _ in outs]), np.concatenate([s for _, s in outs])
-
-    def _max_batch(self, max_batch: int | None) -> int:
-        batch_max = self._meta.batch_max
-        if max_batch is None:
-            return batch_max or DEFAULT_BATCH_SIZE
-        if batch_max is not None and max_batch > batch_max:
-            raise InvalidArgumentError(
-                f"max_batch {max_batch} exceeds this model's batch_max {batch_max} (the largest batch it was exported "
-                f"for); use max_batch <= {batch_max}, or re-export with a larger batch."
-            )
-        return int(max_batch)
 
     def _target_frr(self) -> float | None:
         """The false-reject rate the image threshold in use was calibrated at, if known."""

@@ -55,6 +55,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import numpy as np
+from ffcore.metrics import threshold_at_frr
 
 from .errors import InvalidArgumentError
 from .meta import ScoreStats
@@ -122,13 +123,9 @@ def target_frr_from_source(source: str) -> float | None:
 
 def rejects_allowed(target_frr: float, count: int) -> int:
     """k: how many of ``count`` calibration normals lie above a threshold set at
-    ``target_frr`` (the rule of ffcore.metrics.threshold_at_frr, float rounding included)."""
-    k = int(math.floor(target_frr * count))
-    while (k + 1) / count <= target_frr:
-        k += 1
-    while k > 0 and k / count > target_frr:
-        k -= 1
-    return k
+    ``target_frr``, by the calibration rule itself applied to ``count`` distinct scores."""
+    ranks = np.arange(count, dtype=np.float64)
+    return int(np.count_nonzero(ranks > threshold_at_frr(ranks, target_frr)))
 
 
 @lru_cache(maxsize=64)

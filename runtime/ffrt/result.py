@@ -86,7 +86,7 @@ class Result:
         """JSON-ready summary without the arrays: score, normalized score, verdict, regions,
         latency and its split, backend and precision (when known). NaN becomes None."""
         d = {
-            "score": _json_float(self.score),
+            "score": json_float(self.score),
             "normalized_score": self.normalized_score,
             "is_anomalous": bool(self.is_anomalous),
             "regions": [r.to_dict() for r in self.regions],
@@ -109,7 +109,8 @@ class Result:
         )
 
 
-def _json_float(x: float) -> float | None:
+def json_float(x: float) -> float | None:
+    """JSON has no NaN/inf: None says "no valid score"."""
     return float(x) if math.isfinite(x) else None
 
 

@@ -65,9 +65,7 @@ class LatencyWindow:
     """Thread-safe rolling record of (seconds, images, end time) per call."""
 
     def __init__(self, size: int = DEFAULT_WINDOW) -> None:
-        if size < 1:
-            raise ValueError(f"window size must be at least 1, not {size}")
-        self._size = size
+        self._size = _window_size(size)
         self._calls: deque[tuple[float, int, float]] = deque(maxlen=size)
         self._lock = threading.Lock()
 
@@ -112,6 +110,12 @@ class LatencyWindow:
             busy_fps=images / busy_s if busy_s > 0 else 0.0,
             wall_s=wall_s,
         )
+
+
+def _window_size(size: int) -> int:
+    if size < 1:
+        raise ValueError(f"window size must be at least 1, not {size}")
+    return size
 
 
 def _union_length(starts: np.ndarray, ends: np.ndarray) -> float:
@@ -203,9 +207,7 @@ class PipelineRecorder:
     """Thread-safe record of the submit pipeline's results, per source and overall."""
 
     def __init__(self, size: int = DEFAULT_WINDOW) -> None:
-        if size < 1:
-            raise ValueError(f"window size must be at least 1, not {size}")
-        self._size = size
+        self._size = _window_size(size)
         self._lock = threading.Lock()
         self._all = _Track(size)
         self._sources: dict[str, _Track] = {}
