@@ -123,6 +123,8 @@ class Pipeline:
         self._completer = threading.Thread(target=self._complete_loop, name="ffrt-completer", daemon=True)
         self._batcher.start()
         self._completer.start()
+        # Dropped without close(): the threads end when the Detector is collected.
+        weakref.finalize(owner, self.close, True, False)
 
     @property
     def queue_depth(self) -> int:

@@ -10,9 +10,9 @@ One call = preprocess (validate, decode, resize, colour) -> backend.run(uint8 NH
 the model's metadata and can be re-tuned at run time with :meth:`Detector.set_thresholds`.
 
 Thread-safety: a Detector may be shared by several threads. Preprocessing keeps no
-state; ONNX Runtime sessions may run concurrently (a backend that may not says so with
-``concurrent_safe = False`` and the Detector then serializes its calls); the thresholds
-are one immutable object swapped atomically; the latency window is locked.
+state; every backend's ``run`` may be called concurrently (ONNX Runtime sessions are
+thread-safe for ``run``; the TensorRT backend gives each call its own execution slot); the
+thresholds are one immutable object swapped atomically; the latency window is locked.
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Iterable
 from concurrent.futures import Future
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -32,6 +30,7 @@ import numpy as np
 from ffcore.files import ENGINE_SUFFIXES  # noqa: F401  (re-exported: ffrt.detector.ENGINE_SUFFIXES)
 
 from .backends import create_backend
+from .backends.base import check_precision
 from .batching import DEFAULT_MAX_DELAY_MS, DEFAULT_QUEUE_SIZE, DEFAULT_THREADS, Pipeline, PipelineConfig
 from .drift import DEFAULT_DRIFT_WINDOW, DriftMonitor, Health, check_window, target_frr_from_source
 from .errors import BackendUnavailableError, FFRTError, InferenceError, InvalidArgumentError, InvalidImageError, ModelFileError
@@ -66,8 +65,17 @@ class Detector:
     model_path:      an .onnx exported by ffexport, or a TensorRT .engine built by
                      ffexport --engine (runs on backend "tensorrt"; its .json sidecar
                      must match this TensorRT and GPU).
-    backend:         "auto" (default: the fastest that works here; see ``backend_name``
-                     and ``backend_selection``), "onnxruntime-cuda" or "onnxruntime-cpu".
+    backend:         "auto" (default: the fastest that works here; see ``backend_name``,
+                     ``backend_selection`` and ``backend_choice``; on the CPU the faster of
+                     ONNX Runtime and OpenVINO, measured once per model and machine),
+                     "openvino", "onnxruntime-cuda", "onnxruntime-cpu", ... (ffrt backends).
+    precision:       the float precision of the CPU compute: "auto" (default: FP32, or BF16 on
+                     OpenVINO when the file carries a passed BF16 accuracy gate and the CPU has
+                     native BF16), "fp32", or "bf16" (backend "openvino" on a CPU with AMX or
+                     AVX512-BF16; the anomaly head stays FP32). INT8/FP16 parts of a file run
+                     as encoded. What actually ran: ``precision``, ``precision_detail``.
+    backend_options: options of the chosen backend (openvino: performance_hint,
+                     infer_requests, batch_shapes, keep_fp32; see ffrt.backends.openvino).
     color_order:     channel order of 3-channel numpy inputs, "BGR" (OpenCV, most camera
                      SDKs) or "RGB" (PIL, imageio). Files are decoded as BGR regardless.
     threads:         CPU inference threads; None = all physical cores.
@@ -112,6 +120,8 @@ class Detector:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
         device: int = 0,
+        precision: str = "auto",
+        backend_options: dict | None = None,
         *,
         min_region_px: int = 0,
         max_batch: int | None = None,
@@ -124,6 +134,9 @@ class Detector:
         # Cheap argument checks first: a typo must not cost a model load.
         self._backend = None
         self._color_order = check_color_order(color_order)
+        precision = check_precision(precision)
+        if backend_options is not None and not isinstance(backend_options, dict):
+            raise InvalidArgumentError(f"backend_options must be a dict or None, not {type(backend_options).__name__}.")
         if not isinstance(device, int) or isinstance(device, bool) or device < 0:
             raise InvalidArgumentError(f"device must be a GPU index >= 0, not {device!r}.")
         self._device = device
@@ -176,12 +189,13 @@ class Detector:
         self._pipeline_config = replace(config, max_batch=self._chunk_size(max_batch, "max_batch"))
         self._drift = DriftMonitor(self._meta.score_stats, self._thresholds.image, self._target_frr(), drift_window)
 
-        self._backend, self._selection = create_backend(backend, path, self._meta, threads, device)
+        self._backend, self._selection = create_backend(backend, path, self._meta, threads, device, precision,
+                                                        backend_options)
         stats = self._meta.score_stats
         self._post = Postprocessor(
             spec=self._meta.input, resize_outputs=self._resize_outputs,
             norm_scale=stats.std if stats is not None and stats.std > 0 else None,
-            min_region_px=min_region_px, backend=self._backend.name, precision=self._meta.precision,
+            min_region_px=min_region_px, backend=self._backend.name, precision=self._backend.precision,
         )
         if not target_matches(self._meta.target, self._backend.name):
             log.warning(
@@ -190,8 +204,6 @@ class Detector:
                 "model.int8-cpu.onnx for CPUs, model.int8-trt.onnx for TensorRT).",
                 path, self._meta.target, self._meta.precision, self._backend.name,
             )
-        # Only backends that cannot run concurrently pay for a lock.
-        self._run_lock = nullcontext() if self._backend.concurrent_safe else threading.Lock()
 
     # -- properties --------------------------------------------------------------------
 
@@ -218,6 +230,22 @@ class Detector:
     def backend_selection(self) -> tuple[str, ...]:
         """For backend="auto": each faster backend that was skipped, and why."""
         return self._selection
+
+    @property
+    def backend_choice(self) -> str:
+        """For backend="auto" on a CPU: how this CPU backend was chosen over the others
+        (measured figures, or why the others could not start); "" for an explicit backend."""
+        return self._backend.choice
+
+    @property
+    def precision(self) -> str:
+        """The precision the backend computes in: "fp32", "bf16", "fp16", "int8", "int8+bf16"."""
+        return self._backend.precision
+
+    @property
+    def precision_detail(self) -> str:
+        """Which parts ran in which precision, and why (e.g. why precision="auto" chose FP32)."""
+        return self._backend.precision_detail or f"{self.precision} (as the file encodes it)"
 
     @property
     def thresholds(self) -> Thresholds:
@@ -290,9 +318,8 @@ class Detector:
         self._stats.reset()
 
     def pipeline_stats(self, source: object = None) -> PipelineStats:
-        """Latency per stage, throughput and counters of :meth:`submit`, for one ``source``
-        or (None) for all; see :class:`~ffrt.stats.PipelineStats`. Direct calls are in
-        :attr:`stats`."""
+        """Latency per stage, throughput and counters of :meth:`submit` for one ``source`` or
+        (None) all (:class:`~ffrt.stats.PipelineStats`); direct calls are in :attr:`stats`."""
         pipeline = self._pipeline
         return self._recorder.snapshot(source, pipeline.queue_depth if pipeline is not None else 0)
 
@@ -334,8 +361,6 @@ class Detector:
                         self, self._pipeline_config, self._meta.input, self._color_order, self._limits, self._post,
                         self._recorder, self._drift.add,
                     )
-                    # Dropped without close(): the threads end when the Detector is collected.
-                    weakref.finalize(self, self._pipeline.close, True, False)
                 pipeline = self._pipeline
         return pipeline.submit(image, source)
 
@@ -439,7 +464,7 @@ class Detector:
         batch = prepared.batch
         if len(batch) <= chunk:
             return self._run_backend(batch)
-        outs = [self._run_backend(batch[i : i + chunk]) for i in range(0, len(batch), chunk)]
+        outs = self._run_backend_chunks([batch[i : i + chunk] for i in range(0, len(batch), chunk)])
         return np.concatenate([m for m, _ in outs]), np.concatenate([s for _, s in outs])
 
     def _target_frr(self) -> float | None:
@@ -448,14 +473,19 @@ class Detector:
         return target_frr_from_source(base.source) if self._thresholds.image == base.image else None
 
     def _run_backend(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n = len(batch)
+        return self._run_backend_chunks([batch])[0]
+
+    def _run_backend_chunks(self, batches: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         try:
-            with self._run_lock:
-                maps, scores = self._backend.run(batch)
+            outs = self._backend.run_chunks(batches) if len(batches) > 1 else [self._backend.run(batches[0])]
         except FFRTError:
             raise
         except Exception as e:
-            raise InferenceError(f"{self._backend.name} failed on a batch of {n}: {type(e).__name__}: {e}") from e
+            sizes = "+".join(str(len(b)) for b in batches)
+            raise InferenceError(f"{self._backend.name} failed on a batch of {sizes}: {type(e).__name__}: {e}") from e
+        return [self._check_outputs(len(b), *out) for b, out in zip(batches, outs)]
+
+    def _check_outputs(self, n: int, maps, scores) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.input_size
         maps = np.asarray(maps, dtype=np.float32)
         scores = np.asarray(scores, dtype=np.float32)
@@ -467,4 +497,3 @@ class Detector:
                 f"batch of {n}; expected {(n, 1, h, w)} and {(n,)}. Re-export the model with ffexport."
             )
         return maps, scores
-

@@ -1,9 +1,10 @@
-"""Backend outputs of one image -> the parts of its :class:`~ffrt.result.Result`.
+"""The model's outputs -> the verdict on one image: the map back in the frame's geometry,
+the pixel and image thresholds applied, the defect regions in the frame's coordinates.
 
-One place for what a direct call and the batching pipeline both do after inference:
-apply the thresholds, bring the map to the frame (or not), find the defect regions in the
-frame's coordinates. Holds only immutable settings, so the pipeline's worker threads can
-share it without a reference to the Detector.
+One definition, used by the Detector (direct calls and the batching pipeline of
+``Detector.submit``) and by ffbench's postprocess stage (so the stage it times is the
+Detector's own code). :class:`Postprocessor` holds only immutable settings, so the
+pipeline's worker threads share it without a reference to the Detector.
 """
 
 from __future__ import annotations
@@ -22,6 +23,33 @@ from .regions import Region, find_regions
 from .result import LatencySplit, Result, normalize_score
 
 log = logging.getLogger("ffrt")
+
+
+def postprocess(
+    amap: np.ndarray, score: float, original: tuple[int, int], spec: InputSpec, thresholds: Thresholds,
+    resize_outputs: bool = True,
+) -> tuple[float, bool, np.ndarray, np.ndarray]:
+    """(score, is_anomalous, anomaly map, mask) of one image from its model-size map.
+
+    ``original``: the frame's (height, width). With ``resize_outputs`` the map is cropped
+    to the frame's part of the input (letterbox padding off) and resized bilinearly to the
+    frame's size; otherwise it stays at the model size. The returned map owns its data.
+    """
+    if resize_outputs:
+        # Letterboxed: the padding is not part of the frame; crop it off, then resize.
+        amap = frame_region(amap, original, spec)
+    if resize_outputs and original != amap.shape:
+        amap = cv2.resize(amap, (original[1], original[0]), interpolation=cv2.INTER_LINEAR)
+    else:
+        amap = amap.copy()  # own the data: a view would pin the whole batch in memory
+    # "not <=" rather than ">": NaN (e.g. overflow in the model) fails the part. In place
+    # into one bool array: at full size on a large frame, a temporary per step adds up.
+    mask = np.less_equal(amap, thresholds.pixel)
+    np.logical_not(mask, out=mask)
+    is_anomalous = not (score <= thresholds.image)
+    if math.isnan(score):
+        log.warning("ffrt: the model returned a NaN score; the image is reported as anomalous")
+    return score, is_anomalous, amap, mask
 
 
 class Outputs(NamedTuple):
@@ -43,20 +71,7 @@ class Postprocessor:
 
     def outputs(self, amap: np.ndarray, score: float, original: tuple[int, int], thresholds: Thresholds) -> Outputs:
         """``amap``: the model-size map of one image; ``original``: its (height, width)."""
-        if self.resize_outputs:
-            # Letterboxed: the padding is not part of the frame; crop it off, then resize.
-            amap = frame_region(amap, original, self.spec)
-        if self.resize_outputs and original != amap.shape:
-            amap = cv2.resize(amap, (original[1], original[0]), interpolation=cv2.INTER_LINEAR)
-        else:
-            amap = amap.copy()  # own the data: a view would pin the whole batch in memory
-        # "not <=" rather than ">": NaN (e.g. overflow in the model) fails the part. In place
-        # into one bool array: at full size on a large frame, a temporary per step adds up.
-        mask = np.less_equal(amap, thresholds.pixel)
-        np.logical_not(mask, out=mask)
-        is_anomalous = not (score <= thresholds.image)
-        if math.isnan(score):
-            log.warning("ffrt: the model returned a NaN score; the image is reported as anomalous")
+        score, is_anomalous, amap, mask = postprocess(amap, score, original, self.spec, thresholds, self.resize_outputs)
         return Outputs(score, is_anomalous, amap, mask, self._regions(amap, mask, original))
 
     def _regions(self, amap: np.ndarray, mask: np.ndarray, original: tuple[int, int]) -> tuple[Region, ...]:
