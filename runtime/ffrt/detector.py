@@ -10,28 +10,25 @@ One call = preprocess (validate, decode, resize, colour) -> backend.run(uint8 NH
 the model's metadata and can be re-tuned at run time with :meth:`Detector.set_thresholds`.
 
 Thread-safety: a Detector may be shared by several threads. Preprocessing keeps no
-state; ONNX Runtime sessions may run concurrently (a backend that may not says so with
-``concurrent_safe = False`` and the Detector then serializes its calls); the thresholds
-are one immutable object swapped atomically; the latency window is locked.
+state; every backend's ``run`` may be called concurrently (ONNX Runtime sessions are
+thread-safe for ``run``; the TensorRT backend gives each call its own execution slot); the
+thresholds are one immutable object swapped atomically; the latency window is locked.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Iterable
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 from ffcore.files import ENGINE_SUFFIXES  # noqa: F401  (re-exported: ffrt.detector.ENGINE_SUFFIXES)
 
 from .backends import create_backend
+from .backends.base import check_precision
 from .errors import BackendUnavailableError, FFRTError, InferenceError, InvalidArgumentError, InvalidImageError, ModelFileError
 from .meta import ModelMeta, Thresholds, read_onnx_meta
 from .preprocess import (
@@ -40,9 +37,10 @@ from .preprocess import (
     ImageLimits,
     PreparedBatch,
     check_color_order,
-    frame_region,
     prepare_batch,
 )
+from .postprocess import postprocess
+from .result import Result, normalize_score  # noqa: F401  (re-exported: ffrt.detector.Result, .normalize_score)
 from .stats import DEFAULT_WINDOW, LatencyStats, LatencyWindow
 
 log = logging.getLogger("ffrt")
@@ -56,52 +54,23 @@ class ImageSize(NamedTuple):
     width: int
 
 
-@dataclass(frozen=True, repr=False)
-class Result:
-    """The verdict on one image.
-
-    score:        higher = more anomalous, in the units of the model's metadata.
-    is_anomalous: score > image threshold. A NaN score (numerical overflow in the model)
-                  also counts as anomalous: a broken measurement must never pass a part.
-    anomaly_map:  float32 HxW; at the original image size when the Detector was made with
-                  resize_outputs=True (bilinear, cv2.INTER_LINEAR), else at the model size.
-    mask:         bool HxW, anomaly_map > pixel threshold, on the map returned here (so it
-                  has the map's size). NaN pixels are in the mask, for the same reason.
-    latency_ms:   end-to-end wall time of the call that produced this result (preprocess +
-                  inference + postprocess). All results of one predict_batch call share it:
-                  it is the time of the whole call, not a per-image share.
-    normalized_score: optional 0-1 score for operators' displays, None when the model's
-                  metadata has no usable ``score_stats`` (std > 0). See :func:`normalize_score`:
-                  1 / (1 + exp(-(score - image_threshold) / score_stats.std)), so 0.5 is
-                  exactly the (current) image threshold, > 0.5 means rejected, and one
-                  standard deviation of normal scores moves it by about 0.23 near the
-                  threshold. A NaN score gives 1.0 (a broken measurement reads "anomalous").
-    """
-
-    score: float
-    is_anomalous: bool
-    anomaly_map: np.ndarray = field(compare=False)
-    mask: np.ndarray = field(compare=False)
-    latency_ms: float
-    normalized_score: float | None = None
-
-    def __repr__(self) -> str:
-        h, w = self.anomaly_map.shape[:2]
-        return (
-            f"Result(score={self.score:.6g}, is_anomalous={self.is_anomalous}, "
-            f"anomaly_map=float32[{h}x{w}], mask=bool[{h}x{w}] ({int(self.mask.sum())} px), "
-            f"latency_ms={self.latency_ms:.2f})"
-        )
-
-
 class Detector:
     """Loads an ffrt model and runs it on images.
 
     model_path:      an .onnx exported by ffexport, or a TensorRT .engine built by
                      ffexport --engine (runs on backend "tensorrt"; its .json sidecar
                      must match this TensorRT and GPU).
-    backend:         "auto" (default: the fastest that works here; see ``backend_name``
-                     and ``backend_selection``), "onnxruntime-cuda" or "onnxruntime-cpu".
+    backend:         "auto" (default: the fastest that works here; see ``backend_name``,
+                     ``backend_selection`` and ``backend_choice``; on the CPU the faster of
+                     ONNX Runtime and OpenVINO, measured once per model and machine),
+                     "openvino", "onnxruntime-cuda", "onnxruntime-cpu", ... (ffrt backends).
+    precision:       the float precision of the CPU compute: "auto" (default: FP32, or BF16 on
+                     OpenVINO when the file carries a passed BF16 accuracy gate and the CPU has
+                     native BF16), "fp32", or "bf16" (backend "openvino" on a CPU with AMX or
+                     AVX512-BF16; the anomaly head stays FP32). INT8/FP16 parts of a file run
+                     as encoded. What actually ran: ``precision``, ``precision_detail``.
+    backend_options: options of the chosen backend (openvino: performance_hint,
+                     infer_requests, batch_shapes, keep_fp32; see ffrt.backends.openvino).
     color_order:     channel order of 3-channel numpy inputs, "BGR" (OpenCV, most camera
                      SDKs) or "RGB" (PIL, imageio). Files are decoded as BGR regardless.
     threads:         CPU inference threads; None = all physical cores.
@@ -136,10 +105,15 @@ class Detector:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
         device: int = 0,
+        precision: str = "auto",
+        backend_options: dict | None = None,
     ) -> None:
         # Cheap argument checks first: a typo must not cost a model load.
         self._backend = None
         self._color_order = check_color_order(color_order)
+        precision = check_precision(precision)
+        if backend_options is not None and not isinstance(backend_options, dict):
+            raise InvalidArgumentError(f"backend_options must be a dict or None, not {type(backend_options).__name__}.")
         if not isinstance(device, int) or isinstance(device, bool) or device < 0:
             raise InvalidArgumentError(f"device must be a GPU index >= 0, not {device!r}.")
         self._device = device
@@ -182,7 +156,8 @@ class Detector:
         self._resize_outputs = bool(resize_outputs)
         self._stats = LatencyWindow(stats_window)
 
-        self._backend, self._selection = create_backend(backend, path, self._meta, threads, device)
+        self._backend, self._selection = create_backend(backend, path, self._meta, threads, device, precision,
+                                                        backend_options)
         stats = self._meta.score_stats
         self._norm_scale = stats.std if stats is not None and stats.std > 0 else None
         if not target_matches(self._meta.target, self._backend.name):
@@ -192,8 +167,6 @@ class Detector:
                 "model.int8-cpu.onnx for CPUs, model.int8-trt.onnx for TensorRT).",
                 path, self._meta.target, self._meta.precision, self._backend.name,
             )
-        # Only backends that cannot run concurrently pay for a lock.
-        self._run_lock = nullcontext() if self._backend.concurrent_safe else threading.Lock()
 
     # -- properties --------------------------------------------------------------------
 
@@ -220,6 +193,22 @@ class Detector:
     def backend_selection(self) -> tuple[str, ...]:
         """For backend="auto": each faster backend that was skipped, and why."""
         return self._selection
+
+    @property
+    def backend_choice(self) -> str:
+        """For backend="auto" on a CPU: how this CPU backend was chosen over the others
+        (measured figures, or why the others could not start); "" for an explicit backend."""
+        return self._backend.choice
+
+    @property
+    def precision(self) -> str:
+        """The precision the backend computes in: "fp32", "bf16", "fp16", "int8", "int8+bf16"."""
+        return self._backend.precision
+
+    @property
+    def precision_detail(self) -> str:
+        """Which parts ran in which precision, and why (e.g. why precision="auto" chose FP32)."""
+        return self._backend.precision_detail or f"{self.precision} (as the file encodes it)"
 
     @property
     def thresholds(self) -> Thresholds:
@@ -395,18 +384,23 @@ class Detector:
         batch = prepared.batch
         if len(batch) <= chunk:
             return self._run_backend(batch)
-        outs = [self._run_backend(batch[i : i + chunk]) for i in range(0, len(batch), chunk)]
+        outs = self._run_backend_chunks([batch[i : i + chunk] for i in range(0, len(batch), chunk)])
         return np.concatenate([m for m, _ in outs]), np.concatenate([s for _, s in outs])
 
     def _run_backend(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n = len(batch)
+        return self._run_backend_chunks([batch])[0]
+
+    def _run_backend_chunks(self, batches: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         try:
-            with self._run_lock:
-                maps, scores = self._backend.run(batch)
+            outs = self._backend.run_chunks(batches) if len(batches) > 1 else [self._backend.run(batches[0])]
         except FFRTError:
             raise
         except Exception as e:
-            raise InferenceError(f"{self._backend.name} failed on a batch of {n}: {type(e).__name__}: {e}") from e
+            sizes = "+".join(str(len(b)) for b in batches)
+            raise InferenceError(f"{self._backend.name} failed on a batch of {sizes}: {type(e).__name__}: {e}") from e
+        return [self._check_outputs(len(b), *out) for b, out in zip(batches, outs)]
+
+    def _check_outputs(self, n: int, maps, scores) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.input_size
         maps = np.asarray(maps, dtype=np.float32)
         scores = np.asarray(scores, dtype=np.float32)
@@ -422,38 +416,7 @@ class Detector:
     def _postprocess(
         self, amap: np.ndarray, score: float, original: tuple[int, int], thresholds: Thresholds
     ) -> tuple[float, bool, np.ndarray, np.ndarray]:
-        if self._resize_outputs:
-            # Letterboxed: the padding is not part of the frame; crop it off, then resize.
-            amap = frame_region(amap, original, self._meta.input)
-        if self._resize_outputs and original != amap.shape:
-            amap = cv2.resize(amap, (original[1], original[0]), interpolation=cv2.INTER_LINEAR)
-        else:
-            amap = amap.copy()  # own the data: a view would pin the whole batch in memory
-        # "not <=" rather than ">": NaN (e.g. overflow in the model) fails the part. In place
-        # into one bool array: at full size on a large frame, a temporary per step adds up.
-        mask = np.less_equal(amap, thresholds.pixel)
-        np.logical_not(mask, out=mask)
-        is_anomalous = not (score <= thresholds.image)
-        if math.isnan(score):
-            log.warning("ffrt: the model returned a NaN score; the image is reported as anomalous")
-        return score, is_anomalous, amap, mask
-
-
-def normalize_score(score: float, image_threshold: float, scale: float) -> float:
-    """Operator-facing 0-1 score: logistic of the distance to the image threshold, in units
-    of the normal scores' standard deviation (``score_stats.std`` from the metadata).
-
-        normalized = 1 / (1 + exp(-(score - image_threshold) / scale))
-
-    0.5 = at the threshold, monotonic in ``score`` (same ranking, same decisions: > 0.5 iff
-    score > threshold). NaN -> 1.0, consistent with NaN counting as anomalous.
-    """
-    if math.isnan(score):
-        return 1.0
-    z = (score - image_threshold) / scale
-    if z < -700.0:  # exp overflow guard; the value is 0 to double precision anyway
-        return 0.0
-    return 1.0 / (1.0 + math.exp(-z)) if z < 700.0 else 1.0
+        return postprocess(amap, score, original, self._meta.input, thresholds, self._resize_outputs)
 
 
 def target_matches(target: str, backend_name: str) -> bool:
@@ -466,7 +429,7 @@ def target_matches(target: str, backend_name: str) -> bool:
     if target == "any":
         return True
     if target == "cpu":
-        return backend_name.endswith("-cpu")
+        return backend_name.endswith("-cpu") or backend_name == "openvino"
     if target == "tensorrt":
         return "tensorrt" in backend_name
     return True
