@@ -3,7 +3,7 @@
 Standard library only: this runs under whatever Python started ``run_peers.py``. The
 environment lives in ``benchmarks/peers/.venv`` (git-ignored), is built from the package
 registry with the pins in ``requirements.txt`` plus ffrt's own dependencies read from
-``pyproject.toml`` (base, ``cpu``, ``train`` and ``demo`` extras), and is stamped with a hash of both
+``pyproject.toml`` (base, ``cpu``, ``openvino``, ``train`` and ``demo`` extras), and is stamped with a hash of both
 files so that an edit to either rebuilds it. ffrt itself is not installed into it: the
 timing process puts this checkout's package folders on ``PYTHONPATH``, so it always times
 the code next to the script.
@@ -24,10 +24,10 @@ ROOT = HERE.parents[1]
 VENV = HERE / ".venv"
 REQUIREMENTS = HERE / "requirements.txt"
 PYPROJECT = ROOT / "pyproject.toml"
-#: Extras of ffrt the timing and model-building code needs: ONNX Runtime, torch for
+#: Extras of ffrt the timing and model-building code needs: ONNX Runtime, OpenVINO, torch for
 #: fftrain/ffexport (pinned there and in requirements.txt alike), and the ELPV cells the ffrt
 #: model is trained on for one epoch and every engine is timed on.
-FFRT_EXTRAS = ("cpu", "train", "demo")
+FFRT_EXTRAS = ("cpu", "openvino", "train", "demo")
 
 
 def venv_python() -> Path:

@@ -6,9 +6,11 @@ NHWC RGB batch into the engine's own input (untimed: anomalib's graph takes floa
 ``run`` returns (anomaly maps, scores) as numpy arrays so every row is checked for finite
 outputs the same way.
 
-Every engine gets the same thread budget (``threads``). OpenVINO runs with its CPU plugin
-defaults otherwise (latency hint, one stream), as anomalib's ``OpenVINOInferencer`` compiles
-(``config=None``); only ``INFERENCE_PRECISION_HINT`` is set where a row forces FP32.
+Every engine gets the same thread budget (``threads``). anomalib's OpenVINO IR runs with the
+CPU plugin's defaults otherwise (latency hint, one stream), as anomalib's ``OpenVINOInferencer``
+compiles (``config=None``); only ``INFERENCE_PRECISION_HINT`` is set where a row forces FP32.
+ffrt's rows go through ffrt's own backends (``ffrt.backends.create_backend``), as a user's
+``Detector`` would.
 """
 
 from __future__ import annotations
@@ -140,39 +142,19 @@ def anomalib_openvino(xml: Path, threads: int, force_fp32: bool, batch: int | No
                   _ov_precision(force_fp32, info), float_nchw, run, {"openvino": ov.__version__, **info})
 
 
-def ffrt_openvino(path: Path, threads: int, model: str, label: str, precision: str, batch: int) -> Runner:
-    """ffrt's ONNX on OpenVINO: ffrt's own ``backend="openvino"`` where this build has it,
-    else the raw OpenVINO CPU plugin on the same file reshaped to the timed static batch
-    (bf16 = the plugin's default, applied to the whole graph; fp32 = forced). The one place to
-    switch when ffrt's backend lands."""
-    from ffrt.backends import backend_names
+def ffrt_openvino(path: Path, threads: int, model: str, label: str, precision: str, keep_fp32: str = "head") -> Runner:
+    """ffrt's own OpenVINO backend on ffrt's ONNX (static batch shapes, latency hint: its
+    defaults). ``keep_fp32`` is the part that stays FP32 under BF16: "head" (ffrt's default),
+    "none" (the whole graph in BF16, as OpenVINO's own default does)."""
+    from ffrt.backends import create_backend
+    from ffrt.meta import read_onnx_meta
 
-    if "openvino" in backend_names():
-        from ffrt.backends import create_backend
-        from ffrt.meta import read_onnx_meta
-
-        backend, _ = create_backend("openvino", path, read_onnx_meta(path), threads, precision=precision)
-        return Runner(f"ffrt_{model}_ov_{precision}", label, model, "ffrt", "openvino", precision, uint8_nhwc,
-                      backend.run, {"backend": backend.description, "via": "ffrt backend 'openvino'"})
-    import openvino as ov
-
-    if precision not in ("fp32", "bf16"):
-        raise SystemExit(f"precision {precision!r} needs ffrt's OpenVINO backend, which this build does not have")
-    compiled, info = ov_compile(path, threads, force_fp32=precision == "fp32", batch=batch)
-    if precision == "bf16" and "bf16" not in info["inference_precision"]:
-        raise SystemExit(f"OpenVINO runs {info['inference_precision']} here, not bf16: this CPU has no BF16 path")
-    request = compiled.create_infer_request()
-    out_map, out_score = compiled.output("anomaly_map"), compiled.output("score")
-
-    def run(x):
-        res = request.infer({0: x})
-        return res[out_map], res[out_score]
-
-    return Runner(f"ffrt_{model}_ov_{precision}", label, model, "ffrt", "openvino",
-                  _ov_precision(precision == "fp32", info) + (", whole graph" if precision == "bf16" else ""),
-                  uint8_nhwc, run,
-                  {"openvino": ov.__version__, **info,
-                   "via": "raw OpenVINO on ffrt's ONNX (ffrt's backend 'openvino' is not in this build)"})
+    options = {"keep_fp32": keep_fp32} if precision == "bf16" else {}
+    backend, _ = create_backend("openvino", path, read_onnx_meta(path), threads, precision=precision, options=options)
+    key = f"ffrt_{model}_ov_{precision}" + ("_all" if precision == "bf16" and keep_fp32 == "none" else "")
+    shown = {"fp32": "fp32", "bf16": f"bf16, {'whole graph' if keep_fp32 == 'none' else keep_fp32 + ' FP32'}"}
+    return Runner(key, label, model, "ffrt", "openvino", shown.get(precision, precision), uint8_nhwc, backend.run,
+                  {"backend": backend.description, "precision_detail": backend.precision_detail})
 
 
 # --- PyTorch eager ----------------------------------------------------------------------
