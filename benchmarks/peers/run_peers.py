@@ -28,12 +28,46 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import build_models  # noqa: E402  (standard library at import; torch and anomalib inside its functions)
 import peers_env  # noqa: E402
 
 ROOT = peers_env.ROOT
 DEFAULT_WORK = ROOT / "runs" / "peers"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "peers"
 DEFAULT_LITE0 = ROOT / "runs" / "demo" / "model.onnx"
+
+
+def _batches(text: str) -> str:
+    try:
+        values = [int(b) for b in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give batch sizes as integers, e.g. 1,8") from None
+    if not values or any(not 1 <= b <= build_models.BATCH_MAX for b in values):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: batch sizes must be in 1..{build_models.BATCH_MAX} (ffrt's graphs are exported for that range)")
+    return text
+
+
+def _at_least(low: int):
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+    return check
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,11 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT.relative_to(ROOT)})")
     p.add_argument("--lite0-model", type=Path, default=DEFAULT_LITE0,
                    help="ffrt's default model (make demo writes it; default runs/demo/model.onnx); rows skipped if absent")
-    p.add_argument("--batches", default="1,8", help="batch sizes (default 1,8)")
-    p.add_argument("--rounds", type=int, default=15, help="timed interleaved rounds per batch (default 15)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
-    p.add_argument("--threads", type=int, default=2, help="threads of every engine (default 2)")
-    p.add_argument("--settle-ms", type=float, default=50.0, help="untimed pause between runners (default 50)")
+    p.add_argument("--batches", type=_batches, default="1,8", help="batch sizes (default 1,8)")
+    p.add_argument("--rounds", type=_at_least(1), default=15, help="timed interleaved rounds per batch (default 15)")
+    p.add_argument("--warmup", type=_at_least(0), default=2, help="untimed rounds first (default 2)")
+    p.add_argument("--threads", type=_at_least(1), default=2, help="threads of every engine (default 2)")
+    p.add_argument("--settle-ms", type=_milliseconds, default=50.0, help="untimed pause between runners (default 50)")
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch eager rows")
     p.add_argument("--in-venv", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -73,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def in_venv(args, argv: list[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from a model hub
-    import build_models
-
     explicit = args.prepare or args.time or args.profile
     missing = [p for p in (build_models.anomalib_paths(args.work)["openvino"], build_models.ffrt_paths(args.work)["onnx"])
                if not p.is_file()]
