@@ -129,8 +129,9 @@ def markdown(report: dict) -> str:
         ratio = f"{b['ratio']:.2f}x" if b["ratio"] is not None else "-"
         lines.append(f"- {b['bar']}: `{b['ffrt_row']}` / `{b['peer_row']}` = **{ratio}** (needs >= {b['needed']}x): "
                      f"**{b['result']}**" + (f". {b['note']}" if b["note"] else ""))
-    lines += ["", "Over PyTorch eager on the same weights (throughput ratio, same run):", "",
-              "| row | " + " | ".join(f"batch {b}" for b in batches) + " |", "|---|" + "---|" * len(batches)]
+    if report["eager_ratios"]:
+        lines += ["", "Over PyTorch eager on the same weights (throughput ratio, same run):", "",
+                  "| row | " + " | ".join(f"batch {b}" for b in batches) + " |", "|---|" + "---|" * len(batches)]
     by_key: dict[str, dict] = {}
     for e in report["eager_ratios"]:
         by_key.setdefault(e["what"], {})[e["batch"]] = e["ratio"]
