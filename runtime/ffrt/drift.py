@@ -261,8 +261,10 @@ class DriftMonitor:
             )
         if problems:
             reason = "; ".join(problems) + (
-                ". Normal parts now score differently from the calibration images: check lighting, focus and "
-                "the parts, then re-calibrate ('ffcalib thresholds') or retrain on current images."
+                ". Either many recent parts are defective (a process problem upstream), or normal parts now "
+                "score differently from the calibration images: check the rejected parts first, then lighting, "
+                "focus and the parts; re-calibrate ('ffcalib thresholds') or retrain on current images only if "
+                "good parts are being rejected."
             )
             state = DRIFT
         else:
