@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
 from . import __version__
 from .errors import FFRTError, ImageFileError, InvalidImageError
+from .result import json_float
 from ffcore.files import IMAGE_SUFFIXES
 
 
@@ -221,7 +221,7 @@ class DetectTool(Tool):
                     continue
                 verdict = "FAIL" if r.is_anomalous else "PASS"
                 record = {
-                    "path": str(path), "score": _json_float(r.score), "is_anomalous": r.is_anomalous,
+                    "path": str(path), "score": json_float(r.score), "is_anomalous": r.is_anomalous,
                     "defect_pixels": int(r.mask.sum()), "latency_ms": round(r.latency_ms, 3),
                 }
                 if args.overlays:
@@ -285,10 +285,6 @@ def add_inference_args(group) -> None:
     group.add_argument("--device", type=int, default=0, metavar="N", help="GPU index for the GPU backends (default 0)")
     group.add_argument("--image-threshold", type=float, default=None, metavar="T", help="override the model's image threshold: score > T is FAIL")
     group.add_argument("--pixel-threshold", type=float, default=None, metavar="T", help="override the model's pixel threshold: map > T is in the defect mask")
-
-
-def _json_float(x: float) -> float | None:
-    return x if math.isfinite(x) else None  # JSON has no NaN/inf; null says "no valid score"
 
 
 def write_overlay(folder: Path, path: Path, image, result, used: set, write_bytes) -> Path:
