@@ -194,19 +194,20 @@ def test_a_source_that_ends_or_disconnects_does_not_stop_the_others(tiny_onnx, c
     assert "total: 40 frames" in stdout
 
 
-def test_ctrl_c_writes_every_submitted_frame_and_the_summary(tiny_onnx, cells, tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_writes_every_submitted_frame_and_the_summary(tiny_onnx, cells, tmp_path, sig, code):
     video = write_video(tmp_path / "slow.avi", _frames(cells[:40]), fps=10)
     out = tmp_path / "out"
     # --realtime: 10 frames a second, as a camera delivers them; the run takes 4 s unless stopped.
     proc = _spawn("run", str(tiny_onnx), str(video), "--out", str(out), "--realtime", "--threads", "1", "--csv")
     try:
         _wait_for_lines(proc, out, 3)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)  # SIGTERM: what systemd sends a line service it stops
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == code, stderr
     lines = _lines(out)
     n = len(lines)
     assert 3 <= n < 40
