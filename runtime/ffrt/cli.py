@@ -4,6 +4,8 @@
     ffrt detect MODEL IMAGE_OR_DIR... [--backend B] [--json FILE] [--overlays DIR] [--color-order BGR|RGB]
     ffrt backends
     ffrt doctor [--device N]
+    ffrt triton-repo MODEL DIR [--kind gpu|cpu]       (ffrt.triton.cli)
+    ffrt serve MODEL [--http-port] [--grpc-port] [--max-batch] [--max-delay-ms]
 
 Layered like Polygraphy's CLIs: each subcommand is a small ``Tool`` that adds its own
 argument groups and runs; ``main`` only dispatches and turns every ffrt error into one
@@ -347,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ffrt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr (e.g. why 'auto' chose its backend)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for tool in TOOLS:
+    from .triton.cli import ServeTool, TritonRepoTool  # their module imports Tool from here
+
+    for tool in TOOLS + (TritonRepoTool(), ServeTool()):
         p = sub.add_parser(tool.name, help=tool.help, description=tool.description)
         tool.add_args(p)
         p.set_defaults(tool=tool)

@@ -314,6 +314,20 @@ class Detector:
         for _ in range(n):
             self._run_backend(blank)
 
+    def run_model(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The fused graph alone on a batch already at the model size: uint8 [N, H, W, 3] RGB
+        in, (anomaly maps float32 [N, 1, H, W], scores float32 [N]) out, on this Detector's
+        backend. No thresholds, no resizing, not timed: for serving the graph behind another
+        front end (``ffrt serve`` binds it as Triton's ``ffrt_model``)."""
+        batch = np.asarray(batch)
+        h, w = self.input_size
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1:] != (h, w, 3) or len(batch) == 0:
+            raise InvalidImageError(
+                f"run_model takes a uint8 batch of shape [N, {h}, {w}, 3] (N >= 1), not {batch.dtype} {batch.shape}; "
+                "use det(image) or det.predict_batch(images) for images of any size."
+            )
+        return self._run_backend(np.ascontiguousarray(batch))
+
     # -- internals ---------------------------------------------------------------------
 
     def _chunk_size(self, batch_size: int | None) -> int:

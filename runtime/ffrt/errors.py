@@ -36,3 +36,15 @@ class InferenceError(FFRTError, RuntimeError):
 
 class EngineMismatchError(ModelFileError):
     """A TensorRT plan was built for another TensorRT version, GPU, ONNX or precision."""
+
+
+class RemoteError(FFRTError, RuntimeError):
+    """A model server (Triton, reached by ffrt.client.RemoteDetector) could not answer."""
+
+
+class ServerUnavailableError(RemoteError, ConnectionError):
+    """The server cannot be reached, or does not serve the requested model (not ready)."""
+
+
+class RemoteTimeoutError(RemoteError, TimeoutError):
+    """The server did not answer within the client's timeout."""

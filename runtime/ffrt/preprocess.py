@@ -141,27 +141,51 @@ def read_image_file(path: str | os.PathLike, limits: ImageLimits = DEFAULT_LIMIT
     Gray files come back as three equal channels (IMREAD_COLOR), like in the trainer.
     """
     path = Path(path)
-    data = _read_regular_file(path, limits)
+    return decode_image_bytes(_read_regular_file(path, limits), limits, spec, where=str(path))
+
+
+def decode_image_bytes(
+    data: bytes, limits: ImageLimits = DEFAULT_LIMITS, spec: InputSpec | None = None, where: str = "image data"
+) -> np.ndarray:
+    """Decode an encoded image (the bytes of a PNG, JPEG, ... file) to BGR uint8 HxWx3.
+
+    The size in the header is checked against ``limits`` before anything is decoded, as for
+    files; errors are ImageFileError naming ``where``. Used for files and for encoded images
+    that arrive over the network (``ffrt_detector`` on Triton).
+    """
+    if not data:
+        raise ImageFileError(f"{where}: empty (0 bytes); the image was not written or sent completely.")
+    if limits.max_pixels is not None and len(data) > limits.max_pixels * _BYTES_PER_PIXEL_MAX + _FILE_SLACK_BYTES:
+        raise ImageFileError(
+            f"{where}: {len(data) / 1e9:.2f} GB, more than any image within the limit max_pixels={limits.max_pixels} "
+            "can take; it was not decoded. Raise the limit if such images are expected."
+        )
     size = image_size(data)
     if size is not None:
         problem = limits.problem(*size, spec)
         if problem is not None:
-            raise ImageFileError(f"{path}: {problem} (size read from the file header; the file was not decoded)")
+            raise ImageFileError(f"{where}: {problem} (size read from the file header; the file was not decoded)")
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as e:  # e.g. OpenCV's own size limit, or a decoder that throws instead of returning None
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise ImageFileError(f"{path}: cannot be decoded as an image (OpenCV: {reason}).") from e
+        raise ImageFileError(f"{where}: cannot be decoded as an image (OpenCV: {reason}).") from e
     if image is None or image.size == 0:
         raise ImageFileError(
-            f"{path}: cannot be decoded as an image ({len(data)} bytes; corrupt, truncated, or a format "
+            f"{where}: cannot be decoded as an image ({len(data)} bytes; corrupt, truncated, or a format "
             "OpenCV does not read). Re-save it as PNG, JPEG, BMP or TIFF."
         )
     # Formats whose header is not parsed are checked here, after decoding.
     problem = limits.problem(image.shape[0], image.shape[1], spec)
     if problem is not None:
-        raise ImageFileError(f"{path}: {problem}")
+        raise ImageFileError(f"{where}: {problem}")
     return image
+
+
+def read_image_bytes(path: str | os.PathLike, limits: ImageLimits = DEFAULT_LIMITS) -> bytes:
+    """The bytes of an image file, read with the same checks as :func:`read_image_file`
+    (regular file, not empty, plausible size), without decoding them."""
+    return _read_regular_file(Path(path), limits)
 
 
 def _read_regular_file(path: Path, limits: ImageLimits) -> bytes:
