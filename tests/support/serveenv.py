@@ -29,6 +29,9 @@ import pytest
 import trtenv
 
 ROOT = trtenv.ROOT
+#: Triton metrics the deployment files use; test_triton_serve checks the real server exports them.
+TRITON_METRICS = ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_queue_duration_us",
+                  "nv_inference_count", "nv_inference_exec_count")
 
 
 def serve_requirements() -> list[str]:

@@ -243,8 +243,7 @@ def test_health_and_metrics_are_tritons(server):
     assert server.get("/v2/health/ready")[0] == 200
     status, text = server.get("/metrics", port=server.metrics)
     assert status == 200
-    for name in ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_queue_duration_us",
-                 "nv_inference_count", "nv_inference_exec_count"):
+    for name in serveenv.TRITON_METRICS:
         assert f'{name}{{model="ffrt_detector",' in text, name
     success = [line for line in text.splitlines() if line.startswith('nv_inference_request_success{model="ffrt_detector"')]
     assert float(success[0].split()[-1]) > 0
