@@ -37,7 +37,7 @@ from .errors import (
     FFRTError, InferenceError, InvalidArgumentError, InvalidImageError, RemoteError, RemoteTimeoutError,
     ServerUnavailableError,
 )
-from .preprocess import ImageLimits, check_color_order, read_image_bytes, to_uint8_image
+from .preprocess import ImageLimits, check_color_order, read_image_data, to_uint8_image
 from .result import Result
 from .stats import DEFAULT_WINDOW, LatencyStats, LatencyWindow
 from .triton import protocol
@@ -195,7 +195,7 @@ class RemoteDetector:
         if isinstance(image, (bytes, bytearray, memoryview)):
             data = bytes(image)
         elif isinstance(image, (str, os.PathLike)):
-            data = read_image_bytes(image, _NO_SIZE_LIMIT)
+            data = read_image_data(image, _NO_SIZE_LIMIT)
         else:
             pixels, order = to_uint8_image(image, self._color_order, _NO_SIZE_LIMIT)
             if order == "RGB":

@@ -10,27 +10,25 @@ One call = preprocess (validate, decode, resize, colour) -> backend.run(uint8 NH
 the model's metadata and can be re-tuned at run time with :meth:`Detector.set_thresholds`.
 
 Thread-safety: a Detector may be shared by several threads. Preprocessing keeps no
-state; ONNX Runtime sessions may run concurrently (a backend that may not says so with
-``concurrent_safe = False`` and the Detector then serializes its calls); the thresholds
-are one immutable object swapped atomically; the latency window is locked.
+state; every backend's ``run`` may be called concurrently (ONNX Runtime sessions are
+thread-safe for ``run``; the TensorRT backend gives each call its own execution slot); the
+thresholds are one immutable object swapped atomically; the latency window is locked.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Iterable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 from ffcore.files import ENGINE_SUFFIXES  # noqa: F401  (re-exported: ffrt.detector.ENGINE_SUFFIXES)
 
 from .backends import create_backend
+from .backends.base import check_precision
 from .errors import BackendUnavailableError, FFRTError, InferenceError, InvalidArgumentError, InvalidImageError, ModelFileError
 from .meta import ModelMeta, Thresholds, read_onnx_meta
 from .preprocess import (
@@ -39,9 +37,9 @@ from .preprocess import (
     ImageLimits,
     PreparedBatch,
     check_color_order,
-    frame_region,
     prepare_batch,
 )
+from .postprocess import postprocess
 from .result import Result, normalize_score  # noqa: F401  (re-exported: ffrt.detector.Result, .normalize_score)
 from .stats import DEFAULT_WINDOW, LatencyStats, LatencyWindow
 
@@ -62,8 +60,17 @@ class Detector:
     model_path:      an .onnx exported by ffexport, or a TensorRT .engine built by
                      ffexport --engine (runs on backend "tensorrt"; its .json sidecar
                      must match this TensorRT and GPU).
-    backend:         "auto" (default: the fastest that works here; see ``backend_name``
-                     and ``backend_selection``), "onnxruntime-cuda" or "onnxruntime-cpu".
+    backend:         "auto" (default: the fastest that works here; see ``backend_name``,
+                     ``backend_selection`` and ``backend_choice``; on the CPU the faster of
+                     ONNX Runtime and OpenVINO, measured once per model and machine),
+                     "openvino", "onnxruntime-cuda", "onnxruntime-cpu", ... (ffrt backends).
+    precision:       the float precision of the CPU compute: "auto" (default: FP32, or BF16 on
+                     OpenVINO when the file carries a passed BF16 accuracy gate and the CPU has
+                     native BF16), "fp32", or "bf16" (backend "openvino" on a CPU with AMX or
+                     AVX512-BF16; the anomaly head stays FP32). INT8/FP16 parts of a file run
+                     as encoded. What actually ran: ``precision``, ``precision_detail``.
+    backend_options: options of the chosen backend (openvino: performance_hint,
+                     infer_requests, batch_shapes, keep_fp32; see ffrt.backends.openvino).
     color_order:     channel order of 3-channel numpy inputs, "BGR" (OpenCV, most camera
                      SDKs) or "RGB" (PIL, imageio). Files are decoded as BGR regardless.
     threads:         CPU inference threads; None = all physical cores.
@@ -98,10 +105,15 @@ class Detector:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
         device: int = 0,
+        precision: str = "auto",
+        backend_options: dict | None = None,
     ) -> None:
         # Cheap argument checks first: a typo must not cost a model load.
         self._backend = None
         self._color_order = check_color_order(color_order)
+        precision = check_precision(precision)
+        if backend_options is not None and not isinstance(backend_options, dict):
+            raise InvalidArgumentError(f"backend_options must be a dict or None, not {type(backend_options).__name__}.")
         if not isinstance(device, int) or isinstance(device, bool) or device < 0:
             raise InvalidArgumentError(f"device must be a GPU index >= 0, not {device!r}.")
         self._device = device
@@ -144,7 +156,8 @@ class Detector:
         self._resize_outputs = bool(resize_outputs)
         self._stats = LatencyWindow(stats_window)
 
-        self._backend, self._selection = create_backend(backend, path, self._meta, threads, device)
+        self._backend, self._selection = create_backend(backend, path, self._meta, threads, device, precision,
+                                                        backend_options)
         stats = self._meta.score_stats
         self._norm_scale = stats.std if stats is not None and stats.std > 0 else None
         if not target_matches(self._meta.target, self._backend.name):
@@ -154,8 +167,6 @@ class Detector:
                 "model.int8-cpu.onnx for CPUs, model.int8-trt.onnx for TensorRT).",
                 path, self._meta.target, self._meta.precision, self._backend.name,
             )
-        # Only backends that cannot run concurrently pay for a lock.
-        self._run_lock = nullcontext() if self._backend.concurrent_safe else threading.Lock()
 
     # -- properties --------------------------------------------------------------------
 
@@ -182,6 +193,22 @@ class Detector:
     def backend_selection(self) -> tuple[str, ...]:
         """For backend="auto": each faster backend that was skipped, and why."""
         return self._selection
+
+    @property
+    def backend_choice(self) -> str:
+        """For backend="auto" on a CPU: how this CPU backend was chosen over the others
+        (measured figures, or why the others could not start); "" for an explicit backend."""
+        return self._backend.choice
+
+    @property
+    def precision(self) -> str:
+        """The precision the backend computes in: "fp32", "bf16", "fp16", "int8", "int8+bf16"."""
+        return self._backend.precision
+
+    @property
+    def precision_detail(self) -> str:
+        """Which parts ran in which precision, and why (e.g. why precision="auto" chose FP32)."""
+        return self._backend.precision_detail or f"{self.precision} (as the file encodes it)"
 
     @property
     def thresholds(self) -> Thresholds:
@@ -371,18 +398,23 @@ class Detector:
         batch = prepared.batch
         if len(batch) <= chunk:
             return self._run_backend(batch)
-        outs = [self._run_backend(batch[i : i + chunk]) for i in range(0, len(batch), chunk)]
+        outs = self._run_backend_chunks([batch[i : i + chunk] for i in range(0, len(batch), chunk)])
         return np.concatenate([m for m, _ in outs]), np.concatenate([s for _, s in outs])
 
     def _run_backend(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n = len(batch)
+        return self._run_backend_chunks([batch])[0]
+
+    def _run_backend_chunks(self, batches: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         try:
-            with self._run_lock:
-                maps, scores = self._backend.run(batch)
+            outs = self._backend.run_chunks(batches) if len(batches) > 1 else [self._backend.run(batches[0])]
         except FFRTError:
             raise
         except Exception as e:
-            raise InferenceError(f"{self._backend.name} failed on a batch of {n}: {type(e).__name__}: {e}") from e
+            sizes = "+".join(str(len(b)) for b in batches)
+            raise InferenceError(f"{self._backend.name} failed on a batch of {sizes}: {type(e).__name__}: {e}") from e
+        return [self._check_outputs(len(b), *out) for b, out in zip(batches, outs)]
+
+    def _check_outputs(self, n: int, maps, scores) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.input_size
         maps = np.asarray(maps, dtype=np.float32)
         scores = np.asarray(scores, dtype=np.float32)
@@ -398,21 +430,7 @@ class Detector:
     def _postprocess(
         self, amap: np.ndarray, score: float, original: tuple[int, int], thresholds: Thresholds
     ) -> tuple[float, bool, np.ndarray, np.ndarray]:
-        if self._resize_outputs:
-            # Letterboxed: the padding is not part of the frame; crop it off, then resize.
-            amap = frame_region(amap, original, self._meta.input)
-        if self._resize_outputs and original != amap.shape:
-            amap = cv2.resize(amap, (original[1], original[0]), interpolation=cv2.INTER_LINEAR)
-        else:
-            amap = amap.copy()  # own the data: a view would pin the whole batch in memory
-        # "not <=" rather than ">": NaN (e.g. overflow in the model) fails the part. In place
-        # into one bool array: at full size on a large frame, a temporary per step adds up.
-        mask = np.less_equal(amap, thresholds.pixel)
-        np.logical_not(mask, out=mask)
-        is_anomalous = not (score <= thresholds.image)
-        if math.isnan(score):
-            log.warning("ffrt: the model returned a NaN score; the image is reported as anomalous")
-        return score, is_anomalous, amap, mask
+        return postprocess(amap, score, original, self._meta.input, thresholds, self._resize_outputs)
 
 
 def target_matches(target: str, backend_name: str) -> bool:
@@ -425,7 +443,7 @@ def target_matches(target: str, backend_name: str) -> bool:
     if target == "any":
         return True
     if target == "cpu":
-        return backend_name.endswith("-cpu")
+        return backend_name.endswith("-cpu") or backend_name == "openvino"
     if target == "tensorrt":
         return "tensorrt" in backend_name
     return True

@@ -25,8 +25,9 @@ from .errors import ModelFileError
 META_KEY = "ffrt.meta"
 # 2: head_fit (INT8 files whose flow head was re-fit on their INT8 backbone)
 # 3: thresholds.calibrated_on (the backend whose scores set the thresholds)
+# 4: precision_gates (reduced-precision runs of this file checked against FP32: ffcalib bf16)
 # Every field added since 1 has a default, so files of older schemas keep loading.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class _Strict(BaseModel):
@@ -127,6 +128,34 @@ class FlowInfo(_Strict):
     clamp: Positive
 
 
+class PrecisionGate(_Strict):
+    """A run of this file in a reduced float precision, checked against its FP32 run on real
+    images (``ffcalib bf16``). ``precision="auto"`` runs that precision only where a passed
+    gate for the very configuration it would run (``keep_fp32``) is recorded."""
+
+    precision: Literal["bf16"]
+    keep_fp32: Literal["head", "flows", "none"] = Field(
+        description="What ran in FP32: the anomaly head, the flows and the head, or nothing.")
+    passed: bool
+    images: int = Field(gt=0)
+    defective: int = Field(ge=0)
+    data: str = Field(description="Where the images came from (never the test split).")
+    spearman: Finite = Field(description="Spearman rank correlation of the image scores with FP32.")
+    auroc_fp32: Finite | None = None
+    auroc: Finite | None = Field(default=None, description="Image AUROC in this precision (None: one class only).")
+    map_max_rel: float = Field(ge=0, allow_inf_nan=False, description="max |map - map_fp32| / max |map_fp32|.")
+    bounds: dict[str, Finite] = Field(description="The tolerances applied (min_spearman, max_auroc_diff, max_map_rel).")
+    runtime: str = Field(description="Backend, library version and CPU the gate ran on.")
+    checked_at: str
+
+    def summary(self) -> str:
+        au = (f", image AUROC {self.auroc_fp32:.4f} -> {self.auroc:.4f}"
+              if self.auroc is not None and self.auroc_fp32 is not None else "")
+        return (f"{self.precision} with keep_fp32={self.keep_fp32!r} on {self.images} images of {self.data}: Spearman "
+                f"{self.spearman:.4f}{au}, map error {100 * self.map_max_rel:.2f}% of the peak: "
+                f"{'passed' if self.passed else 'FAILED'}")
+
+
 class ModelMeta(_Strict):
     format: Literal["ffrt.meta"] = "ffrt.meta"
     schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
@@ -147,6 +176,8 @@ class ModelMeta(_Strict):
         description="How the flow head was fit when it is not the FP32 model's (INT8 files: re-fit on the features "
         "of this file's own INT8 backbone, with thresholds re-calibrated). Empty: the trained head.",
     )
+    precision_gates: tuple[PrecisionGate, ...] = Field(
+        default=(), description="Reduced-precision runs of this file checked against FP32 (ffcalib bf16).")
     batch_max: int | None = Field(default=None, gt=0, description="Largest batch the graph was exported for.")
     opset: int | None = None
     source_checkpoint_sha256: str

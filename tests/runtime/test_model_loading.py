@@ -101,6 +101,7 @@ def test_missing_onnxruntime_says_what_to_install(red_model, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(BackendUnavailableError, match=r'pip install "ffrt\[cpu\]"'):
         Detector(red_model, backend="onnxruntime-cpu")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # "auto" would run the model on OpenVINO otherwise
     with pytest.raises(BackendUnavailableError, match=r'no inference backend.*pip install "ffrt\[cpu\]"'):
         Detector(red_model)
 

@@ -94,7 +94,7 @@ def test_no_driver_auto_falls_back_and_export_says_one_line(line, cuda_site, sta
     d, model = stations
     env = dict(sites=[line["site"], cuda_site], libs=[line["libs"]])
     r = _json(trtenv.run(SCENARIOS, "auto", str(model), str(d / "cache"), **env))
-    assert r["backend"] == "onnxruntime-cpu" and r["score"] == pytest.approx(0.0)
+    assert r["backend"] in ("onnxruntime-cpu", "openvino") and r["score"] == pytest.approx(0.0)
     first = r["selection"][0]
     assert first.startswith("tensorrt: no usable NVIDIA GPU (cuda-python: no NVIDIA driver here"), first
     assert "R580" in first
@@ -117,7 +117,7 @@ def test_driver_reports_a_gpu_but_tensorrt_cannot_start_cuda(line, cuda_site, fa
     d, model = stations
     env = dict(sites=[line["site"], cuda_site], libs=[line["libs"], fake_driver])
     r = _json(trtenv.run(SCENARIOS, "auto", str(model), str(d / f"cache{line['version']}"), **env))
-    assert r["backend"] == "onnxruntime-cpu", r
+    assert r["backend"] in ("onnxruntime-cpu", "openvino"), r
     first = r["selection"][0]
     assert first.startswith(f"tensorrt: TensorRT {line['version']} could not initialise CUDA on GPU 0 (trt.Builder failed;")
     if line["version"].startswith("10."):

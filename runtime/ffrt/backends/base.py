@@ -6,41 +6,52 @@ the same and a new one (native TensorRT) is a single file that registers itself.
 
 ``backend="auto"`` walks :data:`AUTO_ORDER` (fastest first) and takes the first backend
 that is present in this build, available on this machine and actually starts; it logs
-(logger ``ffrt``) which one it chose and why each faster one was skipped.
+(logger ``ffrt``) which one it chose and why each faster one was skipped. The CPU backends
+(OpenVINO, ONNX Runtime CPU) are not ranked by a fixed order: when more than one starts, the
+faster on this model and machine is measured once and remembered (:mod:`.cpuchoice`).
+
+``precision``: the floating-point precision a backend computes in where it chooses at run
+time ("fp32", "bf16"; "auto" = the backend decides and says what it ran). Parts a file
+encodes itself (INT8 Q/DQ, FP16 weights) run as encoded.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, InvalidArgumentError
 from ..meta import ModelMeta
 
 log = logging.getLogger("ffrt")
 
 #: Fastest first. Names missing from the registry are skipped by "auto" ("not in this
 #: build"), so the TensorRT backends slot in by registering, without touching this logic.
-AUTO_ORDER: tuple[str, ...] = ("tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
+#: The CPU backends come last, ONNX Runtime first: among them "auto" keeps the first unless
+#: another is measured faster here (see CPU_BACKENDS).
+AUTO_ORDER: tuple[str, ...] = ("tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "onnxruntime-cpu", "openvino")
 
-#: Names users may already know from the docs, but whose backend is not in this build yet.
-#: (Empty now: "tensorrt" and "onnxruntime-tensorrt" register themselves.)
-PLANNED: dict[str, str] = {}
-
+#: What ``precision=`` accepts.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 
 class Backend(abc.ABC):
     """Runs the fused graph on a uint8 NHWC RGB batch."""
 
-    #: Registry name, e.g. "onnxruntime-cpu".
+    #: Registry name, e.g. "onnxruntime-cpu". ``run`` must be safe to call from several
+    #: threads at once: the Detector does not serialize calls.
     name: str = ""
-    #: Whether ``run`` may be called from several threads at once. If False, the
-    #: Detector serializes calls with a lock.
-    concurrent_safe: bool = True
+    #: The precision this backend computes in: "fp32", "bf16", or the file's own encoding
+    #: ("fp16", "int8"; "int8+bf16" where the float parts of an INT8 file run in BF16).
+    precision: str = "fp32"
+    #: One line: which parts ran in which precision and why this one (set by the backend).
+    precision_detail: str = ""
+    #: For backend="auto" on the CPU: how this backend was chosen over the other CPU backends.
+    choice: str = ""
 
     @property
     @abc.abstractmethod
@@ -58,6 +69,11 @@ class Backend(abc.ABC):
         Returns (anomaly maps float32 [N, 1, H, W], scores float32 [N]).
         """
 
+    def run_chunks(self, batches: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``run`` on each batch, in order. A backend that can overlap batches (OpenVINO's
+        asynchronous infer requests) overrides this; predict_batch calls it."""
+        return [self.run(b) for b in batches]
+
     def close(self) -> None:
         """Release what the backend holds (GPU memory, sessions). Idempotent; later
         ``run`` calls may fail. The default holds nothing that needs it."""
@@ -69,16 +85,29 @@ class Backend(abc.ABC):
         self.close()
 
 
+def fp32_only(precision: str) -> str | None:
+    """``BackendSpec.precision_problem`` of a backend that runs the file as written."""
+    if precision in ("auto", "fp32"):
+        return None
+    return "it runs the file as written, in FP32 (BF16 on the CPU: backend=\"openvino\" on a CPU with AMX or AVX512-BF16)"
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     name: str
     #: None when the backend can run here, else a sentence saying why not and what to install.
     probe: Callable[[], str | None]
-    #: Builds the backend: (model path, metadata, CPU threads, GPU index). Raises
-    #: BackendUnavailableError when the machine turns out not to support it after all (e.g.
-    #: CUDA libraries missing, TensorRT cannot initialise CUDA); "auto" then moves on. Any
-    #: other error (ModelFileError: the model breaks the contract) is not hidden by "auto".
-    create: Callable[[Path, ModelMeta, int | None, int], Backend]
+    #: Builds the backend: (model path, metadata, CPU threads, GPU index, precision=...,
+    #: options=...). Raises BackendUnavailableError when the machine turns out not to support
+    #: it after all (e.g. CUDA libraries missing, TensorRT cannot initialise CUDA); "auto" then
+    #: moves on. Any other error (ModelFileError: the model breaks the contract) is not hidden.
+    create: Callable[..., Backend]
+    #: None when ``precision=`` may name this precision here, else why not.
+    precision_problem: Callable[[str], str | None] = fp32_only
+    #: The keys of ``backend_options`` this backend takes.
+    option_keys: tuple[str, ...] = ()
+    #: Runs on the host CPU: "auto" measures the CPU backends against each other.
+    cpu: bool = False
 
 
 _REGISTRY: dict[str, BackendSpec] = {}
@@ -100,69 +129,122 @@ def availability() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for name in AUTO_ORDER + tuple(n for n in _REGISTRY if n not in AUTO_ORDER):
         spec = _REGISTRY.get(name)
-        out[name] = spec.probe() if spec else PLANNED.get(name, "not in this build")
+        out[name] = spec.probe() if spec else "not in this build"
     return out
 
 
 def create_backend(
-    requested: str, model_path: Path, meta: ModelMeta, threads: int | None = None, device: int = 0
+    requested: str, model_path: Path, meta: ModelMeta, threads: int | None = None, device: int = 0,
+    precision: str = "auto", options: Mapping | None = None,
 ) -> tuple[Backend, tuple[str, ...]]:
     """Build the requested backend (or pick one for "auto").
 
-    Returns the backend and, for "auto", one line per faster backend that was skipped and
-    why (empty for an explicit choice).
+    Returns the backend and, for "auto", one line per backend that was skipped or measured
+    and why (empty for an explicit choice).
     """
     name = str(requested).strip().lower()
+    precision = check_precision(precision)
+    options = dict(options or {})
     if name == "auto":
-        return _auto(model_path, meta, threads, device)
+        return _auto(model_path, meta, threads, device, precision, options)
 
     spec = _REGISTRY.get(name)
     if spec is None:
-        if name in PLANNED:
-            raise BackendUnavailableError(f"backend {name!r}: {PLANNED[name]}.")
         raise BackendUnavailableError(
             f"unknown backend {requested!r}; choose one of: {', '.join(backend_names())}."
         )
+    _check_options(spec, options)
     reason = spec.probe()
     if reason is not None:
         raise BackendUnavailableError(f"backend {name!r} is not available here: {reason}.")
-    backend = spec.create(model_path, meta, threads, device)
+    problem = spec.precision_problem(precision)
+    if problem is not None:
+        raise BackendUnavailableError(f"backend {name!r} cannot run precision={precision!r}: {problem}.")
+    backend = spec.create(model_path, meta, threads, device, precision=precision, options=options)
     log.info("ffrt backend: %s", backend.description)
     return backend, ()
 
 
+def check_precision(precision: object) -> str:
+    value = str(precision).strip().lower() if isinstance(precision, str) else None
+    if value not in PRECISIONS:
+        raise InvalidArgumentError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, not {precision!r}.")
+    return value
+
+
+def _check_options(spec: BackendSpec, options: dict) -> None:
+    unknown = sorted(set(options) - set(spec.option_keys))
+    if unknown:
+        takes = f"it takes {', '.join(spec.option_keys)}" if spec.option_keys else "it takes none"
+        raise InvalidArgumentError(f"backend {spec.name!r} has no option {', '.join(map(repr, unknown))} ({takes}).")
+
+
 def auto_order(meta: ModelMeta) -> tuple[str, ...]:
     """The order "auto" tries backends in for this model: fastest first, except that a file
-    encoded for the CPU (``target="cpu"``: INT8 U8S8 Q/DQ) goes to the CPU backend first.
+    encoded for the CPU (``target="cpu"``: INT8 U8S8 Q/DQ) goes to the CPU backends first.
     TensorRT would run that encoding slower than the file made for it, and trying it first
     costs an engine build on a GPU host."""
     if meta.target == "cpu":
-        return ("onnxruntime-cpu",) + tuple(n for n in AUTO_ORDER if n != "onnxruntime-cpu")
+        cpu = tuple(n for n in AUTO_ORDER if n in CPU_BACKENDS)
+        return cpu + tuple(n for n in AUTO_ORDER if n not in cpu)
     return AUTO_ORDER
 
 
-def _auto(model_path: Path, meta: ModelMeta, threads: int | None, device: int) -> tuple[Backend, tuple[str, ...]]:
+#: The CPU backends of AUTO_ORDER ("auto" measures these against each other).
+CPU_BACKENDS: tuple[str, ...] = ("onnxruntime-cpu", "openvino")
+
+
+def _start(name: str, model_path, meta, threads, device, precision, options, skipped: list[str]) -> Backend | None:
+    spec = _REGISTRY.get(name)
+    if spec is None:
+        skipped.append(f"{name}: not in this build")
+        return None
+    if set(options) - set(spec.option_keys):
+        skipped.append(f"{name}: does not take backend_options {', '.join(sorted(set(options) - set(spec.option_keys)))}")
+        return None
+    reason = spec.probe() or spec.precision_problem(precision)
+    if reason is not None:
+        skipped.append(f"{name}: {reason}")
+        return None
+    try:
+        return spec.create(model_path, meta, threads, device, precision=precision, options=options)
+    except BackendUnavailableError as e:
+        skipped.append(f"{name}: {e}")
+        return None
+
+
+def _auto(model_path: Path, meta: ModelMeta, threads: int | None, device: int, precision: str,
+          options: dict) -> tuple[Backend, tuple[str, ...]]:
     skipped: list[str] = []
-    for name in auto_order(meta):
-        spec = _REGISTRY.get(name)
-        if spec is None:
-            skipped.append(f"{name}: not in this build")
+    order = auto_order(meta)
+    chosen = None
+    for i, name in enumerate(order):
+        if name not in CPU_BACKENDS:
+            chosen = _start(name, model_path, meta, threads, device, precision, options, skipped)
+            if chosen is not None:
+                break
             continue
-        reason = spec.probe()
-        if reason is not None:
-            skipped.append(f"{name}: {reason}")
-            continue
-        try:
-            backend = spec.create(model_path, meta, threads, device)
-        except BackendUnavailableError as e:
-            skipped.append(f"{name}: {e}")
-            continue
-        log.info(
-            "ffrt backend auto: chose %s%s",
-            backend.description,
-            "".join(f"\n  skipped {s}" for s in skipped),
+        # The CPU group: start every CPU backend that can run here and keep the faster. Why a
+        # CPU backend did not start is said in ``choice`` (it was not "faster and skipped").
+        group = [n for n in order[i:] if n in CPU_BACKENDS]
+        why_not: list[str] = []
+        started = [b for n in group
+                   if (b := _start(n, model_path, meta, threads, device, precision, options, why_not)) is not None]
+        if not started:
+            skipped.extend(why_not)
+            break
+        if len(started) > 1:
+            from .cpuchoice import pick
+
+            chosen, line = pick(started, model_path, meta, threads)
+        else:
+            chosen, line = started[0], "; ".join(f"not {w}" for w in why_not) or "the only CPU backend in this build"
+        chosen.choice = line
+        break
+    if chosen is None:
+        raise BackendUnavailableError(
+            "no inference backend can run here (" + "; ".join(skipped) + '). For CPU inference: pip install "ffrt[cpu]".'
         )
-        return backend, tuple(skipped)
-    raise BackendUnavailableError(
-        "no inference backend can run here (" + "; ".join(skipped) + '). For CPU inference: pip install "ffrt[cpu]".'
-    )
+    log.info("ffrt backend auto: chose %s%s%s", chosen.description, f" ({chosen.choice})" if chosen.choice else "",
+             "".join(f"\n  skipped {s}" for s in skipped))
+    return chosen, tuple(skipped)

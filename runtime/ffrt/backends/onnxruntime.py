@@ -19,6 +19,7 @@ from ffcore.ort import make_session, physical_core_count
 from ..errors import BackendUnavailableError, InvalidArgumentError, ModelFileError
 from ..meta import ModelMeta
 from .base import Backend, BackendSpec, register_backend
+from .contract import Port, check_contract
 
 CPU_HINT = 'pip install "ffrt[cpu]"'
 GPU_HINT = 'pip install "ffrt[gpu]" (onnxruntime-gpu, with a CUDA/cuDNN that matches it)'
@@ -38,6 +39,8 @@ class OnnxRuntimeBackend(Backend):
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise InvalidArgumentError(f"threads must be a positive integer or None (all physical cores), not {threads!r}.")
         self.name = name
+        # The file runs as written: ORT's CPU kernels compute FP32 (Q/DQ convolutions in INT8).
+        self.precision = meta.precision
         # None -> 0 = ONNX Runtime's default (physical cores) where we cannot count them.
         self.threads = threads if threads is not None else physical_core_count()
 
@@ -63,7 +66,9 @@ class OnnxRuntimeBackend(Backend):
                 "the CUDA execution provider failed to initialise (ONNX Runtime fell back to "
                 f"{', '.join(self._providers)}; see its log for the missing library); {GPU_HINT}"
             )
-        self._input, self._map, self._score = _check_contract(self._session, meta, model_path)
+        self._input, self._map, self._score = check_contract(
+            [Port(i.name, i.type, i.shape) for i in self._session.get_inputs()],
+            [Port(o.name, o.type, o.shape) for o in self._session.get_outputs()], meta, model_path)
         self._outputs = [self._map, self._score]
 
     @property
@@ -88,66 +93,6 @@ class OnnxRuntimeBackend(Backend):
 
     def close(self) -> None:
         self._session = None  # ONNX Runtime frees the session (and its GPU memory) with it
-
-
-def _dims(shape) -> list:
-    return list(shape) if shape is not None else []
-
-
-def _check_contract(session, meta: ModelMeta, model_path: Path) -> tuple[str, str, str]:
-    """Check the session's input/outputs against the metadata; return their names.
-
-    A mismatch means the metadata does not describe this graph (hand-edited, or a graph
-    swapped under it): running it would give wrong maps without any error, so refuse.
-    """
-    spec = meta.input
-    where = f"{model_path}"
-    redo = "Re-export the model with ffexport."
-    inputs = session.get_inputs()
-    if len(inputs) != 1:
-        raise ModelFileError(f"{where}: the graph has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); an ffrt model has exactly one, {spec.name!r}. {redo}")
-    inp = inputs[0]
-    if inp.name != spec.name:
-        raise ModelFileError(f"{where}: the graph's input is named {inp.name!r} but the metadata says {spec.name!r}. {redo}")
-    if inp.type != "tensor(uint8)":
-        raise ModelFileError(
-            f"{where}: input {inp.name!r} is {inp.type}, but ffrt models take uint8 NHWC images "
-            f"(cast and normalization inside the graph). {redo}"
-        )
-    dims = _dims(inp.shape)
-    expected = [spec.height, spec.width, 3]
-    if len(dims) != 4:
-        raise ModelFileError(f"{where}: input {inp.name!r} has shape {dims}; expected [N, {spec.height}, {spec.width}, 3] (NHWC). {redo}")
-    if isinstance(dims[0], int):
-        raise ModelFileError(
-            f"{where}: input {inp.name!r} has a fixed batch size of {dims[0]}; ffrt models need a dynamic "
-            f"batch dimension. {redo}"
-        )
-    for got, want, what in zip(dims[1:], expected, ("height", "width", "channels")):
-        if isinstance(got, int) and got != want:
-            raise ModelFileError(
-                f"{where}: input {inp.name!r} has shape {dims} but the metadata says [N, {spec.height}, "
-                f"{spec.width}, 3] ({what} {got} != {want}); metadata and graph do not belong together. {redo}"
-            )
-
-    outputs = {o.name: o for o in session.get_outputs()}
-    for key, rank in ((meta.outputs.anomaly_map, 4), (meta.outputs.score, 1)):
-        out = outputs.get(key)
-        if out is None:
-            raise ModelFileError(f"{where}: the graph has no output {key!r} (it has: {', '.join(outputs)}). {redo}")
-        if out.type != "tensor(float)":
-            raise ModelFileError(f"{where}: output {key!r} is {out.type}; expected float32. {redo}")
-        odims = _dims(out.shape)
-        if len(odims) != rank:
-            want = f"[N, 1, {spec.height}, {spec.width}]" if rank == 4 else "[N]"
-            raise ModelFileError(f"{where}: output {key!r} has shape {odims}; expected {want}. {redo}")
-        if rank == 4:
-            for got, want in zip(odims[1:], (1, spec.height, spec.width)):
-                if isinstance(got, int) and got != want:
-                    raise ModelFileError(
-                        f"{where}: output {key!r} has shape {odims}; expected [N, 1, {spec.height}, {spec.width}]. {redo}"
-                    )
-    return inp.name, meta.outputs.anomaly_map, meta.outputs.score
 
 
 def _probe_cpu() -> str | None:
@@ -338,7 +283,7 @@ def prune_ort_trt_folders(folder: Path, model_path: Path) -> list[Path]:
     return removed
 
 
-def _create_trt_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0) -> "OnnxRuntimeBackend":
+def _create_trt_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0, **_) -> "OnnxRuntimeBackend":
     import json
 
     prepare_gpu_libraries()
@@ -360,7 +305,7 @@ def cuda_ep_options(device: int = 0) -> dict:
     return {"device_id": device, "use_tf32": 0}
 
 
-def _create_cuda_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0) -> "OnnxRuntimeBackend":
+def _create_cuda_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0, **_) -> "OnnxRuntimeBackend":
     prepare_gpu_libraries()
     # CPU EP listed second: nodes CUDA lacks a kernel for still run.
     return OnnxRuntimeBackend("onnxruntime-cuda", path, meta,
@@ -385,7 +330,8 @@ register_backend(
     BackendSpec(
         name="onnxruntime-cpu",
         probe=_probe_cpu,
-        create=lambda path, meta, threads, device=0: OnnxRuntimeBackend(
+        cpu=True,
+        create=lambda path, meta, threads, device=0, **_: OnnxRuntimeBackend(
             "onnxruntime-cpu", path, meta, ["CPUExecutionProvider"], threads
         ),
     )

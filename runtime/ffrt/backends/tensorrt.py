@@ -116,8 +116,7 @@ class _Slot:
 
 
 class TensorRTBackend(Backend):
-    name = "tensorrt"
-    concurrent_safe = True  # each call takes its own slot
+    name = "tensorrt"  # concurrent calls are safe: each takes its own slot
 
     def __init__(self, model_path: Path, meta: ModelMeta, slots: int = DEFAULT_SLOTS, cache_dir=None,
                  device: int = 0, slot_timeout_s: float = SLOT_TIMEOUT_S):
@@ -143,6 +142,7 @@ class TensorRTBackend(Backend):
         check_engine(plan_path, plan, info, tensorrt_version=str(trt.__version__),
                      compute_capability=gpu.compute_capability)
         self.info = info
+        self.precision = info.precision  # the plan computes what its ONNX encodes (strongly typed)
         self.plan_path = plan_path
         self._meta = meta
         self._open(trt, api, plan, plan_path, meta, slots)
@@ -332,6 +332,6 @@ register_backend(
     BackendSpec(
         name="tensorrt",
         probe=_probe,
-        create=lambda path, meta, threads, device=0: TensorRTBackend(path, meta, device=device),
+        create=lambda path, meta, threads, device=0, **_: TensorRTBackend(path, meta, device=device),
     )
 )

@@ -38,7 +38,6 @@ class BLSBackend(Backend):
     """Runs the fused graph by a BLS request to another model of the same Triton server."""
 
     name = BLS_BACKEND
-    concurrent_safe = True
 
     def __init__(self, pb_utils, model_name: str, meta: ModelMeta):
         self._pb = pb_utils

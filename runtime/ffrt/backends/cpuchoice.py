@@ -1,0 +1,158 @@
+"""``backend="auto"`` on a CPU: which CPU backend runs this model faster on this machine.
+
+Measured, not assumed: OpenVINO is faster than ONNX Runtime on some models and CPUs and slower
+on others (FP32 on AVX-512 included), so a fixed order would be wrong somewhere. When more
+than one CPU backend starts, :func:`pick` times them on this model, interleaved round by round
+(a busy core slows all of them alike), at batch 1 and at the model's usual chunk (8, or
+``batch_max`` if smaller), each in the precision it resolved (``precision="auto"``: OpenVINO
+runs BF16 only on a file with a passed BF16 gate). The first of ``AUTO_ORDER``'s CPU backends
+(ONNX Runtime) is kept unless another is faster by more than :data:`MARGIN`.
+
+The result is remembered in ``<engine cache>/cpu-backend-choice.json`` (``$FFRT_ENGINE_CACHE``,
+default ``~/.cache/ffrt/engines``) under a key of the graph's sha256, the backends with their
+precision, threads and library versions, and this CPU (model name, the vector/matrix flags),
+so the probe (about a second at 256x256) runs once per model and machine. Delete the file to
+measure again; pass ``backend=`` to choose without measuring.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .base import Backend
+
+log = logging.getLogger("ffrt")
+
+CACHE_NAME = "cpu-backend-choice.json"
+#: A challenger must take at most this fraction of the incumbent's time per image: below a 5%
+#: difference the probe's own noise on a shared machine would decide.
+MARGIN = 0.95
+#: Timed rounds per batch size (after one untimed warm-up run of each backend).
+ROUNDS = 5
+#: CPU flags that change which kernels the backends can use.
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
+MAX_ENTRIES = 64
+
+
+def cpu_signature() -> str:
+    """CPU model name and the flags in :data:`FLAGS` it has (Linux; the platform elsewhere)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name in ("", platform.machine(), platform.processor()):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return f"{name} [{' '.join(f for f in FLAGS if f in flags)}] {platform.machine()}"
+
+
+def _versions() -> str:
+    from importlib import metadata
+
+    out = []
+    for dist in ("onnxruntime", "onnxruntime-gpu", "openvino"):
+        try:
+            out.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return ", ".join(out)
+
+
+def cache_path() -> Path:
+    from ..engine import default_cache_dir
+
+    return default_cache_dir() / CACHE_NAME
+
+
+def _key(backends: list[Backend], model_path: Path, threads: int | None) -> str:
+    from ..engine import graph_sha256
+
+    parts = [graph_sha256(model_path), cpu_signature(), _versions(), f"threads={threads}"]
+    parts += [f"{b.name}:{b.precision}:{b.description}" for b in backends]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _read_cache() -> dict:
+    try:
+        data = json.loads(cache_path().read_text())
+        return data if isinstance(data, dict) and isinstance(data.get("entries"), dict) else {"entries": {}}
+    except (OSError, ValueError):
+        return {"entries": {}}  # absent or damaged: measure again
+
+
+def _write_cache(key: str, entry: dict) -> None:
+    from ffcore.files import atomic_write_bytes
+
+    data = _read_cache()
+    entries = data["entries"]
+    entries.pop(key, None)
+    entries[key] = entry
+    while len(entries) > MAX_ENTRIES:
+        entries.pop(next(iter(entries)))
+    try:
+        cache_path().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cache_path(), json.dumps({"entries": entries}, indent=1).encode())
+    except OSError as e:  # a read-only home: measure again next time, say so once
+        log.info("ffrt: could not remember the CPU backend choice in %s (%s)", cache_path(), e)
+
+
+def measure(backends: list[Backend], height: int, width: int, batches: tuple[int, ...]) -> dict[str, float]:
+    """Median milliseconds per image of each backend, averaged over ``batches``; rounds interleaved."""
+    rng = np.random.default_rng(0)
+    per_image: dict[str, list[float]] = {b.name: [] for b in backends}
+    for n in batches:
+        x = rng.integers(0, 256, size=(n, height, width, 3), dtype=np.uint8)
+        for b in backends:
+            b.run(x)  # warm-up: memory arenas, kernel choice, OpenVINO's compile for this batch
+        times: dict[str, list[float]] = {b.name: [] for b in backends}
+        for _ in range(ROUNDS):
+            for b in backends:
+                t0 = time.perf_counter()
+                b.run(x)
+                times[b.name].append(time.perf_counter() - t0)
+        for name, t in times.items():
+            per_image[name].append(float(np.median(t)) * 1000.0 / n)
+    return {name: float(np.mean(v)) for name, v in per_image.items()}
+
+
+def pick(backends: list[Backend], model_path: Path, meta, threads: int | None) -> tuple[Backend, str]:
+    """The backend to keep (the others are closed) and one line saying how it was chosen."""
+    incumbent = backends[0]
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        chosen, line = incumbent, f"not measured on {platform.machine()} (the CPU choice is measured on x86 only)"
+    else:
+        key = _key(backends, model_path, threads)
+        entry = _read_cache()["entries"].get(key)
+        names = {b.name: b for b in backends}
+        if entry is None or entry.get("chosen") not in names:
+            batches = tuple(sorted({1, min(8, meta.batch_max or 8)}))
+            ms = measure(backends, meta.input.height, meta.input.width, batches)
+            best = min(ms, key=ms.get)
+            chosen_name = best if ms[best] <= MARGIN * ms[incumbent.name] else incumbent.name
+            entry = {"chosen": chosen_name, "ms_per_image": ms, "batches": list(batches), "cpu": cpu_signature(),
+                     "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     "backends": {b.name: b.description for b in backends}}
+            _write_cache(key, entry)
+            how = "measured now"
+        else:
+            how = f"measured {entry.get('measured_at', '')}, remembered in {cache_path()}"
+        chosen = names[entry["chosen"]]
+        figures = ", ".join(f"{n} {v:.2f} ms/image" for n, v in entry["ms_per_image"].items())
+        line = (f"chose {chosen.name} among the CPU backends: {figures} (batch "
+                f"{' and '.join(map(str, entry['batches']))}, {how}; another than {incumbent.name} needs to be "
+                f"{100 * (1 - MARGIN):.0f}% faster)")
+    for b in backends:
+        if b is not chosen:
+            b.close()
+    return chosen, line
