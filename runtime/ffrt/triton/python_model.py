@@ -95,7 +95,7 @@ class TritonPythonModel:
         self._chunk = _number(params, "graph_max_batch", int)
         meta_path = Path(args["model_repository"]) / str(args["model_version"]) / protocol.META_FILE
 
-        def create(path, meta, threads, device):
+        def create(path, meta, threads, device, **_):  # precision/options: the graph's own, ffrt_model's config
             return BLSBackend(pb_utils, graph_model, meta)
 
         # Registered in this stub process only (one per model instance); the Detector then
