@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -34,23 +33,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
-
-
-def machine() -> dict:
-    info = {"cpu": platform.processor(), "logical_cpus": os.cpu_count(), "flags": []}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                info["flags"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_bf16", "amx_int8") if f in flags]
-                break
-    except OSError:
-        pass
-    info["load_average_1min"] = os.getloadavg()[0]
-    return info
 
 
 def frames(count: int) -> list[np.ndarray]:
@@ -163,17 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     base = {r["concurrency"]: r["throughput_per_s"] for r in rows if r["server"] == "batch 1"}
     for r in rows:
         r["gain_vs_batch1"] = r["throughput_per_s"] / base[r["concurrency"]]
+    from ffeval.machine import describe, one_line
+
     report = {
-        "machine": machine(), "model": str(args.model), "frames": f"{len(images)} ELPV mono test cells, "
+        "machine": describe(), "load_average_1min": os.getloadavg()[0], "model": str(args.model), "frames": f"{len(images)} ELPV mono test cells, "
         f"{images[0].shape[1]}x{images[0].shape[0]}, raw uint8 BGR over gRPC", "seconds": args.seconds,
         "rounds": args.rounds, "max_delay_ms": args.max_delay_ms, "rows": rows, "triton_statistics": batches,
         "command": "python benchmarks/triton_load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
-    m = report["machine"]
-    print(f"machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, flags {' '.join(m['flags']) or '-'}, "
-          f"load {m['load_average_1min']:.2f}")
+    print(f"machine: {one_line(report['machine'])}; 1-min load average {report['load_average_1min']:.2f}")
     print("| server | concurrency | requests | errors | throughput (img/s) | p50 ms | p99 ms | vs batch 1 |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

