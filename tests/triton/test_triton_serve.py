@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import socket
+import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import cv2
@@ -141,12 +142,15 @@ def test_bad_requests_get_one_clear_error_and_the_server_keeps_serving(server, l
     ok, png = cv2.imencode(".png", good)
     raw = httpclient.InferInput("image", [1, *good.shape], "UINT8")
     raw.set_data_from_numpy(good[None])
+    two = httpclient.InferInput("image", [1, 64, 64, 2], "UINT8")
+    two.set_data_from_numpy(np.zeros((1, 64, 64, 2), np.uint8))
     cases = {
         "wrong dtype": ([wrong_dtype], "expects 'UINT8'"),
         "empty bytes": (_bytes_request(b""), "empty (0 bytes)"),
         "corrupt PNG": (_bytes_request(png.tobytes()[:60]), "cannot be decoded"),
         "oversized raw image": ([big], f"max_pixels={MAX_PIXELS}"),
         "PNG header declaring 40000x40000": (_bytes_request(_png_header(40000, 40000)), "the file was not decoded"),
+        "two channels": ([two], "ffrt.InvalidImageError: image has 2 channels"),
         "both inputs": (_bytes_request(png.tobytes()) + [raw], "exactly one of the inputs"),
         "no input": ([], "request has 0 inputs"),  # refused by Triton itself
     }
@@ -168,6 +172,7 @@ def test_bad_image_in_a_dynamic_batch_fails_only_itself(server, local, frames):
         for i, (item, got) in enumerate(zip(items, outcomes)):
             if isinstance(item, bytes):
                 assert isinstance(got, InvalidImageError) and "refused the image" in str(got) and f"image {i} of" in str(got)
+                assert str(got).count(" of 16") == 1  # the client's position, not one in Triton's batch
             else:
                 _same(got, local(item))
         with pytest.raises(InvalidImageError, match="image 0 of 2: the server .* refused the image"):
@@ -247,3 +252,37 @@ def test_health_and_metrics_are_tritons(server):
         assert f'{name}{{model="ffrt_detector",' in text, name
     success = [line for line in text.splitlines() if line.startswith('nv_inference_request_success{model="ffrt_detector"')]
     assert float(success[0].split()[-1]) > 0
+
+
+def test_serve_without_the_extra_says_what_to_install(tiny_onnx, capsys):
+    """The project's environment (numpy 2) cannot hold PyTriton: one line naming the extra."""
+    import importlib.util
+
+    if importlib.util.find_spec("pytriton") is not None:
+        pytest.skip("PyTriton is installed in this environment")
+    from ffrt.cli import main
+
+    assert main(["serve", str(tiny_onnx)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and '"ffrt[cpu,serve]"' in err and "numpy<2" in err
+
+
+def test_the_stub_loads_this_interpreters_libpython():
+    """The cause of the '_recursion_count' failure: the Python-backend stub must resolve
+    libpython3.X.so.1.0 to the serving interpreter's own, which prepare_environment ensures."""
+    script = (
+        "import os, subprocess, sys, sysconfig\n"
+        "from ffrt.triton.serve import prepare_environment\n"
+        "from pytriton.utils.distribution import get_stub_path\n"
+        "prepare_environment()\n"
+        "stub = get_stub_path(f'{sys.version_info[0]}.{sys.version_info[1]}')\n"
+        "out = subprocess.run(['ldd', str(stub)], capture_output=True, text=True, env=os.environ).stdout\n"
+        "line = next(l for l in out.splitlines() if 'libpython' in l)\n"
+        "print(line.split('=>')[1].split()[0]); print(sysconfig.get_config_var('LIBDIR'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LD_LIBRARY_PATH")}
+    env["PYTHONPATH"] = os.pathsep.join(serveenv.trtenv.PACKAGES)
+    proc = subprocess.run([serveenv.serve_python(), "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    resolved, libdir = proc.stdout.split()
+    assert Path(resolved).resolve().parent == Path(libdir).resolve()

@@ -28,7 +28,7 @@ from ..backends import Backend, BackendSpec, register_backend
 from ..detector import Detector
 from ..errors import FFRTError, InferenceError, InvalidImageError
 from ..meta import ModelMeta
-from ..preprocess import decode_image_bytes
+from ..preprocess import decode_image_bytes, to_uint8_image
 from . import protocol
 
 BLS_BACKEND = "triton-bls"
@@ -135,6 +135,10 @@ class TritonPythonModel:
         array = raw.as_numpy()
         if array.shape[0] != 1:
             raise protocol.one_image_error(array.shape, f"'{protocol.INPUT_IMAGE}'")
+        # Checked here, one request at a time, so that a refusal reads as for a direct call
+        # (predict_batch would prefix "image i of n", a position in Triton's batch).
+        det = self.detector
+        to_uint8_image(array[0], det.color_order, det.limits, det.meta.input)
         return array[0]
 
     def execute(self, requests: list) -> list:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import sysconfig
@@ -178,6 +179,7 @@ def serve(
     finally:
         triton.stop()
         det.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _check_ready(address: str, port: int) -> None:
