@@ -286,3 +286,22 @@ def test_the_stub_loads_this_interpreters_libpython():
     assert proc.returncode == 0, proc.stderr
     resolved, libdir = proc.stdout.split()
     assert Path(resolved).resolve().parent == Path(libdir).resolve()
+
+
+def test_a_port_in_use_is_named_at_once(tiny_onnx):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LD_LIBRARY_PATH")}
+        env["PYTHONPATH"] = os.pathsep.join(serveenv.trtenv.PACKAGES)
+        http, metrics = serveenv.free_ports(2)
+        proc = subprocess.run(
+            [serveenv.serve_python(), "-m", "ffrt", "serve", str(tiny_onnx), "--address", "127.0.0.1",
+             "--http-port", str(http), "--grpc-port", str(port), "--metrics-port", str(metrics)],
+            capture_output=True, text=True, env=env, timeout=60)
+    finally:
+        busy.close()
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "--grpc-port" in proc.stderr

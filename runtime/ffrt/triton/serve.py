@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, FFRTError
+from ..errors import BackendUnavailableError, FFRTError, InvalidArgumentError
 from . import protocol
 from .repository import Options, detector_files, preferred_batch_sizes
 
@@ -104,6 +104,7 @@ def serve(
 ) -> int:
     """Serve ``model`` until SIGINT/SIGTERM (or ``stop`` is set); returns the exit code."""
     prepare_environment()
+    _check_ports(address, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
@@ -180,6 +181,24 @@ def serve(
         triton.stop()
         det.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _check_ports(address: str, ports: dict[str, int]) -> None:
+    """A port in use makes tritonserver exit at start, which PyTriton only notices after its
+    start-up timeout (minutes): say so now, naming the option."""
+    import socket
+
+    if len(set(ports.values())) != len(ports):
+        raise InvalidArgumentError(f"the ports must differ: {', '.join(f'{k} {v}' for k, v in ports.items())}.")
+    for option, port in ports.items():
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+            try:
+                s.bind((address, port))
+            except OSError as e:
+                raise InvalidArgumentError(
+                    f"cannot listen on {address}:{port} ({e.strerror or e}); another server uses it: choose another "
+                    f"{option}, or stop that server."
+                ) from None
 
 
 def _check_ready(address: str, port: int) -> None:
