@@ -38,6 +38,10 @@ class EngineMismatchError(ModelFileError):
     """A TensorRT plan was built for another TensorRT version, GPU, ONNX or precision."""
 
 
+class QueueFullError(FFRTError, RuntimeError):
+    """``Detector.submit`` with ``queue_policy="reject"``: the queue of waiting images is full."""
+
+
 class RemoteError(FFRTError, RuntimeError):
     """A model server (Triton, reached by ffrt.client.RemoteDetector) could not answer."""
 

@@ -313,6 +313,19 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     )
 
 
+def check_model_batch(batch: object, spec: InputSpec) -> np.ndarray:
+    """A batch already at the model size (uint8 [N, H, W, 3], N >= 1), C-contiguous, or
+    InvalidImageError: what ``Detector.run_model`` runs without preprocessing."""
+    batch = np.asarray(batch)
+    h, w = spec.height, spec.width
+    if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1:] != (h, w, 3) or len(batch) == 0:
+        raise InvalidImageError(
+            f"run_model takes a uint8 batch of shape [N, {h}, {w}, 3] (N >= 1), not {batch.dtype} {batch.shape}; "
+            "use det(image) or det.predict_batch(images) for images of any size."
+        )
+    return np.ascontiguousarray(batch)
+
+
 def letterbox_geometry(height: int, width: int, spec: InputSpec) -> tuple[int, int, int, int]:
     """Where a height x width frame lands in the model input when its aspect ratio is kept:
     (top, left, resized height, resized width). One definition, the trainer's (ffcore)."""

@@ -18,9 +18,12 @@ def det(tiny_onnx):
         yield d
 
 
-def test_result_travels_unchanged(det, real_images):
+def test_result_travels_unchanged(det, real_images, tiny_onnx):
     frame = cv2.resize(real_images[0], (90, 70))
-    r = det(frame)
+    # A pixel threshold at the map's median: about half the pixels in the mask, so regions exist.
+    cut = max(0.0, float(np.median(det(frame).anomaly_map)))
+    with Detector(tiny_onnx, color_order="RGB", pixel_threshold=cut) as low:
+        r = low(frame)
     tensors = protocol.result_tensors(r)
     # Each tensor as the config declares it, with the batch dimension of 1 in front.
     for name, (_, _, dtype, dims) in protocol.OUTPUTS.items():
@@ -31,6 +34,7 @@ def test_result_travels_unchanged(det, real_images):
     assert back.score == r.score and back.is_anomalous == r.is_anomalous
     assert back.normalized_score == r.normalized_score and back.latency_ms == 1.5
     assert np.array_equal(back.anomaly_map, r.anomaly_map) and np.array_equal(back.mask, r.mask)
+    assert r.regions and back.regions == r.regions  # every field exact through float64
 
 
 def test_missing_outputs_are_named(det, real_images):

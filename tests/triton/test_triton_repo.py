@@ -97,6 +97,7 @@ def test_ffrt_detector_config_and_files(repo, tiny_onnx):
     assert float(params["image_threshold"]) == meta.thresholds.image
     assert float(params["pixel_threshold"]) == meta.thresholds.pixel
     assert params["graph_model"] == "ffrt_model" and params["graph_max_batch"] == "8"
+    assert params["min_region_px"] == "0"
     assert [g.kind for g in config.instance_group] == [pb2.ModelInstanceGroup.KIND_CPU]
     assert read_onnx_meta(repo / "ffrt_detector" / "1" / "ffrt_meta.onnx") == meta
     code = (repo / "ffrt_detector" / "1" / "model.py").read_text()

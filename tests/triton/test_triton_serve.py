@@ -32,13 +32,15 @@ from ffrt.client import RemoteDetector  # noqa: E402
 from ffrt.errors import RemoteTimeoutError, ServerUnavailableError  # noqa: E402
 
 MAX_PIXELS = 20_000
+MIN_REGION_PX = 3
 TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def server(tiny_onnx, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    srv = serveenv.Server(tiny_onnx, log, "--max-pixels", str(MAX_PIXELS), "--max-delay-ms", "20")
+    srv = serveenv.Server(tiny_onnx, log, "--max-pixels", str(MAX_PIXELS), "--max-delay-ms", "20",
+                          "--min-region-px", str(MIN_REGION_PX))
     srv.wait_ready()
     yield srv
     code = srv.stop()
@@ -47,7 +49,7 @@ def server(tiny_onnx, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local(tiny_onnx):
-    with Detector(tiny_onnx, color_order="RGB") as det:
+    with Detector(tiny_onnx, color_order="RGB", min_region_px=MIN_REGION_PX) as det:
         yield det
 
 
@@ -72,6 +74,10 @@ def _same(remote, ref):
     assert (remote.normalized_score is None) == (ref.normalized_score is None)
     if ref.normalized_score is not None:
         assert abs(remote.normalized_score - ref.normalized_score) <= TOL
+    assert len(remote.regions) == len(ref.regions)
+    for a, b in zip(remote.regions, ref.regions):  # the masks are equal, so the components are
+        assert (a.area_px, a.bbox, a.centroid) == (b.area_px, b.bbox, b.centroid)
+        assert abs(a.peak_score - b.peak_score) <= TOL
 
 
 @pytest.mark.parametrize("proto", ["http", "grpc"])
@@ -234,7 +240,7 @@ def test_thresholds_are_retuned_by_reloading_the_config(server, local, frames):
         client.load_model("ffrt_detector", config=json.dumps(retuned), headers=headers)
         with RemoteDetector(f"127.0.0.1:{server.http}", color_order="RGB") as remote:
             r = remote(frames[0])
-        assert not r.is_anomalous and not r.mask.any()
+        assert not r.is_anomalous and not r.mask.any() and r.regions == ()
         assert abs(r.score - local(frames[0]).score) <= TOL  # same model, new thresholds
     finally:
         client.load_model("ffrt_detector", config=json.dumps(original), headers=headers)

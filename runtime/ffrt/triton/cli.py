@@ -25,6 +25,9 @@ def _limit_args(parser: argparse.ArgumentParser) -> None:
                         help="refuse images larger than N pixels (default: ffrt's 100 megapixels)")
     parser.add_argument("--min-side", type=int, default=None, metavar="N",
                         help="refuse images whose shorter side is below N pixels (default: ffrt's 8)")
+    parser.add_argument("--min-region-px", type=int, default=0, metavar="N",
+                        help="leave regions of fewer than N pixels out of each result's regions (default 0: all); the "
+                        "verdict stays the score's")
 
 
 def _delay_us(ms: float) -> int:
@@ -61,7 +64,8 @@ class TritonRepoTool(Tool):
         from .repository import Options, write_repository
 
         opts = Options(max_batch=args.max_batch, delay_us=_delay_us(args.max_delay_ms), kind=args.kind,
-                       instances=args.instances, max_pixels=args.max_pixels, min_side=args.min_side)
+                       instances=args.instances, max_pixels=args.max_pixels, min_side=args.min_side,
+                       min_region_px=args.min_region_px)
         for path in write_repository(args.model, args.out, opts):
             print(f"wrote {path}")
         print(f"serve it: tritonserver --model-repository={args.out.resolve()} (see docker/README.md)")
@@ -108,5 +112,5 @@ class ServeTool(Tool):
             args.model, backend=args.backend, address=args.address, http_port=args.http_port,
             grpc_port=args.grpc_port, metrics_port=args.metrics_port, max_batch=args.max_batch,
             max_delay_ms=_delay_us(args.max_delay_ms) / 1000, threads=args.threads, max_pixels=args.max_pixels,
-            min_side=args.min_side, access_token=args.access_token,
+            min_side=args.min_side, min_region_px=args.min_region_px, access_token=args.access_token,
         )

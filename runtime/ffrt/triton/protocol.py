@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..regions import Region
 from ..result import Result
 from ..errors import FFRTError, InferenceError, InvalidImageError
 
@@ -80,15 +81,21 @@ def parse_error(message: str) -> tuple[str, str] | None:
     return head, text.strip()
 
 
-def _regions_array(result: Result) -> np.ndarray:
-    # TODO(i14 merge): Result.regions (tuple of ffrt.regions.Region) lands with the line
-    # runtime issue; until then every result travels with an empty region table.
-    regions = getattr(result, "regions", ())
-    rows = [
-        (r.area_px, *r.bbox, *r.centroid, r.peak_score)
-        for r in regions
-    ]
+def regions_array(regions: tuple[Region, ...]) -> np.ndarray:
+    """[R, 8] float64, one row per region in REGION_COLUMNS order (integers < 2**53 are exact)."""
+    rows = [(r.area_px, *r.bbox, *r.centroid, r.peak_score) for r in regions]
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(REGION_COLUMNS))
+
+
+def regions_from_array(array: np.ndarray | None) -> tuple[Region, ...]:
+    if array is None:
+        return ()
+    rows = np.asarray(array, dtype=np.float64).reshape(-1, len(REGION_COLUMNS))
+    return tuple(
+        Region(area_px=int(r[0]), bbox=(int(r[1]), int(r[2]), int(r[3]), int(r[4])),
+               centroid=(float(r[5]), float(r[6])), peak_score=float(r[7]))
+        for r in rows
+    )
 
 
 def result_tensors(result: Result) -> dict[str, np.ndarray]:
@@ -100,7 +107,7 @@ def result_tensors(result: Result) -> dict[str, np.ndarray]:
         "normalized_score": np.array([[math.nan if norm is None else norm]], dtype=np.float64),
         "anomaly_map": np.ascontiguousarray(result.anomaly_map, dtype=np.float32)[None],
         "mask": np.ascontiguousarray(result.mask, dtype=np.bool_)[None],
-        "regions": _regions_array(result)[None],
+        "regions": regions_array(result.regions)[None],
     }
 
 
@@ -124,7 +131,7 @@ def result_from_tensors(get: Callable[[str], np.ndarray | None], latency_ms: flo
         mask=mask.reshape(mask.shape[-2:]),
         latency_ms=latency_ms,
         normalized_score=None if norm is None or math.isnan(norm) else norm,
-        # TODO(i14 merge): regions=regions_from_array(get("regions")) once Result has regions.
+        regions=regions_from_array(get("regions")),
     )
 
 

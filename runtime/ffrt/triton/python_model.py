@@ -102,7 +102,7 @@ class TritonPythonModel:
         # builds it like any other backend.
         register_backend(BackendSpec(BLS_BACKEND, probe=lambda: None, create=create))
         options = {}
-        for key, kind in (("max_pixels", int), ("min_side", int)):
+        for key, kind in (("max_pixels", int), ("min_side", int), ("min_region_px", int)):
             value = _number(params, key, kind)
             if value is not None:
                 options[key] = value

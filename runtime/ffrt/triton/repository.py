@@ -30,6 +30,7 @@ from ffcore.files import write_all_or_none
 
 from ..errors import InvalidArgumentError, ModelFileError
 from ..meta import ModelMeta, meta_from_proto, set_proto_meta
+from ..regions import check_min_region_px
 from . import protocol
 
 #: Default largest batch when the model's metadata records none (the Detector's chunk size).
@@ -74,6 +75,7 @@ class Options:
     delay_us:   dynamic batching: longest a request waits for others to join its batch.
     kind:       "gpu" or "cpu": where ffrt_model's instances run (ffrt_detector's on the CPU).
     instances:  instances of ffrt_model (and of ffrt_detector).
+    min_region_px: Result.regions leaves out smaller regions (ffrt.Detector's option).
     """
 
     max_batch: int | None = None
@@ -82,6 +84,7 @@ class Options:
     instances: int = 1
     max_pixels: int | None = None
     min_side: int | None = None
+    min_region_px: int = 0
 
     def checked(self, meta: ModelMeta) -> "Options":
         limit = meta.batch_max or DEFAULT_MAX_BATCH
@@ -96,7 +99,8 @@ class Options:
             raise InvalidArgumentError(f"instance kind must be one of {', '.join(KINDS)}, not {self.kind!r}.")
         if isinstance(self.instances, bool) or not isinstance(self.instances, int) or self.instances < 1:
             raise InvalidArgumentError(f"instances must be a positive integer, not {self.instances!r}.")
-        return Options(mb, self.delay_us, self.kind, self.instances, self.max_pixels, self.min_side)
+        check_min_region_px(self.min_region_px)
+        return Options(mb, self.delay_us, self.kind, self.instances, self.max_pixels, self.min_side, self.min_region_px)
 
 
 def preferred_batch_sizes(max_batch: int) -> list[int]:
@@ -175,6 +179,7 @@ def detector_parameters(meta: ModelMeta, opts: Options) -> dict[str, str]:
         "pixel_threshold": repr(float(meta.thresholds.pixel)),
         "graph_model": protocol.GRAPH_MODEL,
         "graph_max_batch": str(opts.max_batch),
+        "min_region_px": str(opts.min_region_px),
     }
     if opts.max_pixels is not None:
         params["max_pixels"] = str(opts.max_pixels)

@@ -98,6 +98,7 @@ def serve(
     threads: int | None = None,
     max_pixels: int | None = None,
     min_side: int | None = None,
+    min_region_px: int = 0,
     access_token: str | None = None,
     ready: threading.Event | None = None,
     stop: threading.Event | None = None,
@@ -114,7 +115,7 @@ def serve(
     det = Detector(model, backend=backend, threads=threads)
     meta = det.meta
     opts = Options(max_batch=max_batch, delay_us=int(round(max_delay_ms * 1000)), kind="cpu", instances=1,
-                   max_pixels=max_pixels, min_side=min_side).checked(meta)
+                   max_pixels=max_pixels, min_side=min_side, min_region_px=min_region_px).checked(meta)
     h, w = det.input_size
     map_name, score_name = meta.outputs.anomaly_map, meta.outputs.score
 
