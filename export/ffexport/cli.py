@@ -4,6 +4,7 @@
     ffexport ... --fp16                           -> + DIR/model.fp16.onnx (mixed precision, checked)
     ffexport ... --int8                           -> + DIR/model.int8-trt.onnx, DIR/model.int8-cpu.onnx (gated)
     ffexport ... [--fp16] --engine                -> + DIR/model[.fp16].engine (+ .json), GPU host only
+    ffexport ... [--fp16] --triton                -> + DIR/triton/ (Triton model repository: ffrt.triton.repository)
 
 All or nothing: the files of one run are published only after every check passed
 (staging.py); on any failure the files already in DIR are untouched.
@@ -80,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
         "+ a .json sidecar (TensorRT version, GPU, source graph hash, metadata). Needs TensorRT and an NVIDIA GPU; "
         "without them exits 2 after writing the ONNX and prints the command to run on the GPU host",
     )
+    p.add_argument(
+        "--triton", action="store_true",
+        help="also write a Triton Inference Server model repository to OUT/triton (ffrt_model: the FP16 ONNX with "
+        "--fp16, else the FP32 one, on Triton's ONNX Runtime backend; ffrt_detector: ffrt's Python-backend model); "
+        "what 'ffrt triton-repo MODEL OUT/triton' writes",
+    )
+    p.add_argument("--triton-kind", choices=("gpu", "cpu"), default="gpu",
+                   help="--triton: where ffrt_model's instances run (default gpu)")
     p.add_argument("--batch-min", type=int, default=1, help="--engine: smallest batch of the optimization profile (default 1)")
     p.add_argument("--batch-opt", type=int, default=None, help="--engine: batch TensorRT tunes for (default min(8, --batch-max))")
     p.add_argument("--workspace", type=int, default=1024, help="--engine: TensorRT builder workspace limit in MB (default 1024)")
@@ -256,6 +265,10 @@ def run(args) -> int:
         written = stage.publish(staged)
     for p in written:
         print(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
+    if args.triton:
+        code = _triton_step(args.out / (fp16_path.name if args.fp16 else path.name), args.out / "triton", args.triton_kind)
+        if code:
+            return code
     print(
         f"{meta.backbone.name}, input {meta.input.height}x{meta.input.width}, batch 1..{meta.batch_max}, "
         f"opset {meta.opset}: every check passed in {time.perf_counter() - t0:.1f} s"
@@ -265,6 +278,21 @@ def run(args) -> int:
 
         return run_engine_step(args.out / engine_src, engine_meta, args.batch_min, args.batch_opt, args.batch_max,
                                args.workspace, args.timing_cache, device=args.device)
+    return 0
+
+
+def _triton_step(model: Path, out: Path, kind: str) -> int:
+    """The Triton repository of the published model; its own writes are all or nothing."""
+    from ffrt.errors import FFRTError
+    from ffrt.triton.repository import Options, write_repository
+
+    try:
+        write_repository(model, out, Options(kind=kind))
+    except FFRTError as e:
+        print(f"ffexport: error: the Triton repository was not written: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"wrote Triton model repository {out} (ffrt_model from {model.name}, ffrt_detector); "
+          f"serve it: tritonserver --model-repository={out.resolve()}")
     return 0
 
 

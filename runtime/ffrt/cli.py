@@ -5,6 +5,8 @@
     ffrt run MODEL SOURCE... --out DIR [--source-name NAME]... [--csv] [--metrics-port N]   (ffrt.runcmd)
     ffrt backends
     ffrt doctor [--device N]
+    ffrt triton-repo MODEL DIR [--kind gpu|cpu]       (ffrt.triton.cli)
+    ffrt serve MODEL [--http-port] [--grpc-port] [--max-batch] [--max-delay-ms]
 
 Layered like Polygraphy's CLIs: each subcommand is a small ``Tool`` that adds its own
 argument groups and runs; ``main`` only dispatches and turns every ffrt error into one
@@ -336,10 +338,7 @@ class DoctorTool(Tool):
         return 0
 
 
-def _tools() -> tuple[Tool, ...]:
-    from .runcmd import RunTool  # its own module: the line runner is larger than the rest together
-
-    return (InfoTool(), DetectTool(), RunTool(), BackendsTool(), DoctorTool())
+TOOLS: tuple[Tool, ...] = (InfoTool(), DetectTool(), BackendsTool(), DoctorTool())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -351,7 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ffrt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr (e.g. why 'auto' chose its backend)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for tool in _tools():
+    # Imported here: their modules import Tool from this one.
+    from .runcmd import RunTool
+    from .triton.cli import ServeTool, TritonRepoTool
+
+    for tool in TOOLS[:2] + (RunTool(),) + TOOLS[2:] + (TritonRepoTool(), ServeTool()):
         p = sub.add_parser(tool.name, help=tool.help, description=tool.description)
         tool.add_args(p)
         p.set_defaults(tool=tool)

@@ -35,14 +35,8 @@ from .batching import DEFAULT_MAX_DELAY_MS, DEFAULT_QUEUE_SIZE, DEFAULT_THREADS,
 from .drift import DEFAULT_DRIFT_WINDOW, DriftMonitor, Health, check_window, target_frr_from_source
 from .errors import BackendUnavailableError, FFRTError, InferenceError, InvalidArgumentError, InvalidImageError, ModelFileError
 from .meta import ModelMeta, Thresholds, new_thresholds, read_onnx_meta, target_matches
-from .preprocess import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_SIDE,
-    ImageLimits,
-    PreparedBatch,
-    check_color_order,
-    prepare_batch,
-)
+from .preprocess import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits, PreparedBatch, check_color_order,
+                         check_model_batch, prepare_batch)
 from .postprocess import Postprocessor
 from .regions import check_min_region_px
 from .result import LatencySplit, Result, normalize_score  # noqa: F401  (re-exported: ffrt.detector.Result, .normalize_score)
@@ -420,6 +414,11 @@ class Detector:
         blank = np.zeros((chunk, h, w, 3), dtype=np.uint8)
         for _ in range(n):
             self._run_backend(blank)
+
+    def run_model(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The graph alone on a uint8 [N, H, W, 3] RGB batch at the model size: (maps [N, 1, H, W],
+        scores [N]) as the backend returns them; no thresholds, not timed (ffrt serve's ffrt_model)."""
+        return self._run_backend(check_model_batch(batch, self._meta.input))
 
     # -- internals ---------------------------------------------------------------------
 

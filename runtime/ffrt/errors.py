@@ -40,3 +40,15 @@ class EngineMismatchError(ModelFileError):
 
 class QueueFullError(FFRTError, RuntimeError):
     """``Detector.submit`` with ``queue_policy="reject"``: the queue of waiting images is full."""
+
+
+class RemoteError(FFRTError, RuntimeError):
+    """A model server (Triton, reached by ffrt.client.RemoteDetector) could not answer."""
+
+
+class ServerUnavailableError(RemoteError, ConnectionError):
+    """The server cannot be reached, or does not serve the requested model (not ready)."""
+
+
+class RemoteTimeoutError(RemoteError, TimeoutError):
+    """The server did not answer within the client's timeout."""

