@@ -23,38 +23,35 @@ import cv2
 import numpy as np
 
 
-def time_calls(fn, repeats: int) -> np.ndarray:
-    fn()  # warm-up: first calls allocate
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t) * 1000)
-    return np.array(out)
-
-
 def latency_table(model, onnx_path: Path, images: np.ndarray, repeats: int) -> list[dict]:
-    """Model-only latency (uint8 batch at the model size in, map and score out):
-    ONNX Runtime CPU on the fused graph vs PyTorch eager on the same model, interleaved per batch size."""
+    """Model-only latency (uint8 batch at the model size in, map and score out): ONNX Runtime
+    CPU on the fused graph vs PyTorch eager on the same model, in interleaved rounds
+    (ffcore.timing, the harness ffbench uses, with its default 50 ms settle pause)."""
     import torch
 
     from ffcore.ort import make_session
+    from ffcore.timing import interleaved
     from fftrain.data import to_tensor_batch
 
     session = make_session(onnx_path)
+
+    def eager(x):
+        with torch.inference_mode():
+            model(to_tensor_batch(x))
+
     rows = []
     for batch in (1, 8):
         x = images[:batch]
-        ort_ms = time_calls(lambda: session.run(None, {"image": x}), repeats)
-        with torch.inference_mode():
-            torch_ms = time_calls(lambda: model(to_tensor_batch(x)), repeats)
+        ms = interleaved({"onnxruntime": lambda: session.run(None, {"image": x}), "torch": lambda: eager(x)},
+                         rounds=repeats, settle_s=0.05)
+        ort_p50, torch_p50 = float(np.median(ms["onnxruntime"])), float(np.median(ms["torch"]))
         rows.append({
             "batch": batch,
-            "onnxruntime_p50_ms": float(np.median(ort_ms)),
-            "onnxruntime_img_per_s": batch * 1000 / float(np.median(ort_ms)),
-            "torch_eager_p50_ms": float(np.median(torch_ms)),
-            "torch_eager_img_per_s": batch * 1000 / float(np.median(torch_ms)),
-            "speedup": float(np.median(torch_ms) / np.median(ort_ms)),
+            "onnxruntime_p50_ms": ort_p50,
+            "onnxruntime_img_per_s": batch * 1000 / ort_p50,
+            "torch_eager_p50_ms": torch_p50,
+            "torch_eager_img_per_s": batch * 1000 / torch_p50,
+            "speedup": torch_p50 / ort_p50,
         })
     return rows
 

@@ -2,8 +2,8 @@
 
     python benchmarks/ablation/latency_ab.py NAME=model.onnx NAME=model.onnx [--batch 1,8] [--rounds 30]
 
-Each round runs every model once per batch size in turn, so a load change on a shared
-machine hits all of them alike; medians and ratios to the first model are printed with
+Per batch size, each round runs every model once in turn (ffcore.timing, the harness
+ffbench uses), so a load change on a shared machine hits all of them alike; medians and ratios to the first model are printed with
 the machine, and saved as JSON with --json.
 """
 
@@ -13,12 +13,12 @@ import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from ffcore.timing import interleaved
 from ffrt.meta import read_onnx_meta
 
 
@@ -51,15 +51,12 @@ def main(argv=None) -> int:
         sessions[name] = (ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]),
                           (meta.input.height, meta.input.width), meta)
     rng = np.random.default_rng(0)
-    times = {(n, b): [] for n in sessions for b in batches}
-    for r in range(args.rounds + 2):
-        for b in batches:
-            for name, (sess, (h, w), _) in sessions.items():
-                x = rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8)
-                t = time.perf_counter()
-                sess.run(None, {"image": x})
-                if r >= 2:  # two warm-up rounds
-                    times[(name, b)].append((time.perf_counter() - t) * 1000)
+    times = {}
+    for b in batches:  # the models in interleaved rounds (ffcore.timing), two warm-up calls each
+        inputs = {name: rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8) for name, (_, (h, w), _) in sessions.items()}
+        ms = interleaved({name: (lambda s=sess, x=inputs[name]: s.run(None, {"image": x}))
+                          for name, (sess, _, _) in sessions.items()}, rounds=args.rounds, warmup=2)
+        times.update({(name, b): v for name, v in ms.items()})
     first = next(iter(sessions))
     report = {"machine": cpu(), "threads": args.threads, "rounds": args.rounds, "rows": []}
     print(f"machine: {report['machine']}; ONNX Runtime {ort.__version__}, {args.threads} threads, "

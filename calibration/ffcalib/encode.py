@@ -80,9 +80,10 @@ def protect_float_bias(q_model, fp32_model) -> int:
     (``WeightBiasQuantization``, microsoft/onnxruntime PR #22889) nevertheless quantizes
     such a bias to int32 at load time with scale input_scale * weight_scale. BN folding
     leaves "dead" channels (weights ~1e-6, bias ~1-7) whose tiny weight scale makes that
-    int32 overflow and saturate: measured on the ELPV demo model, backbone feature error
-    rose from 16-24% to 82-96%. The quantization tool guards its own int32 bias the same
-    way (PR #22020); this does it for the float-bias encoding: where |bias| / (s_in * s_w)
+    int32 overflow and saturate, which multiplies the backbone's feature error (figures:
+    benchmarks/README.md, "Figures behind the code's defaults"). The quantization tool
+    guards its own int32 bias the same way (PR #22020); this does it for the float-bias
+    encoding: where |bias| / (s_in * s_w)
     would exceed 2^30 the channel's weight scale is raised to fit and its weights
     re-quantized from the FP32 values (they round to ~0: the channel's output is its bias
     anyway). Returns the number of channels changed.

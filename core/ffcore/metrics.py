@@ -29,6 +29,7 @@ __all__ = [
     "roc_auc",
     "pixel_auroc",
     "aupro",
+    "pro_curve",
     "f1_max",
     "f1_at_threshold",
     "precision_recall_at_threshold",
@@ -230,7 +231,8 @@ def pixel_auroc(masks, maps) -> float:
 
 
 def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
-    """Normalized area under the per-region-overlap (PRO) curve up to ``fpr_limit``.
+    """Normalized area under the per-region-overlap (PRO) curve up to ``fpr_limit``: the
+    trapezoid area under :func:`pro_curve`, divided by ``fpr_limit``.
 
     The MVTec AD / CFLOW-AD segmentation metric. Unlike pixel AUROC, it weights every
     defect equally regardless of its size, so a model cannot score well by finding only the
@@ -258,6 +260,17 @@ def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
     ``masks``/``maps``: ``[N,H,W]`` (or one ``[H,W]``), masks bool or 0/1.
     Raises ValueError when there are no regions, no normal pixels, ``fpr_limit`` is not in
     ``(0, 1]``, shapes differ, or maps contain NaN.
+    """
+    fpr, pro = pro_curve(masks, maps, fpr_limit)
+    return float(np.sum(np.diff(fpr) * (pro[1:] + pro[:-1]) * 0.5)) / fpr_limit
+
+
+def pro_curve(masks, maps, fpr_limit: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """The exact PRO curve from FPR 0 to ``fpr_limit``: (fpr, pro), float64, fpr
+    non-decreasing, as the polyline :func:`aupro` integrates (its docstring defines it).
+    Consecutive points with equal fpr are the vertical steps of region-only pixels; the
+    last point is interpolated at ``fpr_limit`` when a step crosses it. Same arguments and
+    errors as :func:`aupro`.
     """
     if not (0.0 < fpr_limit <= 1.0):
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit!r}")
@@ -310,14 +323,15 @@ def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
     pro_lo = suffix[np.searchsorted(r_scores, values, side="right")]
     pro_hi = suffix[np.searchsorted(r_scores, values, side="left")]
 
-    area = float(np.sum((fpr_hi[:-1] - fpr_lo[:-1]) * (pro_lo[:-1] + pro_hi[:-1]) * 0.5))
     f0, f1, p0, p1 = fpr_lo[-1], fpr_hi[-1], pro_lo[-1], pro_hi[-1]
-    if f1 <= fpr_limit:
-        area += (f1 - f0) * (p0 + p1) * 0.5
-    else:
-        p_at = p0 + (p1 - p0) * (fpr_limit - f0) / (f1 - f0)
-        area += (fpr_limit - f0) * (p0 + p_at) * 0.5
-    return area / fpr_limit
+    if f1 > fpr_limit:  # the last step crosses the limit: end the curve on it
+        pro_hi[-1] = p0 + (p1 - p0) * (fpr_limit - f0) / (f1 - f0)
+        fpr_hi[-1] = fpr_limit
+    fpr = np.empty(2 * values.size)
+    pro = np.empty(2 * values.size)
+    fpr[0::2], fpr[1::2] = fpr_lo, fpr_hi
+    pro[0::2], pro[1::2] = pro_lo, pro_hi
+    return fpr, pro
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,21 +7,24 @@ itself is built from:
                    (validate, resize to the model size with INTER_AREA, colour order). File
                    decoding is not included: on a line, frames come from the camera.
 - ``inference``:   ``backend.run(uint8 NHWC batch)`` (``ffrt.backends.create_backend``).
-                   For a GPU backend that exposes them (attribute ``last_stage_ms`` with
-                   ``h2d``/``compute``/``d2h``), the host-to-device, compute and
-                   device-to-host parts; "n/a" otherwise (CPU backends have no copies).
-- ``postprocess``: what the Detector does after inference: bilinear resize of each map
-                   back to its frame's size, pixel threshold -> mask, image threshold.
-- ``total``:       the sum of the three, per iteration.
+                   A backend that measures its host-to-device, compute and device-to-host
+                   parts (attribute ``last_stage_ms``, a dict with ``h2d``/``compute``/``d2h``
+                   after each run) gets those stages too; they are absent otherwise (no
+                   backend of this release measures them; CPU backends have no copies).
+- ``postprocess``: ``ffrt.postprocess.postprocess``, the Detector's own step after
+                   inference: each map back to its frame's geometry, pixel threshold ->
+                   mask, image threshold.
+- ``total``:       the three together, timed as one call per iteration.
 
 ``detector_end_to_end`` times ``ffrt.Detector.predict_batch`` on the same frames, as a
 check that the stage split adds up to what a user of the Detector sees.
 
-Between runs of different engines (the pipeline's session, PyTorch, the Detector's own
-session) the loop pauses ``settle_ms`` (untimed): ONNX Runtime and OpenMP worker threads
-spin-wait after a run, and without the pause each engine is timed against the previous
-one's spinning threads (measured on the 2-core dev machine, Lite0 batch 1: ONNX Runtime
-24 -> 42 ms and PyTorch 74 -> 147 ms when interleaved back to back).
+The iterations are rounds of ``ffcore.timing.interleaved``, the latency harness every tool
+shares: the pipeline, PyTorch (``--vs-torch``) and the Detector each run once per round.
+Between runs of different engines the loop pauses ``settle_ms`` (untimed): ONNX Runtime
+and OpenMP worker threads spin-wait after a run, and without the pause each engine is
+timed against the previous one's spinning threads (the size of that effect:
+benchmarks/README.md).
 
 ``--vs-torch`` times the PyTorch eager model of the same checkpoint on the same uint8
 batch (``to_tensor_batch`` + ``model(x)`` under ``torch.inference_mode``), interleaved
@@ -41,9 +44,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 from ffcore.files import sha256_file
+from ffcore.timing import interleaved
 
 SCHEMA = "ffeval.bench"
-SCHEMA_VERSION = 1
+#: 2: the h2d / compute / d2h stages are present only when measured (1 wrote "n/a").
+SCHEMA_VERSION = 2
 DEFAULT_BATCHES = (1, 2, 4, 8, 16)
 
 
@@ -63,6 +68,14 @@ def summarize(ms: list[float] | np.ndarray, batch: int) -> dict:
         "max_ms": float(a.max()), "mean_ms": mean,
         "images_per_s": batch * 1000.0 / mean if mean > 0 else None,
     }
+
+
+def compute_rate(macs_per_image: int, batch: int, p50_ms: float, peak_gflops: float | None) -> tuple[float | None, float | None]:
+    """(achieved GFLOP/s, fraction of the peak): 2 FLOP per MAC, the whole batch in ``p50_ms``."""
+    if p50_ms <= 0:
+        return None, None
+    gflops = 2.0 * macs_per_image * batch / (p50_ms / 1e3) / 1e9
+    return gflops, (gflops / peak_gflops if peak_gflops else None)
 
 
 def _reset_peak_rss() -> bool:
@@ -125,21 +138,6 @@ def load_frames(spec: str | None, count: int, seed: int = 0) -> tuple[list[np.nd
     return frames, what
 
 
-def postprocess(maps: np.ndarray, scores: np.ndarray, sizes, image_threshold: float, pixel_threshold: float) -> list:
-    """The Detector's postprocessing (resize each map to its frame, threshold map and score)."""
-    out = []
-    for i in range(len(scores)):
-        amap = maps[i, 0]
-        h, w = sizes[i]
-        if (h, w) != amap.shape:
-            amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
-        else:
-            amap = amap.copy()
-        score = float(scores[i])
-        out.append((score, not (score <= image_threshold), amap, ~(amap <= pixel_threshold)))
-    return out
-
-
 # --- the benchmark ---------------------------------------------------------------------
 
 
@@ -157,10 +155,11 @@ def run_benchmark(
     progress: Callable[[str], None] = lambda s: None,
     command: list[str] | None = None,
 ) -> dict:
-    """Measure and return the report dict (schema ``ffeval.bench`` v1, see benchmarks/README.md)."""
+    """Measure and return the report dict (schema ``ffeval.bench`` v2, see benchmarks/README.md)."""
     from ffrt import Detector, FFRTError
     from ffrt.backends import create_backend
     from ffrt.meta import read_onnx_meta
+    from ffrt.postprocess import postprocess
     from ffrt.preprocess import prepare_batch
 
     from .machine import describe
@@ -213,64 +212,62 @@ def run_benchmark(
     for batch in batches:
         chunk = [frames[i % len(frames)] for i in range(batch)]
         progress(f"batch {batch}: {warmup} warm-up + {iters} timed iterations")
-        for _ in range(warmup):
-            prepared = prepare_batch(chunk, spec, "BGR")
-            maps, scores = be.run(prepared.batch)
-            if torch_model is not None:
-                _torch_run(torch_model, prepared.batch)
-            detector.predict_batch(chunk, batch_size=batch)
-        settle = (lambda: time.sleep(settle_ms / 1e3)) if settle_ms > 0 else (lambda: None)
-        rss_reset = _reset_peak_rss()
-        pre, inf, post, total, torch_ms, e2e = [], [], [], [], [], []
+        pre, inf, post = [], [], []
         gpu_parts: dict[str, list[float]] = {"h2d": [], "compute": [], "d2h": []}
-        for it in range(iters):
+
+        def pipeline(record: bool = True) -> None:
+            # The Detector's pieces, each timed: preprocess, backend, postprocess.
             t0 = time.perf_counter()
             prepared = prepare_batch(chunk, spec, "BGR")
             t1 = time.perf_counter()
             maps, scores = be.run(prepared.batch)
             t2 = time.perf_counter()
-            postprocess(np.asarray(maps), np.asarray(scores), prepared.original_sizes, thr.image, thr.pixel)
+            maps = np.asarray(maps)
+            for i, size in enumerate(prepared.original_sizes):
+                postprocess(maps[i, 0], float(scores[i]), size, spec, thr)
             t3 = time.perf_counter()
-            pre.append((t1 - t0) * 1e3)
-            inf.append((t2 - t1) * 1e3)
-            post.append((t3 - t2) * 1e3)
-            total.append((t3 - t0) * 1e3)
-            parts = getattr(be, "last_stage_ms", None)
-            if isinstance(parts, dict):
-                for k in gpu_parts:
-                    if k in parts:
-                        gpu_parts[k].append(float(parts[k]))
-            settle()
-            if torch_model is not None:  # interleaved: same batch, after the ORT run
-                t4 = time.perf_counter()
-                _torch_run(torch_model, prepared.batch)
-                torch_ms.append((time.perf_counter() - t4) * 1e3)
-                settle()
-            t5 = time.perf_counter()
-            detector.predict_batch(chunk, batch_size=batch)
-            e2e.append((time.perf_counter() - t5) * 1e3)
-            settle()
+            if record:
+                pre.append((t1 - t0) * 1e3)
+                inf.append((t2 - t1) * 1e3)
+                post.append((t3 - t2) * 1e3)
+                parts = getattr(be, "last_stage_ms", None)
+                if isinstance(parts, dict):
+                    for k in gpu_parts:
+                        if k in parts:
+                            gpu_parts[k].append(float(parts[k]))
+
+        # Interleaved rounds (ffcore.timing): the pipeline, PyTorch on the same uint8 batch
+        # (with --vs-torch), the Detector end to end; each followed by the settle pause.
+        ready = prepare_batch(chunk, spec, "BGR").batch
+        runners = {"total": pipeline}
+        if torch_model is not None:
+            runners["torch"] = lambda: _torch_run(torch_model, ready)
+        runners["detector"] = lambda: detector.predict_batch(chunk, batch_size=batch)
+        for _ in range(warmup):
+            pipeline(record=False)
+            for name, fn in runners.items():
+                if name != "total":
+                    fn()
+        rss_reset = _reset_peak_rss()
+        timed = interleaved(runners, rounds=iters, warmup=0, settle_s=settle_ms / 1e3)
+        total, e2e = timed["total"], timed["detector"]
+        torch_ms = timed.get("torch")
         inference = summarize(inf, batch)
-        flops = 2.0 * macs.total * batch
-        gflops = flops / (inference["p50_ms"] / 1e3) / 1e9 if inference["p50_ms"] > 0 else None
+        gflops, fraction = compute_rate(macs.total, batch, inference["p50_ms"],
+                                        peak["fp32_gflops"] if (is_cpu and peak) else None)
+        stages = {"preprocess": summarize(pre, batch), "inference": inference}
+        stages.update({k: summarize(v, batch) for k, v in gpu_parts.items() if v})
+        stages.update({"postprocess": summarize(post, batch), "total": summarize(total, batch)})
         row = {
             "batch": batch,
-            "stages": {
-                "preprocess": summarize(pre, batch),
-                "inference": inference,
-                "h2d": summarize(gpu_parts["h2d"], batch) if gpu_parts["h2d"] else "n/a",
-                "compute": summarize(gpu_parts["compute"], batch) if gpu_parts["compute"] else "n/a",
-                "d2h": summarize(gpu_parts["d2h"], batch) if gpu_parts["d2h"] else "n/a",
-                "postprocess": summarize(post, batch),
-                "total": summarize(total, batch),
-            },
+            "stages": stages,
             "detector_end_to_end": summarize(e2e, batch),
             "throughput_images_per_s": {
                 "inference": inference["images_per_s"],
                 "pipeline": summarize(total, batch)["images_per_s"],
             },
             "achieved_gflops": gflops,
-            "fraction_of_cpu_peak": (gflops / peak["fp32_gflops"]) if (is_cpu and peak and gflops) else None,
+            "fraction_of_cpu_peak": fraction,
             "peak_rss_mb": _peak_rss_mb(),
             "peak_rss_scope": "this batch size" if rss_reset else "process lifetime",
             "torch_eager": None,

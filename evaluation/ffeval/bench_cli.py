@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Time an exported ffrt model per stage (preprocess, inference, postprocess) and batch size: "
             "latency p50/p90/p99/max, images/s, peak RSS, MACs and achieved GFLOP/s against the CPU's "
             "theoretical peak; optionally next to PyTorch eager on the same checkpoint. Prints a table, "
-            "writes JSON (schema ffeval.bench v1, see benchmarks/README.md) and a PNG."
+            "writes JSON (schema ffeval.bench v2, see benchmarks/README.md) and a PNG."
         ),
     )
     ap.add_argument("model", help="model.onnx exported by ffexport")
@@ -81,7 +81,8 @@ def format_report(r: dict) -> str:
     lines += [head, "-" * len(head)]
     for row in r["results"]:
         s = row["stages"]
-        gpu = "n/a" if s["h2d"] == "n/a" else "/".join(f"{s[k]['p50_ms']:.2f}" for k in ("h2d", "compute", "d2h"))
+        parts = ("h2d", "compute", "d2h")  # present only when the backend measured them
+        gpu = "/".join(f"{s[k]['p50_ms']:.2f}" if k in s else "-" for k in parts) if any(k in s for k in parts) else "n/a"
         frac = row["fraction_of_cpu_peak"]
         line = (f"{row['batch']:>5} | {s['preprocess']['p50_ms']:8.2f} | {s['inference']['p50_ms']:9.2f} "
                 f"{s['inference']['p90_ms']:8.2f} {s['inference']['p99_ms']:8.2f} {s['inference']['max_ms']:8.2f} | "

@@ -19,7 +19,6 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .synthetic_data import MARKER
@@ -50,12 +49,15 @@ def model_geometry_mask(path, size: tuple[int, int], mode: str) -> np.ndarray:
     resized the way the frame was: stretched, or letterboxed into the middle."""
     from ffcore.images import read_mask, resize_to_model
 
-    if mode == "stretch":
-        return read_mask(path, size)
-    native = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-    if native is None:
-        raise EvalError(f"{path}: not a decodable mask image")
-    return resize_to_model(((native > 127) * 255).astype(np.uint8), size, mode) > 127
+    from ffcore.images import DataError
+
+    try:
+        if mode == "stretch":
+            return read_mask(path, size)
+        native = read_mask(path, None)
+    except DataError as e:
+        raise EvalError(str(e)) from e
+    return resize_to_model(native.astype(np.uint8) * 255, size, mode) > 127
 
 
 def evaluate(
@@ -65,7 +67,6 @@ def evaluate(
 ) -> dict:
     from ffrt import Detector, FFRTError
     from ffcore import metrics as M
-    from ffcore.images import read_mask
 
     path = Path(model_path)
     if not path.is_file():
@@ -174,7 +175,7 @@ def evaluate(
     }
 
     if out is not None:
-        from .plots import pro_curve, pro_plot, roc_plot
+        from .plots import pro_plot, roc_plot
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +184,7 @@ def evaluate(
                                               per_type=curves if len(types) > 1 else None,
                                               operating_point=(float(pred[~y].mean()), float(pred[y].mean()), thr.image)))
         if pixel["available"]:
-            pf, pp = pro_curve(masks, maps, AUPRO_FPR_LIMIT)
+            pf, pp = M.pro_curve(masks, maps, AUPRO_FPR_LIMIT)
             report["files"]["pro"] = str(pro_plot(pf, pp, pixel["aupro"], AUPRO_FPR_LIMIT, f"PRO curve: {name}", out / "pro.png"))
         progress("rendering the overlay grid")
         report["files"]["overlays"] = str(_overlays(det, samples, scores, per_group, f"{name}: thresholds image "
@@ -210,7 +211,7 @@ def pick_examples(labels: np.ndarray, scores: np.ndarray, per_group: int) -> dic
 def _overlays(det, samples, scores, per_group: int, title: str, path: Path) -> Path:
     from ffrt.overlay import render_overlay
     from ffrt.preprocess import read_image_file
-    from ffcore.images import read_mask
+    from ffcore.images import resize_to_model
 
     from .plots import overlay_grid
 
@@ -218,7 +219,10 @@ def _overlays(det, samples, scores, per_group: int, title: str, path: Path) -> P
     groups = pick_examples(labels, scores, per_group)
     chosen = [(g, i) for g, idx in groups.items() for i in idx]
     h, w = det.input_size
-    images = [cv2.resize(read_image_file(samples[i].path), (w, h), interpolation=cv2.INTER_AREA) for _, i in chosen]
+    mode = det.meta.input.resize_mode
+    # Each row shows the frame as the model saw it (stretched or letterboxed to (h, w)),
+    # so the map, the predicted mask and the ground truth line up with it.
+    images = [resize_to_model(read_image_file(samples[i].path), (h, w), mode) for _, i in chosen]
     results = det.predict_batch(images, batch_size=1) if images else []
     thr = det.thresholds
     # One colour scale for every row, so rows compare: from the pixel threshold's half to
@@ -231,7 +235,7 @@ def _overlays(det, samples, scores, per_group: int, title: str, path: Path) -> P
         empty = np.zeros_like(r.mask)
         gt = None
         if s.mask_path is not None:
-            gt = read_mask(s.mask_path, (h, w)).astype(np.float32)
+            gt = model_geometry_mask(s.mask_path, (h, w), mode).astype(np.float32)
         elif s.label == 0:
             gt = np.zeros((h, w), np.float32)
         rows.append({

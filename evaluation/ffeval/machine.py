@@ -26,9 +26,9 @@ PACKAGES = ("ffrt", "numpy", "opencv-python-headless", "onnx", "onnxruntime", "o
             "tensorrt", "torch", "torchvision", "matplotlib")
 
 
-def _cpuinfo_text() -> str:
+def _cpuinfo_text(root: Path) -> str:
     try:
-        return Path("/proc/cpuinfo").read_text()
+        return (root / "proc" / "cpuinfo").read_text()
     except OSError:
         return ""
 
@@ -52,9 +52,9 @@ def parse_cpuinfo(text: str) -> dict:
     return {"model": model, "mhz": mhz, "flags": flags}
 
 
-def _max_mhz() -> float | None:
+def _max_mhz(root: Path) -> float | None:
     try:
-        return int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1000.0
+        return int((root / "sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1000.0
     except (OSError, ValueError):
         return None
 
@@ -144,12 +144,16 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def describe(fma_units: int | None = None) -> dict:
-    """Machine + software description, with the CPU's FP32 peak estimate."""
-    info = parse_cpuinfo(_cpuinfo_text())
+def describe(fma_units: int | None = None, root: str | Path = "/") -> dict:
+    """Machine + software description, with the CPU's FP32 peak estimate.
+
+    ``root``: where ``proc/cpuinfo`` and ``sys/.../cpufreq`` are read from (a copy of
+    another machine's files describes that CPU; cores and software are this process's)."""
+    root = Path(root)
+    info = parse_cpuinfo(_cpuinfo_text(root))
     flags = info["flags"]
     cores = physical_cores()
-    max_mhz = _max_mhz()
+    max_mhz = _max_mhz(root)
     mhz = max_mhz or info["mhz"]
     try:
         logical = len(os.sched_getaffinity(0))

@@ -130,7 +130,6 @@ def _node_macs(node, shapes) -> int | None:
         w = shapes.get(node.input[_WEIGHT_INPUT[op]])
         if not _known(w):
             return None
-        group = int(_attr(node, "group", 1))
         if op == "ConvTranspose":
             x = shapes.get(node.input[0])
             if not _known(x):
@@ -139,8 +138,7 @@ def _node_macs(node, shapes) -> int | None:
             return x[0] * x[1] * prod(x[2:]) * w[1] * prod(w[2:])
         if not _known(out):
             return None
-        # W: [C_out, C_in/group, k...]
-        del group  # C_in/group is already W's second dimension
+        # W: [C_out, C_in/group, k...]: the group count is already in W's second dimension.
         return out[0] * out[1] * prod(out[2:]) * w[1] * prod(w[2:])
     ia, ib = _MATMUL_INPUTS[op]
     a, b = shapes.get(node.input[ia]), shapes.get(node.input[ib])

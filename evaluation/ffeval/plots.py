@@ -7,6 +7,9 @@ from pathlib import Path
 import numpy as np
 from ffcore.files import atomic_write
 
+#: Points drawn of a PRO curve (the exact curve has two per distinct normal-pixel score).
+MAX_PLOT_POINTS = 4000
+
 
 def _plt():
     import matplotlib
@@ -92,29 +95,14 @@ def roc_plot(fpr, tpr, auroc: float, title: str, path: str | Path, per_type: dic
     return _save(fig, path)
 
 
-def pro_curve(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, points: int = 200):
-    """(fpr, pro) sampled at ``points`` thresholds (quantiles of the normal pixels' scores),
-    for the picture only; the number reported is ffcore.metrics.aupro (exact)."""
-    import cv2
-
-    m = masks.astype(bool)
-    neg = np.sort(maps[~m])
-    qs = np.linspace(0, min(1.0, fpr_limit * 1.05), points)
-    thresholds = neg[np.clip((1 - qs) * (neg.size - 1), 0, neg.size - 1).astype(np.int64)]
-    regions = []
-    for mask_i, map_i in zip(m, maps):
-        if not mask_i.any():
-            continue
-        n, cc = cv2.connectedComponents(mask_i.astype(np.uint8), connectivity=8)
-        for r in range(1, n):
-            regions.append(np.sort(map_i[cc == r]))
-    fpr = np.array([(neg.size - np.searchsorted(neg, t, side="right")) / neg.size for t in thresholds])
-    pro = np.array([np.mean([(r.size - np.searchsorted(r, t, side="right")) / r.size for r in regions]) for t in thresholds])
-    return fpr, pro
-
-
 def pro_plot(fpr, pro, aupro_value: float, fpr_limit: float, title: str, path: str | Path) -> Path:
+    """Draws the exact curve of ffcore.metrics.pro_curve (the one aupro integrates),
+    thinned to at most ``MAX_PLOT_POINTS`` evenly spaced points for the picture."""
     plt = _plt()
+    fpr, pro = np.asarray(fpr), np.asarray(pro)
+    if fpr.size > MAX_PLOT_POINTS:
+        keep = np.unique(np.linspace(0, fpr.size - 1, MAX_PLOT_POINTS).astype(np.int64))
+        fpr, pro = fpr[keep], pro[keep]
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(fpr, pro, lw=2, label=f"AUPRO@{fpr_limit:g} {aupro_value:.4f}")
     ax.axvline(fpr_limit, color="k", ls=":", lw=1)

@@ -231,7 +231,7 @@ def run(args) -> int:
         staged = [path.name]
         engine_src, engine_meta = path.name, meta
         if args.fp16:
-            code, fp16_path, fp16_meta = _fp16_step(args, payload, path, model.config.image_size)
+            code, fp16_path, fp16_meta = _fp16_step(args, model, payload, path, meta.source_checkpoint_sha256)
             if code:
                 return code
             staged.append(fp16_path.name)
@@ -289,24 +289,25 @@ def _fp16_images(args, payload, size: tuple[int, int]):
     return _parity_images(args, payload, size), None
 
 
-def _fp16_step(args, payload, fp32_path: Path, size: int):
-    """Write model.fp16.onnx and check it against the FP32 ONNX; returns (exit code, path, meta)."""
+def _fp16_step(args, model, payload, fp32_path: Path, ckpt_sha256: str):
+    """Trace model.fp16.onnx next to the staged FP32 file and gate it against that file;
+    returns (exit code, path, meta)."""
     import tempfile
 
-    from ffrt.meta import meta_from_proto
-
-    from .precision import compare, write_fp16
+    from .fp16_gate import compare
+    from .precision import FP16_SUFFIX, export_fp16
 
     t0 = time.perf_counter()
-    images, labels = _fp16_images(args, payload, size)
-    fp16_path, fp16_model, kept = write_fp16(fp32_path)
+    images, labels = _fp16_images(args, payload, model.config.image_size)
+    fp16_path, fp16_meta = export_fp16(model, payload, ckpt_sha256, fp32_path.with_name("model" + FP16_SUFFIX),
+                                       args.batch_max, args.opset)
     with tempfile.TemporaryDirectory() as tmp:
-        report = compare(fp32_path, fp16_model, images, labels, Path(tmp), kept)
+        report = compare(fp32_path, fp16_path, images, labels, Path(tmp))
     print(report)
     if not report.ok:
         return _refuse("the FP16 graph disagrees with FP32 beyond tolerance"), None, None
-    print(f"FP16 graph checked ({len(kept)} head nodes kept FP32) in {time.perf_counter() - t0:.1f} s")
-    return 0, fp16_path, meta_from_proto(fp16_model, where=str(fp16_path))
+    print(f"FP16 graph traced and checked in {time.perf_counter() - t0:.1f} s")
+    return 0, fp16_path, fp16_meta
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,12 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     from fftrain.data import DataError
 
     from ffcalib.images import CalibError
-    from ffexport.precision import PrecisionError
     from ffrt.errors import FFRTError
 
     try:
         return run(args)
-    except (CalibError, CheckpointError, DataError, ExportError, FFRTError, PrecisionError, OSError) as e:
+    except (CalibError, CheckpointError, DataError, ExportError, FFRTError, OSError) as e:
         print(f"ffexport: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -146,11 +146,14 @@ def trace_to_onnx(model: FastFlow, batch_max: int, opset: int) -> onnx.ModelProt
 
 
 def export_onnx(model: FastFlow, payload: dict[str, Any], ckpt_sha256: str, out: str | os.PathLike,
-                batch_max: int = DEFAULT_BATCH_MAX, opset: int = DEFAULT_OPSET) -> tuple[Path, ModelMeta]:
+                batch_max: int = DEFAULT_BATCH_MAX, opset: int = DEFAULT_OPSET,
+                precision: str = "fp32") -> tuple[Path, ModelMeta]:
+    """``precision`` is what the metadata records: the dtypes are those of ``model``'s
+    weights (precision.py makes the FP16 variant)."""
     if opset < 17:
         raise ExportError(f"--opset {opset}: opset 17 or newer is required (LayerNormalization)")
     out = Path(out)
-    meta = build_meta(model, payload, ckpt_sha256, batch_max, opset)
+    meta = build_meta(model, payload, ckpt_sha256, batch_max, opset).model_copy(update={"precision": precision})
     proto = trace_to_onnx(model, batch_max, opset)
     proto.producer_name = "ffexport"
     set_proto_meta(proto, meta)

@@ -1,16 +1,14 @@
 """INT8 with a re-fitted flow head: the flows learn the features the INT8 backbone computes.
 
 Why: post-training INT8 of the EfficientNet-Lite0 backbone (per-channel weights, per-tensor
-activations, any of minmax / entropy / percentile) leaves 16-24% RMS error on the feature
-maps the flows read (measured on the ELPV demo model, the Q/DQ graph run without ONNX
-Runtime's fusions). A classifier shrugs that off; a normalizing flow fit on FP32 features
-reads it as "unlike any normal part": image AUROC 0.90 -> 0.44, score rank correlation with
-FP32 about 0. Gaussian feature noise of only 5% already costs 0.02 AUROC. The backbone is
+activations, any of minmax / entropy / percentile) leaves a feature error on the maps the
+flows read that a classifier shrugs off, but a normalizing flow fit on FP32 features reads
+as "unlike any normal part": the plain-PTQ model ranks parts almost at random. The figures
+are in benchmarks/README.md ("Figures behind the code's defaults"). The backbone is
 frozen, so the remedy is cheap: run the training normals through the Q/DQ backbone (ONNX
 Runtime, the same settings as the runtime) and continue training the flows from the FP32
 head on those features, with the trainer's own loop, epoch selection and threshold
-calibration. Measured on the demo: after 4-6 epochs the INT8 model is as accurate as FP32
-(AUROC 0.90-0.91, Spearman vs FP32 0.97).
+calibration; a few epochs bring the INT8 model back to FP32's accuracy.
 
 Each encoding gets its own head (the TensorRT and CPU encodings quantize differently), fit
 on that encoding's features as ONNX Runtime computes them. TensorRT executes the same Q/DQ
@@ -41,9 +39,9 @@ from ffrt.meta import set_proto_meta
 from .exporter import ExportError, build_meta, trace_to_onnx
 from .parity import FP32_RTOL, check
 
-#: Epochs of flow training on the INT8 features, warm-started from the FP32 head.
-#: Measured on ELPV mono (lr 1e-3, cosine): test AUROC 0.863 / 0.882 / 0.897 / 0.902 /
-#: 0.906 / 0.909 after epochs 1-6 (FP32: 0.901).
+#: Epochs of flow training on the INT8 features, warm-started from the FP32 head: where the
+#: demo model's AUROC per epoch reached FP32's and levelled off (benchmarks/README.md,
+#: "Figures behind the code's defaults").
 DEFAULT_REFIT_EPOCHS = 6
 
 

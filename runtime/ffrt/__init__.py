@@ -8,7 +8,8 @@ Needs numpy, opencv, pydantic, onnx and an inference backend (pip install "ffrt[
 "ffrt[gpu]"). Never imports torch.
 """
 
-from .detector import Detector, ImageSize, Result
+from .detector import Detector, ImageSize
+from .result import Result
 from .errors import (
     BackendUnavailableError,
     FFRTError,

@@ -10,24 +10,20 @@ One call = preprocess (validate, decode, resize, colour) -> backend.run(uint8 NH
 the model's metadata and can be re-tuned at run time with :meth:`Detector.set_thresholds`.
 
 Thread-safety: a Detector may be shared by several threads. Preprocessing keeps no
-state; ONNX Runtime sessions may run concurrently (a backend that may not says so with
-``concurrent_safe = False`` and the Detector then serializes its calls); the thresholds
-are one immutable object swapped atomically; the latency window is locked.
+state; every backend's ``run`` may be called concurrently (ONNX Runtime sessions are
+thread-safe for ``run``; the TensorRT backend gives each call its own execution slot); the
+thresholds are one immutable object swapped atomically; the latency window is locked.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Iterable
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 from ffcore.files import ENGINE_SUFFIXES  # noqa: F401  (re-exported: ffrt.detector.ENGINE_SUFFIXES)
 
@@ -41,9 +37,10 @@ from .preprocess import (
     ImageLimits,
     PreparedBatch,
     check_color_order,
-    frame_region,
     prepare_batch,
 )
+from .postprocess import postprocess
+from .result import Result, normalize_score  # noqa: F401  (re-exported: ffrt.detector.Result, .normalize_score)
 from .stats import DEFAULT_WINDOW, LatencyStats, LatencyWindow
 
 log = logging.getLogger("ffrt")
@@ -55,44 +52,6 @@ DEFAULT_BATCH_SIZE = 8
 class ImageSize(NamedTuple):
     height: int
     width: int
-
-
-@dataclass(frozen=True, repr=False)
-class Result:
-    """The verdict on one image.
-
-    score:        higher = more anomalous, in the units of the model's metadata.
-    is_anomalous: score > image threshold. A NaN score (numerical overflow in the model)
-                  also counts as anomalous: a broken measurement must never pass a part.
-    anomaly_map:  float32 HxW; at the original image size when the Detector was made with
-                  resize_outputs=True (bilinear, cv2.INTER_LINEAR), else at the model size.
-    mask:         bool HxW, anomaly_map > pixel threshold, on the map returned here (so it
-                  has the map's size). NaN pixels are in the mask, for the same reason.
-    latency_ms:   end-to-end wall time of the call that produced this result (preprocess +
-                  inference + postprocess). All results of one predict_batch call share it:
-                  it is the time of the whole call, not a per-image share.
-    normalized_score: optional 0-1 score for operators' displays, None when the model's
-                  metadata has no usable ``score_stats`` (std > 0). See :func:`normalize_score`:
-                  1 / (1 + exp(-(score - image_threshold) / score_stats.std)), so 0.5 is
-                  exactly the (current) image threshold, > 0.5 means rejected, and one
-                  standard deviation of normal scores moves it by about 0.23 near the
-                  threshold. A NaN score gives 1.0 (a broken measurement reads "anomalous").
-    """
-
-    score: float
-    is_anomalous: bool
-    anomaly_map: np.ndarray = field(compare=False)
-    mask: np.ndarray = field(compare=False)
-    latency_ms: float
-    normalized_score: float | None = None
-
-    def __repr__(self) -> str:
-        h, w = self.anomaly_map.shape[:2]
-        return (
-            f"Result(score={self.score:.6g}, is_anomalous={self.is_anomalous}, "
-            f"anomaly_map=float32[{h}x{w}], mask=bool[{h}x{w}] ({int(self.mask.sum())} px), "
-            f"latency_ms={self.latency_ms:.2f})"
-        )
 
 
 class Detector:
@@ -208,8 +167,6 @@ class Detector:
                 "model.int8-cpu.onnx for CPUs, model.int8-trt.onnx for TensorRT).",
                 path, self._meta.target, self._meta.precision, self._backend.name,
             )
-        # Only backends that cannot run concurrently pay for a lock.
-        self._run_lock = nullcontext() if self._backend.concurrent_safe else threading.Lock()
 
     # -- properties --------------------------------------------------------------------
 
@@ -435,8 +392,7 @@ class Detector:
 
     def _run_backend_chunks(self, batches: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         try:
-            with self._run_lock:
-                outs = self._backend.run_chunks(batches) if len(batches) > 1 else [self._backend.run(batches[0])]
+            outs = self._backend.run_chunks(batches) if len(batches) > 1 else [self._backend.run(batches[0])]
         except FFRTError:
             raise
         except Exception as e:
@@ -460,38 +416,7 @@ class Detector:
     def _postprocess(
         self, amap: np.ndarray, score: float, original: tuple[int, int], thresholds: Thresholds
     ) -> tuple[float, bool, np.ndarray, np.ndarray]:
-        if self._resize_outputs:
-            # Letterboxed: the padding is not part of the frame; crop it off, then resize.
-            amap = frame_region(amap, original, self._meta.input)
-        if self._resize_outputs and original != amap.shape:
-            amap = cv2.resize(amap, (original[1], original[0]), interpolation=cv2.INTER_LINEAR)
-        else:
-            amap = amap.copy()  # own the data: a view would pin the whole batch in memory
-        # "not <=" rather than ">": NaN (e.g. overflow in the model) fails the part. In place
-        # into one bool array: at full size on a large frame, a temporary per step adds up.
-        mask = np.less_equal(amap, thresholds.pixel)
-        np.logical_not(mask, out=mask)
-        is_anomalous = not (score <= thresholds.image)
-        if math.isnan(score):
-            log.warning("ffrt: the model returned a NaN score; the image is reported as anomalous")
-        return score, is_anomalous, amap, mask
-
-
-def normalize_score(score: float, image_threshold: float, scale: float) -> float:
-    """Operator-facing 0-1 score: logistic of the distance to the image threshold, in units
-    of the normal scores' standard deviation (``score_stats.std`` from the metadata).
-
-        normalized = 1 / (1 + exp(-(score - image_threshold) / scale))
-
-    0.5 = at the threshold, monotonic in ``score`` (same ranking, same decisions: > 0.5 iff
-    score > threshold). NaN -> 1.0, consistent with NaN counting as anomalous.
-    """
-    if math.isnan(score):
-        return 1.0
-    z = (score - image_threshold) / scale
-    if z < -700.0:  # exp overflow guard; the value is 0 to double precision anyway
-        return 0.0
-    return 1.0 / (1.0 + math.exp(-z)) if z < 700.0 else 1.0
+        return postprocess(amap, score, original, self._meta.input, thresholds, self._resize_outputs)
 
 
 def target_matches(target: str, backend_name: str) -> bool:

@@ -14,7 +14,7 @@ how to fix it. Validation happens before any pixel is written into the batch, an
 functions here keep no state, so a refused image cannot affect the next call.
 
 Size limits (:class:`ImageLimits`): an image above ``max_pixels`` is refused (for files,
-from the size in the header, before anything is decoded: see ``imageheader``), and so is
+from the size in the header, before anything is decoded: see ``ffcore.imageheader``), and so is
 one whose shorter side is below ``min_side`` (it would be upscaled so far that its score
 means nothing). Only regular files are opened: a FIFO or device path would block forever
 or stream without end.
@@ -26,7 +26,6 @@ one byte per pixel and serving cannot drift from training.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +33,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ffcore.imageheader import image_size
+from ffcore.images import DataError, FileTooLarge, Undecodable, decode_image, read_image_bytes
 from ffcore.images import letterbox_geometry as core_letterbox
 
 from .errors import ImageFileError, InvalidArgumentError, InvalidImageError
-from .imageheader import image_size
 from .meta import InputSpec
 
 COLOR_ORDERS = ("BGR", "RGB")
@@ -135,89 +135,37 @@ def interpolation_flag(name: str) -> int:
 def read_image_file(path: str | os.PathLike, limits: ImageLimits = DEFAULT_LIMITS, spec: InputSpec | None = None) -> np.ndarray:
     """Decode an image file to a BGR uint8 HxWx3 array.
 
-    Read into memory + ``cv2.imdecode`` instead of ``cv2.imread`` because imread cannot
-    open non-ASCII paths on Windows (and fails silently, returning None, everywhere), and
-    because the size in the header is checked against ``limits`` before decoding.
-    Gray files come back as three equal channels (IMREAD_COLOR), like in the trainer.
+    The file is read by ``ffcore.images`` (regular files only, whole into memory, then
+    ``cv2.imdecode``: ``cv2.imread`` cannot open non-ASCII paths on Windows and fails
+    silently everywhere), with the size in the header checked against ``limits`` before
+    decoding. Gray files come back as three equal channels (IMREAD_COLOR), like in the trainer.
     """
     path = Path(path)
-    data = _read_regular_file(path, limits)
+    most = None if limits.max_pixels is None else limits.max_pixels * _BYTES_PER_PIXEL_MAX + _FILE_SLACK_BYTES
+    try:
+        data = read_image_bytes(path, most)
+    except FileTooLarge as e:
+        raise ImageFileError(
+            f"{path}: the file is {e.size / 1e9:.2f} GB, more than any image within this Detector's "
+            f"limit max_pixels={limits.max_pixels} can take; it was not read. Raise the limit "
+            "(Detector(..., max_pixels=N)) if such images are expected."
+        ) from None
+    except DataError as e:
+        raise ImageFileError(str(e)) from None
     size = image_size(data)
     if size is not None:
         problem = limits.problem(*size, spec)
         if problem is not None:
             raise ImageFileError(f"{path}: {problem} (size read from the file header; the file was not decoded)")
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error as e:  # e.g. OpenCV's own size limit, or a decoder that throws instead of returning None
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise ImageFileError(f"{path}: cannot be decoded as an image (OpenCV: {reason}).") from e
-    if image is None or image.size == 0:
-        raise ImageFileError(
-            f"{path}: cannot be decoded as an image ({len(data)} bytes; corrupt, truncated, or a format "
-            "OpenCV does not read). Re-save it as PNG, JPEG, BMP or TIFF."
-        )
+        image = decode_image(data, cv2.IMREAD_COLOR)
+    except Undecodable as e:
+        raise ImageFileError(f"{path}: cannot be decoded as an image ({e}). Re-save it as PNG, JPEG, BMP or TIFF.") from e
     # Formats whose header is not parsed are checked here, after decoding.
     problem = limits.problem(image.shape[0], image.shape[1], spec)
     if problem is not None:
         raise ImageFileError(f"{path}: {problem}")
     return image
-
-
-def _read_regular_file(path: Path, limits: ImageLimits) -> bytes:
-    """The bytes of ``path``, which must be a regular, non-empty file of plausible size.
-
-    Opened non-blocking and checked with fstat on the open descriptor (not stat on the
-    name, which another process could swap): opening a FIFO for reading would otherwise
-    wait for a writer forever.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise ImageFileError(f"{path}: no such image file. Check the path and the working directory.") from None
-    except IsADirectoryError:  # Windows; on POSIX a directory opens and fstat says so below
-        raise ImageFileError(f"{path}: is a directory, not an image file. Pass the image files inside it.") from None
-    except OSError as e:
-        raise ImageFileError(f"{path}: cannot be read ({e.strerror or e}). Check the file's permissions.") from e
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise ImageFileError(f"{path}: is a directory, not an image file. Pass the image files inside it.")
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageFileError(
-                f"{path}: is a {_file_kind(st.st_mode)}, not a regular file; ffrt reads images only from regular "
-                "files. Save the frame to a file, or pass it as a numpy array."
-            )
-        if st.st_size == 0:
-            raise ImageFileError(f"{path}: the file is empty (0 bytes); the image was not written completely.")
-        if limits.max_pixels is not None:
-            most = limits.max_pixels * _BYTES_PER_PIXEL_MAX + _FILE_SLACK_BYTES
-            if st.st_size > most:
-                raise ImageFileError(
-                    f"{path}: the file is {st.st_size / 1e9:.2f} GB, more than any image within this Detector's "
-                    f"limit max_pixels={limits.max_pixels} can take; it was not read. Raise the limit "
-                    "(Detector(..., max_pixels=N)) if such images are expected."
-                )
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read()
-    except OSError as e:
-        raise ImageFileError(f"{path}: cannot be read ({e.strerror or e}).") from e
-    finally:
-        os.close(fd)
-    if not data:
-        raise ImageFileError(f"{path}: the file is empty (0 bytes); the image was not written completely.")
-    return data
-
-
-def _file_kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device"
-    return "special file"
 
 
 def to_uint8_image(

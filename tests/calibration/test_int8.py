@@ -21,14 +21,21 @@ from ffcore.metrics import spearman
 from ffcore.ort import make_session
 from ffrt.meta import read_onnx_meta
 
-# Stated parity bounds of INT8 vs FP32 image scores on 48 real ELPV test cells (tiny 64x64
-# model, 2 epochs, backbone convs quantized, minmax on 32 training normals). Measured when
-# written: int8-cpu Spearman 0.85, max |score diff| 0.13; int8-trt Spearman 0.21, max |diff| 0.22
-# (scores are ~0.5-1.5). The symmetric encoding loses one bit on the post-ReLU6 activations
-# and is clearly worse on this backbone; these bounds catch a broken encoding (random order,
-# exploding scores), not a fine accuracy loss: that is the accuracy gate's job, per model.
+# Stated parity bounds of INT8 vs FP32 image scores on 48 real ELPV test cells (24 normal,
+# 24 defective; tiny 64x64 model, 2 epochs, backbone convs quantized, minmax on 32 training
+# normals). Score differences are stated relative to the spread of the FP32 scores on the
+# same cells (their standard deviation), so the bound follows the model's score units.
+# test_int8_parity_against_fp32 prints the figures; measured when set (Intel Xeon, AVX-512
+# VNNI AMX, onnxruntime 1.32): FP32 scores 0.44-6.33, sd 1.67; max |diff| / sd 0.19 (trt) and
+# 0.17 (cpu), mean |diff| / sd 0.074 and 0.056, Spearman 0.991 / 0.988.
+# The bounds (about 2.5x the measurement) catch a broken encoding (scores moved by a sizeable
+# share of the whole normal-to-defect spread, or parts re-ordered), not a fine accuracy loss:
+# that is the accuracy gate's job, per model.
 CPU_MIN_SPEARMAN = 0.6
-MAX_ABS_SCORE_DIFF = 1.0
+#: No image's INT8 score may move by more than half the FP32 scores' standard deviation...
+MAX_SCORE_DIFF_PER_SD = 0.5
+#: ...and on average by no more than a fifth of it.
+MEAN_SCORE_DIFF_PER_SD = 0.2
 
 
 def _inits(model):
@@ -124,14 +131,22 @@ def test_int8_parity_against_fp32(int8_pair, tiny_onnx, val_set):
     out, report = int8_pair
     images, labels = val_set
     fp = score_images(make_session(tiny_onnx), images)
+    sd = float(np.std(fp))
+    print(f"\nFP32 scores {fp.min():.3f}..{fp.max():.3f}, sd {sd:.3f}")
     for name in (TRT_NAME, CPU_NAME):  # both run on ONNX Runtime CPU
         q = score_images(make_session(out / name), images)
         assert np.all(np.isfinite(q))
-        assert np.max(np.abs(q - fp)) <= MAX_ABS_SCORE_DIFF, name
+        diff = np.abs(q - fp) / sd
+        print(f"{name}: max |diff| / sd {diff.max():.3f}, mean |diff| / sd {diff.mean():.3f}, "
+              f"Spearman {spearman(fp, q):.3f}")
+        assert diff.max() <= MAX_SCORE_DIFF_PER_SD and diff.mean() <= MEAN_SCORE_DIFF_PER_SD, name
     cpu = score_images(make_session(out / CPU_NAME), images)
     assert spearman(fp, cpu) >= CPU_MIN_SPEARMAN
-    # The report's figures are the same measurement.
-    assert report.accuracy.encodings["cpu"].spearman == pytest.approx(spearman(fp, cpu), abs=1e-9)
+    # The report's figure is the same measurement: Spearman = Pearson of the ranks (the
+    # float scores have no ties here, so argsort-of-argsort ranks are exact).
+    assert len(np.unique(fp)) == len(fp) and len(np.unique(cpu)) == len(cpu)
+    rho = np.corrcoef(np.argsort(np.argsort(fp)), np.argsort(np.argsort(cpu)))[0, 1]
+    assert report.accuracy.encodings["cpu"].spearman == pytest.approx(rho, abs=1e-9)
     assert report.accuracy.fp32_auroc is not None and report.accuracy.images == len(labels)
 
 

@@ -54,16 +54,26 @@ def test_metadata_round_trip_and_score_stats(model_copy, normal_halves):
     assert np.mean(flagged) <= 0.05
 
 
-def test_defects_give_f1_threshold_and_histogram(model_copy, normal_halves, elpv_split, tmp_path):
-    from fftrain.metrics import f1_max
+def _f1_by_counting(labels: np.ndarray, scores: np.ndarray, t: float) -> float:
+    flagged = scores > t
+    tp = int(np.sum(flagged & (labels == 1)))
+    fp = int(np.sum(flagged & (labels == 0)))
+    fn = int(np.sum(~flagged & (labels == 1)))
+    return 2 * tp / (2 * tp + fp + fn)
 
+
+def test_defects_give_f1_threshold_and_histogram(model_copy, normal_halves, elpv_split, tmp_path):
     defects = [s.path for s in elpv_split.test if s.label == 1][:20]
     png = tmp_path / "hist.png"
     report = calibrate_thresholds(model_copy, normal_halves[0][:20], defects, histogram_png=png, progress=False)
     det = Detector(model_copy, backend="onnxruntime-cpu")
-    s = [r.score for r in det.predict_batch(normal_halves[0][:20] + defects)]
-    f1, t = f1_max(np.r_[np.zeros(20), np.ones(20)], s)
-    assert report.image_threshold == pytest.approx(t) and report.image_f1 == pytest.approx(f1)
+    scores = np.array([r.score for r in det.predict_batch(normal_halves[0][:20] + defects)])
+    labels = np.r_[np.zeros(20, int), np.ones(20, int)]
+    # Brute force: every operating point "flag the k highest scores" (a threshold just below
+    # each observed score), counted directly; the calibrated threshold must reach the best.
+    best = max(_f1_by_counting(labels, scores, np.nextafter(v, -np.inf)) for v in scores)
+    assert report.image_f1 == pytest.approx(best)
+    assert _f1_by_counting(labels, scores, report.image_threshold) == pytest.approx(best)
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -126,19 +136,29 @@ def test_cli_thresholds_writes(model_copy, normal_halves, tmp_path, capsys):
     assert read_onnx_meta(model_copy).thresholds.source.startswith("ffcalib")
 
 
-def test_normalized_score(model_copy, real_images):
+def test_normalize_score_by_hand():
     from ffrt.detector import normalize_score
 
+    # logistic(z) with z = (score - threshold) / scale: z = 0 -> 1/2; z = ln 3 -> 1/(1 + 1/3) = 3/4.
+    assert normalize_score(2.0, 2.0, 0.5) == 0.5
+    assert normalize_score(2.0 + 0.5 * math.log(3), 2.0, 0.5) == pytest.approx(0.75)
+    assert normalize_score(2.0 - 0.5 * math.log(3), 2.0, 0.5) == pytest.approx(0.25)
+    assert normalize_score(-1e9, 0.0, 1.0) == 0.0 and normalize_score(1e9, 0.0, 1.0) == 1.0  # no overflow
+    assert normalize_score(float("nan"), 1.0, 1.0) == 1.0
+
+
+def test_normalized_score(model_copy, real_images):
     det = Detector(model_copy, backend="onnxruntime-cpu")
     stats = det.meta.score_stats
     assert stats is not None and stats.std > 0
     r = det(real_images[0])
-    t = det.thresholds.image
-    assert r.normalized_score == pytest.approx(1 / (1 + math.exp(-(r.score - t) / stats.std)))
     assert (r.normalized_score > 0.5) == r.is_anomalous
     det.set_thresholds(image=r.score)  # at the threshold -> exactly 0.5
     assert det(real_images[0]).normalized_score == pytest.approx(0.5, abs=1e-6)
-    assert normalize_score(float("nan"), 1.0, 1.0) == 1.0
+    # ln 3 normal-score standard deviations below the threshold reads 1/4: the scale is the
+    # metadata's score_stats.std.
+    det.set_thresholds(image=r.score + stats.std * math.log(3))
+    assert det(real_images[0]).normalized_score == pytest.approx(0.25, abs=1e-5)
     # Without statistics there is no normalized score.
     meta = read_onnx_meta(model_copy)
     write_onnx_meta(model_copy, meta.model_copy(update={"score_stats": None}))
@@ -225,3 +245,87 @@ def test_cli_thresholds_backend_flag(model_copy, normal_halves, tmp_path, capsys
 
 def test_exported_thresholds_say_they_come_from_the_trainer(tiny_onnx):
     assert read_onnx_meta(tiny_onnx).thresholds.calibrated_on.startswith("fftrain")
+
+
+# -- ffcalib thresholds --masks: the pixel threshold from drawn defects and their masks ----------
+
+
+def _pixel_f1(maps: np.ndarray, masks: np.ndarray, t: float) -> float:
+    flagged = maps > t
+    tp = int(np.sum(flagged & masks))
+    fp = int(np.sum(flagged & ~masks))
+    fn = int(np.sum(~flagged & masks))
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+@pytest.fixture(scope="module")
+def masked_defects(elpv_split, tmp_path_factory):
+    """12 real ELPV normals as they are, 12 others with a drawn dark region or crack (PNG at
+    the cells' 300x300), their true masks, and a second mask set that marks the wrong place
+    (each true mask flipped left-right and up-down)."""
+    import cv2
+
+    from ffcore.images import read_rgb
+    from ffcore.synthetic import add_defect
+
+    root = tmp_path_factory.mktemp("masked")
+    for sub in ("normals", "defects", "masks", "wrong_masks"):
+        (root / sub).mkdir()
+    normals = [s.path for s in elpv_split.test if s.label == 0]
+    for p in normals[0:24:2]:
+        cv2.imwrite(str(root / "normals" / p.name), cv2.imread(str(p)))
+    rng = np.random.default_rng(5)
+    for i, p in enumerate(normals[1:24:2]):
+        img, mask = add_defect(read_rgb(p), rng, ("dark_region", "crack")[i % 2])
+        name = f"d{i:02d}"
+        cv2.imwrite(str(root / "defects" / f"{name}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(root / "masks" / f"{name}_mask.png"), mask.astype(np.uint8) * 255)
+        cv2.imwrite(str(root / "wrong_masks" / f"{name}_mask.png"), mask[::-1, ::-1].astype(np.uint8) * 255)
+    return root
+
+
+def test_cli_thresholds_masks_sets_the_pixel_f1_optimal_threshold(tiny_onnx, masked_defects, tmp_path, capsys):
+    import cv2
+    import shutil
+
+    from ffcalib.cli import main
+
+    root = masked_defects
+    thresholds = {}
+    for masks in ("masks", "wrong_masks", None):
+        model = tmp_path / f"{masks}.onnx"
+        shutil.copy(tiny_onnx, model)
+        args = ["thresholds", "--model", str(model), "--normal", str(root / "normals"), "--defects",
+                str(root / "defects"), "--backend", "onnxruntime-cpu", "--no-progress"]
+        assert main(args + (["--masks", str(root / masks)] if masks else [])) == 0, capsys.readouterr().err
+        t = read_onnx_meta(model).thresholds
+        assert ("pixel-F1-optimal with masks" in t.source) == (masks is not None)
+        thresholds[masks] = t.pixel
+    capsys.readouterr()
+
+    # Maps at the model size, and each mask set brought there (nearest), read independently.
+    det = Detector(tiny_onnx, backend="onnxruntime-cpu", resize_outputs=False)
+    normal_files = sorted((root / "normals").iterdir())
+    defect_files = sorted((root / "defects").iterdir())
+    maps = np.stack([r.anomaly_map for r in det.predict_batch(normal_files + defect_files, batch_size=8)])
+    h, w = det.input_size
+    assert maps.shape[1:] == (h, w)
+
+    def mask_set(folder):
+        drawn = [cv2.resize(cv2.imread(str(root / folder / f"{p.stem}_mask.png"), cv2.IMREAD_GRAYSCALE), (w, h),
+                            interpolation=cv2.INTER_NEAREST) > 127 for p in defect_files]
+        return np.stack([np.zeros((h, w), bool)] * len(normal_files) + drawn)
+
+    grid = np.quantile(maps, np.linspace(0.5, 0.9999, 200))
+    for folder in ("masks", "wrong_masks"):
+        masks, t = mask_set(folder), thresholds[folder]
+        assert masks[len(normal_files):].any(axis=(1, 2)).all()
+        best_on_grid = max(_pixel_f1(maps, masks, g) for g in grid)
+        # The stored threshold is at least as good as any of 200 others, for its own masks.
+        assert _pixel_f1(maps, masks, t) >= best_on_grid - 1e-9, folder
+    # ...and it follows the masks: the true masks give a better F1 at their own threshold
+    # than at the one fitted to the wrong masks, and neither is the rule used without masks.
+    true = mask_set("masks")
+    assert thresholds["masks"] != thresholds["wrong_masks"]
+    assert _pixel_f1(maps, true, thresholds["masks"]) > _pixel_f1(maps, true, thresholds["wrong_masks"])
+    assert thresholds[None] not in (thresholds["masks"], thresholds["wrong_masks"])

@@ -105,11 +105,13 @@ def test_bad_numbers_are_refused_before_any_write(tiny_checkpoint, previous, cap
 
 
 def test_fp16_gate_failure_keeps_both_previous_files(tiny_checkpoint, previous, capsys, monkeypatch):
-    import ffexport.precision
-    from ffexport.precision import write_fp16
+    import ffexport.fp16_gate
+    from ffexport.precision import export_fp16
+    from fftrain import checkpoint
 
-    write_fp16(previous / "model.onnx", previous / "model.fp16.onnx")
-    monkeypatch.setattr(ffexport.precision, "FP16_MAX_MAP_REL", -1.0)  # no FP16 graph can pass
+    model, payload = checkpoint.load(tiny_checkpoint)
+    export_fp16(model, payload, checkpoint.sha256(tiny_checkpoint), previous / "model.fp16.onnx", batch_max=8)
+    monkeypatch.setattr(ffexport.fp16_gate, "FP16_MAX_MAP_REL", -1.0)  # no FP16 graph can pass
     before = _snapshot(previous)
     assert ffexport_main(["--ckpt", str(tiny_checkpoint), "--out", str(previous), "--batch-max", "8", "--fp16",
                           "--fp16-images", "4"]) == 1

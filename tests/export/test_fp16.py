@@ -1,44 +1,48 @@
-"""FP16 export: mixed precision decided in the ONNX, verified on CPU with real images.
+"""FP16 export: traced in half precision from PyTorch, the head FP32, checked on CPU with real images.
 
-Runs the real converter on the tiny FastFlow trained on real ELPV cells (tests/conftest.py)
-and executes every graph with the real onnxruntime. Tolerances are ffexport's own
-(FP16_MIN_SPEARMAN, FP16_MAX_AUROC_DIFF, FP16_MAX_MAP_REL in ffexport.precision).
+The tiny FastFlow trained on real ELPV cells (tests/conftest.py) and a ResNet-18 one are
+exported by the real exporter; every graph runs on the real onnxruntime. Which node
+belongs to which module of the model is read from the names the exporter records
+(torch.onnx's ``pkg.torch.onnx.name_scopes`` node metadata, e.g. ``model.head``), never
+from what a node computes.
 """
 
 from __future__ import annotations
+
+import ast
+import copy
+from collections import deque
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+import torch
+from onnx import TensorProto, helper, numpy_helper
 
-from ffexport.precision import (
-    FP16_MAX_AUROC_DIFF,
-    FP16_MAX_MAP_REL,
-    FP16_MIN_SPEARMAN,
-    PrecisionError,
-    _name_nodes,
-    auroc,
-    compare,
-    emulate_fp16_storage,
-    fp32_tensors_of_head,
-    head_nodes,
-    run_cpu,
-    spearman,
-    to_mixed_fp16,
-    write_fp16,
-)
+from ffcore.metrics import roc_auc, spearman
+from ffexport import fp16_gate
+from ffexport.fp16_gate import compare, emulate_fp16_storage
+from ffexport.precision import export_fp16, fold_batch_norms, half_model
 from ffrt.meta import read_onnx_meta
 
-FP16_MAX = 65504.0
+# The FP16 gate's documented tolerances (README, ffexport --help): the FP16 file against the
+# FP32 file on real images.
+MIN_SPEARMAN, MAX_AUROC_DIFF, MAX_MAP_REL = 0.99, 0.01, 0.02
+FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+
+
+def _export_fp16(ckpt, out):
+    from fftrain import checkpoint
+
+    model, payload = checkpoint.load(ckpt)
+    path, _ = export_fp16(model, payload, checkpoint.sha256(ckpt), out, batch_max=8)
+    return path
 
 
 @pytest.fixture(scope="module")
-def fp16(tiny_onnx, tmp_path_factory):
-    out = tmp_path_factory.mktemp("fp16") / "model.fp16.onnx"
-    path, model, kept = write_fp16(tiny_onnx, out)
-    return path, model, kept
+def fp16(tiny_checkpoint, tmp_path_factory):
+    return _export_fp16(tiny_checkpoint, tmp_path_factory.mktemp("fp16") / "model.fp16.onnx")
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +55,20 @@ def labelled(elpv_split):
     return load_batch(good + bad, 64), np.array([0] * len(good) + [1] * len(bad))
 
 
+def _scopes(node: onnx.NodeProto) -> list[str]:
+    for p in node.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":
+            return ast.literal_eval(p.value)
+    return []
+
+
+def _in(model: onnx.ModelProto, module: str) -> list[onnx.NodeProto]:
+    """Nodes of ``module`` or of its children (``model.flows`` holds ``model.flows.0``, ...)."""
+    nodes = [n for n in model.graph.node if any(s == module or s.startswith(module + ".") for s in _scopes(n))]
+    assert nodes, f"no node recorded as part of {module} (did torch.onnx stop writing name scopes?)"
+    return nodes
+
+
 def _types(model):
     inferred = onnx.shape_inference.infer_shapes(model)
     t = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
@@ -59,182 +77,264 @@ def _types(model):
     return t
 
 
-def test_io_unchanged_and_metadata(tiny_onnx, fp16):
-    path, model, kept = fp16
-    fp32 = onnx.load(str(tiny_onnx))
-    sig = lambda m: [(v.name, v.type.tensor_type.elem_type) for v in list(m.graph.input) + list(m.graph.output)]  # noqa: E731
-    assert sig(model) == sig(fp32) == [("image", TensorProto.UINT8), ("anomaly_map", TensorProto.FLOAT), ("score", TensorProto.FLOAT)]
-    meta, meta32 = read_onnx_meta(path), read_onnx_meta(tiny_onnx)
-    assert meta.precision == "fp16" and meta32.precision == "fp32"
-    assert meta.thresholds == meta32.thresholds and meta.input == meta32.input
-    assert path.stat().st_size < 0.6 * tiny_onnx.stat().st_size  # weights really halved
+def _cast_to(node) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
 
 
-def test_head_fp32_body_fp16(fp16):
-    _, model, kept = fp16
-    ops = {n.name: n.op_type for n in model.graph.node}
-    kept_ops = {ops[k] for k in kept}
-    # the squares of z, their channel mean, upsampling, fusion and the top-k score
-    assert {"Mul", "ReduceMean", "Resize", "TopK"} <= kept_ops
-    assert sum(1 for k in kept if ops[k] == "Mul") >= 3 and sum(1 for k in kept if ops[k] == "Resize") == 3
-    head_types = fp32_tensors_of_head(model, kept)
-    assert head_types and set(head_types.values()) == {TensorProto.FLOAT}, {
-        k: v for k, v in head_types.items() if v != TensorProto.FLOAT
-    }
-    types = _types(model)
-    convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    assert len(convs) > 20
-    assert all(types[n.input[1]] == TensorProto.FLOAT16 for n in convs), "every backbone/flow conv weight is FP16"
-    assert all(types[n.output[0]] == TensorProto.FLOAT16 for n in convs)
-    lns = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
-    assert lns and all(types[n.output[0]] == TensorProto.FLOAT16 for n in lns)
-    # z reaches the head through exactly one FP16 -> FP32 cast per scale
-    squares = [n for n in model.graph.node if n.name in kept and n.op_type == "Mul" and n.input[0] == n.input[1]]
-    producers = {o: n for n in model.graph.node for o in n.output}
-    for sq in squares:
-        cast = producers[sq.input[0]]
-        assert cast.op_type == "Cast" and cast.attribute[0].i == TensorProto.FLOAT
-        assert types[cast.input[0]] == TensorProto.FLOAT16
-
-
-def test_head_boundary_needs_a_square():
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
-    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
-    with pytest.raises(PrecisionError, match="no z\\*z node"):
-        to_mixed_fp16(model)
-
-
-def test_rank_and_auroc_helpers():
-    assert spearman(np.array([1.0, 2, 3, 4]), np.array([10.0, 20, 30, 40])) == pytest.approx(1.0)
-    assert spearman(np.array([1.0, 2, 3, 4]), np.array([4.0, 3, 2, 1])) == pytest.approx(-1.0)
-    assert auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
-    assert auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.3, 0.3, 0.0])) == pytest.approx(0.375)
-    assert auroc(np.array([0, 0]), np.array([0.1, 0.2])) is None
-
-
-def test_fp16_matches_fp32_on_real_elpv(tiny_onnx, fp16, labelled, tmp_path, capsys):
-    _, model, kept = fp16
-    images, labels = labelled
-    report = compare(tiny_onnx, model, images, labels, tmp_path, kept)
-    with capsys.disabled():
-        print(f"\n  {report}")
-    assert report.nonfinite == 0
-    assert report.spearman >= FP16_MIN_SPEARMAN
-    assert report.auroc_diff is not None and report.auroc_diff <= FP16_MAX_AUROC_DIFF
-    assert report.map_max_rel <= FP16_MAX_MAP_REL
-    assert report.ok
-    # The FP16 graph is really different from FP32 (the check would notice a no-op).
-    assert report.map_max_abs > 0
-    # onnxruntime CPU has no FP16 kernel for the convolutions here: say so, don't hide it.
-    assert "Conv" in report.cast_fallback_ops
-
-
-def test_storage_emulation_rounds_like_fp16(tiny_onnx, fp16, real_images):
-    """The emulation really rounds activations (else the CPU check would be toothless)."""
-    _, model, kept = fp16
-    fp32 = onnx.load(str(tiny_onnx))
-    m32, _ = run_cpu(str(tiny_onnx), real_images)
-    emu, _ = run_cpu(emulate_fp16_storage(fp32, kept).SerializeToString(), real_images, optimize=False)
-    err = np.abs(emu - m32).max() / np.abs(m32).max()
-    assert 1e-5 < err < FP16_MAX_MAP_REL
-
-
-def _head_model(fp32: onnx.ModelProto):
-    """The shipped head (every node from z*z on), cut out of the exported graph: z in, map/score out."""
-    model = onnx.ModelProto()
-    model.CopyFrom(fp32)
-    _name_nodes(model.graph)
-    head = set(head_nodes(model))
-    squares = [n for n in model.graph.node if n.name in head and n.op_type == "Mul" and n.input[0] == n.input[1]]
-    zs = [n.input[0] for n in squares]
-    produced = {o for n in model.graph.node if n.name not in head for o in n.output}
-    nodes = [n for n in model.graph.node if n.name in head]
-    # constants the head reads from outside (Constant nodes), copied along
-    needed = {i for n in nodes for i in n.input} & produced - set(zs)
-    consts = [n for n in model.graph.node if n.name not in head and set(n.output) & needed]
-    assert all(n.op_type == "Constant" for n in consts), [n.op_type for n in consts]
-    inputs = [helper.make_tensor_value_info(z, TensorProto.FLOAT, None) for z in zs]
-    used = {i for n in nodes + consts for i in n.input}
-    graph = helper.make_graph(consts + nodes, "head", inputs, list(model.graph.output),
-                              initializer=[t for t in model.graph.initializer if t.name in used])
-    out = helper.make_model(graph, opset_imports=list(fp32.opset_import))
-    out.ir_version = fp32.ir_version
-    return out, zs
-
-
-def _z_outputs(fp32: onnx.ModelProto, zs: list[str]) -> onnx.ModelProto:
-    model = onnx.ModelProto()
-    model.CopyFrom(fp32)
-    for z in zs:
-        model.graph.output.append(helper.make_tensor_value_info(z, TensorProto.FLOAT, None))
-    return model
-
-
-def _run(model: onnx.ModelProto, feeds: dict, optimize: bool = True):
+def _run(model_or_path, images, optimize=True):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+    src = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
+    sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    feeds = images if isinstance(images, dict) else {name: images}
+    return sess.run(None, feeds)
 
 
-def test_strong_defect_overflow(tiny_onnx, fp16, real_images, capsys):
-    """A naive all-FP16 graph overflows on a strong defect; the shipped mixed graph does not.
+def test_io_metadata_and_size(tiny_onnx, fp16):
+    model, fp32 = onnx.load(str(fp16)), onnx.load(str(tiny_onnx))
+    sig = lambda m: [(v.name, v.type.tensor_type.elem_type) for v in list(m.graph.input) + list(m.graph.output)]  # noqa: E731
+    assert sig(model) == sig(fp32) == [("image", TensorProto.UINT8), ("anomaly_map", FLOAT), ("score", FLOAT)]
+    meta, meta32 = read_onnx_meta(fp16), read_onnx_meta(tiny_onnx)
+    assert meta.precision == "fp16" and meta32.precision == "fp32"
+    assert meta.thresholds == meta32.thresholds and meta.input == meta32.input
+    assert meta.source_checkpoint_sha256 == meta32.source_checkpoint_sha256
+    # The weights are halved; the graph's structure and metadata are not.
+    assert 0.45 < fp16.stat().st_size / tiny_onnx.stat().st_size < 0.6
 
-    FP16 tops out at 65504, so z*z overflows as soon as |z| > 255.9. The tiny 2-epoch test
-    model's flows do not produce such z on any uint8 input (measured below), so the defect
-    is made strong where it matters: real z of real cells, with a 16x16-pixel patch of the
-    stride-4 feature map set to |z| = 300 (300 sigma: a strong defect for a trained flow),
-    fed through the *shipped* head nodes cut out of the exported graph.
-    """
-    _, model16, kept = fp16
-    fp32 = onnx.load(str(tiny_onnx))
-    head32, zs = _head_model(fp32)
 
-    # 1) The full model on a strong synthetic image defect: measure z, check FP16 is finite.
+def test_head_fp32_backbone_and_flows_fp16(fp16):
+    model = onnx.load(str(fp16))
+    types = _types(model)
+    head = _in(model, "model.head")
+    assert {"Mul", "ReduceMean", "Resize", "TopK"} <= {n.op_type for n in head}
+    # Everything from the head's first node to the outputs is FP32 (dataflow, not scopes:
+    # nodes the optimizer re-created without metadata are caught too).
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for t in n.input:
+            readers.setdefault(t, []).append(n)
+    weights = {t.name for t in model.graph.initializer}
+    seen, queue, floats = set(), deque(head), {}
+    while queue:
+        n = queue.popleft()
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        # what each node writes, and the weights it reads (the standardization maps)
+        for t in list(n.output) + [t for t in n.input if t in weights]:
+            if types.get(t) in (FLOAT, HALF):
+                floats[t] = types[t]
+        for t in n.output:
+            queue.extend(readers.get(t, []))
+    assert len(seen) >= len(head) and set(floats.values()) == {FLOAT}, {t: v for t, v in floats.items() if v != FLOAT}
+    assert {o.name for o in model.graph.output} <= set(floats)
+    # The head's input: one FP16 -> FP32 cast per feature scale, in the head itself.
+    to32 = [n for n in head if _cast_to(n) == FLOAT and types[n.input[0]] == HALF]
+    assert len(to32) == 3
+    # Backbone and flows compute in FP16: weights and outputs of every convolution.
+    for module, at_least in (("model.backbone", 10), ("model.flows", 12)):
+        convs = [n for n in _in(model, module) if n.op_type == "Conv"]
+        assert len(convs) >= at_least, module
+        assert all(types[n.input[1]] == HALF and types[n.output[0]] == HALF for n in convs), module
+    norms = [n for n in _in(model, "model.norms") if n.op_type == "LayerNormalization"]
+    assert len(norms) == 3 and all(types[n.output[0]] == HALF for n in norms)
+    # One cast into FP16 in the whole graph (the normalized image, at the backbone's input),
+    # and no batch norm left (folded in FP32 before the weights were rounded).
+    assert len([n for n in model.graph.node if _cast_to(n) == HALF]) == 1
+    assert not [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+
+
+def test_export_leaves_the_fp32_model_alone(tiny_checkpoint):
+    from fftrain import checkpoint
+
+    model, _ = checkpoint.load(tiny_checkpoint)
+    before = copy.deepcopy(model.state_dict())
+    half = half_model(model)
+    assert all(v.dtype != torch.float16 for v in model.state_dict().values())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert next(half.backbone.parameters()).dtype == torch.float16 and next(half.flows.parameters()).dtype == torch.float16
+    assert all(v.dtype == torch.float32 for k, v in half.state_dict().items() if k.startswith("head."))
+    assert not [m for m in half.modules() if isinstance(m, torch.nn.BatchNorm2d)]  # folded before rounding
+    with pytest.raises(ValueError, match="norms and flows together"):
+        half_model(model, ("backbone", "flows"))
+
+
+def test_every_conv_weight_is_the_fp32_files_rounded_once(tiny_onnx, fp16):
+    """Each FP16 weight is its FP32 file's value rounded to FP16 once (within one FP16 ulp:
+    the two files fold batch norms with differently ordered float operations). Folding
+    FP16-rounded statistics in FP16 arithmetic would be several ulps off."""
+    def conv_weights(path):
+        model = onnx.load(str(path))
+        init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        return [init[n.input[1]] for n in model.graph.node if n.op_type == "Conv"]
+
+    w32, w16 = conv_weights(tiny_onnx), conv_weights(fp16)
+    assert len(w32) == len(w16) > 20
+    for a, b in zip(w32, w16):
+        assert b.dtype == np.float16 and a.shape == b.shape
+        ulp = np.spacing(np.abs(a).astype(np.float16)).astype(np.float32)
+        assert np.all(np.abs(b.astype(np.float32) - a) <= ulp)
+
+
+def test_fp16_file_tracks_fp32_file_on_real_elpv(tiny_onnx, fp16, labelled):
+    """Independent of the gate's code: both files on onnxruntime, the figures computed here."""
+    images, labels = labelled
+    m32, s32 = _run(tiny_onnx, images)
+    m16, s16 = _run(fp16, images)
+    assert np.isfinite(m16).all() and np.isfinite(s16).all()
+    rel = float(np.abs(m16 - m32).max() / np.abs(m32).max())
+    assert 0 < rel <= MAX_MAP_REL  # > 0: the FP16 weights really are rounded
+    assert spearman(s32, s16) >= MIN_SPEARMAN
+    assert abs(roc_auc(labels, s16) - roc_auc(labels, s32)) <= MAX_AUROC_DIFF
+    # FP16 storage of every activation (what a GPU does; ORT CPU computes FP16 regions in
+    # FP32): still within tolerance, and further from FP32 than the weights alone.
+    me, se = _run(emulate_fp16_storage(onnx.load(str(fp16))), images, optimize=False)
+    rel_emulated = float(np.abs(me - m32).max() / np.abs(m32).max())
+    assert rel < rel_emulated <= MAX_MAP_REL
+    assert spearman(s32, se) >= MIN_SPEARMAN
+
+
+def test_gate_passes_the_fp16_file_and_fails_a_wrong_one(tiny_onnx, fp16, labelled, tmp_path):
+    images, labels = labelled
+    assert (fp16_gate.FP16_MIN_SPEARMAN, fp16_gate.FP16_MAX_AUROC_DIFF, fp16_gate.FP16_MAX_MAP_REL) == (
+        MIN_SPEARMAN, MAX_AUROC_DIFF, MAX_MAP_REL)
+    report = compare(tiny_onnx, fp16, images, labels, tmp_path)
+    assert report.ok and report.nonfinite == 0 and report.images == 64, str(report)
+    m32, _ = _run(tiny_onnx, images)
+    m16, _ = _run(fp16, images)
+    assert report.map_max_abs >= float(np.abs(m16 - m32).max())  # the worse of the file and its emulation
+    # onnxruntime CPU has no FP16 kernel for the convolutions here: the report says so.
+    assert "Conv" in report.cast_fallback_ops
+    # An FP16 file one backbone weight 10% off (a wrong conversion) is refused.
+    model = onnx.load(str(fp16))
+    conv = next(n for n in _in(model, "model.backbone") if n.op_type == "Conv")
+    weight = next(t for t in model.graph.initializer if t.name == conv.input[1])
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float16(1.1), weight.name))
+    wrong = tmp_path / "wrong.fp16.onnx"
+    onnx.save(model, str(wrong))
+    bad = compare(tiny_onnx, wrong, images, labels, tmp_path)
+    assert not bad.ok and bad.map_max_rel > MAX_MAP_REL, str(bad)
+
+
+def test_storage_emulation_rounds_and_overflows_like_fp16():
+    """A hand-made FP16 graph: x -> Cast(FP16) -> Mul(2) -> Cast(FP32). The emulation must
+    round every FP16 tensor and overflow above 65504; ORT CPU on the file itself does not."""
+    x = helper.make_tensor_value_info("x", FLOAT, [3])
+    y = helper.make_tensor_value_info("y", FLOAT, [3])
+    two = numpy_helper.from_array(np.array([2.0], np.float16), "two")
+    nodes = [
+        helper.make_node("Cast", ["x"], ["x16"], to=HALF),
+        helper.make_node("Mul", ["x16", "two"], ["y16"]),
+        helper.make_node("Cast", ["y16"], ["y"], to=FLOAT),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [two]), opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    feeds = {"x": np.array([0.1, 40000.0, 1.0], np.float32)}
+    (emulated,) = _run(emulate_fp16_storage(model), feeds, optimize=False)
+    # fp16(0.1) = 0.0999755859375, doubled exactly; 80000 > 65504 is inf in FP16.
+    assert emulated[0] == np.float32(0.199951171875) and np.isinf(emulated[1]) and emulated[2] == 2.0
+    assert all(t.data_type != HALF for t in emulate_fp16_storage(model).graph.initializer)
+
+
+def test_strong_defect_stays_finite_in_the_fp32_head(tiny_checkpoint, tiny_onnx, fp16, real_images):
+    """z*z overflows FP16 once |z| > 255.9. The tiny model's flows do not produce such z on
+    uint8 input, so the defect is made strong where it matters: real z of real cells with a
+    patch of |z| = 300, fed to the FP16 file's own head (cut out at its input casts); its
+    answer must be finite and PyTorch's FP32 head's answer."""
+    from fftrain import checkpoint
+
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.float16(300.0) * np.float16(300.0))  # the patch does overflow FP16
+    model16 = onnx.load(str(fp16))
+    types = _types(model16)
+    to32 = [n for n in _in(model16, "model.head") if _cast_to(n) == FLOAT and types[n.input[0]] == HALF]
+    zs = [n.output[0] for n in to32]
+    head_file = onnx.utils.Extractor(model16).extract_model(zs, ["anomaly_map", "score"])
+
+    model, _ = checkpoint.load(tiny_checkpoint)
+    x = torch.from_numpy(real_images[:4]).permute(0, 3, 1, 2).float() / 255.0
+    with torch.no_grad():
+        z_real, _ = model.flow(model.extract(x))
+    z_def = [z.clone() for z in z_real]
+    patch = z_def[0][:, :, 4:8, 4:8]
+    z_def[0][:, :, 4:8, 4:8] = torch.where(patch < 0, -300.0, 300.0)
+    with torch.no_grad():
+        map_torch, score_torch = model.head(z_def)
+    # the Cast outputs are in the order of the scales (stride 4, 8, 16): match by shape
+    by_shape = {tuple(z.shape[1:]): z.numpy() for z in z_def}
+    shapes = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim[1:]) for v in head_file.graph.input}
+    map16, score16 = _run(head_file, {name: by_shape[shapes[name]] for name in zs})
+    assert np.isfinite(map16).all() and np.isfinite(score16).all()
+    assert map16.max() > 1000  # the defect shows
+    np.testing.assert_allclose(map16, map_torch.numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(score16, score_torch.numpy(), rtol=1e-4)
+
+    # And a strong defect in the image itself, through the whole FP16 file and its emulation.
     defect = real_images[:4].copy()
     defect[:, 16:48, 16:48] = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     defect[:, 24:40, 24:40] = 255
-    outs = _run(_z_outputs(fp32, zs), {"image": defect})
-    z_real = outs[2:]
-    zmax = max(float(np.abs(z).max()) for z in z_real)
-    m16, s16 = run_cpu(model16.SerializeToString(), defect)
-    assert np.isfinite(m16).all() and np.isfinite(s16).all()
+    for m, s in (_run(fp16, defect), _run(emulate_fp16_storage(model16), defect, optimize=False)):
+        assert np.isfinite(m).all() and np.isfinite(s).all()
 
-    # 2) The same real z with a strong defect patch, through the shipped head.
-    z_def = [z.copy() for z in z_real]
-    z_def[0][:, :, 4:8, 4:8] = 300.0 * np.where(z_def[0][:, :, 4:8, 4:8] < 0, -1.0, 1.0)
-    feeds = dict(zip(zs, z_def))
-    map32, score32 = _run(head32, feeds)
-    # The FP32 head stays finite and shows the defect. (A standardized map, the default, can
-    # itself exceed FP16's range once divided by a small normal spread: one more reason the
-    # head, standardization included, stays FP32.)
-    assert np.isfinite(map32).all() and map32.max() > 1000
-    assert (300.0**2) > FP16_MAX  # z*z does not fit FP16
 
-    # Mixed head (as shipped): it is the FP32 head, so it must give the FP32 answer exactly.
-    mixed_head, kept_head = to_mixed_fp16(head32)
-    assert set(fp32_tensors_of_head(mixed_head, kept_head).values()) == {TensorProto.FLOAT}
-    map_mixed, score_mixed = _run(mixed_head, feeds)
-    assert np.isfinite(map_mixed).all() and np.array_equal(map_mixed, map32) and np.array_equal(score_mixed, score32)
+def test_fold_batch_norms_keeps_the_features():
+    """Folding in FP32 changes no feature (beyond float re-association), on a ResNet whose
+    norms have non-trivial statistics and on EfficientNet-Lite0 with its real weights."""
+    from fftrain.backbones import build_feature_extractor
 
-    # Naive all-FP16 head, with FP16 storage of z*z (the emulation; what a GPU stores).
-    naive_emu = emulate_fp16_storage(head32, None)
-    map_naive, score_naive = _run(naive_emu, feeds, optimize=False)
-    inf_px = int(np.isinf(map_naive).sum())
-    assert inf_px > 0 and not np.isfinite(score_naive).all()
-    # The naive FP16 *file* on onnxruntime CPU: ORT computes the FP16 Mul/ReduceMean in FP32
-    # (no CPU FP16 kernels) and drops the casts between them, so it does NOT show the overflow.
-    naive_file, _ = to_mixed_fp16(head32, block_head=False)
-    map_file, _ = _run(naive_file, feeds)
-    with capsys.disabled():
-        print(
-            f"\n  overflow test: tiny model max|z| on a strong image defect {zmax:.3g} (z^2 {zmax**2:.3g}, far below "
-            f"{FP16_MAX:g}); with a |z|=300 patch: FP32 map max {map32.max():.6g}, mixed FP16 graph finite and identical, "
-            f"naive all-FP16 (FP16 storage) {inf_px} inf map pixels, scores {score_naive.tolist()}; naive FP16 file on "
-            f"ORT CPU: {int(np.isinf(map_file).sum())} inf pixels (ORT CPU computes FP16 ops in FP32)"
-        )
+    torch.manual_seed(0)
+    resnet, _ = build_feature_extractor("resnet18", random=True)
+    for m in resnet.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.2, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    lite, _ = build_feature_extractor("efficientnet_lite0")
+    x = torch.rand(2, 3, 64, 64)
+    for backbone, norms in ((resnet.eval(), 15), (lite.eval(), 33)):
+        folded = copy.deepcopy(backbone)
+        assert fold_batch_norms(folded) == norms
+        assert not [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        with torch.no_grad():
+            for a, b in zip(backbone(x), folded(x)):
+                assert float((a - b).abs().max() / a.abs().max()) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def resnet_files(elpv_split, tmp_path_factory):
+    """A tiny ResNet-18 FastFlow (random backbone: no ResNet weights ship with the tests)
+    trained on the real cells, exported in FP32 and FP16."""
+    from fftrain import checkpoint
+    from fftrain.config import FastFlowConfig
+    from fftrain.train import TrainSettings, train_and_save
+    from ffexport.exporter import export_onnx
+
+    out = tmp_path_factory.mktemp("resnet")
+    config = FastFlowConfig(backbone="resnet18", random_backbone=True, image_size=64, flow_steps=2)
+    train_and_save(config, elpv_split, TrainSettings(epochs=1, batch_size=16, augment_views=0, progress=False),
+                   out / "model.pt", log=lambda _: None)
+    model, payload = checkpoint.load(out / "model.pt")
+    sha = checkpoint.sha256(out / "model.pt")
+    fp32, _ = export_onnx(model, payload, sha, out / "model.onnx", batch_max=8)
+    fp16, _ = export_fp16(model, payload, sha, out / "model.fp16.onnx", batch_max=8)
+    return fp32, fp16
+
+
+def test_resnet_fp16_passes_the_gate(resnet_files, labelled, tmp_path):
+    fp32, fp16 = resnet_files
+    images, labels = labelled
+    report = compare(fp32, fp16, images, labels, tmp_path)
+    assert report.ok, str(report)
+    model = onnx.load(str(fp16))
+    types = _types(model)
+    convs = [n for n in _in(model, "model.backbone") if n.op_type == "Conv"]
+    assert len(convs) >= 15 and all(types[n.input[1]] == HALF for n in convs)
+    assert all(types[t] == FLOAT for n in _in(model, "model.head") for t in n.output if types.get(t) in (FLOAT, HALF))
+    assert fp16.stat().st_size < 0.6 * fp32.stat().st_size
 
 
 def test_ffexport_fp16_engine_without_tensorrt(tiny_checkpoint, tmp_path, capsys):

@@ -104,8 +104,9 @@ def test_ffeval_scores_pixels_of_non_square_models(exported, tmp_path):
 
     mode, _, onnx_path, _ = exported
     dev = build_dev_folder("elpv:mono", tmp_path / "dev", crop=(300, 180), seed=2, limit=10)
-    report = evaluate(onnx_path, str(dev), batch_size=4)
+    report = evaluate(onnx_path, str(dev), out=tmp_path / "eval", batch_size=4, per_group=1)
     assert report["pixel"]["available"] and 0 <= report["pixel"]["auroc"] <= 1
+    assert (tmp_path / "eval" / "overlays.png").is_file()  # rows drawn in the model's geometry
     mask_path = next((dev / "ground_truth").rglob("*_mask.png"))
     native = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 127
     m = model_geometry_mask(mask_path, MODEL_HW, mode)

@@ -35,10 +35,12 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fp16_onnx(tiny_onnx, workdir) -> Path:
-    from ffexport.precision import write_fp16
+def fp16_onnx(tiny_checkpoint, workdir) -> Path:
+    from ffexport.precision import export_fp16
+    from fftrain import checkpoint
 
-    path, _, _ = write_fp16(tiny_onnx, workdir / "model.fp16.onnx")
+    model, payload = checkpoint.load(tiny_checkpoint)
+    path, _ = export_fp16(model, payload, checkpoint.sha256(tiny_checkpoint), workdir / "model.fp16.onnx", batch_max=8)
     return path
 
 
@@ -63,7 +65,7 @@ def fp16_engine(fp16_onnx, workdir):
 
 
 def _ort(onnx_path, images):
-    from ffexport.precision import run_cpu
+    from ffexport.fp16_gate import run_cpu
 
     return run_cpu(str(onnx_path), images)
 
@@ -124,7 +126,7 @@ def test_int8_engine_build(tiny_onnx, real_images, elpv_split, workdir):
     # the FP32 head and do not track FP32 scores. Bounds allow TensorRT's own requantization
     # rounding (never measured: no GPU when written); a wrong scale or placement breaks both.
     _, ref = _ort(int8, real_images)
-    from ffexport.precision import spearman
+    from ffcore.metrics import spearman
 
     assert np.isfinite(scores).all() and spearman(ref, scores) >= 0.9
     assert float(np.median(np.abs(scores - ref) / np.abs(ref))) <= 0.05
@@ -143,7 +145,8 @@ def test_fp32_engine_parity_with_onnxruntime(fp32_engine, tiny_onnx, real_images
 
 
 def test_fp16_engine_parity_with_onnxruntime(fp16_engine, tiny_onnx, real_images):
-    from ffexport.precision import FP16_MAX_MAP_REL, spearman
+    from ffcore.metrics import spearman
+    from ffexport.fp16_gate import FP16_MAX_MAP_REL
     from ffrt.backends.tensorrt import TensorRTBackend
     from ffrt.engine import read_engine_info
 

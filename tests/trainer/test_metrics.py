@@ -187,6 +187,21 @@ def test_aupro_two_images_two_regions_full_range():
     assert aupro(masks, maps, fpr_limit=1.0) == pytest.approx(45 / 48, abs=1e-12)
 
 
+def test_pro_curve_is_the_sweep_by_hand():
+    from ffcore.metrics import pro_curve
+
+    masks, maps = _aupro_case()
+    fpr, pro = pro_curve(masks, maps, fpr_limit=1.0)
+    # The sweep in _aupro_case as a polyline (region-only steps are vertical, the tie at 0.5 diagonal).
+    points = {(round(f, 12), round(p, 12)) for f, p in zip(fpr, pro)}
+    assert points == {(0.0, 0.5), (round(1 / 12, 12), 0.5), (round(1 / 12, 12), 0.625), (round(2 / 12, 12), 0.875),
+                      (round(2 / 12, 12), 1.0), (1.0, 1.0)}
+    assert np.all(np.diff(fpr) >= 0)
+    # Ends on the limit, interpolated inside the diagonal step (PRO(1/8) = .75, see below).
+    fpr, pro = pro_curve(masks, maps, fpr_limit=0.125)
+    assert (fpr[-1], pro[-1]) == (0.125, pytest.approx(0.75, abs=1e-12))
+
+
 def test_aupro_default_limit():
     masks, maps = _aupro_case()
     # up to FPR .3: 2/48 + 3/48 + (0.3 - 2/12) * 1 = 5/48 + 2/15 = 57/240; / 0.3 = 57/72

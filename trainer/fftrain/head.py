@@ -110,7 +110,9 @@ class AnomalyHead(nn.Module):
 
     def scale_maps(self, zs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-scale maps at feature resolution, standardized when the head is."""
-        maps = [self.scale_map(z) for z in zs]
+        # FP32 whatever precision the flows ran in (a no-op for FP32 z): 0.5 * mean_c z^2 of a
+        # defect exceeds FP16's 65504 once |z| > 256, and a saturated map scores every defect inf.
+        maps = [self.scale_map(z.float()) for z in zs]
         if self.normalization == "none":
             return maps
         return [(m - getattr(self, f"loc{i}")) * getattr(self, f"inv_scale{i}") for i, m in enumerate(maps)]

@@ -1,4 +1,10 @@
-"""FastFlow = frozen backbone + per-scale LayerNorm + 2D flow + the anomaly head."""
+"""FastFlow = frozen backbone + per-scale LayerNorm + 2D flow + the anomaly head.
+
+Each stage computes in the dtype of its own weights and casts its input to it: the casts
+are no-ops in FP32 (training, the FP32 export), and they are the precision boundaries when
+ffexport turns the backbone (and the flows) to FP16 before tracing (ffexport/precision.py).
+The head always computes in FP32 (head.py says why).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,10 @@ from .backbones import BACKBONES, build_feature_extractor
 from .config import FastFlowConfig
 from .flow import Flow2d, subnet_hidden_channels
 from .head import AnomalyHead
+
+
+def _dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
 
 
 class FastFlow(nn.Module):
@@ -63,12 +73,12 @@ class FastFlow(nn.Module):
 
     def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Backbone features of float RGB [0, 1] images (the expensive, frozen part)."""
-        return self.backbone((images - self.mean) / self.std)
+        return self.backbone(((images - self.mean) / self.std).to(_dtype(self.backbone)))
 
     def flow(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         zs, logdets = [], []
         for norm, flow, f in zip(self.norms, self.flows, features):
-            z, logdet = flow(norm(f))
+            z, logdet = flow(norm(f.to(_dtype(norm))))
             zs.append(z)
             logdets.append(logdet)
         return zs, logdets

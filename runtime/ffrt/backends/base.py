@@ -39,19 +39,12 @@ AUTO_ORDER: tuple[str, ...] = ("tensorrt", "onnxruntime-tensorrt", "onnxruntime-
 #: What ``precision=`` accepts.
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 
-#: Names users may already know from the docs, but whose backend is not in this build yet.
-#: (Empty now: "tensorrt" and "onnxruntime-tensorrt" register themselves.)
-PLANNED: dict[str, str] = {}
-
-
 class Backend(abc.ABC):
     """Runs the fused graph on a uint8 NHWC RGB batch."""
 
-    #: Registry name, e.g. "onnxruntime-cpu".
+    #: Registry name, e.g. "onnxruntime-cpu". ``run`` must be safe to call from several
+    #: threads at once: the Detector does not serialize calls.
     name: str = ""
-    #: Whether ``run`` may be called from several threads at once. If False, the
-    #: Detector serializes calls with a lock.
-    concurrent_safe: bool = True
     #: The precision this backend computes in: "fp32", "bf16", or the file's own encoding
     #: ("fp16", "int8"; "int8+bf16" where the float parts of an INT8 file run in BF16).
     precision: str = "fp32"
@@ -136,7 +129,7 @@ def availability() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for name in AUTO_ORDER + tuple(n for n in _REGISTRY if n not in AUTO_ORDER):
         spec = _REGISTRY.get(name)
-        out[name] = spec.probe() if spec else PLANNED.get(name, "not in this build")
+        out[name] = spec.probe() if spec else "not in this build"
     return out
 
 
@@ -157,8 +150,6 @@ def create_backend(
 
     spec = _REGISTRY.get(name)
     if spec is None:
-        if name in PLANNED:
-            raise BackendUnavailableError(f"backend {name!r}: {PLANNED[name]}.")
         raise BackendUnavailableError(
             f"unknown backend {requested!r}; choose one of: {', '.join(backend_names())}."
         )

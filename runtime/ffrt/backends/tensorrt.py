@@ -116,8 +116,7 @@ class _Slot:
 
 
 class TensorRTBackend(Backend):
-    name = "tensorrt"
-    concurrent_safe = True  # each call takes its own slot
+    name = "tensorrt"  # concurrent calls are safe: each takes its own slot
 
     def __init__(self, model_path: Path, meta: ModelMeta, slots: int = DEFAULT_SLOTS, cache_dir=None,
                  device: int = 0, slot_timeout_s: float = SLOT_TIMEOUT_S):
