@@ -27,6 +27,7 @@ import numpy as np
 
 from ffcore.data import load_batch, resolve
 from ffcore.metrics import roc_auc, spearman
+from ffcore.timing import interleaved
 from ffrt.backends import create_backend
 from ffrt.backends.cpuchoice import cpu_signature
 from ffrt.meta import read_onnx_meta
@@ -67,20 +68,15 @@ def machine() -> dict:
             "openvino": openvino.get_version().split("-")[0], "load_average_1min": load}
 
 
-def speed(backends: dict, meta, batches: list[int], rounds: dict[int, int]) -> dict:
+def speed(backends: dict, meta, batches: list[int], rounds: dict[int, int], settle_s: float) -> dict:
     rng = np.random.default_rng(0)
     out = {}
     for n in batches:
         x = rng.integers(0, 256, size=(n, meta.input.height, meta.input.width, 3), dtype=np.uint8)
-        for b in backends.values():
-            b.run(x)  # warm-up (and OpenVINO's compile for this batch size)
-        times = defaultdict(list)
-        for _ in range(rounds[n]):
-            for label, b in backends.items():
-                t0 = time.perf_counter()
-                b.run(x)
-                times[label].append(time.perf_counter() - t0)
-        out[n] = {label: {"ms_p50": 1000 * float(np.median(t)), "img_per_s": n / float(np.median(t)),
+        # warm-up (and OpenVINO's compile for this batch size), then one call of each per round
+        times = interleaved({label: (lambda b=b: b.run(x)) for label, b in backends.items()}, rounds=rounds[n],
+                            warmup=2, settle_s=settle_s)
+        out[n] = {label: {"ms_p50": float(np.median(t)), "img_per_s": 1000.0 * n / float(np.median(t)),
                           "rounds": len(t)} for label, t in times.items()}
     return out
 
@@ -151,6 +147,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batches", default="1,8")
     p.add_argument("--rounds", type=int, default=20, help="timed rounds at batch 1 (fewer at larger batches)")
+    p.add_argument("--settle-ms", type=float, default=50.0, help="untimed pause after every call (default 50)")
     p.add_argument("--json")
     p.add_argument("--profile", action="store_true")
     args = p.parse_args(argv)
@@ -167,7 +164,8 @@ def main(argv=None) -> int:
     meta = read_onnx_meta(args.model)
     batches = [int(b) for b in args.batches.split(",")]
     t0 = time.time()
-    timing = speed(backends, meta, batches, {n: max(5, args.rounds // max(1, n // 2)) for n in batches})
+    timing = speed(backends, meta, batches, {n: max(5, args.rounds // max(1, n // 2)) for n in batches},
+                   args.settle_ms / 1000.0)
     print(f"speed measured in {time.time() - t0:.0f} s", flush=True)
     test = resolve(args.data).test
     images = load_batch(test, (meta.input.height, meta.input.width), meta.input.resize_mode)

@@ -218,7 +218,7 @@ class Detector:
     @property
     def stats(self) -> LatencyStats:
         """Latency/FPS of the last ``stats_window`` successful calls (warmup excluded)."""
-        return self._stats.snapshot()
+        return self._stats.snapshot().model_copy(update={"backend": self.backend_name, "precision": self.precision})
 
     @property
     def input_size(self) -> ImageSize:
@@ -373,10 +373,12 @@ class Detector:
         self._stats.record(t1 - t0, n, end=t1)
         latency_ms = (t1 - t0) * 1000.0
         scale = self._norm_scale
+        precision = self._backend.precision
         for position, (s, a, m, k) in zip(prepared.positions, parts):
             outcomes[position] = Result(
                 score=s, is_anomalous=a, anomaly_map=m, mask=k, latency_ms=latency_ms,
                 normalized_score=None if scale is None else normalize_score(s, thresholds.image, scale),
+                precision=precision,
             )
         return outcomes
 

@@ -32,6 +32,9 @@ class Result:
                   exactly the (current) image threshold, > 0.5 means rejected, and one
                   standard deviation of normal scores moves it by about 0.23 near the
                   threshold. A NaN score gives 1.0 (a broken measurement reads "anomalous").
+    precision:    the precision the backend computed this result in ("fp32", "bf16", "fp16",
+                  "int8", "int8+bf16"; Detector.precision, with precision_detail saying which
+                  parts ran in which): BF16 and INT8 scores differ from FP32 ones.
     """
 
     score: float
@@ -40,13 +43,14 @@ class Result:
     mask: np.ndarray = field(compare=False)
     latency_ms: float
     normalized_score: float | None = None
+    precision: str = "fp32"
 
     def __repr__(self) -> str:
         h, w = self.anomaly_map.shape[:2]
         return (
             f"Result(score={self.score:.6g}, is_anomalous={self.is_anomalous}, "
             f"anomaly_map=float32[{h}x{w}], mask=bool[{h}x{w}] ({int(self.mask.sum())} px), "
-            f"latency_ms={self.latency_ms:.2f})"
+            f"latency_ms={self.latency_ms:.2f}, precision={self.precision!r})"
         )
 
 

@@ -165,6 +165,14 @@ def create_backend(
     return backend, ()
 
 
+def precision_problem(name: str, precision: str) -> str | None:
+    """None when backend ``name`` can run ``precision`` here (as far as its probe tells), else why not."""
+    spec = _REGISTRY.get(name)
+    if spec is None:
+        return "not in this build"
+    return spec.probe() or spec.precision_problem(precision)
+
+
 def check_precision(precision: object) -> str:
     value = str(precision).strip().lower() if isinstance(precision, str) else None
     if value not in PRECISIONS:

@@ -202,7 +202,10 @@ class OpenVinoBackend(Backend):
         if requested == "bf16" and native is not None:
             raise BackendUnavailableError(f"openvino cannot run BF16 here: {native}")
         float_part = "bf16" if requested == "bf16" else "fp32"
-        self.precision = float_part if encoded in ("fp32", "fp16") else f"{encoded}+{float_part}"
+        # As ONNX Runtime names it: the file's encoding ("fp16": FP16 weights, computed in FP32 on
+        # this CPU; "int8": Q/DQ convolutions in INT8, the rest FP32), "+bf16" where BF16 runs.
+        self.precision = encoded if float_part == "fp32" else (float_part if encoded == "fp32" else
+                                                               f"{encoded}+{float_part}")
         if requested == "bf16":
             kept = {"head": "the anomaly head in FP32", "flows": "the flows and the head in FP32",
                     "none": "the whole graph in BF16 (nothing kept FP32)"}[keep]
