@@ -81,6 +81,26 @@ def speed(backends: dict, meta, batches: list[int], rounds: dict[int, int], sett
     return out
 
 
+def predict_batch_speed(fp32: Path, path: Path, meta, threads: int, precision: str, options: dict, images: int,
+                        chunk: int, rounds: int, settle_s: float) -> dict:
+    """predict_batch's inference (``run_chunks``: ``images`` in chunks of ``chunk``): ONNX Runtime FP32,
+    and OpenVINO with the latency hint (chunks one after another) and with the throughput hint
+    (chunks on parallel infer requests), interleaved."""
+    x = np.random.default_rng(2).integers(0, 256, size=(images, meta.input.height, meta.input.width, 3), dtype=np.uint8)
+    chunks = [x[i:i + chunk] for i in range(0, images, chunk)]
+    variants = {"latency hint, chunks in turn": {}, "throughput hint, parallel infer requests": {
+        "performance_hint": "throughput"}}
+    backends = {"ORT FP32 (model.onnx), chunks in turn": create_backend("onnxruntime-cpu", fp32, read_onnx_meta(fp32),
+                                                                         threads)[0]}
+    backends.update({k: create_backend("openvino", path, meta, threads, precision=precision,
+                                       options={**options, **v})[0] for k, v in variants.items()})
+    times = interleaved({k: (lambda b=b: b.run_chunks(chunks)) for k, b in backends.items()}, rounds=rounds, warmup=2,
+                        settle_s=settle_s)
+    requests = {k: b._compiled(chunk).size if b.name == "openvino" else 1 for k, b in backends.items()}
+    return {k: {"ms_p50": float(np.median(t)), "img_per_s": 1000.0 * images / float(np.median(t)),
+                "infer_requests": requests[k]} for k, t in times.items()}
+
+
 def accuracy(backends: dict, images: np.ndarray, labels: np.ndarray, ref_label: str, chunk: int = 8) -> dict:
     runs = {}
     for label, b in backends.items():
@@ -100,10 +120,10 @@ def stage_of(backend, keep_sets: dict) -> dict:
     out = {}
     for compiled in backend._shapes.values():
         for part in compiled.parts:
-            for name, _, _, originals in ovgraph.runtime_precisions(part):
-                orig = set(originals)
-                out[name] = ("head" if orig & keep_sets["head"] else "flows" if orig & keep_sets["flows"]
-                             else "backbone")
+            for node in ovgraph.runtime_precisions(part):
+                orig = set(node.originals)
+                out[node.name] = ("head" if orig & keep_sets["head"] else "flows" if orig & keep_sets["flows"]
+                                  else "backbone")
     return out
 
 
@@ -167,6 +187,12 @@ def main(argv=None) -> int:
     timing = speed(backends, meta, batches, {n: max(5, args.rounds // max(1, n // 2)) for n in batches},
                    args.settle_ms / 1000.0)
     print(f"speed measured in {time.time() - t0:.0f} s", flush=True)
+    label = rows[-3][0] if args.bf16 else rows[3][0]  # BF16 with the head FP32 (the re-fit file's if given)
+    _, bpath, _, bprec, bopts = next(r for r in rows if r[0] == label)
+    async_speed = predict_batch_speed(Path(args.model), bpath, read_onnx_meta(bpath), args.threads, bprec, bopts, 32, 8,
+                                      max(3, args.rounds // 4), args.settle_ms / 1000.0)
+    print(f"predict_batch of 32 images in chunks of 8, {label}: " + "; ".join(
+        f"{k} ({v['infer_requests']} requests) {v['img_per_s']:.1f} img/s" for k, v in async_speed.items()), flush=True)
     test = resolve(args.data).test
     images = load_batch(test, (meta.input.height, meta.input.width), meta.input.resize_mode)
     labels = np.array([s.label for s in test])
@@ -185,6 +211,7 @@ def main(argv=None) -> int:
         print(f"| {label} | {speeds} | {a['auroc']:.4f} | {a['spearman_vs_fp32']:.4f} | {100 * a['map_max_rel']:.1f}% |")
     report = {"machine": info, "threads": args.threads, "data": args.data, "test_images": len(images),
               "configurations": described, "speed": {str(n): v for n, v in timing.items()}, "accuracy": acc,
+              "predict_batch_32": async_speed,
               "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:]))}
     if args.profile:
         a32 = acc[ref]["auroc"]

@@ -57,9 +57,11 @@ def run_comparison(model_path: str | Path, batches: tuple[int, ...], iters: int,
     backends = {}
     for label, name, precision in rows:
         try:
-            backends[label], _ = create_backend(name, path, meta, threads, precision=precision)
+            be, _ = create_backend(name, path, meta, threads, precision=precision)
         except Exception as e:  # noqa: BLE001 - a backend that fails to start is reported, the rest compared
             left_out.append(f"{label}: {' '.join(str(e).split())[:300]}")
+            continue
+        backends[f"{name} {be.precision}"] = be  # named by what ran (an INT8 file: "int8", "int8+bf16")
     if not backends:
         raise BenchError("no backend could run this model here: " + "; ".join(left_out))
     for label, be in backends.items():

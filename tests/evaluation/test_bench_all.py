@@ -23,8 +23,8 @@ def test_all_backends_and_precisions_in_one_run(tiny_onnx, tmp_path, capsys):
     if precision_problem("openvino", "bf16") is None:
         expected.add("openvino bf16")
     assert set(r["configurations"]) == expected and "onnxruntime-cpu fp32" in expected
-    if "openvino bf16" in expected:
-        assert r["configurations"]["openvino bf16"]["precision"] == "bf16"
+    for label, c in r["configurations"].items():  # named by the backend and the precision that ran
+        assert label == f"{c['backend']} {c['precision']}"
     for row in r["results"]:
         assert set(row["configurations"]) == expected  # every configuration timed in every round
         for c in row["configurations"].values():

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.skipif(NO_BF16 is not None, reason=f"ffexport --bf16: {
 # Stated bound: image AUROC of model.bf16.onnx run in BF16 on the 460 ELPV mono test cells. As
 # for the INT8 re-fit (tests/export/test_int8_refit.py), the re-fit trains on the checkpoint's
 # recorded data (397 normals) while the tiny checkpoint saw 48, so the re-fit head is the better
-# detector: measured 0.915 when written (gate: Spearman 0.90, validation AUROC 0.940 -> 0.956). A head that does not match its backbone scores ~0.5.
+# detector: measured 0.915 when written (its gate: Spearman 0.90, validation AUROC 0.940 -> 0.956).
+# A head that does not match its backbone scores ~0.5.
 MIN_AUROC = 0.75
 
 

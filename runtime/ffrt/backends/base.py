@@ -97,20 +97,26 @@ class BackendSpec:
     name: str
     #: None when the backend can run here, else a sentence saying why not and what to install.
     probe: Callable[[], str | None]
-    #: Builds the backend: (model path, metadata, CPU threads, GPU index, precision=...,
-    #: options=...). Raises BackendUnavailableError when the machine turns out not to support
-    #: it after all (e.g. CUDA libraries missing, TensorRT cannot initialise CUDA); "auto" then
-    #: moves on. Any other error (ModelFileError: the model breaks the contract) is not hidden.
+    #: Builds the backend: (model path, metadata, CPU threads, GPU index), plus precision=... and
+    #: options=... for a backend that declares ``option_keys`` or a ``precision_problem`` of its
+    #: own (one registered before these existed keeps working). Raises BackendUnavailableError
+    #: when the machine turns out not to support it after all (e.g. CUDA libraries missing,
+    #: TensorRT cannot initialise CUDA); "auto" then moves on. Any other error (ModelFileError:
+    #: the model breaks the contract) is not hidden.
     create: Callable[..., Backend]
     #: None when ``precision=`` may name this precision here, else why not.
     precision_problem: Callable[[str], str | None] = fp32_only
     #: The keys of ``backend_options`` this backend takes.
     option_keys: tuple[str, ...] = ()
-    #: Runs on the host CPU: "auto" measures the CPU backends against each other.
-    cpu: bool = False
 
 
 _REGISTRY: dict[str, BackendSpec] = {}
+
+
+def _create(spec: BackendSpec, model_path, meta, threads, device, precision: str, options: dict) -> Backend:
+    if spec.option_keys or spec.precision_problem is not fp32_only:
+        return spec.create(model_path, meta, threads, device, precision=precision, options=options)
+    return spec.create(model_path, meta, threads, device)
 
 
 def register_backend(spec: BackendSpec) -> None:
@@ -160,7 +166,7 @@ def create_backend(
     problem = spec.precision_problem(precision)
     if problem is not None:
         raise BackendUnavailableError(f"backend {name!r} cannot run precision={precision!r}: {problem}.")
-    backend = spec.create(model_path, meta, threads, device, precision=precision, options=options)
+    backend = _create(spec, model_path, meta, threads, device, precision, options)
     log.info("ffrt backend: %s", backend.description)
     return backend, ()
 
@@ -215,7 +221,7 @@ def _start(name: str, model_path, meta, threads, device, precision, options, ski
         skipped.append(f"{name}: {reason}")
         return None
     try:
-        return spec.create(model_path, meta, threads, device, precision=precision, options=options)
+        return _create(spec, model_path, meta, threads, device, precision, options)
     except BackendUnavailableError as e:
         skipped.append(f"{name}: {e}")
         return None

@@ -148,9 +148,9 @@ def pick(backends: list[Backend], model_path: Path, meta, threads: int | None) -
             how = f"measured {entry.get('measured_at', '')}, remembered in {cache_path()}"
         chosen = names[entry["chosen"]]
         figures = ", ".join(f"{n} {v:.2f} ms/image" for n, v in entry["ms_per_image"].items())
-        line = (f"chose {chosen.name} among the CPU backends: {figures} (batch "
-                f"{' and '.join(map(str, entry['batches']))}, {how}; another than {incumbent.name} needs to be "
-                f"{100 * (1 - MARGIN):.0f}% faster)")
+        line = (f"{chosen.name} measured against the other CPU backends: {figures} (batch "
+                f"{' and '.join(map(str, entry['batches']))}, {how}; another than {incumbent.name} must be "
+                f"{100 * (1 - MARGIN):.0f}% faster to be chosen)")
     for b in backends:
         if b is not chosen:
             b.close()

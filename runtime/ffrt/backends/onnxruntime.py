@@ -283,7 +283,7 @@ def prune_ort_trt_folders(folder: Path, model_path: Path) -> list[Path]:
     return removed
 
 
-def _create_trt_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0, **_) -> "OnnxRuntimeBackend":
+def _create_trt_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0) -> "OnnxRuntimeBackend":
     import json
 
     prepare_gpu_libraries()
@@ -305,7 +305,7 @@ def cuda_ep_options(device: int = 0) -> dict:
     return {"device_id": device, "use_tf32": 0}
 
 
-def _create_cuda_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0, **_) -> "OnnxRuntimeBackend":
+def _create_cuda_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0) -> "OnnxRuntimeBackend":
     prepare_gpu_libraries()
     # CPU EP listed second: nodes CUDA lacks a kernel for still run.
     return OnnxRuntimeBackend("onnxruntime-cuda", path, meta,
@@ -330,8 +330,7 @@ register_backend(
     BackendSpec(
         name="onnxruntime-cpu",
         probe=_probe_cpu,
-        cpu=True,
-        create=lambda path, meta, threads, device=0, **_: OnnxRuntimeBackend(
+        create=lambda path, meta, threads, device=0: OnnxRuntimeBackend(
             "onnxruntime-cpu", path, meta, ["CPUExecutionProvider"], threads
         ),
     )

@@ -331,6 +331,5 @@ register_backend(
             path, meta, threads, precision, options),
         precision_problem=_precision_problem,
         option_keys=OPTION_KEYS,
-        cpu=True,
     )
 )
