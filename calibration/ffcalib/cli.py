@@ -42,16 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-count", type=int, default=64, help="calibration images, spread evenly (default 64; 0 = all)")
     q.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax",
                    help="onnxruntime calibration method for the activation ranges (default minmax)")
-    q.add_argument(
-        "--val",
-        help="accuracy-gate images, named explicitly: elpv:mono/poly (its test split), an MVTec-style root with test/, "
-        "or a folder of normal images (rank correlation only). Default: validation data from --calib: every 10th "
-        "training normal is held out from calibration, and the gate runs on those normals plus each of them with a "
-        "synthetic defect drawn on (ffcore.synthetic). The report says which set was used",
-    )
-    q.add_argument("--val-count", type=int, default=0,
-                   help="gate images (with the default set: held-out normals, each also with a synthetic defect), "
-                   "spread evenly (default 0 = all)")
+    _gate_set_arguments(q)
     q.add_argument("--op-types", default="Conv", help="comma-separated node types to quantize (default Conv)")
     q.add_argument("--scope", choices=("backbone", "all"), default="backbone",
                    help="backbone: only nodes upstream of the LayerNorms (the flow head stays float; default); all")
@@ -104,8 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--calib", required=True,
                    help="the training data (folder, MVTec root or elpv:mono/poly): every 10th normal is held out and "
                    "gated with a synthetic defect drawn on each, as in ffcalib int8")
-    b.add_argument("--val", default=None, help="gate on this labelled set instead (its test split for elpv:*/MVTec)")
-    b.add_argument("--val-count", type=int, default=0, help="gate images, spread evenly (default 0 = all)")
+    _gate_set_arguments(b)
     b.add_argument("--keep-fp32", choices=("head", "flows", "none"), default="head",
                    help="what runs in FP32: the anomaly head (default, what precision='bf16' runs), the flows and the "
                    "head, or nothing (OpenVINO's own default on AMX CPUs)")
@@ -114,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
+
+
+def _gate_set_arguments(parser) -> None:
+    """--val / --val-count: the accuracy gate's images (ffcalib.images.gate_set), for int8 and bf16."""
+    parser.add_argument(
+        "--val",
+        help="accuracy-gate images, named explicitly: elpv:mono/poly (its test split), an MVTec-style root with test/, "
+        "or a folder of normal images (rank correlation only). Default: validation data from --calib: every 10th "
+        "training normal is held out (from calibration), and the gate runs on those normals plus each of them with a "
+        "synthetic defect drawn on (ffcore.synthetic). The report says which set was used",
+    )
+    parser.add_argument("--val-count", type=int, default=0,
+                        help="gate images (with the default set: held-out normals, each also with a synthetic defect), "
+                        "spread evenly (default 0 = all)")
 
 
 def _bf16(args) -> int:

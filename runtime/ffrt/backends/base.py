@@ -85,6 +85,21 @@ class Backend(abc.ABC):
         self.close()
 
 
+def import_library(module: str, what: str, hint: str):
+    """``import module``, or a BackendUnavailableError saying what to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise BackendUnavailableError(f"{what} is not installed ({e}); install it: {hint}") from e
+
+
+def check_threads(threads: object) -> None:
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise InvalidArgumentError(f"threads must be a positive integer or None (all physical cores), not {threads!r}.")
+
+
 def fp32_only(precision: str) -> str | None:
     """``BackendSpec.precision_problem`` of a backend that runs the file as written."""
     if precision in ("auto", "fp32"):

@@ -16,9 +16,9 @@ import numpy as np
 
 from ffcore.ort import make_session, physical_core_count
 
-from ..errors import BackendUnavailableError, InvalidArgumentError, ModelFileError
+from ..errors import BackendUnavailableError, ModelFileError
 from ..meta import ModelMeta
-from .base import Backend, BackendSpec, register_backend
+from .base import Backend, BackendSpec, check_threads, import_library, register_backend
 from .contract import Port, check_contract
 
 CPU_HINT = 'pip install "ffrt[cpu]"'
@@ -26,18 +26,13 @@ GPU_HINT = 'pip install "ffrt[gpu]" (onnxruntime-gpu, with a CUDA/cuDNN that mat
 
 
 def _import_ort():
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise BackendUnavailableError(f"onnxruntime is not installed ({e}); install it: {CPU_HINT}") from e
-    return onnxruntime
+    return import_library("onnxruntime", "onnxruntime", CPU_HINT)
 
 
 class OnnxRuntimeBackend(Backend):
     def __init__(self, name: str, model_path: Path, meta: ModelMeta, providers: list, threads: int | None):
         _import_ort()
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-            raise InvalidArgumentError(f"threads must be a positive integer or None (all physical cores), not {threads!r}.")
+        check_threads(threads)
         self.name = name
         # The file runs as written: ORT's CPU kernels compute FP32 (Q/DQ convolutions in INT8).
         self.precision = meta.precision

@@ -45,7 +45,7 @@ from ffcore.ort import physical_core_count
 from ..errors import BackendUnavailableError, InferenceError, InvalidArgumentError, ModelFileError
 from ..meta import ModelMeta
 from . import ovgraph
-from .base import Backend, BackendSpec, register_backend
+from .base import Backend, BackendSpec, check_threads, import_library, register_backend
 from .contract import Port, check_contract
 
 HINT = 'pip install "ffrt[openvino]"'
@@ -57,11 +57,7 @@ _ONNX_TYPES = {"u8": "uint8", "i8": "int8", "f32": "float", "f16": "float16", "b
 
 
 def _import_ov():
-    try:
-        import openvino
-    except ImportError as e:
-        raise BackendUnavailableError(f"OpenVINO is not installed ({e}); install it: {HINT}") from e
-    return openvino
+    return import_library("openvino", "OpenVINO", HINT)
 
 
 def _probe() -> str | None:
@@ -152,8 +148,7 @@ class OpenVinoBackend(Backend):
     def __init__(self, model_path: Path, meta: ModelMeta, threads: int | None, precision: str = "auto",
                  options: dict | None = None):
         ov = _import_ov()
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-            raise InvalidArgumentError(f"threads must be a positive integer or None (all physical cores), not {threads!r}.")
+        check_threads(threads)
         options = dict(options or {})
         self.hint = _choice("performance_hint", options.get("performance_hint", "latency"), ("latency", "throughput"))
         self.batch_shapes = _choice("batch_shapes", options.get("batch_shapes", "static"), ("static", "dynamic"))
