@@ -4,7 +4,7 @@
     ffrt    <- ffcore only
     fftrain <- ffcore only
     ffcalib <- ffrt, ffcore (NOT fftrain: it runs where torch is not installed)
-    ffeval  <- ffrt, ffcore; fftrain only inside functions of the --vs-torch comparison
+    ffeval  <- ffrt, ffcore (ffbench --vs-torch runs `python -m fftrain.eager` as a child process)
     ffexport <- fftrain, ffcalib, ffrt, ffcore (the orchestrator)
 """
 
@@ -36,9 +36,6 @@ ALLOWED = {
     "ffeval": {"ffrt", "ffcore"},
     "ffexport": {"fftrain", "ffcalib", "ffrt", "ffcore"},
 }
-#: Functions that may import fftrain/torch lazily: the PyTorch comparison of ffbench --vs-torch.
-TORCH_ONLY = {("ffeval", "bench.py"): {"_load_torch", "_torch_run"}}
-
 
 def _imports(tree: ast.AST):
     """(top-level package, enclosing function or None, line) of every import in ``tree``."""
@@ -65,10 +62,8 @@ def test_every_package_imports_only_those_below_it():
             rel = path.relative_to(folder)
             for mod, func, line in _imports(ast.parse(path.read_text(), str(path))):
                 if mod in PACKAGES and mod != pkg and mod not in ALLOWED[pkg]:
-                    if mod == "fftrain" and func in TORCH_ONLY.get((pkg, str(rel)), ()):
-                        continue
                     bad.append(f"{pkg}/{rel}:{line} imports {mod}" + (f" (in {func})" if func else ""))
-                if mod == "torch" and pkg in ("ffcore", "ffrt", "ffcalib"):
+                if mod == "torch" and pkg in ("ffcore", "ffrt", "ffcalib", "ffeval"):
                     bad.append(f"{pkg}/{rel}:{line} imports torch")
     assert not bad, "imports against the direction:\n" + "\n".join(bad)
 

@@ -231,8 +231,7 @@ def pixel_auroc(masks, maps) -> float:
 
 
 def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
-    """Normalized area under the per-region-overlap (PRO) curve up to ``fpr_limit``: the
-    trapezoid area under :func:`pro_curve`, divided by ``fpr_limit``.
+    """Area under the PRO curve (:func:`pro_curve`) up to ``fpr_limit``, divided by ``fpr_limit``.
 
     The MVTec AD / CFLOW-AD segmentation metric. Unlike pixel AUROC, it weights every
     defect equally regardless of its size, so a model cannot score well by finding only the
@@ -251,11 +250,9 @@ def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
       interpolating linearly at ``fpr_limit``, and divided by ``fpr_limit``, so a map that
       ranks every region pixel above every normal pixel scores 1.0.
 
-    Implementation note: a step that adds only region pixels is vertical and has no area,
-    so the integral only needs the curve at the distinct *normal* scores. Normal pixels are
-    sorted on their own and PRO at each of their scores is read by binary search into the
-    (usually far fewer) sorted region pixels; this gives the same number as the full sweep
-    without an argsort of every pixel.
+    Implementation: a step adding only region pixels is vertical (no area), so the curve is
+    needed only at the distinct *normal* scores; PRO there is read by binary search into
+    the sorted region pixels: the full sweep's number without an argsort of every pixel.
 
     ``masks``/``maps``: ``[N,H,W]`` (or one ``[H,W]``), masks bool or 0/1.
     Raises ValueError when there are no regions, no normal pixels, ``fpr_limit`` is not in
@@ -266,12 +263,9 @@ def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
 
 
 def pro_curve(masks, maps, fpr_limit: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
-    """The exact PRO curve from FPR 0 to ``fpr_limit``: (fpr, pro), float64, fpr
-    non-decreasing, as the polyline :func:`aupro` integrates (its docstring defines it).
-    Consecutive points with equal fpr are the vertical steps of region-only pixels; the
-    last point is interpolated at ``fpr_limit`` when a step crosses it. Same arguments and
-    errors as :func:`aupro`.
-    """
+    """The exact PRO curve :func:`aupro` integrates (defined there), FPR 0 to ``fpr_limit``:
+    (fpr, pro), float64, fpr non-decreasing; equal consecutive fpr = a region-only step;
+    the last point interpolated at ``fpr_limit``. Same arguments and errors as aupro."""
     if not (0.0 < fpr_limit <= 1.0):
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit!r}")
     m, a = _masks_maps(masks, maps)
@@ -327,11 +321,7 @@ def pro_curve(masks, maps, fpr_limit: float = 0.3) -> tuple[np.ndarray, np.ndarr
     if f1 > fpr_limit:  # the last step crosses the limit: end the curve on it
         pro_hi[-1] = p0 + (p1 - p0) * (fpr_limit - f0) / (f1 - f0)
         fpr_hi[-1] = fpr_limit
-    fpr = np.empty(2 * values.size)
-    pro = np.empty(2 * values.size)
-    fpr[0::2], fpr[1::2] = fpr_lo, fpr_hi
-    pro[0::2], pro[1::2] = pro_lo, pro_hi
-    return fpr, pro
+    return np.column_stack([fpr_lo, fpr_hi]).ravel(), np.column_stack([pro_lo, pro_hi]).ravel()
 
 
 # ---------------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ benchmarks/README.md).
 ``--vs-torch`` times the PyTorch eager model of the same checkpoint on the same uint8
 batch (``to_tensor_batch`` + ``model(x)`` under ``torch.inference_mode``), interleaved
 iteration by iteration with the ONNX Runtime inference, so both see the same machine state.
+The eager model runs in a child process owned by the trainer (``python -m fftrain.eager``,
+see ffeval.vs_torch): ffeval never imports torch or fftrain.
 """
 
 from __future__ import annotations
@@ -159,8 +161,6 @@ def run_benchmark(
     from ffrt import Detector, FFRTError
     from ffrt.backends import create_backend
     from ffrt.meta import read_onnx_meta
-    from ffrt.postprocess import postprocess
-    from ffrt.preprocess import prepare_batch
 
     from .machine import describe
     from .macs import MacCountError, count_macs
@@ -198,9 +198,59 @@ def run_benchmark(
         raise BenchError(str(e).splitlines()[0]) from e
     progress(f"backend {be.description}")
 
-    torch_model = None
-    if vs_torch is not None:
-        torch_model, torch_info = _load_torch(vs_torch, meta, threads or getattr(be, "threads", None))
+    eager = _start_eager(vs_torch, meta, threads or getattr(be, "threads", None)) if vs_torch is not None else None
+    try:
+        results, frames_what, load_before = _measure(
+            batches, iters, warmup, images, settle_ms, progress, meta, be, detector, eager, machine, macs)
+    finally:
+        if eager is not None:
+            eager.close()
+    spec = meta.input
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command if command is not None else list(sys.argv),
+        "model": {
+            "path": str(path),
+            "sha256": sha256_file(path),
+            "bytes": path.stat().st_size,
+            "precision": meta.precision,
+            "target": meta.target,
+            "input": {"height": spec.height, "width": spec.width, "layout": "NHWC uint8 RGB"},
+            "backbone": meta.backbone.name,
+            "backbone_pretrained": meta.backbone.pretrained,
+            "flow_steps": meta.flow.steps,
+            "batch_max": meta.batch_max,
+            "opset": meta.opset,
+        },
+        "backend": {
+            "name": be.name,
+            "description": be.description,
+            "providers": list(be.providers),
+            "threads": getattr(be, "threads", None),
+            "auto_skipped": list(selection),
+        },
+        "machine": machine,
+        "macs": macs.to_dict(),
+        "settings": {
+            "batches": list(batches), "iters": iters, "warmup": warmup, "threads": threads,
+            "images": frames_what, "torch_checkpoint": str(vs_torch) if vs_torch else None,
+            "torch": eager.info if eager is not None else None,
+            "timer": "time.perf_counter, one sample per iteration; latency = per call (whole batch)",
+            "settle_ms": settle_ms,
+        },
+        "load_average_1min": {"before": load_before, "after": _loadavg(),
+                              "note": "other processes competing for the CPU inflate every figure; "
+                                      "a 1-min load above the core count means the run was not alone"},
+        "results": results,
+    }
+
+
+def _measure(batches, iters, warmup, images, settle_ms, progress, meta, be, detector, eager, machine, macs):
+    """The timed rounds of every batch size: (result rows, frames description, load before)."""
+    from ffrt.postprocess import postprocess
+    from ffrt.preprocess import prepare_batch
 
     frames, frames_what = load_frames(images, max(batches))
     load_before = _loadavg()
@@ -240,8 +290,10 @@ def run_benchmark(
         # (with --vs-torch), the Detector end to end; each followed by the settle pause.
         ready = prepare_batch(chunk, spec, "BGR").batch
         runners = {"total": pipeline}
-        if torch_model is not None:
-            runners["torch"] = lambda: _torch_run(torch_model, ready)
+        torch_ms: list[float] = []
+        if eager is not None:
+            eager.load(ready)  # the same uint8 batch; the child times its own calls
+            runners["torch"] = lambda: torch_ms.append(eager.run())
         runners["detector"] = lambda: detector.predict_batch(chunk, batch_size=batch)
         for _ in range(warmup):
             pipeline(record=False)
@@ -251,7 +303,7 @@ def run_benchmark(
         rss_reset = _reset_peak_rss()
         timed = interleaved(runners, rounds=iters, warmup=0, settle_s=settle_ms / 1e3)
         total, e2e = timed["total"], timed["detector"]
-        torch_ms = timed.get("torch")
+        torch_ms = torch_ms[-iters:]  # the rounds' calls, not the warm-up's
         inference = summarize(inf, batch)
         gflops, fraction = compute_rate(macs.total, batch, inference["p50_ms"],
                                         peak["fp32_gflops"] if (is_cpu and peak) else None)
@@ -272,51 +324,26 @@ def run_benchmark(
             "peak_rss_scope": "this batch size" if rss_reset else "process lifetime",
             "torch_eager": None,
         }
-        if torch_model is not None:
+        if eager is not None:
             t = summarize(torch_ms, batch)
             row["torch_eager"] = {"inference": t, "ratio_p50": t["p50_ms"] / inference["p50_ms"]}
         results.append(row)
         progress(_row_line(row))
+    return results, frames_what, load_before
 
-    return {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": command if command is not None else list(sys.argv),
-        "model": {
-            "path": str(path),
-            "sha256": sha256_file(path),
-            "bytes": path.stat().st_size,
-            "precision": meta.precision,
-            "target": meta.target,
-            "input": {"height": spec.height, "width": spec.width, "layout": "NHWC uint8 RGB"},
-            "backbone": meta.backbone.name,
-            "backbone_pretrained": meta.backbone.pretrained,
-            "flow_steps": meta.flow.steps,
-            "batch_max": meta.batch_max,
-            "opset": meta.opset,
-        },
-        "backend": {
-            "name": be.name,
-            "description": be.description,
-            "providers": list(be.providers),
-            "threads": getattr(be, "threads", None),
-            "auto_skipped": list(selection),
-        },
-        "machine": machine,
-        "macs": macs.to_dict(),
-        "settings": {
-            "batches": list(batches), "iters": iters, "warmup": warmup, "threads": threads,
-            "images": frames_what, "torch_checkpoint": str(vs_torch) if vs_torch else None,
-            "torch": torch_info if torch_model is not None else None,
-            "timer": "time.perf_counter, one sample per iteration; latency = per call (whole batch)",
-            "settle_ms": settle_ms,
-        },
-        "load_average_1min": {"before": load_before, "after": _loadavg(),
-                              "note": "other processes competing for the CPU inflate every figure; "
-                                      "a 1-min load above the core count means the run was not alone"},
-        "results": results,
-    }
+
+def _start_eager(ckpt, meta, threads):
+    from .vs_torch import EagerChild
+
+    eager = EagerChild(ckpt, threads)
+    if eager.image_size != (meta.input.height, meta.input.width):
+        eager.close()
+        h, w = eager.image_size
+        raise BenchError(
+            f"--vs-torch {ckpt}: the checkpoint's input is {h}x{w} but the ONNX model's is "
+            f"{meta.input.height}x{meta.input.width}; give the checkpoint the model was exported from"
+        )
+    return eager
 
 
 def _row_line(row: dict) -> str:
@@ -331,43 +358,6 @@ def _row_line(row: dict) -> str:
     if row["torch_eager"]:
         line += f" | torch eager {row['torch_eager']['inference']['p50_ms']:.2f} ms = {row['torch_eager']['ratio_p50']:.2f}x"
     return line
-
-
-def _load_torch(ckpt: str | Path, meta, threads: int | None):
-    """The PyTorch eager model of the checkpoint (torch imported only here)."""
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise BenchError(f"--vs-torch {ckpt}: no such checkpoint")
-    try:
-        import torch
-
-        from fftrain import checkpoint
-    except ImportError as e:
-        raise BenchError(f"--vs-torch needs the train extra (torch): {e}") from e
-    try:
-        model, _ = checkpoint.load(ckpt)
-    except Exception as e:
-        raise BenchError(f"--vs-torch {ckpt}: cannot load the checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
-    model.eval()
-    size = tuple(model.config.image_size)
-    if size != (meta.input.height, meta.input.width):
-        raise BenchError(
-            f"--vs-torch {ckpt}: the checkpoint's input is {size[0]}x{size[1]} but the ONNX model's is "
-            f"{meta.input.height}x{meta.input.width}; give the checkpoint the model was exported from"
-        )
-    if threads:
-        torch.set_num_threads(int(threads))
-    info = {"version": torch.__version__, "threads": torch.get_num_threads(), "mode": "eager, inference_mode, float32"}
-    return model, info
-
-
-def _torch_run(model, batch: np.ndarray) -> None:
-    import torch
-
-    from fftrain.data import to_tensor_batch
-
-    with torch.inference_mode():
-        model(to_tensor_batch(batch))
 
 
 def parse_batches(text: str) -> tuple[int, ...]:

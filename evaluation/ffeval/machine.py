@@ -173,9 +173,10 @@ def gpu_info() -> list[dict] | None:
     return gpus
 
 
-def versions() -> dict[str, str | None]:
+def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Python's and each installed package's version (None where not installed)."""
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
+    for name in packages:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -9,7 +9,9 @@ Needs numpy, opencv, pydantic, onnx and an inference backend (pip install "ffrt[
 """
 
 from .detector import Detector, ImageSize
-from .result import Result
+from .drift import Health
+from .regions import Region
+from .result import LatencySplit, Result
 from .errors import (
     BackendUnavailableError,
     FFRTError,
@@ -18,9 +20,10 @@ from .errors import (
     InvalidArgumentError,
     InvalidImageError,
     ModelFileError,
+    QueueFullError,
 )
 from .meta import ModelMeta, Thresholds
-from .stats import LatencyStats
+from .stats import LatencyStats, PipelineStats
 
 __version__ = "0.1.0"
 
@@ -28,14 +31,19 @@ __all__ = [
     "BackendUnavailableError",
     "Detector",
     "FFRTError",
+    "Health",
     "ImageFileError",
     "ImageSize",
     "InferenceError",
     "InvalidArgumentError",
     "InvalidImageError",
+    "LatencySplit",
     "LatencyStats",
     "ModelFileError",
     "ModelMeta",
+    "PipelineStats",
+    "QueueFullError",
+    "Region",
     "Result",
     "Thresholds",
     "__version__",

@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
 from . import __version__
 from .errors import FFRTError, ImageFileError, InvalidImageError
+from .result import json_float
 from ffcore.files import IMAGE_SUFFIXES
 
 
@@ -243,7 +243,7 @@ class DetectTool(Tool):
                     continue
                 verdict = "FAIL" if r.is_anomalous else "PASS"
                 record = {
-                    "path": str(path), "score": _json_float(r.score), "is_anomalous": r.is_anomalous,
+                    "path": str(path), "score": json_float(r.score), "is_anomalous": r.is_anomalous,
                     "defect_pixels": int(r.mask.sum()), "latency_ms": round(r.latency_ms, 3),
                 }
                 if args.overlays:
@@ -275,10 +275,6 @@ class DetectTool(Tool):
             print(f"ffrt: error: {failed} of {failed + done} images could not be processed (see above)", file=sys.stderr)
             return 1
         return 0
-
-
-def _json_float(x: float) -> float | None:
-    return x if math.isfinite(x) else None  # JSON has no NaN/inf; null says "no valid score"
 
 
 def write_overlay(folder: Path, path: Path, image, result, used: set, write_bytes) -> Path:

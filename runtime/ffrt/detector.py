@@ -18,9 +18,11 @@ thresholds are one immutable object swapped atomically; the latency window is lo
 from __future__ import annotations
 
 import logging
-import math
+import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,8 +31,10 @@ from ffcore.files import ENGINE_SUFFIXES  # noqa: F401  (re-exported: ffrt.detec
 
 from .backends import create_backend
 from .backends.base import check_precision
+from .batching import DEFAULT_MAX_DELAY_MS, DEFAULT_QUEUE_SIZE, DEFAULT_THREADS, Pipeline, PipelineConfig
+from .drift import DEFAULT_DRIFT_WINDOW, DriftMonitor, Health, check_window, target_frr_from_source
 from .errors import BackendUnavailableError, FFRTError, InferenceError, InvalidArgumentError, InvalidImageError, ModelFileError
-from .meta import ModelMeta, Thresholds, read_onnx_meta
+from .meta import ModelMeta, Thresholds, new_thresholds, read_onnx_meta, target_matches
 from .preprocess import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_SIDE,
@@ -39,9 +43,10 @@ from .preprocess import (
     check_color_order,
     prepare_batch,
 )
-from .postprocess import postprocess
-from .result import Result, normalize_score  # noqa: F401  (re-exported: ffrt.detector.Result, .normalize_score)
-from .stats import DEFAULT_WINDOW, LatencyStats, LatencyWindow
+from .postprocess import Postprocessor
+from .regions import check_min_region_px
+from .result import LatencySplit, Result, normalize_score  # noqa: F401  (re-exported: ffrt.detector.Result, .normalize_score)
+from .stats import DEFAULT_WINDOW, LatencyStats, LatencyWindow, PipelineRecorder, PipelineStats
 
 log = logging.getLogger("ffrt")
 
@@ -90,6 +95,16 @@ class Detector:
     min_side:        images whose shorter side is below this are refused; default 8 px
                      (DEFAULT_MIN_SIDE): a 1 x 5000 strip stretched to the model size would
                      score as an anomaly without meaning it.
+    min_region_px:   ``Result.regions`` leaves out regions of fewer frame pixels than this
+                     (default 0: all). It does not change ``is_anomalous`` (see Result).
+    max_batch, max_delay_ms, queue_size, queue_policy, pipeline_threads: the batching of
+                     :meth:`submit` (see ``ffrt.batching``): up to ``max_batch`` images per
+                     backend call (default: the model's batch_max, else 8), waiting at most
+                     ``max_delay_ms`` (default 2) for a batch to fill; at most ``queue_size``
+                     (64) images wait, and when full ``queue_policy`` "block" (default) waits,
+                     "reject" raises QueueFullError, "drop_oldest" cancels the oldest; pre-
+                     and postprocessing run in pools of ``pipeline_threads`` (2) threads.
+    drift_window:    how many recent scores :meth:`health` compares with calibration (200).
     """
 
     def __init__(
@@ -107,6 +122,14 @@ class Detector:
         device: int = 0,
         precision: str = "auto",
         backend_options: dict | None = None,
+        *,
+        min_region_px: int = 0,
+        max_batch: int | None = None,
+        max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        queue_policy: str = "block",
+        pipeline_threads: int = DEFAULT_THREADS,
+        drift_window: int = DEFAULT_DRIFT_WINDOW,
     ) -> None:
         # Cheap argument checks first: a typo must not cost a model load.
         self._backend = None
@@ -118,6 +141,13 @@ class Detector:
             raise InvalidArgumentError(f"device must be a GPU index >= 0, not {device!r}.")
         self._device = device
         self._limits = ImageLimits(max_pixels=max_pixels, min_side=min_side)
+        min_region_px = check_min_region_px(min_region_px)
+        drift_window = check_window(drift_window)
+        self._pipeline: Pipeline | None = None  # started by the first submit
+        self._pipeline_lock = threading.Lock()
+        self._closed = False
+        # max_batch is checked against the model's batch_max once the metadata is read.
+        config = PipelineConfig(1 if max_batch is None else max_batch, max_delay_ms, queue_size, queue_policy, pipeline_threads)
         path = Path(model_path)
         if not path.exists():
             raise ModelFileError(f"{path}: no such model file.")
@@ -152,14 +182,21 @@ class Detector:
         base = self._meta.thresholds
         self._thresholds: Thresholds = base
         if image_threshold is not None or pixel_threshold is not None:
-            self._thresholds = _new_thresholds(base, image_threshold, pixel_threshold, "set in Detector(...)")
+            self._thresholds = new_thresholds(base, image_threshold, pixel_threshold, "set in Detector(...)")
         self._resize_outputs = bool(resize_outputs)
         self._stats = LatencyWindow(stats_window)
+        self._recorder = PipelineRecorder(stats_window)
+        self._pipeline_config = replace(config, max_batch=self._chunk_size(max_batch, "max_batch"))
+        self._drift = DriftMonitor(self._meta.score_stats, self._thresholds.image, self._target_frr(), drift_window)
 
         self._backend, self._selection = create_backend(backend, path, self._meta, threads, device, precision,
                                                         backend_options)
         stats = self._meta.score_stats
-        self._norm_scale = stats.std if stats is not None and stats.std > 0 else None
+        self._post = Postprocessor(
+            spec=self._meta.input, resize_outputs=self._resize_outputs,
+            norm_scale=stats.std if stats is not None and stats.std > 0 else None,
+            min_region_px=min_region_px, backend=self._backend.name, precision=self._backend.precision,
+        )
         if not target_matches(self._meta.target, self._backend.name):
             log.warning(
                 "ffrt: %s is encoded for target %r (%s) but runs on %s; it will work, but may be slow or "
@@ -239,9 +276,16 @@ class Detector:
         """The GPU index the GPU backends use (unused by the CPU backend)."""
         return self._device
 
-    def close(self) -> None:
-        """Release the backend (GPU memory, CUDA context, sessions) now. Idempotent; a
-        closed Detector's calls raise InferenceError. ``with Detector(...) as det:`` calls it."""
+    def close(self, cancel_pending: bool = False) -> None:
+        """Finish the submitted images (``cancel_pending=True``: cancel those still waiting
+        for a batch), end the :meth:`submit` threads, then release the backend (GPU memory,
+        CUDA context, sessions). Idempotent; afterwards every call raises InferenceError.
+        ``with Detector(...) as det:`` calls it."""
+        with self._pipeline_lock:
+            self._closed = True
+            pipeline = self._pipeline
+        if pipeline is not None:
+            pipeline.close(cancel_pending=cancel_pending)
         backend = self._backend
         if backend is not None:
             backend.close()
@@ -265,12 +309,25 @@ class Detector:
         store thresholds in the model, use ffcalib or ``ffrt.meta.write_onnx_meta``).
         Returns the new thresholds.
         """
-        self._thresholds = _new_thresholds(self._thresholds, image, pixel, "set at run time (set_thresholds)")
+        self._thresholds = new_thresholds(self._thresholds, image, pixel, "set at run time (set_thresholds)")
+        self._drift.set_threshold(self._thresholds.image, self._target_frr())
         return self._thresholds
 
     def reset_stats(self) -> None:
         """Forget the timed calls (e.g. after a warm-up phase of your own)."""
         self._stats.reset()
+
+    def pipeline_stats(self, source: object = None) -> PipelineStats:
+        """Latency per stage, throughput and counters of :meth:`submit` for one ``source`` or
+        (None) all (:class:`~ffrt.stats.PipelineStats`); direct calls are in :attr:`stats`."""
+        pipeline = self._pipeline
+        return self._recorder.snapshot(source, pipeline.queue_depth if pipeline is not None else 0)
+
+    def health(self) -> Health:
+        """Whether the recent scores (of every call and submit) still match the normal
+        scores the model was calibrated on; see ``ffrt.drift``. A change of state is also
+        logged as a warning (logger "ffrt")."""
+        return self._drift.health()
 
     # -- inference ---------------------------------------------------------------------
 
@@ -283,6 +340,29 @@ class Detector:
                 "For several images use det.predict_batch(images)."
             )
         return self._detect([image], chunk=1)[0]
+
+    def submit(self, image: object, *, source: object = None) -> Future:
+        """Queue one image for batched detection; returns a ``concurrent.futures.Future``
+        whose result is its :class:`Result` (or the error ``det(image)`` would raise).
+
+        ``source`` names the camera (any hashable; reported as a string in
+        :meth:`pipeline_stats`). The futures of one source complete in submission order.
+        The image is read by a worker thread after this returns: do not reuse a camera
+        buffer until its future is done (or submit a copy). Done-callbacks run in the
+        worker that resolves futures: keep them short. See ``ffrt.batching``.
+        """
+        pipeline = self._pipeline
+        if pipeline is None:
+            with self._pipeline_lock:
+                if self._closed:
+                    raise InferenceError("this Detector is closed; submit() needs an open Detector: create a new one.")
+                if self._pipeline is None:
+                    self._pipeline = Pipeline(
+                        self, self._pipeline_config, self._meta.input, self._color_order, self._limits, self._post,
+                        self._recorder, self._drift.add,
+                    )
+                pipeline = self._pipeline
+        return pipeline.submit(image, source)
 
     def predict_batch(
         self, images: Iterable[object], batch_size: int | None = None, errors: str = "raise"
@@ -343,16 +423,16 @@ class Detector:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _chunk_size(self, batch_size: int | None) -> int:
+    def _chunk_size(self, batch_size: int | None, name: str = "batch_size") -> int:
         batch_max = self._meta.batch_max
         if batch_size is None:
             return batch_max or DEFAULT_BATCH_SIZE
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise InvalidArgumentError(f"batch_size must be a positive integer or None, not {batch_size!r}.")
+            raise InvalidArgumentError(f"{name} must be a positive integer or None, not {batch_size!r}.")
         if batch_max is not None and batch_size > batch_max:
             raise InvalidArgumentError(
-                f"batch_size {batch_size} exceeds this model's batch_max {batch_max} (the largest batch it was "
-                f"exported for); use batch_size <= {batch_max}, or re-export with a larger batch."
+                f"{name} {batch_size} exceeds this model's batch_max {batch_max} (the largest batch it was "
+                f"exported for); use {name} <= {batch_max}, or re-export with a larger batch."
             )
         return int(batch_size)
 
@@ -367,19 +447,17 @@ class Detector:
         n = len(prepared.batch)
         if n == 0:
             return outcomes  # every image was refused: nothing ran, nothing to time
-        maps, scores = self._infer(prepared, chunk)
-        parts = [self._postprocess(maps[i, 0], float(scores[i]), prepared.original_sizes[i], thresholds) for i in range(n)]
         t1 = time.perf_counter()
-        self._stats.record(t1 - t0, n, end=t1)
-        latency_ms = (t1 - t0) * 1000.0
-        scale = self._norm_scale
-        precision = self._backend.precision
-        for position, (s, a, m, k) in zip(prepared.positions, parts):
-            outcomes[position] = Result(
-                score=s, is_anomalous=a, anomaly_map=m, mask=k, latency_ms=latency_ms,
-                normalized_score=None if scale is None else normalize_score(s, thresholds.image, scale),
-                precision=precision,
-            )
+        maps, scores = self._infer(prepared, chunk)
+        t2 = time.perf_counter()
+        post = self._post
+        parts = [post.outputs(maps[i, 0], float(scores[i]), prepared.original_sizes[i], thresholds) for i in range(n)]
+        t3 = time.perf_counter()
+        self._stats.record(t3 - t0, n, end=t3)
+        self._drift.add(out.score for out in parts)
+        split = LatencySplit(0.0, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+        for position, out in zip(prepared.positions, parts):
+            outcomes[position] = post.result(out, thresholds, (t3 - t0) * 1e3, split)
         return outcomes
 
     def _infer(self, prepared: PreparedBatch, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -388,6 +466,11 @@ class Detector:
             return self._run_backend(batch)
         outs = self._run_backend_chunks([batch[i : i + chunk] for i in range(0, len(batch), chunk)])
         return np.concatenate([m for m, _ in outs]), np.concatenate([s for _, s in outs])
+
+    def _target_frr(self) -> float | None:
+        """The false-reject rate the image threshold in use was calibrated at, if known."""
+        base = self._meta.thresholds
+        return target_frr_from_source(base.source) if self._thresholds.image == base.image else None
 
     def _run_backend(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._run_backend_chunks([batch])[0]
@@ -414,53 +497,3 @@ class Detector:
                 f"batch of {n}; expected {(n, 1, h, w)} and {(n,)}. Re-export the model with ffexport."
             )
         return maps, scores
-
-    def _postprocess(
-        self, amap: np.ndarray, score: float, original: tuple[int, int], thresholds: Thresholds
-    ) -> tuple[float, bool, np.ndarray, np.ndarray]:
-        return postprocess(amap, score, original, self._meta.input, thresholds, self._resize_outputs)
-
-
-def target_matches(target: str, backend_name: str) -> bool:
-    """Whether a file encoded for ``target`` ("any", "cpu", "tensorrt") suits ``backend_name``.
-
-    "cpu" files (U8S8 Q/DQ) are meant for ONNX Runtime on the CPU; "tensorrt" files
-    (symmetric S8S8 Q/DQ) for TensorRT (native or ONNX Runtime's TensorRT EP): on an x86 CPU
-    the symmetric encoding runs slower than FP32.
-    """
-    if target == "any":
-        return True
-    if target == "cpu":
-        return backend_name.endswith("-cpu") or backend_name == "openvino"
-    if target == "tensorrt":
-        return "tensorrt" in backend_name
-    return True
-
-
-def _new_thresholds(current: Thresholds, image: float | None, pixel: float | None, source: str) -> Thresholds:
-    def check(value: float | None, name: str, keep: float) -> float:
-        if value is None:
-            return keep
-        if isinstance(value, bool):
-            raise InvalidArgumentError(f"{name} threshold must be a number, not {value!r}.")
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise InvalidArgumentError(f"{name} threshold must be a number, not {value!r}.") from None
-        if not math.isfinite(value):
-            raise InvalidArgumentError(
-                f"{name} threshold must be finite, not {value}: NaN or inf would make every decision meaningless."
-            )
-        # The metadata schema's rule too (meta.ThresholdValue): maps and scores are >= 0.
-        if value < 0:
-            raise InvalidArgumentError(
-                f"{name} threshold must be >= 0, not {value:g}: anomaly maps and scores are never negative, so it "
-                "would reject every part."
-            )
-        return value
-
-    return Thresholds(
-        image=check(image, "image", current.image),
-        pixel=check(pixel, "pixel", current.pixel),
-        source=source,
-    )

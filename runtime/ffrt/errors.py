@@ -36,3 +36,7 @@ class InferenceError(FFRTError, RuntimeError):
 
 class EngineMismatchError(ModelFileError):
     """A TensorRT plan was built for another TensorRT version, GPU, ONNX or precision."""
+
+
+class QueueFullError(FFRTError, RuntimeError):
+    """``Detector.submit`` with ``queue_policy="reject"``: the queue of waiting images is full."""

@@ -12,6 +12,7 @@ refused with a message saying to upgrade, never half-understood.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ffcore.files import atomic_write_bytes  # noqa: F401  (re-exported: ffrt.meta.atomic_write_bytes)
 
-from .errors import ModelFileError
+from .errors import InvalidArgumentError, ModelFileError
 
 META_KEY = "ffrt.meta"
 # 2: head_fit (INT8 files whose flow head was re-fit on their INT8 backbone)
@@ -41,7 +42,7 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 #: Anomaly maps and scores are >= 0 by construction (0.5 * mean z^2, then averages), so a
 #: negative threshold would reject every part: thresholds are finite and >= 0. The
-#: Detector's setter applies the same rule (detector._new_thresholds).
+#: Detector's setter applies the same rule (new_thresholds).
 ThresholdValue = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
@@ -290,3 +291,50 @@ def write_onnx_meta(path: str | os.PathLike, meta: ModelMeta) -> None:
     proto = onnx.load(str(path))
     set_proto_meta(proto, meta)
     atomic_write_bytes(path, proto.SerializeToString())
+
+
+def target_matches(target: str, backend_name: str) -> bool:
+    """Whether a file encoded for ``target`` ("any", "cpu", "tensorrt") suits ``backend_name``.
+
+    "cpu" files (U8S8 Q/DQ) are meant for ONNX Runtime on the CPU; "tensorrt" files
+    (symmetric S8S8 Q/DQ) for TensorRT (native or ONNX Runtime's TensorRT EP): on an x86 CPU
+    the symmetric encoding runs slower than FP32.
+    """
+    if target == "any":
+        return True
+    if target == "cpu":
+        return backend_name.endswith("-cpu") or backend_name == "openvino"
+    if target == "tensorrt":
+        return "tensorrt" in backend_name
+    return True
+
+
+def new_thresholds(current: Thresholds, image: float | None, pixel: float | None, source: str) -> Thresholds:
+    """``current`` with the given values replaced (None keeps one), each checked: a number,
+    finite, >= 0 (InvalidArgumentError otherwise)."""
+    def check(value: float | None, name: str, keep: float) -> float:
+        if value is None:
+            return keep
+        if isinstance(value, bool):
+            raise InvalidArgumentError(f"{name} threshold must be a number, not {value!r}.")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(f"{name} threshold must be a number, not {value!r}.") from None
+        if not math.isfinite(value):
+            raise InvalidArgumentError(
+                f"{name} threshold must be finite, not {value}: NaN or inf would make every decision meaningless."
+            )
+        # The metadata schema's rule too (meta.ThresholdValue): maps and scores are >= 0.
+        if value < 0:
+            raise InvalidArgumentError(
+                f"{name} threshold must be >= 0, not {value:g}: anomaly maps and scores are never negative, so it "
+                "would reject every part."
+            )
+        return value
+
+    return Thresholds(
+        image=check(image, "image", current.image),
+        pixel=check(pixel, "pixel", current.pixel),
+        source=source,
+    )

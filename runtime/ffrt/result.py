@@ -11,6 +11,30 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .regions import Region
+
+
+@dataclass(frozen=True)
+class LatencySplit:
+    """Where one result's time went, in milliseconds; the four add up to its ``latency_ms``.
+
+    queue_ms:       waiting: in the submit queue, for its batch to fill or for the backend
+                    to be free (0 for direct calls, whose lock wait counts as inference).
+    preprocess_ms:  decode, validate, resize, colour.
+    inference_ms:   the backend call of its batch (shared by the batch).
+    postprocess_ms: thresholds, map resize, regions.
+    Direct calls (``det(image)``, ``predict_batch``) time the whole call's stages, shared by
+    its results; ``Detector.submit`` times each image's own preprocess and postprocess.
+    """
+
+    queue_ms: float
+    preprocess_ms: float
+    inference_ms: float
+    postprocess_ms: float
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 4) for k, v in self.__dict__.items()}
+
 
 @dataclass(frozen=True, repr=False)
 class Result:
@@ -32,9 +56,21 @@ class Result:
                   exactly the (current) image threshold, > 0.5 means rejected, and one
                   standard deviation of normal scores moves it by about 0.23 near the
                   threshold. A NaN score gives 1.0 (a broken measurement reads "anomalous").
-    precision:    the precision the backend computed this result in ("fp32", "bf16", "fp16",
-                  "int8", "int8+bf16"; Detector.precision, with precision_detail saying which
-                  parts ran in which): BF16 and INT8 scores differ from FP32 ones.
+    regions:      the connected components of ``mask`` (8-connected), largest first, in the
+                  frame's own pixel coordinates even when the map is at the model size; see
+                  :class:`~ffrt.regions.Region`. Empty when the mask is empty. Regions below
+                  the Detector's ``min_region_px`` are left out of this list, and only of it:
+                  ``is_anomalous`` stays the calibrated score decision. The thresholds were
+                  set to a false-reject rate on the score, and the pixel threshold on each
+                  normal image's *peak* map value, so a marginal real defect often shows as
+                  a few mask pixels: letting small regions overrule the score would pass
+                  exactly those parts, and no calibration would have measured that rule.
+                  Line software that wants a region rule adds it explicitly, e.g.
+                  ``reject = r.is_anomalous and bool(r.regions)``.
+    latency_split: the stages of ``latency_ms`` (:class:`LatencySplit`).
+    backend, precision: the backend that scored the image and the precision it computed in
+                  (Detector.precision: the file's encoding on ONNX Runtime and TensorRT, "bf16" /
+                  "int8+bf16" where OpenVINO ran BF16; precision_detail says which parts).
     """
 
     score: float
@@ -43,15 +79,41 @@ class Result:
     mask: np.ndarray = field(compare=False)
     latency_ms: float
     normalized_score: float | None = None
-    precision: str = "fp32"
+    regions: tuple[Region, ...] = ()
+    latency_split: LatencySplit | None = None
+    backend: str | None = None
+    precision: str | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary without the arrays: score, normalized score, verdict, regions,
+        latency and its split, backend and precision (when known). NaN becomes None."""
+        d = {
+            "score": json_float(self.score),
+            "normalized_score": self.normalized_score,
+            "is_anomalous": bool(self.is_anomalous),
+            "regions": [r.to_dict() for r in self.regions],
+            "latency_ms": round(self.latency_ms, 4),
+        }
+        if self.latency_split is not None:
+            d.update(self.latency_split.to_dict())
+        if self.backend is not None:
+            d["backend"] = self.backend
+        if self.precision is not None:
+            d["precision"] = self.precision
+        return d
 
     def __repr__(self) -> str:
         h, w = self.anomaly_map.shape[:2]
         return (
             f"Result(score={self.score:.6g}, is_anomalous={self.is_anomalous}, "
             f"anomaly_map=float32[{h}x{w}], mask=bool[{h}x{w}] ({int(self.mask.sum())} px), "
-            f"latency_ms={self.latency_ms:.2f}, precision={self.precision!r})"
+            f"{len(self.regions)} region(s), latency_ms={self.latency_ms:.2f})"
         )
+
+
+def json_float(x: float) -> float | None:
+    """JSON has no NaN/inf: None says "no valid score"."""
+    return float(x) if math.isfinite(x) else None
 
 
 def normalize_score(score: float, image_threshold: float, scale: float) -> float:

@@ -145,7 +145,7 @@ def test_gpu_stages_appear_when_the_backend_measures_them(tiny_onnx, frame_folde
             return out
 
     spec = BackendSpec("staged-cpu", lambda: None,
-                       lambda path, meta, threads, device=0: Staged("staged-cpu", path, meta, ["CPUExecutionProvider"], threads))
+                       lambda path, meta, threads, device=0, **_: Staged("staged-cpu", path, meta, ["CPUExecutionProvider"], threads))
     monkeypatch.setitem(base._REGISTRY, "staged-cpu", spec)
     assert main([str(tiny_onnx), "--backend", "staged-cpu", "--batch", "1", "--iters", "3", "--warmup", "0",
                  "--threads", "1", "--images", str(frame_folder), "--json", str(tmp_path / "r.json"), "--quiet"]) == 0
@@ -204,3 +204,14 @@ def test_parse_batches():
     assert parse_batches("1, 2,8") == (1, 2, 8)
     with pytest.raises(BenchError):
         parse_batches("")
+
+
+def test_vs_torch_with_a_broken_checkpoint_is_one_line(tiny_onnx, frame_folder, tmp_path, capsys):
+    """The PyTorch side runs in `python -m fftrain.eager`; its failure reaches the user as one line."""
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a checkpoint")
+    rc = main([str(tiny_onnx), "--iters", "1", "--warmup", "0", "--batch", "1", "--images", str(frame_folder),
+               "--vs-torch", str(bad), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith("ffbench: error: --vs-torch") and "cannot load the checkpoint" in err
+    assert "\n" not in err

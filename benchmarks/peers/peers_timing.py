@@ -1,0 +1,121 @@
+"""The timing step of run_peers.py (runs in the peers venv): every row, interleaved, per batch."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+import build_models
+import runners as R
+from report import bars, eager_ratios
+from timing import interleaved
+
+VERSIONS = ("anomalib", "openvino", "onnxruntime", "torch", "torchvision", "timm", "onnx", "numpy")
+
+FFRT_R18_OV = "ffrt ResNet-18 FastFlow on ffrt's OpenVINO backend,"
+FFRT_LITE0_OV = "ffrt default EfficientNet-Lite0 model on ffrt's OpenVINO backend,"
+
+
+def frames(count: int) -> np.ndarray:
+    """uint8 [count, 256, 256, 3] RGB: ELPV mono test cells, resized the way ffrt resizes."""
+    from fftrain.data import load_batch, resolve
+
+    test = resolve("elpv:mono").test
+    return load_batch(test[:count], build_models.IMAGE_SIZE)
+
+
+def shared_runners(args, work: Path, lite0: Path | None) -> list:
+    """Runners whose engine handles every batch with one loaded model (ONNX Runtime, PyTorch, and
+    ffrt's OpenVINO backend, which compiles each batch size itself: its default static shapes)."""
+    a, f = build_models.anomalib_paths(work), build_models.ffrt_paths(work)
+    out = [R.anomalib_onnxruntime(a["onnx"], args.threads),
+           R.ffrt_onnxruntime(f["onnx"], args.threads, "resnet18", "ffrt ResNet-18 FastFlow on ONNX Runtime (FP32)"),
+           R.ffrt_openvino(f["onnx"], args.threads, "resnet18", f"{FFRT_R18_OV} BF16, head FP32 (ffrt's default BF16)",
+                           "bf16"),
+           R.ffrt_openvino(f["onnx"], args.threads, "resnet18", f"{FFRT_R18_OV} BF16, whole graph (not gated)",
+                           "bf16", keep_fp32="none"),
+           R.ffrt_openvino(f["onnx"], args.threads, "resnet18", f"{FFRT_R18_OV} FP32", "fp32")]
+    if lite0 is not None:
+        out += [R.ffrt_onnxruntime(lite0, args.threads, "lite0",
+                                   "ffrt default EfficientNet-Lite0 model on ONNX Runtime (FP32)"),
+                R.ffrt_openvino(lite0, args.threads, "lite0", f"{FFRT_LITE0_OV} BF16, head FP32", "bf16"),
+                R.ffrt_openvino(lite0, args.threads, "lite0", f"{FFRT_LITE0_OV} BF16, whole graph (not gated)", "bf16",
+                                keep_fp32="none")]
+    if not args.no_torch:
+        out += [R.anomalib_torch(a["state"], args.threads), R.ffrt_torch(f["ckpt"], args.threads)]
+    return out
+
+
+def batch_runners(args, work: Path, batch: int) -> list:
+    """anomalib's OpenVINO runners for this batch: compiled for it (static) or as exported (dynamic)."""
+    xml = build_models.anomalib_paths(work)["openvino"]
+    return [R.anomalib_openvino(xml, args.threads, force_fp32=False, batch=batch),
+            R.anomalib_openvino(xml, args.threads, force_fp32=False, batch=None),
+            R.anomalib_openvino(xml, args.threads, force_fp32=True, batch=batch)]
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def row_info(r) -> dict:
+    return {"key": r.key, "label": r.label, "model": r.model, "side": r.side, "engine": r.engine,
+            "precision": r.precision, "info": r.info}
+
+
+ORDER = ["anomalib_ort", "anomalib_ov_fp32", "anomalib_ov_default_dynamic", "anomalib_ov_default", "anomalib_torch",
+         "ffrt_resnet18_ort", "ffrt_resnet18_ov_fp32", "ffrt_resnet18_ov_bf16", "ffrt_resnet18_ov_bf16_all",
+         "ffrt_resnet18_torch", "ffrt_lite0_ort", "ffrt_lite0_ov_bf16", "ffrt_lite0_ov_bf16_all"]
+
+
+def run_timing(args, argv: list[str]) -> dict:
+    from ffeval.machine import describe, versions
+
+    batches = [int(b) for b in args.batches.split(",")]  # checked by run_peers' parser
+    lite0 = args.lite0_model if args.lite0_model.is_file() else None
+    notes = []
+    if lite0 is None:
+        notes.append(f"{args.lite0_model} not found (run `make demo`): the EfficientNet-Lite0 rows are left out")
+    machine = describe()
+    print("machine:", machine["cpu"]["model"], "| flags:",
+          " ".join(k for k, v in machine["cpu"]["flags"].items() if v), flush=True)
+    data = frames(max(batches))
+    load_before = _loadavg()
+    shared = shared_runners(args, args.work, lite0)
+    results, rows = {}, {}
+    for batch in batches:
+        per_batch = batch_runners(args, args.work, batch)
+        runners = shared + per_batch
+        for r in runners:
+            rows.setdefault(r.key, row_info(r))
+        print(f"batch {batch}: {len(runners)} runners, {args.rounds} rounds", flush=True)
+        results[str(batch)] = interleaved(runners, data[:batch], args.rounds, args.warmup, args.settle_ms)
+        del per_batch, runners
+        gc.collect()
+    ordered = [rows[k] for k in ORDER if k in rows] + [v for k, v in rows.items() if k not in ORDER]
+    report = {
+        "schema": "ffrt.peers", "schema_version": 1,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python benchmarks/peers/run_peers.py " + " ".join(a for a in argv if a != "--in-venv"),
+        "machine": machine, "software": versions(VERSIONS),
+        "configuration": json.loads((args.work / "models.json").read_text()).get("configuration"),
+        "models": json.loads((args.work / "models.json").read_text()),
+        "lite0_model": str(lite0) if lite0 else None,
+        "settings": {"batches": batches, "rounds": args.rounds, "warmup": args.warmup, "threads": args.threads,
+                     "settle_ms": args.settle_ms, "inputs": "ELPV mono test cells resized to 256x256 RGB",
+                     "timed": "the engine call only (model-only); latency per call (whole batch)"},
+        "load_average_1min": {"before": load_before, "after": _loadavg()},
+        "rows": ordered, "results": results, "notes": notes,
+    }
+    report["bars"] = bars(report)
+    report["eager_ratios"] = eager_ratios(report)
+    return report
+
