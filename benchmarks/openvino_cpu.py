@@ -170,6 +170,7 @@ def main(argv=None) -> int:
     p.add_argument("--settle-ms", type=float, default=50.0, help="untimed pause after every call (default 50)")
     p.add_argument("--json")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--speed-only", action="store_true", help="no accuracy, no predict_batch section (a model without data)")
     args = p.parse_args(argv)
 
     info = machine()
@@ -187,6 +188,14 @@ def main(argv=None) -> int:
     timing = speed(backends, meta, batches, {n: max(5, args.rounds // max(1, n // 2)) for n in batches},
                    args.settle_ms / 1000.0)
     print(f"speed measured in {time.time() - t0:.0f} s", flush=True)
+    if args.speed_only:
+        for label in backends:
+            print(f"| {label} | " + " | ".join(f"{timing[n][label]['img_per_s']:.1f} (x{timing[n][label]['img_per_s'] / timing[n][rows[0][0]]['img_per_s']:.2f})"
+                                           for n in batches) + " |")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": info, "threads": args.threads, "configurations": described,
+                                                   "speed": {str(n): v for n, v in timing.items()}}, indent=1))
+        return 0
     label = rows[-3][0] if args.bf16 else rows[3][0]  # BF16 with the head FP32 (the re-fit file's if given)
     _, bpath, _, bprec, bopts = next(r for r in rows if r[0] == label)
     async_speed = predict_batch_speed(Path(args.model), bpath, read_onnx_meta(bpath), args.threads, bprec, bopts, 32, 8,
