@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[cpu,train,demo,dev,client,metrics]"
+	$(PY) -m pip install --quiet -e ".[cpu,openvino,train,demo,dev,client,metrics]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

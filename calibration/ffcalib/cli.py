@@ -2,9 +2,11 @@
 
     ffcalib int8 --model model.onnx --calib elpv:mono [--val SET] [--out DIR] [--force]
     ffcalib thresholds --model model.onnx --normal DIR [--defects DIR [--masks DIR]] [--target-frr 0.01] [--backend auto]
+    ffcalib bf16 --model model.onnx --calib elpv:mono [--val SET] [--keep-fp32 head] [--reference model.onnx]
 
 Exit codes: 0 ok, 1 failed (one-line reason on stderr), 3 INT8 accuracy gate failed
-(the report is printed; nothing written; --force overrides).
+(the report is printed; nothing written; --force overrides) or BF16 gate failed (recorded
+as failed in the file's metadata: precision="auto" will not choose BF16).
 """
 
 from __future__ import annotations
@@ -40,16 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-count", type=int, default=64, help="calibration images, spread evenly (default 64; 0 = all)")
     q.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax",
                    help="onnxruntime calibration method for the activation ranges (default minmax)")
-    q.add_argument(
-        "--val",
-        help="accuracy-gate images, named explicitly: elpv:mono/poly (its test split), an MVTec-style root with test/, "
-        "or a folder of normal images (rank correlation only). Default: validation data from --calib: every 10th "
-        "training normal is held out from calibration, and the gate runs on those normals plus each of them with a "
-        "synthetic defect drawn on (ffcore.synthetic). The report says which set was used",
-    )
-    q.add_argument("--val-count", type=int, default=0,
-                   help="gate images (with the default set: held-out normals, each also with a synthetic defect), "
-                   "spread evenly (default 0 = all)")
+    _gate_set_arguments(q)
     q.add_argument("--op-types", default="Conv", help="comma-separated node types to quantize (default Conv)")
     q.add_argument("--scope", choices=("backbone", "all"), default="backbone",
                    help="backbone: only nodes upstream of the LayerNorms (the flow head stays float; default); all")
@@ -90,7 +83,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b = sub.add_parser(
+        "bf16",
+        help="check the model in BF16 (OpenVINO, CPU with AMX/AVX512-BF16) against FP32 and record the result in it",
+        description="Run the model in BF16 on OpenVINO's CPU plugin (the part named by --keep-fp32 in FP32) and in FP32 "
+        "on ONNX Runtime on validation images, and record the gate (score Spearman, image AUROC, map error; the "
+        "FP16 gate's bounds, or with --reference the re-fit head's bounds) in the model's metadata, passed or "
+        "not. Detector(..., precision='auto') runs BF16 only on a file with a passed gate for its configuration.",
+    )
+    b.add_argument("--model", required=True, type=Path, help="model.onnx to check and update")
+    b.add_argument("--calib", required=True,
+                   help="the training data (folder, MVTec root or elpv:mono/poly): every 10th normal is held out and "
+                   "gated with a synthetic defect drawn on each, as in ffcalib int8")
+    _gate_set_arguments(b)
+    b.add_argument("--keep-fp32", choices=("head", "flows", "none"), default="head",
+                   help="what runs in FP32: the anomaly head (default, what precision='bf16' runs), the flows and the "
+                   "head, or nothing (OpenVINO's own default on AMX CPUs)")
+    b.add_argument("--reference", type=Path, default=None,
+                   help="the FP32 model a re-fit head came from (ffexport --bf16 does this itself); default: the model")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
+
+
+def _gate_set_arguments(parser) -> None:
+    """--val / --val-count: the accuracy gate's images (ffcalib.images.gate_set), for int8 and bf16."""
+    parser.add_argument(
+        "--val",
+        help="accuracy-gate images, named explicitly: elpv:mono/poly (its test split), an MVTec-style root with test/, "
+        "or a folder of normal images (rank correlation only). Default: validation data from --calib: every 10th "
+        "training normal is held out (from calibration), and the gate runs on those normals plus each of them with a "
+        "synthetic defect drawn on (ffcore.synthetic). The report says which set was used",
+    )
+    parser.add_argument("--val-count", type=int, default=0,
+                        help="gate images (with the default set: held-out normals, each also with a synthetic defect), "
+                        "spread evenly (default 0 = all)")
+
+
+def _bf16(args) -> int:
+    from ffrt.meta import read_onnx_meta
+
+    from .bf16 import bf16_gate, record_gate
+    from .images import gate_set
+    from .int8 import as_images
+
+    meta = read_onnx_meta(args.model)
+    _, images, labels, source = gate_set(args.calib, meta.input, args.val, args.val_count, progress=not args.no_progress)
+    images = as_images(images, meta, None, not args.no_progress, "gate")
+    gate = bf16_gate(args.model, images, labels, source, keep_fp32=args.keep_fp32, reference=args.reference,
+                     threads=args.threads)
+    record_gate(args.model, gate)
+    print(f"BF16 gate: {gate.summary()}\nrecorded in {args.model}")
+    if not gate.passed:
+        return _fail("the BF16 gate failed (recorded as failed: precision='auto' runs this file in FP32)", EXIT_GATE)
+    return 0
 
 
 def _fail(msg: str, code: int = EXIT_FAILED) -> int:
@@ -174,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return _int8(args) if args.command == "int8" else _thresholds(args)
+        return {"int8": _int8, "thresholds": _thresholds, "bf16": _bf16}[args.command](args)
     except (CalibError, FFRTError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:

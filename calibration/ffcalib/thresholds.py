@@ -173,13 +173,13 @@ def calibrate_thresholds(
         defect_recall=recall,
         image_f1=f1,
         previous=(meta.thresholds.image, meta.thresholds.pixel),
-        backend=det.backend_name,
+        backend=_calibrated_on(det),
     )
     if histogram_png is not None and defect_paths:
         report.histogram_png = str(write_histogram(histogram_png, normal_scores, defect_scores, image_t))
     if write:
         new = meta.with_thresholds(float(image_t), float(pixel_t), f"ffcalib: image {image_rule}; pixel {pixel_rule}",
-                                   calibrated_on=det.backend_name)
+                                   calibrated_on=_calibrated_on(det))
         new = new.model_copy(update={"score_stats": score_stats(normal_scores)})
         write_onnx_meta(model_path, new)
         report.written = True
@@ -207,3 +207,9 @@ def write_histogram(path, normal_scores, defect_scores, threshold: float) -> Pat
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _calibrated_on(det) -> str:
+    """The backend, and its precision where it chose a reduced one at run time (BF16 scores
+    differ from FP32 ones: thresholds set on one are best used on the same)."""
+    return f"{det.backend_name} ({det.precision})" if "bf16" in det.precision else det.backend_name

@@ -22,7 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("model", help="model.onnx exported by ffexport")
     ap.add_argument("--backend", default="auto",
-                    help="ffrt backend: auto (default; the fastest that works here), onnxruntime-cpu, onnxruntime-cuda")
+                    help="ffrt backend: auto (default; the fastest that works here), onnxruntime-cpu, openvino, "
+                    "onnxruntime-cuda, ...; 'all': every backend and precision that runs here (OpenVINO in FP32 and, "
+                    "on CPUs with native BF16, BF16), model-only, interleaved in one run, each against the peak of "
+                    "its precision (schema ffeval.bench-all)")
     ap.add_argument("--batch", default=",".join(map(str, DEFAULT_BATCHES)),
                     help="comma-separated batch sizes (default 1,2,4,8,16; each <= the model's batch_max)")
     ap.add_argument("--iters", type=int, default=30, help="timed iterations per batch size (default 30)")
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             raise BenchError(f"--settle-ms must be >= 0 (got {args.settle_ms})")
         if args.fma_units is not None and args.fma_units < 1:
             raise BenchError(f"--fma-units must be >= 1 (got {args.fma_units})")
+        if args.backend.strip().lower() == "all":
+            return _all(args, batches, say, argv)
         report = run_benchmark(
             args.model, backend=args.backend, batches=batches, iters=args.iters, warmup=args.warmup,
             threads=args.threads, images=args.images, vs_torch=args.vs_torch, fma_units=args.fma_units,
@@ -138,6 +143,23 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # one line for the user, not a traceback
         print(f"ffbench: error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _all(args, batches, say, argv) -> int:
+    from .compare import format_comparison, run_comparison
+
+    if args.vs_torch or args.plot:
+        raise BenchError("--backend all compares the backends model-only: drop --vs-torch / --plot")
+    report = run_comparison(args.model, batches, args.iters, args.warmup, args.threads, args.settle_ms,
+                            args.fma_units, progress=say,
+                            command=["ffbench"] + (list(argv) if argv is not None else sys.argv[1:]))
+    print(format_comparison(report))
+    if args.json:
+        from ffcore.files import atomic_write_bytes
+
+        atomic_write_bytes(args.json, json.dumps(report, indent=2).encode())
+        say(f"wrote {args.json}")
     return 0
 
 

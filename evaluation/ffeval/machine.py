@@ -22,7 +22,7 @@ RELEVANT_FLAGS = (
 )
 
 #: Packages whose version a reader needs to reproduce a figure (missing ones are null).
-PACKAGES = ("ffrt", "numpy", "opencv-python-headless", "onnx", "onnxruntime", "onnxruntime-gpu",
+PACKAGES = ("ffrt", "numpy", "opencv-python-headless", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino",
             "tensorrt", "torch", "torchvision", "matplotlib")
 
 
@@ -114,6 +114,45 @@ def peak_gflops(cores: int, ghz: float, flags: set[str] | frozenset[str], fma_un
     }
 
 
+#: Matrix-unit rates per core per cycle: "4th Gen Intel Xeon Scalable processor can perform 2048
+#: INT8 or 1024 BF16 operations per cycle" (Intel AMX TMUL; Intel's Sapphire Rapids material, as
+#: summarized in Wikipedia "Advanced Matrix Extensions"; not measurable from /proc/cpuinfo).
+AMX_INT8_OPS_PER_CYCLE = 2048
+AMX_BF16_OPS_PER_CYCLE = 1024
+
+
+def precision_peaks(peak: dict | None, flags: set[str] | frozenset[str]) -> dict:
+    """Theoretical peak per precision, from the FP32 peak (:func:`peak_gflops`) and the flags.
+
+    fp32: the FP32 peak. bf16: AMX-BF16 (1024 BF16 FLOP per cycle per core) where amx_bf16,
+    else AVX512-BF16 (vdpbf16ps: two BF16 products per 32-bit lane, 2x the FP32 FMA rate), else
+    None (no native BF16). int8: AMX-INT8 (2048 ops per cycle per core) where amx_int8, else
+    VNNI (vpdpbusd: four u8 x s8 products per 32-bit lane, 4x the FP32 rate), else None. Each
+    entry: giga-ops/s, ops per cycle per core, and how it was derived."""
+    flags = set(flags)
+    if not peak:
+        return {"fp32": None, "bf16": None, "int8": None}
+    cores, ghz, fp32_cycle = peak["cores"], peak["ghz"], peak["flop_per_cycle_per_core"]
+
+    def entry(per_cycle: float, how: str) -> dict:
+        return {"gops": cores * ghz * per_cycle, "ops_per_cycle_per_core": per_cycle, "derivation": how}
+
+    out = {"fp32": entry(fp32_cycle, f"{peak['formula']} ({peak['fma_units']} FMA units, {peak['fp32_lanes']} lanes)")}
+    if "amx_bf16" in flags:
+        out["bf16"] = entry(AMX_BF16_OPS_PER_CYCLE, "AMX-BF16 tile unit: 1024 BF16 FLOP per cycle per core (Intel)")
+    elif "avx512_bf16" in flags:
+        out["bf16"] = entry(2 * fp32_cycle, "AVX512-BF16 vdpbf16ps: 2x the FP32 FMA rate")
+    else:
+        out["bf16"] = None
+    if "amx_int8" in flags:
+        out["int8"] = entry(AMX_INT8_OPS_PER_CYCLE, "AMX-INT8 tile unit: 2048 ops per cycle per core (Intel)")
+    elif {"avx512_vnni", "avx_vnni"} & flags:
+        out["int8"] = entry(4 * fp32_cycle, "VNNI vpdpbusd: 4x the FP32 FMA rate")
+    else:
+        out["int8"] = None
+    return out
+
+
 def gpu_info() -> list[dict] | None:
     """GPUs as nvidia-smi reports them; None when there is no nvidia-smi."""
     exe = shutil.which("nvidia-smi")
@@ -175,6 +214,7 @@ def describe(fma_units: int | None = None, root: str | Path = "/") -> dict:
         "os": f"{platform.system()} {platform.release()}",
         "cpu": cpu,
         "cpu_peak": peak,
+        "cpu_peak_by_precision": precision_peaks(peak, flags),
         "gpus": gpu_info(),
         "software": versions(),
     }

@@ -3,6 +3,7 @@
     ffexport --ckpt model.pt --out DIR            -> DIR/model.onnx
     ffexport ... --fp16                           -> + DIR/model.fp16.onnx (mixed precision, checked)
     ffexport ... --int8                           -> + DIR/model.int8-trt.onnx, DIR/model.int8-cpu.onnx (gated)
+    ffexport ... --bf16                           -> + DIR/model.bf16.onnx (head re-fit for BF16 CPUs, gated)
     ffexport ... [--fp16] --engine                -> + DIR/model[.fp16].engine (+ .json), GPU host only
     ffexport ... [--fp16] --triton                -> + DIR/triton/ (Triton model repository: ffrt.triton.repository)
 
@@ -61,19 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true",
                    help="also write OUT/model.int8-trt.onnx (symmetric, for TensorRT) and OUT/model.int8-cpu.onnx "
                    "(U8S8, for x86 CPUs) from one calibration pass, gated on accuracy against FP32 (see ffcalib int8)")
-    p.add_argument("--calib", help="--int8: normal images for calibration (folder, MVTec root or elpv:mono/poly); "
-                   "default: the training data recorded in the checkpoint")
+    p.add_argument("--bf16", action="store_true",
+                   help="also write OUT/model.bf16.onnx for CPUs with AMX or AVX512-BF16 (OpenVINO, pip install "
+                   "\"ffrt[openvino]\"): the flow head re-fit on the backbone's BF16 features as OpenVINO computes "
+                   "them on this CPU, gated against FP32 on validation data (AUROC drop <= 0.01, Spearman >= 0.90), "
+                   "the gate recorded in the file: Detector(..., precision='auto') runs it in BF16. With "
+                   "--refit-epochs 0: model.onnx itself is gated in BF16 (FP16 bounds) and the gate recorded there")
+    p.add_argument("--calib", help="--int8: normal images for calibration; --bf16: the training data (folder, MVTec "
+                   "root or elpv:mono/poly); default: the training data recorded in the checkpoint")
     p.add_argument("--calib-count", type=int, default=64, help="--int8: calibration images (default 64)")
     p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax",
                    help="--int8: activation range calibration (default minmax)")
     p.add_argument("--refit-epochs", type=int, default=None,
-                   help="--int8: epochs of re-fitting each INT8 file's flow head on its INT8 backbone's features, "
+                   help="--int8 / --bf16: epochs of re-fitting each INT8 (BF16) file's flow head on its backbone's features, "
                    "warm-started from the FP32 head (default 6; 0 = plain post-training quantization, which a "
                    "FastFlow head does not survive: see ffexport/int8_head.py)")
     p.add_argument("--min-spearman", type=float, default=None,
                    help="--int8: gate bound on the INT8 vs FP32 score rank correlation (default 0.90 with re-fit heads, "
                    "0.95 without; see ffcalib/int8.py)")
-    p.add_argument("--force", action="store_true", help="--int8: write the INT8 files even if the accuracy gate fails")
+    p.add_argument("--force", action="store_true",
+                   help="--int8 / --bf16: write the files even if the accuracy gate fails (a BF16 gate recorded as failed)")
     p.add_argument(
         "--engine",
         action="store_true",
@@ -209,8 +217,8 @@ def _int8_step(args, payload, fp32_path: Path, parity_images: np.ndarray) -> int
 
 
 def run(args) -> int:
-    if args.int8 and args.fp16:
-        print("ffexport: error: choose one of --fp16 and --int8 per export (each is checked against FP32)",
+    if sum((args.int8, args.fp16, args.bf16)) > 1:
+        print("ffexport: error: choose one of --fp16, --int8 and --bf16 per export (each is checked against FP32)",
               file=sys.stderr)
         return EXIT_FAILED
     bad = _check_numbers(args)
@@ -254,6 +262,14 @@ def run(args) -> int:
 
             staged += [TRT_NAME, CPU_NAME]
             engine_src, engine_meta = TRT_NAME, read_onnx_meta(stage.path(TRT_NAME))
+        if args.bf16:
+            from .bf16_head import bf16_step
+
+            code, gated = bf16_step(args, payload, path, images)
+            if code:
+                return code
+            if gated != path:
+                staged.append(gated.name)
         # Every file must build on the line PC's TensorRT too (TopK K <= 3840, ffrt.trtlimits):
         # refused here, not discovered there.
         from ffrt import trtlimits

@@ -27,12 +27,13 @@ from ffcore.metrics import roc_auc, spearman
 from ffcore.ort import make_session
 from onnx import TensorProto, helper, numpy_helper
 
-#: Parity tolerances of FP16 vs FP32 on real images (checked by ffexport --fp16).
+#: Parity tolerances of FP16 vs FP32 on real images (checked by ffexport --fp16), the bounds
+#: of every reduced float precision against the same file in FP32 (ffcalib's BF16 gate too).
 #: FP16 keeps ~3 decimal digits per activation; through ~40 convolutions that gives
 #: ~0.1-1 % relative error on the map. The ranking of parts must survive it.
-FP16_MIN_SPEARMAN = 0.99  # score rank correlation
-FP16_MAX_AUROC_DIFF = 0.01  # |AUROC(fp16) - AUROC(fp32)| on real labelled images
-FP16_MAX_MAP_REL = 0.02  # max |map16 - map32| / max |map32|
+from ffcalib.bf16 import REDUCED_MAX_AUROC_DIFF as FP16_MAX_AUROC_DIFF  # noqa: E402  |AUROC16 - AUROC32|, labelled images
+from ffcalib.bf16 import REDUCED_MAX_MAP_REL as FP16_MAX_MAP_REL  # noqa: E402  max |map16 - map32| / max |map32|
+from ffcalib.bf16 import REDUCED_MIN_SPEARMAN as FP16_MIN_SPEARMAN  # noqa: E402  score rank correlation
 
 
 @dataclass(frozen=True)

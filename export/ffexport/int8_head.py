@@ -64,19 +64,32 @@ def int8_backbone_extractor(q_model_bytes: bytes, feature_shapes, threads: int |
         return session.run(boundary, {input_name: images})
 
     h, w = q.graph.input[0].type.tensor_type.shape.dim[1:3]
-    probe = run(np.zeros((1, h.dim_value, w.dim_value, 3), np.uint8))
+    return features_of(run, (h.dim_value, w.dim_value), feature_shapes, "int8", batch)
+
+
+def features_of(run: Callable[[np.ndarray], list[np.ndarray]], size: tuple[int, int], feature_shapes, label: str,
+                batch: int = 16) -> FeatureExtractor:
+    """A FeatureExtractor from ``run`` (uint8 NHWC batch -> backbone feature maps, any order):
+    chunks of ``batch``, maps ordered like the model's scales (matched by shape)."""
+    probe = run(np.zeros((1, size[0], size[1], 3), np.uint8))
     shapes = [tuple(p.shape[1:]) for p in probe]
     try:
         order = [shapes.index(tuple(s)) for s in feature_shapes]
     except ValueError as e:
-        raise ExportError(f"the INT8 backbone's feature maps {shapes} do not match the model's {feature_shapes}") from e
+        raise ExportError(f"the {label} backbone's feature maps {shapes} do not match the model's {feature_shapes}") from e
 
     def extract(images: np.ndarray, desc: str) -> list[torch.Tensor]:
-        chunks = [run(images[i : i + batch]) for i in progress(range(0, len(images), batch), desc=f"{desc}, int8",
+        chunks = [run(images[i : i + batch]) for i in progress(range(0, len(images), batch), desc=f"{desc}, {label}",
                                                                 unit="batch")]
         return [torch.from_numpy(np.concatenate([c[k] for c in chunks])) for k in order]
 
     return extract
+
+
+def int8_source(target: str) -> tuple[str, str]:
+    """(what the head was re-fit on, where its thresholds' scores came from) of an INT8 encoding."""
+    return (f"this file's INT8 backbone features ({target} encoding)",
+            f"fftrain (PyTorch flows on onnxruntime-cpu features of the {target} encoding)")
 
 
 def head_refitter(
@@ -89,8 +102,11 @@ def head_refitter(
     opset: int = 18,
     threads: int | None = None,
     log: Callable[[str], None] = print,
+    features: Callable[..., FeatureExtractor] = int8_backbone_extractor,
+    source: Callable[[str], tuple[str, str]] = int8_source,
 ) -> Callable[[str, bytes], onnx.ModelProto]:
-    """The ``refit_head`` callable for ``ffcalib.int8.quantize_model``.
+    """The ``refit_head`` callable for ``ffcalib.int8.quantize_model`` (and, with ``features``
+    and ``source`` of the BF16 backbone, ffexport --bf16: bf16_head.py).
 
     For each encoding: warm-start from the checkpoint, train the flows for ``epochs`` on the
     Q/DQ backbone's features of ``split`` (train normals; validation normals and synthetic
@@ -112,25 +128,27 @@ def head_refitter(
         progress=True,
     )
 
-    def refit(target: str, q_model_bytes: bytes) -> onnx.ModelProto:
+    def refit(target: str, backbone) -> onnx.ModelProto:
         model, _ = checkpoint.load(ckpt_path)
-        log(f"int8-{target}: re-fitting the flow head on the INT8 backbone's features ({epochs} epochs, "
+        what, scored_on = source(target)
+        log(f"re-fitting the flow head on {what} ({epochs} epochs, "
             f"{len(split.train)} train / {len(split.val)} validation normals of {split.name})")
-        extract = int8_backbone_extractor(q_model_bytes, model.feature_shapes, threads)
+        extract = features(backbone, model.feature_shapes, threads)
         result = train(model.config, split, settings, log=lambda m: log(f"  {m}"), model=model, extract=extract)
-        return _export_refit(result.model, payload, result, sha256, target, epochs, parity_images, batch_max, opset)
+        return _export_refit(result.model, payload, result, sha256, target, (what, scored_on), epochs, parity_images,
+                             batch_max, opset)
 
     return refit
 
 
-def _export_refit(model: FastFlow, payload: dict, result, sha256: str, target: str, epochs: int,
-                  parity_images: np.ndarray, batch_max: int, opset: int) -> onnx.ModelProto:
-    # The re-fit's thresholds were scored by PyTorch flows on ONNX Runtime CPU's INT8 backbone features.
-    calibration = {**result.calibration,
-                   "calibrated_on": f"fftrain (PyTorch flows on onnxruntime-cpu features of the {target} encoding)"}
+def _export_refit(model: FastFlow, payload: dict, result, sha256: str, target: str, source: tuple[str, str],
+                  epochs: int, parity_images: np.ndarray, batch_max: int, opset: int) -> onnx.ModelProto:
+    # The re-fit's thresholds were scored by PyTorch flows on the features the head was fit on.
+    what, scored_on = source
+    calibration = {**result.calibration, "calibrated_on": scored_on}
     refit_payload = {**payload, "state_dict": model.state_dict(), "calibration": calibration}
     how = (
-        f"flows re-fit on this file's INT8 backbone features ({target} encoding): {epochs} epochs from the FP32 "
+        f"flows re-fit on {what}: {epochs} epochs from the FP32 "
         f"head, kept epoch {result.best_epoch}; thresholds re-calibrated ({result.calibration['source']})"
     )
     meta = build_meta(model, refit_payload, sha256, batch_max, opset).model_copy(update={"head_fit": how})

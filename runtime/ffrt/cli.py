@@ -119,6 +119,7 @@ def format_meta(meta, path) -> str:
         f"{'3x3 only' if meta.flow.conv3x3_only else '3x3/1x1'}, clamp {meta.flow.clamp:g}; "
         f"feature strides {', '.join(map(str, meta.feature_strides))}",
         *([f"head:         {meta.head_fit}"] if meta.head_fit else []),
+        *[f"gate:         {g.summary()}; {g.runtime}, {g.checked_at}" for g in meta.precision_gates],
         f"opset:        {meta.opset if meta.opset is not None else 'not recorded'}",
         f"checkpoint:   sha256 {meta.source_checkpoint_sha256}",
         f"created:      {meta.created_at}",

@@ -249,7 +249,7 @@ class Detector:
     @property
     def stats(self) -> LatencyStats:
         """Latency/FPS of the last ``stats_window`` successful calls (warmup excluded)."""
-        return self._stats.snapshot()
+        return self._stats.snapshot().model_copy(update={"backend": self.backend_name, "precision": self.precision})
 
     @property
     def input_size(self) -> ImageSize:

@@ -144,17 +144,22 @@ class PrecisionGate(_Strict):
     spearman: Finite = Field(description="Spearman rank correlation of the image scores with FP32.")
     auroc_fp32: Finite | None = None
     auroc: Finite | None = Field(default=None, description="Image AUROC in this precision (None: one class only).")
-    map_max_rel: float = Field(ge=0, allow_inf_nan=False, description="max |map - map_fp32| / max |map_fp32|.")
+    map_max_rel: float = Field(ge=0, allow_inf_nan=False,
+                               description="max |map - map_fp32| / max |map_fp32| over the finite values.")
+    nonfinite: int = Field(default=0, ge=0, description="NaN/inf values in the maps and scores (any fails the gate).")
     bounds: dict[str, Finite] = Field(description="The tolerances applied (min_spearman, max_auroc_diff, max_map_rel).")
+    reference: str = Field(description="What it was compared with: this file in FP32, or the FP32 model a re-fit "
+                           "head came from.")
     runtime: str = Field(description="Backend, library version and CPU the gate ran on.")
     checked_at: str
 
     def summary(self) -> str:
         au = (f", image AUROC {self.auroc_fp32:.4f} -> {self.auroc:.4f}"
               if self.auroc is not None and self.auroc_fp32 is not None else "")
-        return (f"{self.precision} with keep_fp32={self.keep_fp32!r} on {self.images} images of {self.data}: Spearman "
-                f"{self.spearman:.4f}{au}, map error {100 * self.map_max_rel:.2f}% of the peak: "
-                f"{'passed' if self.passed else 'FAILED'}")
+        bad = f", {self.nonfinite} non-finite values" if self.nonfinite else ""
+        return (f"{self.precision} with keep_fp32={self.keep_fp32!r} vs {self.reference}, {self.images} images "
+                f"({self.data}): Spearman {self.spearman:.4f}{au}, map error {100 * self.map_max_rel:.2f}% of the "
+                f"FP32 peak{bad}; bounds {self.bounds}: {'passed' if self.passed else 'FAILED'}")
 
 
 class ModelMeta(_Strict):

@@ -68,7 +68,9 @@ class Result:
                   Line software that wants a region rule adds it explicitly, e.g.
                   ``reject = r.is_anomalous and bool(r.regions)``.
     latency_split: the stages of ``latency_ms`` (:class:`LatencySplit`).
-    backend, precision: the backend that scored the image and the model file's precision.
+    backend, precision: the backend that scored the image and the precision it computed in
+                  (Detector.precision: the file's encoding on ONNX Runtime and TensorRT, "bf16" /
+                  "int8+bf16" where OpenVINO ran BF16; precision_detail says which parts).
     """
 
     score: float

@@ -48,6 +48,8 @@ class LatencyStats(BaseModel):
     fps: float = Field(description="images / wall-clock seconds from the first call's start to the last call's end.")
     busy_fps: float = Field(default=0.0, description="images / wall-clock seconds in which at least one call was running.")
     wall_s: float = Field(default=0.0, description="Wall-clock seconds the window spans (first start to last end).")
+    backend: str = Field(default="", description="The backend these calls ran on (Detector.backend_name).")
+    precision: str = Field(default="", description="The precision it computed in (Detector.precision).")
 
     def __str__(self) -> str:
         if self.count == 0:
@@ -58,6 +60,7 @@ class LatencyStats(BaseModel):
             f"latency p50 {self.p50_ms:.2f} ms, p90 {self.p90_ms:.2f} ms, p99 {self.p99_ms:.2f} ms, "
             f"mean {self.mean_ms:.2f} ms, max {self.max_ms:.2f} ms; {self.fps:.1f} images/s over "
             f"{self.wall_s:.2f} s wall clock ({self.busy_fps:.1f} images/s while busy)"
+            + (f"; {self.backend}, {self.precision}" if self.backend else "")
         )
 
 

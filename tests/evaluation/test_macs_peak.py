@@ -115,3 +115,20 @@ def test_parse_cpuinfo():
     text = "processor\t: 0\nmodel name\t: Test CPU\ncpu MHz\t\t: 2445.406\nflags\t\t: fpu avx avx2 fma\n\nprocessor\t: 1\nflags\t: sse\n"
     info = parse_cpuinfo(text)
     assert info == {"model": "Test CPU", "mhz": pytest.approx(2445.406), "flags": {"fpu", "avx", "avx2", "fma"}}
+
+
+@pytest.mark.parametrize("flags,bf16,int8", [
+    # 2 cores x 2.0 GHz; the FP32 rate with AVX-512 and 2 FMA units: 2 x 16 x 2 = 64 FLOP/cycle/core
+    ({"avx512f", "fma", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}, 2 * 2.0 * 1024, 2 * 2.0 * 2048),
+    ({"avx512f", "fma", "avx512_vnni", "avx512_bf16"}, 2 * 2.0 * 128, 2 * 2.0 * 256),  # no AMX: AVX512-BF16 / VNNI
+    ({"avx2", "fma"}, None, None),  # AVX2 only (the EPYC): no native BF16, no VNNI
+])
+def test_peaks_per_precision_from_the_flags(flags, bf16, int8):
+    from ffeval.machine import precision_peaks
+
+    peaks = precision_peaks(peak_gflops(2, 2.0, flags), flags)
+    assert peaks["fp32"]["gops"] == pytest.approx(2 * 2.0 * (64 if "avx512f" in flags else 32))
+    assert (peaks["bf16"] and peaks["bf16"]["gops"]) == (pytest.approx(bf16) if bf16 else None)
+    assert (peaks["int8"] and peaks["int8"]["gops"]) == (pytest.approx(int8) if int8 else None)
+    if bf16:
+        assert ("AMX" in peaks["bf16"]["derivation"]) == ("amx_bf16" in flags)

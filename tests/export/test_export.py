@@ -70,10 +70,11 @@ def test_dynamic_batch(tiny_onnx, real_images, batch):
 
 
 def test_conflicting_precisions_exit_with_one_line(tiny_checkpoint, tmp_path, capsys):
-    assert ffexport_main(["--ckpt", str(tiny_checkpoint), "--out", str(tmp_path / "a"), "--int8", "--fp16"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("ffexport: error: choose one of --fp16 and --int8") and "\n" not in err
-    assert not (tmp_path / "a").exists()  # nothing half-written
+    for pair in (["--int8", "--fp16"], ["--bf16", "--int8"], ["--fp16", "--bf16"]):
+        assert ffexport_main(["--ckpt", str(tiny_checkpoint), "--out", str(tmp_path / "a"), *pair]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ffexport: error: choose one of --fp16, --int8 and --bf16") and "\n" not in err
+        assert not (tmp_path / "a").exists()  # nothing half-written
 
 
 def test_int8_export_writes_both_encodings(tiny_checkpoint, tmp_path, capsys):

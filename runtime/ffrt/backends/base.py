@@ -85,6 +85,21 @@ class Backend(abc.ABC):
         self.close()
 
 
+def import_library(module: str, what: str, hint: str):
+    """``import module``, or a BackendUnavailableError saying what to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise BackendUnavailableError(f"{what} is not installed ({e}); install it: {hint}") from e
+
+
+def check_threads(threads: object) -> None:
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise InvalidArgumentError(f"threads must be a positive integer or None (all physical cores), not {threads!r}.")
+
+
 def fp32_only(precision: str) -> str | None:
     """``BackendSpec.precision_problem`` of a backend that runs the file as written."""
     if precision in ("auto", "fp32"):
@@ -97,20 +112,26 @@ class BackendSpec:
     name: str
     #: None when the backend can run here, else a sentence saying why not and what to install.
     probe: Callable[[], str | None]
-    #: Builds the backend: (model path, metadata, CPU threads, GPU index, precision=...,
-    #: options=...). Raises BackendUnavailableError when the machine turns out not to support
-    #: it after all (e.g. CUDA libraries missing, TensorRT cannot initialise CUDA); "auto" then
-    #: moves on. Any other error (ModelFileError: the model breaks the contract) is not hidden.
+    #: Builds the backend: (model path, metadata, CPU threads, GPU index), plus precision=... and
+    #: options=... for a backend that declares ``option_keys`` or a ``precision_problem`` of its
+    #: own (one registered before these existed keeps working). Raises BackendUnavailableError
+    #: when the machine turns out not to support it after all (e.g. CUDA libraries missing,
+    #: TensorRT cannot initialise CUDA); "auto" then moves on. Any other error (ModelFileError:
+    #: the model breaks the contract) is not hidden.
     create: Callable[..., Backend]
     #: None when ``precision=`` may name this precision here, else why not.
     precision_problem: Callable[[str], str | None] = fp32_only
     #: The keys of ``backend_options`` this backend takes.
     option_keys: tuple[str, ...] = ()
-    #: Runs on the host CPU: "auto" measures the CPU backends against each other.
-    cpu: bool = False
 
 
 _REGISTRY: dict[str, BackendSpec] = {}
+
+
+def _create(spec: BackendSpec, model_path, meta, threads, device, precision: str, options: dict) -> Backend:
+    if spec.option_keys or spec.precision_problem is not fp32_only:
+        return spec.create(model_path, meta, threads, device, precision=precision, options=options)
+    return spec.create(model_path, meta, threads, device)
 
 
 def register_backend(spec: BackendSpec) -> None:
@@ -160,9 +181,17 @@ def create_backend(
     problem = spec.precision_problem(precision)
     if problem is not None:
         raise BackendUnavailableError(f"backend {name!r} cannot run precision={precision!r}: {problem}.")
-    backend = spec.create(model_path, meta, threads, device, precision=precision, options=options)
+    backend = _create(spec, model_path, meta, threads, device, precision, options)
     log.info("ffrt backend: %s", backend.description)
     return backend, ()
+
+
+def precision_problem(name: str, precision: str) -> str | None:
+    """None when backend ``name`` can run ``precision`` here (as far as its probe tells), else why not."""
+    spec = _REGISTRY.get(name)
+    if spec is None:
+        return "not in this build"
+    return spec.probe() or spec.precision_problem(precision)
 
 
 def check_precision(precision: object) -> str:
@@ -207,7 +236,7 @@ def _start(name: str, model_path, meta, threads, device, precision, options, ski
         skipped.append(f"{name}: {reason}")
         return None
     try:
-        return spec.create(model_path, meta, threads, device, precision=precision, options=options)
+        return _create(spec, model_path, meta, threads, device, precision, options)
     except BackendUnavailableError as e:
         skipped.append(f"{name}: {e}")
         return None

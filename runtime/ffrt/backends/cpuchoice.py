@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,8 @@ CACHE_NAME = "cpu-backend-choice.json"
 MARGIN = 0.95
 #: Timed rounds per batch size (after one untimed warm-up run of each backend).
 ROUNDS = 5
+#: Untimed pause after each call, so that no backend is timed against the other's spinning threads.
+SETTLE_S = 0.02
 #: CPU flags that change which kernels the backends can use.
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
 MAX_ENTRIES = 64
@@ -108,21 +109,19 @@ def _write_cache(key: str, entry: dict) -> None:
 
 
 def measure(backends: list[Backend], height: int, width: int, batches: tuple[int, ...]) -> dict[str, float]:
-    """Median milliseconds per image of each backend, averaged over ``batches``; rounds interleaved."""
+    """Median milliseconds per image of each backend, averaged over ``batches``; rounds
+    interleaved (ffcore.timing.interleaved, with its settle pause after every call)."""
+    from ffcore.timing import interleaved
+
     rng = np.random.default_rng(0)
     per_image: dict[str, list[float]] = {b.name: [] for b in backends}
     for n in batches:
         x = rng.integers(0, 256, size=(n, height, width, 3), dtype=np.uint8)
-        for b in backends:
-            b.run(x)  # warm-up: memory arenas, kernel choice, OpenVINO's compile for this batch
-        times: dict[str, list[float]] = {b.name: [] for b in backends}
-        for _ in range(ROUNDS):
-            for b in backends:
-                t0 = time.perf_counter()
-                b.run(x)
-                times[b.name].append(time.perf_counter() - t0)
+        # warm-up: memory arenas, kernel choice, OpenVINO's compile for this batch size
+        times = interleaved({b.name: (lambda b=b: b.run(x)) for b in backends}, rounds=ROUNDS, warmup=1,
+                            settle_s=SETTLE_S)
         for name, t in times.items():
-            per_image[name].append(float(np.median(t)) * 1000.0 / n)
+            per_image[name].append(float(np.median(t)) / n)
     return {name: float(np.mean(v)) for name, v in per_image.items()}
 
 
@@ -149,9 +148,9 @@ def pick(backends: list[Backend], model_path: Path, meta, threads: int | None) -
             how = f"measured {entry.get('measured_at', '')}, remembered in {cache_path()}"
         chosen = names[entry["chosen"]]
         figures = ", ".join(f"{n} {v:.2f} ms/image" for n, v in entry["ms_per_image"].items())
-        line = (f"chose {chosen.name} among the CPU backends: {figures} (batch "
-                f"{' and '.join(map(str, entry['batches']))}, {how}; another than {incumbent.name} needs to be "
-                f"{100 * (1 - MARGIN):.0f}% faster)")
+        line = (f"{chosen.name} measured against the other CPU backends: {figures} (batch "
+                f"{' and '.join(map(str, entry['batches']))}, {how}; another than {incumbent.name} must be "
+                f"{100 * (1 - MARGIN):.0f}% faster to be chosen)")
     for b in backends:
         if b is not chosen:
             b.close()

@@ -16,9 +16,9 @@ import numpy as np
 
 from ffcore.ort import make_session, physical_core_count
 
-from ..errors import BackendUnavailableError, InvalidArgumentError, ModelFileError
+from ..errors import BackendUnavailableError, ModelFileError
 from ..meta import ModelMeta
-from .base import Backend, BackendSpec, register_backend
+from .base import Backend, BackendSpec, check_threads, import_library, register_backend
 from .contract import Port, check_contract
 
 CPU_HINT = 'pip install "ffrt[cpu]"'
@@ -26,18 +26,13 @@ GPU_HINT = 'pip install "ffrt[gpu]" (onnxruntime-gpu, with a CUDA/cuDNN that mat
 
 
 def _import_ort():
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise BackendUnavailableError(f"onnxruntime is not installed ({e}); install it: {CPU_HINT}") from e
-    return onnxruntime
+    return import_library("onnxruntime", "onnxruntime", CPU_HINT)
 
 
 class OnnxRuntimeBackend(Backend):
     def __init__(self, name: str, model_path: Path, meta: ModelMeta, providers: list, threads: int | None):
         _import_ort()
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-            raise InvalidArgumentError(f"threads must be a positive integer or None (all physical cores), not {threads!r}.")
+        check_threads(threads)
         self.name = name
         # The file runs as written: ORT's CPU kernels compute FP32 (Q/DQ convolutions in INT8).
         self.precision = meta.precision
@@ -283,7 +278,7 @@ def prune_ort_trt_folders(folder: Path, model_path: Path) -> list[Path]:
     return removed
 
 
-def _create_trt_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0, **_) -> "OnnxRuntimeBackend":
+def _create_trt_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0) -> "OnnxRuntimeBackend":
     import json
 
     prepare_gpu_libraries()
@@ -305,7 +300,7 @@ def cuda_ep_options(device: int = 0) -> dict:
     return {"device_id": device, "use_tf32": 0}
 
 
-def _create_cuda_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0, **_) -> "OnnxRuntimeBackend":
+def _create_cuda_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0) -> "OnnxRuntimeBackend":
     prepare_gpu_libraries()
     # CPU EP listed second: nodes CUDA lacks a kernel for still run.
     return OnnxRuntimeBackend("onnxruntime-cuda", path, meta,
@@ -330,8 +325,7 @@ register_backend(
     BackendSpec(
         name="onnxruntime-cpu",
         probe=_probe_cpu,
-        cpu=True,
-        create=lambda path, meta, threads, device=0, **_: OnnxRuntimeBackend(
+        create=lambda path, meta, threads, device=0: OnnxRuntimeBackend(
             "onnxruntime-cpu", path, meta, ["CPUExecutionProvider"], threads
         ),
     )

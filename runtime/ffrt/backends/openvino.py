@@ -23,7 +23,8 @@ Options (``Detector(..., backend="openvino", backend_options={...})``):
 call) or "throughput" (OpenVINO's streams; predict_batch then runs its chunks on that many
 infer requests at once), ``infer_requests`` (default: OpenVINO's optimal number for the hint),
 ``batch_shapes`` "static" | "dynamic", ``keep_fp32`` "head" (default) | "flows" | "none"
-(BF16 only: what stays FP32; "none" = the whole graph in BF16, as OpenVINO's default does).
+(BF16 only: what stays FP32; "none" = the whole graph in BF16, as OpenVINO's default does),
+``perf_count`` (False; True: OpenVINO times every node, read with :meth:`OpenVinoBackend.profile`).
 
 Thread-safety: each call takes one infer request (per shape) from a pool and returns it, so
 one backend serves several threads; compiling a new shape is locked.
@@ -44,11 +45,11 @@ from ffcore.ort import physical_core_count
 from ..errors import BackendUnavailableError, InferenceError, InvalidArgumentError, ModelFileError
 from ..meta import ModelMeta
 from . import ovgraph
-from .base import Backend, BackendSpec, register_backend
+from .base import Backend, BackendSpec, check_threads, import_library, register_backend
 from .contract import Port, check_contract
 
 HINT = 'pip install "ffrt[openvino]"'
-OPTION_KEYS = ("performance_hint", "infer_requests", "batch_shapes", "keep_fp32")
+OPTION_KEYS = ("performance_hint", "infer_requests", "batch_shapes", "keep_fp32", "perf_count")
 #: Compiled batch sizes kept per backend (static shapes).
 MAX_SHAPES = 8
 _ONNX_TYPES = {"u8": "uint8", "i8": "int8", "f32": "float", "f16": "float16", "bf16": "bfloat16", "i64": "int64",
@@ -56,11 +57,7 @@ _ONNX_TYPES = {"u8": "uint8", "i8": "int8", "f32": "float", "f16": "float16", "b
 
 
 def _import_ov():
-    try:
-        import openvino
-    except ImportError as e:
-        raise BackendUnavailableError(f"OpenVINO is not installed ({e}); install it: {HINT}") from e
-    return openvino
+    return import_library("openvino", "OpenVINO", HINT)
 
 
 def _probe() -> str | None:
@@ -108,12 +105,17 @@ def _choice(name: str, value, allowed: tuple) -> object:
 class _Compiled:
     """One input shape: the compiled model (or body + FP32 tail) and a pool of infer requests."""
 
-    def __init__(self, core, model, config: dict, fp32_config: dict, keep_fp32: str | None, requests: int | None,
-                 outputs: tuple[str, str]):
+    def __init__(self, core, model, config: dict, fp32_config: dict, keep_fp32: str | None, boundary,
+                 requests: int | None, outputs: tuple[str, str]):
         if keep_fp32 is None:
             self.parts = [core.compile_model(model, "CPU", config)]
         else:
-            cut = ovgraph.split(model, keep_fp32)
+            # The body hands its outputs over in BF16: an FP32 output would make the CPU plugin
+            # keep the body's own tail (everything after its last convolution: the last flow
+            # steps) in FP32 with reorders between the two (Graph::EnforceInferencePrecision skips
+            # the graph tail unless the output's precision is the inference precision), measured
+            # 1.4x slower at batch 8. The values are BF16 there anyway; the tail casts to FP32.
+            cut = ovgraph.split(model, keep_fp32, boundary)
             self.parts = [core.compile_model(cut.body, "CPU", config), core.compile_model(cut.tail, "CPU", fp32_config)]
         self.outputs = outputs
         n = requests or int(self.parts[0].get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
@@ -125,17 +127,19 @@ class _Compiled:
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         requests = self._slots.get()
         try:
-            first = requests[0]
-            first.infer({0: batch}, share_inputs=True)
-            for i, later in enumerate(requests[1:]):
-                # The body's outputs are the tail's inputs: shared, not copied.
-                for k in range(len(self.parts[i].outputs)):
-                    later.set_input_tensor(k, requests[i].get_output_tensor(k))
-                later.infer()
-            last = requests[-1]
-            return last.get_tensor(self.outputs[0]).data.copy(), last.get_tensor(self.outputs[1]).data.copy()
+            return self.infer_on(requests, batch)
         finally:
             self._slots.put(requests)
+
+    def infer_on(self, requests: list, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        requests[0].infer({0: batch}, share_inputs=True)
+        for i, later in enumerate(requests[1:]):
+            # The body's outputs are the tail's inputs: shared, not copied.
+            for k in range(len(self.parts[i].outputs)):
+                later.set_input_tensor(k, requests[i].get_output_tensor(k))
+            later.infer()
+        last = requests[-1]
+        return last.get_tensor(self.outputs[0]).data.copy(), last.get_tensor(self.outputs[1]).data.copy()
 
 
 class OpenVinoBackend(Backend):
@@ -144,8 +148,7 @@ class OpenVinoBackend(Backend):
     def __init__(self, model_path: Path, meta: ModelMeta, threads: int | None, precision: str = "auto",
                  options: dict | None = None):
         ov = _import_ov()
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-            raise InvalidArgumentError(f"threads must be a positive integer or None (all physical cores), not {threads!r}.")
+        check_threads(threads)
         options = dict(options or {})
         self.hint = _choice("performance_hint", options.get("performance_hint", "latency"), ("latency", "throughput"))
         self.batch_shapes = _choice("batch_shapes", options.get("batch_shapes", "static"), ("static", "dynamic"))
@@ -153,6 +156,7 @@ class OpenVinoBackend(Backend):
         requests = options.get("infer_requests")
         if requests is not None and (not isinstance(requests, int) or isinstance(requests, bool) or requests < 1):
             raise InvalidArgumentError(f"openvino option infer_requests must be a positive integer, not {requests!r}.")
+        self.perf_count = bool(options.get("perf_count", False))
         self.threads = threads if threads is not None else physical_core_count()
         self._ov_version = ov.get_version().split("-")[0]
         self._core = ov.Core()
@@ -193,7 +197,10 @@ class OpenVinoBackend(Backend):
         if requested == "bf16" and native is not None:
             raise BackendUnavailableError(f"openvino cannot run BF16 here: {native}")
         float_part = "bf16" if requested == "bf16" else "fp32"
-        self.precision = float_part if encoded in ("fp32", "fp16") else f"{encoded}+{float_part}"
+        # As ONNX Runtime names it: the file's encoding ("fp16": FP16 weights, computed in FP32 on
+        # this CPU; "int8": Q/DQ convolutions in INT8, the rest FP32), "+bf16" where BF16 runs.
+        self.precision = encoded if float_part == "fp32" else (float_part if encoded == "fp32" else
+                                                               f"{encoded}+{float_part}")
         if requested == "bf16":
             kept = {"head": "the anomaly head in FP32", "flows": "the flows and the head in FP32",
                     "none": "the whole graph in BF16 (nothing kept FP32)"}[keep]
@@ -211,6 +218,8 @@ class OpenVinoBackend(Backend):
                   hints.performance_mode: mode}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        if self.perf_count:
+            config["PERF_COUNT"] = True
         return config
 
     def _check_precisions(self, compiled: _Compiled) -> None:
@@ -243,7 +252,8 @@ class OpenVinoBackend(Backend):
             if n is not None:
                 model.reshape({self._input: [n, self._meta.input.height, self._meta.input.width, 3]})
             main = "bf16" if self.precision.endswith("bf16") else "f32"
-            compiled = _Compiled(self._core, model, self._config(main), self._config("f32"), self.keep_fp32,
+            boundary = _import_ov().Type.bf16 if main == "bf16" else None
+            compiled = _Compiled(self._core, model, self._config(main), self._config("f32"), self.keep_fp32, boundary,
                                  self._requests or (1 if self.hint == "latency" else None), tuple(self._outputs))
             self._check_precisions(compiled)
             self._shapes[n] = compiled
@@ -265,6 +275,22 @@ class OpenVinoBackend(Backend):
             pool = self._pool
         # OpenVINO releases the GIL while a request runs, so the threads overlap on its streams.
         return list(pool.map(self.run, batches))
+
+    def profile(self, batch: np.ndarray) -> list[dict]:
+        """Run ``batch`` once and return OpenVINO's per-node times (option ``perf_count=True``):
+        part ("graph", "body", "fp32 part"), node, layer type, kernel, precision, ms."""
+        if not self.perf_count:
+            raise InvalidArgumentError('profile() needs backend_options={"perf_count": True}')
+        compiled = self._compiled(len(batch) if self.batch_shapes == "static" else None)
+        requests = compiled._slots.get()
+        try:
+            compiled.infer_on(requests, batch)
+            names = ["graph"] if len(requests) == 1 else ["body", "fp32 part"]
+            return [{"part": part, "node": i.node_name, "type": i.node_type, "kernel": i.exec_type,
+                     "ms": i.real_time.total_seconds() * 1000.0}
+                    for part, r in zip(names, requests) for i in r.get_profiling_info()]
+        finally:
+            compiled._slots.put(requests)
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -300,6 +326,5 @@ register_backend(
             path, meta, threads, precision, options),
         precision_problem=_precision_problem,
         option_keys=OPTION_KEYS,
-        cpu=True,
     )
 )

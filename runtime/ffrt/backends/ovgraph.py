@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,6 +28,10 @@ import numpy as np
 #: per-scale LayerNorm onward (flows and head); "none" = the whole graph in BF16, OpenVINO's
 #: own default on AMX CPUs, never chosen by ffrt on its own.
 KEEP_FP32 = ("head", "flows", "none")
+
+
+#: Names of the casts ``split(boundary=...)`` puts at the end of the body and the start of the tail.
+BOUNDARY_OUT, BOUNDARY_IN = "ffrt_cut_to_boundary_", "ffrt_cut_from_boundary_"
 
 
 class GraphCutError(ValueError):
@@ -72,8 +77,12 @@ class Cut:
     tail_nodes: frozenset[str]  # friendly names of the original nodes in the tail
 
 
-def split(model, keep_fp32: str) -> Cut:
-    """Cut ``model`` (modified in place: do not use it afterwards) where FP32 starts."""
+def split(model, keep_fp32: str, boundary=None) -> Cut:
+    """Cut ``model`` (modified in place: do not use it afterwards) where FP32 starts.
+
+    ``boundary``: an element type (``ov.Type.bf16``) the float tensors crossing the cut are
+    converted to at the end of the body and back to their own type at the start of the tail.
+    """
     import openvino as ov
 
     tail_names: set[str] = set()
@@ -101,10 +110,17 @@ def split(model, keep_fp32: str) -> Cut:
             crossing.setdefault((node.get_friendly_name(), src.get_index()), (src, []))[1].append(inp)
     params, body_results = [], []
     for i, (src, inputs) in enumerate(crossing.values()):
-        param = ov.opset13.parameter(src.get_partial_shape(), src.get_element_type(), name=f"cut{i}")
-        body_results.append(ov.opset13.result(src))
+        kind = src.get_element_type()
+        if boundary is not None and kind.is_real() and kind != boundary:
+            param = ov.opset13.parameter(src.get_partial_shape(), boundary, name=f"cut{i}")
+            body_results.append(ov.opset13.result(ov.opset13.convert(src, boundary, name=f"{BOUNDARY_OUT}{i}")))
+            entry = ov.opset13.convert(param, kind, name=f"{BOUNDARY_IN}{i}").output(0)
+        else:
+            param = ov.opset13.parameter(src.get_partial_shape(), kind, name=f"cut{i}")
+            body_results.append(ov.opset13.result(src))
+            entry = param.output(0)
         for inp in inputs:
-            inp.replace_source_output(param.output(0))
+            inp.replace_source_output(entry)
         params.append(param)
     outputs = list(model.get_results())
     body = ov.Model(body_results, list(model.get_parameters()), "ffrt_body")
@@ -112,20 +128,42 @@ def split(model, keep_fp32: str) -> Cut:
     return Cut(body, tail_model, frozenset(tail_names))
 
 
-def runtime_precisions(compiled) -> list[tuple[str, str, str, tuple[str, ...]]]:
-    """(runtime node name, layer type, runtime precision, original node names) of every node
-    of a compiled model, as OpenVINO's runtime model reports them (``get_runtime_model()``;
-    rt_info keys ``layerType``, ``runtimePrecision``, ``originalLayersNames``)."""
+class RuntimeNode(NamedTuple):
+    name: str
+    kind: str  # the CPU plugin's layer type: Convolution, Eltwise, Subgraph, Reorder, Convert, ...
+    precision: str  # runtime precision: "f32", "bf16", "u8", ...
+    outputs: str  # output precisions, comma-separated
+    originals: tuple[str, ...]  # friendly names of the model's nodes fused into this one
+
+
+def runtime_precisions(compiled) -> list[RuntimeNode]:
+    """Every node of a compiled model as OpenVINO's runtime model reports it
+    (``get_runtime_model()``; rt_info keys ``layerType``, ``runtimePrecision``,
+    ``outputPrecisions``, ``originalLayersNames``)."""
     out = []
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
-        names = info["originalLayersNames"].astype(str) if "originalLayersNames" in info else ""
-        out.append((op.get_friendly_name(), info["layerType"].astype(str), info["runtimePrecision"].astype(str),
-                    tuple(n for n in names.split(",") if n)))
+
+        def get(key: str) -> str:
+            return info[key].astype(str) if key in info else ""
+
+        out.append(RuntimeNode(op.get_friendly_name(), get("layerType"), get("runtimePrecision"), get("outputPrecisions"),
+                               tuple(n for n in get("originalLayersNames").split(",") if n)))
     return out
 
 
 def precision_counts(compiled) -> dict[str, int]:
-    """How many compute nodes ran in each precision (constants, inputs and outputs left out)."""
+    """How many compute nodes ran in each precision (constants, inputs and outputs left out).
+
+    A node that contains one of :func:`split`'s casts back from the boundary type, and writes
+    FP32, counts as FP32: the plugin fuses that cast into the next node (e.g. a Subgraph of
+    Convert + z*z, reported with its BF16 input's precision), which converts first and then
+    computes in the model's FP32 types. Any other node is counted in its runtime precision."""
     skip = {"Const", "Input", "Output"}
-    return dict(Counter(p for _, kind, p, _ in runtime_precisions(compiled) if kind not in skip))
+    counts: Counter = Counter()
+    for n in runtime_precisions(compiled):
+        if n.kind in skip:
+            continue
+        casts_in = any(o.startswith(BOUNDARY_IN) for o in n.originals)
+        counts["f32" if casts_in and set(n.outputs.split(",")) == {"f32"} else n.precision] += 1
+    return dict(counts)

@@ -1,0 +1,258 @@
+"""The OpenVINO backend on the session's tiny FastFlow (real ELPV cells): parity with ONNX Runtime,
+BF16 with the anomaly head verified FP32 in OpenVINO's runtime model, shapes, options, errors,
+and how backend="auto" / precision="auto" choose. Needs the extra `openvino`; skipped without it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino", reason='OpenVINO is not installed: pip install "ffrt[openvino]" (extra openvino)')
+
+from ffcore.metrics import spearman  # noqa: E402
+from ffrt import Detector  # noqa: E402
+from ffrt.backends import create_backend, ovgraph  # noqa: E402
+from ffrt.backends.openvino import bf16_problem  # noqa: E402
+from ffrt.errors import BackendUnavailableError, InvalidArgumentError, ModelFileError  # noqa: E402
+from ffrt.meta import PrecisionGate, read_onnx_meta, write_onnx_meta  # noqa: E402
+
+NO_BF16 = bf16_problem()
+needs_bf16 = pytest.mark.skipif(NO_BF16 is not None, reason=f"BF16 test: {NO_BF16}")
+
+#: OpenVINO FP32 vs ONNX Runtime FP32, both FP32 kernels with their own summation orders
+#: (measured on the tiny model over the 8 real cells: map 3.4e-6 of its peak, score 2.1e-6 of the
+#: largest score). Bounds ~30x above: any BF16 or TF32-like shortcut is 1000x larger.
+FP32_MAP_REL = 1e-4
+FP32_SCORE_REL = 1e-4
+#: BF16 body with the FP32 head vs FP32 on the same cells (BF16 keeps 8 mantissa bits, ~0.4% per
+#: rounding, through every layer). Measured on the tiny model: map error 11.0% of the FP32 peak,
+#: scores 3.7% of the largest, Spearman 1.0 (whole-graph BF16: 10.7% / 3.5%). Bounds ~2.5x that.
+BF16_MAP_REL = 0.25
+BF16_SCORE_REL = 0.10
+#: INT8 Q/DQ file: OpenVINO's INT8 kernels vs ONNX Runtime's on the same file (rounding of the
+#: requantization differs; measured: scores 5.2% of the largest, Spearman 1.0).
+INT8_SCORE_REL = 0.15
+#: FP16 file: OpenVINO vs ONNX Runtime on the same file (both compute its FP16 tensors in FP32
+#: here; rounding differs only where one of them keeps FP16 storage).
+FP16_SCORE_REL = 0.02
+
+
+def _run(backend, images):
+    return backend.run(np.ascontiguousarray(images))
+
+
+@pytest.fixture(scope="module")
+def meta(tiny_onnx):
+    return read_onnx_meta(tiny_onnx)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_onnx, meta, real_images):
+    ort, _ = create_backend("onnxruntime-cpu", tiny_onnx, meta, threads=1)
+    return _run(ort, real_images)
+
+
+def _rel(a, b) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+def test_fp32_matches_onnxruntime(tiny_onnx, meta, real_images, reference):
+    ov_be, _ = create_backend("openvino", tiny_onnx, meta, threads=1, precision="fp32")
+    maps, scores = _run(ov_be, real_images)
+    assert _rel(maps, reference[0]) <= FP32_MAP_REL
+    assert _rel(scores, reference[1]) <= FP32_SCORE_REL
+    assert ov_be.precision == "fp32" and "bf16" not in ov_be.runtime_precisions["graph"]
+    assert ov_be.runtime_precisions["graph"].get("f32", 0) > 10
+
+
+@needs_bf16
+def test_bf16_keeps_the_head_fp32_and_stays_close(tiny_onnx, meta, real_images, reference):
+    be, _ = create_backend("openvino", tiny_onnx, meta, threads=1, precision="bf16")
+    maps, scores = _run(be, real_images)
+    assert be.precision == "bf16" and be.keep_fp32 == "head"
+    assert be.runtime_precisions["body"].get("bf16", 0) > 0  # BF16 really ran
+    assert _rel(maps, reference[0]) <= BF16_MAP_REL
+    assert _rel(scores, reference[1]) <= BF16_SCORE_REL
+    assert spearman(reference[1], scores) >= 0.95
+    assert _rel(maps, reference[0]) > 0  # not silently FP32
+
+    # Every node of the head (z*z onward, found on a fresh read of the graph) ran in FP32.
+    model = ov.Core().read_model(str(tiny_onnx))
+    cut = ovgraph.split(model, "head")
+    compiled = be._compiled(len(real_images))
+    tail = ovgraph.runtime_precisions(compiled.parts[1])
+    assert {"Interpolate", "TopK", "Reduce"} <= {n.kind for n in tail}
+    # Each original head node is in the FP32 part (or folded into a constant there), none in the body.
+    body = {o for n in ovgraph.runtime_precisions(compiled.parts[0]) for o in n.originals}
+    assert cut.tail_nodes and not (cut.tail_nodes & body)
+    assert {o for n in tail for o in n.originals} & cut.tail_nodes
+    # ... and ran in FP32: every node writes FP32 (or indices); the only one reading BF16 is
+    # the one holding the cast back from the body's BF16 hand-over (ovgraph.precision_counts).
+    for n in tail:
+        if n.kind in ("Const", "Input"):
+            continue
+        assert set(n.outputs.split(",")) <= {"f32", "i32"}, n
+        assert n.precision == "f32" or n.kind == "Output" or any(o.startswith(ovgraph.BOUNDARY_IN) for o in n.originals), n
+    assert "bf16" not in be.runtime_precisions["fp32 part"]
+
+
+@needs_bf16
+def test_whole_graph_bf16_runs_the_head_in_bf16_which_is_why_it_is_cut(tiny_onnx, meta, real_images):
+    # OpenVINO's default on AMX CPUs: even the head's upsampling runs BF16 (the reason for the cut).
+    be, _ = create_backend("openvino", tiny_onnx, meta, threads=1, precision="bf16", options={"keep_fp32": "none"})
+    names = {n for n in ovgraph.split(ov.Core().read_model(str(tiny_onnx)), "head").tail_nodes}
+    head_bf16 = [n.kind for n in ovgraph.runtime_precisions(be._compiled(1).parts[0])
+                 if n.precision == "bf16" and set(n.originals) & names]
+    assert "Interpolate" in head_bf16
+
+
+def test_static_and_dynamic_shapes_agree(tiny_onnx, meta, real_images):
+    static, _ = create_backend("openvino", tiny_onnx, meta, threads=1, precision="fp32")
+    dynamic, _ = create_backend("openvino", tiny_onnx, meta, threads=1, precision="fp32",
+                                options={"batch_shapes": "dynamic"})
+    for n in (1, 3, 8):
+        a, b = _run(static, real_images[:n]), _run(dynamic, real_images[:n])
+        assert a[0].shape == (n, 1, 64, 64) and a[1].shape == (n,)
+        assert _rel(a[0], b[0]) <= FP32_MAP_REL and _rel(a[1], b[1]) <= FP32_SCORE_REL
+    assert sorted(static._shapes) == [1, 3, 8] and list(dynamic._shapes) == [None]
+
+
+def test_detector_records_precision_and_batches_in_parallel(tiny_onnx, real_images):
+    one = Detector(tiny_onnx, backend="openvino", precision="fp32", color_order="RGB", threads=1)
+    two = Detector(tiny_onnx, backend="openvino", precision="fp32", color_order="RGB",
+                   backend_options={"performance_hint": "throughput", "infer_requests": 2})
+    frames = list(real_images) * 3
+    a = one.predict_batch(frames, batch_size=4)
+    b = two.predict_batch(frames, batch_size=4)  # 6 chunks on 2 infer requests at once
+    assert [r.score for r in a] == pytest.approx([r.score for r in b], rel=FP32_SCORE_REL)
+    assert one.precision == "fp32" and "f32" in one.precision_detail and "requested" in one.precision_detail
+    assert "throughput hint" in two.backend_description and two.backend_name == "openvino"
+
+
+def test_int8_and_fp16_files_run(tiny_onnx, tiny_checkpoint, real_images, tmp_path, calib_images_64):
+    from ffcalib.int8 import CPU_NAME, quantize_model
+    from ffexport.precision import export_fp16
+    from fftrain import checkpoint
+
+    quantize_model(tiny_onnx, tmp_path, calib_images_64, count=16, force=True, benchmark_batches=(), progress=False)
+    int8 = tmp_path / CPU_NAME
+    ort8, _ = create_backend("onnxruntime-cpu", int8, read_onnx_meta(int8), threads=1)
+    ov8, _ = create_backend("openvino", int8, read_onnx_meta(int8), threads=1, precision="fp32")
+    ref, got = _run(ort8, real_images), _run(ov8, real_images)
+    assert ov8.precision == "int8" and ov8.runtime_precisions["graph"].get("u8", 0) + \
+        ov8.runtime_precisions["graph"].get("i8", 0) > 2  # INT8 kernels ran
+    assert spearman(ref[1], got[1]) >= 0.95 and _rel(got[1], ref[1]) <= INT8_SCORE_REL
+    model, payload = checkpoint.load(tiny_checkpoint)
+    fp16, _ = export_fp16(model, payload, checkpoint.sha256(tiny_checkpoint), tmp_path / "model.fp16.onnx", batch_max=8)
+    ov16, _ = create_backend("openvino", fp16, read_onnx_meta(fp16), threads=1, precision="fp32")
+    ort16, _ = create_backend("onnxruntime-cpu", fp16, read_onnx_meta(fp16), threads=1)
+    # FP16 weights computed in FP32 by both (OpenVINO decompresses them; ORT's CPU kernels are FP32)
+    assert _rel(_run(ov16, real_images)[1], _run(ort16, real_images)[1]) <= FP16_SCORE_REL
+    assert ov16.precision == "fp16" and "bf16" not in ov16.runtime_precisions["graph"]
+
+
+@pytest.fixture(scope="module")
+def calib_images_64(elpv_split):
+    from fftrain.data import load_batch
+
+    return load_batch(elpv_split.train[:16], 64)
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+def test_bad_arguments_say_what_to_do(tiny_onnx):
+    with pytest.raises(InvalidArgumentError, match="precision must be one of 'auto', 'fp32', 'bf16'"):
+        Detector(tiny_onnx, backend="openvino", precision="fp16")
+    with pytest.raises(InvalidArgumentError, match="no option 'streams'.*performance_hint"):
+        Detector(tiny_onnx, backend="openvino", backend_options={"streams": 2})
+    with pytest.raises(InvalidArgumentError, match="onnxruntime-cpu' has no option 'keep_fp32' \\(it takes none\\)"):
+        Detector(tiny_onnx, backend="onnxruntime-cpu", backend_options={"keep_fp32": "head"})
+    with pytest.raises(InvalidArgumentError, match="keep_fp32 must be one of 'head', 'flows', 'none'"):
+        Detector(tiny_onnx, backend="openvino", backend_options={"keep_fp32": "backbone"})
+    with pytest.raises(InvalidArgumentError, match="infer_requests must be a positive integer"):
+        Detector(tiny_onnx, backend="openvino", backend_options={"infer_requests": 0})
+    with pytest.raises(BackendUnavailableError, match="onnxruntime-cpu' cannot run precision='bf16'.*openvino"):
+        Detector(tiny_onnx, backend="onnxruntime-cpu", precision="bf16")
+    det = Detector(tiny_onnx, backend="openvino", precision="fp32")  # the next call works
+    assert det.precision == "fp32"
+
+
+def test_missing_extra_names_it(tiny_onnx, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` fail
+    with pytest.raises(BackendUnavailableError, match=r'openvino.*not available here.*pip install "ffrt\[openvino\]"'):
+        Detector(tiny_onnx, backend="openvino")
+    det = Detector(tiny_onnx)  # auto: ONNX Runtime, and says why not OpenVINO
+    assert det.backend_name == "onnxruntime-cpu" and 'ffrt[openvino]' in det.backend_choice
+
+
+@pytest.mark.parametrize("key,fragment", [("float_input", "tensor(float), but ffrt models take uint8"),
+                                          ("wrong_size", "height 32 != 64"), ("fixed_batch", "fixed batch size of 1")])
+def test_graph_must_match_the_metadata(models, key, fragment):
+    with pytest.raises(ModelFileError) as exc:
+        Detector(models[key], backend="openvino")
+    assert fragment in str(exc.value) and "ffexport" in str(exc.value)
+
+
+@pytest.mark.skipif(NO_BF16 is None, reason="this CPU computes BF16: nothing to refuse")
+def test_bf16_refused_without_native_bf16(tiny_onnx):
+    with pytest.raises(BackendUnavailableError, match="no native BF16"):
+        Detector(tiny_onnx, backend="openvino", precision="bf16")
+
+
+# -- choices -------------------------------------------------------------------------------
+
+
+def _gate(passed: bool, keep: str = "head") -> PrecisionGate:
+    return PrecisionGate(precision="bf16", keep_fp32=keep, passed=passed, images=8, defective=4, data="test",
+                         spearman=0.999, auroc_fp32=0.9, auroc=0.9, map_max_rel=0.01,
+                         bounds={"min_spearman": 0.99}, reference="this file in FP32", runtime="openvino test",
+                         checked_at="now")
+
+
+@pytest.mark.parametrize("gates,expected", [((), "fp32"), ((False, "head"), "fp32"), ((True, "flows"), "fp32"),
+                                            ((True, "head"), "bf16")])
+def test_auto_precision_needs_a_passed_gate_for_this_configuration(tiny_onnx, tmp_path, gates, expected):
+    path = tmp_path / "model.onnx"
+    shutil.copy(tiny_onnx, path)
+    meta = read_onnx_meta(path)
+    write_onnx_meta(path, meta.model_copy(update={"precision_gates": (_gate(*gates),) if gates else ()}))
+    det = Detector(path, backend="openvino", precision="auto")
+    if expected == "bf16" and NO_BF16 is not None:
+        expected = "fp32"  # a passed gate, but this CPU has no native BF16: FP32, and it says why
+        assert "no native BF16" in det.precision_detail
+    assert det.precision == expected
+    assert ("gate passed" in det.precision_detail) == (expected == "bf16")
+
+
+def test_auto_measures_the_cpu_backends_once_and_remembers(tiny_onnx, tmp_path, monkeypatch):
+    from ffrt.backends.cpuchoice import CACHE_NAME
+
+    monkeypatch.setenv("FFRT_ENGINE_CACHE", str(tmp_path))
+    first = Detector(tiny_onnx)
+    assert first.backend_name in ("onnxruntime-cpu", "openvino")
+    assert "measured now" in first.backend_choice and "onnxruntime-cpu" in first.backend_choice
+    data = json.loads((tmp_path / CACHE_NAME).read_text())
+    (entry,) = data["entries"].values()
+    assert set(entry["ms_per_image"]) == {"onnxruntime-cpu", "openvino"} and entry["batches"] == [1, 8]
+    assert entry["chosen"] == first.backend_name
+    again = Detector(tiny_onnx)
+    assert again.backend_name == first.backend_name and "remembered in" in again.backend_choice
+    # The remembered choice is what "auto" follows (here: the other backend, written by hand).
+    other = "openvino" if first.backend_name == "onnxruntime-cpu" else "onnxruntime-cpu"
+    entry["chosen"] = other
+    (tmp_path / CACHE_NAME).write_text(json.dumps(data))
+    assert Detector(tiny_onnx).backend_name == other
+    (tmp_path / CACHE_NAME).write_text("{ damaged")  # a damaged file: measured again
+    assert "measured now" in Detector(tiny_onnx).backend_choice
+
+
+@needs_bf16
+def test_auto_backend_with_bf16_takes_openvino(tiny_onnx):
+    det = Detector(tiny_onnx, precision="bf16")
+    assert det.backend_name == "openvino" and det.precision == "bf16"
+    assert "onnxruntime-cpu" in det.backend_choice  # why not ONNX Runtime: it runs FP32 only
