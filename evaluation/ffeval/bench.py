@@ -48,14 +48,12 @@ import numpy as np
 from ffcore.files import sha256_file
 from ffcore.timing import interleaved
 
+from .errors import BenchError  # noqa: F401  (ffeval.bench.BenchError stays importable)
+
 SCHEMA = "ffeval.bench"
 #: 2: the h2d / compute / d2h stages are present only when measured (1 wrote "n/a").
 SCHEMA_VERSION = 2
 DEFAULT_BATCHES = (1, 2, 4, 8, 16)
-
-
-class BenchError(RuntimeError):
-    """A benchmark cannot run; the message is one line saying why."""
 
 
 # --- small helpers ---------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import BenchError
+from .errors import BenchError
 
 
 class EagerError(BenchError):

@@ -20,10 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-EXIT_FAILED = 1
-EXIT_UNAVAILABLE = 2  # the requested feature cannot run here / is not in this release
-EXIT_GATE = 3  # the INT8 accuracy gate refused the files (as `ffcalib int8`)
-EXIT_INTERRUPTED = 130
+from .exitcodes import EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED, EXIT_UNAVAILABLE  # noqa: F401  (re-exported)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,8 +39,7 @@ from ffrt.engine import (
 from ffrt.errors import BackendUnavailableError, FFRTError
 from ffrt.meta import ModelMeta, read_onnx_meta
 
-EXIT_FAILED = 1
-EXIT_UNAVAILABLE = 2
+from .exitcodes import EXIT_FAILED, EXIT_UNAVAILABLE
 
 
 def engine_path_for(onnx_path: Path) -> Path:

@@ -27,21 +27,8 @@ from pathlib import Path
 from . import __version__
 from .errors import FFRTError, ImageFileError, InvalidImageError
 from .result import json_float
+from .clitool import Tool, add_inference_args, add_limit_args  # noqa: F401  (ffrt.cli.Tool stays importable)
 from ffcore.files import IMAGE_SUFFIXES
-
-
-class Tool:
-    """One subcommand: a name, a help line, its arguments, and what it does."""
-
-    name = ""
-    help = ""
-    description = ""
-
-    def add_args(self, parser: argparse.ArgumentParser) -> None:
-        raise NotImplementedError
-
-    def run(self, args: argparse.Namespace) -> int:
-        raise NotImplementedError
 
 
 class InfoTool(Tool):
@@ -256,38 +243,6 @@ class DetectTool(Tool):
             print(f"ffrt: error: {failed} of {failed + done} images could not be processed (see above)", file=sys.stderr)
             return 1
         return 0
-
-
-def add_limit_args(group) -> None:
-    """--max-pixels, --min-side: the image sizes the Detector accepts (detect, run)."""
-    from .preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
-
-    group.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
-        help=f"refuse images larger than N pixels (height x width), read from the file header before decoding "
-        f"(default {DEFAULT_MAX_PIXELS}: {DEFAULT_MAX_PIXELS / 1e6:g} megapixels)",
-    )
-    group.add_argument(
-        "--min-side", type=int, default=DEFAULT_MIN_SIDE, metavar="N",
-        help=f"refuse images whose shorter side is below N pixels (default {DEFAULT_MIN_SIDE})",
-    )
-
-
-def add_inference_args(group) -> None:
-    """--backend, --threads, --device and the threshold overrides (detect, run)."""
-    from .backends import backend_names
-
-    # No argparse `choices`: a planned name (tensorrt) should get ffrt's message saying
-    # what it needs, not a bare "invalid choice".
-    group.add_argument(
-        "--backend", default="auto", metavar="NAME",
-        help=f"inference backend: {', '.join(backend_names())}. 'auto' (default) picks the fastest "
-        "that works here and says which; 'ffrt backends' lists what this machine can run",
-    )
-    group.add_argument("--threads", type=int, default=None, metavar="N", help="CPU inference threads (default: all physical cores)")
-    group.add_argument("--device", type=int, default=0, metavar="N", help="GPU index for the GPU backends (default 0)")
-    group.add_argument("--image-threshold", type=float, default=None, metavar="T", help="override the model's image threshold: score > T is FAIL")
-    group.add_argument("--pixel-threshold", type=float, default=None, metavar="T", help="override the model's pixel threshold: map > T is in the defect mask")
 
 
 def write_overlay(folder: Path, path: Path, image, result, used: set, write_bytes) -> Path:

@@ -18,7 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .cli import Tool, add_inference_args, add_limit_args
+from .clitool import Tool, add_inference_args, add_limit_args
 from .errors import QueueFullError
 
 PROGRESS_EVERY_S = 10.0

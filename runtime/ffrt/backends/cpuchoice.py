@@ -23,10 +23,23 @@ import json
 import logging
 import platform
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from .base import Backend
+
+class Backend(Protocol):
+    """What the choice uses of a backend (ffrt.backends.base.Backend has it; base calls this
+    module, so importing base here would make a cycle)."""
+
+    name: str
+    precision: str
+    description: str
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
 
 log = logging.getLogger("ffrt")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import Tool
+from ..clitool import Tool
 
 
 def _batch_args(parser: argparse.ArgumentParser, what: str) -> None:
