@@ -24,55 +24,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
-import time
 from pathlib import Path
 
-import cv2
 import numpy as np
+from closedloop import closed_loop, elpv_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_cells(count: int) -> list[np.ndarray]:
-    from ffcore.data import elpv
-
-    split = elpv("mono")
-    return [cv2.imread(str(s.path), cv2.IMREAD_COLOR) for s in split.test[:count]]
-
-
 def run_cameras(det, mode: str, cameras: int, cells: list[np.ndarray], seconds: float) -> dict:
-    """Closed-loop cameras for ``seconds``; returns frames/s and frame latencies (ms)."""
-    stop = time.perf_counter() + seconds
-    latencies: list[list[float]] = [[] for _ in range(cameras)]
-    errors: list[BaseException] = []
+    """Closed-loop cameras for ``seconds``; returns frames, wall time and frame latencies (ms)."""
 
-    def camera(k: int) -> None:
-        i = k
-        try:
-            while time.perf_counter() < stop:
-                frame = cells[i % len(cells)]
-                t0 = time.perf_counter()
-                if mode == "call":
-                    det(frame)
-                else:
-                    det.submit(frame, source=f"cam{k}").result()
-                latencies[k].append((time.perf_counter() - t0) * 1e3)
-                i += cameras
-        except BaseException as e:  # reported after the run, never swallowed
-            errors.append(e)
+    def open_camera(k: int):
+        if mode == "call":
+            return (lambda frame: frame), det, (lambda: None)
+        return (lambda frame: frame), (lambda frame: det.submit(frame, source=f"cam{k}").result()), (lambda: None)
 
-    threads = [threading.Thread(target=camera, args=(k,)) for k in range(cameras)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    if errors:
-        raise RuntimeError(f"{mode} with {cameras} cameras failed: {errors[0]!r}") from errors[0]
-    lat = np.concatenate([np.asarray(x) for x in latencies])
-    return {"frames": int(lat.size), "wall_s": wall, "latencies_ms": lat}
+    run = closed_loop(cameras, seconds, cells, open_camera)
+    if run["errors"]:
+        err = run["first_error"]
+        raise RuntimeError(f"{mode} with {cameras} cameras failed: {err!r}") from err
+    return {"frames": run["requests"], "wall_s": run["wall_s"], "latencies_ms": np.asarray(run["latencies_s"]) * 1e3}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = describe()
     print(f"machine: {one_line(machine)}")
-    cells = load_cells(64)
+    cells = elpv_cells(64)
     det = Detector(a.model, backend=a.backend, threads=a.threads, max_batch=a.max_batch, max_delay_ms=a.max_delay_ms)
     print(f"model {a.model} on {det.backend_description}; submit: max_batch {a.max_batch}, max_delay_ms {a.max_delay_ms}")
     for mode in ("call", "submit"):  # warm-up: arenas for every batch size the batcher may form

@@ -24,64 +24,31 @@ import json
 import os
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
-
-def frames(count: int) -> list[np.ndarray]:
-    from ffcore.data import elpv
-
-    split = elpv("mono")
-    return [cv2.imread(str(s.path), cv2.IMREAD_COLOR) for s in split.test[:count]]
+from closedloop import closed_loop, elpv_cells  # noqa: E402  (benchmarks/, next to this script)
 
 
 def measure(port: int, images: list[np.ndarray], concurrency: int, seconds: float) -> dict:
     import tritonclient.grpc as grpcclient
 
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    start = threading.Barrier(concurrency + 1)
-    stop_at = [0.0]
-
-    def worker(k: int) -> None:
+    def open_client(k: int):
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
         outputs = [grpcclient.InferRequestedOutput(n) for n in ("score", "is_anomalous", "anomaly_map", "mask")]
-        mine, bad, i = [], 0, k
-        start.wait()
-        while time.perf_counter() < stop_at[0]:
-            img = images[i % len(images)]
-            i += concurrency
+
+        def prepare(img):
             t = grpcclient.InferInput("image", [1, *img.shape], "UINT8")
             t.set_data_from_numpy(img[None])
-            t0 = time.perf_counter()
-            try:
-                client.infer("ffrt_detector", [t], outputs=outputs, client_timeout=60)
-                mine.append(time.perf_counter() - t0)
-            except Exception:
-                bad += 1
-        client.close()
-        with lock:
-            latencies.extend(mine)
-            errors[0] += bad
+            return t
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    stop_at[0] = time.perf_counter() + seconds
-    t0 = time.perf_counter()
-    start.wait()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    return {"requests": len(latencies), "errors": errors[0], "wall_s": wall, "latencies_s": latencies}
+        return prepare, lambda t: client.infer("ffrt_detector", [t], outputs=outputs, client_timeout=60), client.close
+
+    return closed_loop(concurrency, seconds, images, open_client)
 
 
 def batch_stats(server) -> dict:
@@ -110,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     import serveenv
 
     levels = [int(c) for c in args.concurrency.split(",")]
-    images = frames(args.images)
+    images = elpv_cells(args.images)
     logs = Path(tempfile.mkdtemp(prefix="ffrt-load."))
     configs = {
         "batch 1": serveenv.Server(args.model, logs / "b1.log", "--max-batch", "1", "--max-delay-ms", "0"),
