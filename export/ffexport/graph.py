@@ -3,7 +3,9 @@
 Casting, scaling to [0, 1] and the channel transpose happen inside the graph, so the host
 sends one byte per pixel and no preprocessing can drift between training and serving.
 Everything after that is the trained FastFlow itself, including THE anomaly head that
-training-time evaluation used.
+training-time evaluation used; its flows in their shipped form (fftrain.fused_flow: the same
+function with the channel permutations and per-channel affines folded into 1x1 convolutions,
+so a runtime runs only convolutions and element-wise operations).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fftrain.fused_flow import FusedFlow2d
 from fftrain.model import FastFlow
 
 INPUT_NAME = "image"
@@ -21,8 +24,11 @@ class FusedGraph(nn.Module):
     def __init__(self, model: FastFlow):
         super().__init__()
         self.model = model.eval()
+        self.flows = nn.ModuleList(FusedFlow2d(flow) for flow in model.flows)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image: uint8 [N, H, W, 3] RGB -> (anomaly_map float32 [N, 1, H, W], score float32 [N])."""
         x = image.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-        return self.model(x)
+        model = self.model
+        zs = [flow(norm(f.to(norm.weight.dtype))) for norm, flow, f in zip(model.norms, self.flows, model.extract(x))]
+        return model.head(zs)

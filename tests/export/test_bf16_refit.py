@@ -44,7 +44,7 @@ def test_the_bf16_file_has_its_own_head_and_its_gate(bf16_export):
     from ffrt.meta import read_onnx_meta
 
     fp32, bf16 = bf16_export / "model.onnx", bf16_export / "model.bf16.onnx"
-    flows32, flows16 = _weights(fp32, "model.flows."), _weights(bf16, "model.flows.")
+    flows32, flows16 = _weights(fp32, "flows."), _weights(bf16, "flows.")
     assert flows32.keys() == flows16.keys() and any(not np.array_equal(flows32[k], flows16[k]) for k in flows32)
     back32, back16 = _weights(fp32, "model.backbone."), _weights(bf16, "model.backbone.")
     assert back32 and all(np.array_equal(back32[k], back16[k]) for k in back32)  # frozen backbone

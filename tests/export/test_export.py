@@ -28,6 +28,26 @@ def test_one_file_with_the_contracted_inputs_and_outputs(tiny_onnx):
     assert not {n.op_type for n in model.graph.node} & {"Greater", "Less", "Where"}
 
 
+def _scopes(node) -> str:
+    return next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+
+
+def test_flows_ship_as_convolutions_and_elementwise_ops_only(tiny_onnx, tiny_checkpoint):
+    """The shipped flows (fftrain.fused_flow) have no channel gather, split or concatenation
+    per step, and the head no full-size resize: CPU runtimes run those as layout-breaking
+    copies (benchmarks/peers has the profile)."""
+    model = onnx.load(str(tiny_onnx))
+    flows = [n for n in model.graph.node if "'flows." in _scopes(n)]
+    kinds = {n.op_type for n in flows}
+    assert {"Conv", "Tanh", "Exp"} <= kinds <= {"Conv", "Add", "Mul", "Relu", "Tanh", "Exp", "Slice"}, kinds
+    # Two slices per scale (the features' halves, once before the first step), none per step.
+    assert sum(n.op_type == "Slice" for n in flows) == 2 * 3
+    steps = checkpoint.load(tiny_checkpoint)[0].config.flow_steps
+    # per step: 3 subnet convs (hidden, scale, shift) + 4 mixing convs, the last step without mixing
+    assert sum(n.op_type == "Conv" for n in flows) == 3 * (7 * steps - 4)
+    assert not {n.op_type for n in model.graph.node} & {"Gather", "Split", "Resize", "Upsample"}
+
+
 def test_metadata_describes_the_checkpoint(tiny_onnx, tiny_checkpoint):
     meta = read_onnx_meta(tiny_onnx)
     payload = checkpoint.load_payload(tiny_checkpoint)

@@ -109,7 +109,8 @@ def test_head_fp32_backbone_and_flows_fp16(fp16):
     model = onnx.load(str(fp16))
     types = _types(model)
     head = _in(model, "model.head")
-    assert {"Mul", "ReduceMean", "Resize", "TopK"} <= {n.op_type for n in head}
+    # the map (z*z summed over channels), its fusion as matrix products, the top-k score
+    assert {"Mul", "ReduceSum", "MatMul", "TopK"} <= {n.op_type for n in head}
     # Everything from the head's first node to the outputs is FP32 (dataflow, not scopes:
     # nodes the optimizer re-created without metadata are caught too).
     readers: dict[str, list[onnx.NodeProto]] = {}
@@ -131,11 +132,12 @@ def test_head_fp32_backbone_and_flows_fp16(fp16):
             queue.extend(readers.get(t, []))
     assert len(seen) >= len(head) and set(floats.values()) == {FLOAT}, {t: v for t, v in floats.items() if v != FLOAT}
     assert {o.name for o in model.graph.output} <= set(floats)
-    # The head's input: one FP16 -> FP32 cast per feature scale, in the head itself.
+    # The head's input: one FP16 -> FP32 cast per half of each scale's z (the shipped flow
+    # hands z over as two halves, fftrain.fused_flow), in the head itself.
     to32 = [n for n in head if _cast_to(n) == FLOAT and types[n.input[0]] == HALF]
-    assert len(to32) == 3
+    assert len(to32) == 6
     # Backbone and flows compute in FP16: weights and outputs of every convolution.
-    for module, at_least in (("model.backbone", 10), ("model.flows", 12)):
+    for module, at_least in (("model.backbone", 10), ("flows", 12)):
         convs = [n for n in _in(model, module) if n.op_type == "Conv"]
         assert len(convs) >= at_least, module
         assert all(types[n.input[1]] == HALF and types[n.output[0]] == HALF for n in convs), module
@@ -263,10 +265,18 @@ def test_strong_defect_stays_finite_in_the_fp32_head(tiny_checkpoint, tiny_onnx,
     z_def[0][:, :, 4:8, 4:8] = torch.where(patch < 0, -300.0, 300.0)
     with torch.no_grad():
         map_torch, score_torch = model.head(z_def)
-    # the Cast outputs are in the order of the scales (stride 4, 8, 16): match by shape
-    by_shape = {tuple(z.shape[1:]): z.numpy() for z in z_def}
+    # The file's head reads each scale's z as the shipped flow's two halves (fftrain.fused_flow):
+    # z's channels in the order before the last permutation, split where the flow splits. The
+    # map sums over all channels of both, so halves of equal shape may be fed either way round.
+    by_shape: dict[tuple, list[np.ndarray]] = {}
+    for z, flow in zip(z_def, model.flows):
+        last = flow.steps[-1]
+        y = z[:, last.inverse_permutation]
+        for half in (y[:, : last.kept], y[:, last.kept :]):
+            by_shape.setdefault(tuple(half.shape[1:]), []).append(half.numpy())
     shapes = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim[1:]) for v in head_file.graph.input}
-    map16, score16 = _run(head_file, {name: by_shape[shapes[name]] for name in zs})
+    assert len(zs) == 2 * len(z_def)
+    map16, score16 = _run(head_file, {name: by_shape[shapes[name]].pop() for name in zs})
     assert np.isfinite(map16).all() and np.isfinite(score16).all()
     assert map16.max() > 1000  # the defect shows
     np.testing.assert_allclose(map16, map_torch.numpy(), rtol=1e-4, atol=1e-3)

@@ -48,7 +48,7 @@ def test_cells(elpv_split):
 
 def _flow_weights(path):
     model = onnx.load(str(path))
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.startswith("model.flows.")}
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.startswith("flows.")}
 
 
 def test_each_int8_file_carries_its_own_refit_head_and_thresholds(refit_export):

@@ -2,10 +2,11 @@
 
 One ``FlowStep`` is an affine coupling whose scale and shift come from a small
 fully-convolutional subnet, followed by a learned per-channel affine and a fixed channel
-permutation. Written for export: no in-place ops, no data-dependent control flow, and the
-permutation is an index selection (a Gather) rather than the 1x1 "permutation
-convolution" of the common reference block, which costs ~8% of all multiply-accumulates
-of an R18 FastFlow for what is only a channel shuffle.
+permutation. This is the form that trains (log-determinant, inverse); no in-place ops and
+no data-dependent control flow. What ships is derived from it by fused_flow.py: the same
+function with the affine and the permutation folded into 1x1 convolutions, because CPU
+runtimes run a per-step split, concatenation and channel gather as copies outside their
+convolution layouts, which costs more than those 1x1 convolutions' multiply-accumulates.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ parts show there, fitted on the training normals after training:
   flow; a defect is what departs from what normal parts show *at that place*.
 Maps are upsampled bilinearly to the input size and fused by a mean, optionally smoothed
 by a Gaussian (``blur_sigma`` pixels at the input size: a defect is a region, and single
-pixels of flow noise should not outvote it); the image score is
+pixels of flow noise should not outvote it). All three steps are linear, so the head
+computes them as two products with constant matrices (resize.py), not as one full-size
+resize per scale. The image score is
 the mean of the top-k pixels (or the max): the top-k mean is less sensitive to a single
 noisy pixel than the max.
 
@@ -39,6 +41,8 @@ from typing import Literal, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .resize import fusion_matrices
 
 MAP_UNITS = "0.5 * mean over channels of z^2 (per-position negative log-likelihood per channel), averaged over feature scales"
 MAP_UNITS_NORMALIZED = (
@@ -66,6 +70,10 @@ def topk_sum(flat: torch.Tensor, k: int, max_k: int = TOPK_MAX_K) -> torch.Tenso
         if remaining:
             rest = rest.scatter(1, index, float("-inf"))
     return total
+
+
+def _to_float(z):
+    return z.float() if isinstance(z, torch.Tensor) else tuple(part.float() for part in z)
 
 
 def map_units(normalization: str) -> str:
@@ -102,29 +110,53 @@ class AnomalyHead(nn.Module):
                 self.register_buffer(f"loc{i}", torch.zeros(1, 1, h, w))
                 self.register_buffer(f"inv_scale{i}", torch.ones(1, 1, h, w))
         self.n_scales = len(map_shapes)
+        if map_shapes:
+            # Derived from the configuration, not state: checkpoints stay as they were.
+            left, rights = fusion_matrices(self.image_size, map_shapes, self.blur_sigma)
+            self.register_buffer("left", left, persistent=False)
+            for i, right in enumerate(rights):
+                self.register_buffer(f"right{i}", right, persistent=False)
 
     @staticmethod
-    def scale_map(z: torch.Tensor) -> torch.Tensor:
-        """[N, C, h, w] -> [N, 1, h, w] per-position NLL per channel."""
-        return 0.5 * torch.mean(z * z, dim=1, keepdim=True)
+    def scale_map(z: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """[N, C, h, w] -> [N, 1, h, w] per-position NLL per channel. ``z`` may also come as
+        channel groups (the shipped flow's halves, fused_flow.py): the mean is over all of them."""
+        if isinstance(z, torch.Tensor):
+            return 0.5 * torch.mean(z * z, dim=1, keepdim=True)
+        channels = sum(part.shape[1] for part in z)
+        total = sum((part * part).sum(dim=1, keepdim=True) for part in z)
+        return total * (0.5 / channels)
 
     def scale_maps(self, zs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-scale maps at feature resolution, standardized when the head is."""
         # FP32 whatever precision the flows ran in (a no-op for FP32 z): 0.5 * mean_c z^2 of a
         # defect exceeds FP16's 65504 once |z| > 256, and a saturated map scores every defect inf.
-        maps = [self.scale_map(z.float()) for z in zs]
+        maps = [self.scale_map(_to_float(z)) for z in zs]
         if self.normalization == "none":
             return maps
         return [(m - getattr(self, f"loc{i}")) * getattr(self, f"inv_scale{i}") for i, m in enumerate(maps)]
 
     def forward(self, zs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = [
-            F.interpolate(m, size=self.image_size, mode="bilinear", align_corners=False) for m in self.scale_maps(zs)
-        ]
+        anomaly_map = self.fuse(self.scale_maps(zs))
+        return anomaly_map, self.score(anomaly_map)
+
+    def fuse(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Upsample each scale's map bilinearly to the input size, average, blur: all of it
+        linear and separable, so it is ``sum_s L_s @ M_s @ R_s^T`` with constant matrices
+        (resize.py), evaluated as two matrix products instead of one full-size resize per
+        scale. Same values as ``interpolate`` + mean + :meth:`blur` up to float rounding."""
+        if not self.n_scales or len(maps) != self.n_scales:
+            return self.fuse_reference(maps)
+        rows = torch.cat([m @ getattr(self, f"right{i}") for i, m in enumerate(maps)], dim=2)
+        return self.left @ rows
+
+    def fuse_reference(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The fusion written out step by step (what :meth:`fuse` must equal)."""
+        maps = [F.interpolate(m, size=self.image_size, mode="bilinear", align_corners=False) for m in maps]
         anomaly_map = torch.stack(maps, dim=0).mean(dim=0)
         if self.blur_sigma > 0:
             anomaly_map = self.blur(anomaly_map)
-        return anomaly_map, self.score(anomaly_map)
+        return anomaly_map
 
     def blur(self, amap: torch.Tensor) -> torch.Tensor:
         """Separable Gaussian; edges replicated so the border is not pulled towards 0."""
