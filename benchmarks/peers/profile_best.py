@@ -88,7 +88,7 @@ def profile(call, compiled_parts: list, requests: list, source_onnx: Path, round
     stage_of = onnx_stages(source_onnx)
     from ffrt.backends.ovgraph import runtime_precisions
 
-    originals = {name: list(orig) for c in compiled_parts for name, _, _, orig in runtime_precisions(c)}
+    originals = {n.name: list(n.originals) for c in compiled_parts for n in runtime_precisions(c)}
     by_stage, by_type, by_layer = defaultdict(float), defaultdict(float), defaultdict(float)
     wall = 0.0
     for _ in range(rounds):
