@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
         "onnxruntime-cpu. Run this on the line PC: FP16/INT8 scores differ between backends. The backend is recorded "
         "in the metadata (thresholds.calibrated_on)",
     )
+    t.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto",
+        help="precision to score in, as in ffrt.Detector (default auto: what the line's Detector picks). Use bf16 "
+        "when the line forces Detector(..., precision='bf16'): BF16 scores differ from FP32 ones",
+    )
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     b = sub.add_parser(
@@ -207,6 +212,7 @@ def _thresholds(args) -> int:
         histogram_png=hist,
         threads=args.threads,
         progress=not args.no_progress,
+        precision=args.precision,
         backend=args.backend,
     )
     print(report.summary())

@@ -116,6 +116,7 @@ def calibrate_thresholds(
     threads: int | None = None,
     progress: bool = True,
     backend: str = "auto",
+    precision: str = "auto",
 ) -> ThresholdReport:
     """Score the images with ffrt.Detector on ``backend``, choose thresholds (see module doc), write them atomically."""
     from ffrt import Detector
@@ -130,7 +131,7 @@ def calibrate_thresholds(
     if not normal_paths:
         raise CalibError("no normal images given")
     defect_paths = list(defect_paths or [])
-    det = Detector(model_path, backend=backend, threads=threads, resize_outputs=False)
+    det = Detector(model_path, backend=backend, threads=threads, resize_outputs=False, precision=precision)
     normal_scores, normal_maps = score_paths(det, list(normal_paths), progress, "scoring normals")
     defect_scores, defect_maps = (
         score_paths(det, defect_paths, progress, "scoring defects") if defect_paths else (np.zeros(0), [])

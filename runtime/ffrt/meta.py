@@ -98,6 +98,25 @@ class Thresholds(_Strict):
         "on the backend that runs the line. Empty: not recorded (schema 2 and older).",
     )
 
+    def numerics_mismatch(self, backend: str, precision: str) -> str | None:
+        """Why these thresholds may not fit scores computed by ``backend`` in ``precision``
+        ("fp32", "bf16", "int8+bf16", ...), or None. BF16 arithmetic shifts scores by more
+        than the distance of a marginal part from the threshold, so thresholds set on FP32
+        scores (by the trainer or a backend running FP32) are flagged when BF16 runs, and the
+        other way round. Unrecorded (schema 2 files) is not flagged."""
+        if not self.calibrated_on:
+            return None
+        runs_bf16 = "bf16" in precision.lower()
+        set_on_bf16 = "bf16" in self.calibrated_on.lower()
+        if runs_bf16 == set_on_bf16:
+            return None
+        return (
+            f"its thresholds were set on scores of {self.calibrated_on}, but this Detector computes in {precision} "
+            f"on {backend}; scores differ between FP32 and BF16, so parts near the threshold may be judged "
+            f"differently. Set them on this configuration: ffcalib thresholds --model FILE --normal DIR "
+            f"[--defects DIR] --backend {backend} --precision {'bf16' if runs_bf16 else 'fp32'}"
+        )
+
 
 class ScoreStats(_Strict):
     """Statistics of image scores on normal validation images (for 0-1 normalization)."""

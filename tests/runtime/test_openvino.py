@@ -259,3 +259,47 @@ def test_auto_backend_with_bf16_takes_openvino(tiny_onnx):
     det = Detector(tiny_onnx, precision="bf16")
     assert det.backend_name == "openvino" and det.precision == "bf16"
     assert "onnxruntime-cpu" in det.backend_choice  # why not ONNX Runtime: it runs FP32 only
+
+
+def _threshold_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "thresholds were set on scores of" in r.getMessage()]
+
+
+@needs_bf16
+def test_bf16_on_fp32_thresholds_warns_and_the_advice_clears_it(tiny_onnx, elpv_split, tmp_path, caplog):
+    """The file's thresholds come from the trainer's FP32 scores: running it in BF16 says so once,
+    with the command that sets them on BF16 scores; after that command, BF16 is quiet and FP32
+    is the one warned about. Thresholds set in Detector(...) are the caller's: no warning."""
+    import logging
+
+    from ffcalib.cli import main as ffcalib_main
+
+    model = tmp_path / "model.onnx"
+    shutil.copy(tiny_onnx, model)
+    assert read_onnx_meta(model).thresholds.calibrated_on.startswith("fftrain")
+    with caplog.at_level(logging.WARNING, logger="ffrt"):
+        Detector(model, backend="openvino", precision="bf16", threads=1)
+    (msg,) = _threshold_warnings(caplog)
+    assert "fftrain" in msg and "computes in bf16 on openvino" in msg
+    assert "ffcalib thresholds" in msg and "--backend openvino --precision bf16" in msg
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ffrt"):
+        Detector(model, backend="openvino", precision="fp32", threads=1)
+        Detector(model, backend="openvino", precision="bf16", threads=1, image_threshold=3.0, pixel_threshold=3.0)
+    assert not _threshold_warnings(caplog)
+
+    normals = tmp_path / "normals"
+    normals.mkdir()
+    for sample in elpv_split.val[:8]:
+        shutil.copy(sample.path, normals / sample.path.name)
+    assert ffcalib_main(["thresholds", "--model", str(model), "--normal", str(normals), "--backend", "openvino",
+                         "--precision", "bf16", "--no-progress"]) == 0
+    assert read_onnx_meta(model).thresholds.calibrated_on == "openvino (bf16)"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ffrt"):
+        Detector(model, backend="openvino", precision="bf16", threads=1)
+    assert not _threshold_warnings(caplog)
+    with caplog.at_level(logging.WARNING, logger="ffrt"):
+        Detector(model, backend="onnxruntime-cpu", threads=1)
+    (msg,) = _threshold_warnings(caplog)
+    assert "openvino (bf16)" in msg and "--backend onnxruntime-cpu --precision fp32" in msg
