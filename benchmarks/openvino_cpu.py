@@ -1,7 +1,7 @@
 """Every CPU backend and precision of one model, speed and accuracy, in one process.
 
     python benchmarks/openvino_cpu.py --model runs/demo/model.onnx [--int8 runs/int8/model.int8-cpu.onnx]
-        [--bf16 runs/bf16/model.bf16.onnx] [--data elpv:mono] [--threads 2] [--json FILE] [--profile]
+        [--int8-all runs/int8all/model.int8-cpu.onnx] [--bf16 runs/bf16/model.bf16.onnx] [--data elpv:mono] [--threads 2] [--json FILE] [--profile]
 
 Speed: model-only (``backend.run`` on a uint8 batch at the model size), batch 1 and 8, every
 configuration timed round by round in turn (interleaved: a neighbour's load slows them all
@@ -46,6 +46,12 @@ def configurations(args) -> list[tuple[str, Path, str, str, dict]]:
         rows += [("ORT INT8-cpu", q, "onnxruntime-cpu", "fp32", {}),
                  ("OV INT8-cpu (float parts FP32)", q, "openvino", "fp32", {}),
                  ("OV INT8-cpu (float parts BF16, head FP32)", q, "openvino", "bf16", {"keep_fp32": "head"})]
+    if args.int8_all:
+        q = Path(args.int8_all)
+        rows += [("ORT INT8-cpu, flows INT8 too", q, "onnxruntime-cpu", "fp32", {}),
+                 ("OV INT8-cpu, flows INT8 too (float parts FP32)", q, "openvino", "fp32", {}),
+                 ("OV INT8-cpu, flows INT8 too (float parts BF16, head FP32)", q, "openvino", "bf16",
+                  {"keep_fp32": "head"})]
     if args.bf16:
         b = Path(args.bf16)
         rows += [("OV BF16 re-fit head, head FP32", b, "openvino", "bf16", {"keep_fp32": "head"}),
@@ -162,6 +168,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
     p.add_argument("--int8")
+    p.add_argument("--int8-all", help="an int8-cpu file with the flows' convolutions INT8 too "
+                   "(ffexport --int8 --int8-scope all)")
     p.add_argument("--bf16")
     p.add_argument("--data", default="elpv:mono")
     p.add_argument("--threads", type=int, default=2)

@@ -165,7 +165,9 @@ def quantize_model(
     extra_options: more onnxruntime ``quantize_static`` extra_options for both encodings
                    (e.g. {"OpTypesToExcludeOutputQuantization": ["Conv"]}).
     calibration:   a :func:`calibrate` result of this model to reuse (ffexport calibrates
-                   first, re-fits the heads, then calls this); None = calibrate here.
+                   first, re-fits the heads, then calls this), or one per target (target ->
+                   Calibration of that target's ``sources`` graph: its own flows' ranges when
+                   the flows are quantized too); None = calibrate here.
     sources:       target -> FP32 ModelProto of the same network whose flow head was re-fit
                    on that target's Q/DQ backbone (metadata with re-calibrated thresholds
                    and ``head_fit``); the same Q/DQ, from the same ranges, is put on it.
@@ -187,9 +189,11 @@ def quantize_model(
     t0 = time.perf_counter()
     blobs: dict[str, bytes] = {}
     head_fit: dict[str, str] = {}
+    per_target = calibration if isinstance(calibration, Mapping) else {t: calibration for t in ENCODINGS}
+    calibration = per_target["cpu"]
     for target in ENCODINGS:
         source = None if sources is None else sources[target]
-        q = encode(calibration, target, source, extra_options)
+        q = encode(per_target[target], target, source, extra_options)
         file_meta = meta
         if source is not None:
             file_meta = meta_from_proto(source, where=f"re-fitted {target} graph")

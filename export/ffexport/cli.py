@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", help="--int8: normal images for calibration; --bf16: the training data (folder, MVTec "
                    "root or elpv:mono/poly); default: the training data recorded in the checkpoint")
     p.add_argument("--calib-count", type=int, default=64, help="--int8: calibration images (default 64)")
+    p.add_argument("--int8-scope", choices=["backbone", "all"], default="backbone",
+                   help="--int8: which convolutions get INT8: the backbone's (default) or all, the flows' too. With "
+                   "'all' each re-fit graph is calibrated whole (its own flows' ranges) and the same accuracy gate "
+                   "decides; INT8 flow convolutions pay on CPUs with AMX-INT8 (OpenVINO), see benchmarks/README.md")
     p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax",
                    help="--int8: activation range calibration (default minmax)")
     p.add_argument("--refit-epochs", type=int, default=None,
@@ -200,8 +204,14 @@ def _int8_step(args, payload, fp32_path: Path, parity_images: np.ndarray) -> int
         # that as anomaly. Re-fit the flows on the features of each target's very Q/DQ backbone;
         # quantize_model then puts the same Q/DQ (same ranges) on the re-fit graph.
         sources = {t: refit(t, encode(cal, t).SerializeToString()) for t in ENCODINGS}
+    if args.int8_scope == "all":
+        # The flows' ranges must be those of the flows that ship: each target's re-fit graph
+        # (or the FP32 graph without a re-fit) is calibrated whole, on the same images.
+        images = as_images(calib_paths, meta, args.calib_count or None, True, "calibration (whole graph)")
+        cal = {t: calibrate_graph(fp32_path if sources is None else sources[t], images, args.calib_method)
+               for t in ENCODINGS}
     try:
-        report = quantize_model(fp32_path, fp32_path.parent, calibration=cal, sources=sources,
+        report = quantize_model(fp32_path, fp32_path.parent, calibration=cal, sources=sources, scope=args.int8_scope,
                                 val_images=val_images, val_labels=val_labels, val_source=val_source,
                                 max_auroc_drop=DEFAULT_MAX_AUROC_DROP, min_spearman=args.min_spearman,
                                 force=args.force)
@@ -211,6 +221,20 @@ def _int8_step(args, payload, fp32_path: Path, parity_images: np.ndarray) -> int
         return EXIT_GATE
     print(report.summary())
     return 0
+
+
+def calibrate_graph(graph, images, method: str):
+    """ffcalib's calibration of a whole graph (a path, or a ModelProto written to a temporary file)."""
+    import tempfile
+
+    from ffcalib.int8 import calibrate
+
+    if isinstance(graph, (str, Path)):
+        return calibrate(graph, images, method=method, scope="all")
+    with tempfile.TemporaryDirectory(prefix="ffexport.calib.") as tmp:
+        path = Path(tmp) / "refit.onnx"
+        path.write_bytes(graph.SerializeToString())
+        return calibrate(path, images, method=method, scope="all")
 
 
 def run(args) -> int:

@@ -116,3 +116,37 @@ def test_min_spearman_reaches_the_gate(tiny_checkpoint, tiny_onnx, tmp_path, cap
     # Item 11: the gate ran on validation data (held-out training normals + synthetic defects), and says so.
     assert "held-out training normals of elpv:mono" in captured.out and "synthetic defects" in captured.out
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.fixture(scope="module")
+def refit_export_all(tiny_checkpoint, tmp_path_factory):
+    from ffexport.cli import main
+
+    out = tmp_path_factory.mktemp("int8_refit_all")
+    rc = main(["--ckpt", str(tiny_checkpoint), "--out", str(out), "--batch-max", "8", "--int8", "--int8-scope", "all",
+               "--refit-epochs", "2", "--calib-count", "16", "--force"])
+    assert rc == 0
+    return out
+
+
+def test_int8_scope_all_quantizes_the_flows_of_each_refit_head_and_still_detects(refit_export, refit_export_all,
+                                                                                 test_cells):
+    """--int8-scope all: every convolution, the flows' included, reads INT8 (the default
+    quantizes the backbone's only), each file keeps its own re-fit head, and it detects."""
+    from ffcalib.graph import quantized_node_names
+
+    fp32 = onnx.load(str(refit_export_all / "model.onnx"))
+    convs = {n.name for n in fp32.graph.node if n.op_type == "Conv"}
+    flow_convs = {n.name for n in fp32.graph.node if n.op_type == "Conv" and any(
+        p.key == "pkg.torch.onnx.name_scopes" and "'flows." in p.value for p in n.metadata_props)}
+    assert flow_convs and flow_convs < convs
+    images, labels = test_cells
+    for name in (TRT_NAME, CPU_NAME):
+        everything = onnx.load(str(refit_export_all / name))
+        backbone_only = onnx.load(str(refit_export / name))
+        assert set(quantized_node_names(everything)) == convs, name
+        assert not set(quantized_node_names(backbone_only)) & flow_convs, name
+        meta = read_onnx_meta(refit_export_all / name)
+        assert meta.head_fit.startswith("flows re-fit on this file's INT8 backbone features")
+        q = score_images(make_session(refit_export_all / name), images)
+        assert np.all(np.isfinite(q)) and roc_auc(labels, q) >= MIN_AUROC, name
