@@ -191,8 +191,7 @@ class Detector:
             norm_scale=stats.std if stats is not None and stats.std > 0 else None,
             min_region_px=min_region_px, backend=self._backend.name, precision=self._backend.precision,
         )
-        mismatch = self._thresholds.numerics_mismatch(self._backend.name, self._backend.precision)
-        if mismatch:
+        if mismatch := self._thresholds.numerics_mismatch(self._backend.name, self._backend.precision):
             log.warning("ffrt: %s: %s", path, mismatch)
         if not target_matches(self._meta.target, self._backend.name):
             log.warning(

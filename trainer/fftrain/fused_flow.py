@@ -15,7 +15,7 @@ soft clamp's 1/clamp is folded into the scale half.
 The last step's permutation is left out: the anomaly head only reduces over channels
 (0.5 * mean_c z^2), so the order of z's channels does not change the map. Forward only (no
 log-determinant: inference never needs it). In FP32 every change is exact up to the order
-of float operations; tests/export/test_fused_flow.py compares it with ``Flow2d`` on real
+of float operations; tests/trainer/test_fused_flow.py compares it with ``Flow2d`` on real
 features.
 """
 

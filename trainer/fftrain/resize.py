@@ -7,6 +7,10 @@ U_W^T`` with U the 1-D interpolation matrix, and a separable blur with replicate
 left factor, gives one left matrix per scale (stacked side by side into ``left`` [H, sum h])
 and one right matrix per scale (``right_s`` [w_s, W]); the head then computes
 ``left @ cat_s(M_s @ right_s)`` (see AnomalyHead.fuse). Built in float64, stored in float32.
+
+Every runtime takes these as plain MatMuls with a constant operand broadcast over the batch
+(ONNX MatMul's numpy broadcasting; TensorRT's MatrixMultiply broadcasts a dimension of
+length 1: docs.nvidia.com/deeplearning/tensorrt/operators/docs/MatrixMultiply.html).
 """
 
 from __future__ import annotations
