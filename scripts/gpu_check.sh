@@ -114,7 +114,7 @@ code8e = build([str(model_dir / "int8" / "model.int8-trt.onnx"), "--batch-max", 
                 "--timing-cache", str(out / "timing.cache")]) if code8 == 0 else code8
 
 from ffrt import Detector
-from ffrt.engine import read_engine_info
+from ffrt.gpu.engine import read_engine_info
 
 from fftrain.data import elpv, load_batch
 

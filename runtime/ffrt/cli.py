@@ -2,7 +2,7 @@
 
     ffrt info MODEL
     ffrt detect MODEL IMAGE_OR_DIR... [--backend B] [--json FILE] [--overlays DIR] [--color-order BGR|RGB]
-    ffrt run MODEL SOURCE... --out DIR [--source-name NAME]... [--csv] [--metrics-port N]   (ffrt.runcmd)
+    ffrt run MODEL SOURCE... --out DIR [--source-name NAME]... [--csv] [--metrics-port N]   (ffrt.line.command)
     ffrt backends
     ffrt doctor [--device N]
     ffrt triton-repo MODEL DIR [--kind gpu|cpu]       (ffrt.triton.cli)
@@ -50,7 +50,7 @@ class InfoTool(Tool):
 
         if Path(args.model).suffix.lower() in ENGINE_SUFFIXES:
             # A plan is opaque bytes: what describes it is the sidecar written with it.
-            from .engine import read_engine_info
+            from .gpu.engine import read_engine_info
 
             info = read_engine_info(args.model)
             if args.json:
@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr (e.g. why 'auto' chose its backend)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Imported here: their modules import Tool from this one.
-    from .runcmd import RunTool
+    from .line.command import RunTool
     from .triton.cli import ServeTool, TritonRepoTool
 
     for tool in TOOLS[:2] + (RunTool(),) + TOOLS[2:] + (TritonRepoTool(), ServeTool()):

@@ -1,6 +1,6 @@
 """What every ``ffrt`` subcommand is built from: the Tool base class and the argument groups
 that several subcommands share (detect, run, serve). The subcommands live in cli.py,
-runcmd.py and triton/cli.py; cli.py assembles them, so they import this module, not cli.py."""
+line/command.py and triton/cli.py; cli.py assembles them, so they import this module, not cli.py."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ def _one_line(text) -> str:
 
 def facts(device: int = 0) -> list[tuple[str, str]]:
     """(label, value) rows describing this machine's GPU stack."""
-    from .cudahost import CudaError, host_api, installed, preferred
+    from .gpu.cudahost import CudaError, host_api, installed, preferred
 
     rows: list[tuple[str, str]] = [
         ("ffrt", f"{__version__} (Python {platform.python_version()}, {platform.system()} {platform.machine()})"),
@@ -66,9 +66,9 @@ def facts(device: int = 0) -> list[tuple[str, str]]:
 
 
 def _tensorrt_row(api, device: int) -> str:
-    from . import elf, trtcalls
-    from .cudahost import CudaError
-    from .engine import import_tensorrt
+    from .gpu import elf, trtcalls
+    from .gpu.cudahost import CudaError
+    from .gpu.engine import import_tensorrt
     from .errors import BackendUnavailableError
 
     try:

@@ -3,7 +3,7 @@
 The score is the mean of the top ceil(0.01*H*W) map pixels: K = 3894 at 624x624, 4096 at
 640x640, 10486 at 1024x1024 (the largest size the config allows), and K > 3840 at 256x256 with
 --topk-fraction > 0.0586. The head now takes such a K in rounds of <= 3840 (fftrain.head.topk_sum);
-ffexport refuses, with one line, any graph with a TopK TensorRT cannot build (ffrt.trtlimits).
+ffexport refuses, with one line, any graph with a TopK TensorRT cannot build (ffrt.gpu.trtlimits).
 Equality with the plain top-k mean is shown on real ELPV images through standardized maps
 (which have negative values), in PyTorch and in the exported ONNX run by ONNX Runtime.
 """
@@ -17,7 +17,7 @@ import onnx
 import pytest
 import torch
 
-from ffrt import trtlimits
+from ffrt.gpu import trtlimits
 from fftrain.head import TOPK_MAX_K, AnomalyHead, topk_sum
 
 

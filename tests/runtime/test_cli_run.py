@@ -246,7 +246,7 @@ def test_a_short_write_is_taken_back(tmp_path):
     script = f"""
 import resource, signal, sys
 from pathlib import Path
-from ffrt.runwriter import LineFile
+from ffrt.line.writer import LineFile
 from ffrt.errors import FFRTError
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
@@ -341,7 +341,7 @@ def test_metrics_endpoint_on_loopback(tiny_onnx, cells, tmp_path):
 
 
 def test_what_each_argument_is_and_its_default_name(tmp_path, monkeypatch):
-    from ffrt.sources import parse_sources
+    from ffrt.line.sources import parse_sources
 
     monkeypatch.chdir(tmp_path)
     for d in ("top", "side"):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ffrt import trtcalls
+from ffrt.gpu import trtcalls
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 import trtenv  # noqa: E402
@@ -136,9 +136,9 @@ ort = types.SimpleNamespace(__file__=str(Path(sys.argv[1]) / "__init__.py"), pre
                             get_available_providers=lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
 import ffrt.backends.onnxruntime as b
 b._import_ort = lambda: ort
-from ffrt.engine import tensorrt_version
+from ffrt.gpu.engine import tensorrt_version
 lib = b.ort_trt_library()
-from ffrt.engine import BatchProfile
+from ffrt.gpu.engine import BatchProfile
 sys.path.insert(0, "tests/runtime")
 from conftest import make_meta, make_graph, save_model
 model = save_model(Path(sys.argv[2]), make_graph(), make_meta())
@@ -176,7 +176,7 @@ def test_ort_trt_key_uses_the_libnvinfer_ort_loads(tmp_path):
     assert r["lib"]["soname"] == "libnvinfer.so.10" and r["lib"]["version"] == "10.16.1"
     assert r["lib"]["path"] and r["lib"]["path"].endswith("libnvinfer_stub.so")
     assert r["preload_calls"] == ["preload"]
-    from ffrt.engine import BatchProfile, GpuInfo, cache_key, graph_sha256
+    from ffrt.gpu.engine import BatchProfile, GpuInfo, cache_key, graph_sha256
 
     sys.path.insert(0, str(Path(__file__).parent))
     from conftest import make_meta

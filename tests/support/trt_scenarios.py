@@ -69,7 +69,7 @@ def _signatures(obj) -> list[list[str]]:
 
 
 def api() -> dict:
-    from ffrt.engine import import_tensorrt
+    from ffrt.gpu.engine import import_tensorrt
 
     trt = import_tensorrt()
     missing, mismatched = [], []
@@ -98,7 +98,7 @@ def api() -> dict:
                      if line.strip().startswith("STRONGLY_TYPED")), "")
     logger_ok = True
     try:  # ffrt's recording logger must be constructible from this ILogger
-        from ffrt.trtcalls import make_logger
+        from ffrt.gpu.trtcalls import make_logger
 
         lg = make_logger(trt)
         lg.log(trt.ILogger.Severity.ERROR, "probe")

@@ -165,7 +165,7 @@ def ort_trt_library(ort=None) -> dict:
     Keys: ``provider`` (path or None), ``soname`` (e.g. "libnvinfer.so.10" or None),
     ``version`` (e.g. "10.16.1" or None), ``path`` (the loaded file or None).
     """
-    from .. import elf
+    from ..gpu import elf
 
     out = {"provider": None, "soname": None, "version": None, "path": None}
     try:
@@ -205,7 +205,7 @@ def _probe_trt_ep() -> str | None:
         return missing
     lib = ort_trt_library()
     if lib["soname"] and lib["version"] is None:
-        from ..engine import tensorrt_version
+        from ..gpu.engine import tensorrt_version
 
         python_trt = tensorrt_version()
         also = f" (the Python tensorrt here is {python_trt}, whose libraries are another major)" if python_trt and \
@@ -213,7 +213,7 @@ def _probe_trt_ep() -> str | None:
         return (f"this onnxruntime's TensorRT provider links {lib['soname']}, which is not found{also}; {GPU_HINT}")
     if lib["version"] is None:
         return f"no TensorRT library (libnvinfer) found for the TensorRT execution provider; {GPU_HINT}"
-    from ..engine import gpu_info
+    from ..gpu.engine import gpu_info
 
     if gpu_info() is None:
         return "no NVIDIA GPU is visible (the NVIDIA driver reports no device)"
@@ -224,7 +224,7 @@ def trt_ep_options(model_path: Path, meta: ModelMeta, cache_root: Path | None = 
                    device: int = 0) -> tuple[dict, Path]:
     """TensorRT EP provider options, with ORT's engine cache in a folder keyed like ours.
 
-    The folder is named by :class:`ffrt.engine.CacheKey` (graph sha256 + TensorRT version +
+    The folder is named by :class:`ffrt.gpu.engine.CacheKey` (graph sha256 + TensorRT version +
     GPU + precision + batch profile), where the TensorRT version is that of the libnvinfer
     the provider itself loads (:func:`ort_trt_library`), not of the Python ``tensorrt``
     package, so ORT never finds a plan built for another graph,
@@ -237,7 +237,7 @@ def trt_ep_options(model_path: Path, meta: ModelMeta, cache_root: Path | None = 
     trt_profile_min/opt/max_shapes; its Python example passes booleans, which
     onnxruntime's check_and_normalize_provider_args turns into "True"/"False").
     """
-    from ..engine import DEFAULT_WORKSPACE_MB, BatchProfile, GpuInfo, cache_key, default_cache_dir, gpu_info, graph_sha256
+    from ..gpu.engine import DEFAULT_WORKSPACE_MB, BatchProfile, GpuInfo, cache_key, default_cache_dir, gpu_info, graph_sha256
 
     gpu = gpu_info(device) or GpuInfo("unknown", "unknown")
     profile = BatchProfile.for_model(meta)

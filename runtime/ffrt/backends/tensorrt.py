@@ -1,9 +1,9 @@
 """Native TensorRT backend ("tensorrt"): TensorRT + a CUDA host API, no torch, no onnxruntime.
 
 Loads a plan (an ``.engine`` with its sidecar, or builds/reuses a cached plan for an
-``.onnx``: see :mod:`ffrt.engine`) and runs it on GPU ``device``:
+``.onnx``: see :mod:`ffrt.gpu.engine`) and runs it on GPU ``device``:
 
-* CUDA through :mod:`ffrt.cudahost` (cuda-python by default, pycuda where installed): the
+* CUDA through :mod:`ffrt.gpu.cudahost` (cuda-python by default, pycuda where installed): the
   device's **primary context** is retained once and pushed/popped around every call, so one
   Detector works from any thread;
 * one execution context + one CUDA stream + pinned host buffers + device buffers per
@@ -22,7 +22,7 @@ Loads a plan (an ``.engine`` with its sidecar, or builds/reuses a cached plan fo
 
 API references: TensorRT Python API ICudaEngine / IExecutionContext / Runtime (10.16, 11.4;
 checked against both lines' genuine bindings by tests/runtime/test_tensorrt_bindings.py);
-the CUDA host API calls are listed in ffrt/cudahost.py.
+the CUDA host API calls are listed in ffrt/gpu/cudahost.py.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import (
+from ..gpu.engine import (
     cached_plan,
     check_engine,
     import_tensorrt,
@@ -120,7 +120,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, model_path: Path, meta: ModelMeta, slots: int = DEFAULT_SLOTS, cache_dir=None,
                  device: int = 0, slot_timeout_s: float = SLOT_TIMEOUT_S):
-        from ..cudahost import CudaError, host_api
+        from ..gpu.cudahost import CudaError, host_api
 
         self._init_state(device, slot_timeout_s)
         reason = missing_for_tensorrt(device)
@@ -158,7 +158,7 @@ class TensorRTBackend(Backend):
 
     def _open(self, trt, api, plan: bytes, plan_path: Path, meta: ModelMeta, slots: int) -> None:
         """Retain the GPU's context and start TensorRT in it; on any failure free what was made."""
-        from ..cudahost import CudaError
+        from ..gpu.cudahost import CudaError
 
         self._host_api = api.name
         try:
@@ -173,7 +173,7 @@ class TensorRTBackend(Backend):
             raise
 
     def _start(self, trt, plan: bytes, plan_path: Path, meta: ModelMeta, slots: int) -> None:
-        from .. import trtcalls
+        from ..gpu import trtcalls
 
         self._logger = trtcalls.make_logger(trt)  # must outlive every TensorRT object
         self._runtime = trtcalls.create(trt, "Runtime", self._logger, self.device)
@@ -216,7 +216,7 @@ class TensorRTBackend(Backend):
                 self.info.precision, self._host_api)
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from ..cudahost import CudaError
+        from ..gpu.cudahost import CudaError
 
         if self._closed:
             raise InferenceError("this TensorRT backend is closed; create a new Detector")
@@ -269,7 +269,7 @@ class TensorRTBackend(Backend):
     def close(self, timeout_s: float | None = None) -> None:
         """Free every GPU resource (idempotent). Waits up to ``timeout_s`` (default: the slot
         timeout) for calls in flight; later calls raise InferenceError."""
-        from ..cudahost import CudaError
+        from ..gpu.cudahost import CudaError
 
         with self._close_lock:
             if self._closed and self._cuda is None:

@@ -2,10 +2,10 @@
 the graph hash and batch profile it records, the cache key it implies, the checks that
 refuse a plan that does not fit, and the metadata an explicit ``.engine`` runs with.
 
-The other half of plan handling (cache folder, build, prune: :mod:`ffrt.engine`) imports
-this module; ``ffrt.engine`` re-exports every name here, so both spellings work. Why plans
+The other half of plan handling (cache folder, build, prune: :mod:`ffrt.gpu.engine`) imports
+this module; ``ffrt.gpu.engine`` re-exports every name here, so both spellings work. Why plans
 are tied to the graph and not the file, and where an explicit engine's thresholds come
-from: see :mod:`ffrt.engine`. Nothing here imports tensorrt or a CUDA API.
+from: see :mod:`ffrt.gpu.engine`. Nothing here imports tensorrt or a CUDA API.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import EngineMismatchError, InvalidArgumentError, ModelFileError
-from .meta import ModelMeta, atomic_write_bytes, readable
+from ..errors import EngineMismatchError, InvalidArgumentError, ModelFileError
+from ..meta import ModelMeta, atomic_write_bytes, readable
 
-ENGINE_FORMAT = "ffrt.engine"
+ENGINE_FORMAT = "ffrt.gpu.engine"
 ENGINE_SCHEMA_VERSION = 3  # 2: graph_sha256 + source_onnx (plans keyed on the graph, not the file); 3: tf32
 SIDECAR_SUFFIX = ".json"
 #: Where Detector(..., backend="tensorrt") keeps built plans unless told otherwise.
@@ -141,7 +141,7 @@ class EngineInfo(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Literal["ffrt.engine"] = ENGINE_FORMAT
+    format: Literal["ffrt.gpu.engine"] = ENGINE_FORMAT
     schema_version: int = ENGINE_SCHEMA_VERSION
     tensorrt_version: str
     gpu_name: str
@@ -299,7 +299,7 @@ def engine_meta(plan_path: str | os.PathLike, log=None) -> ModelMeta:
     is refused (the engine is stale: rebuild it). No ONNX next to it, or a sidecar from
     before graph hashes: the sidecar's copy, frozen at build time, with a warning.
     """
-    from .meta import read_onnx_meta
+    from ..meta import read_onnx_meta
 
     warn = log or logging.getLogger("ffrt").warning
     plan_path = Path(plan_path)

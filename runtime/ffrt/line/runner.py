@@ -29,9 +29,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import __version__
-from .errors import FFRTError
-from .runwriter import RunOutputs
+from .. import __version__
+from ..errors import FFRTError
+from .writer import RunOutputs
 from .sources import Frame, FrameReader, SourceSpec
 
 #: After a stop, how long the run waits for sources still reading before it gives up on them.

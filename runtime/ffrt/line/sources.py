@@ -3,7 +3,7 @@
 One command-line argument is one source (one camera of the line). :func:`parse_sources`
 turns the arguments into :class:`SourceSpec` objects before the model is loaded, so a
 mistyped path fails at once; :func:`read_frames` then yields one :class:`Frame` per frame,
-in the source's own order. ffrt.linerun reads each source in its own thread.
+in the source's own order. ffrt.line.runner reads each source in its own thread.
 
 What counts as which kind of source:
 
@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 from ffcore.files import IMAGE_SUFFIXES
 
-from .errors import InvalidArgumentError, InvalidImageError
-from .runreport import collect_images
+from ..errors import InvalidArgumentError, InvalidImageError
+from ..runreport import collect_images
 
 IMAGES, VIDEO, CAMERA, STREAM = "images", "video", "camera", "stream"
 

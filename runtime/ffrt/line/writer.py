@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from ffcore.files import atomic_write_bytes
 
-from .errors import FFRTError
-from .runreport import check_output_dir
+from ..errors import FFRTError
+from ..runreport import check_output_dir
 
 RESULTS_JSONL = "results.jsonl"
 RESULTS_CSV = "results.csv"
@@ -138,13 +138,13 @@ class RunOutputs:
 
 
 def _overlay(image: np.ndarray, result) -> bytes:
-    from .overlay import overlay_png
+    from ..overlay import overlay_png
 
     return overlay_png(image, result)
 
 
 def _mask(result) -> bytes:
-    from .overlay import encode_png
+    from ..overlay import encode_png
 
     return encode_png(result.mask.astype(np.uint8) * 255, "the mask")
 

@@ -1,5 +1,5 @@
 """TensorRT plans: the engine cache and the build (the plan's sidecar, key, profile and
-checks are in :mod:`ffrt.engineinfo`, re-exported here).
+checks are in :mod:`ffrt.gpu.engineinfo`, re-exported here).
 
 A serialized TensorRT plan only runs on the TensorRT version and the GPU architecture
 it was built for, and silently describes nothing about the ONNX it came from. So every
@@ -25,7 +25,7 @@ deterministically), and thresholds are read from the ONNX at load:
   (thresholds, score statistics) is used; another graph there is refused; with no ONNX
   next to it the sidecar's copy, frozen at build time, is used and a warning says so.
 
-Nothing here imports torch; ``tensorrt`` and the CUDA host API (:mod:`ffrt.cudahost`:
+Nothing here imports torch; ``tensorrt`` and the CUDA host API (:mod:`ffrt.gpu.cudahost`:
 cuda-python or pycuda) are imported only inside the functions that need a GPU, so the cache
 and metadata logic is testable on any machine.
 """
@@ -45,7 +45,7 @@ from pathlib import Path
 
 from ffcore.files import sha256_file  # noqa: F401  (re-exported)
 
-from .engineinfo import (  # noqa: F401  (re-exported: ffrt.engine.* is the public spelling)
+from .engineinfo import (  # noqa: F401  (re-exported: ffrt.gpu.engine.* is the public spelling)
     ENGINE_FORMAT,
     ENGINE_SCHEMA_VERSION,
     SIDECAR_SUFFIX,
@@ -61,8 +61,8 @@ from .engineinfo import (  # noqa: F401  (re-exported: ffrt.engine.* is the publ
     source_onnx_next_to,
     write_engine,
 )
-from .errors import BackendUnavailableError, EngineMismatchError, ModelFileError
-from .meta import ModelMeta
+from ..errors import BackendUnavailableError, EngineMismatchError, ModelFileError
+from ..meta import ModelMeta
 
 CACHE_ENV = "FFRT_ENGINE_CACHE"
 DEFAULT_WORKSPACE_MB = 1024
@@ -192,9 +192,9 @@ def build_plan(
     """Parse the ONNX into a strongly typed network and build a serialized plan on GPU ``device``.
 
     Precision comes from the ONNX (FP16 tensors, Q/DQ nodes): no FP16/INT8 builder flags,
-    which TensorRT 10 deprecates and 11 removes, and TF32 cleared (:mod:`ffrt.trtcalls`).
+    which TensorRT 10 deprecates and 11 removes, and TF32 cleared (:mod:`ffrt.gpu.trtcalls`).
     ``timing_cache``: a file name or folder; the file actually used is per TensorRT version
-    and GPU (:func:`ffrt.trtcalls.timing_cache_file`). API references: TensorRT Python API
+    and GPU (:func:`ffrt.gpu.trtcalls.timing_cache_file`). API references: TensorRT Python API
     Builder / IBuilderConfig / OnnxParser / ITimingCache, 10.16 and 11.4
     (https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html);
     checked against both lines' genuine bindings in tests/runtime/test_tensorrt_bindings.py.

@@ -21,7 +21,7 @@ What happens here, and why:
   rejected file is set aside and a fresh cache used), and after the build merged with what
   other builds wrote meanwhile (``ITimingCache.combine``) and written back atomically under
   the lock. ``get_timing_cache()`` may return None: then nothing is written.
-* **Buildability**: :func:`ffrt.trtlimits.check_buildable` refuses a graph TensorRT cannot
+* **Buildability**: :func:`ffrt.gpu.trtlimits.check_buildable` refuses a graph TensorRT cannot
   build (TopK with K > 3840) before any TensorRT call, with one line.
 
 API used (checked against the genuine 10.16 and 11.4 bindings by
@@ -41,7 +41,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import BackendUnavailableError
+from ..errors import BackendUnavailableError
 
 log = logging.getLogger("ffrt")
 
@@ -155,7 +155,7 @@ def attach_timing_cache(config, path: Path | None, log_fn=print):
 
 def save_timing_cache(config, path: Path | None, log_fn=print) -> bool:
     """Merge what this build measured into ``path`` (under its lock); returns whether written."""
-    from .meta import atomic_write_bytes
+    from ..meta import atomic_write_bytes
 
     if path is None:
         return False

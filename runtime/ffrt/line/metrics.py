@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .errors import FFRTError
+from ..errors import FFRTError
 
 EXTRA = "metrics"
 #: Latency buckets in seconds: sub-millisecond preprocessing up to multi-second stalls.

@@ -1,9 +1,9 @@
 """``ffrt run MODEL SOURCE... --out DIR``: the line runner.
 
 Several sources at once (image folders and globs, video files, cameras, stream URLs; see
-ffrt.sources), one Detector with dynamic batching, every frame's result as a JSON line
-(ffrt.runwriter), a progress bar, a summary, Prometheus metrics on request (ffrt.metrics).
-The loop itself is ffrt.linerun; this module is the command line around it.
+ffrt.line.sources), one Detector with dynamic batching, every frame's result as a JSON line
+(ffrt.line.writer), a progress bar, a summary, Prometheus metrics on request (ffrt.line.metrics).
+The loop itself is ffrt.line.runner; this module is the command line around it.
 
 Exit codes: 0 every frame scored or deliberately dropped; 1 an unreadable or corrupt
 frame, a source that could not be opened or disconnected, or an ffrt error before the
@@ -18,8 +18,8 @@ import sys
 import threading
 from pathlib import Path
 
-from .clitool import Tool, add_inference_args, add_limit_args
-from .errors import QueueFullError
+from ..clitool import Tool, add_inference_args, add_limit_args
+from ..errors import QueueFullError
 
 PROGRESS_EVERY_S = 10.0
 POLICIES = ("block", "reject", "drop_oldest")
@@ -81,10 +81,10 @@ class RunTool(Tool):
     def run(self, args):
         from ffcore.progress import is_terminal, progress
 
-        from .linerun import LineRun
+        from .runner import LineRun
         from .metrics import require_prometheus
-        from .preprocess import read_image_file
-        from .runwriter import RunOutputs
+        from ..preprocess import read_image_file
+        from .writer import RunOutputs
         from .sources import parse_sources
 
         # Everything that can be refused is refused before the model loads.
@@ -137,7 +137,7 @@ class RunTool(Tool):
 
 
 def _make_detector(args):
-    from .detector import Detector
+    from ..detector import Detector
 
     batching = dict(max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, queue_size=args.queue_size, min_region_px=args.min_region_px)
     return Detector(
