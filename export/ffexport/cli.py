@@ -291,9 +291,9 @@ def run(args) -> int:
                 return code
             if gated != path:
                 staged.append(gated.name)
-        # Every file must build on the line PC's TensorRT too (TopK K <= 3840, ffrt.trtlimits):
+        # Every file must build on the line PC's TensorRT too (TopK K <= 3840, ffrt.gpu.trtlimits):
         # refused here, not discovered there.
-        from ffrt import trtlimits
+        from ffrt.gpu import trtlimits
 
         for name in staged:
             found = trtlimits.problems(stage.path(name))
