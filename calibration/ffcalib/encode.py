@@ -9,7 +9,6 @@ calibrating again. See int8.py's docstring for what this relies on in onnxruntim
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -179,7 +178,7 @@ def _method_enum(method: str):
 class Calibration:
     """The one calibration pass of an FP32 model: what :func:`encode` needs, and its figures."""
 
-    fp32_path: Path
+    fp32_path: Path | None  # None: calibrated from an in-memory graph
     model: object  # the FP32 ModelProto, every node named
     nodes: list[str]  # names of the nodes to quantize
     op_types: tuple[str, ...]
@@ -190,7 +189,7 @@ class Calibration:
 
 
 def calibrate(
-    fp32_onnx_path: str | os.PathLike,
+    fp32_onnx_path,
     images: np.ndarray,
     *,
     method: str = "minmax",
@@ -202,6 +201,9 @@ def calibrate(
 ) -> Calibration:
     """Run the calibrator once over ``images`` (uint8 NHWC at the model size) and keep the ranges.
 
+    ``fp32_onnx_path``: a path, or an FP32 ModelProto (e.g. ffexport's graph with a re-fit head;
+    it is not changed).
+
     op_types, scope: which nodes get Q/DQ ("backbone" = upstream of the LayerNorms, "all");
     ``nodes`` names them explicitly instead (calibration still runs on the ``scope`` subgraph).
     """
@@ -210,7 +212,10 @@ def calibrate(
 
     method_enum = _method_enum(method)
     op_types = tuple(op_types)
-    model = onnx.load(str(fp32_onnx_path))
+    if isinstance(fp32_onnx_path, onnx.ModelProto):
+        model, fp32_path = onnx.ModelProto.FromString(fp32_onnx_path.SerializeToString()), None
+    else:
+        model, fp32_path = onnx.load(str(fp32_onnx_path)), Path(fp32_onnx_path)
     _ensure_node_names(model)
     nodes = list(nodes) if nodes else find_quantizable_nodes(model, op_types, scope)
     input_name = model.graph.input[0].name
@@ -239,7 +244,7 @@ def calibrate(
         cache = tmp / "calibration.json"
         save_tensors_data(ranges, cache)
         ranges_json = cache.read_bytes()
-    return Calibration(Path(fp32_onnx_path), model, nodes, op_types, method, ranges_json, len(images),
+    return Calibration(fp32_path, model, nodes, op_types, method, ranges_json, len(images),
                        time.perf_counter() - t0)
 
 

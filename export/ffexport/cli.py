@@ -196,20 +196,20 @@ def _int8_step(args, payload, fp32_path: Path, parity_images: np.ndarray) -> int
                               opset=args.opset)
     meta = read_onnx_meta(fp32_path)
     calib_paths, val_images, val_labels, val_source = gate_set(str(calib), meta.input)
-    cal = calibrate(fp32_path, as_images(calib_paths, meta, args.calib_count or None, True, "calibration"),
-                    method=args.calib_method)
+    images = as_images(calib_paths, meta, args.calib_count or None, True, "calibration")
+    whole = args.int8_scope == "all"
+    # Without a re-fit the FP32 graph is what gets quantized: one calibration over the scope.
+    cal = calibrate(fp32_path, images, method=args.calib_method, scope="all" if whole and refit is None else "backbone")
     sources = None
     if refit is not None:
         # The flows were fit on FP32 features; INT8 features differ, and the density model reads
         # that as anomaly. Re-fit the flows on the features of each target's very Q/DQ backbone;
         # quantize_model then puts the same Q/DQ (same ranges) on the re-fit graph.
         sources = {t: refit(t, encode(cal, t).SerializeToString()) for t in ENCODINGS}
-    if args.int8_scope == "all":
-        # The flows' ranges must be those of the flows that ship: each target's re-fit graph
-        # (or the FP32 graph without a re-fit) is calibrated whole, on the same images.
-        images = as_images(calib_paths, meta, args.calib_count or None, True, "calibration (whole graph)")
-        cal = {t: calibrate_graph(fp32_path if sources is None else sources[t], images, args.calib_method)
-               for t in ENCODINGS}
+        if whole:
+            # The flows' ranges must be those of the flows that ship: each target's re-fit graph
+            # is calibrated whole, on the same images.
+            cal = {t: calibrate(sources[t], images, method=args.calib_method, scope="all") for t in ENCODINGS}
     try:
         report = quantize_model(fp32_path, fp32_path.parent, calibration=cal, sources=sources, scope=args.int8_scope,
                                 val_images=val_images, val_labels=val_labels, val_source=val_source,
@@ -221,20 +221,6 @@ def _int8_step(args, payload, fp32_path: Path, parity_images: np.ndarray) -> int
         return EXIT_GATE
     print(report.summary())
     return 0
-
-
-def calibrate_graph(graph, images, method: str):
-    """ffcalib's calibration of a whole graph (a path, or a ModelProto written to a temporary file)."""
-    import tempfile
-
-    from ffcalib.int8 import calibrate
-
-    if isinstance(graph, (str, Path)):
-        return calibrate(graph, images, method=method, scope="all")
-    with tempfile.TemporaryDirectory(prefix="ffexport.calib.") as tmp:
-        path = Path(tmp) / "refit.onnx"
-        path.write_bytes(graph.SerializeToString())
-        return calibrate(path, images, method=method, scope="all")
 
 
 def run(args) -> int:

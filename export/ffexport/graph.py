@@ -30,5 +30,5 @@ class FusedGraph(nn.Module):
         """image: uint8 [N, H, W, 3] RGB -> (anomaly_map float32 [N, 1, H, W], score float32 [N])."""
         x = image.permute(0, 3, 1, 2).to(torch.float32) / 255.0
         model = self.model
-        zs = [flow(norm(f.to(norm.weight.dtype))) for norm, flow, f in zip(model.norms, self.flows, model.extract(x))]
+        zs = [flow(f) for flow, f in zip(self.flows, model.normalize(model.extract(x)))]
         return model.head(zs)

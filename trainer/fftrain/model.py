@@ -75,10 +75,14 @@ class FastFlow(nn.Module):
         """Backbone features of float RGB [0, 1] images (the expensive, frozen part)."""
         return self.backbone(((images - self.mean) / self.std).to(_dtype(self.backbone)))
 
+    def normalize(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each scale's features through its LayerNorm, in the norms' dtype: what the flows read."""
+        return [norm(f.to(_dtype(norm))) for norm, f in zip(self.norms, features)]
+
     def flow(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         zs, logdets = [], []
-        for norm, flow, f in zip(self.norms, self.flows, features):
-            z, logdet = flow(norm(f.to(_dtype(norm))))
+        for flow, f in zip(self.flows, self.normalize(features)):
+            z, logdet = flow(f)
             zs.append(z)
             logdets.append(logdet)
         return zs, logdets
