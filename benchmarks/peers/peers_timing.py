@@ -29,6 +29,27 @@ def frames(count: int) -> np.ndarray:
     return load_batch(test[:count], build_models.IMAGE_SIZE)
 
 
+#: ``--avx2-proxy``: oneDNN (OpenVINO's convolutions) limited to these kernels via its documented
+#: ONEDNN_MAX_CPU_ISA variable (oneapi-src.github.io/oneDNN/dev_guide_cpu_dispatcher_control.html). ONNX
+#: Runtime's MLAS and PyTorch have no such switch, so the proxy times OpenVINO FP32 rows only.
+PROXY_ISA = "AVX2"
+PROXY_ENV = "ONEDNN_MAX_CPU_ISA"
+
+
+def proxy_runners(args, work: Path, batch: int) -> list:
+    """The non-AMX/VNNI bar's two rows, both FP32 on OpenVINO (the proxy can limit only its kernels)."""
+    a, f = build_models.anomalib_paths(work), build_models.ffrt_paths(work)
+    return [R.anomalib_openvino(a["openvino"], args.threads, force_fp32=True, batch=batch),
+            R.ffrt_openvino(f["onnx"], args.threads, "resnet18", f"{FFRT_R18_OV} FP32", "fp32")]
+
+
+def proxy_kernels(runners: list, batch: int) -> tuple[dict, list[str]]:
+    """{row key: {convolution kernel: count}} and the rows whose kernels are not AVX2-only."""
+    kernels = {r.key: r.conv_kernels(batch) for r in runners if r.conv_kernels}
+    wider = [k for k, ks in kernels.items() if any(("avx512" in n or "amx" in n) for n in ks)]
+    return kernels, wider
+
+
 def shared_runners(args, work: Path, lite0: Path | None) -> list:
     """Runners whose engine handles every batch with one loaded model (ONNX Runtime, PyTorch, and
     ffrt's OpenVINO backend, which compiles each batch size itself: its default static shapes)."""
@@ -87,17 +108,30 @@ def run_timing(args, argv: list[str]) -> dict:
     machine = describe()
     print("machine:", machine["cpu"]["model"], "| flags:",
           " ".join(k for k, v in machine["cpu"]["flags"].items() if v), flush=True)
+    proxy = getattr(args, "avx2_proxy", False)
+    if proxy:
+        if os.environ.get(PROXY_ENV) != PROXY_ISA:
+            raise SystemExit(f"--avx2-proxy: {PROXY_ENV}={PROXY_ISA} must be set before OpenVINO loads (run_peers.py sets it)")
+        notes.append(f"AVX2 proxy: {PROXY_ENV}={PROXY_ISA} limits OpenVINO's oneDNN kernels to AVX2 on this CPU; "
+                     "the kernels are the ones an AVX2-only CPU runs, its caches, clocks and memory are not. "
+                     "OpenVINO FP32 rows only.")
+        lite0 = None
     data = frames(max(batches))
     load_before = _loadavg()
-    shared = shared_runners(args, args.work, lite0)
-    results, rows = {}, {}
+    shared = [] if proxy else shared_runners(args, args.work, lite0)
+    results, rows, kernels = {}, {}, {}
     for batch in batches:
-        per_batch = batch_runners(args, args.work, batch)
+        per_batch = proxy_runners(args, args.work, batch) if proxy else batch_runners(args, args.work, batch)
         runners = shared + per_batch
         for r in runners:
             rows.setdefault(r.key, row_info(r))
         print(f"batch {batch}: {len(runners)} runners, {args.rounds} rounds", flush=True)
         results[str(batch)] = interleaved(runners, data[:batch], args.rounds, args.warmup, args.settle_ms)
+        if proxy:
+            kernels[str(batch)], wider = proxy_kernels(runners, batch)
+            if wider:
+                notes.append(f"batch {batch}: {', '.join(wider)} ran convolution kernels wider than AVX2 "
+                             f"({kernels[str(batch)]}): the proxy did not hold for them")
         del per_batch, runners
         gc.collect()
     ordered = [rows[k] for k in ORDER if k in rows] + [v for k, v in rows.items() if k not in ORDER]
@@ -111,10 +145,13 @@ def run_timing(args, argv: list[str]) -> dict:
         "lite0_model": str(lite0) if lite0 else None,
         "settings": {"batches": batches, "rounds": args.rounds, "warmup": args.warmup, "threads": args.threads,
                      "settle_ms": args.settle_ms, "inputs": "ELPV mono test cells resized to 256x256 RGB",
-                     "timed": "the engine call only (model-only); latency per call (whole batch)"},
+                     "timed": "the engine call only (model-only); latency per call (whole batch)",
+                     "isa_limit": f"{PROXY_ENV}={PROXY_ISA}" if proxy else None},
         "load_average_1min": {"before": load_before, "after": _loadavg()},
         "rows": ordered, "results": results, "notes": notes,
     }
+    if proxy:
+        report["convolution_kernels"] = kernels
     report["bars"] = bars(report)
     report["eager_ratios"] = eager_ratios(report)
     return report

@@ -7,6 +7,7 @@ ffrt's default EfficientNet-Lite0 model, timed interleaved in ONE process. Not p
     python benchmarks/peers/run_peers.py --prepare  # (re)build and export both ResNet-18 FastFlows
     python benchmarks/peers/run_peers.py --time     # only the timing run (models must exist)
     python benchmarks/peers/run_peers.py --profile  # per-stage / per-layer profile of ffrt's best path
+    python benchmarks/peers/run_peers.py --time --avx2-proxy  # the non-AMX/VNNI bar, proxied on an AMX CPU
 
 The environment (anomalib, OpenVINO, ONNX Runtime, torch, ffrt's dependencies) is the
 script's own, ``benchmarks/peers/.venv``, built from the package registry; the timing runs
@@ -88,20 +89,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_at_least(1), default=2, help="threads of every engine (default 2)")
     p.add_argument("--settle-ms", type=_milliseconds, default=50.0, help="untimed pause between runners (default 50)")
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch eager rows")
+    p.add_argument("--avx2-proxy", action="store_true",
+                   help="time only the OpenVINO FP32 rows with oneDNN limited to AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2): "
+                        "a proxy for the bar on CPUs without AMX/VNNI, for machines that have them; "
+                        "results in peers-avx2-proxy.{json,md}")
     p.add_argument("--in-venv", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.avx2_proxy and args.profile:
+        parser.error("--avx2-proxy times FP32 rows only; run --profile without it")
     if not args.in_venv:
         if args.setup or not peers_env.is_ready():
             peers_env.setup()
         if args.setup and not (args.prepare or args.time or args.profile):
             return 0
         cmd = [str(peers_env.venv_python()), str(Path(__file__).resolve()), *argv, "--in-venv"]
-        return subprocess.run(cmd, env=peers_env.child_env()).returncode
+        env = peers_env.child_env()
+        if args.avx2_proxy:
+            # Read by oneDNN when OpenVINO first loads it: it must be in the child's environment.
+            env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+        return subprocess.run(cmd, env=env).returncode
     return in_venv(args, argv)
 
 
@@ -120,12 +132,13 @@ def in_venv(args, argv: list[str]) -> int:
 
         report = run_timing(args, argv)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "peers.json").write_text(json.dumps(report, indent=2))
+        stem = "peers-avx2-proxy" if args.avx2_proxy else "peers"
+        (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
         from report import markdown
 
-        (args.out / "peers.md").write_text(markdown(report))
+        (args.out / f"{stem}.md").write_text(markdown(report))
         print(markdown(report))
-        print(f"wrote {args.out / 'peers.json'} and {args.out / 'peers.md'}")
+        print(f"wrote {args.out / (stem + '.json')} and {args.out / (stem + '.md')}")
     if args.profile:
         from profile_best import run_profile
 

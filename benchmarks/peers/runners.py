@@ -33,6 +33,8 @@ class Runner:
     feed: Callable[[np.ndarray], Any]
     run: Callable[[Any], tuple[np.ndarray, np.ndarray]]
     info: dict = field(default_factory=dict)
+    #: OpenVINO rows: batch size -> {convolution kernel: count} of the model that ran it.
+    conv_kernels: Callable[[int], dict[str, int]] | None = None
 
 
 # --- inputs -----------------------------------------------------------------------------
@@ -117,6 +119,19 @@ def ov_compile(path: Path, threads: int, force_fp32: bool, batch: int | None = N
     return compiled, info
 
 
+def conv_kernels(compiled_models) -> dict[str, int]:
+    """{kernel: count} of the convolutions as the CPU plugin compiled them (runtime model's
+    ``primitiveType``, e.g. ``brgconv_avx2_f32``): which instruction set really ran."""
+    out: dict[str, int] = {}
+    for compiled in compiled_models:
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            rt = op.get_rt_info()
+            if "layerType" in rt and rt["layerType"].astype(str) == "Convolution":
+                kernel = rt["primitiveType"].astype(str)
+                out[kernel] = out.get(kernel, 0) + 1
+    return out
+
+
 def _ov_precision(force_fp32: bool, info: dict) -> str:
     return "fp32 (forced)" if force_fp32 else f"{info['inference_precision']} (OpenVINO default)"
 
@@ -139,7 +154,8 @@ def anomalib_openvino(xml: Path, threads: int, force_fp32: bool, batch: int | No
     shape = "static batch" if batch else "dynamic batch as exported"
     key = ("anomalib_ov_fp32" if force_fp32 else "anomalib_ov_default") + ("" if batch else "_dynamic")
     return Runner(key, f"anomalib FastFlow -> OpenVINO IR, {what}, {shape}", "resnet18", "anomalib", "openvino",
-                  _ov_precision(force_fp32, info), float_nchw, run, {"openvino": ov.__version__, **info})
+                  _ov_precision(force_fp32, info), float_nchw, run, {"openvino": ov.__version__, **info},
+                  lambda _batch: conv_kernels([compiled]))
 
 
 def ffrt_openvino(path: Path, threads: int, model: str, label: str, precision: str, keep_fp32: str = "head") -> Runner:
@@ -153,8 +169,10 @@ def ffrt_openvino(path: Path, threads: int, model: str, label: str, precision: s
     backend, _ = create_backend("openvino", path, read_onnx_meta(path), threads, precision=precision, options=options)
     key = f"ffrt_{model}_ov_{precision}" + ("_all" if precision == "bf16" and keep_fp32 == "none" else "")
     shown = {"fp32": "fp32", "bf16": f"bf16, {'whole graph' if keep_fp32 == 'none' else keep_fp32 + ' FP32'}"}
+    # The backend compiles one model per batch size (its static shapes); read the one that ran.
     return Runner(key, label, model, "ffrt", "openvino", shown.get(precision, precision), uint8_nhwc, backend.run,
-                  {"backend": backend.description, "precision_detail": backend.precision_detail})
+                  {"backend": backend.description, "precision_detail": backend.precision_detail},
+                  lambda batch: conv_kernels(backend._compiled(batch).parts))
 
 
 # --- PyTorch eager ----------------------------------------------------------------------
