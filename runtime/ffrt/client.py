@@ -44,6 +44,7 @@ from .triton import protocol
 
 #: Local checks only: the server applies its own size limits.
 _NO_SIZE_LIMIT = ImageLimits(max_pixels=None, min_side=1)
+_RESULT_OUTPUTS = tuple(protocol.OUTPUTS)  # (the constructor's argument ``protocol`` hides the module)
 _IMAGE_ERRORS = {"InvalidImageError": InvalidImageError, "ImageFileError": InvalidImageError}
 
 
@@ -95,6 +96,7 @@ class RemoteDetector:
         self._timeout = float(timeout_s)
         self._module = _tritonclient(self._protocol)
         self._stats = LatencyWindow(stats_window)
+        self._outputs = list(_RESULT_OUTPUTS)  # plus the INFO_OUTPUTS the model declares (_check_model)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._threads = [threading.Thread(target=self._worker, name=f"ffrt-remote-{i}", daemon=True)
@@ -262,13 +264,21 @@ class RemoteDetector:
                 f"the server at {self._url} has no model {self._model!r} ready; check the name (ffrt serve and "
                 f"ffrt triton-repo call it {protocol.DETECTOR_MODEL!r}) and the server's log for why it did not load."
             )
+        # Servers written by an earlier ffrt lack the INFO_OUTPUTS (backend, precision, latency
+        # split); asking for an output a model does not declare fails the whole request.
+        if self._protocol == "grpc":
+            metadata = self._rpc(lambda: client.get_model_metadata(self._model, as_json=True, **kwargs))
+        else:
+            metadata = self._rpc(lambda: client.get_model_metadata(self._model))
+        declared = {o.get("name") for o in (metadata or {}).get("outputs", [])}
+        self._outputs = [*protocol.OUTPUTS, *(n for n in protocol.INFO_OUTPUTS if n in declared)]
 
     def _infer(self, client, name: str, array: np.ndarray) -> Result:
         m = self._module
         datatype = protocol.INPUTS[name][1]
         tensor = m.InferInput(name, list(array.shape), datatype)
         tensor.set_data_from_numpy(array)
-        outputs = [m.InferRequestedOutput(o) for o in protocol.OUTPUTS]
+        outputs = [m.InferRequestedOutput(o) for o in self._outputs]
         kwargs = {"client_timeout": self._timeout} if self._protocol == "grpc" else {}
         t0 = time.perf_counter()
         response = self._rpc(lambda: client.infer(self._model, [tensor], outputs=outputs, **kwargs))

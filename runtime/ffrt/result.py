@@ -71,6 +71,9 @@ class Result:
     backend, precision: the backend that scored the image and the precision it computed in
                   (Detector.precision: the file's encoding on ONNX Runtime and TensorRT, "bf16" /
                   "int8+bf16" where OpenVINO ran BF16; precision_detail says which parts).
+                  From a RemoteDetector: what the server says ran its graph, and its
+                  latency_split is the server's stages with the rest of the round trip (queues,
+                  network) as queue_ms; None for a server that does not report them.
     """
 
     score: float

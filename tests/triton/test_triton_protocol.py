@@ -35,6 +35,31 @@ def test_result_travels_unchanged(det, real_images, tiny_onnx):
     assert back.normalized_score == r.normalized_score and back.latency_ms == 1.5
     assert np.array_equal(back.anomaly_map, r.anomaly_map) and np.array_equal(back.mask, r.mask)
     assert r.regions and back.regions == r.regions  # every field exact through float64
+    # A server written before the INFO_OUTPUTS existed sends none of them: the fields stay unset.
+    old = {k: v for k, v in tensors.items() if k not in protocol.INFO_OUTPUTS}
+    assert set(old) == set(protocol.OUTPUTS)
+    back = protocol.result_from_tensors(old.get, latency_ms=1.5)
+    assert back.backend is None and back.precision is None and back.latency_split is None
+    assert back.score == r.score and back.regions == r.regions
+
+
+def test_backend_precision_and_split_travel_and_the_split_adds_up_to_the_round_trip(det, real_images):
+    r = det(real_images[0])
+    s = r.latency_split
+    assert r.precision == "fp32" and s is not None
+    tensors = protocol.result_tensors(r, backend="ffrt serve ffrt_model: onnxruntime-cpu (CPUExecutionProvider)")
+    for name, (_, _, dtype, dims) in protocol.INFO_OUTPUTS.items():
+        assert tensors[name].dtype == dtype and tensors[name].shape == (1, *dims), name
+    server_ms = s.preprocess_ms + s.inference_ms + s.postprocess_ms
+    round_trip = server_ms + 7.25  # the network and the server's queue: what the client adds
+    back = protocol.result_from_tensors(tensors.get, latency_ms=round_trip)
+    assert back.backend == "ffrt serve ffrt_model: onnxruntime-cpu (CPUExecutionProvider)"
+    assert back.precision == "fp32"
+    b = back.latency_split
+    assert (b.preprocess_ms, b.inference_ms, b.postprocess_ms) == (s.preprocess_ms, s.inference_ms, s.postprocess_ms)
+    assert b.queue_ms == pytest.approx(7.25)
+    assert b.queue_ms + b.preprocess_ms + b.inference_ms + b.postprocess_ms == pytest.approx(round_trip)
+    assert back.to_dict()["backend"] == back.backend and back.to_dict()["precision"] == "fp32"
 
 
 def test_missing_outputs_are_named(det, real_images):

@@ -92,16 +92,34 @@ def test_ffrt_detector_config_and_files(repo, tiny_onnx):
     assert outputs == {
         "score": (pb2.TYPE_FP64, [1]), "is_anomalous": (pb2.TYPE_BOOL, [1]), "normalized_score": (pb2.TYPE_FP64, [1]),
         "anomaly_map": (pb2.TYPE_FP32, [-1, -1]), "mask": (pb2.TYPE_BOOL, [-1, -1]), "regions": (pb2.TYPE_FP64, [-1, 8]),
+        "backend": (pb2.TYPE_STRING, [1]), "precision": (pb2.TYPE_STRING, [1]), "latency_split": (pb2.TYPE_FP64, [4]),
     }
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert float(params["image_threshold"]) == meta.thresholds.image
     assert float(params["pixel_threshold"]) == meta.thresholds.pixel
     assert params["graph_model"] == "ffrt_model" and params["graph_max_batch"] == "8"
+    # What every Result names as its backend and precision: Triton's ONNX Runtime, on the CPU
+    # here (--kind cpu), running the file as encoded.
+    assert params["graph_backend"] == "Triton ffrt_model: onnxruntime_onnx, KIND_CPU"
+    assert params["graph_precision"] == meta.precision == "fp32"
     assert params["min_region_px"] == "0"
     assert [g.kind for g in config.instance_group] == [pb2.ModelInstanceGroup.KIND_CPU]
     assert read_onnx_meta(repo / "ffrt_detector" / "1" / "ffrt_meta.onnx") == meta
     code = (repo / "ffrt_detector" / "1" / "model.py").read_text()
     assert "from ffrt.triton.python_model import TritonPythonModel" in code and "sys.path" not in code
+
+
+def test_a_backend_description_with_quotes_survives_the_config(tiny_onnx, tmp_path):
+    """ffrt serve writes its Detector's backend description into the config: any text must
+    parse back unchanged (protobuf text format, strict)."""
+    from ffrt.triton.repository import Options, detector_files
+
+    meta = read_onnx_meta(tiny_onnx)
+    text = 'ffrt serve ffrt_model: openvino (CPU, "bf16", C:\\models\\a.onnx)\nsecond line'
+    files = detector_files(tmp_path, meta, Options(kind="cpu").checked(meta), graph=(text, "int8+bf16"))
+    config = text_format.Parse(files[tmp_path / "ffrt_detector" / "config.pbtxt"].decode(), pb2.ModelConfig())
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params["graph_backend"] == text.replace("\n", " ") and params["graph_precision"] == "int8+bf16"
 
 
 def test_gpu_kind_instances_and_batch_options(tiny_onnx, tmp_path):

@@ -95,6 +95,25 @@ def test_remote_detector_equals_in_process(server, local, frames, proto):
         assert remote.stats.count >= 3 * len(frames)
 
 
+@pytest.mark.parametrize("proto", ["http", "grpc"])
+def test_remote_result_says_what_computed_it_and_where_the_time_went(server, local, frames, proto):
+    port = server.http if proto == "http" else server.grpc
+    with RemoteDetector(f"127.0.0.1:{port}", protocol=proto, color_order="RGB") as remote:
+        results = [remote(frames[0]), *remote.predict_batch(frames[:3])]
+    for r in results:
+        # ffrt serve runs the graph on a Detector of its own: its backend (ONNX Runtime on the
+        # CPU here, as the in-process one) and the precision it computes in.
+        assert r.backend == f"ffrt serve ffrt_model: {local.backend_description}", r.backend
+        assert r.precision == local.precision == "fp32"
+        s = r.latency_split
+        assert s is not None and s.inference_ms > 0 and s.preprocess_ms >= 0 and s.postprocess_ms >= 0
+        # The server's stages plus everything else (queueing, network) as queue_ms: the round trip.
+        assert s.queue_ms > 0
+        assert s.queue_ms + s.preprocess_ms + s.inference_ms + s.postprocess_ms == pytest.approx(r.latency_ms)
+        d = r.to_dict()
+        assert d["backend"] == r.backend and d["precision"] == "fp32" and d["inference_ms"] == round(s.inference_ms, 4)
+
+
 def test_files_and_encoded_bytes_equal_in_process(server, local, frames, tmp_path):
     bgr = cv2.cvtColor(frames[4], cv2.COLOR_RGB2BGR)
     path = tmp_path / "cell.png"

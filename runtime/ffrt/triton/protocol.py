@@ -18,6 +18,11 @@ Outputs (as ``ffrt.Result``):
     mask             BOOL [H, W]    anomaly_map > pixel threshold
     regions          FP64 [R, 8]    one row per defect region, largest first:
                                     area_px, x, y, w, h, centroid x, centroid y, peak score
+Outputs that say how it was computed (servers written by ffrt before they existed lack them;
+the client asks for them only where the model's metadata lists them):
+    backend          BYTES [1]      what ran the graph, e.g. "ffrt serve ffrt_model: onnxruntime-cpu (...)"
+    precision        BYTES [1]      the precision it computed in ("fp32", "int8", "bf16", ...)
+    latency_split    FP64 [4]       the server's queue, preprocess, inference, postprocess ms
 
 Errors come back as Triton errors whose message starts with ``ffrt.<ErrorClass>: `` so the
 client can raise the same ffrt error class the in-process Detector raises.
@@ -31,7 +36,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..regions import Region
-from ..result import Result
+from ..result import LatencySplit, Result
 from ..errors import FFRTError, InferenceError, InvalidImageError
 
 DETECTOR_MODEL = "ffrt_detector"
@@ -51,6 +56,11 @@ OUTPUTS: dict[str, tuple[str, str, type, tuple[int, ...]]] = {
     "anomaly_map": ("TYPE_FP32", "FP32", np.float32, (-1, -1)),
     "mask": ("TYPE_BOOL", "BOOL", np.bool_, (-1, -1)),
     "regions": ("TYPE_FP64", "FP64", np.float64, (-1, 8)),
+}
+INFO_OUTPUTS: dict[str, tuple[str, str, type, tuple[int, ...]]] = {
+    "backend": ("TYPE_STRING", "BYTES", np.object_, (1,)),
+    "precision": ("TYPE_STRING", "BYTES", np.object_, (1,)),
+    "latency_split": ("TYPE_FP64", "FP64", np.float64, (4,)),
 }
 INPUTS: dict[str, tuple[str, str, type, tuple[int, ...]]] = {
     INPUT_BYTES: ("TYPE_STRING", "BYTES", np.object_, (1,)),
@@ -98,17 +108,45 @@ def regions_from_array(array: np.ndarray | None) -> tuple[Region, ...]:
     )
 
 
-def result_tensors(result: Result) -> dict[str, np.ndarray]:
-    """The response tensors of one Result, each with the leading batch dimension of 1."""
+def result_tensors(result: Result, backend: str | None = None) -> dict[str, np.ndarray]:
+    """The response tensors of one Result, each with the leading batch dimension of 1;
+    ``backend`` (what ran the graph) and the Result's precision and latency split, where known,
+    as the INFO_OUTPUTS."""
     norm = result.normalized_score
-    return {
+    info: dict[str, np.ndarray] = {}
+    if backend is not None:
+        info["backend"] = np.array([[backend.encode()]], dtype=np.object_)
+    if result.precision is not None:
+        info["precision"] = np.array([[result.precision.encode()]], dtype=np.object_)
+    split = result.latency_split
+    if split is not None:
+        info["latency_split"] = np.array(
+            [[split.queue_ms, split.preprocess_ms, split.inference_ms, split.postprocess_ms]], dtype=np.float64)
+    return {**info, **{
         "score": np.array([[result.score]], dtype=np.float64),
         "is_anomalous": np.array([[result.is_anomalous]], dtype=np.bool_),
         "normalized_score": np.array([[math.nan if norm is None else norm]], dtype=np.float64),
         "anomaly_map": np.ascontiguousarray(result.anomaly_map, dtype=np.float32)[None],
         "mask": np.ascontiguousarray(result.mask, dtype=np.bool_)[None],
         "regions": regions_array(result.regions)[None],
-    }
+    }}
+
+
+def _text(array: np.ndarray | None) -> str | None:
+    if array is None:
+        return None
+    value = np.asarray(array, dtype=np.object_).reshape(-1)[0]
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def remote_split(server: np.ndarray | None, latency_ms: float) -> LatencySplit | None:
+    """The split of a round trip of ``latency_ms``: the server's preprocess, inference and
+    postprocess as it measured them, and as queue_ms everything else (the server's own
+    queueing, the network, (de)serialization), so the four add up to the round trip."""
+    if server is None:
+        return None
+    _, pre, inference, post = (float(v) for v in np.asarray(server, dtype=np.float64).reshape(-1)[:4])
+    return LatencySplit(max(0.0, latency_ms - pre - inference - post), pre, inference, post)
 
 
 def result_from_tensors(get: Callable[[str], np.ndarray | None], latency_ms: float) -> Result:
@@ -132,6 +170,9 @@ def result_from_tensors(get: Callable[[str], np.ndarray | None], latency_ms: flo
         latency_ms=latency_ms,
         normalized_score=None if norm is None or math.isnan(norm) else norm,
         regions=regions_from_array(get("regions")),
+        latency_split=remote_split(get("latency_split"), latency_ms),
+        backend=_text(get("backend")),
+        precision=_text(get("precision")),
     )
 
 

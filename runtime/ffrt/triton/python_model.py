@@ -39,9 +39,12 @@ class BLSBackend(Backend):
 
     name = BLS_BACKEND
 
-    def __init__(self, pb_utils, model_name: str, meta: ModelMeta):
+    def __init__(self, pb_utils, model_name: str, meta: ModelMeta, precision: str | None = None):
         self._pb = pb_utils
         self._model = model_name
+        # What ffrt_model computes in (its config's parameter; the file's encoding by default):
+        # the Detector puts it in every Result.
+        self.precision = precision or meta.precision
         self._input = meta.input.name
         self._outputs = (meta.outputs.anomaly_map, meta.outputs.score)
 
@@ -93,10 +96,16 @@ class TritonPythonModel:
         params = _parameters(config)
         graph_model = params.get("graph_model") or protocol.GRAPH_MODEL
         self._chunk = _number(params, "graph_max_batch", int)
+        self._graph_backend = params.get("graph_backend") or f"Triton {graph_model}"
+        graph_precision = params.get("graph_precision") or None
+        # A repository written before the INFO_OUTPUTS existed does not declare them; Triton
+        # refuses outputs a model's configuration lacks.
+        declared = {o.get("name") for o in config.get("output", [])}
+        self._info = [name for name in protocol.INFO_OUTPUTS if name in declared]
         meta_path = Path(args["model_repository"]) / str(args["model_version"]) / protocol.META_FILE
 
         def create(path, meta, threads, device, **_):  # precision/options: the graph's own, ffrt_model's config
-            return BLSBackend(pb_utils, graph_model, meta)
+            return BLSBackend(pb_utils, graph_model, meta, graph_precision)
 
         # Registered in this stub process only (one per model instance); the Detector then
         # builds it like any other backend.
@@ -160,8 +169,9 @@ class TritonPythonModel:
                 if isinstance(outcome, BaseException):
                     responses[i] = self._error(outcome)
                 else:
-                    tensors = protocol.result_tensors(outcome)
-                    responses[i] = pb.InferenceResponse(output_tensors=[pb.Tensor(k, v) for k, v in tensors.items()])
+                    tensors = protocol.result_tensors(outcome, self._graph_backend)
+                    names = [*protocol.OUTPUTS, *(n for n in self._info if n in tensors)]
+                    responses[i] = pb.InferenceResponse(output_tensors=[pb.Tensor(k, tensors[k]) for k in names])
         return responses
 
     def _error(self, error: BaseException):

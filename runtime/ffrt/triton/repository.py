@@ -153,8 +153,13 @@ def _batching(opts: Options) -> str:
     return "\n".join(lines + ["}"])
 
 
+def _quoted(text: str) -> str:
+    """A protobuf text-format string literal's content (a backend description may hold quotes)."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+
+
 def _parameters(params: dict[str, str]) -> str:
-    return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items())
+    return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{_quoted(v)}" }} }}' for k, v in params.items())
 
 
 def model_config(inputs: list[Tensor], outputs: list[Tensor], opts: Options) -> str:
@@ -171,14 +176,24 @@ def model_config(inputs: list[Tensor], outputs: list[Tensor], opts: Options) -> 
     ])
 
 
-def detector_parameters(meta: ModelMeta, opts: Options) -> dict[str, str]:
+def triton_graph(opts: Options) -> tuple[str, str | None]:
+    """(backend, precision) of ffrt_model on a full Triton: its ONNX Runtime backend runs the
+    file as encoded (precision None: the metadata's)."""
+    return f"Triton {protocol.GRAPH_MODEL}: onnxruntime_onnx, {KINDS[opts.kind]}", None
+
+
+def detector_parameters(meta: ModelMeta, opts: Options, graph: tuple[str, str | None] | None = None) -> dict[str, str]:
     """ffrt_detector's parameters: the metadata's thresholds (edit and reload the model to
-    re-tune: no re-export), the image limits and where the graph is."""
+    re-tune: no re-export), the image limits, where the graph is and what runs it (``graph``:
+    (backend, precision), reported in every Result; default :func:`triton_graph`)."""
+    backend, precision = graph or triton_graph(opts)
     params = {
         "image_threshold": repr(float(meta.thresholds.image)),
         "pixel_threshold": repr(float(meta.thresholds.pixel)),
         "graph_model": protocol.GRAPH_MODEL,
         "graph_max_batch": str(opts.max_batch),
+        "graph_backend": backend,
+        "graph_precision": precision or meta.precision,
         "min_region_px": str(opts.min_region_px),
     }
     if opts.max_pixels is not None:
@@ -188,10 +203,10 @@ def detector_parameters(meta: ModelMeta, opts: Options) -> dict[str, str]:
     return params
 
 
-def detector_config(meta: ModelMeta, opts: Options) -> str:
+def detector_config(meta: ModelMeta, opts: Options, graph: tuple[str, str | None] | None = None) -> str:
     """config.pbtxt of ffrt_detector (Python backend, inputs/outputs of ``protocol``)."""
     inputs = [Tensor(name, spec[0], spec[3]) for name, spec in protocol.INPUTS.items()]
-    outputs = [Tensor(name, spec[0], spec[3]) for name, spec in protocol.OUTPUTS.items()]
+    outputs = [Tensor(name, spec[0], spec[3]) for name, spec in {**protocol.OUTPUTS, **protocol.INFO_OUTPUTS}.items()]
     return "\n".join([
         f'name: "{protocol.DETECTOR_MODEL}"',
         'backend: "python"',
@@ -200,7 +215,7 @@ def detector_config(meta: ModelMeta, opts: Options) -> str:
         "output [\n" + ",\n".join(_tensor_block(t) for t in outputs) + "\n]",
         _batching(opts),
         f"instance_group [ {{ count: {opts.instances} kind: KIND_CPU }} ]",
-        _parameters(detector_parameters(meta, opts)),
+        _parameters(detector_parameters(meta, opts, graph)),
         "",
     ])
 
@@ -214,12 +229,14 @@ def meta_onnx_bytes(meta: ModelMeta) -> bytes:
     return proto.SerializeToString()
 
 
-def detector_files(root: Path, meta: ModelMeta, opts: Options, code_paths: list[str] | None = None) -> dict[Path, bytes]:
-    """ffrt_detector's files; ``code_paths``: folders put first on sys.path (ffrt serve)."""
+def detector_files(root: Path, meta: ModelMeta, opts: Options, code_paths: list[str] | None = None,
+                   graph: tuple[str, str | None] | None = None) -> dict[Path, bytes]:
+    """ffrt_detector's files; ``code_paths``: folders put first on sys.path (ffrt serve);
+    ``graph``: (backend, precision) of what runs ffrt_model (default: Triton's ONNX Runtime)."""
     folder = root / protocol.DETECTOR_MODEL
     model_py = MODEL_PY.replace("{path}", CODE_PATH.format(paths=list(code_paths)) if code_paths else "")
     return {
-        folder / "config.pbtxt": detector_config(meta, opts).encode(),
+        folder / "config.pbtxt": detector_config(meta, opts, graph).encode(),
         folder / "1" / "model.py": model_py.encode(),
         folder / "1" / protocol.META_FILE: meta_onnx_bytes(meta),
     }

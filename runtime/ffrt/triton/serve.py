@@ -130,7 +130,8 @@ def serve(
     import ffrt
 
     code = sorted({str(Path(m.__file__).resolve().parents[1]) for m in (ffrt, ffcore)})
-    for path, data in detector_files(repo, meta, opts, code).items():
+    graph = (f"ffrt serve {protocol.GRAPH_MODEL}: {det.backend_description}", det.precision)
+    for path, data in detector_files(repo, meta, opts, code, graph).items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
 
