@@ -46,15 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--fp16",
         action="store_true",
         help="also write OUT/model.fp16.onnx: backbone and flows in FP16, the anomaly head (z^2 mean, resize, "
-        "fusion, top-k score) in FP32, same uint8 input and float32 outputs. Checked against the FP32 ONNX on real "
-        "images (score rank correlation, image AUROC, map error); fails beyond tolerance",
+        "fusion, top-k score) in FP32, same uint8 input and float32 outputs. Checked against the FP32 ONNX on "
+        "validation images (score rank correlation, image AUROC, map error, verdicts changed); fails beyond tolerance",
     )
     p.add_argument(
         "--fp16-images",
         type=int,
         default=32,
-        help="normal and defective test images each used for the FP16 check (default 32 + 32; needs a dataset "
-        "with labels: the checkpoint's training data or --parity-images elpv:mono / an MVTec-style folder)",
+        help="held-out training normals used for the FP16 check, each also with a synthetic defect (default 32 + 32; "
+        "validation data of --calib or the checkpoint's training data, as the INT8 and BF16 gates; never the test split)",
     )
     p.add_argument("--int8", action="store_true",
                    help="also write OUT/model.int8-trt.onnx (symmetric, for TensorRT) and OUT/model.int8-cpu.onnx "
@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the gate recorded in the file: Detector(..., precision='auto') runs it in BF16. With "
                    "--refit-epochs 0: model.onnx itself is gated in BF16 (FP16 bounds) and the gate recorded there")
     p.add_argument("--calib", help="--int8: normal images for calibration; --bf16: the training data (folder, MVTec "
-                   "root or elpv:mono/poly); default: the training data recorded in the checkpoint")
+                   "root or elpv:mono/poly); --fp16: the data whose held-out normals check it; default: the training "
+                   "data recorded in the checkpoint")
     p.add_argument("--calib-count", type=int, default=64, help="--int8: calibration images (default 64)")
     p.add_argument("--int8-scope", choices=["backbone", "all"], default="backbone",
                    help="--int8: which convolutions get INT8: the backbone's (default) or all, the flows' too. With "
@@ -319,25 +320,23 @@ def _triton_step(model: Path, out: Path, kind: str) -> int:
     return 0
 
 
-def _fp16_images(args, payload, size: tuple[int, int]):
-    """Balanced normal/defective test images with labels, or (parity images, None)."""
-    from fftrain.data import DataError, load_batch, resolve
+def _fp16_images(args, payload, spec):
+    """(images, labels, what they are) for the FP16 gate: validation data as the INT8 and BF16
+    gates use it (``--fp16-images`` held-out training normals of ``--calib`` or the checkpoint's
+    training data, each also with a synthetic defect; never the test split), or, without a
+    dataset on this machine, the parity images without labels."""
+    from ffcalib.images import CalibError, gate_set
+    from fftrain.data import DataError
 
-    spec = args.parity_images if args.parity_images and not Path(args.parity_images).is_dir() else None
-    if spec is None and args.parity_images and (Path(args.parity_images) / "train").is_dir():
-        spec = args.parity_images
-    spec = spec or payload.get("train_info", {}).get("data")
-    if spec:
+    data = args.calib or payload.get("train_info", {}).get("data")
+    if data:
         try:
-            split = resolve(spec)
-        except (DataError, OSError):
-            split = None
-        if split is not None:
-            good = [s for s in split.test if s.label == 0][: args.fp16_images]
-            bad = [s for s in split.test if s.label == 1][: args.fp16_images]
-            if good and bad:
-                return load_batch(good + bad, size), np.array([0] * len(good) + [1] * len(bad))
-    return _parity_images(args, payload, size), None
+            _, images, labels, what = gate_set(str(data), spec, val_count=args.fp16_images, progress=False)
+            return np.asarray(images), np.asarray(labels), what
+        except (CalibError, DataError, OSError) as e:
+            print(f"ffexport: the FP16 check has no labelled validation data ({e}); it compares the parity images "
+                  "(score ranking and maps, no AUROC)", file=sys.stderr)
+    return _parity_images(args, payload, (spec.height, spec.width)), None, "the parity images"
 
 
 def _fp16_step(args, model, payload, fp32_path: Path, ckpt_sha256: str):
@@ -349,11 +348,13 @@ def _fp16_step(args, model, payload, fp32_path: Path, ckpt_sha256: str):
     from .precision import FP16_SUFFIX, export_fp16
 
     t0 = time.perf_counter()
-    images, labels = _fp16_images(args, payload, model.config.image_size)
+    from ffrt.meta import read_onnx_meta
+
+    images, labels, what = _fp16_images(args, payload, read_onnx_meta(fp32_path).input)
     fp16_path, fp16_meta = export_fp16(model, payload, ckpt_sha256, fp32_path.with_name("model" + FP16_SUFFIX),
                                        args.batch_max, args.opset)
     with tempfile.TemporaryDirectory() as tmp:
-        report = compare(fp32_path, fp16_path, images, labels, Path(tmp))
+        report = compare(fp32_path, fp16_path, images, labels, Path(tmp), data=what)
     print(report)
     if not report.ok:
         return _refuse("the FP16 graph disagrees with FP32 beyond tolerance"), None, None

@@ -28,7 +28,7 @@ from ffrt.meta import read_onnx_meta
 
 # The FP16 gate's documented tolerances (README, ffexport --help): the FP16 file against the
 # FP32 file on real images.
-MIN_SPEARMAN, MAX_AUROC_DIFF, MAX_MAP_REL = 0.99, 0.01, 0.02
+MIN_SPEARMAN, MAX_AUROC_DIFF, MAX_MAP_REL, MAX_VERDICT_CHANGE = 0.99, 0.01, 0.02, 0.01
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 
 
@@ -201,8 +201,8 @@ def test_fp16_file_tracks_fp32_file_on_real_elpv(tiny_onnx, fp16, labelled):
 
 def test_gate_passes_the_fp16_file_and_fails_a_wrong_one(tiny_onnx, fp16, labelled, tmp_path):
     images, labels = labelled
-    assert (fp16_gate.FP16_MIN_SPEARMAN, fp16_gate.FP16_MAX_AUROC_DIFF, fp16_gate.FP16_MAX_MAP_REL) == (
-        MIN_SPEARMAN, MAX_AUROC_DIFF, MAX_MAP_REL)
+    assert (fp16_gate.FP16_MIN_SPEARMAN, fp16_gate.FP16_MAX_AUROC_DIFF, fp16_gate.FP16_MAX_MAP_REL,
+            fp16_gate.FP16_MAX_VERDICT_CHANGE) == (MIN_SPEARMAN, MAX_AUROC_DIFF, MAX_MAP_REL, MAX_VERDICT_CHANGE)
     report = compare(tiny_onnx, fp16, images, labels, tmp_path)
     assert report.ok and report.nonfinite == 0 and report.images == 64, str(report)
     m32, _ = _run(tiny_onnx, images)
@@ -219,6 +219,34 @@ def test_gate_passes_the_fp16_file_and_fails_a_wrong_one(tiny_onnx, fp16, labell
     onnx.save(model, str(wrong))
     bad = compare(tiny_onnx, wrong, images, labels, tmp_path)
     assert not bad.ok and bad.map_max_rel > MAX_MAP_REL, str(bad)
+
+
+def test_gate_counts_the_verdicts_fp16_changes(tiny_onnx, fp16, labelled, tmp_path):
+    """With the image threshold set between one image's FP32 and FP16 scores, that verdict
+    differs; the report counts such images (the worse of the file and its emulation) and more
+    than 1% of the images changing their verdict fails the gate."""
+    from ffrt.meta import write_onnx_meta
+
+    images, labels = labelled
+    _, s32 = _run(tiny_onnx, images)
+    runs = [_run(fp16, images)[1], _run(emulate_fp16_storage(onnx.load(str(fp16))), images, optimize=False)[1]]
+    i = int(np.argmax(np.abs(runs[1] - s32)))
+    assert runs[1][i] != s32[i]
+    threshold = float((s32[i] + runs[1][i]) / 2)
+    expected = max(int(((s32 > threshold) != (s16 > threshold)).sum()) for s16 in runs)
+    assert expected >= 1
+    moved = tmp_path / "moved.onnx"
+    moved.write_bytes(tiny_onnx.read_bytes())
+    meta = read_onnx_meta(moved)
+    write_onnx_meta(moved, meta.model_copy(update={"thresholds": meta.thresholds.model_copy(update={"image": threshold})}))
+    report = compare(moved, fp16, images, labels, tmp_path, data="the test cells")
+    assert report.verdict_flips == expected
+    assert f"verdicts changed at the image threshold {expected} of 64 (tol 1%)" in str(report)
+    assert not report.ok and str(report).endswith(": FAILED")  # 1 of 64 > 1%
+    assert (report.spearman >= MIN_SPEARMAN and report.map_max_rel <= MAX_MAP_REL)  # only the verdicts fail it
+    assert "on 64 images (the test cells)" in str(report)
+    assert compare(tiny_onnx, fp16, images, labels, tmp_path).verdict_flips == max(
+        int(((s32 > meta.thresholds.image) != (s16 > meta.thresholds.image)).sum()) for s16 in runs)
 
 
 def test_storage_emulation_rounds_and_overflows_like_fp16():
@@ -360,7 +388,10 @@ def test_ffexport_fp16_engine_without_tensorrt(tiny_checkpoint, tmp_path, capsys
     assert code == 2, err
     assert (tmp_path / "model.onnx").is_file() and (tmp_path / "model.fp16.onnx").is_file()
     assert read_onnx_meta(tmp_path / "model.fp16.onnx").precision == "fp16"
-    assert "fp16 vs fp32 on 32 images" in out and ": OK" in out
+    # Validation data, as the INT8 and BF16 gates: held-out training normals and synthetic
+    # defects drawn on them, never the test split.
+    assert "fp16 vs fp32 on 32 images (16 held-out training normals of " in out and ": OK" in out
+    assert "16 synthetic defects drawn on them (validation data; not the test split)" in out
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert "TensorRT is not installed" in lines[0] and "the ONNX files are written" in lines[0]
