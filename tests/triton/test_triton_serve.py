@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -100,10 +101,13 @@ def test_remote_result_says_what_computed_it_and_where_the_time_went(server, loc
     port = server.http if proto == "http" else server.grpc
     with RemoteDetector(f"127.0.0.1:{port}", protocol=proto, color_order="RGB") as remote:
         results = [remote(frames[0]), *remote.predict_batch(frames[:3])]
+    # ffrt serve runs the graph on a Detector of its own (in the serve environment, whose
+    # backend="auto" may choose otherwise than the in-process one): the backend its start line
+    # names, and the precision that backend computes this FP32 file in.
+    started = re.search(r"as 'ffrt_detector' on (.+?); HTTP ", server.log.read_text(errors="replace"))
+    assert started, server.log_tail()
     for r in results:
-        # ffrt serve runs the graph on a Detector of its own: its backend (ONNX Runtime on the
-        # CPU here, as the in-process one) and the precision it computes in.
-        assert r.backend == f"ffrt serve ffrt_model: {local.backend_description}", r.backend
+        assert r.backend == f"ffrt serve ffrt_model: {started.group(1)}", r.backend
         assert r.precision == local.precision == "fp32"
         s = r.latency_split
         assert s is not None and s.inference_ms > 0 and s.preprocess_ms >= 0 and s.postprocess_ms >= 0
