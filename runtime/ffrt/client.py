@@ -271,7 +271,7 @@ class RemoteDetector:
         else:
             metadata = self._rpc(lambda: client.get_model_metadata(self._model))
         declared = {o.get("name") for o in (metadata or {}).get("outputs", [])}
-        self._outputs = [*protocol.OUTPUTS, *(n for n in protocol.INFO_OUTPUTS if n in declared)]
+        self._outputs = [*_RESULT_OUTPUTS, *(n for n in protocol.INFO_OUTPUTS if n in declared)]
 
     def _infer(self, client, name: str, array: np.ndarray) -> Result:
         m = self._module
