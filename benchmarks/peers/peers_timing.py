@@ -12,7 +12,7 @@ import numpy as np
 
 import build_models
 import runners as R
-from report import bars, eager_ratios
+from report import bars, eager_ratios, wider_than_avx2
 from timing import interleaved
 
 VERSIONS = ("anomalib", "openvino", "onnxruntime", "torch", "torchvision", "timm", "onnx", "numpy")
@@ -46,7 +46,7 @@ def proxy_runners(args, work: Path, batch: int) -> list:
 def proxy_kernels(runners: list, batch: int) -> tuple[dict, list[str]]:
     """{row key: {convolution kernel: count}} and the rows whose kernels are not AVX2-only."""
     kernels = {r.key: r.conv_kernels(batch) for r in runners if r.conv_kernels}
-    wider = [k for k, ks in kernels.items() if any(("avx512" in n or "amx" in n) for n in ks)]
+    wider = [k for k, ks in kernels.items() if wider_than_avx2(ks)]
     return kernels, wider
 
 

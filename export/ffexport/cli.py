@@ -256,7 +256,7 @@ def run(args) -> int:
         staged = [path.name]
         engine_src, engine_meta = path.name, meta
         if args.fp16:
-            code, fp16_path, fp16_meta = _fp16_step(args, model, payload, path, meta.source_checkpoint_sha256)
+            code, fp16_path, fp16_meta = _fp16_step(args, model, payload, path, meta)
             if code:
                 return code
             staged.append(fp16_path.name)
@@ -339,7 +339,7 @@ def _fp16_images(args, payload, spec):
     return _parity_images(args, payload, (spec.height, spec.width)), None, "the parity images"
 
 
-def _fp16_step(args, model, payload, fp32_path: Path, ckpt_sha256: str):
+def _fp16_step(args, model, payload, fp32_path: Path, fp32_meta):
     """Trace model.fp16.onnx next to the staged FP32 file and gate it against that file;
     returns (exit code, path, meta)."""
     import tempfile
@@ -348,10 +348,9 @@ def _fp16_step(args, model, payload, fp32_path: Path, ckpt_sha256: str):
     from .precision import FP16_SUFFIX, export_fp16
 
     t0 = time.perf_counter()
-    from ffrt.meta import read_onnx_meta
-
-    images, labels, what = _fp16_images(args, payload, read_onnx_meta(fp32_path).input)
-    fp16_path, fp16_meta = export_fp16(model, payload, ckpt_sha256, fp32_path.with_name("model" + FP16_SUFFIX),
+    images, labels, what = _fp16_images(args, payload, fp32_meta.input)
+    fp16_path, fp16_meta = export_fp16(model, payload, fp32_meta.source_checkpoint_sha256,
+                                       fp32_path.with_name("model" + FP16_SUFFIX),
                                        args.batch_max, args.opset)
     with tempfile.TemporaryDirectory() as tmp:
         report = compare(fp32_path, fp16_path, images, labels, Path(tmp), data=what)

@@ -113,23 +113,23 @@ def result_tensors(result: Result, backend: str | None = None) -> dict[str, np.n
     ``backend`` (what ran the graph) and the Result's precision and latency split, where known,
     as the INFO_OUTPUTS."""
     norm = result.normalized_score
-    info: dict[str, np.ndarray] = {}
-    if backend is not None:
-        info["backend"] = np.array([[backend.encode()]], dtype=np.object_)
-    if result.precision is not None:
-        info["precision"] = np.array([[result.precision.encode()]], dtype=np.object_)
-    split = result.latency_split
-    if split is not None:
-        info["latency_split"] = np.array(
-            [[split.queue_ms, split.preprocess_ms, split.inference_ms, split.postprocess_ms]], dtype=np.float64)
-    return {**info, **{
+    tensors = {
         "score": np.array([[result.score]], dtype=np.float64),
         "is_anomalous": np.array([[result.is_anomalous]], dtype=np.bool_),
         "normalized_score": np.array([[math.nan if norm is None else norm]], dtype=np.float64),
         "anomaly_map": np.ascontiguousarray(result.anomaly_map, dtype=np.float32)[None],
         "mask": np.ascontiguousarray(result.mask, dtype=np.bool_)[None],
         "regions": regions_array(result.regions)[None],
-    }}
+    }
+    if backend is not None:
+        tensors["backend"] = np.array([[backend.encode()]], dtype=np.object_)
+    if result.precision is not None:
+        tensors["precision"] = np.array([[result.precision.encode()]], dtype=np.object_)
+    split = result.latency_split
+    if split is not None:
+        tensors["latency_split"] = np.array(
+            [[split.queue_ms, split.preprocess_ms, split.inference_ms, split.postprocess_ms]], dtype=np.float64)
+    return tensors
 
 
 def _text(array: np.ndarray | None) -> str | None:
