@@ -107,7 +107,7 @@ def test_cpu_image_pip_line_installs_a_working_ffrt(tmp_path, models):
     """Dockerfile.cpu's RUN: a fresh venv, `pip install ".[cpu]"` from a copy of the sources the
     image copies, then the ffrt CLI the image runs. The venv is cached per pyproject content."""
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:12]
-    venv = trtenv.cache_root() / f"cpu-image-venv-{digest}"
+    venv = trtenv.keyed_cache_entry("cpu-image-venv", digest)
     py = venv / "bin" / "python"
     src = tmp_path / "src"  # what the image COPYs, nothing else
     src.mkdir()

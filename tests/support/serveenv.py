@@ -47,7 +47,7 @@ def serve_python() -> str:
         return sys.executable
     reqs = serve_requirements()
     key = hashlib.sha256(json.dumps([reqs, sys.version]).encode()).hexdigest()[:12]
-    venv = trtenv.cache_root() / f"serve-venv-{key}"
+    venv = trtenv.keyed_cache_entry("serve-venv", key)
     py = venv / "bin" / "python"
     if (venv / ".ffrt-ok").is_file():
         return str(py)

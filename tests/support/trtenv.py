@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,34 @@ PACKAGES = [str(ROOT / d) for d in ("core", "runtime", "trainer", "export", "cal
 def cache_root() -> Path:
     base = os.environ.get("FFRT_TEST_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ffrt-tests"
     return Path(base)
+
+
+#: A keyed cache entry (a venv per requirements digest) unused for this long is removed when a
+#: sibling is built: each change of pyproject.toml would otherwise leave ~0.5 GB behind, and a
+#: full disk fails the next run's install. Entries used recently are kept, as another checkout
+#: (a CI clone beside a work tree) may be using them now.
+STALE_AFTER_S = 2 * 3600
+
+
+def keyed_cache_entry(prefix: str, key: str) -> Path:
+    """``cache_root()/prefix-key``, marked as used now; stale ``prefix-*`` siblings are removed."""
+    root = cache_root()
+    entry = root / f"{prefix}-{key}"
+    if root.is_dir():
+        now = time.time()
+        for other in root.glob(f"{prefix}-*"):
+            if other == entry or not other.is_dir():
+                continue
+            if now - _last_used(other) > STALE_AFTER_S:
+                shutil.rmtree(other, ignore_errors=True)
+    entry.mkdir(parents=True, exist_ok=True)
+    (entry / ".ffrt-last-used").touch()
+    return entry
+
+
+def _last_used(entry: Path) -> float:
+    marks = [entry / ".ffrt-last-used", entry / ".ffrt-ok", entry]
+    return max((m.stat().st_mtime for m in marks if m.exists()), default=0.0)
 
 
 def _pip_target(target: Path, specs: list[str], what: str) -> Path:
