@@ -84,6 +84,8 @@ def format_meta(meta, path) -> str:
         f"model:        {path}",
         f"input:        {i.name!r} {i.dtype} {i.layout} [N, {i.height}, {i.width}, {i.channels}], "
         f"{i.color_order}; images are resized to {i.width}x{i.height} (w x h) with '{i.resize_interpolation}'",
+        "colour:       " + ("luma: the graph reads BT.601 luminance only (trained on grey images)"
+                            if i.color == "luma" else "rgb: the graph reads all three channels"),
         f"normalize:    mean {_floats(i.mean)}, std {_floats(i.std)} (inside the graph)",
         f"outputs:      anomaly_map {meta.outputs.anomaly_map!r} [N, 1, {i.height}, {i.width}], score {meta.outputs.score!r} [N]",
         f"score:        {s.reduction}"

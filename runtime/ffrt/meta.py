@@ -27,8 +27,9 @@ META_KEY = "ffrt.meta"
 # 2: head_fit (INT8 files whose flow head was re-fit on their INT8 backbone)
 # 3: thresholds.calibrated_on (the backend whose scores set the thresholds)
 # 4: precision_gates (reduced-precision runs of this file checked against FP32: ffcalib bf16)
+# 5: input.color (luma: the graph reads the luminance only; models trained on grey images)
 # Every field added since 1 has a default, so files of older schemas keep loading.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class _Strict(BaseModel):
@@ -56,6 +57,11 @@ class InputSpec(_Strict):
     width: int = Field(gt=0, description="Images are resized to this width before inference.")
     channels: Literal[3] = 3
     color_order: Literal["RGB"] = "RGB"
+    color: Literal["rgb", "luma"] = Field(
+        default="rgb",
+        description="rgb: the graph reads the three channels. luma: it reduces them to BT.601 luminance first "
+        "(a model trained on grey images), so colour noise from a camera or codec does not change scores.",
+    )
     resize_interpolation: Literal["area", "linear"] = "area"
     resize_mode: Literal["stretch", "letterbox"] = Field(
         default="stretch",

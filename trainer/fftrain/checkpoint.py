@@ -74,6 +74,9 @@ def legacy_config(config: dict[str, Any], state_dict: dict[str, Any]) -> dict[st
     if "map_normalization" not in config:
         # Written before the head could standardize and smooth maps.
         config = {**config, "map_normalization": "none", "map_blur_sigma": 0.0}
+    if "input_color" not in config:
+        # Written before the trainer chose luma for monochrome data: they see RGB.
+        config = {**config, "input_color": "rgb"}
     if "flow_hidden_channels" in config:
         return config
     hidden, i = [], 0

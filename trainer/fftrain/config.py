@@ -46,6 +46,15 @@ class FastFlowConfig(BaseModel):
         description="How a frame becomes the model input: stretch to the model size, or keep its aspect ratio "
         "and pad (letterbox). Recorded in the metadata; the runtime does the same.",
     )
+    input_color: Literal["rgb", "luma"] | None = Field(
+        default=None,
+        description="rgb: the backbone sees the three colour channels as given. luma: it sees only the "
+        "luminance (BT.601: 0.299 R + 0.587 G + 0.114 B, the Y that JPEG and MJPEG keep at full resolution) "
+        "on all three channels, so colour noise in the input (a codec's subsampled chroma, a colour camera "
+        "looking at a grey part) cannot read as a defect on a model trained on monochrome images. None: "
+        "decided by the trainer from the training images (luma when every one is grey); a checkpoint always "
+        "records the decision.",
+    )
     flow_steps: int = Field(default=8, ge=1, le=32)
     hidden_ratio: float = Field(
         default=1.0, gt=0, le=8,

@@ -19,6 +19,17 @@ from .flow import Flow2d, subnet_hidden_channels
 from .head import AnomalyHead
 
 
+#: ITU-R BT.601 luma, as OpenCV's BGR2GRAY and the JPEG/MJPEG YCbCr transform compute it.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def is_monochrome(images) -> bool:
+    """True when every image of a uint8 [N, H, W, 3] batch has three equal channels."""
+    return bool(len(images)) and all(
+        (img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all() for img in images
+    )
+
+
 def _dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
@@ -38,6 +49,8 @@ class FastFlow(nn.Module):
         self.backbone, self.backbone_sha256 = build_feature_extractor(config.backbone, backbone_weights, random=random)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
+        # Not a buffer: old checkpoints' state dicts lack it, and it is a constant, not a weight.
+        self.luma_weights = torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
         height, width = config.image_size
         self.feature_shapes = [(c, height // s, width // s) for c, s in zip(self.backbone.channels, self.backbone.strides)]
         hidden = config.flow_hidden_channels or tuple(
@@ -73,6 +86,10 @@ class FastFlow(nn.Module):
 
     def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Backbone features of float RGB [0, 1] images (the expensive, frozen part)."""
+        if self.config.input_color == "luma":
+            # One channel broadcast back to three by the normalization: the backbone's input
+            # stays three channels, identical to a grey image's.
+            images = (images * self.luma_weights.to(images.device)).sum(dim=1, keepdim=True)
         return self.backbone(((images - self.mean) / self.std).to(_dtype(self.backbone)))
 
     def normalize(self, features: list[torch.Tensor]) -> list[torch.Tensor]:

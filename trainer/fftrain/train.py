@@ -38,7 +38,7 @@ from . import augment, checkpoint
 from .config import FastFlowConfig
 from .data import DataSplit, load_batch, to_tensor_batch
 from .metrics import roc_auc, score_statistics, threshold_at_frr
-from .model import FastFlow
+from .model import FastFlow, is_monochrome
 from .progress import progress as progress_bar  # `progress` is a parameter name here
 
 AUROC_SLACK = 0.01
@@ -195,6 +195,11 @@ def train(
     t0 = time.perf_counter()
     train_images = load_batch(split.train, size, mode)
     val_images = load_batch(split.val, size, mode)
+    if model.config.input_color is None:
+        color = "luma" if is_monochrome(train_images) else "rgb"
+        model.config = model.config.model_copy(update={"input_color": color})
+        log("input colour: luma (every training image is grey; colour noise in frames will be ignored)"
+            if color == "luma" else "input colour: rgb (the training images are in colour)")
     val_defects, _, _ = synthetic.hard_defect_batch(val_images, seed=config.seed + 1000)
     if settings.augment_views:
         views = augment.augmented_views(train_images, settings.augment_views, seed=config.seed + 2000)
