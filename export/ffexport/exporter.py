@@ -19,6 +19,7 @@ import torch
 from pydantic import ValidationError
 
 from ffrt.meta import (
+    AugmentationInfo,
     BackboneInfo,
     FlowInfo,
     InputSpec,
@@ -104,6 +105,7 @@ def _meta(model: FastFlow, payload: dict[str, Any], cal: dict, ckpt_sha256: str,
             clamp=cfg.clamp,
         ),
         feature_strides=model.strides,
+        augmentation=_augmentation(payload),
         batch_max=batch_max,
         opset=opset,
         source_checkpoint_sha256=ckpt_sha256,
@@ -115,6 +117,14 @@ def _meta(model: FastFlow, payload: dict[str, Any], cal: dict, ckpt_sha256: str,
         },
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def _augmentation(payload: dict[str, Any]) -> AugmentationInfo | None:
+    """From the checkpoint's training settings; checkpoints from before the codec option had none."""
+    settings = payload.get("train_info", {}).get("settings", {})
+    if "augment_views" not in settings:
+        return None
+    return AugmentationInfo(views=int(settings["augment_views"]), jpeg_share=float(settings.get("augment_jpeg", 0.0)))
 
 
 def trace_to_onnx(model: FastFlow, batch_max: int, opset: int) -> onnx.ModelProto:

@@ -107,6 +107,7 @@ def format_meta(meta, path) -> str:
         f"{'' if meta.flow.hidden_channels is None else ' (hidden channels ' + ', '.join(map(str, meta.flow.hidden_channels)) + ')'}, "
         f"{'3x3 only' if meta.flow.conv3x3_only else '3x3/1x1'}, clamp {meta.flow.clamp:g}; "
         f"feature strides {', '.join(map(str, meta.feature_strides))}",
+        "augmentation: " + (meta.augmentation.summary() if meta.augmentation else "not recorded"),
         *([f"head:         {meta.head_fit}"] if meta.head_fit else []),
         *[f"gate:         {g.summary()}; {g.runtime}, {g.checked_at}" for g in meta.precision_gates],
         f"opset:        {meta.opset if meta.opset is not None else 'not recorded'}",

@@ -27,7 +27,8 @@ META_KEY = "ffrt.meta"
 # 2: head_fit (INT8 files whose flow head was re-fit on their INT8 backbone)
 # 3: thresholds.calibrated_on (the backend whose scores set the thresholds)
 # 4: precision_gates (reduced-precision runs of this file checked against FP32: ffcalib bf16)
-# 5: input.color (luma: the graph reads the luminance only; models trained on grey images)
+# 5: input.color (luma: the graph reads the luminance only; models trained on grey images),
+#    augmentation (what training taught is normal: re-exposures, codec artefacts)
 # Every field added since 1 has a default, so files of older schemas keep loading.
 SCHEMA_VERSION = 5
 
@@ -154,6 +155,21 @@ class FlowInfo(_Strict):
     clamp: Positive
 
 
+class AugmentationInfo(_Strict):
+    """How the training images were augmented (fftrain): what the model was taught is normal."""
+
+    views: int = Field(ge=0, description="Re-exposed views (gain, gamma, offset, noise, shift) per training image.")
+    jpeg_share: float = Field(ge=0, le=1, allow_inf_nan=False,
+                              description="Share of those views that also passed through a JPEG round trip "
+                              "(0: compression artefacts were never seen in training).")
+
+    def summary(self) -> str:
+        if not self.views:
+            return "none"
+        codec = f", {100 * self.jpeg_share:g}% of them through JPEG" if self.jpeg_share else ", no codec artefacts"
+        return f"{self.views} re-exposed views per training image{codec}"
+
+
 class PrecisionGate(_Strict):
     """A run of this file in a reduced float precision, checked against its FP32 run on real
     images (``ffcalib bf16``). ``precision="auto"`` runs that precision only where a passed
@@ -207,6 +223,8 @@ class ModelMeta(_Strict):
         description="How the flow head was fit when it is not the FP32 model's (INT8 files: re-fit on the features "
         "of this file's own INT8 backbone, with thresholds re-calibrated). Empty: the trained head.",
     )
+    augmentation: AugmentationInfo | None = Field(
+        default=None, description="How training augmented the normal images (None: not recorded, schema 4 and older).")
     precision_gates: tuple[PrecisionGate, ...] = Field(
         default=(), description="Reduced-precision runs of this file checked against FP32 (ffcalib bf16).")
     batch_max: int | None = Field(default=None, gt=0, description="Largest batch the graph was exported for.")

@@ -17,7 +17,8 @@ import torch
 
 from fftrain import checkpoint
 from fftrain.config import FastFlowConfig
-from fftrain.model import FastFlow, is_monochrome
+from fftrain.data import is_monochrome
+from fftrain.model import FastFlow
 
 
 def _chroma_noise(images: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -131,3 +132,16 @@ def test_ffrt_info_says_what_the_graph_reads(tiny_onnx, color, expected):
     meta = read_onnx_meta(tiny_onnx)
     meta = meta.model_copy(update={"input": meta.input.model_copy(update={"color": color})})
     assert expected in format_meta(meta, tiny_onnx)
+
+
+def test_the_file_records_the_training_augmentation(tiny_onnx):
+    from ffrt.cli import format_meta
+    from ffrt.meta import AugmentationInfo, read_onnx_meta
+
+    meta = read_onnx_meta(tiny_onnx)
+    assert meta.augmentation == AugmentationInfo(views=4, jpeg_share=0.0)  # fftrain's defaults
+    assert "augmentation: 4 re-exposed views per training image, no codec artefacts" in format_meta(meta, tiny_onnx)
+    coded = meta.model_copy(update={"augmentation": AugmentationInfo(views=4, jpeg_share=0.5)})
+    assert "50% of them through JPEG" in format_meta(coded, tiny_onnx)
+    older = meta.model_copy(update={"augmentation": None})
+    assert "augmentation: not recorded" in format_meta(older, tiny_onnx)

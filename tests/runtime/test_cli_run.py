@@ -152,6 +152,7 @@ def test_folder_and_video_with_a_corrupt_frame(tiny_onnx, cells, tmp_path, capsy
     s = {src["name"]: src for src in summary["sources"]}
     assert (s["cells"]["frames"], s["cells"]["scored"], s["cells"]["errors"]) == (7, 6, 1)
     assert (s["cam2"]["frames"], s["cam2"]["scored"], s["cam2"]["errors"]) == (10, 9, 1)
+    assert s["cam2"]["codec"] == "MJPG" and "codec" not in s["cells"]
     fails = sum(r.get("verdict") == "FAIL" for r in files + frames)
     assert summary["totals"]["fail"] == fails and summary["totals"]["errors"] == 2
     # The Detector's own count per source agrees with the file.
@@ -410,3 +411,34 @@ def test_a_metrics_port_in_use_fails_before_any_frame(tiny_onnx, cells, tmp_path
     err = capsys.readouterr().err
     assert f"--metrics-port {port} on 127.0.0.1: cannot listen" in err and err.count("\n") == 1
     assert not (out / "results.jsonl").exists()
+
+
+def test_a_lossy_source_is_warned_about_unless_the_model_learnt_codec_artefacts(tiny_onnx, cells, tmp_path, capsys):
+    """MJPEG artefacts score as defects on a model trained on lossless images (README, fftrain
+    --augment-jpeg): ffrt run says so once for each source whose codec is lossy."""
+    from ffrt.meta import AugmentationInfo, read_onnx_meta, write_onnx_meta
+
+    frames = _frames(cells[:3])
+    mjpg = write_video(tmp_path / "mjpg.avi", frames)
+    ffv1 = write_video(tmp_path / "ffv1.avi", frames, fourcc="FFV1")
+    assert read_onnx_meta(tiny_onnx).augmentation == AugmentationInfo(views=4, jpeg_share=0.0)
+
+    def run(model: Path, out: Path) -> tuple[str, dict]:
+        code = main(["run", str(model), str(mjpg), str(ffv1), "--out", str(out), "--source-name", "lossy",
+                     "--source-name", "lossless", "--threads", "1"])
+        assert code == 0
+        summary = json.loads((out / "summary.json").read_text())
+        return capsys.readouterr().err, {src["name"]: src for src in summary["sources"]}
+
+    err, sources = run(tiny_onnx, tmp_path / "out1")
+    assert (sources["lossy"]["codec"], sources["lossless"]["codec"]) == ("MJPG", "FFV1")
+    warnings = [line for line in err.splitlines() if "-compressed (lossy)" in line]
+    assert len(warnings) == 1 and "lossy: its frames are MJPG-compressed" in warnings[0], err
+    assert "--augment-jpeg" in warnings[0]
+
+    taught = tmp_path / "taught.onnx"
+    shutil.copy(tiny_onnx, taught)
+    meta = read_onnx_meta(taught)
+    write_onnx_meta(taught, meta.model_copy(update={"augmentation": AugmentationInfo(views=4, jpeg_share=0.5)}))
+    err, sources = run(taught, tmp_path / "out2")
+    assert sources["lossy"]["codec"] == "MJPG" and "-compressed (lossy)" not in err

@@ -74,3 +74,33 @@ def test_augmented_views_vary_exposure_and_keep_the_content(cells):
         view = augment.augmented_view(img, rng, augment.PhotometricRange(shift_fraction=0.0))
         ranks = [np.argsort(np.argsort(a.astype(float).ravel())) for a in (img[..., 0], view[..., 0])]
         assert np.corrcoef(*ranks)[0, 1] > 0.9
+
+
+def test_jpeg_round_trip_keeps_grey_cells_grey_and_loses_more_at_lower_quality(cells):
+    errors = []
+    for quality in (95, 50):
+        coded = augment.jpeg_round_trip(cells[0], quality)
+        assert coded.shape == cells[0].shape and coded.dtype == np.uint8
+        assert (coded[..., 0] == coded[..., 1]).all() and (coded[..., 1] == coded[..., 2]).all()
+        errors.append(np.abs(coded.astype(int) - cells[0].astype(int)).mean())
+    assert 0 < errors[0] < errors[1] < 8, errors
+    tinted = cells[0].copy()
+    tinted[..., 0] = np.clip(tinted[..., 0].astype(int) + 40, 0, 255)  # a colour image: coded in colour
+    coded = augment.jpeg_round_trip(tinted, 75)
+    assert np.abs(coded.astype(int) - tinted.astype(int)).mean() < 8
+    assert coded[..., 0].mean() > coded[..., 1].mean() + 20  # red and green stay apart (RGB order kept)
+
+
+def test_jpeg_share_changes_only_the_coded_views(cells):
+    """The codec's draws are taken for every view, so the share of coded views changes those
+    views alone: a view with p=1 is its p=0 twin after a JPEG round trip (a few levels off)."""
+    plain = augment.augmented_views(cells[:2], 3, seed=4, r=augment.PhotometricRange(jpeg_probability=0.0))
+    coded = augment.augmented_views(cells[:2], 3, seed=4, r=augment.PhotometricRange(jpeg_probability=1.0))
+    assert np.array_equal(plain, augment.augmented_views(cells[:2], 3, seed=4))  # the default: no codec
+    half = augment.augmented_views(cells[:2], 3, seed=4, r=augment.PhotometricRange(jpeg_probability=0.5))
+    for p, c, h in zip(plain, coded, half):
+        diff = np.abs(p.astype(int) - c.astype(int)).mean()
+        assert 0 < diff < 5, diff
+        assert np.array_equal(h, p) or np.array_equal(h, c)
+    n_coded = sum(not np.array_equal(h, p) for h, p in zip(half, plain))
+    assert 0 < n_coded < len(half)

@@ -143,6 +143,9 @@ def test_zero_epochs_is_a_clear_error(tmp_path, elpv_split, capsys):
 
     with pytest.raises(ValueError, match="epochs must be at least 1"):
         TrainSettings(epochs=0)
+    for share in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="augment_jpeg is a share"):
+            TrainSettings(augment_jpeg=share)
     assert not (tmp_path / "m.pt").exists()
 
 

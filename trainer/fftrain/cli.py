@@ -66,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment-views", type=int, default=TrainSettings.augment_views,
                    help="re-exposed views (gain, gamma, offset, noise, small shifts) of every training image, cached "
                    f"with the originals, so exposure changes read as normal; 0 = none (default {TrainSettings.augment_views})")
+    p.add_argument("--input-color", choices=["auto", "rgb", "luma"], default="auto",
+                   help="what the model reads: luma (BT.601 luminance only, so colour noise from a codec or camera "
+                   "is ignored), rgb (all three channels), or auto: luma when every training image is grey (default)")
+    p.add_argument("--augment-jpeg", type=float, default=TrainSettings.augment_jpeg,
+                   help="share of the augmented views that also pass through JPEG at quality 50-95, so that the "
+                   "artefacts of a camera's MJPEG stream or of frames saved as JPEG do not read as defects when the "
+                   "training images were lossless (e.g. 0.5); it also makes blur-like defects harder to see, so "
+                   "prefer training on frames recorded the way the line records them "
+                   f"(default {TrainSettings.augment_jpeg:g}: none)")
     p.add_argument("--score", choices=["topk_mean", "max"], default=d.score_reduction,
                    help="image score from the map: mean of the top-k pixels (default) or the max")
     p.add_argument("--topk-fraction", type=float, default=d.topk_fraction,
@@ -95,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             random_backbone=args.random_backbone,
             image_size=FastFlowConfig().image_size if args.image_size == ["auto"] else "x".join(args.image_size),
             resize_mode=args.resize_mode,
+            input_color=None if args.input_color == "auto" else args.input_color,
             map_normalization=args.map_normalization,
             map_blur_sigma=args.map_blur_sigma,
             flow_steps=args.flow_steps,
@@ -110,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             lr=args.lr,
             target_frr=args.target_frr,
             augment_views=args.augment_views,
+            augment_jpeg=args.augment_jpeg,
             threads=args.threads,
             progress=not args.quiet,
         )

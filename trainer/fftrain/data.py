@@ -27,3 +27,13 @@ def to_tensor_batch(images: np.ndarray):
     import torch
 
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+def is_grey(image: np.ndarray) -> bool:
+    """True when a uint8 HxWx3 image has three equal channels."""
+    return bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
+
+
+def is_monochrome(images: np.ndarray) -> bool:
+    """True when every image of a uint8 [N, H, W, 3] batch is grey (and there is at least one)."""
+    return bool(len(images)) and all(is_grey(img) for img in images)

@@ -23,13 +23,6 @@ from .head import AnomalyHead
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
-def is_monochrome(images) -> bool:
-    """True when every image of a uint8 [N, H, W, 3] batch has three equal channels."""
-    return bool(len(images)) and all(
-        (img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all() for img in images
-    )
-
-
 def _dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 

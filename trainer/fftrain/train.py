@@ -36,9 +36,9 @@ from ffcore import synthetic
 
 from . import augment, checkpoint
 from .config import FastFlowConfig
-from .data import DataSplit, load_batch, to_tensor_batch
+from .data import DataSplit, is_monochrome, load_batch, to_tensor_batch
 from .metrics import roc_auc, score_statistics, threshold_at_frr
-from .model import FastFlow, is_monochrome
+from .model import FastFlow
 from .progress import progress as progress_bar  # `progress` is a parameter name here
 
 AUROC_SLACK = 0.01
@@ -53,6 +53,9 @@ class TrainSettings:
     grad_clip: float = 1.0
     target_frr: float = 0.02
     augment_views: int = 4  # re-exposed views per training image, cached with the originals
+    # Share of those views that also pass through a JPEG round trip. Off by default: it makes
+    # the model accept local loss of fine detail (blur-like defects) as normal.
+    augment_jpeg: float = 0.0
     threads: int | None = None
     progress: bool = True
     keep_features: bool = False
@@ -66,6 +69,8 @@ class TrainSettings:
             raise ValueError(f"batch size must be at least 1 (got {self.batch_size!r})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"learning rate must be a positive number (got {self.lr!r})")
+        if not (0.0 <= self.augment_jpeg <= 1.0):
+            raise ValueError(f"augment_jpeg is a share of the augmented views, in [0, 1] (got {self.augment_jpeg!r})")
         if not (0.0 <= self.target_frr < 1.0):
             raise ValueError(f"target false-reject rate must be in [0, 1) (got {self.target_frr!r})")
 
@@ -202,7 +207,8 @@ def train(
             if color == "luma" else "input colour: rgb (the training images are in colour)")
     val_defects, _, _ = synthetic.hard_defect_batch(val_images, seed=config.seed + 1000)
     if settings.augment_views:
-        views = augment.augmented_views(train_images, settings.augment_views, seed=config.seed + 2000)
+        views = augment.augmented_views(train_images, settings.augment_views, seed=config.seed + 2000,
+                                        r=augment.PhotometricRange(jpeg_probability=settings.augment_jpeg))
         train_images = np.concatenate([train_images, views])
     train_feats = extract(train_images, "features (train)")
     val_feats = extract(val_images, "features (val)")

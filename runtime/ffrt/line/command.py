@@ -103,6 +103,7 @@ class RunTool(Tool):
             run = LineRun(
                 det.submit, specs, lambda p: read_image_file(p, det.limits, det.meta.input), outputs,
                 queue_full=(QueueFullError,), realtime=args.realtime, header=header,
+                codec_trained=bool(det.meta.augmentation and det.meta.augmentation.jpeg_share > 0),
             )
             # The metrics port is taken before anything is shown or written: a port in use fails cleanly.
             metrics = _start_metrics(args, run, det) if args.metrics_port is not None else None

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from .. import __version__
 from ..errors import FFRTError
 from .writer import RunOutputs
-from .sources import Frame, FrameReader, SourceSpec
+from .sources import LOSSY_CODECS, Frame, FrameReader, SourceSpec
 
 #: After a stop, how long the run waits for sources still reading before it gives up on them.
 DRAIN_S = 10.0
@@ -41,6 +41,14 @@ RECENT_S = 10.0
 #: Summary rewrite and fsync of the line files, at most this often.
 SYNC_EVERY_S = 1.0
 REFUSED = "refused"
+
+
+@dataclass
+class Opened:
+    """Put by a video, camera or stream source once it is open: its codec's FourCC."""
+
+    source: str
+    codec: str
 
 
 @dataclass
@@ -63,6 +71,7 @@ class SourceState:
     refused: int = 0
     ended: str = ""
     failed: bool = False
+    codec: str = ""
     recent: deque = field(default_factory=deque)  # (monotonic time, rejected) of recent scored frames
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -90,6 +99,7 @@ class SourceState:
             "name": s.name, "kind": s.kind, "target": s.target, "frames": self.frames, "scored": self.scored,
             "fail": self.fail, "pass": self.scored - self.fail, "errors": self.errors, "dropped": self.dropped,
             "refused": self.refused, "ended": self.ended or "running", "source_failed": self.failed,
+            **({"codec": self.codec} if self.codec else {}),
             **({"skipped_entries": [{"path": p, "reason": r} for p, r in s.skipped]} if s.skipped else {}),
         }
 
@@ -109,6 +119,7 @@ class LineRun:
         pending_max: int = 64,
         header: dict | None = None,
         on_frame: Callable[[str, str, dict | None], None] | None = None,
+        codec_trained: bool = False,
     ) -> None:
         self._submit = submit
         self.specs = specs
@@ -121,6 +132,9 @@ class LineRun:
         #: Called after each frame's lines with (source, outcome, latencies in ms or None);
         #: outcome: pass, fail, error, dropped, refused (the metrics' labels).
         self.on_frame = on_frame
+        #: Whether the model was trained on codec artefacts (fftrain --augment-jpeg): if not, a
+        #: source delivering lossy-compressed frames is warned about once.
+        self.codec_trained = codec_trained
         #: A progress counter (ffcore.progress) and where messages go; set by the caller.
         self.progress = None
         self.say: Callable[[str], None] = lambda msg: None
@@ -138,7 +152,8 @@ class LineRun:
     # -- sources ---------------------------------------------------------------------
 
     def _read(self, spec: SourceSpec) -> None:
-        reader = FrameReader(spec, self._read_image, stop=self.stop, realtime=self._realtime)
+        reader = FrameReader(spec, self._read_image, stop=self.stop, realtime=self._realtime,
+                             on_open=lambda codec: self._put(Opened(spec.name, codec)))
         keep_image = self.outputs.overlays
         try:
             for frame in reader:
@@ -155,6 +170,16 @@ class LineRun:
             self._put(End(spec.name, reader.ended, reader.failed))
         except BaseException as e:  # an OpenCV or reader error ends this source only
             self._put(End(spec.name, f"failed: {type(e).__name__}: {e}", True))
+
+    def _opened(self, item: Opened) -> None:
+        self.states[item.source].codec = item.codec
+        if item.codec in LOSSY_CODECS and not self.codec_trained:
+            self.say(
+                f"ffrt: warning: {item.source}: its frames are {item.codec}-compressed (lossy) and this model was "
+                "trained without codec artefacts: they can score as defects and reject good parts. Train on frames "
+                "recorded the way this source records them, or retrain with 'fftrain --augment-jpeg 0.5' (which also "
+                "makes blur-like defects harder to see); record replay videos losslessly (e.g. FFV1)."
+            )
 
     def _put(self, item) -> None:
         while not self.abort.is_set():
@@ -190,6 +215,8 @@ class LineRun:
                     st.ended, st.failed = item.reason or "ended", item.failed
                     open_sources -= 1
                     self.say(f"ffrt: {'error: ' if item.failed else ''}{item.source}: {st.ended} ({st.frames} frames)")
+                elif isinstance(item, Opened):
+                    self._opened(item)
                 elif item is not None:
                     self._handle(*item)
                 if self.progress is not None:
@@ -221,7 +248,7 @@ class LineRun:
                 item = self._pending.get_nowait()
             except queue.Empty:
                 return
-            if not isinstance(item, End):
+            if not isinstance(item, (End, Opened)):
                 self.abandoned += 1
                 if isinstance(item[2], Future):
                     item[2].cancel()

@@ -28,7 +28,7 @@ import glob
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,14 @@ IMAGES, VIDEO, CAMERA, STREAM = "images", "video", "camera", "stream"
 MAX_BAD_READS = 25
 #: Pause between failed reads of a live source, so that a dead camera does not spin a core.
 LIVE_RETRY_S = 0.04
+
+#: FourCCs (as OpenCV reports them) of codecs that discard detail: their artefacts can score as
+#: defects on a model trained on lossless images. Raw and lossless ones (YUYV, FFV1, ...) are
+#: not listed.
+LOSSY_CODECS = frozenset({
+    "MJPG", "JPEG", "AVC1", "H264", "X264", "DAVC", "HEVC", "H265", "HVC1", "HEV1", "MP4V", "XVID", "DIVX",
+    "FMP4", "MPG1", "MPG2", "VP80", "VP90", "AV01", "WMV2", "WMV3",
+})
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -167,6 +175,9 @@ class FrameReader:
     realtime: bool = False
     ended: str = ""
     failed: bool = False
+    #: Called once from the reader's thread with the codec's FourCC ("" if unknown) when a
+    #: video, camera or stream has been opened.
+    on_open: Callable[[str], None] | None = None
 
     def __iter__(self) -> Iterator[Frame]:
         if self.spec.kind == IMAGES:
@@ -197,6 +208,8 @@ class FrameReader:
                 self.failed = True
                 self.ended = f"could not be opened by OpenCV VideoCapture ({_cannot_open_hint(self.spec.kind)})"
                 return
+            if self.on_open is not None:
+                self.on_open(fourcc(cap))
             yield from self._read_capture(cap, live)
         finally:
             cap.release()
@@ -245,6 +258,15 @@ class FrameReader:
             for i in missing:
                 yield Frame(i, time.time(), None, error=f"frame {i} of {count} could not be read (the end of the file is damaged)")
             self.ended = "end of the video file"
+
+
+def fourcc(cap) -> str:
+    """The opened capture's codec as four upper-case characters, or "" when OpenCV does not say."""
+    import cv2
+
+    code = int(cap.get(cv2.CAP_PROP_FOURCC))
+    text = "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4))
+    return text.strip().upper() if code > 0 and text.isprintable() else ""
 
 
 def _cannot_open_hint(kind: str) -> str:
