@@ -1,7 +1,8 @@
 """Lossy frames against lossless training images: what codec augmentation buys and costs.
 
-Trains the demo model (elpv:mono, fftrain defaults) once per ``--augment-jpeg`` share, exports
-each, and grades the shipped files on onnxruntime-cpu:
+Trains the demo model (elpv:mono, fftrain defaults) once per variant (what the model reads,
+``--input-color``, and the ``--augment-jpeg`` share), exports each, and grades the shipped files
+on onnxruntime-cpu:
 
 - false rejects of the VALIDATION normals (n=44, the images the thresholds were set on) as
   PNG, as JPEG at quality 90 / 75 / 50 (``cv2.imencode``) and as frames of an MJPEG video
@@ -11,8 +12,8 @@ each, and grades the shipped files on onnxruntime-cpu:
 - image AUROC on the TEST split as PNG, JPEG q75 and MJPEG, for information only (nothing
   here is chosen on it).
 
-    python benchmarks/codec_robustness.py                 # shares 0 and 0.5, ~10 min on 2 cores
-    python benchmarks/codec_robustness.py --shares 0 0.25 0.5
+    python benchmarks/codec_robustness.py                 # luma:0 luma:0.5 rgb:0, ~12 min on 2 cores
+    python benchmarks/codec_robustness.py --variants luma:0 luma:0.25 luma:0.5
 
 Prints the table with the machine and writes benchmarks/results/codec-robustness.{json,md}.
 """
@@ -76,15 +77,16 @@ def as_variant(name: str, images: list[np.ndarray]) -> list[np.ndarray]:
     return mjpeg_video(images)
 
 
-def train_and_export(share: float, out: Path, epochs: int) -> Path:
+def train_and_export(color: str, share: float, out: Path, epochs: int) -> Path:
     from ffexport.cli import main as ffexport
     from fftrain.config import FastFlowConfig
     from fftrain.data import elpv
     from fftrain.train import TrainSettings, train_and_save
 
     out.mkdir(parents=True, exist_ok=True)
-    train_and_save(FastFlowConfig(), elpv("mono"), TrainSettings(epochs=epochs, progress=False, augment_jpeg=share),
-                   out / "model.pt", log=lambda m: print(f"   [{share:g}] {m}", flush=True))
+    train_and_save(FastFlowConfig(input_color=color), elpv("mono"),
+                   TrainSettings(epochs=epochs, progress=False, augment_jpeg=share),
+                   out / "model.pt", log=lambda m: print(f"   [{color}:{share:g}] {m}", flush=True))
     if ffexport(["--ckpt", str(out / "model.pt"), "--out", str(out)]) != 0:
         raise SystemExit("ffexport failed")
     return out / "model.onnx"
@@ -130,13 +132,13 @@ def grade(model: Path) -> dict:
 
 
 def markdown(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| --augment-jpeg | " + " | ".join(f"val normals rejected: {v}" for v in VARIANTS)
+    lines = [header, "", "| --input-color | --augment-jpeg | " + " | ".join(f"val normals rejected: {v}" for v in VARIANTS)
              + " | synthetic AUROC (val) | " + " | ".join(f"caught: {k}" for k in rows[0]["synthetic_by_kind"])
              + " | " + " | ".join(f"test AUROC {v} (info)" for v in TEST_VARIANTS) + " |"]
-    lines.append("|" + "---|" * (2 + len(VARIANTS) + len(rows[0]["synthetic_by_kind"]) + len(TEST_VARIANTS)))
+    lines.append("|" + "---|" * (3 + len(VARIANTS) + len(rows[0]["synthetic_by_kind"]) + len(TEST_VARIANTS)))
     for r in rows:
         lines.append(
-            f"| {r['augment_jpeg']:g} | "
+            f"| {r['input_color']} | {r['augment_jpeg']:g} | "
             + " | ".join(f"{a}/{b}" for a, b in r["validation_normals_rejected"].values())
             + f" | {r['synthetic_auroc']:.4f} | "
             + " | ".join(f"{v['caught'][0]}/{v['caught'][1]}" for v in r["synthetic_by_kind"].values())
@@ -145,9 +147,17 @@ def markdown(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def variant(text: str) -> tuple[str, float]:
+    color, _, share = text.partition(":")
+    if color not in ("rgb", "luma") or not share:
+        raise argparse.ArgumentTypeError(f"{text!r}: write COLOR:SHARE, e.g. luma:0.5")
+    return color, float(share)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.5], help="--augment-jpeg values to train")
+    ap.add_argument("--variants", nargs="+", default=[variant(v) for v in ("luma:0", "luma:0.5", "rgb:0")], type=variant,
+                    help="COLOR:SHARE pairs to train: --input-color (rgb or luma) and --augment-jpeg")
     ap.add_argument("--epochs", type=int, default=12, help="training epochs (the demo's 12)")
     ap.add_argument("--work", type=Path, default=None, help="where the models go (default: a temporary folder)")
     args = ap.parse_args(argv)
@@ -156,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
-        for share in args.shares:
-            print(f"== --augment-jpeg {share:g}: train + export", flush=True)
-            row = grade(train_and_export(share, work / f"jpeg{share:g}", args.epochs))
-            row["augment_jpeg"] = share
+        for color, share in args.variants:
+            print(f"== --input-color {color} --augment-jpeg {share:g}: train + export", flush=True)
+            row = grade(train_and_export(color, share, work / f"{color}-jpeg{share:g}", args.epochs))
+            row["input_color"], row["augment_jpeg"] = color, share
             rows.append(row)
     header = (f"Codec robustness, elpv:mono, efficientnet_lite0 256x256, {args.epochs} epochs, onnxruntime-cpu; "
               f"machine: {machine()}; {time.strftime('%Y-%m-%d')}, {time.time() - t0:.0f} s")

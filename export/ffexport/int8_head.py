@@ -124,6 +124,10 @@ def head_refitter(
         weight_decay=float(stored.get("weight_decay", 1e-5)),
         grad_clip=float(stored.get("grad_clip", 1.0)),
         target_frr=float(payload.get("calibration", {}).get("target_frr", 0.02)),
+        # The re-fit head is taught the same nuisances as the trained one (and the file's
+        # metadata, taken from the checkpoint, says so).
+        augment_views=int(stored.get("augment_views", TrainSettings.augment_views)),
+        augment_jpeg=float(stored.get("augment_jpeg", 0.0)),
         threads=threads,
         progress=True,
     )
