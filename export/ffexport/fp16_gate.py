@@ -44,9 +44,8 @@ from onnx import TensorProto, helper, numpy_helper
 from ffcalib.bf16 import REDUCED_MAX_AUROC_DIFF as FP16_MAX_AUROC_DIFF  # noqa: E402  |AUROC16 - AUROC32|, labelled images
 from ffcalib.bf16 import REDUCED_MAX_MAP_REL as FP16_MAX_MAP_REL  # noqa: E402  max |map16 - map32| / max |map32|
 from ffcalib.bf16 import REDUCED_MIN_SPEARMAN as FP16_MIN_SPEARMAN  # noqa: E402  score rank correlation
-
-#: Largest share of the gate images whose verdict (score > image threshold) FP16 may change.
-FP16_MAX_VERDICT_CHANGE = 0.01
+from ffcalib.bf16 import REDUCED_MAX_VERDICT_CHANGE as FP16_MAX_VERDICT_CHANGE  # noqa: E402  share of verdicts
+from ffcalib.bf16 import verdict_changes  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -205,8 +204,7 @@ def compare(fp32_path: str | os.PathLike, fp16_path: str | os.PathLike, images: 
     threshold = read_onnx_meta(fp32_path).thresholds.image
     worst_err, nonfinite, worst_rho, a16, flips = 0.0, 0, 1.0, None, 0
     for m16, s16 in runs:
-        rejected16 = ~(s16 <= threshold)  # a NaN score rejects, as the Detector decides
-        flips = max(flips, int(((s32 > threshold) != rejected16).sum()))
+        flips = max(flips, verdict_changes(s32, s16, threshold))
         bad = int((~np.isfinite(m16)).sum() + (~np.isfinite(s16)).sum())
         err = float(np.abs(m16 - m32).max()) if bad == 0 else float("inf")
         worst_err, nonfinite = max(worst_err, err), nonfinite + bad

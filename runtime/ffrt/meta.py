@@ -28,7 +28,8 @@ META_KEY = "ffrt.meta"
 # 3: thresholds.calibrated_on (the backend whose scores set the thresholds)
 # 4: precision_gates (reduced-precision runs of this file checked against FP32: ffcalib bf16)
 # 5: input.color (luma: the graph reads the luminance only; models trained on grey images),
-#    augmentation (what training taught is normal: re-exposures, codec artefacts)
+#    augmentation (what training taught is normal: re-exposures, codec artefacts),
+#    precision_gates[].verdicts_changed
 # Every field added since 1 has a default, so files of older schemas keep loading.
 SCHEMA_VERSION = 5
 
@@ -188,6 +189,9 @@ class PrecisionGate(_Strict):
     map_max_rel: float = Field(ge=0, allow_inf_nan=False,
                                description="max |map - map_fp32| / max |map_fp32| over the finite values.")
     nonfinite: int = Field(default=0, ge=0, description="NaN/inf values in the maps and scores (any fails the gate).")
+    verdicts_changed: int | None = Field(
+        default=None, ge=0, description="Images whose pass/fail verdict at the file's image threshold differs from "
+        "FP32 (gates against the file itself; None: a re-fit head's gate, or recorded before schema 5).")
     bounds: dict[str, Finite] = Field(description="The tolerances applied (min_spearman, max_auroc_diff, max_map_rel).")
     reference: str = Field(description="What it was compared with: this file in FP32, or the FP32 model a re-fit "
                            "head came from.")
@@ -198,6 +202,8 @@ class PrecisionGate(_Strict):
         au = (f", image AUROC {self.auroc_fp32:.4f} -> {self.auroc:.4f}"
               if self.auroc is not None and self.auroc_fp32 is not None else "")
         bad = f", {self.nonfinite} non-finite values" if self.nonfinite else ""
+        if self.verdicts_changed is not None:
+            bad += f", verdicts changed {self.verdicts_changed} of {self.images}"
         return (f"{self.precision} with keep_fp32={self.keep_fp32!r} vs {self.reference}, {self.images} images "
                 f"({self.data}): Spearman {self.spearman:.4f}{au}, map error {100 * self.map_max_rel:.2f}% of the "
                 f"FP32 peak{bad}; bounds {self.bounds}: {'passed' if self.passed else 'FAILED'}")

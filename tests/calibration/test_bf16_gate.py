@@ -31,9 +31,11 @@ def test_gate_is_measured_recorded_and_followed(model_copy, capsys):
         assert gate.spearman >= 0.9 and 0.005 < gate.map_max_rel < 0.5
         assert gate.images >= 20 and gate.defective == gate.images // 2 and "held-out" in gate.data
         assert gate.bounds == {"min_spearman": REDUCED_MIN_SPEARMAN, "max_auroc_diff": 0.01,
-                               "max_map_rel": REDUCED_MAX_MAP_REL}
+                               "max_map_rel": REDUCED_MAX_MAP_REL, "max_verdict_change": 0.01}
+        assert gate.verdicts_changed is not None and 0 <= gate.verdicts_changed <= gate.images
         assert gate.passed == (gate.spearman >= 0.99 and gate.map_max_rel <= 0.02
-                               and abs(gate.auroc - gate.auroc_fp32) <= 0.01)
+                               and abs(gate.auroc - gate.auroc_fp32) <= 0.01
+                               and gate.verdicts_changed <= 0.01 * gate.images)
         assert "this file in FP32" in gate.reference and gate.runtime.startswith("openvino ")
     det = Detector(model_copy, backend="openvino", precision="auto")
     assert det.precision == ("bf16" if gates["head"].passed else "fp32")
@@ -51,3 +53,33 @@ def test_gate_refuses_a_machine_without_openvino(model_copy, monkeypatch, capsys
     assert main(["bf16", "--model", str(model_copy), "--calib", "elpv:mono", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "cannot run the BF16 gate here" in err and 'ffrt[openvino]' in err and "\n" not in err.strip()
+
+
+def test_gate_counts_the_verdicts_bf16_changes(model_copy, val_set):
+    """A threshold placed between one cell's FP32 and BF16 scores (each computed here through the
+    Detector, independently of the gate): the gate counts exactly the cells whose verdict
+    differs, and a changed verdict fails it."""
+    import numpy as np
+
+    from ffcalib.bf16 import bf16_gate
+    from ffrt import Detector
+    from ffrt.meta import read_onnx_meta, write_onnx_meta
+
+    images, labels = val_set
+    with Detector(model_copy, backend="onnxruntime-cpu", color_order="RGB") as det:
+        s32 = np.array([r.score for r in det.predict_batch(list(images))])
+    with Detector(model_copy, backend="openvino", precision="bf16", color_order="RGB",
+                  backend_options={"keep_fp32": "head"}) as det:
+        s16 = np.array([r.score for r in det.predict_batch(list(images))])
+    i = int(np.argmax(np.abs(s16 - s32)))
+    assert s16[i] != s32[i]
+    threshold = float((s16[i] + s32[i]) / 2)
+    meta = read_onnx_meta(model_copy)
+    write_onnx_meta(model_copy, meta.with_thresholds(threshold, meta.thresholds.pixel, "test: between FP32 and BF16"))
+    expected = int(((s32 > threshold) != (s16 > threshold)).sum())
+    assert expected >= 1
+
+    gate = bf16_gate(model_copy, images, labels, "24 + 24 ELPV test cells (this test only)", keep_fp32="head")
+    assert gate.verdicts_changed == expected
+    assert not gate.passed
+    assert f"verdicts changed {expected} of {len(images)}" in gate.summary()
