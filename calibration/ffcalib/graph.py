@@ -65,11 +65,37 @@ def backbone_submodel(model):
     return sub
 
 
+def input_stage_convs(model) -> set[str]:
+    """Names of the input stage's convolutions: a luma model computes its luminance and
+    normalization as one 1x1 convolution on the three colour channels (fftrain.model
+    ``normalize_input``) before any other convolution. It stays float in every file: it is
+    not the backbone, and rounding its weights would change which colours count as grey."""
+    inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    producer = {out: n for n in model.graph.node for out in n.output}
+
+    def has_conv_ancestor(node) -> bool:
+        seen, stack = set(), list(node.input[:1])
+        while stack:
+            n = producer.get(stack.pop())
+            if n is None or id(n) in seen:
+                continue
+            if n.op_type == "Conv":
+                return True
+            seen.add(id(n))
+            stack.extend(n.input)
+        return False
+
+    return {n.name for n in model.graph.node
+            if n.op_type == "Conv" and len(n.input) > 1 and inits.get(n.input[1], ())[1:] == (3, 1, 1)
+            and not has_conv_ancestor(n)}
+
+
 def find_quantizable_nodes(model, op_types: Sequence[str] = ("Conv",), scope: str = "backbone") -> list[str]:
     """Names of the nodes to quantize, in graph order.
 
     scope="backbone": nodes of ``op_types`` upstream of the LayerNormalization nodes (all
-    ancestors of the tensors the norms read). scope="all": every node of ``op_types``.
+    ancestors of the tensors the norms read). scope="all": every node of ``op_types``. Never
+    the input stage's convolution (:func:`input_stage_convs`).
     Raises CalibError when the graph has no LayerNormalization (not an ffrt FastFlow graph)
     or nothing matches.
     """
@@ -83,6 +109,7 @@ def find_quantizable_nodes(model, op_types: Sequence[str] = ("Conv",), scope: st
             chosen = {n.name for n in backbone_nodes(model) if n.op_type in op_types}
         except CalibError as e:
             raise CalibError(f"{e}; use scope 'all' (--scope all) to quantize every matching node") from e
+    chosen -= input_stage_convs(model)
     if not chosen:
         raise CalibError(f"no {'/'.join(op_types)} nodes found in scope {scope!r}; nothing to quantize")
     return [n.name for n in nodes if n.name in chosen]

@@ -145,3 +145,25 @@ def test_the_file_records_the_training_augmentation(tiny_onnx):
     assert "50% of them through JPEG" in format_meta(coded, tiny_onnx)
     older = meta.model_copy(update={"augmentation": None})
     assert "augmentation: not recorded" in format_meta(older, tiny_onnx)
+
+
+def test_the_input_stage_is_one_float_convolution_that_int8_leaves_alone(tiny_onnx):
+    """Luminance and normalization are one 1x1 convolution (3 -> 3 channels) in the file; INT8
+    quantization never takes it (it is not the backbone)."""
+    from ffcalib.graph import find_quantizable_nodes, input_stage_convs
+    from onnx import numpy_helper
+
+    from ffrt.meta import read_onnx_meta
+
+    model = onnx.load(str(tiny_onnx))
+    stage = input_stage_convs(model)
+    assert len(stage) == 1
+    node = next(n for n in model.graph.node if n.name in stage)
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    meta = read_onnx_meta(tiny_onnx)
+    std, mean = np.array(meta.input.std), np.array(meta.input.mean)
+    expected = np.array([0.299, 0.587, 0.114])[None, :] / std[:, None]  # BT.601 luma over each channel's std
+    np.testing.assert_allclose(init[node.input[1]].reshape(3, 3), expected, rtol=1e-6)
+    np.testing.assert_allclose(init[node.input[2]], -mean / std, rtol=1e-6)
+    for scope in ("backbone", "all"):
+        assert not stage & set(find_quantizable_nodes(model, ("Conv",), scope))

@@ -79,11 +79,19 @@ class FastFlow(nn.Module):
 
     def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Backbone features of float RGB [0, 1] images (the expensive, frozen part)."""
-        if self.config.input_color == "luma":
-            # One channel broadcast back to three by the normalization: the backbone's input
-            # stays three channels, identical to a grey image's.
-            images = (images * self.luma_weights.to(images.device)).sum(dim=1, keepdim=True)
-        return self.backbone(((images - self.mean) / self.std).to(_dtype(self.backbone)))
+        return self.backbone(self.normalize_input(images).to(_dtype(self.backbone)))
+
+    def normalize_input(self, images: torch.Tensor) -> torch.Tensor:
+        """What the backbone reads: (x - mean) / std per channel; for a luma model x is the
+        luminance on all three channels, computed as one 1x1 convolution (3 -> 3 channels,
+        weight luma_k / std_c, bias -mean_c / std_c), which keeps the tensor three channels wide
+        from the start: CPU runtimes then lay it out like an RGB input instead of broadcasting
+        one channel in a padded layout."""
+        if self.config.input_color != "luma":
+            return (images - self.mean) / self.std
+        std, mean = self.std.view(3, 1), self.mean.view(3)
+        weight = (self.luma_weights.view(1, 3).to(images.device) / std).view(3, 3, 1, 1)
+        return nn.functional.conv2d(images, weight, -mean / std.view(3))
 
     def normalize(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each scale's features through its LayerNorm, in the norms' dtype: what the flows read."""
