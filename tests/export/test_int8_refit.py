@@ -133,7 +133,7 @@ def test_int8_scope_all_quantizes_the_flows_of_each_refit_head_and_still_detects
                                                                                  test_cells):
     """--int8-scope all: every convolution, the flows' included, reads INT8 (the default
     quantizes the backbone's only), each file keeps its own re-fit head, and it detects."""
-    from ffcalib.graph import quantized_node_names
+    from ffcalib.graph import input_stage_convs, quantized_node_names
 
     fp32 = onnx.load(str(refit_export_all / "model.onnx"))
     convs = {n.name for n in fp32.graph.node if n.op_type == "Conv"}
@@ -144,7 +144,9 @@ def test_int8_scope_all_quantizes_the_flows_of_each_refit_head_and_still_detects
     for name in (TRT_NAME, CPU_NAME):
         everything = onnx.load(str(refit_export_all / name))
         backbone_only = onnx.load(str(refit_export / name))
-        assert set(quantized_node_names(everything)) == convs, name
+        # Every convolution but the luma input stage (luminance + normalization), which stays float.
+        assert len(input_stage_convs(fp32)) == 1
+        assert set(quantized_node_names(everything)) == convs - input_stage_convs(fp32), name
         assert not set(quantized_node_names(backbone_only)) & flow_convs, name
         meta = read_onnx_meta(refit_export_all / name)
         assert meta.head_fit.startswith("flows re-fit on this file's INT8 backbone features")
