@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,13 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 VARIANTS = ("png", "jpeg q90", "jpeg q75", "jpeg q50", "mjpeg video")
 TEST_VARIANTS = ("png", "jpeg q75", "mjpeg video")
-
-
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_bf16", "amx_int8") if f in flags]
-    return f"{model}, {os.cpu_count()} logical CPUs, {' '.join(isa)}, {platform.python_version()}"
 
 
 def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
@@ -171,12 +163,15 @@ def main(argv: list[str] | None = None) -> int:
             row = grade(train_and_export(color, share, work / f"{color}-jpeg{share:g}", args.epochs))
             row["input_color"], row["augment_jpeg"] = color, share
             rows.append(row)
+    from ffeval.machine import describe, one_line
+
+    machine = describe()
     header = (f"Codec robustness, elpv:mono, efficientnet_lite0 256x256, {args.epochs} epochs, onnxruntime-cpu; "
-              f"machine: {machine()}; {time.strftime('%Y-%m-%d')}, {time.time() - t0:.0f} s")
+              f"machine: {one_line(machine)}; {time.strftime('%Y-%m-%d')}, {time.time() - t0:.0f} s")
     md = markdown(rows, header)
     print(md)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "codec-robustness.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
+    (RESULTS / "codec-robustness.json").write_text(json.dumps({"header": header, "machine": machine, "rows": rows}, indent=1) + "\n")
     (RESULTS / "codec-robustness.md").write_text(md)
     return 0
 

@@ -42,8 +42,6 @@ class FastFlow(nn.Module):
         self.backbone, self.backbone_sha256 = build_feature_extractor(config.backbone, backbone_weights, random=random)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
-        # Not a buffer: old checkpoints' state dicts lack it, and it is a constant, not a weight.
-        self.luma_weights = torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
         height, width = config.image_size
         self.feature_shapes = [(c, height // s, width // s) for c, s in zip(self.backbone.channels, self.backbone.strides)]
         hidden = config.flow_hidden_channels or tuple(
@@ -90,7 +88,7 @@ class FastFlow(nn.Module):
         if self.config.input_color != "luma":
             return (images - self.mean) / self.std
         std, mean = self.std.view(3, 1), self.mean.view(3)
-        weight = (self.luma_weights.view(1, 3).to(images.device) / std).view(3, 3, 1, 1)
+        weight = (torch.tensor(LUMA_WEIGHTS, device=images.device).view(1, 3) / std).view(3, 3, 1, 1)
         return nn.functional.conv2d(images, weight, -mean / std.view(3))
 
     def normalize(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
