@@ -10,6 +10,7 @@ none of them, and never torch. One definition of each shared thing lives here:
 - ``files``:     file sha256, atomic writes, the image and engine file suffixes
 - ``ort``:       the ONNX Runtime session factory and the physical core count
 - ``progress``:  progress bars on a terminal, one line per stage elsewhere
+- ``trtlimits``: TensorRT limits that decide how the graph is written (TopK's K)
 
 ``tests/test_layering.py`` holds the import direction.
 """

@@ -278,14 +278,9 @@ def run(args) -> int:
                 return code
             if gated != path:
                 staged.append(gated.name)
-        # Every file must build on the line PC's TensorRT too (TopK K <= 3840, ffrt.gpu.trtlimits):
-        # refused here, not discovered there.
-        from ffrt.gpu import trtlimits
-
-        for name in staged:
-            found = trtlimits.problems(stage.path(name))
-            if found:
-                return _refuse(trtlimits.refusal(name, found))
+        refused = _tensorrt_check(stage, staged)
+        if refused:
+            return _refuse(refused)
         written = stage.publish(staged)
     for p in written:
         print(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
@@ -303,6 +298,29 @@ def run(args) -> int:
         return run_engine_step(args.out / engine_src, engine_meta, args.batch_min, args.batch_opt, args.batch_max,
                                args.workspace, args.timing_cache, device=args.device)
     return 0
+
+
+def _tensorrt_check(stage, staged: list[str]) -> str | None:
+    """Every staged file meant for TensorRT must build on the line PC's TensorRT 10 (ffrt.gpu.trtcompat):
+    refused here, not discovered there. The CPU INT8 encoding is for ONNX Runtime / OpenVINO only
+    (uint8 activations with zero points), so its findings are reported, not refused."""
+    from ffcalib.int8 import CPU_NAME
+    from ffrt.gpu import trtcompat
+
+    passed = []
+    for name in staged:
+        found = trtcompat.problems(stage.path(name))
+        if found and name == CPU_NAME:
+            print(f"TensorRT 10 check: {name} is for CPUs only; TensorRT would refuse it ({len(found)} findings, "
+                  f"first: {found[0]}); use model.int8-trt.onnx for TensorRT")
+        elif found:
+            return trtcompat.refusal(name, found)
+        else:
+            passed.append(name)
+    if passed:
+        print(f"TensorRT 10 check (operators, types, uint8 only into Cast, TopK K, dynamic dims): "
+              f"{', '.join(passed)} OK")
+    return None
 
 
 def _triton_step(model: Path, out: Path, kind: str) -> int:

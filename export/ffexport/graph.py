@@ -2,6 +2,9 @@
 
 Casting, scaling to [0, 1] and the channel transpose happen inside the graph, so the host
 sends one byte per pixel and no preprocessing can drift between training and serving.
+The cast comes first: TensorRT takes a UINT8 network input only when it feeds a Cast
+directly (onnx-tensorrt's operator matrix: UINT8 only as network input or output; its
+Transpose has no UINT8 type), which ffrt.gpu.trtcompat checks on every export.
 Everything after that is the trained FastFlow itself, including THE anomaly head that
 training-time evaluation used; its flows in their shipped form (fftrain.fused_flow: the same
 function with the channel permutations and per-channel affines folded into 1x1 convolutions,
@@ -28,7 +31,7 @@ class FusedGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image: uint8 [N, H, W, 3] RGB -> (anomaly_map float32 [N, 1, H, W], score float32 [N])."""
-        x = image.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        x = image.to(torch.float32).permute(0, 3, 1, 2) / 255.0
         model = self.model
         zs = [flow(f) for flow, f in zip(self.flows, model.normalize(model.extract(x)))]
         return model.head(zs)

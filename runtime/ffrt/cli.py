@@ -4,7 +4,7 @@
     ffrt detect MODEL IMAGE_OR_DIR... [--backend B] [--json FILE] [--overlays DIR] [--color-order BGR|RGB]
     ffrt run MODEL SOURCE... --out DIR [--source-name NAME]... [--csv] [--metrics-port N]   (ffrt.line.command)
     ffrt backends
-    ffrt doctor [--device N]
+    ffrt doctor [MODEL.onnx] [--device N]
     ffrt triton-repo MODEL DIR [--kind gpu|cpu]       (ffrt.triton.cli)
     ffrt serve MODEL [--http-port] [--grpc-port] [--max-batch] [--max-delay-ms]
 
@@ -283,18 +283,27 @@ class DoctorTool(Tool):
     description = (
         "Print, in one screen, the NVIDIA driver and GPUs (through cuda-python or pycuda), the pip-installed CUDA "
         "libraries, the TensorRT bindings and the libnvinfer they load (and whether TensorRT starts on the GPU), "
-        "onnxruntime and the libnvinfer its TensorRT provider links, then every backend and why it cannot run. "
+        "onnxruntime and the libnvinfer its TensorRT provider links, then every backend and why it cannot run; "
+        "with MODEL.onnx, whether TensorRT 10 can build that graph, every finding named by node. "
         "Builds and runs nothing."
     )
 
     def add_args(self, parser):
+        parser.add_argument("model", nargs="?", type=Path,
+                            help="also check whether TensorRT 10 can build this ONNX graph (operators, types, uint8 "
+                            "only into Cast, TopK K, dynamic dimensions); exit 1 and every finding when it cannot")
         parser.add_argument("--device", type=int, default=0, help="GPU index to check TensorRT on (default 0)")
 
     def run(self, args):
-        from .doctor import report
+        from .doctor import model_report, report
 
         print(report(args.device))
-        return 0
+        if args.model is None:
+            return 0
+        text, ok = model_report(args.model)
+        print()
+        print(text)
+        return 0 if ok else 1
 
 
 TOOLS: tuple[Tool, ...] = (InfoTool(), DetectTool(), BackendsTool(), DoctorTool())

@@ -131,6 +131,26 @@ def report(device: int = 0) -> str:
     return "\n".join(lines)
 
 
+def model_report(path) -> tuple[str, bool]:
+    """(text, ok): whether TensorRT 10 can build the ONNX graph at ``path``, every finding on its own line."""
+    from .errors import ModelFileError
+    from .gpu import trtcompat
+
+    try:
+        found = trtcompat.check(path)
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read the file ({e.strerror or e}); check the path") from e
+    except Exception as e:  # onnx raises protobuf's DecodeError and others on a file that is not ONNX
+        raise ModelFileError(f"{path}: not a readable ONNX model ({type(e).__name__}: {_one_line(e)}); pass the "
+                             ".onnx file ffexport wrote") from e
+    if not found:
+        return (f"TensorRT 10 check of {path}: OK (operators and types of the TensorRT 10 ONNX parser, uint8 only "
+                "into Cast, TopK K, dynamic dimensions)"), True
+    lines = [f"TensorRT 10 check of {path}: TensorRT cannot build it ({len(found)} findings):"]
+    lines += [f"  {f}" for f in found]
+    return "\n".join(lines), False
+
+
 def main() -> int:  # pragma: no cover - `ffrt doctor` is the entry point
     print(report())
     return 0

@@ -385,3 +385,12 @@ def test_int8_files_are_written_both_or_neither(tmp_path):
         write_all_or_none({first: b"new int8-trt", blocker / CPU_NAME: b"new int8-cpu"})
     assert first.read_bytes() == b"previous int8-trt"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, blocker.name])
+
+
+def test_uint8_input_feeds_only_a_cast_in_both_encodings(int8_pair):
+    """TensorRT takes a uint8 network input only into a Cast; the CPU file keeps the same input stage."""
+    from support.uint8_input import assert_uint8_only_into_cast
+
+    out, _ = int8_pair
+    for name in (TRT_NAME, CPU_NAME):
+        assert_uint8_only_into_cast(out / name)

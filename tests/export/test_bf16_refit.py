@@ -73,3 +73,12 @@ def test_auto_runs_it_as_its_gate_says_and_it_detects(bf16_export, elpv_split):
     scores = [r.score for r in bf16.predict_batch(list(cells))]
     assert bf16.predict_batch(list(cells[:1]))[0].precision == "bf16"
     assert roc_auc(labels, np.array(scores)) >= MIN_AUROC
+
+
+def test_uint8_input_feeds_only_a_cast(bf16_export):
+    from support.uint8_input import assert_uint8_only_into_cast
+
+    files = sorted(bf16_export.glob("*.onnx"))
+    assert any(".bf16" in p.name for p in files), files
+    for path in files:
+        assert_uint8_only_into_cast(path)

@@ -152,3 +152,12 @@ def test_int8_scope_all_quantizes_the_flows_of_each_refit_head_and_still_detects
         assert meta.head_fit.startswith("flows re-fit on this file's INT8 backbone features")
         q = score_images(make_session(refit_export_all / name), images)
         assert np.all(np.isfinite(q)) and roc_auc(labels, q) >= MIN_AUROC, name
+
+
+def test_uint8_input_feeds_only_a_cast_in_refit_files(refit_export):
+    from support.uint8_input import assert_uint8_only_into_cast
+
+    files = sorted(refit_export.glob("model.int8-*.onnx"))
+    assert len(files) == 2, files
+    for path in files:
+        assert_uint8_only_into_cast(path)

@@ -120,3 +120,10 @@ def test_ffeval_scores_pixels_of_non_square_models(exported, tmp_path):
         ys, xs = np.nonzero(native)
         my, mx = np.nonzero(m)
         assert abs(my.mean() / MODEL_HW[0] - ys.mean() / 300) < 0.1 and abs(mx.mean() / MODEL_HW[1] - xs.mean() / 180) < 0.1
+
+
+def test_uint8_input_feeds_only_a_cast(exported):
+    """Stretch and letterbox exports alike: TensorRT takes a uint8 network input only into a Cast."""
+    from support.uint8_input import assert_uint8_only_into_cast
+
+    assert_uint8_only_into_cast(exported[2])

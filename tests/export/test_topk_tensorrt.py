@@ -1,9 +1,9 @@
-"""Issue 11 item 2: every exportable model must build in TensorRT, whose TopK takes K <= 3840.
+"""Issue 11 item 2: every exportable model must build in TensorRT, whose TopK takes K < 3840.
 
 The score is the mean of the top ceil(0.01*H*W) map pixels: K = 3894 at 624x624, 4096 at
-640x640, 10486 at 1024x1024 (the largest size the config allows), and K > 3840 at 256x256 with
---topk-fraction > 0.0586. The head now takes such a K in rounds of <= 3840 (fftrain.head.topk_sum);
-ffexport refuses, with one line, any graph with a TopK TensorRT cannot build (ffrt.gpu.trtlimits).
+640x640, 10486 at 1024x1024 (the largest size the config allows), and K > 3839 at 256x256 with
+--topk-fraction > 0.0586. The head now takes such a K in rounds of <= 3839 (fftrain.head.topk_sum);
+ffexport refuses, with one line, any graph with a TopK TensorRT cannot build (ffrt.gpu.trtcompat).
 Equality with the plain top-k mean is shown on real ELPV images through standardized maps
 (which have negative values), in PyTorch and in the exported ONNX run by ONNX Runtime.
 """
@@ -17,19 +17,22 @@ import onnx
 import pytest
 import torch
 
-from ffrt.gpu import trtlimits
+from ffrt.gpu import trtcompat
 from fftrain.head import TOPK_MAX_K, AnomalyHead, topk_sum
 
 
 def _topk_ks(path) -> list[int]:
     model = onnx.load(str(path))
-    consts = trtlimits._constants(model.graph)
+    consts = trtcompat._constants(model.graph)
     return [int(np.asarray(consts[n.input[1]]).reshape(-1)[0]) for n in model.graph.node if n.op_type == "TopK"]
 
 
-def test_limit_matches_the_bindings_docstrings():
-    # tests/runtime/test_tensorrt_bindings.py reads "K up to 3840" from the 10.16 and 11.4 bindings.
-    assert TOPK_MAX_K == trtlimits.TOPK_MAX_K == 3840
+def test_limit_is_the_stricter_of_the_two_sources():
+    # tests/runtime/test_tensorrt_bindings.py reads "K up to 3840" from the 10.16 and 11.4 bindings;
+    # onnx-tensorrt's operator matrix says "less than 3840". One definition (ffcore.trtlimits).
+    import ffcore.trtlimits
+
+    assert TOPK_MAX_K is ffcore.trtlimits.TOPK_MAX_K and TOPK_MAX_K == 3839
 
 
 @pytest.mark.parametrize("shape", [(3, 4096), (2, 3841), (1, 10486 * 2)])
@@ -58,9 +61,9 @@ def test_old_single_topk_is_refused_with_one_line(tmp_path):
     prog = torch.onnx.export(OldScore().eval(), (m,), dynamo=True, opset_version=18, external_data=False, verbose=False)
     path = tmp_path / "old.onnx"
     onnx.save(prog.model_proto, str(path))
-    found = trtlimits.problems(path)
-    assert len(found) == 1 and "K = 3894" in found[0] and "K <= 3840" in found[0]
-    line = trtlimits.refusal("model.onnx", found)
+    found = trtcompat.problems(path)
+    assert len(found) == 1 and "K = 3894" in found[0] and "K <= 3839" in found[0]
+    line = trtcompat.refusal("model.onnx", found)
     assert "\n" not in line and line.startswith("model.onnx: TensorRT cannot build this graph (")
 
 
@@ -100,7 +103,7 @@ def test_export_at_large_sizes_builds_and_equals_the_top_k_mean(size, real_image
     path, _ = export_onnx(model, payload, "0" * 64, tmp_path / "model.onnx", batch_max=2)
     ks = _topk_ks(path)
     assert sum(ks) == k and max(ks) <= TOPK_MAX_K and len(ks) == math.ceil(k / TOPK_MAX_K)
-    assert trtlimits.problems(path) == []
+    assert trtcompat.problems(path) == []
     assert read_onnx_meta(path).input.height == size
 
     import onnxruntime as ort
@@ -121,7 +124,7 @@ def test_export_at_large_sizes_builds_and_equals_the_top_k_mean(size, real_image
 
 
 def test_small_models_keep_their_single_topk_graph():
-    """K <= 3840 (every model up to 616x616 at 1%): the score graph is the one TopK it was."""
+    """K <= 3839 (every model up to 616x616 at 1%): the score graph is the one TopK it was."""
     head = AnomalyHead((256, 256), "topk_mean", 0.01)
     m = torch.randn(2, 1, 256, 256)
     assert head.topk == 656
@@ -129,20 +132,7 @@ def test_small_models_keep_their_single_topk_graph():
 
 
 def test_high_topk_fraction_at_256():
-    head = AnomalyHead((256, 256), "topk_mean", 0.1)  # K = 6554 > 3840
+    head = AnomalyHead((256, 256), "topk_mean", 0.1)  # K = 6554 > 3839
     m = torch.randn(2, 1, 256, 256) - 0.5
     np.testing.assert_allclose(head.score(m).numpy(), torch.topk(m.flatten(1), head.topk, dim=1).values.mean(1).numpy(),
                                rtol=1e-6, atol=1e-6)
-
-
-def test_ffexport_refuses_a_graph_tensorrt_cannot_build(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    """If a graph with an unbuildable TopK ever reaches the stage (here: the check made to see
-    one), ffexport publishes nothing and prints one line."""
-    from ffexport.cli import main
-
-    monkeypatch.setattr(trtlimits, "problems", lambda model: ["TopK 'node_topk' has K = 3894, TensorRT builds "
-                                                             "TopK only for K <= 3840"])
-    assert main(["--ckpt", str(tiny_checkpoint), "--out", str(tmp_path / "out"), "--batch-max", "2"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "TensorRT cannot build this graph" in err[0] and "nothing was written" in err[0]
-    assert not (tmp_path / "out" / "model.onnx").exists()

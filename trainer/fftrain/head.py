@@ -23,13 +23,13 @@ resize per scale. The image score is
 the mean of the top-k pixels (or the max): the top-k mean is less sensitive to a single
 noisy pixel than the max.
 
-TensorRT builds TopK only for K <= 3840 (``add_topk``/``ITopKLayer`` docstrings of the 10.x
-and 11.x bindings), and the top 1% of a 624x624 map is already K = 3894. So for a larger K
-the score takes the top values in rounds of at most 3840 (:func:`topk_sum`): each round's
+TensorRT builds TopK only for K < 3840 (ffcore.trtlimits), and the top 1% of a 624x624 map is
+already K = 3894. So for a larger K
+the score takes the top values in rounds of at most TOPK_MAX_K (:func:`topk_sum`): each round's
 TopK picks the largest values still in the map and ScatterElements masks exactly those
 positions with -inf before the next round. The values summed are the same multiset
 ``torch.topk(map, K)`` returns (ties included, negative standardized maps included); only
-the order of the float additions differs. For K <= 3840 the graph is the single TopK it
+the order of the float additions differs. For K <= TOPK_MAX_K the graph is the single TopK it
 always was.
 """
 
@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ffcore.trtlimits import TOPK_MAX_K
+
 from .resize import fusion_matrices
 
 MAP_UNITS = "0.5 * mean over channels of z^2 (per-position negative log-likelihood per channel), averaged over feature scales"
@@ -50,8 +52,6 @@ MAP_UNITS_NORMALIZED = (
     "images ({how}), averaged over feature scales"
 )
 MapNormalization = Literal["none", "scale", "position"]
-#: The largest K TensorRT's TopK layer accepts (10.0 through 11.4).
-TOPK_MAX_K = 3840
 
 
 def topk_sum(flat: torch.Tensor, k: int, max_k: int = TOPK_MAX_K) -> torch.Tensor:

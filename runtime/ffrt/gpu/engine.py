@@ -199,14 +199,14 @@ def build_plan(
     (https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html);
     checked against both lines' genuine bindings in tests/runtime/test_tensorrt_bindings.py.
     """
-    from . import trtcalls, trtlimits
+    from . import trtcalls, trtcompat
     from .cudahost import CudaError, host_api
 
     onnx_path = Path(onnx_path)
     data = onnx_path.read_bytes()
-    found = trtlimits.problems(data)
+    found = trtcompat.problems(data)
     if found:
-        raise EngineBuildError(trtlimits.refusal(str(onnx_path), found))
+        raise EngineBuildError(trtcompat.refusal(str(onnx_path), found))
     reason = missing_for_tensorrt(device)
     if reason is not None:
         raise BackendUnavailableError(reason)

@@ -21,8 +21,9 @@ What happens here, and why:
   rejected file is set aside and a fresh cache used), and after the build merged with what
   other builds wrote meanwhile (``ITimingCache.combine``) and written back atomically under
   the lock. ``get_timing_cache()`` may return None: then nothing is written.
-* **Buildability**: :func:`ffrt.gpu.trtlimits.check_buildable` refuses a graph TensorRT cannot
-  build (TopK with K > 3840) before any TensorRT call, with one line.
+* **Buildability**: :func:`ffrt.gpu.trtcompat.check` refuses a graph TensorRT cannot build
+  (an operator or type the ONNX parser lacks, uint8 not into a Cast, TopK K > 3839, ...)
+  before any TensorRT call, with one line.
 
 API used (checked against the genuine 10.16 and 11.4 bindings by
 tests/runtime/test_tensorrt_bindings.py): Logger/ILogger, Builder, Runtime,
