@@ -54,6 +54,10 @@ def test_backend_cycles_release_order_and_slots(cuda_site, fake_driver):
     assert r["push_failure"].startswith("CUDA failed on GPU 0 during inference (cuCtxPushCurrent failed")
     assert r["after_push_failure"] == pytest.approx(51 / 255) and r["after_push_failure_s"] < 1.0
     assert r["execute_failure"].startswith("TensorRT execute_async_v3 failed")
+    # TensorRT keeps one logger per process: an error quotes only its own thread's message.
+    assert r["execute_failure_quotes"] == "TensorRT execute_async_v3 failed: stand-in: this execution failed"
+    # close() while a call waits for the only slot (held by a 2 s call): the wait ends at once.
+    assert "closed" in r["wait_during_close"] and r["wait_during_close_s"] < 1.0
     assert r["after_execute_failure"] == pytest.approx(102 / 255) and r["depth_after_calls"] == 0
     assert r["thread_errors"] == []
     assert "could not create an execution context" in r["start_failure"]

@@ -59,10 +59,13 @@ class FakeTRT:
 
     fail_context_at = None  # the n-th create_execution_context returns None
     fail_execute = False
+    execute_delay_s = 0.0
+    logger = None  # what the backend passed to Runtime: TensorRT logs through it
 
     class Runtime:
         def __init__(self, logger):
             self.logger = logger
+            FakeTRT.logger = logger
 
         def deserialize_cuda_engine(self, plan):
             return FakeEngine()
@@ -119,7 +122,10 @@ class FakeContext:
         return (self.n, 1, H, W) if name == "anomaly_map" else (self.n,)
 
     def execute_async_v3(self, stream):
+        if FakeTRT.execute_delay_s:
+            time.sleep(FakeTRT.execute_delay_s)
         if FakeTRT.fail_execute:
+            FakeTRT.logger.log(FakeTRT.ILogger.Severity.ERROR, "stand-in: this execution failed")
             return False
         n = self.n
         img = np.ctypeslib.as_array((ctypes.c_uint8 * (n * H * W * 3)).from_address(self.addr["image"]))
@@ -209,6 +215,16 @@ def main() -> int:
         out["execute_failure"] = "no error"
     except InferenceError as e:
         out["execute_failure"] = str(e)
+    # Another thread's TensorRT message (another build, another backend) is not this call's reason.
+    other = threading.Thread(target=lambda: FakeTRT.logger.log(FakeTRT.ILogger.Severity.WARNING,
+                                                               "stand-in: another thread's warning"))
+    other.start()
+    other.join()
+    try:
+        b.run(batch(1, 10))
+        out["execute_failure_quotes"] = "no error"
+    except InferenceError as e:
+        out["execute_failure_quotes"] = str(e)
     FakeTRT.fail_execute = False
     out["after_execute_failure"] = float(b.run(batch(2, 102))[1][1])
     out["depth_after_calls"] = stats()[4]
@@ -233,6 +249,33 @@ def main() -> int:
     out["thread_errors"] = errors
     b.close()
     b2.close()
+
+    # A call waiting for a slot while close() begins ends at once, not at the slot timeout.
+    b3 = backend(slots=1, slot_timeout_s=5.0)
+    FakeTRT.execute_delay_s = 2.0
+    holder = threading.Thread(target=lambda: b3.run(batch(1, 1)))
+    holder.start()
+    time.sleep(0.3)
+    waited: dict = {}
+
+    def waiter():
+        try:
+            b3.run(batch(1, 2))
+            waited["error"] = "no error"
+        except InferenceError as e:
+            waited["error"] = str(e)
+        waited["end"] = time.perf_counter()
+
+    w = threading.Thread(target=waiter)
+    w.start()
+    time.sleep(0.3)
+    closed_at = time.perf_counter()
+    b3.close(timeout_s=4.0)  # waits for the holder, then frees everything
+    w.join()
+    holder.join()
+    FakeTRT.execute_delay_s = 0.0
+    out["wait_during_close"] = waited["error"]
+    out["wait_during_close_s"] = waited["end"] - closed_at
 
     # A slot that cannot be created (second execution context None): nothing leaks.
     FakeEngine.created = 0

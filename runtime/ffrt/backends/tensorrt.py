@@ -31,6 +31,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,8 @@ DEFAULT_SLOTS = 2
 #: How long a call waits for a free slot before it gives up (a slot is always given back;
 #: this turns a stuck GPU into an error instead of a hang).
 SLOT_TIMEOUT_S = 120.0
+#: How often a call waiting for a slot looks whether close() has begun.
+CLOSE_POLL_S = 0.05
 
 
 class _Slot:
@@ -175,11 +178,12 @@ class TensorRTBackend(Backend):
     def _start(self, trt, plan: bytes, plan_path: Path, meta: ModelMeta, slots: int) -> None:
         from ..gpu import trtcalls
 
-        self._logger = trtcalls.make_logger(trt)  # must outlive every TensorRT object
+        self._logger = trtcalls.make_logger(trt)  # the process's one logger; must outlive every TensorRT object
+        mark = self._logger.mark()
         self._runtime = trtcalls.create(trt, "Runtime", self._logger, self.device)
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
-            said = self._logger.said()
+            said = self._logger.said(mark)
             raise ModelFileError(f"{plan_path}: TensorRT {trt.__version__} could not deserialize this plan"
                                  + (f" ({said})" if said else "") + "; rebuild it on this machine.")
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
@@ -226,12 +230,7 @@ class TensorRTBackend(Backend):
                 f"batch of {n} is outside this engine's profile {self.batch_min}..{self.batch_max}; "
                 "use predict_batch (it splits batches) or rebuild with a larger --batch-max"
             )
-        try:
-            slot = self._slots.get(timeout=self.slot_timeout_s)
-        except queue.Empty:
-            raise InferenceError(
-                f"no free TensorRT execution context within {self.slot_timeout_s:.0f} s (every slot busy: the GPU may "
-                "be stuck); check the GPU with nvidia-smi") from None
+        slot = self._take_slot()
         try:
             if self._closed or slot.context is None:
                 raise InferenceError("this TensorRT backend is closed; create a new Detector")
@@ -243,6 +242,23 @@ class TensorRTBackend(Backend):
         finally:
             self._slots.put(slot)  # always given back, whatever failed
 
+    def _take_slot(self) -> _Slot:
+        """A free slot, waiting at most the slot timeout; a close() that starts meanwhile ends
+        the wait at once (it takes the free slots itself, so they would never come back)."""
+        deadline = time.monotonic() + self.slot_timeout_s
+        while True:
+            if self._closed:
+                raise InferenceError("this TensorRT backend is closed; create a new Detector")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise InferenceError(
+                    f"no free TensorRT execution context within {self.slot_timeout_s:.0f} s (every slot busy: the GPU "
+                    "may be stuck); check the GPU with nvidia-smi")
+            try:
+                return self._slots.get(timeout=min(left, CLOSE_POLL_S))
+            except queue.Empty:
+                continue
+
     def _run_on(self, slot: _Slot, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cuda = self._cuda
         ctx = slot.context
@@ -252,8 +268,9 @@ class TensorRTBackend(Backend):
         flat = np.ascontiguousarray(batch).reshape(-1)
         host_in[: flat.size] = flat
         cuda.htod_async(slot.device[self._input], host_in[: flat.size], slot.stream)
+        mark = self._logger.mark()
         if not ctx.execute_async_v3(cuda.stream_handle(slot.stream)):
-            said = self._logger.said()
+            said = self._logger.said(mark)
             raise InferenceError("TensorRT execute_async_v3 failed" + (f": {said}" if said else " (see the TensorRT log)"))
         shapes = {}
         for name in self._outputs:

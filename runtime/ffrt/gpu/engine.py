@@ -251,6 +251,7 @@ def _build(trt, trtcalls, onnx_path: Path, data: bytes, meta: ModelMeta, profile
            workspace_mb: int | None, cache_path: Path | None, log, device: int) -> tuple[bytes, bool]:
     """The TensorRT calls of a build (the device's context is current). Returns (plan, tf32)."""
     logger = trtcalls.make_logger(trt)
+    mark = logger.mark()
     builder = trtcalls.create(trt, "Builder", logger, device)
     flags = 0
     strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
@@ -280,7 +281,7 @@ def _build(trt, trtcalls, onnx_path: Path, data: bytes, meta: ModelMeta, profile
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        said = logger.said()
+        said = logger.said(mark)
         raise EngineBuildError(f"{onnx_path}: TensorRT {trt.__version__} failed to build the engine"
                                + (f" ({said})" if said else " (see its log above)") + ".")
     plan = bytes(plan)

@@ -2,9 +2,14 @@
 
 What happens here, and why:
 
-* **One logger that records.** TensorRT reports why it failed through its logger, then
-  returns None/nullptr. :func:`make_logger` forwards warnings and errors to the ``ffrt``
-  logger *and* keeps them, so an error message can say what TensorRT said.
+* **One logger that records, read per thread.** TensorRT reports why it failed through its
+  logger, then returns None/nullptr. It keeps a single logger pointer per process: a logger
+  passed to a later Builder or Runtime is ignored while an earlier one lives (NVIDIA/TensorRT
+  issue 1475, TensorRT's own warning). So :func:`make_logger` returns the process's one
+  recording logger; it forwards warnings and errors to the ``ffrt`` logger and keeps each with
+  the thread that logged it, and an error quotes only what TensorRT said in the failing
+  thread since that call began (``mark()`` / ``said(since)``), never another build's or
+  another thread's messages.
 * **Failed initialisation.** Without a usable GPU/driver, ``trt.Builder(logger)`` and
   ``trt.Runtime(logger)`` raise ``TypeError: pybind11::init(): factory function returned
   nullptr`` after logging "CUDA initialization failure with error: N" (NVIDIA/TensorRT
@@ -40,6 +45,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 
 from ..errors import BackendUnavailableError
@@ -54,40 +60,68 @@ INIT_HINT = (
 )
 
 
-def make_logger(trt):
-    """A ``trt.ILogger`` that forwards WARNING and worse to the ``ffrt`` logger and keeps them."""
+_LOGGERS: dict[int, object] = {}
+_LOGGERS_LOCK = threading.Lock()
+#: Messages kept, across all threads (enough for every thread's last few).
+_KEPT = 200
 
+
+def make_logger(trt):
+    """The process's one ``trt.ILogger`` for this TensorRT module: forwards WARNING and worse to
+    the ``ffrt`` logger and keeps each message with its thread (read with ``mark``/``said``)."""
+    with _LOGGERS_LOCK:
+        existing = _LOGGERS.get(id(trt))
+        if existing is None:
+            existing = _LOGGERS[id(trt)] = _recording_logger(trt)
+        return existing
+
+
+def _recording_logger(trt):
     class _Logger(trt.ILogger):
         def __init__(self):
             trt.ILogger.__init__(self)
-            self.messages: list[str] = []
+            self._lock = threading.Lock()
+            self._seq = 0
+            self._messages: list[tuple[int, int, str]] = []  # (sequence number, thread id, text)
 
         def log(self, severity, msg):  # called by TensorRT, from any thread
             if int(severity) <= int(trt.ILogger.Severity.WARNING):
                 text = str(msg)
-                self.messages.append(text)
-                del self.messages[:-50]
+                with self._lock:
+                    self._seq += 1
+                    self._messages.append((self._seq, threading.get_ident(), text))
+                    del self._messages[:-_KEPT]
                 log.warning("TensorRT: %s", text)
 
-        def said(self) -> str:
-            return "; ".join(dict.fromkeys(self.messages[-5:]))
+        def mark(self) -> int:
+            """A point in the log; ``said(since=mark)`` reads only what came after it."""
+            with self._lock:
+                return self._seq
+
+        def said(self, since: int = 0) -> str:
+            """The last distinct messages TensorRT logged in this thread after ``since``."""
+            me = threading.get_ident()
+            with self._lock:
+                mine = [text for seq, thread, text in self._messages if seq > since and thread == me]
+            return "; ".join(dict.fromkeys(mine[-5:]))
 
     return _Logger()
 
 
 def create(trt, factory: str, logger, device: int):
     """``trt.Builder(logger)`` / ``trt.Runtime(logger)`` with a failed start made explicit."""
+    mark = logger.mark()
     try:
         obj = getattr(trt, factory)(logger)
     except TypeError as e:
-        raise BackendUnavailableError(init_failure(trt, factory, logger, device, e)) from e
+        raise BackendUnavailableError(init_failure(trt, factory, logger, device, e, mark)) from e
     if obj is None:
-        raise BackendUnavailableError(init_failure(trt, factory, logger, device, None))
+        raise BackendUnavailableError(init_failure(trt, factory, logger, device, None, mark))
     return obj
 
 
-def init_failure(trt, factory: str, logger, device: int, error) -> str:
-    said = logger.said() if hasattr(logger, "said") else ""
+def init_failure(trt, factory: str, logger, device: int, error, since: int = 0) -> str:
+    said = logger.said(since) if hasattr(logger, "said") else ""
     detail = f"TensorRT said: {said}" if said else f"{type(error).__name__}: {error}" if error else "it returned None"
     return (f"TensorRT {getattr(trt, '__version__', '?')} could not initialise CUDA on GPU {device} "
             f"(trt.{factory} failed; {detail}); {INIT_HINT}")
