@@ -88,7 +88,11 @@ def _run_lines(dockerfile: Path) -> list[str]:
 def test_dockerfiles_pip_lines_are_the_tested_ones():
     gpu = " ".join(_run_lines(DOCKER / "Dockerfile.gpu"))
     cpu = " ".join(_run_lines(DOCKER / "Dockerfile.cpu"))
-    assert '/opt/venv/bin/python -m pip install --extra-index-url https://pypi.nvidia.com ".[gpu]"' in gpu
+    # The GPU image uses its base's TensorRT (one copy): a venv that sees the system site packages,
+    # and the gpu extra without TensorRT (resolved with the rest of the gpu pins above).
+    assert "python3 -m venv --system-site-packages /opt/venv" in gpu
+    assert '/opt/venv/bin/python -m pip install ".[gpu-ngc]"' in gpu
+    assert _extra("gpu-ngc") == [p for p in _extra("gpu") if not p.startswith("tensorrt")]
     assert '/opt/venv/bin/python -m pip install ".[cpu]"' in cpu
     for text in (DOCKER / "Dockerfile.gpu").read_text(), (DOCKER / "Dockerfile.cpu").read_text():
         assert "USER 10001:10001" in text and 'ENTRYPOINT ["ffrt"]' in text
