@@ -1,8 +1,8 @@
 """TensorRT on a real GPU: engine builds, parity with onnxruntime, batches, threads, cache.
 
 Every test here is ``@pytest.mark.gpu``: tests/conftest.py skips them where there is no
-nvidia-smi or no importable tensorrt. Run them on the GPU host with scripts/gpu_check.sh
-(or ``pytest -m gpu``). NOT YET RUN ON A GPU: written against the TensorRT 10.16/11.4 Python
+nvidia-smi or no importable tensorrt. Run them on the GPU host with ``pytest -m gpu``; the minutes-long
+check of a borrowed GPU is scripts/gpu/check_tensorrt.py. NOT YET RUN ON A GPU: written against the TensorRT 10.16/11.4 Python
 bindings (their names and signatures are checked on CPU hosts by
 tests/runtime/test_tensorrt_bindings.py) and cuda-python (tests/runtime/test_cuda_host.py).
 

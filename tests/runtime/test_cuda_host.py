@@ -6,7 +6,7 @@ fake_libcuda.c) that reports a GPU and checks contexts and handles like the driv
 TensorRT's engine is a stand-in (tests/support/backend_cycles.py): what is tested is ffrt's
 slot, run and close logic around it, not TensorRT. pycuda cannot be installed here (no CUDA
 toolkit): every pycuda name ffrt calls is checked against pycuda 2026.1's source.
-On a GPU host scripts/gpu_check.sh measures the same 100 create/close cycles on real memory.
+On a GPU host scripts/gpu/check_tensorrt.py measures the same 100 create/close cycles on real memory.
 """
 
 from __future__ import annotations

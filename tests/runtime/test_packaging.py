@@ -1,5 +1,5 @@
 """Packaging: the gpu extra is one CUDA line, the Dockerfiles lint clean and their pip lines
-work, and scripts/gpu_check.sh reports every step. No Docker daemon and no GPU here: each
+work. No Docker daemon and no GPU here: each
 Dockerfile RUN step is exercised another way (the same pip line in a fresh venv, or a
 resolution of the same pins from PyPI); none of this claims an image was built.
 """
@@ -158,24 +158,3 @@ def test_cpu_image_pip_line_installs_a_working_ffrt(tmp_path, models):
     check = subprocess.run([str(py), "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
                            capture_output=True, text=True, env=env, cwd=tmp_path)
     assert check.stdout.strip() == "True"  # the runtime image carries no torch
-
-
-def test_gpu_check_reports_every_step_instead_of_stopping(tmp_path):
-    """No driver and a failing install: every step still reports, and the exit code says so."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in ("bash", "date", "mkdir", "tee", "dirname", "cat"):
-        path = shutil.which(tool)
-        if path:
-            (bin_dir / tool).symlink_to(path)
-    env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "PYTHON": "false",
-           "GPU_CHECK_OUT": str(tmp_path / "out"), "GPU_CHECK_VENV": str(tmp_path / "venv")}
-    proc = subprocess.run([shutil.which("bash"), str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True,
-                          text=True, env=env, timeout=300)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    report = (tmp_path / "out" / "report.md").read_text()
-    steps = [line[2:] for line in report.splitlines() if line.startswith("- ")]
-    assert [s.split()[0] for s in steps] == ["driver", "install", "doctor", "cpu-tests", "gpu-tests", "bench", "ffbench"]
-    assert steps[0].startswith("driver FAIL") and steps[1].startswith("install FAIL")
-    assert all(" SKIP " in s for s in steps[2:])
-    assert "nvidia-smi not found" in (tmp_path / "out" / "driver.log").read_text()

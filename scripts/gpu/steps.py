@@ -1,0 +1,115 @@
+"""The GPU checks' step runner: each step PASS, FAIL or SKIP with its reason, one line each on the
+terminal, and a report (JSON + text) at the end; a failing step never stops the next ones.
+
+Torch-free and ffrt-free on purpose: check_cuda.py runs on a bare CUDA machine where ffrt's own
+dependencies (pydantic) may be missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+#: The repository's package folders (pyproject's package-dir), for running from a checkout.
+PACKAGE_DIRS = ("core", "runtime", "trainer", "export", "calibration", "evaluation")
+
+
+class Skip(Exception):
+    """A step that cannot run here: the reason is the message."""
+
+
+def use_checkout() -> None:
+    """Import ffrt, fftrain, ... from this checkout (a GPU host may have no install of them)."""
+    for name in reversed(PACKAGE_DIRS):
+        path = str(ROOT / name)
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+def machine() -> dict:
+    """What this host is: CPU, Python, and the GPUs nvidia-smi lists (empty without a driver)."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus = []
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "--query-gpu=index,name,compute_cap,driver_version,memory.total",
+                                  "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout
+            gpus = [line.strip() for line in out.splitlines() if line.strip()]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "gpus": gpus}
+
+
+def require_gpu() -> None:
+    """Skip unless nvidia-smi lists a GPU."""
+    if not shutil.which("nvidia-smi"):
+        raise Skip("no NVIDIA driver here (nvidia-smi not found)")
+    if not machine()["gpus"]:
+        raise Skip("nvidia-smi lists no GPU")
+
+
+class Steps:
+    """Run steps in order; ``run(name, fn)`` returns fn's value, or None when it skipped or failed."""
+
+    def __init__(self, title: str, out: Path | None):
+        self.title, self.out = title, out
+        self.rows: list[dict] = []
+        self.t0 = time.perf_counter()
+        self.host = machine()
+        print(f"{title}")
+        print(f"machine: {self.host['cpu']} ({self.host['cores']} CPUs), Python {self.host['python']}, "
+              f"GPUs: {'; '.join(self.host['gpus']) or 'none'}", flush=True)
+
+    def run(self, name: str, fn, *args):
+        t = time.perf_counter()
+        try:
+            value = fn(*args)
+            status, detail = "PASS", value if isinstance(value, str) else ""
+        except Skip as e:
+            value, status, detail = None, "SKIP", str(e)
+        except AssertionError as e:
+            value, status, detail = None, "FAIL", str(e) or "assertion failed"
+        except Exception as e:  # noqa: BLE001 - a step's failure is a result, and the next step runs
+            value, status, detail = None, "FAIL", f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"
+            if os.environ.get("GPU_CHECK_TRACEBACK"):
+                traceback.print_exc()
+        self.rows.append({"step": name, "status": status, "detail": detail, "seconds": round(time.perf_counter() - t, 2)})
+        print(f"{status:4}  {name}: {detail}" if detail else f"{status:4}  {name}", flush=True)
+        return value
+
+    def finish(self, figures: dict | None = None) -> int:
+        """Write the report; exit code 0 unless a step failed."""
+        statuses = {r["status"] for r in self.rows}
+        verdict = "FAIL" if "FAIL" in statuses else "PASS" if statuses == {"PASS"} else "INCOMPLETE"
+        report = {"title": self.title, "verdict": verdict, "machine": self.host, "steps": self.rows,
+                  "figures": figures or {}, "seconds": round(time.perf_counter() - self.t0, 1)}
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "report.json").write_text(json.dumps(report, indent=2))
+            lines = [f"{self.title}: {verdict} in {report['seconds']} s", f"machine: {json.dumps(self.host)}", ""]
+            lines += [f"{r['status']:4}  {r['step']}: {r['detail']}" for r in self.rows]
+            if figures:
+                lines += ["", json.dumps(figures, indent=2)]
+            (self.out / "report.txt").write_text("\n".join(lines) + "\n")
+        print(f"{verdict} ({sum(r['status'] == 'PASS' for r in self.rows)} PASS, "
+              f"{sum(r['status'] == 'FAIL' for r in self.rows)} FAIL, "
+              f"{sum(r['status'] == 'SKIP' for r in self.rows)} SKIP) in {report['seconds']} s"
+              + (f"; report in {self.out}" if self.out else ""))
+        return 1 if verdict == "FAIL" else 0
