@@ -301,20 +301,20 @@ def run(args) -> int:
 
 
 def _tensorrt_check(stage, staged: list[str]) -> str | None:
-    """Every staged file meant for TensorRT must build on the line PC's TensorRT 10 (ffrt.gpu.trtcompat):
+    """Every staged file meant for TensorRT must build on the line PC's TensorRT 10 (ffrt.tensorrt.compat):
     refused here, not discovered there. The CPU INT8 encoding is for ONNX Runtime / OpenVINO only
     (uint8 activations with zero points), so its findings are reported, not refused."""
     from ffcalib.int8 import CPU_NAME
-    from ffrt.gpu import trtcompat
+    from ffrt.tensorrt import compat
 
     passed = []
     for name in staged:
-        found = trtcompat.problems(stage.path(name))
+        found = compat.problems(stage.path(name))
         if found and name == CPU_NAME:
             print(f"TensorRT 10 check: {name} is for CPUs only; TensorRT would refuse it ({len(found)} findings, "
                   f"first: {found[0]}); use model.int8-trt.onnx for TensorRT")
         elif found:
-            return trtcompat.refusal(name, found)
+            return compat.refusal(name, found)
         else:
             passed.append(name)
     if passed:

@@ -4,7 +4,7 @@ Casting, scaling to [0, 1] and the channel transpose happen inside the graph, so
 sends one byte per pixel and no preprocessing can drift between training and serving.
 The cast comes first: TensorRT takes a UINT8 network input only when it feeds a Cast
 directly (onnx-tensorrt's operator matrix: UINT8 only as network input or output; its
-Transpose has no UINT8 type), which ffrt.gpu.trtcompat checks on every export.
+Transpose has no UINT8 type), which ffrt.tensorrt.compat checks on every export.
 Everything after that is the trained FastFlow itself, including THE anomaly head that
 training-time evaluation used; its flows in their shipped form (fftrain.fused_flow: the same
 function with the channel permutations and per-channel affines folded into 1x1 convolutions,

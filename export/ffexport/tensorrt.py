@@ -7,9 +7,9 @@ reuses a timing cache file across builds, ``build_serialized_network``, and writ
 plan atomically with its metadata sidecar (TensorRT version, GPU name and compute
 capability, hash of the source ONNX's graph and its path, sha256 of the plan, batch
 profile, ModelMeta). Keep the ONNX next to the engine: the Detector reads the thresholds
-from it (re-tuned with ffcalib thresholds, no rebuild; see ffrt.gpu.engine.engine_meta).
+from it (re-tuned with ffcalib thresholds, no rebuild; see ffrt.tensorrt.build.engine_meta).
 
-The TensorRT calls live in :func:`ffrt.gpu.engine.build_plan`, because the runtime's engine
+The TensorRT calls live in :func:`ffrt.tensorrt.build.build_plan`, because the runtime's engine
 cache (``Detector("model.onnx", backend="tensorrt")``) builds the same plans and ffrt may
 not import ffexport (imports point one way). This module is the exporter's front end,
 and also a torch-free command for the GPU host::
@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from ffrt.gpu.engine import (
+from ffrt.tensorrt.build import (
     DEFAULT_WORKSPACE_MB,
     BatchProfile,
     EngineBuildError,

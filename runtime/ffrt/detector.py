@@ -148,14 +148,14 @@ class Detector:
         suffix = path.suffix.lower()
         is_engine = suffix in ENGINE_SUFFIXES
         if is_engine:
-            # A plan runs only on the native TensorRT backend; its sidecar (ffrt.gpu.engine) is
+            # A plan runs only on the native TensorRT backend; its sidecar (ffrt.tensorrt.build) is
             # checked against this machine when loaded.
             if str(backend).strip().lower() not in ("auto", "tensorrt"):
                 raise InvalidArgumentError(
                     f"{path}: a TensorRT engine runs only with backend=\"tensorrt\" (or \"auto\"), not {backend!r}; "
                     "load the .onnx it was built from for the other backends."
                 )
-            from .gpu.engine import engine_meta, missing_for_tensorrt
+            from .tensorrt.build import engine_meta, missing_for_tensorrt
 
             missing = missing_for_tensorrt(device)
             if missing is not None:

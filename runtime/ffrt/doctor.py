@@ -33,7 +33,7 @@ def _one_line(text) -> str:
 
 def facts(device: int = 0) -> list[tuple[str, str]]:
     """(label, value) rows describing this machine's GPU stack."""
-    from .gpu.cudahost import CudaError, host_api, installed, preferred
+    from .tensorrt.cudahost import CudaError, host_api, installed, preferred
 
     rows: list[tuple[str, str]] = [
         ("ffrt", f"{__version__} (Python {platform.python_version()}, {platform.system()} {platform.machine()})"),
@@ -66,9 +66,9 @@ def facts(device: int = 0) -> list[tuple[str, str]]:
 
 
 def _tensorrt_row(api, device: int) -> str:
-    from .gpu import elf, trtcalls
-    from .gpu.cudahost import CudaError
-    from .gpu.engine import import_tensorrt
+    from .tensorrt import libprobe, calls
+    from .tensorrt.cudahost import CudaError
+    from .tensorrt.build import import_tensorrt
     from .errors import BackendUnavailableError
 
     try:
@@ -77,7 +77,7 @@ def _tensorrt_row(api, device: int) -> str:
         return _one_line(e)
     version = str(trt.__version__)
     major = version.split(".")[0]
-    lib = elf.loaded_path(f"libnvinfer.so.{major}")
+    lib = libprobe.loaded_path(f"libnvinfer.so.{major}")
     text = f"{version}, libnvinfer.so.{major} from {lib or 'an unknown path'}"
     if api is None:
         return text + "; not started (no usable driver)"
@@ -87,9 +87,9 @@ def _tensorrt_row(api, device: int) -> str:
         return text + f"; GPU {device} not usable: {_one_line(e)}"
     try:
         with ctx.active():
-            logger = trtcalls.make_logger(trt)
+            logger = calls.make_logger(trt)
             try:
-                runtime = trtcalls.create(trt, "Runtime", logger, device)
+                runtime = calls.create(trt, "Runtime", logger, device)
                 del runtime
                 text += f"; starts on GPU {device}"
             except BackendUnavailableError as e:
@@ -107,7 +107,7 @@ def _ort_row() -> str:
         import onnxruntime as ort
     except ImportError:
         return 'not installed (pip install "ffrt[cpu]" or "ffrt[gpu]")'
-    from .backends.onnxruntime import ort_trt_library
+    from .tensorrt.ort_provider import ort_trt_library
 
     dist = next((d for d in ("onnxruntime-gpu", "onnxruntime") if _version(d)), "onnxruntime")
     text = f"{dist} {ort.__version__}, providers {', '.join(ort.get_available_providers())}"
@@ -134,10 +134,10 @@ def report(device: int = 0) -> str:
 def model_report(path) -> tuple[str, bool]:
     """(text, ok): whether TensorRT 10 can build the ONNX graph at ``path``, every finding on its own line."""
     from .errors import ModelFileError
-    from .gpu import trtcompat
+    from .tensorrt import compat
 
     try:
-        found = trtcompat.check(path)
+        found = compat.check(path)
     except OSError as e:
         raise ModelFileError(f"{path}: cannot read the file ({e.strerror or e}); check the path") from e
     except Exception as e:  # onnx raises protobuf's DecodeError and others on a file that is not ONNX

@@ -6,7 +6,7 @@ cuda-bindings only (no TensorRT, no ffrt install, no network), in a few minutes.
 
 BUNDLE is written by ``scripts/gpu/bundle.py`` (this script reads model.pt, images.npy and site/,
 under 60 MB for the default model). Steps, each PASS / FAIL / SKIP with its reason: the CUDA
-driver through ffrt.gpu.cudahost (cuda-python), loaded from this checkout on its own (it imports
+driver through ffrt.tensorrt.cudahost (cuda-python), loaded from this checkout on its own (it imports
 nothing else of ffrt); 100 cycles of the backend's allocation pattern on real device memory (per
 slot: device buffers, pinned host buffers, a stream, copies in and out checked byte for byte,
 then freed in the backend's order and the context released), with the driver's free-memory figure
@@ -36,8 +36,8 @@ FP32_RTOL, FP16_MAP_REL = 1e-3, 0.02
 
 
 def load_cudahost():
-    """ffrt/gpu/cudahost.py as a module of its own: it needs numpy and cuda-python, nothing of ffrt."""
-    path = ROOT / "runtime" / "ffrt" / "gpu" / "cudahost.py"
+    """ffrt/tensorrt/cudahost.py as a module of its own: it needs numpy and cuda-python, nothing of ffrt."""
+    path = ROOT / "runtime" / "ffrt" / "tensorrt" / "cudahost.py"
     spec = importlib.util.spec_from_file_location("ffrt_cudahost_standalone", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

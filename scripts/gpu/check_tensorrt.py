@@ -58,9 +58,9 @@ class Check:
         return f"{len(self.manifest['files'])} files as written on {self.manifest['prepared_on']['cpu']}"
 
     def graph_check(self) -> str:
-        from ffrt.gpu import trtcompat
+        from ffrt.tensorrt import compat
 
-        found = {name: trtcompat.problems(self.bundle / "models" / name) for name in self.manifest["models"]}
+        found = {name: compat.problems(self.bundle / "models" / name) for name in self.manifest["models"]}
         bad = {k: v for k, v in found.items() if v}
         assert not bad, "; ".join(f"{k}: {v[0]}" for k, v in bad.items())
         return f"{', '.join(found)}: TensorRT 10 can build each (operators, types, uint8 into Cast, TopK K)"
@@ -68,7 +68,7 @@ class Check:
     def tensorrt(self) -> str:
         require_gpu()
         from ffrt.errors import BackendUnavailableError
-        from ffrt.gpu.engine import missing_for_tensorrt
+        from ffrt.tensorrt.build import missing_for_tensorrt
 
         missing = missing_for_tensorrt(0)
         if missing:
@@ -82,7 +82,7 @@ class Check:
     def build(self, name: str) -> str:
         require_gpu()
         from ffexport.tensorrt import build_engine
-        from ffrt.gpu.engine import BatchProfile
+        from ffrt.tensorrt.build import BatchProfile
         from ffrt.meta import read_onnx_meta
 
         src = self.bundle / "models" / name
@@ -95,8 +95,8 @@ class Check:
         return f"{path.name}: {info.precision}, {info.gpu_name}, built in {time.perf_counter() - t:.1f} s"
 
     def _engine_outputs(self, name: str):
-        from ffrt.backends.tensorrt import TensorRTBackend
-        from ffrt.gpu.engine import read_engine_info
+        from ffrt.tensorrt.runner import TensorRTBackend
+        from ffrt.tensorrt.build import read_engine_info
 
         if name not in self.engines:
             raise Skip(f"no engine for {name} (its build did not pass)")
@@ -170,9 +170,9 @@ class Check:
         return f"{THREADS} threads x 5 rounds x {len(self.images)} images: scores as one thread's (max diff {worst:.1e})"
 
     def cycles(self) -> str:
-        from ffrt.backends.tensorrt import TensorRTBackend
-        from ffrt.gpu.cudahost import host_api
-        from ffrt.gpu.engine import read_engine_info
+        from ffrt.tensorrt.runner import TensorRTBackend
+        from ffrt.tensorrt.cudahost import host_api
+        from ffrt.tensorrt.build import read_engine_info
 
         if "model.onnx" not in self.engines:
             raise Skip("no FP32 engine (its build did not pass)")
@@ -200,8 +200,8 @@ class Check:
         return f"{CYCLES} create/run/close cycles: {before - after:.1f} MiB of device memory not returned (tol {LEAK_MIB})"
 
     def timing(self) -> str:
-        from ffrt.backends.tensorrt import TensorRTBackend
-        from ffrt.gpu.engine import read_engine_info
+        from ffrt.tensorrt.runner import TensorRTBackend
+        from ffrt.tensorrt.build import read_engine_info
 
         if not self.engines:
             raise Skip("no engine was built")

@@ -456,7 +456,7 @@ def test_resnet_fp16_passes_the_gate(resnet_files, labelled, tmp_path):
 def test_ffexport_fp16_engine_without_tensorrt(tiny_checkpoint, tmp_path, capsys):
     """--fp16 --engine on a machine without TensorRT: both ONNX files written, exit 2, one line."""
     from ffexport.cli import main
-    from ffrt.gpu.engine import missing_for_tensorrt
+    from ffrt.tensorrt.build import missing_for_tensorrt
 
     if missing_for_tensorrt() is None:
         pytest.skip("TensorRT and a GPU are present: the engine would be built (tests/gpu covers that)")

@@ -1,4 +1,4 @@
-"""Whether TensorRT 10 can build a graph, decided on the ONNX (ffrt.gpu.trtcompat), and the
+"""Whether TensorRT 10 can build a graph, decided on the ONNX (ffrt.tensorrt.compat), and the
 shipped graph's uint8 input feeding a Cast directly.
 
 The graphs are real: the tiny FastFlow trained on ELPV cells (tests/conftest.py) exported by the
@@ -15,7 +15,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from ffcore.trtlimits import TOPK_MAX_K
-from ffrt.gpu import trtcompat
+from ffrt.tensorrt import compat
 from support.uint8_input import assert_uint8_only_into_cast, uint8_input_readers
 
 
@@ -46,7 +46,7 @@ def old_graph(tiny_checkpoint, tmp_path_factory):
 
 def test_the_old_input_stage_is_found_naming_the_transpose(old_graph):
     assert uint8_input_readers(old_graph) == {"image": {"Transpose"}}  # the graph really is the old one
-    found = trtcompat.check(old_graph)
+    found = compat.check(old_graph)
     first = found[0]
     assert first.node == "image" and "feeds Transpose" in first.problem and "only into a Cast" in first.problem
     # The rest is the same defect seen from its nodes: a Transpose on UINT8, a uint8 tensor inside.
@@ -57,7 +57,7 @@ def test_the_old_input_stage_is_found_naming_the_transpose(old_graph):
 
 def test_the_shipped_graph_casts_first_and_passes(tiny_onnx):
     assert_uint8_only_into_cast(tiny_onnx)
-    assert trtcompat.check(tiny_onnx) == []
+    assert compat.check(tiny_onnx) == []
 
 
 def test_the_fp16_graph_casts_first_and_passes(tiny_checkpoint, tmp_path):
@@ -67,7 +67,7 @@ def test_the_fp16_graph_casts_first_and_passes(tiny_checkpoint, tmp_path):
     model, payload = checkpoint.load(tiny_checkpoint)
     path, _ = export_fp16(model, payload, checkpoint.sha256(tiny_checkpoint), tmp_path / "model.fp16.onnx", batch_max=2)
     assert_uint8_only_into_cast(path)
-    assert trtcompat.check(path) == []
+    assert compat.check(path) == []
 
 
 def test_ffexport_refuses_the_old_graph_with_one_line_and_writes_nothing(tiny_checkpoint, tmp_path, monkeypatch,
@@ -94,7 +94,7 @@ def test_ffexport_prints_the_check_for_every_file(tiny_checkpoint, tmp_path, cap
 
 def test_engine_build_refuses_before_any_tensorrt_call(old_graph):
     """On this CPU machine TensorRT is not installed: the graph is refused first, naming the node."""
-    from ffrt.gpu.engine import BatchProfile, EngineBuildError, build_plan
+    from ffrt.tensorrt.build import BatchProfile, EngineBuildError, build_plan
     from ffrt.meta import read_onnx_meta
 
     meta = read_onnx_meta(old_graph)
@@ -146,10 +146,10 @@ def _topk(k: int, sorted_: int = 1):
 def test_topk_k_limit_is_the_stricter_reading():
     # onnx-tensorrt's matrix: "K input must be less than 3840"; the bindings' docstrings: "up to 3840".
     assert TOPK_MAX_K == 3839
-    assert trtcompat.check(_topk(3839)) == []
-    (f,) = trtcompat.check(_topk(3840))
+    assert compat.check(_topk(3839)) == []
+    (f,) = compat.check(_topk(3840))
     assert (f.op, f.node) == ("TopK", "topk") and "K = 3840" in f.problem
-    (f,) = trtcompat.check(_topk(10, sorted_=0))
+    (f,) = compat.check(_topk(10, sorted_=0))
     assert "sorted" in f.problem
 
 
@@ -159,7 +159,7 @@ def test_plugin_and_unsupported_operators_are_named():
     relu = helper.make_node("Relu", ["x"], ["y2"], name="relu")
     m = _model([plugin, relu, unsupported], [_f32("x", [1, 4])], [_f32("y", [1, 4]), _f32("z", [1, 4])])
     m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    found = {(f.node, f.op): f.problem for f in trtcompat.check(m)}
+    found = {(f.node, f.op): f.problem for f in compat.check(m)}
     assert set(found) == {("ms_conv", "FusedConv"), ("coin", "Bernoulli")}
     assert "plugin" in found[("ms_conv", "FusedConv")]
 
@@ -172,7 +172,7 @@ def test_types_uint8_inside_and_dynamic_image_dims():
     m = _model([cast_u8, cast_f, double_relu],
                [u8, helper.make_tensor_value_info("x_bool", TensorProto.BOOL, [1])],
                [_f32("x", ["batch", "h", 8, 3]), helper.make_tensor_value_info("nb", TensorProto.BOOL, [1])])
-    found = trtcompat.check(m)
+    found = compat.check(m)
     problems = _by_node(found)
     assert set(problems) == {"img", "still_u8", "to_float"}, found
     assert "[1]" in problems["img"]  # axis 1 (the height) is dynamic; axis 0 may be
@@ -185,7 +185,7 @@ def test_wrong_input_type_for_an_operator():
     conv = helper.make_node("Conv", ["x", "w"], ["y"], name="int_conv")
     m = _model([conv], [helper.make_tensor_value_info("x", TensorProto.INT32, [1, 1, 4, 4])],
                [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 1, 4, 4])], [conv_w])
-    (f,) = trtcompat.check(m)
+    (f,) = compat.check(m)
     assert f.node == "int_conv" and "INT32" in f.problem and "FP32" in f.problem
 
 
@@ -199,7 +199,7 @@ def test_quantization_zero_point_and_resize_mode_and_runtime_axes():
     axes_shape = helper.make_node("Shape", ["r"], ["axes_dyn"], name="shape", start=2, end=3)
     reduce = helper.make_node("ReduceSum", ["r", "axes_dyn"], ["y"], name="sum_dyn")
     m = _model([q, dq, resize, axes_shape, reduce], [_f32("x", [1, 1, 4, 4])], [_f32("y", None)], [scale, zp, sizes])
-    problems = _by_node(trtcompat.check(m))
+    problems = _by_node(compat.check(m))
     assert "zero point" in problems["q_asym"] and "zero point" in problems["dq_asym"]
     assert "cubic" in problems["cubic"]
     assert "axes" in problems["sum_dyn"]

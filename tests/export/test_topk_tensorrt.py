@@ -3,7 +3,7 @@
 The score is the mean of the top ceil(0.01*H*W) map pixels: K = 3894 at 624x624, 4096 at
 640x640, 10486 at 1024x1024 (the largest size the config allows), and K > 3839 at 256x256 with
 --topk-fraction > 0.0586. The head now takes such a K in rounds of <= 3839 (fftrain.head.topk_sum);
-ffexport refuses, with one line, any graph with a TopK TensorRT cannot build (ffrt.gpu.trtcompat).
+ffexport refuses, with one line, any graph with a TopK TensorRT cannot build (ffrt.tensorrt.compat).
 Equality with the plain top-k mean is shown on real ELPV images through standardized maps
 (which have negative values), in PyTorch and in the exported ONNX run by ONNX Runtime.
 """
@@ -17,13 +17,13 @@ import onnx
 import pytest
 import torch
 
-from ffrt.gpu import trtcompat
+from ffrt.tensorrt import compat
 from fftrain.head import TOPK_MAX_K, AnomalyHead, topk_sum
 
 
 def _topk_ks(path) -> list[int]:
     model = onnx.load(str(path))
-    consts = trtcompat._constants(model.graph)
+    consts = compat._constants(model.graph)
     return [int(np.asarray(consts[n.input[1]]).reshape(-1)[0]) for n in model.graph.node if n.op_type == "TopK"]
 
 
@@ -61,9 +61,9 @@ def test_old_single_topk_is_refused_with_one_line(tmp_path):
     prog = torch.onnx.export(OldScore().eval(), (m,), dynamo=True, opset_version=18, external_data=False, verbose=False)
     path = tmp_path / "old.onnx"
     onnx.save(prog.model_proto, str(path))
-    found = trtcompat.problems(path)
+    found = compat.problems(path)
     assert len(found) == 1 and "K = 3894" in found[0] and "K <= 3839" in found[0]
-    line = trtcompat.refusal("model.onnx", found)
+    line = compat.refusal("model.onnx", found)
     assert "\n" not in line and line.startswith("model.onnx: TensorRT cannot build this graph (")
 
 
@@ -103,7 +103,7 @@ def test_export_at_large_sizes_builds_and_equals_the_top_k_mean(size, real_image
     path, _ = export_onnx(model, payload, "0" * 64, tmp_path / "model.onnx", batch_max=2)
     ks = _topk_ks(path)
     assert sum(ks) == k and max(ks) <= TOPK_MAX_K and len(ks) == math.ceil(k / TOPK_MAX_K)
-    assert trtcompat.problems(path) == []
+    assert compat.problems(path) == []
     assert read_onnx_meta(path).input.height == size
 
     import onnxruntime as ort

@@ -46,7 +46,7 @@ def fp16_onnx(tiny_checkpoint, workdir) -> Path:
 
 def _build(onnx_path: Path, workdir: Path, name: str, batch_max: int = 8):
     from ffexport.tensorrt import build_engine
-    from ffrt.gpu.engine import BatchProfile
+    from ffrt.tensorrt.build import BatchProfile
     from ffrt.meta import read_onnx_meta
 
     meta = read_onnx_meta(onnx_path)
@@ -77,7 +77,7 @@ def _rel(a, b):
 def test_fp32_engine_build_and_sidecar(fp32_engine, tiny_onnx, workdir):
     import tensorrt as trt
 
-    from ffrt.gpu.engine import graph_sha256, read_engine_info, sha256_file
+    from ffrt.tensorrt.build import graph_sha256, read_engine_info, sha256_file
 
     path, info = fp32_engine
     assert path.is_file() and read_engine_info(path) == info
@@ -90,7 +90,7 @@ def test_fp32_engine_build_and_sidecar(fp32_engine, tiny_onnx, workdir):
 
 
 def test_fp16_engine_build(fp16_engine, fp16_onnx):
-    from ffrt.gpu.engine import sha256_file
+    from ffrt.tensorrt.build import sha256_file
 
     path, info = fp16_engine
     assert info.precision == "fp16" and info.onnx_sha256 == sha256_file(fp16_onnx)
@@ -133,8 +133,8 @@ def test_int8_engine_build(tiny_onnx, real_images, elpv_split, workdir):
 
 
 def test_fp32_engine_parity_with_onnxruntime(fp32_engine, tiny_onnx, real_images):
-    from ffrt.backends.tensorrt import TensorRTBackend
-    from ffrt.gpu.engine import read_engine_info
+    from ffrt.tensorrt.runner import TensorRTBackend
+    from ffrt.tensorrt.build import read_engine_info
 
     path, _ = fp32_engine
     backend = TensorRTBackend(path, read_engine_info(path).meta)
@@ -147,8 +147,8 @@ def test_fp32_engine_parity_with_onnxruntime(fp32_engine, tiny_onnx, real_images
 def test_fp16_engine_parity_with_onnxruntime(fp16_engine, tiny_onnx, real_images):
     from ffcore.metrics import spearman
     from ffexport.fp16_gate import FP16_MAX_MAP_REL
-    from ffrt.backends.tensorrt import TensorRTBackend
-    from ffrt.gpu.engine import read_engine_info
+    from ffrt.tensorrt.runner import TensorRTBackend
+    from ffrt.tensorrt.build import read_engine_info
 
     path, _ = fp16_engine
     backend = TensorRTBackend(path, read_engine_info(path).meta)
@@ -160,8 +160,8 @@ def test_fp16_engine_parity_with_onnxruntime(fp16_engine, tiny_onnx, real_images
 
 def test_batch_sweep_within_profile(fp32_engine, tiny_onnx, real_images):
     from ffrt import InvalidArgumentError
-    from ffrt.backends.tensorrt import TensorRTBackend
-    from ffrt.gpu.engine import read_engine_info
+    from ffrt.tensorrt.runner import TensorRTBackend
+    from ffrt.tensorrt.build import read_engine_info
 
     path, _ = fp32_engine
     backend = TensorRTBackend(path, read_engine_info(path).meta)
@@ -204,9 +204,9 @@ def test_detector_on_engine_from_several_threads(fp32_engine, real_images):
 def test_engine_cache_reuse_and_invalidation(tiny_onnx, workdir, monkeypatch):
     import shutil
 
-    import ffrt.gpu.engine as engine
+    import ffrt.tensorrt.build as engine
     from ffrt import Detector
-    from ffrt.gpu.engine import read_engine_info
+    from ffrt.tensorrt.build import read_engine_info
     from ffrt.meta import read_onnx_meta, write_onnx_meta
 
     cache = workdir / "cache"
@@ -248,7 +248,7 @@ def test_explicit_engine_for_another_gpu_is_refused(fp32_engine, workdir):
     import json
 
     from ffrt import Detector
-    from ffrt.gpu.engine import sidecar_path
+    from ffrt.tensorrt.build import sidecar_path
     from ffrt.errors import EngineMismatchError
 
     path, info = fp32_engine
@@ -262,7 +262,7 @@ def test_explicit_engine_for_another_gpu_is_refused(fp32_engine, workdir):
 
 
 def test_auto_prefers_tensorrt(tiny_onnx, workdir, monkeypatch):
-    import ffrt.gpu.engine as engine
+    import ffrt.tensorrt.build as engine
     from ffrt import Detector
 
     monkeypatch.setenv(engine.CACHE_ENV, str(workdir / "cache-auto"))
@@ -273,9 +273,9 @@ def test_auto_prefers_tensorrt(tiny_onnx, workdir, monkeypatch):
 def test_no_leak_over_100_create_close_cycles(fp32_engine, real_images):
     """Issue 11 item 3: device and pinned memory come back on close(). Measured with the
     driver's free-memory figure after a first cycle (TensorRT keeps some per-process state)."""
-    from ffrt.backends.tensorrt import TensorRTBackend
-    from ffrt.gpu.cudahost import host_api
-    from ffrt.gpu.engine import read_engine_info
+    from ffrt.tensorrt.runner import TensorRTBackend
+    from ffrt.tensorrt.cudahost import host_api
+    from ffrt.tensorrt.build import read_engine_info
 
     path, _ = fp32_engine
     meta = read_engine_info(path).meta
@@ -301,7 +301,7 @@ def test_no_leak_over_100_create_close_cycles(fp32_engine, real_images):
 
 def test_device_index_is_checked(fp32_engine):
     from ffrt import BackendUnavailableError, Detector
-    from ffrt.gpu.cudahost import host_api
+    from ffrt.tensorrt.cudahost import host_api
 
     path, _ = fp32_engine
     count = host_api().device_count()

@@ -1,4 +1,4 @@
-"""The CUDA host API (ffrt.gpu.cudahost) and the native backend's GPU resource handling.
+"""The CUDA host API (ffrt.tensorrt.cudahost) and the native backend's GPU resource handling.
 
 cuda-python runs for real: the genuine cuda-bindings wheel (the gpu extra's pin), on this
 machine's real state (no NVIDIA driver) and on a CPU stand-in driver (tests/support/
@@ -66,7 +66,7 @@ def test_backend_cycles_release_order_and_slots(cuda_site, fake_driver):
 
 SNIPPET = r"""
 import json, numpy as np
-from ffrt.gpu import cudahost
+from ffrt.tensorrt import cudahost
 out = {}
 try:
     api = cudahost.host_api()
@@ -117,7 +117,7 @@ def test_cuda_python_on_this_driverless_machine(cuda_site, tmp_path):
 
 
 def test_host_api_choice_and_what_to_install(monkeypatch):
-    from ffrt.gpu import cudahost
+    from ffrt.tensorrt import cudahost
 
     monkeypatch.setattr(cudahost, "_instances", {})
     monkeypatch.setitem(sys.modules, "pycuda", None)
@@ -139,7 +139,7 @@ def test_host_api_choice_and_what_to_install(monkeypatch):
         cudahost.host_api()
 
 
-# Every pycuda name ffrt.gpu.cudahost.PyCudaApi uses, and where pycuda 2026.1 defines it.
+# Every pycuda name ffrt.tensorrt.cudahost.PyCudaApi uses, and where pycuda 2026.1 defines it.
 PYCUDA_NAMES = {
     "src/wrapper/wrap_cudadrv.cpp": [
         'py::def("init"', 'py::def("get_driver_version"', '.staticmethod("count")', '"retain_primary_context"',
@@ -170,7 +170,7 @@ def test_pycuda_names_exist_in_pycuda_source(tmp_path):
     # pycuda.driver.Error is the base of every CUDA failure ffrt catches.
     assert re.search(r"\bError\b", texts["src/wrapper/wrap_cudadrv.cpp"])
     # And every pycuda attribute cudahost reads is in that list.
-    src = (Path(__file__).resolve().parents[2] / "runtime" / "ffrt" / "gpu" / "cudahost.py").read_text()
+    src = (Path(__file__).resolve().parents[2] / "runtime" / "ffrt" / "tensorrt" / "cudahost.py").read_text()
     used = set(re.findall(r"self\._drv\.(\w+)", src)) | set(re.findall(r"_drv\.(\w+)", src))
     listed = " ".join(n for names in PYCUDA_NAMES.values() for n in names)
     unlisted = {u for u in used if f'"{u}"' not in listed and f"({u})" not in listed}

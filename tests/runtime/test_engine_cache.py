@@ -20,7 +20,7 @@ import pytest
 from conftest import make_meta
 from ffrt import BackendUnavailableError, Detector, InvalidArgumentError, ModelFileError
 from ffrt.backends import availability
-from ffrt.gpu.engine import (
+from ffrt.tensorrt.build import (
     BatchProfile,
     CacheKey,
     EngineInfo,
@@ -243,7 +243,7 @@ def test_engine_file_with_an_onnxruntime_backend_is_an_argument_error(tmp_path):
 
 
 def test_ort_tensorrt_cache_folder_is_keyed_like_plans(red_model, models, tmp_path):
-    from ffrt.backends.onnxruntime import trt_ep_options
+    from ffrt.tensorrt.ort_provider import trt_ep_options
 
     meta = make_meta(batch_max=4)
     opts, folder = trt_ep_options(red_model, meta, tmp_path)
@@ -289,14 +289,14 @@ TRT = "10.9.0"
 
 
 def _gpu():
-    from ffrt.gpu.engine import GpuInfo
+    from ffrt.tensorrt.build import GpuInfo
 
     return GpuInfo("NVIDIA RTX A2000", "8.6")
 
 
 def _built(onnx_path, plan_path, profile=None):
     """Write a plan + sidecar for ``onnx_path`` the way build_plan/write_engine do on a GPU host."""
-    from ffrt.gpu.engine import graph_sha256, sha256_file
+    from ffrt.tensorrt.build import graph_sha256, sha256_file
     from ffrt.meta import read_onnx_meta
 
     meta = read_onnx_meta(onnx_path)
@@ -337,7 +337,7 @@ def line(tiny_onnx, tmp_path):
 def test_graph_hash_ignores_metadata_only(line, tmp_path):
     import onnx
 
-    from ffrt.gpu.engine import graph_sha256, sha256_file
+    from ffrt.tensorrt.build import graph_sha256, sha256_file
     from ffrt.meta import read_onnx_meta, write_onnx_meta
 
     model = line / "model.onnx"
@@ -356,7 +356,7 @@ def test_retuned_thresholds_keep_the_cache_key_and_reach_the_engines(line, elpv_
     import shutil
 
     from ffcalib.cli import main as ffcalib
-    from ffrt.gpu.engine import engine_meta, lookup_cached_plan, read_engine_info
+    from ffrt.tensorrt.build import engine_meta, lookup_cached_plan, read_engine_info
     from ffrt.meta import read_onnx_meta
 
     model, cache = line / "model.onnx", tmp_path / "cache"
@@ -390,7 +390,7 @@ def test_retuned_thresholds_keep_the_cache_key_and_reach_the_engines(line, elpv_
 
 
 def test_explicit_engine_next_to_another_graph_is_refused(line, tmp_path):
-    from ffrt.gpu.engine import engine_meta
+    from ffrt.tensorrt.build import engine_meta
 
     explicit = _built(line / "model.onnx", line / "model.engine")
     _other_graph(line / "model.onnx", line / "model.onnx")  # re-exported, engine not rebuilt
@@ -399,7 +399,7 @@ def test_explicit_engine_next_to_another_graph_is_refused(line, tmp_path):
 
 
 def test_explicit_engine_without_its_onnx_uses_the_sidecar_and_says_so(line, tmp_path):
-    from ffrt.gpu.engine import engine_meta, sidecar_path
+    from ffrt.tensorrt.build import engine_meta, sidecar_path
 
     explicit = _built(line / "model.onnx", line / "model.engine")
     frozen = read_engine_info(explicit).meta
@@ -429,7 +429,7 @@ def test_explicit_engine_without_its_onnx_uses_the_sidecar_and_says_so(line, tmp
 def test_prune_keeps_one_plan_per_source_and_removes_stale_temp_files(line, tmp_path):
     import time
 
-    from ffrt.gpu.engine import STALE_TMP_AGE_S, prune_cache
+    from ffrt.tensorrt.build import STALE_TMP_AGE_S, prune_cache
 
     cache = tmp_path / "cache"
     model = line / "model.onnx"

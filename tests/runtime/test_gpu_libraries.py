@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ffrt.gpu import trtcalls
+from ffrt.tensorrt import calls
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 import trtenv  # noqa: E402
@@ -69,9 +69,9 @@ class Config:
 
 
 def test_one_file_per_tensorrt_version_and_gpu(tmp_path):
-    a = trtcalls.timing_cache_file(tmp_path / "timing.cache", "10.16.1.11", "NVIDIA RTX A2000 12GB", "8.6")
-    b = trtcalls.timing_cache_file(tmp_path / "timing.cache", "11.4.0.106", "NVIDIA RTX A2000 12GB", "8.6")
-    c = trtcalls.timing_cache_file(tmp_path, "10.16.1.11", "NVIDIA L4", "8.9")
+    a = calls.timing_cache_file(tmp_path / "timing.cache", "10.16.1.11", "NVIDIA RTX A2000 12GB", "8.6")
+    b = calls.timing_cache_file(tmp_path / "timing.cache", "11.4.0.106", "NVIDIA RTX A2000 12GB", "8.6")
+    c = calls.timing_cache_file(tmp_path, "10.16.1.11", "NVIDIA L4", "8.9")
     assert a.name == "timing.trt10.16.1.11.sm86.nvidia-rtx-a2000-12gb.cache"
     assert len({a, b, c}) == 3 and c.parent == tmp_path
 
@@ -80,28 +80,28 @@ def test_reuse_merge_and_rejected_files(tmp_path):
     path = tmp_path / "t.cache"
     log = []
     cfg = Config(measured={"a"})
-    assert trtcalls.attach_timing_cache(cfg, path, log.append) is not None and "creating" in log[-1]
+    assert calls.attach_timing_cache(cfg, path, log.append) is not None and "creating" in log[-1]
     cfg.build()
     # Another build wrote the file meanwhile: its entries are merged, not overwritten.
     path.write_bytes(Cache({"b"}).serialize())
-    assert trtcalls.save_timing_cache(cfg, path, log.append)
+    assert calls.save_timing_cache(cfg, path, log.append)
     assert json.loads(path.read_bytes())["e"] == ["a", "b"]
     # Reused by the next build.
     cfg2 = Config(measured={"c"})
-    trtcalls.attach_timing_cache(cfg2, path, log.append)
+    calls.attach_timing_cache(cfg2, path, log.append)
     assert "reusing" in log[-1] and cfg2.cache.entries == {"a", "b"}
     # A file this TensorRT rejects (set_timing_cache -> False) is set aside; the build goes on.
     path.write_bytes(b"garbage")
     cfg3 = Config()
-    assert trtcalls.attach_timing_cache(cfg3, path, log.append) is not None
+    assert calls.attach_timing_cache(cfg3, path, log.append) is not None
     assert "rejected" in log[-1] and (tmp_path / "t.cache.rejected").read_bytes() == b"garbage"
     # get_timing_cache() may be None: nothing is written.
-    assert not trtcalls.save_timing_cache(Config(), tmp_path / "none.cache", log.append)
+    assert not calls.save_timing_cache(Config(), tmp_path / "none.cache", log.append)
     assert not (tmp_path / "none.cache").exists()
     # A file of another TensorRT version cannot be merged: replaced, and said so.
     path.write_bytes(Cache({"old"}, version="10.9.0").serialize())
     cfg3.build()
-    assert trtcalls.save_timing_cache(cfg3, path, log.append) and "could not be merged" in log[-1]
+    assert calls.save_timing_cache(cfg3, path, log.append) and "could not be merged" in log[-1]
     assert json.loads(path.read_bytes()) == {"v": "10.16.1.11", "e": ["tactic-a"]}
 
 
@@ -112,9 +112,9 @@ def test_concurrent_builds_keep_every_entry(tmp_path):
     def build(k):
         try:
             cfg = Config(measured={f"t{k}"})
-            trtcalls.attach_timing_cache(cfg, path, lambda m: None)
+            calls.attach_timing_cache(cfg, path, lambda m: None)
             cfg.build()
-            trtcalls.save_timing_cache(cfg, path, lambda m: None)
+            calls.save_timing_cache(cfg, path, lambda m: None)
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 
@@ -136,13 +136,14 @@ ort = types.SimpleNamespace(__file__=str(Path(sys.argv[1]) / "__init__.py"), pre
                             get_available_providers=lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
 import ffrt.backends.onnxruntime as b
 b._import_ort = lambda: ort
-from ffrt.gpu.engine import tensorrt_version
-lib = b.ort_trt_library()
-from ffrt.gpu.engine import BatchProfile
+from ffrt.tensorrt.build import tensorrt_version
+import ffrt.tensorrt.ort_provider as provider
+lib = provider.ort_trt_library()
+from ffrt.tensorrt.build import BatchProfile
 sys.path.insert(0, "tests/runtime")
 from conftest import make_meta, make_graph, save_model
 model = save_model(Path(sys.argv[2]), make_graph(), make_meta())
-options, folder = b.trt_ep_options(model, make_meta(), cache_root=Path(sys.argv[3]))
+options, folder = provider.trt_ep_options(model, make_meta(), cache_root=Path(sys.argv[3]))
 key = json.dumps(sorted(options.items()), default=str)
 print(json.dumps({"lib": lib, "python_tensorrt": tensorrt_version(), "preload_calls": calls,
                   "folder": folder.name, "probe": b._probe_trt_ep()}))
@@ -176,7 +177,7 @@ def test_ort_trt_key_uses_the_libnvinfer_ort_loads(tmp_path):
     assert r["lib"]["soname"] == "libnvinfer.so.10" and r["lib"]["version"] == "10.16.1"
     assert r["lib"]["path"] and r["lib"]["path"].endswith("libnvinfer_stub.so")
     assert r["preload_calls"] == ["preload"]
-    from ffrt.gpu.engine import BatchProfile, GpuInfo, cache_key, graph_sha256
+    from ffrt.tensorrt.build import BatchProfile, GpuInfo, cache_key, graph_sha256
 
     sys.path.insert(0, str(Path(__file__).parent))
     from conftest import make_meta

@@ -43,7 +43,7 @@ def test_missing_file(tmp_path):
 
 
 def test_engine_file_needs_tensorrt(tmp_path, no_session):
-    from ffrt.gpu.engine import missing_for_tensorrt
+    from ffrt.tensorrt.build import missing_for_tensorrt
 
     p = tmp_path / "model.engine"
     p.write_bytes(b"\x00" * 16)

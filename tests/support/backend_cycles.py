@@ -2,7 +2,7 @@
 stand-in driver (fake_libcuda.c), with a stand-in for TensorRT's engine (TensorRT cannot run
 here). Run in a subprocess by tests/runtime/test_cuda_host.py; prints one JSON object.
 
-What is exercised for real: ffrt.gpu.cudahost over cuda-bindings (context retain/push/pop/release,
+What is exercised for real: ffrt.tensorrt.cudahost over cuda-bindings (context retain/push/pop/release,
 cuMemAlloc/Free, cuMemHostAlloc/FreeHost, streams, async copies, error codes), and
 TensorRTBackend's slots, run(), close() order and error handling. The stand-in engine reads the
 "device" input buffer (host memory in the stand-in driver) and writes the red-channel graph's
@@ -143,8 +143,8 @@ class FakeContext:
 def backend(slots=2, slot_timeout_s=5.0):
     sys.path.insert(0, "tests/runtime")
     from conftest import make_meta
-    from ffrt.backends.tensorrt import TensorRTBackend
-    from ffrt.gpu.cudahost import host_api
+    from ffrt.tensorrt.runner import TensorRTBackend
+    from ffrt.tensorrt.cudahost import host_api
 
     b = TensorRTBackend.__new__(TensorRTBackend)
     b._init_state(0, slot_timeout_s)
@@ -161,7 +161,7 @@ def batch(n, red):
 
 
 def main() -> int:
-    from ffrt.gpu.cudahost import CudaError
+    from ffrt.tensorrt.cudahost import CudaError
     from ffrt.errors import BackendUnavailableError, InferenceError
 
     out: dict = {}

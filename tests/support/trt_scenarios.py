@@ -69,7 +69,7 @@ def _signatures(obj) -> list[list[str]]:
 
 
 def api() -> dict:
-    from ffrt.gpu.engine import import_tensorrt
+    from ffrt.tensorrt.build import import_tensorrt
 
     trt = import_tensorrt()
     missing, mismatched = [], []
@@ -98,11 +98,13 @@ def api() -> dict:
                      if line.strip().startswith("STRONGLY_TYPED")), "")
     logger_ok = True
     try:  # ffrt's recording logger must be constructible from this ILogger
-        from ffrt.gpu.trtcalls import make_logger
+        from ffrt.tensorrt.calls import make_logger
 
         lg = make_logger(trt)
+        mark = lg.mark()
         lg.log(trt.ILogger.Severity.ERROR, "probe")
-        logger_ok = lg.messages == ["probe"]
+        # One logger per process (TensorRT keeps a single logger pointer), read since a mark.
+        logger_ok = lg.said(mark) == "probe" and lg.said(lg.mark()) == "" and make_logger(trt) is lg
     except Exception as e:  # noqa: BLE001
         logger_ok = f"{type(e).__name__}: {e}"
     return {"version": trt.__version__, "module": trt.__name__, "missing": missing, "mismatched": mismatched,

@@ -1,5 +1,5 @@
 """What reads the uint8 graph input, computed from the ONNX dataflow alone (independently of
-ffrt.gpu.trtcompat): TensorRT takes a UINT8 network input only into a Cast."""
+ffrt.tensorrt.compat): TensorRT takes a UINT8 network input only into a Cast."""
 
 from __future__ import annotations
 

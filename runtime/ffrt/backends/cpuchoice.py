@@ -84,13 +84,13 @@ def _versions() -> str:
 
 
 def cache_path() -> Path:
-    from ..gpu.engine import default_cache_dir
+    from ..tensorrt.build import default_cache_dir
 
     return default_cache_dir() / CACHE_NAME
 
 
 def _key(backends: list[Backend], model_path: Path, threads: int | None) -> str:
-    from ..gpu.engine import graph_sha256
+    from ..tensorrt.build import graph_sha256
 
     parts = [graph_sha256(model_path), cpu_signature(), _versions(), f"threads={threads}"]
     parts += [f"{b.name}:{b.precision}:{b.description}" for b in backends]

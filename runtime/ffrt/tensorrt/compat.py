@@ -2,7 +2,7 @@
 
 A graph that passes every CPU check (ONNX Runtime parity, the precision gates) can still fail
 to parse or build on the line PC, the first time it meets a GPU. Each rule below is one the
-TensorRT 10 ONNX parser states (:mod:`ffrt.gpu.trt_onnx_ops`, onnx-tensorrt's support matrix):
+TensorRT 10 ONNX parser states (:mod:`ffrt.tensorrt.onnx_ops`, onnx-tensorrt's support matrix):
 
 * every node is an ONNX-domain operator the parser supports (no plugin or custom-domain op);
 * the type of each node's data input (its first input) is one the operator accepts;
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from ffcore.trtlimits import TOPK_MAX_K
 
-from .trt_onnx_ops import SUPPORTED, UNSUPPORTED
+from .onnx_ops import SUPPORTED, UNSUPPORTED
 
 #: ONNX TensorProto element types by the names the support matrix uses.
 _TYPE_NAMES = {1: "FP32", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FP16", 11: "DOUBLE",

@@ -2,10 +2,10 @@
 the graph hash and batch profile it records, the cache key it implies, the checks that
 refuse a plan that does not fit, and the metadata an explicit ``.engine`` runs with.
 
-The other half of plan handling (cache folder, build, prune: :mod:`ffrt.gpu.engine`) imports
-this module; ``ffrt.gpu.engine`` re-exports every name here, so both spellings work. Why plans
+The other half of plan handling (cache folder, build, prune: :mod:`ffrt.tensorrt.build`) imports
+this module; ``ffrt.tensorrt.build`` re-exports every name here, so both spellings work. Why plans
 are tied to the graph and not the file, and where an explicit engine's thresholds come
-from: see :mod:`ffrt.gpu.engine`. Nothing here imports tensorrt or a CUDA API.
+from: see :mod:`ffrt.tensorrt.build`. Nothing here imports tensorrt or a CUDA API.
 """
 
 from __future__ import annotations

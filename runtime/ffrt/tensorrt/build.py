@@ -1,5 +1,5 @@
 """TensorRT plans: the engine cache and the build (the plan's sidecar, key, profile and
-checks are in :mod:`ffrt.gpu.engineinfo`, re-exported here).
+checks are in :mod:`ffrt.tensorrt.plan`, re-exported here).
 
 A serialized TensorRT plan only runs on the TensorRT version and the GPU architecture
 it was built for, and silently describes nothing about the ONNX it came from. So every
@@ -25,7 +25,7 @@ deterministically), and thresholds are read from the ONNX at load:
   (thresholds, score statistics) is used; another graph there is refused; with no ONNX
   next to it the sidecar's copy, frozen at build time, is used and a warning says so.
 
-Nothing here imports torch; ``tensorrt`` and the CUDA host API (:mod:`ffrt.gpu.cudahost`:
+Nothing here imports torch; ``tensorrt`` and the CUDA host API (:mod:`ffrt.tensorrt.cudahost`:
 cuda-python or pycuda) are imported only inside the functions that need a GPU, so the cache
 and metadata logic is testable on any machine.
 """
@@ -45,7 +45,7 @@ from pathlib import Path
 
 from ffcore.files import sha256_file  # noqa: F401  (re-exported)
 
-from .engineinfo import (  # noqa: F401  (re-exported: ffrt.gpu.engine.* is the public spelling)
+from .plan import (  # noqa: F401  (re-exported: ffrt.tensorrt.build.* is the public spelling)
     ENGINE_FORMAT,
     ENGINE_SCHEMA_VERSION,
     SIDECAR_SUFFIX,
@@ -192,21 +192,21 @@ def build_plan(
     """Parse the ONNX into a strongly typed network and build a serialized plan on GPU ``device``.
 
     Precision comes from the ONNX (FP16 tensors, Q/DQ nodes): no FP16/INT8 builder flags,
-    which TensorRT 10 deprecates and 11 removes, and TF32 cleared (:mod:`ffrt.gpu.trtcalls`).
+    which TensorRT 10 deprecates and 11 removes, and TF32 cleared (:mod:`ffrt.tensorrt.calls`).
     ``timing_cache``: a file name or folder; the file actually used is per TensorRT version
-    and GPU (:func:`ffrt.gpu.trtcalls.timing_cache_file`). API references: TensorRT Python API
+    and GPU (:func:`ffrt.tensorrt.calls.timing_cache_file`). API references: TensorRT Python API
     Builder / IBuilderConfig / OnnxParser / ITimingCache, 10.16 and 11.4
     (https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html);
     checked against both lines' genuine bindings in tests/runtime/test_tensorrt_bindings.py.
     """
-    from . import trtcalls, trtcompat
+    from . import calls, compat
     from .cudahost import CudaError, host_api
 
     onnx_path = Path(onnx_path)
     data = onnx_path.read_bytes()
-    found = trtcompat.problems(data)
+    found = compat.problems(data)
     if found:
-        raise EngineBuildError(trtcompat.refusal(str(onnx_path), found))
+        raise EngineBuildError(compat.refusal(str(onnx_path), found))
     reason = missing_for_tensorrt(device)
     if reason is not None:
         raise BackendUnavailableError(reason)
@@ -217,11 +217,11 @@ def build_plan(
         ctx = api.open(device)
     except CudaError as e:
         raise BackendUnavailableError(f"no usable NVIDIA GPU {device} ({e})") from e
-    cache_path = (trtcalls.timing_cache_file(timing_cache, str(trt.__version__), gpu.name, gpu.compute_capability)
+    cache_path = (calls.timing_cache_file(timing_cache, str(trt.__version__), gpu.name, gpu.compute_capability)
                   if timing_cache else None)
     try:
         with ctx.active():
-            plan, tf32 = _build(trt, trtcalls, onnx_path, data, meta, profile, workspace_mb, cache_path, log, device)
+            plan, tf32 = _build(trt, calls, onnx_path, data, meta, profile, workspace_mb, cache_path, log, device)
     except CudaError as e:
         raise BackendUnavailableError(f"CUDA failed on GPU {device} while building the engine ({e})") from e
     finally:
@@ -247,12 +247,12 @@ def build_plan(
     return plan, info
 
 
-def _build(trt, trtcalls, onnx_path: Path, data: bytes, meta: ModelMeta, profile: BatchProfile,
+def _build(trt, calls, onnx_path: Path, data: bytes, meta: ModelMeta, profile: BatchProfile,
            workspace_mb: int | None, cache_path: Path | None, log, device: int) -> tuple[bytes, bool]:
     """The TensorRT calls of a build (the device's context is current). Returns (plan, tf32)."""
-    logger = trtcalls.make_logger(trt)
+    logger = calls.make_logger(trt)
     mark = logger.mark()
-    builder = trtcalls.create(trt, "Builder", logger, device)
+    builder = calls.create(trt, "Builder", logger, device)
     flags = 0
     strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly is not None:  # TensorRT 10; 11 keeps the (ignored) flag for compatibility
@@ -277,7 +277,7 @@ def _build(trt, trtcalls, onnx_path: Path, data: bytes, meta: ModelMeta, profile
     mn, op, mx = profile.shapes(meta)
     opt_profile.set_shape(meta.input.name, mn, op, mx)
     config.add_optimization_profile(opt_profile)
-    timing = trtcalls.attach_timing_cache(config, cache_path, log)
+    timing = calls.attach_timing_cache(config, cache_path, log)
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -286,7 +286,7 @@ def _build(trt, trtcalls, onnx_path: Path, data: bytes, meta: ModelMeta, profile
                                + (f" ({said})" if said else " (see its log above)") + ".")
     plan = bytes(plan)
     if timing is not None:
-        trtcalls.save_timing_cache(config, cache_path, log)
+        calls.save_timing_cache(config, cache_path, log)
     return plan, tf32
 
 

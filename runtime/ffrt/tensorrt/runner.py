@@ -1,9 +1,9 @@
 """Native TensorRT backend ("tensorrt"): TensorRT + a CUDA host API, no torch, no onnxruntime.
 
 Loads a plan (an ``.engine`` with its sidecar, or builds/reuses a cached plan for an
-``.onnx``: see :mod:`ffrt.gpu.engine`) and runs it on GPU ``device``:
+``.onnx``: see :mod:`ffrt.tensorrt.build`) and runs it on GPU ``device``:
 
-* CUDA through :mod:`ffrt.gpu.cudahost` (cuda-python by default, pycuda where installed): the
+* CUDA through :mod:`ffrt.tensorrt.cudahost` (cuda-python by default, pycuda where installed): the
   device's **primary context** is retained once and pushed/popped around every call, so one
   Detector works from any thread;
 * one execution context + one CUDA stream + pinned host buffers + device buffers per
@@ -22,7 +22,7 @@ Loads a plan (an ``.engine`` with its sidecar, or builds/reuses a cached plan fo
 
 API references: TensorRT Python API ICudaEngine / IExecutionContext / Runtime (10.16, 11.4;
 checked against both lines' genuine bindings by tests/runtime/test_tensorrt_bindings.py);
-the CUDA host API calls are listed in ffrt/gpu/cudahost.py.
+the CUDA host API calls are listed in ffrt/tensorrt/cudahost.py.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..gpu.engine import (
+from .build import (
     cached_plan,
     check_engine,
     import_tensorrt,
@@ -47,7 +47,7 @@ from ffcore.files import ENGINE_SUFFIXES  # noqa: F401
 
 from ..errors import BackendUnavailableError, InferenceError, InvalidArgumentError, ModelFileError
 from ..meta import ModelMeta
-from .base import Backend, BackendSpec, register_backend
+from ..backends.base import Backend, BackendSpec, register_backend
 
 log = logging.getLogger("ffrt")
 
@@ -123,7 +123,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, model_path: Path, meta: ModelMeta, slots: int = DEFAULT_SLOTS, cache_dir=None,
                  device: int = 0, slot_timeout_s: float = SLOT_TIMEOUT_S):
-        from ..gpu.cudahost import CudaError, host_api
+        from .cudahost import CudaError, host_api
 
         self._init_state(device, slot_timeout_s)
         reason = missing_for_tensorrt(device)
@@ -161,7 +161,7 @@ class TensorRTBackend(Backend):
 
     def _open(self, trt, api, plan: bytes, plan_path: Path, meta: ModelMeta, slots: int) -> None:
         """Retain the GPU's context and start TensorRT in it; on any failure free what was made."""
-        from ..gpu.cudahost import CudaError
+        from .cudahost import CudaError
 
         self._host_api = api.name
         try:
@@ -176,11 +176,11 @@ class TensorRTBackend(Backend):
             raise
 
     def _start(self, trt, plan: bytes, plan_path: Path, meta: ModelMeta, slots: int) -> None:
-        from ..gpu import trtcalls
+        from . import calls
 
-        self._logger = trtcalls.make_logger(trt)  # the process's one logger; must outlive every TensorRT object
+        self._logger = calls.make_logger(trt)  # the process's one logger; must outlive every TensorRT object
         mark = self._logger.mark()
-        self._runtime = trtcalls.create(trt, "Runtime", self._logger, self.device)
+        self._runtime = calls.create(trt, "Runtime", self._logger, self.device)
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
             said = self._logger.said(mark)
@@ -220,7 +220,7 @@ class TensorRTBackend(Backend):
                 self.info.precision, self._host_api)
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from ..gpu.cudahost import CudaError
+        from .cudahost import CudaError
 
         if self._closed:
             raise InferenceError("this TensorRT backend is closed; create a new Detector")
@@ -286,7 +286,7 @@ class TensorRTBackend(Backend):
     def close(self, timeout_s: float | None = None) -> None:
         """Free every GPU resource (idempotent). Waits up to ``timeout_s`` (default: the slot
         timeout) for calls in flight; later calls raise InferenceError."""
-        from ..gpu.cudahost import CudaError
+        from .cudahost import CudaError
 
         with self._close_lock:
             if self._closed and self._cuda is None:

@@ -26,7 +26,7 @@ What happens here, and why:
   rejected file is set aside and a fresh cache used), and after the build merged with what
   other builds wrote meanwhile (``ITimingCache.combine``) and written back atomically under
   the lock. ``get_timing_cache()`` may return None: then nothing is written.
-* **Buildability**: :func:`ffrt.gpu.trtcompat.check` refuses a graph TensorRT cannot build
+* **Buildability**: :func:`ffrt.tensorrt.compat.check` refuses a graph TensorRT cannot build
   (an operator or type the ONNX parser lacks, uint8 not into a Cast, TopK K > 3839, ...)
   before any TensorRT call, with one line.
 

@@ -5,7 +5,7 @@ release" (github.com/onnx/onnx-tensorrt, commit 96e781103cfc4adf4a6bb557e94bac8e
 the newest revision of that table read for this project; the parser of later 10.x releases supports
 at least these. Its notes that matter here: "UINT8 is only supported as network input or output
 tensor types"; INT8, INT4 and FP8 only through quantization from a wider float type. The
-restrictions column is checked where ffrt.gpu.trtcompat names it; the rest is kept for messages.
+restrictions column is checked where ffrt.tensorrt.compat names it; the rest is kept for messages.
 """
 
 #: op type -> (input types the parser accepts, restrictions as the table states them)
