@@ -172,3 +172,16 @@ class Browser:
             self._proc.wait()
         self._out.close()
         shutil.rmtree(self._profile, ignore_errors=True)
+
+
+def chromium_or_skip() -> str:
+    """The Chromium binary for a test; installs the package, else skips naming it (under
+    CI=true a failed install fails the test instead)."""
+    import pytest
+
+    binary, why = install_chromium()
+    if binary is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(why)
+        pytest.skip(f"{why} (Debian package: {PACKAGE})")
+    return binary

@@ -182,10 +182,20 @@ def build_review_page(
     return page
 
 
-def write_review_page(path: str | Path, *args, **kwargs) -> Path:
-    """``build_review_page`` written atomically to ``path`` (parent folders created)."""
+def check_page_path(path: str | Path, what: str = "--html") -> Path:
+    """Refuse a page path that is not *.html or cannot be written, before any scoring
+    (ValueError / OSError naming ``what``)."""
+    from ..runreport import check_output_file
+
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
-        raise ValueError(f"{path}: the review page is an HTML file; name it *.html")
+        raise ValueError(f"{what} {path}: the review page is one HTML file; give a name ending in .html")
+    check_output_file(path, what)
+    return path
+
+
+def write_review_page(path: str | Path, *args, **kwargs) -> Path:
+    """``build_review_page`` written atomically to ``path`` (parent folders created)."""
+    path = check_page_path(path)
     atomic_write_bytes(path, build_review_page(*args, **kwargs).encode("utf-8"))
     return path

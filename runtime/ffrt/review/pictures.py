@@ -68,12 +68,14 @@ def render_pictures(
     detector, paths: Sequence[str], chosen: Sequence[int], scores: Sequence[float],
     ground_truth: Callable[[int], np.ndarray | None] = lambda i: None,
     pixel_examples: int = DEFAULT_PIXEL_EXAMPLES, progress: Callable[[str], None] = lambda s: None,
+    pixel_threshold: float | None = None,
 ) -> Pictures:
-    """Pictures of ``paths[i]`` for every i in ``chosen``, through ``detector`` (its maps and
-    pixel threshold); ``ground_truth(i)``: the part's mask at the model input size, or None."""
+    """Pictures of ``paths[i]`` for every i in ``chosen``, through ``detector``; the predicted
+    mask is ``map > pixel_threshold`` (default: the detector's); ``ground_truth(i)``: the
+    part's mask at the model input size, or None."""
     h, w = detector.input_size
     mode = detector.meta.input.resize_mode
-    pixel_t = detector.thresholds.pixel
+    pixel_t = detector.thresholds.pixel if pixel_threshold is None else float(pixel_threshold)
     frames, maps, masks = [], [], []
     for start in range(0, len(chosen), _BATCH):
         batch = [resize_to_model(read_image_file(paths[i]), (h, w), mode) for i in chosen[start:start + _BATCH]]
@@ -81,7 +83,7 @@ def render_pictures(
         for frame, r in zip(batch, detector.predict_batch(inputs, batch_size=len(inputs))):
             frames.append(frame)
             maps.append(np.asarray(r.anomaly_map, np.float32))
-            masks.append(np.asarray(r.mask, bool))
+            masks.append(~(maps[-1] <= pixel_t))  # NaN counts as defective, as in the runtime
         progress(f"  pictures {min(start + _BATCH, len(chosen))}/{len(chosen)}")
     # One colour scale for every picture, so pictures compare: from half the pixel threshold
     # to the hottest pixel shown.
