@@ -154,6 +154,17 @@ def test_counts_at_three_slider_positions_equal_metrics_json_and_numpy(page, bro
         img = cv2.imread(str(shot))
         assert img is not None and img.shape[1] == 1280 and img.shape[0] > 900 and img.std() > 10
 
+    # On a part's score exactly (typed into the number box): that part is accepted (score > t
+    # rejects). The page's embedded scores are ONNX Runtime's, so numpy counts on them here.
+    embedded = browser.evaluate("JSON.parse(document.getElementById('review-data').textContent).parts")
+    assert {p["path"]: p["score"] for p in embedded} == pytest.approx({k: v[2] for k, v in truth.items()}, abs=1e-6)
+    on_part = max(p["score"] for p in embedded if p["label"] == 0)
+    browser.evaluate(f"""(() => {{ const n = document.getElementById("thr-number"); n.value = "{on_part!r}";
+                     n.dispatchEvent(new Event("input", {{bubbles: true}})); }})()""")
+    shown = _shown(browser)
+    assert float(shown["thr-value"]) == on_part
+    _check(shown, _expected({p["path"]: (p["label"], p["type"], p["score"]) for p in embedded}, on_part, stored))
+
 
 def test_the_page_makes_no_network_request(page, browser, tmp_path):
     html, _ = page

@@ -65,6 +65,12 @@ def this_machine() -> str:
     return f"{platform.node()} ({platform.system()} {platform.machine()}, {platform.processor() or 'CPU model unknown'})"
 
 
+def _short_name(path: str) -> str:
+    """folder/file: file names repeat across defect-type folders (crack/001.png, scratch/001.png)."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
 def _thin(x: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float]]:
     """At most CURVE_POINTS points of a curve, first and last kept (for drawing only)."""
     if len(x) > CURVE_POINTS:
@@ -135,7 +141,7 @@ def build_review_page(
         "context": {"model": context.model, "model_sha256": context.model_sha256, "data": context.data},
         "thresholds": {"image": float(image_threshold), "pixel": float(pixel_threshold)},
         "defect_types": types,
-        "parts": [{"name": Path(p.path).name, "path": str(p.path), "score": float(p.score), "label": p.label,
+        "parts": [{"name": _short_name(p.path), "path": str(p.path), "score": float(p.score), "label": p.label,
                    "type": p.defect_type if p.label == 1 else "", "picture": index.get(i, -1)}
                   for i, p in enumerate(parts)],
         "pictures": pics,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -102,6 +103,6 @@ def render_pictures(
     examples = []
     for k in top:
         scaled = np.clip((np.nan_to_num(maps[k], nan=hi) - lo) / (hi - lo) * 255.0, 0, 255).round().astype(np.uint8)
-        examples.append(PixelExample(name=str(paths[chosen[k]]).replace("\\", "/").rsplit("/", 1)[-1],
+        examples.append(PixelExample(name="/".join(Path(paths[chosen[k]]).parts[-2:]),
                                      image=data_uri(frames[k]), map=data_uri(scaled, ".png"), lo=lo, hi=hi))
     return Pictures(by_part, examples, (lo, hi))
