@@ -235,7 +235,7 @@ def _thresholds(args) -> int:
 
         try:
             check_page_path(args.html)
-        except (ValueError, OSError) as e:
+        except OSError as e:  # its InvalidArgumentError is an FFRTError, answered in main
             return _fail(str(e))
     normals = list_images(args.normal, "--normal")
     defects = list_images(args.defects, "--defects") if args.defects else None

@@ -26,6 +26,7 @@ import numpy as np
 from ffcore.files import atomic_write_bytes
 from ffcore.metrics import roc_auc, roc_curve
 
+from ..errors import InvalidArgumentError
 from .pictures import Pictures
 
 CURVE_POINTS = 600  # enough for a smooth curve on screen; keeps 2,000-image pages small
@@ -125,9 +126,9 @@ def build_review_page(
 ) -> str:
     """The page's HTML text. ``pictures.by_part`` is keyed by index into ``parts``."""
     if not parts:
-        raise ValueError("a review page needs at least one scored image")
+        raise InvalidArgumentError("a review page needs at least one scored image")
     if not all(np.isfinite(p.score) for p in parts):
-        raise ValueError("a review page needs finite scores (the model returned NaN/inf)")
+        raise InvalidArgumentError("a review page needs finite scores (the model returned NaN/inf)")
     parts = [replace(p, defect_type="defect") if p.label == 1 and not p.defect_type else p for p in parts]
     types = sorted({p.defect_type for p in parts if p.label == 1})
     counts = {t: sum(1 for p in parts if p.label == 1 and p.defect_type == t) for t in types}
@@ -190,12 +191,12 @@ def build_review_page(
 
 def check_page_path(path: str | Path, what: str = "--html") -> Path:
     """Refuse a page path that is not *.html or cannot be written, before any scoring
-    (ValueError / OSError naming ``what``)."""
+    (InvalidArgumentError / OSError naming ``what``)."""
     from ..runreport import check_output_file
 
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
-        raise ValueError(f"{what} {path}: the review page is one HTML file; give a name ending in .html")
+        raise InvalidArgumentError(f"{what} {path}: the review page is one HTML file; give a name ending in .html")
     check_output_file(path, what)
     return path
 
