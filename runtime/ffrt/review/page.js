@@ -286,5 +286,6 @@
   legend();
   updatePixel(pixelT);
   update(stored);
+  document.body.dataset.readyMs = String(Math.round(performance.now()));  // from navigation start
   document.body.dataset.ready = "1";
 })();
