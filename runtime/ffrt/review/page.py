@@ -93,10 +93,11 @@ def _roc(parts: list[ReviewPart], types: list[str]) -> tuple[dict | None, dict[s
     for t in types:
         keep = np.array([p.label == 0 or p.defect_type == t for p in labelled])
         sub = (labels[keep] == 1).astype(np.int64)
-        f, tp, _ = roc_curve(sub, scores[keep])
-        x, y = _thin(f, tp)
-        out["per_type"][t] = {"fpr": x, "tpr": y}
         aurocs[t] = roc_auc(sub, scores[keep])
+        if len(types) > 1:  # one type: its curve is the black one
+            f, tp, _ = roc_curve(sub, scores[keep])
+            x, y = _thin(f, tp)
+            out["per_type"][t] = {"fpr": x, "tpr": y}
     return out, aurocs
 
 
@@ -178,7 +179,7 @@ def build_review_page(
         notes="".join(f"<p class=\"warn\">{html.escape(n)}</p>" for n in context.notes),
         stored=f"{image_threshold:.6g}",
         type_table=_type_table(types, counts, aurocs),
-        gt_note=", the ground-truth mask in green" if any(p.label == 1 for p in parts) else "",
+        gt_note=", the ground-truth mask in green" if pictures.ground_truth else "",
         picture_note=f" Pictures are embedded for the {n_pics} of {n_parts} parts nearest the stored threshold."
         if n_pics < n_parts else "",
         pixel_section=pixel_section,

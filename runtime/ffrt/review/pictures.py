@@ -48,6 +48,7 @@ class Pictures:
     by_part: dict[int, Picture]
     pixel_examples: list[PixelExample]
     map_range: tuple[float, float]  # the colour scale shared by every picture, and the pixel slider's range
+    ground_truth: bool = False  # some picture has a ground-truth outline
 
 
 def choose_pictured(scores: np.ndarray, stored_threshold: float, limit: int) -> list[int]:
@@ -91,13 +92,14 @@ def render_pictures(
     hi = max([float(np.nanmax(m)) for m in maps] + [pixel_t * 1.5])
     lo = min([float(np.nanpercentile(m, 1)) for m in maps] + [pixel_t * 0.5])
     hi = hi if hi > lo else lo + 1.0
-    by_part = {}
+    by_part, any_truth = {}, False
     for i, frame, amap, mask in zip(chosen, frames, maps, masks):
         overlay = render_overlay(frame, amap, mask, vmin=lo, vmax=hi)
         gt = ground_truth(i)
         if gt is not None and gt.any():
             contours, _ = cv2.findContours(gt.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(overlay, contours, -1, GROUND_TRUTH_BGR, 1)
+            any_truth = True
         by_part[i] = Picture(image=data_uri(frame), overlay=data_uri(overlay))
     top = sorted(range(len(chosen)), key=lambda k: -scores[chosen[k]])[:pixel_examples]
     examples = []
@@ -105,4 +107,4 @@ def render_pictures(
         scaled = np.clip((np.nan_to_num(maps[k], nan=hi) - lo) / (hi - lo) * 255.0, 0, 255).round().astype(np.uint8)
         examples.append(PixelExample(name="/".join(Path(paths[chosen[k]]).parts[-2:]),
                                      image=data_uri(frames[k]), map=data_uri(scaled, ".png"), lo=lo, hi=hi))
-    return Pictures(by_part, examples, (lo, hi))
+    return Pictures(by_part, examples, (lo, hi), any_truth)
