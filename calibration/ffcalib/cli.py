@@ -213,12 +213,9 @@ def _set_thresholds(args) -> int:
         if image is not None or pixel is not None:
             return _fail("give --thresholds-json or --image-threshold/--pixel-threshold, not both")
         image, pixel, source = read_thresholds_json(args.thresholds_json)
-    if args.dry_run:
-        print(f"would store in {args.model}: image {image}, pixel {pixel} (not written)")
-        return 0
-    old, new = set_thresholds(args.model, image, pixel, source)
+    old, new = set_thresholds(args.model, image, pixel, source, write=not args.dry_run)
     print(f"thresholds for {args.model}: image {new[0]:.6g} (was {old[0]:.6g}), pixel {new[1]:.6g} (was {old[1]:.6g})"
-          "\n  written into the model's metadata (no images scored)")
+          + ("\n  (not written)" if args.dry_run else "\n  written into the model's metadata (no images scored)"))
     return 0
 
 

@@ -50,10 +50,10 @@ def _checked(value, what: str) -> float | None:
 
 
 def set_thresholds(model_path: str | Path, image: float | None = None, pixel: float | None = None,
-                   source: str = "") -> tuple[tuple[float, float], tuple[float, float]]:
-    """Store ``image`` and/or ``pixel`` (None keeps the stored value) in the model file;
-    returns ((old image, old pixel), (new image, new pixel)). Every value is checked before
-    the file is touched."""
+                   source: str = "", write: bool = True) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Store ``image`` and/or ``pixel`` (None keeps the stored value) in the model file
+    (``write=False``: only check); returns ((old image, old pixel), (new image, new pixel)).
+    Every value is checked before the file is touched."""
     image = _checked(image, "the image threshold")
     pixel = _checked(pixel, "the pixel threshold")
     if image is None and pixel is None:
@@ -65,6 +65,8 @@ def set_thresholds(model_path: str | Path, image: float | None = None, pixel: fl
     old = (meta.thresholds.image, meta.thresholds.pixel)
     new = (old[0] if image is None else image, old[1] if pixel is None else pixel)
     what = ", ".join(f"{k} {v:.6g}" for k, v in (("image", image), ("pixel", pixel)) if v is not None)
+    if not write:
+        return old, new
     # The stored backend stays: a value chosen by hand was chosen on scores from that backend.
     write_onnx_meta(model_path, meta.with_thresholds(new[0], new[1], f"set by hand ({what}): {source}".rstrip(": "),
                                                      calibrated_on=meta.thresholds.calibrated_on))

@@ -129,3 +129,12 @@ def test_html_on_normals_only(model_copy, normals, tmp_path, capsys):
         assert browser.console_errors() == []
     finally:
         browser.close()
+
+
+def test_dry_run_checks_values_and_writes_nothing(model_copy, capsys):
+    before = model_copy.read_bytes()
+    assert main(["thresholds", "--model", str(model_copy), "--image-threshold", "2.5", "--dry-run"]) == 0
+    assert "image 2.5 (was" in capsys.readouterr().out
+    assert main(["thresholds", "--model", str(model_copy), "--image-threshold", "-2", "--dry-run"]) == 1
+    assert "finite number >= 0" in capsys.readouterr().err
+    assert model_copy.read_bytes() == before

@@ -166,6 +166,28 @@ def test_counts_at_three_slider_positions_equal_metrics_json_and_numpy(page, bro
     _check(shown, _expected({p["path"]: (p["label"], p["type"], p["score"]) for p in embedded}, on_part, stored))
 
 
+def test_pixel_threshold_examples_match_the_maps(page, browser, tiny_onnx, synthetic_folder):
+    """The share of each example's pixels above the pixel slider equals the share of its
+    anomaly map above it, the map taken straight from ONNX Runtime (to within the page's
+    256 map levels)."""
+    from fftrain.data import load_batch, resolve
+
+    html, _ = page
+    browser.open(html.as_uri())
+    lo, hi = browser.evaluate("JSON.parse(document.getElementById('review-data').textContent).pixel_range")
+    samples = {"/".join(s.path.parts[-2:]): s for s in resolve(str(synthetic_folder)).test}
+    sess = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    for t in (lo + 0.3 * (hi - lo), lo + 0.6 * (hi - lo)):
+        browser.evaluate(f"""(() => {{ const n = document.getElementById("pixel-number"); n.value = "{t!r}";
+                         n.dispatchEvent(new Event("input")); }})()""")
+        shown = browser.evaluate("""Array.from(document.querySelectorAll("#pixel-examples figcaption"))
+            .map((c) => [c.dataset.name, parseFloat(c.dataset.value)])""")
+        assert len(shown) == 6
+        for name, share in shown:
+            amap = sess.run(["anomaly_map"], {"image": load_batch([samples[name]], 64)})[0][0, 0]
+            assert share == pytest.approx(float((amap > t).mean()), abs=0.03), name
+
+
 def test_the_page_makes_no_network_request(page, browser, tmp_path):
     html, _ = page
     browser.events.clear()
@@ -173,6 +195,8 @@ def test_the_page_makes_no_network_request(page, browser, tmp_path):
     _move_slider(browser, float(_shown(browser)["thr-value"]) * 1.1)
     browser.evaluate("document.querySelector('#flips img, #pixel-examples canvas') && "
                      "document.querySelector('#flips img').click()")
+    assert browser.evaluate("document.getElementById('zoom').hidden") is False  # the click enlarged it
+    assert browser.evaluate("document.getElementById('zoom-image').src").startswith("data:image/jpeg;base64,")
     browser.evaluate("document.getElementById('pixel-slider').dispatchEvent(new Event('input'))")
     time.sleep(0.5)
     urls = browser.requested_urls()

@@ -57,3 +57,12 @@ def test_two_thousand_images_page_is_small_and_fast(elpv_split, tmp_path):
     finally:
         browser.close()
     print(f"2,000-image page: {size_mb:.1f} MB, ready in {ready_ms} ms, slider update {update_ms:.0f} ms")
+
+
+def test_pictures_go_to_the_parts_nearest_the_stored_threshold():
+    from ffrt.review import choose_pictured
+
+    scores = np.array([0.1, 2.9, 1.45, 1.0, 1.62, 5.0, 1.5])
+    assert choose_pictured(scores, 1.5, 3) == [6, 2, 4]
+    assert sorted(choose_pictured(scores, 1.5, 100)) == list(range(7))
+    assert choose_pictured(scores, 1.5, 0) == []

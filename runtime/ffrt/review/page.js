@@ -227,6 +227,8 @@
       if (m[4 * i] > level) { pic.data[4 * i] = 255; pic.data[4 * i + 1] >>= 2; pic.data[4 * i + 2] >>= 2; flagged++; }
     }
     g.putImageData(pic, 0, 0);
+    ex.label.dataset.value = String(flagged / (w * h));
+    ex.label.dataset.name = ex.name;
     ex.label.textContent = `${ex.name}: ${(100 * flagged / (w * h)).toFixed(1)} % of pixels above`;
   }
   function loadExamples() {
