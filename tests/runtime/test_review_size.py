@@ -33,7 +33,8 @@ def test_two_thousand_images_page_is_small_and_fast(elpv_split, tmp_path):
         if i < 6:
             examples.append(PixelExample(f"{i}.png", data_uri(frame), data_uri((amap / 1.1 * 255).astype(np.uint8), ".png"), 0.0, 1.1))
     labels = rng.random(N) < 0.3
-    parts = [ReviewPart(f"/line/{'bad' if y else 'good'}/{i:05d}.png", float(rng.normal(2.0 if y else 1.0, 0.3)), int(y),
+    # One file name that would end the page's script element if it were pasted in as it is.
+    parts = [ReviewPart(f"/line/{'bad' if y else 'good'}/{i:05d}{'</script><!--' if i == 7 else ''}.png", float(rng.normal(2.0 if y else 1.0, 0.3)), int(y),
                         ("crack", "spot", "scratch")[i % 3] if y else "") for i, y in enumerate(labels)]
     page = write_review_page(tmp_path / "big.html", parts, 1.5, 0.5,
                              ReviewContext("/m/model.onnx", "0" * 64, "onnxruntime-cpu", "fp32", "/line"),
@@ -53,6 +54,8 @@ def test_two_thousand_images_page_is_small_and_fast(elpv_split, tmp_path):
             s.value = s.min; s.dispatchEvent(new Event("input")); return performance.now() - t0; })()""")
         assert update_ms < UPDATE_MS, f"slider update took {update_ms:.0f} ms"
         assert browser.evaluate("document.querySelectorAll('#flips .card').length") == 300
+        path = browser.evaluate("JSON.parse(document.getElementById('review-data').textContent).parts[7].path")
+        assert path == parts[7].path and path.endswith("</script><!--.png")
         assert browser.console_errors() == []
     finally:
         browser.close()

@@ -184,8 +184,8 @@ def build_review_page(
         if n_pics < n_parts else "",
         pixel_section=pixel_section,
         curves=curves or "<p>no curves: the images are not labelled normal and defective</p>",
-        # "</" inside the JSON would end the script element early.
-        data=json.dumps(data, separators=(",", ":")).replace("</", "<\\/"),
+        # A "<" inside the JSON (e.g. "</script>" in a file name) could end the script element early.
+        data=json.dumps(data, separators=(",", ":")).replace("<", "\\u003c"),
     )
     return page
 

@@ -86,7 +86,8 @@ def render_pictures(
             frames.append(frame)
             maps.append(np.asarray(r.anomaly_map, np.float32))
             masks.append(~(maps[-1] <= pixel_t))  # NaN counts as defective, as in the runtime
-        progress(f"  pictures {min(start + _BATCH, len(chosen))}/{len(chosen)}")
+        if start // _BATCH % 10 == 0 or start + _BATCH >= len(chosen):  # a line every 80 pictures, for logs
+            progress(f"  pictures {min(start + _BATCH, len(chosen))}/{len(chosen)}")
     # One colour scale for every picture, so pictures compare: from half the pixel threshold
     # to the hottest pixel shown.
     hi = max([float(np.nanmax(m)) for m in maps] + [pixel_t * 1.5])
