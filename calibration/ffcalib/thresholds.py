@@ -195,7 +195,7 @@ def calibrate_thresholds(
         report.html = str(write_calibration_page(
             html, det, model_path, normal_paths, normal_scores, defect_paths, defect_scores,
             masks if masks_dir is not None and defect_paths else None, float(image_t), float(pixel_t),
-            _calibrated_on(det), data or str(Path(normal_paths[0]).parent)))
+            _calibrated_on(det), data or str(Path(normal_paths[0]).parent), report.written, report.previous))
     return report
 
 

@@ -138,3 +138,12 @@ def test_dry_run_checks_values_and_writes_nothing(model_copy, capsys):
     assert main(["thresholds", "--model", str(model_copy), "--image-threshold", "-2", "--dry-run"]) == 1
     assert "finite number >= 0" in capsys.readouterr().err
     assert model_copy.read_bytes() == before
+
+
+def test_html_dry_run_says_nothing_was_written(model_copy, normals, tmp_path):
+    before = model_copy.read_bytes()
+    page = tmp_path / "dry.html"
+    assert main(["thresholds", "--model", str(model_copy), "--normal", str(normals), "--html", str(page), "--dry-run",
+                 "--no-progress"]) == 0
+    assert model_copy.read_bytes() == before
+    assert "Dry run: the thresholds marked as stored" in page.read_text()

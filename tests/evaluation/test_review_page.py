@@ -119,6 +119,15 @@ def test_counts_at_three_slider_positions_equal_metrics_json_and_numpy(page, bro
     stored = metrics["image"]["threshold"]
     browser.open(html.as_uri())
 
+    import hashlib
+
+    context = browser.evaluate("""Object.fromEntries(Array.from(document.querySelectorAll(".context dt"))
+        .map((dt) => [dt.textContent, dt.nextElementSibling.textContent]))""")
+    assert context["model sha256"] == hashlib.sha256(tiny_onnx.read_bytes()).hexdigest()
+    assert context["backend"] == metrics["model"]["backend"] and context["precision"] == metrics["model"]["precision"]
+    assert context["data"].startswith(str(synthetic_folder)) and context["machine"]
+    assert browser.evaluate("!!document.getElementById('pro') && !!document.getElementById('roc')")
+
     # 1: the stored threshold (where the page opens): metrics.json's own figures.
     shown = _shown(browser)
     assert float(shown["thr-value"]) == stored
