@@ -8,7 +8,8 @@ with probability >= 0.67 are test defects (313).
 Steps: fftrain (cached backbone features, best epoch on held-out data) -> ffexport (one
 fused ONNX, parity-checked) -> ffrt.Detector over the test cells -> image AUROC and F1 at
 the calibrated threshold -> latency/FPS of the runtime at batch 1 and 8, next to PyTorch
-eager on the same model -> overlay PNGs. Everything is written under --out.
+eager on the same model -> overlay PNGs -> the threshold review page (review.html, ffeval --html).
+Everything is written under --out.
 """
 
 from __future__ import annotations
@@ -174,6 +175,13 @@ def main() -> int:
         print(f"   Detector end to end (300x300 gray frames, resize + inference + map back), batch {batch}: {detector.stats}")
 
     overlays = write_overlays(detector, samples, results, args.out / "overlays")
+    print("== the threshold review page (ffeval --html): scores, a threshold slider, the parts that flip")
+    from ffeval.evaluate import evaluate
+
+    review = evaluate(onnx_path, f"elpv:{args.cells}", args.out / "eval", html=args.out / "review.html",
+                      command=["ffeval", str(onnx_path), "--data", f"elpv:{args.cells}", "--out", str(args.out / "eval"),
+                               "--html", str(args.out / "review.html")])["files"]["review"]
+    print(f"   {review} (open it in a browser; docs/review-page.md explains it)")
     total_s = time.perf_counter() - t_start
     summary = {
         "data": split.name,
@@ -193,6 +201,7 @@ def main() -> int:
         "seconds": {"train": train_s, "export": export_s, "detect_test_set": detect_s, "total": total_s},
         "machine": describe_machine(),
         "overlays": [str(p) for p in overlays],
+        "review_page": review,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"== done in {total_s / 60:.1f} min: ONNX {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB), "

@@ -76,7 +76,8 @@ def test_the_checker_sees_lazy_and_nested_imports():
 
 @pytest.mark.parametrize("module", ["ffcore", "ffrt", "ffcalib", "ffeval",
                                     "ffcalib.int8", "ffcalib.thresholds", "ffcalib.cli", "ffeval.bench",
-                                    "ffeval.evaluate", "ffeval.bench_cli", "ffeval.eval_cli", "ffrt.cli"])
+                                    "ffeval.evaluate", "ffeval.bench_cli", "ffeval.eval_cli", "ffrt.cli",
+                                    "ffrt.review", "ffeval.review", "ffcalib.review", "ffcalib.setthresholds"])
 def test_imports_with_torch_unimportable(module):
     code = textwrap.dedent(f"""
         import sys

@@ -1,7 +1,8 @@
 """ffcalib: calibrate an exported ffrt model (INT8 quantization, decision thresholds).
 
     ffcalib int8 --model model.onnx --calib elpv:mono [--val SET] [--out DIR] [--force]
-    ffcalib thresholds --model model.onnx --normal DIR [--defects DIR [--masks DIR]] [--target-frr 0.01] [--backend auto]
+    ffcalib thresholds --model model.onnx --normal DIR [--defects DIR [--masks DIR]] [--target-frr 0.01] [--backend auto] [--html PAGE.html]
+    ffcalib thresholds --model model.onnx [--image-threshold X] [--pixel-threshold Y] [--thresholds-json FILE]
     ffcalib bf16 --model model.onnx --calib elpv:mono [--val SET] [--keep-fp32 head] [--reference model.onnx]
 
 Exit codes: 0 ok, 1 failed (one-line reason on stderr), 3 INT8 accuracy gate failed
@@ -66,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--defects: F1-optimal image threshold; with --masks too: pixel-F1-optimal pixel threshold.",
     )
     t.add_argument("--model", required=True, type=Path, help="model.onnx to update (any precision)")
-    t.add_argument("--normal", required=True, type=Path, help="folder of normal (good) images")
+    t.add_argument("--normal", type=Path, default=None, help="folder of normal (good) images (needed unless the "
+                   "thresholds are given by --image-threshold / --pixel-threshold / --thresholds-json)")
     t.add_argument("--defects", type=Path, default=None, help="folder of defective images (enables F1-optimal thresholds)")
     t.add_argument("--masks", type=Path, default=None,
                    help="folder of defect masks (NAME_mask.png or NAME.png per defect image; white = defect)")
@@ -74,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--histogram", type=Path, default=None,
                    help="PNG of normal/defect scores with the threshold (default: next to the model, with --defects)")
     t.add_argument("--dry-run", action="store_true", help="print the thresholds without writing them")
+    t.add_argument("--html", type=Path, default=None,
+                   help="also write the threshold review page (one self-contained HTML file) of the scored images")
+    t.add_argument("--image-threshold", type=float, default=None,
+                   help="store this image threshold as it is (e.g. chosen on a review page): no image is scored")
+    t.add_argument("--pixel-threshold", type=float, default=None,
+                   help="store this pixel threshold as it is: no image is scored")
+    t.add_argument("--thresholds-json", type=Path, default=None,
+                   help="store the thresholds of this file (the review page's thresholds.json): no image is scored")
     t.add_argument(
         "--backend", default="auto",
         help="backend to score with, as in ffrt.Detector: auto (default: what Detector(..., backend='auto') picks on "
@@ -189,10 +199,41 @@ def _int8(args) -> int:
     return 0
 
 
+def _set_thresholds(args) -> int:
+    """--image-threshold / --pixel-threshold / --thresholds-json: store the values, score nothing."""
+    from .setthresholds import read_thresholds_json, set_thresholds
+
+    scoring = [f for f, v in (("--normal", args.normal), ("--defects", args.defects), ("--masks", args.masks),
+                              ("--html", args.html), ("--histogram", args.histogram)) if v is not None]
+    if scoring:
+        return _fail(f"{', '.join(scoring)} score images, which a threshold given by value does not need; "
+                     "give either the values or the images")
+    image, pixel, source = args.image_threshold, args.pixel_threshold, "ffcalib --image-threshold/--pixel-threshold"
+    if args.thresholds_json is not None:
+        if image is not None or pixel is not None:
+            return _fail("give --thresholds-json or --image-threshold/--pixel-threshold, not both")
+        image, pixel, source = read_thresholds_json(args.thresholds_json)
+    old, new = set_thresholds(args.model, image, pixel, source, write=not args.dry_run)
+    print(f"thresholds for {args.model}: image {new[0]:.6g} (was {old[0]:.6g}), pixel {new[1]:.6g} (was {old[1]:.6g})"
+          + ("\n  (not written)" if args.dry_run else "\n  written into the model's metadata (no images scored)"))
+    return 0
+
+
 def _thresholds(args) -> int:
     from .images import list_images
     from .thresholds import calibrate_thresholds
 
+    if args.image_threshold is not None or args.pixel_threshold is not None or args.thresholds_json is not None:
+        return _set_thresholds(args)
+    if args.normal is None:
+        return _fail("--normal DIR is needed to calibrate (or give the thresholds: --image-threshold X)")
+    if args.html is not None:
+        from ffrt.review import check_page_path
+
+        try:
+            check_page_path(args.html)
+        except OSError as e:  # its InvalidArgumentError is an FFRTError, answered in main
+            return _fail(str(e))
     normals = list_images(args.normal, "--normal")
     defects = list_images(args.defects, "--defects") if args.defects else None
     if args.masks and not defects:
@@ -214,6 +255,8 @@ def _thresholds(args) -> int:
         progress=not args.no_progress,
         precision=args.precision,
         backend=args.backend,
+        html=args.html,
+        data=f"{args.normal}" + (f" + {args.defects}" if defects else ""),
     )
     print(report.summary())
     return 0

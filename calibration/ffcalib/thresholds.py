@@ -59,6 +59,7 @@ class ThresholdReport:
     previous: tuple[float, float]
     backend: str = ""  # the backend the images were scored with
     histogram_png: str | None = None
+    html: str | None = None
     written: bool = False
 
     def summary(self) -> str:
@@ -72,6 +73,8 @@ class ThresholdReport:
             lines.append(f"  {self.defect_count} defects: recall {self.defect_recall:.4f}, F1 {self.image_f1:.4f}")
         if self.histogram_png:
             lines.append(f"  histogram: {self.histogram_png}")
+        if self.html:
+            lines.append(f"  review page: {self.html}")
         lines.append("  written into the model's metadata" if self.written else "  (not written)")
         return "\n".join(lines)
 
@@ -117,6 +120,8 @@ def calibrate_thresholds(
     progress: bool = True,
     backend: str = "auto",
     precision: str = "auto",
+    html: str | os.PathLike | None = None,
+    data: str = "",
 ) -> ThresholdReport:
     """Score the images with ffrt.Detector on ``backend``, choose thresholds (see module doc), write them atomically."""
     from ffrt import Detector
@@ -184,6 +189,13 @@ def calibrate_thresholds(
         new = new.model_copy(update={"score_stats": score_stats(normal_scores)})
         write_onnx_meta(model_path, new)
         report.written = True
+    if html is not None:
+        from .review import write_calibration_page
+
+        report.html = str(write_calibration_page(
+            html, det, model_path, normal_paths, normal_scores, defect_paths, defect_scores,
+            masks if masks_dir is not None and defect_paths else None, float(image_t), float(pixel_t),
+            _calibrated_on(det), data or str(Path(normal_paths[0]).parent), report.written, report.previous))
     return report
 
 

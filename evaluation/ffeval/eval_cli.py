@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="MVTec-AD style folder (test/good, test/<defect>, ground_truth/<defect>/<name>_mask.png) "
                          "or elpv:mono / elpv:poly (the demo split; image labels only)")
     ap.add_argument("--out", type=Path, default=None, help="folder for metrics.json and the PNGs (default: print only)")
+    ap.add_argument("--html", type=Path, default=None,
+                    help="also write the threshold review page here (one self-contained HTML file, e.g. OUT/review.html)")
+    ap.add_argument("--pictures", type=int, default=None,
+                    help="parts pictured on the review page, nearest the stored threshold first (default 240)")
     ap.add_argument("--backend", default="auto", help="ffrt backend (default auto)")
     ap.add_argument("--batch", type=int, default=8, help="images per inference call (default 8)")
     ap.add_argument("--examples", type=int, default=4, help="overlay rows per group (default 4)")
@@ -66,11 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     say = (lambda s: None) if args.quiet else (lambda s: print(f"ffeval: {s}", file=sys.stderr, flush=True))
     try:
-        if args.batch < 1 or args.examples < 0:
-            raise EvalError(f"--batch must be >= 1 and --examples >= 0 (got {args.batch}, {args.examples})")
+        if args.batch < 1 or args.examples < 0 or (args.pictures is not None and args.pictures < 0):
+            raise EvalError(f"--batch must be >= 1, --examples and --pictures >= 0 (got {args.batch}, {args.examples}, "
+                            f"{args.pictures})")
         report = evaluate(args.model, args.data, args.out, backend=args.backend, batch_size=args.batch,
                           per_group=args.examples, synthetic=True if args.synthetic else None, progress=say,
-                          command=["ffeval"] + (list(argv) if argv is not None else sys.argv[1:]))
+                          command=["ffeval"] + (list(argv) if argv is not None else sys.argv[1:]), html=args.html,
+                          pictures=args.pictures)
         print(format_report(report))
     except EvalError as e:
         print(f"ffeval: error: {e}", file=sys.stderr)

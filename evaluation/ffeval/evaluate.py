@@ -63,7 +63,7 @@ def model_geometry_mask(path, size: tuple[int, int], mode: str) -> np.ndarray:
 def evaluate(
     model_path: str | Path, data: str, out: str | Path | None = None, backend: str = "auto",
     batch_size: int = 8, per_group: int = 4, synthetic: bool | None = None, progress=lambda s: None,
-    command: list[str] | None = None,
+    command: list[str] | None = None, html: str | Path | None = None, pictures: int | None = None,
 ) -> dict:
     from ffrt import Detector, FFRTError
     from ffcore import metrics as M
@@ -71,6 +71,13 @@ def evaluate(
     path = Path(model_path)
     if not path.is_file():
         raise EvalError(f"{path}: no such model file")
+    if html is not None:
+        from ffrt.review import check_page_path
+
+        try:
+            check_page_path(html)
+        except (ValueError, OSError) as e:
+            raise EvalError(str(e)) from e
     split = _split(data)
     if synthetic is None:
         synthetic = not data.startswith("elpv:") and (Path(data) / MARKER).is_file()
@@ -174,6 +181,12 @@ def evaluate(
         "files": {},
     }
 
+    pro = None
+    if pixel["available"]:
+        pf, pp = M.pro_curve(masks, maps, AUPRO_FPR_LIMIT)
+        from ffrt.review import ProCurve
+
+        pro = ProCurve(pf, pp, pixel["aupro"], AUPRO_FPR_LIMIT)
     if out is not None:
         from .plots import pro_plot, roc_plot
 
@@ -183,16 +196,30 @@ def evaluate(
         report["files"]["roc"] = str(roc_plot(fpr, tpr, image["auroc"], f"image ROC: {name}", out / "roc.png",
                                               per_type=curves if len(types) > 1 else None,
                                               operating_point=(float(pred[~y].mean()), float(pred[y].mean()), thr.image)))
-        if pixel["available"]:
-            pf, pp = M.pro_curve(masks, maps, AUPRO_FPR_LIMIT)
-            report["files"]["pro"] = str(pro_plot(pf, pp, pixel["aupro"], AUPRO_FPR_LIMIT, f"PRO curve: {name}", out / "pro.png"))
+        if pro is not None:
+            report["files"]["pro"] = str(pro_plot(pro.fpr, pro.pro, pixel["aupro"], AUPRO_FPR_LIMIT, f"PRO curve: {name}", out / "pro.png"))
         progress("rendering the overlay grid")
         report["files"]["overlays"] = str(_overlays(det, samples, scores, per_group, f"{name}: thresholds image "
                                                      f"{thr.image:.4g}, pixel {thr.pixel:.4g}", out / "overlays.png"))
+        report["files"]["metrics"] = str(out / "metrics.json")
+    if html is not None:
+        from ffrt.review import DEFAULT_PICTURES
+
+        from .review import write_eval_page
+
+        mode = det.meta.input.resize_mode
+
+        def ground_truth(i):
+            s = samples[i]
+            return model_geometry_mask(s.mask_path, (h, w), mode) if s.mask_path is not None else None
+
+        report["files"]["review"] = str(write_eval_page(
+            html, det, samples, scores, report, pro, ground_truth,
+            DEFAULT_PICTURES if pictures is None else pictures, progress))
+    if out is not None:
         from ffcore.files import atomic_write_bytes
         import json
 
-        report["files"]["metrics"] = str(out / "metrics.json")
         atomic_write_bytes(out / "metrics.json", json.dumps(report, indent=2).encode())
     return report
 

@@ -167,6 +167,11 @@ class DetectTool(Tool):
             "--overlays", metavar="DIR", type=Path,
             help="write one PNG per image into DIR: heatmap of the anomaly map over the image, defect mask outlined in white, verdict and score in the corner",
         )
+        out.add_argument(
+            "--html", metavar="FILE", type=Path,
+            help="at the end, write the threshold review page of the scored images (one self-contained HTML file: "
+            "scores, a threshold slider, the parts that flip with their maps)",
+        )
 
     def run(self, args):
         from .detector import Detector
@@ -181,6 +186,10 @@ class DetectTool(Tool):
             check_output_file(args.json, "--json")
         if args.overlays:
             check_output_dir(args.overlays, "--overlays")
+        if args.html:
+            from .review import check_page_path
+
+            check_page_path(args.html)
         det = Detector(
             args.model, backend=args.backend, color_order=args.color_order, threads=args.threads,
             image_threshold=args.image_threshold, pixel_threshold=args.pixel_threshold,
@@ -238,6 +247,10 @@ class DetectTool(Tool):
             n = len(listing.skipped)
             print(f"skipped {n} folder entr{'ies' if n != 1 else 'y'} that {'are' if n != 1 else 'is'} not image files (listed above)")
         report.write(status, stats.model_dump())
+        if args.html and status == "complete" and done:
+            from .review.fromrecords import write_records_page
+
+            print(f"review page: {write_records_page(args.html, det, records, ' '.join(map(str, args.images)))}")
         if status == "interrupted":
             where = f"; the report of the {len(records)} image(s) done is in {args.json}" if args.json else ""
             print(f"ffrt: interrupted after {len(records)} of {len(paths)} images{where}", file=sys.stderr)

@@ -153,6 +153,11 @@ def test_cpu_image_pip_line_installs_a_working_ffrt(tmp_path, models):
                           env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "red.png" in proc.stdout
+    # The review page's template, CSS and JS are package data: they must be in the installed package.
+    proc = subprocess.run([str(ffrt), "detect", str(models["red"]), str(images), "--html", "review.html"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert 'id="review-data"' in (tmp_path / "review.html").read_text()
     proc = subprocess.run([str(ffrt), "doctor"], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0 and "onnxruntime-cpu        available" in proc.stdout, proc.stdout + proc.stderr
     check = subprocess.run([str(py), "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
