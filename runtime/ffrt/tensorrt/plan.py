@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..errors import EngineMismatchError, InvalidArgumentError, ModelFileError
 from ..meta import ModelMeta, atomic_write_bytes, readable
 
-ENGINE_FORMAT = "ffrt.gpu.engine"
+ENGINE_FORMAT = "ffrt.gpu.engine"  # a file-format tag, not a module path: every sidecar written carries it
 ENGINE_SCHEMA_VERSION = 3  # 2: graph_sha256 + source_onnx (plans keyed on the graph, not the file); 3: tf32
 SIDECAR_SUFFIX = ".json"
 #: Where Detector(..., backend="tensorrt") keeps built plans unless told otherwise.
