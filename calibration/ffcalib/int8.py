@@ -10,7 +10,7 @@ writes
 - ``out/model.int8-cpu.onnx`` (metadata target "cpu"): Q/DQ, uint8 activations with zero
   points, per-channel int8 weights (int32 bias), conv outputs quantized with the ReLU6
   folded in: the U8S8 QLinearConv form ONNX Runtime's x86 VNNI kernels are fast on.
-  (Symmetric S8S8 Q/DQ measured *slower* than FP32 on this CPU, see DESIGN.md: never ship
+  (Symmetric S8S8 Q/DQ runs *slower* than FP32 on x86 CPUs, benchmarks/README.md: never ship
   the -trt file to CPUs; the Detector warns if you do.)
 
 FastFlow needs one more step that plain post-training quantization lacks: its flow head

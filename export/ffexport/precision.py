@@ -1,6 +1,6 @@
 """FP16: a mixed-precision ONNX born FP16 when it is traced, the head FP32 by construction.
 
-"Precision is decided in the ONNX, TensorRT only compiles it" (DESIGN.md): TensorRT 10
+"Precision is decided in the ONNX, TensorRT only compiles it" (docs/design.md): TensorRT 10
 deprecates and 11 removes the FP16 builder flag, so a strongly typed network runs each
 tensor in the type the ONNX gives it. This module writes that ONNX from PyTorch itself:
 a copy of the FastFlow with the backbone (and the norms and flows, :data:`HALF_STAGES`)

@@ -1,7 +1,7 @@
 """``ffexport --engine``: compile the chosen ONNX into a TensorRT plan on this machine.
 
 The ONNX already decides every precision ("Precision is decided in the ONNX, TensorRT
-only compiles it", DESIGN.md), so this step only: parses it into a strongly typed
+only compiles it", docs/design.md), so this step only: parses it into a strongly typed
 network (full parser errors printed), adds one optimization profile for the batch range,
 reuses a timing cache file across builds, ``build_serialized_network``, and writes the
 plan atomically with its metadata sidecar (TensorRT version, GPU name and compute

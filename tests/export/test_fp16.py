@@ -26,7 +26,7 @@ from ffexport.fp16_gate import compare, emulate_fp16_storage
 from ffexport.precision import export_fp16, fold_batch_norms, half_model
 from ffrt.meta import read_onnx_meta
 
-# The FP16 gate's documented tolerances (README, ffexport --help): the FP16 file against the
+# The FP16 gate's documented tolerances (docs/precision-and-tensorrt.md, ffexport --help): the FP16 file against the
 # FP32 file on real images.
 MIN_SPEARMAN, MAX_AUROC_DIFF, MAX_MAP_REL, MAX_VERDICT_CHANGE = 0.99, 0.01, 0.02, 0.01
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16

@@ -77,7 +77,7 @@ class ServeTool(Tool):
     help = "serve a model on a Triton Inference Server here (PyTriton; HTTP, gRPC, metrics)"
     description = (
         "Start NVIDIA's Triton Inference Server (bundled with PyTriton: pip install \"ffrt[serve]\" in a virtual "
-        "environment of its own, see the README) with two models: ffrt_model, the graph on an ffrt Detector's "
+        "environment of its own, see docs/triton.md) with two models: ffrt_model, the graph on an ffrt Detector's "
         "backend with Triton's dynamic batching, and ffrt_detector, which takes an encoded image (PNG, JPEG, ...) or "
         "a raw uint8 array of any size and answers like ffrt.Detector (ffrt.client.RemoteDetector calls it). "
         "Health (/v2/health/ready) and Prometheus metrics (/metrics on --metrics-port) are Triton's. "

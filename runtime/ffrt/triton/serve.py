@@ -49,7 +49,7 @@ log = logging.getLogger("ffrt")
 PYTRITON_VERSION = "0.7.0"
 SERVE_HINT = (
     'ffrt serve needs the serve extra in a virtual environment of its own (PyTriton requires numpy<2): '
-    'python3 -m venv .venv-serve && .venv-serve/bin/pip install "ffrt[cpu,serve]" (README, "Serving on Triton")'
+    'python3 -m venv .venv-serve && .venv-serve/bin/pip install "ffrt[cpu,serve]" (docs/triton.md)'
 )
 
 
