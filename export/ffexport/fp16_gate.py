@@ -199,21 +199,29 @@ def emulate_fp16_storage(fp16: onnx.ModelProto) -> onnx.ModelProto:
     for i, t in enumerate(g.initializer):
         if t.data_type == TensorProto.FLOAT16:
             g.initializer[i].CopyFrom(_as_fp32(t))
-    nodes: list[onnx.NodeProto] = []
-    for i, n in enumerate(g.node):
+    for n in g.node:
         _retype_attributes(n)
+    _store_through_fp16(g, [], {t for n in g.node for t in n.output if types[t] == TensorProto.FLOAT16}, "emulate")
+    return proto
+
+
+def _store_through_fp16(g: onnx.GraphProto, first: list[onnx.NodeProto], stored: set[str], tag: str) -> None:
+    """Rebuild ``g``'s nodes (after ``first``) so that every tensor in ``stored`` that a node
+    writes passes through Cast(FP16) -> Cast(FP32): the node computes in FP32, the tensor is
+    stored as FP16 would store it (rounded; above 65504, inf)."""
+    nodes = list(first)
+    for i, n in enumerate(g.node):
         nodes.append(n)
         for j, t in enumerate(n.output):
-            if types[t] != TensorProto.FLOAT16:
+            if t not in stored:
                 continue
-            raw, half = f"{t}__fp32_math", f"{t}__fp16"
+            raw, half = f"{t}__{tag}_fp32_math", f"{t}__{tag}_fp16"
             n.output[j] = raw
-            nodes.append(helper.make_node("Cast", [raw], [half], to=TensorProto.FLOAT16, name=f"emulate_{i}_{j}_to16"))
-            nodes.append(helper.make_node("Cast", [half], [t], to=TensorProto.FLOAT, name=f"emulate_{i}_{j}_to32"))
+            nodes.append(helper.make_node("Cast", [raw], [half], to=TensorProto.FLOAT16, name=f"{tag}_{i}_{j}_to16"))
+            nodes.append(helper.make_node("Cast", [half], [t], to=TensorProto.FLOAT, name=f"{tag}_{i}_{j}_to32"))
     del g.node[:]
     g.node.extend(nodes)
     del g.value_info[:]
-    return proto
 
 
 #: Name scopes (torch.onnx's ``pkg.torch.onnx.name_scopes`` node metadata) of the stages the FP16
@@ -270,18 +278,7 @@ def ideal_fp16_storage(fp32: onnx.ModelProto, scopes: tuple[str, ...] = HALF_SCO
             for j, x in enumerate(n.input):
                 if x == t:
                     n.input[j] = f"{t}__ideal32_in"
-    for i, n in enumerate(g.node):
-        nodes.append(n)
-        for j, t in enumerate(n.output):
-            if t not in stored:
-                continue
-            raw, h = f"{t}__ideal_fp32_math", f"{t}__ideal_fp16"
-            n.output[j] = raw
-            nodes.append(helper.make_node("Cast", [raw], [h], to=TensorProto.FLOAT16, name=f"ideal_{i}_{j}_to16"))
-            nodes.append(helper.make_node("Cast", [h], [t], to=TensorProto.FLOAT, name=f"ideal_{i}_{j}_to32"))
-    del g.node[:]
-    g.node.extend(nodes)
-    del g.value_info[:]
+    _store_through_fp16(g, nodes, stored, "ideal")
     return proto
 
 

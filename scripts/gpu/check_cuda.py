@@ -18,7 +18,6 @@ eager on the GPU, FP32 and the FP16 file's precision (backbone and flows FP16, h
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from steps import ROOT, Skip, Steps, require_gpu, use_checkout  # noqa: E402
+from steps import ROOT, Skip, Steps, parse_args, require_gpu, time_calls, use_checkout  # noqa: E402
 
 CYCLES, LEAK_MIB = 100, 16.0
 #: FP32 on the GPU against FP32 on the CPU (cuDNN's own convolution algorithms, TF32 off),
@@ -163,29 +162,21 @@ class Check:
                 assert rel <= tol, checks[-1]
                 for batch in (1, 8, 32):
                     x = torch.from_numpy(np.resize(self.images, (batch, *self.images.shape[1:]))).to("cuda")
-                    for _ in range(3):
-                        graph(x)
-                    torch.cuda.synchronize()
-                    times, end = [], time.perf_counter() + self.seconds
-                    while time.perf_counter() < end and len(times) < 500:
-                        t = time.perf_counter()
+
+                    def call():
                         graph(x)
                         torch.cuda.synchronize()
-                        times.append(time.perf_counter() - t)
-                    med = float(np.median(times)) * 1e3
-                    rows[f"{label} batch {batch}"] = {"median_ms": med, "img_per_s": batch / med * 1e3, "runs": len(times)}
+
+                    row = time_calls(call, self.seconds, most=500)
+                    rows[f"{label} batch {batch}"] = {**row, "img_per_s": batch / row["median_ms"] * 1e3}
             graph.to("cpu")
         self.figures["pytorch eager on the GPU (device tensors in, device out)"] = rows
         return "; ".join(checks + [f"{k} {v['median_ms']:.2f} ms ({v['img_per_s']:.0f} img/s)" for k, v in rows.items()])
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("bundle", type=Path, help="folder written by scripts/gpu/bundle.py")
-    p.add_argument("--out", type=Path, help="report folder (default BUNDLE/report-cuda)")
-    p.add_argument("--seconds-per-timing", type=float, default=3.0, help="timing per precision and batch (default 3)")
-    args = p.parse_args(argv)
-    steps = Steps("ffrt GPU check: CUDA memory layer and PyTorch eager reference", args.out or args.bundle / "report-cuda")
+    args = parse_args(__doc__, "report-cuda", 3.0, argv)
+    steps = Steps("ffrt GPU check: CUDA memory layer and PyTorch eager reference", args.out)
     check = Check(args.bundle, args.seconds_per_timing)
     steps.run("cuda driver", check.driver)
     steps.run("memory cycles", check.memory_cycles)

@@ -21,7 +21,6 @@ ONNX Runtime's TensorRT provider (TF32): 1e-2.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from steps import Skip, Steps, require_gpu, use_checkout  # noqa: E402
+from steps import Skip, Steps, parse_args, require_gpu, time_calls, use_checkout  # noqa: E402
 
 FP32_RTOL, FP16_MAP_REL, FP16_MIN_SPEARMAN, TF32_RTOL = 1e-3, 0.02, 0.99, 1e-2
 INT8_MIN_SPEARMAN, INT8_MEDIAN_REL = 0.9, 0.05
@@ -210,29 +209,17 @@ class Check:
             with TensorRTBackend(path, read_engine_info(path).meta) as backend:
                 for batch in (1, 8, 32):
                     x = np.resize(self.images, (batch, *self.images.shape[1:]))
-                    for _ in range(3):
-                        backend.run(x)
-                    times, end = [], time.perf_counter() + self.seconds
-                    while time.perf_counter() < end and len(times) < 1000:
-                        t = time.perf_counter()
-                        backend.run(x)
-                        times.append(time.perf_counter() - t)
-                    med = float(np.median(times)) * 1e3
-                    rows[f"{name} batch {batch}"] = {"median_ms": med, "img_per_s": batch / med * 1e3, "runs": len(times)}
+                    row = time_calls(lambda: backend.run(x), self.seconds)
+                    rows[f"{name} batch {batch}"] = {**row, "img_per_s": batch / row["median_ms"] * 1e3}
         self.figures["latency (host in, host out)"] = rows
         return "; ".join(f"{k} {v['median_ms']:.2f} ms ({v['img_per_s']:.0f} img/s)" for k, v in rows.items())
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("bundle", type=Path, help="folder written by scripts/gpu/bundle.py")
-    p.add_argument("--out", type=Path, help="report and engines (default BUNDLE/report-tensorrt)")
-    p.add_argument("--seconds-per-timing", type=float, default=5.0, help="timing per engine and batch (default 5)")
-    args = p.parse_args(argv)
+    args = parse_args(__doc__, "report-tensorrt", 5.0, argv)
     use_checkout()
-    out = args.out or args.bundle / "report-tensorrt"
-    steps = Steps("ffrt GPU check: TensorRT engines from a bundle", out)
-    check = Check(args.bundle, out, args.seconds_per_timing)
+    steps = Steps("ffrt GPU check: TensorRT engines from a bundle", args.out)
+    check = Check(args.bundle, args.out, args.seconds_per_timing)
     steps.run("bundle", check.verify_bundle)
     steps.run("graph check", check.graph_check)
     steps.run("tensorrt", check.tensorrt)

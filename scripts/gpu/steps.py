@@ -7,6 +7,7 @@ dependencies (pydantic) may be missing.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -63,6 +64,32 @@ def require_gpu() -> None:
         raise Skip("no NVIDIA driver here (nvidia-smi not found)")
     if not machine()["gpus"]:
         raise Skip("nvidia-smi lists no GPU")
+
+
+def parse_args(doc: str, report: str, seconds: float, argv: list[str] | None) -> argparse.Namespace:
+    """The two checks' command line: BUNDLE, --out (default BUNDLE/<report>), --seconds-per-timing."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("bundle", type=Path, help="folder written by scripts/gpu/bundle.py")
+    p.add_argument("--out", type=Path, help=f"report folder (default BUNDLE/{report})")
+    p.add_argument("--seconds-per-timing", type=float, default=seconds,
+                   help=f"timing per configuration and batch (default {seconds:g})")
+    args = p.parse_args(argv)
+    args.out = args.out or args.bundle / report
+    return args
+
+
+def time_calls(call, seconds: float, most: int = 1000, warmup: int = 3) -> dict:
+    """Median latency of ``call()`` (it must wait for its own result) over ``seconds``."""
+    for _ in range(warmup):
+        call()
+    times, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end and len(times) < most:
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    median_ms = times[len(times) // 2] * 1e3
+    return {"median_ms": median_ms, "runs": len(times)}
 
 
 class Steps:
