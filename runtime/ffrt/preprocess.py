@@ -188,8 +188,9 @@ def decode_image_bytes(
         # for this: OpenCV reads it once, when cv2 is loaded, for the whole process, so it
         # cannot follow each Detector's max_pixels.
         raise ImageFileError(
-            f"{where}: its pixel size cannot be read from the file header ({_format_name(data)}), so it "
-            "was not decoded: such a file could declare any size. Re-save it as PNG, JPEG, BMP, TIFF or WebP."
+            f"{where}: cannot be decoded as an image: its pixel size cannot be read from the file header "
+            f"({_format_name(data)}), and decoding it without knowing could take any amount of memory. "
+            "Re-save it as PNG, JPEG, BMP, TIFF or WebP."
         )
     problem = limits.problem(*size, spec)
     if problem is not None:
