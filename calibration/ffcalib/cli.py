@@ -191,7 +191,7 @@ def _int8(args) -> int:
 
 def _thresholds(args) -> int:
     from .images import list_images
-    from .thresholds import calibrate_thresholds
+    from .thresholds import ThresholdsNotWritten
 
     normals = list_images(args.normal, "--normal")
     defects = list_images(args.defects, "--defects") if args.defects else None
@@ -202,7 +202,19 @@ def _thresholds(args) -> int:
     hist = args.histogram
     if hist is None and defects:
         hist = args.model.with_name(args.model.stem + ".scores.png")
-    report = calibrate_thresholds(
+    try:
+        report = _calibrate(args, normals, defects, hist)
+    except ThresholdsNotWritten as e:
+        print(e.report.summary())  # the scoring's result, before the one-line reason on stderr
+        raise
+    print(report.summary())
+    return 0
+
+
+def _calibrate(args, normals, defects, hist):
+    from .thresholds import calibrate_thresholds
+
+    return calibrate_thresholds(
         args.model,
         normals,
         defects,
@@ -215,8 +227,6 @@ def _thresholds(args) -> int:
         precision=args.precision,
         backend=args.backend,
     )
-    print(report.summary())
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

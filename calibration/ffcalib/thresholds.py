@@ -177,14 +177,35 @@ def calibrate_thresholds(
         backend=_calibrated_on(det),
     )
     if histogram_png is not None and defect_paths:
-        report.histogram_png = str(write_histogram(histogram_png, normal_scores, defect_scores, image_t))
+        try:
+            report.histogram_png = str(write_histogram(histogram_png, normal_scores, defect_scores, image_t))
+        except OSError as e:
+            raise ThresholdsNotWritten(report, Path(histogram_png), e) from e
     if write:
         new = meta.with_thresholds(float(image_t), float(pixel_t), f"ffcalib: image {image_rule}; pixel {pixel_rule}",
                                    calibrated_on=_calibrated_on(det))
         new = new.model_copy(update={"score_stats": score_stats(normal_scores)})
-        write_onnx_meta(model_path, new)
+        try:
+            write_onnx_meta(model_path, new)
+        except OSError as e:  # full disk, read-only folder, file size limit: after all the scoring
+            raise ThresholdsNotWritten(report, model_path, e) from e
         report.written = True
     return report
+
+
+class ThresholdsNotWritten(CalibError):
+    """The thresholds were computed but a file could not be written; ``report`` holds them,
+    so the caller can still show them (the scoring is not lost with the write)."""
+
+    def __init__(self, report: ThresholdReport, path: Path, error: OSError) -> None:
+        self.report = report
+        super().__init__(
+            f"{path}: cannot write ({error.strerror or error}); the model file is unchanged. The computed thresholds "
+            f"are image {report.image_threshold:.6g}, pixel {report.pixel_threshold:.6g}: free space or make "
+            f"{path.parent} writable and run again, or use them as they are with "
+            f"--image-threshold {report.image_threshold:.6g} --pixel-threshold {report.pixel_threshold:.6g} "
+            "(ffrt detect / ffrt run)."
+        )
 
 
 def write_histogram(path, normal_scores, defect_scores, threshold: float) -> Path:
