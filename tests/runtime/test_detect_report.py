@@ -42,7 +42,8 @@ def _spawn(*args: str) -> subprocess.Popen:
 
 
 def _drain(stream, into: list[str]) -> threading.Thread:
-    """Read a pipe to its end in a thread, so the child never blocks on a full pipe."""
+    """Read a pipe to its end in a thread, so the child never blocks on a full pipe (the
+    only reader of that pipe: communicate() would take lines from it too)."""
     t = threading.Thread(target=lambda: into.extend(stream), daemon=True)
     t.start()
     return t
@@ -75,8 +76,8 @@ def test_sigterm_finalises_the_report_like_ctrl_c(red_model, tmp_path):
     images = _images(tmp_path / "images", 3000)
     report = tmp_path / "report.json"
     proc = _spawn(str(red_model), str(images), "--json", str(report), "--threads", "1")
-    out: list[str] = []
-    reader = _drain(proc.stdout, out)
+    out, errs = [], []
+    readers = [_drain(proc.stdout, out), _drain(proc.stderr, errs)]
     try:
         # The report is rewritten while the run goes, each time as a new file renamed over the
         # old one (a new inode; an in-place rewrite keeps the inode and can be read half done).
@@ -85,8 +86,10 @@ def test_sigterm_finalises_the_report_like_ctrl_c(red_model, tmp_path):
         assert len({ino for ino, _ in running}) == len(running), states
         assert [n for _, n in running] == sorted(n for _, n in running) and running[-1][1] > 0, states
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-        reader.join(timeout=10)
+        proc.wait(timeout=120)
+        for r in readers:
+            r.join(timeout=10)
+        err = "".join(errs)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -108,14 +111,16 @@ def test_an_error_mid_run_leaves_the_report_failed(red_model, tmp_path):
     images = _images(tmp_path / "images", 3000)
     report, overlays = tmp_path / "report.json", tmp_path / "overlays"
     proc = _spawn(str(red_model), str(images), "--json", str(report), "--overlays", str(overlays), "--threads", "1")
-    out: list[str] = []
-    reader = _drain(proc.stdout, out)
+    out, errs = [], []
+    readers = [_drain(proc.stdout, out), _drain(proc.stderr, errs)]
     try:
         _watch_report(report, proc, lambda s: s[-1][1] == "running" and s[-1][2] > 0)
         overlays.rename(tmp_path / "overlays.moved")
         overlays.write_bytes(b"a file where the folder was")
-        _, err = proc.communicate(timeout=120)
-        reader.join(timeout=10)
+        proc.wait(timeout=120)
+        for r in readers:
+            r.join(timeout=10)
+        err = "".join(errs)
     finally:
         if proc.poll() is None:
             proc.kill()
