@@ -27,40 +27,21 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
+
+from ffcore.files import is_stale
 
 PREFIX = ".ffexport."
 SUFFIX = ".tmp"
-#: Where a process id cannot be probed safely (Windows: os.kill would terminate it), a stage
-#: is stale when it has not changed for this long.
-STALE_AGE_S = 24 * 3600
 #: Inside a stage: what it publishes, written (and fsync'd) just before the first rename.
 PLAN = "publish.json"
 #: Inside a stage: where a folder being replaced is moved before the new one takes its name.
 OLD = "old."
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def _is_stale(stage: Path) -> bool:
-    if os.name == "posix":
-        try:
-            return not _pid_alive(int(stage.name[len(PREFIX):].split(".", 1)[0]))
-        except ValueError:
-            pass
-    try:
-        return time.time() - stage.stat().st_mtime > STALE_AGE_S
-    except OSError:
-        return False
+    pid = stage.name[len(PREFIX):].split(".", 1)[0]
+    return is_stale(stage, int(pid) if pid.isdigit() else None)
 
 
 def prune_stale(folder: str | os.PathLike) -> int:

@@ -58,3 +58,44 @@ def test_a_failed_write_prints_the_thresholds_and_one_clear_error(model_copy, el
     # Nothing half-written, no temp file left, and the file is the one from before.
     assert hashlib.sha256(model_copy.read_bytes()).hexdigest() == before
     assert sorted(p.name for p in model_copy.parent.iterdir() if p.name.endswith(".tmp")) == []
+
+
+_KILL_AT_RENAME = """
+import os, signal, sys
+model = os.path.abspath(sys.argv[1])
+real = os.replace
+
+def replace(src, dst, *a, **kw):
+    if os.path.abspath(os.fspath(dst)) == model:  # the temp file is complete, not yet renamed
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst, *a, **kw)
+
+os.replace = replace
+from ffcalib.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_killed_run_leaves_a_temp_file_the_next_run_removes(model_copy, elpv_split, tmp_path):
+    # Issue 23 row 9: kill -9 at the rename left a 4 MB .model.onnx.XXXX.tmp forever.
+    from ffcalib.cli import main
+    from ffrt.meta import read_onnx_meta
+
+    folder = tmp_path / "normals"
+    folder.mkdir()
+    for p in [s.path for s in elpv_split.test if s.label == 0][:8]:
+        shutil.copy(p, folder / p.name)
+    args = ["thresholds", "--model", str(model_copy), "--normal", str(folder), "--target-frr", "0.2", "--no-progress",
+            "--backend", "onnxruntime-cpu", "--threads", "1"]
+    before = model_copy.read_bytes()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", _KILL_AT_RENAME, str(model_copy), *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    left = [p for p in model_copy.parent.iterdir() if p.name.endswith(".tmp")]
+    assert len(left) == 1 and left[0].name.startswith(".model.onnx.") and left[0].stat().st_size > len(before) // 2
+    assert model_copy.read_bytes() == before
+
+    assert main(args) == 0  # the next run, in full
+    assert read_onnx_meta(model_copy).thresholds.source.startswith("ffcalib")
+    assert [p.name for p in model_copy.parent.iterdir() if p.name.endswith(".tmp")] == []
