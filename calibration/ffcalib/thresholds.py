@@ -25,8 +25,9 @@ training and calibration.
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,9 @@ from ffcore.files import IMAGE_SUFFIXES
 from .images import CalibError
 
 BATCH = 8
+#: Normal scores closer together than this (relative) count as one score: copies of one image
+#: differ only by the backend's batch-vs-single rounding (about 1e-6), real normals by percents.
+NO_SPREAD_REL = 1e-4
 
 
 @dataclass
@@ -60,6 +64,7 @@ class ThresholdReport:
     backend: str = ""  # the backend the images were scored with
     histogram_png: str | None = None
     written: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [
@@ -72,6 +77,7 @@ class ThresholdReport:
             lines.append(f"  {self.defect_count} defects: recall {self.defect_recall:.4f}, F1 {self.image_f1:.4f}")
         if self.histogram_png:
             lines.append(f"  histogram: {self.histogram_png}")
+        lines += [f"  warning: {w}" for w in self.warnings]
         lines.append("  written into the model's metadata" if self.written else "  (not written)")
         return "\n".join(lines)
 
@@ -140,6 +146,15 @@ def calibrate_thresholds(
         raise CalibError("the model returned NaN/inf scores; its thresholds cannot be calibrated")
 
     n_normal = len(normal_scores)
+    if np.ptp(normal_scores) <= NO_SPREAD_REL * max(abs(float(np.median(normal_scores))), 1e-12):
+        # No spread: the threshold would be that one score, and the operators' normalized
+        # score (scaled by the normal scores' spread) would be undefined on the line.
+        what = "the only normal image" if n_normal == 1 else f"all {n_normal} normal images (copies of one image?)"
+        raise CalibError(
+            f"{what} scored {float(normal_scores[0]):.6g}: with no spread among normal scores no threshold can be "
+            "set. Give different normal images from the line, at least "
+            f"{_normals_needed(target_frr)} for a false-reject target of {target_frr:g}; nothing was written."
+        )
     f1 = recall = None
     if defect_paths:
         labels = np.r_[np.zeros(n_normal, np.int64), np.ones(len(defect_scores), np.int64)]
@@ -176,6 +191,12 @@ def calibrate_thresholds(
         previous=(meta.thresholds.image, meta.thresholds.pixel),
         backend=_calibrated_on(det),
     )
+    if not defect_paths and n_normal < _normals_needed(target_frr):
+        report.warnings.append(
+            f"only {n_normal} normal images: a false-reject rate of {target_frr:g} cannot be measured on fewer than "
+            f"{_normals_needed(target_frr)}, so the image threshold is about the highest normal score. Calibrate on "
+            "more normal images from the line."
+        )
     if histogram_png is not None and defect_paths:
         try:
             report.histogram_png = str(write_histogram(histogram_png, normal_scores, defect_scores, image_t))
@@ -191,6 +212,11 @@ def calibrate_thresholds(
             raise ThresholdsNotWritten(report, model_path, e) from e
         report.written = True
     return report
+
+
+def _normals_needed(target_frr: float) -> int:
+    """Normal images needed for a false-reject rate of ``target_frr`` to be one image or more."""
+    return max(2, math.ceil(1.0 / target_frr)) if target_frr > 0 else 2
 
 
 class ThresholdsNotWritten(CalibError):
