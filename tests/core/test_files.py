@@ -72,3 +72,25 @@ def test_the_next_write_removes_temp_files_of_dead_writers_only(tmp_path):
     atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.onnx", live.name, other.name])
+
+
+def test_a_failed_write_names_the_file(tmp_path):
+    # Issue 23 row 11: ENOSPC from write(2) carries no file name. A real failed write: the
+    # child runs under a file-size limit (EFBIG, as a full disk gives ENOSPC).
+    import subprocess
+    import sys
+
+    target = tmp_path / "report.json"
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+        "from ffcore.files import atomic_write_bytes\n"
+        "try:\n"
+        f"    atomic_write_bytes({str(target)!r}, b'x' * 100_000)\n"
+        "except OSError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.strip() == f"[Errno 27] File too large: '{target}'", out.stderr
+    assert list(tmp_path.iterdir()) == []  # no temp file left
