@@ -53,3 +53,20 @@ def test_a_non_utf8_file_name_is_written_as_the_os_gives_it(red_model, tmp_path)
     rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8", "surrogateescape"))))
     assert sorted(os.path.basename(os.fsencode(r["file"])) for r in rows) == sorted([NAME, b"plain.png"])
     assert all(r["verdict"] == "FAIL" and r["status"] == "scored" for r in rows)
+
+
+def test_the_last_progress_line_agrees_with_the_summary(red_model, tmp_path, capsys):
+    # Issue 23 row 11: the progress counts are refreshed at most twice a second, and the run's
+    # last line said errors=6 where the summary said 11. One good file, then 11 corrupt ones,
+    # all handled within a fraction of a second.
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    (folder / "a_good.png").write_bytes(cv2.imencode(".png", solid_bgr(40, 50, (0, 0, 255)))[1].tobytes())
+    for i in range(11):
+        (folder / f"b_corrupt_{i:02d}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    code = main(["run", str(red_model), str(folder), "--out", str(tmp_path / "out"), "--threads", "1"])
+    assert code == 1
+    err = capsys.readouterr().err
+    last = [line for line in err.splitlines() if line.startswith("run: ")][-1]
+    assert last.startswith("run: 12 frames") and last.endswith("errors=11)"), last
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["totals"]["errors"] == 11

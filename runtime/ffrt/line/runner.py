@@ -288,10 +288,17 @@ class LineRun:
         if self.progress is not None:
             now = time.monotonic()
             if now - self._postfix_at >= 0.5:  # tqdm redraws at each set_postfix
-                t = self.totals()
-                self.progress.set_postfix(rejected=f"{100 * t['reject_rate']:.1f}%", errors=t["errors"])
+                self.show_totals()
                 self._postfix_at = now
             self.progress.update(1)
+
+    def show_totals(self) -> None:
+        """Put the current counts on the progress line. Call it once more before the bar
+        closes: between frames they are refreshed at most twice a second, and the last line
+        must agree with the summary."""
+        if self.progress is not None:
+            t = self.totals()
+            self.progress.set_postfix(rejected=f"{100 * t['reject_rate']:.1f}%", errors=t["errors"])
 
     def _wait(self, future: Future):
         while True:
