@@ -1,8 +1,8 @@
-"""``ffrt run`` over a folder whose file names are not UTF-8 (issue 23, row 3).
+"""What ``ffrt run`` writes when names, counts and disks misbehave (issue 23, rows 3 and 11).
 
-A real file named with Latin-1 bytes (what a Windows share or an old camera PC leaves on a
-Linux disk), through the real CLI with every output on: the run must finish and name the
-file as the OS gave it.
+Real files through the real CLI: a file named with Latin-1 bytes (what a Windows share or
+an old camera PC leaves on a Linux disk) must be named as the OS gave it; the last progress
+line and summary.json must agree with what was written, also when the disk fills up.
 """
 
 from __future__ import annotations
@@ -70,3 +70,36 @@ def test_the_last_progress_line_agrees_with_the_summary(red_model, tmp_path, cap
     last = [line for line in err.splitlines() if line.startswith("run: ")][-1]
     assert last.startswith("run: 12 frames") and last.endswith("errors=11)"), last
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["totals"]["errors"] == 11
+
+
+def test_a_full_results_file_leaves_a_summary_that_agrees_and_says_why(red_model, tmp_path):
+    # Issue 23 row 11: a full disk left summary.json counting more frames than results.jsonl
+    # held, with no reason. A real failed write: the run goes under a file-size limit that
+    # results.jsonl reaches after some dozens of lines (summary.json stays below it).
+    import resource
+    import subprocess
+    import sys
+
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    first = folder / "f_0000.png"
+    first.write_bytes(cv2.imencode(".png", solid_bgr(40, 50, (0, 0, 255)))[1].tobytes())
+    for i in range(1, 300):
+        os.link(first, folder / f"f_{i:04d}.png")
+    out = tmp_path / "out"
+    limit = 24_000
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "ffrt", "run", str(red_model), str(folder), "--out", str(out),
+                           "--threads", "1"], capture_output=True, text=True, timeout=300, preexec_fn=small_files,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode != 0, proc.stderr[-2000:]
+    lines = (out / "results.jsonl").read_bytes()
+    assert lines.endswith(b"\n")  # whole lines only
+    n = lines.count(b"\n")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert 0 < n < 300 and summary["totals"]["frames"] == n, (n, summary["totals"])
+    assert "results.jsonl" in summary["error"] and f"up to line {n} are complete" in summary["error"], summary["error"]
