@@ -13,12 +13,11 @@ import json
 import os
 import sys
 
+import cv2
 import pytest
 
 from conftest import solid_bgr
 from ffrt.cli import main
-
-import cv2
 
 NAME = b"caf\xe9_cell.png"  # 0xE9 alone is not UTF-8
 
