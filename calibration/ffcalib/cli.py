@@ -221,7 +221,7 @@ def _set_thresholds(args) -> int:
 
 def _thresholds(args) -> int:
     from .images import list_images
-    from .thresholds import calibrate_thresholds
+    from .thresholds import ThresholdsNotWritten
 
     if args.image_threshold is not None or args.pixel_threshold is not None or args.thresholds_json is not None:
         return _set_thresholds(args)
@@ -243,7 +243,19 @@ def _thresholds(args) -> int:
     hist = args.histogram
     if hist is None and defects:
         hist = args.model.with_name(args.model.stem + ".scores.png")
-    report = calibrate_thresholds(
+    try:
+        report = _calibrate(args, normals, defects, hist)
+    except ThresholdsNotWritten as e:
+        print(e.report.summary())  # the scoring's result, before the one-line reason on stderr
+        raise
+    print(report.summary())
+    return 0
+
+
+def _calibrate(args, normals, defects, hist):
+    from .thresholds import calibrate_thresholds
+
+    return calibrate_thresholds(
         args.model,
         normals,
         defects,
@@ -258,8 +270,6 @@ def _thresholds(args) -> int:
         html=args.html,
         data=f"{args.normal}" + (f" + {args.defects}" if defects else ""),
     )
-    print(report.summary())
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

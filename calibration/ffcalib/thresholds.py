@@ -25,8 +25,9 @@ training and calibration.
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,9 @@ from ffcore.files import IMAGE_SUFFIXES
 from .images import CalibError
 
 BATCH = 8
+#: Normal scores closer together than this (relative) count as one score: copies of one image
+#: differ only by the backend's batch-vs-single rounding (about 1e-6), real normals by percents.
+NO_SPREAD_REL = 1e-4
 
 
 @dataclass
@@ -61,6 +65,7 @@ class ThresholdReport:
     histogram_png: str | None = None
     html: str | None = None
     written: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [
@@ -75,6 +80,7 @@ class ThresholdReport:
             lines.append(f"  histogram: {self.histogram_png}")
         if self.html:
             lines.append(f"  review page: {self.html}")
+        lines += [f"  warning: {w}" for w in self.warnings]
         lines.append("  written into the model's metadata" if self.written else "  (not written)")
         return "\n".join(lines)
 
@@ -145,6 +151,15 @@ def calibrate_thresholds(
         raise CalibError("the model returned NaN/inf scores; its thresholds cannot be calibrated")
 
     n_normal = len(normal_scores)
+    if np.ptp(normal_scores) <= NO_SPREAD_REL * max(abs(float(np.median(normal_scores))), 1e-12):
+        # No spread: the threshold would be that one score, and the operators' normalized
+        # score (scaled by the normal scores' spread) would be undefined on the line.
+        what = "the only normal image" if n_normal == 1 else f"all {n_normal} normal images (copies of one image?)"
+        raise CalibError(
+            f"{what} scored {float(normal_scores[0]):.6g}: with no spread among normal scores no threshold can be "
+            "set. Give different normal images from the line, at least "
+            f"{_normals_needed(target_frr)} for a false-reject target of {target_frr:g}; nothing was written."
+        )
     f1 = recall = None
     if defect_paths:
         labels = np.r_[np.zeros(n_normal, np.int64), np.ones(len(defect_scores), np.int64)]
@@ -181,13 +196,25 @@ def calibrate_thresholds(
         previous=(meta.thresholds.image, meta.thresholds.pixel),
         backend=_calibrated_on(det),
     )
+    if not defect_paths and n_normal < _normals_needed(target_frr):
+        report.warnings.append(
+            f"only {n_normal} normal images: a false-reject rate of {target_frr:g} cannot be measured on fewer than "
+            f"{_normals_needed(target_frr)}, so the image threshold is about the highest normal score. Calibrate on "
+            "more normal images from the line."
+        )
     if histogram_png is not None and defect_paths:
-        report.histogram_png = str(write_histogram(histogram_png, normal_scores, defect_scores, image_t))
+        try:
+            report.histogram_png = str(write_histogram(histogram_png, normal_scores, defect_scores, image_t))
+        except OSError as e:
+            raise ThresholdsNotWritten(report, Path(histogram_png), e) from e
     if write:
         new = meta.with_thresholds(float(image_t), float(pixel_t), f"ffcalib: image {image_rule}; pixel {pixel_rule}",
                                    calibrated_on=_calibrated_on(det))
         new = new.model_copy(update={"score_stats": score_stats(normal_scores)})
-        write_onnx_meta(model_path, new)
+        try:
+            write_onnx_meta(model_path, new)
+        except OSError as e:  # full disk, read-only folder, file size limit: after all the scoring
+            raise ThresholdsNotWritten(report, model_path, e) from e
         report.written = True
     if html is not None:
         from .review import write_calibration_page
@@ -197,6 +224,26 @@ def calibrate_thresholds(
             masks if masks_dir is not None and defect_paths else None, float(image_t), float(pixel_t),
             _calibrated_on(det), data or str(Path(normal_paths[0]).parent), report.written, report.previous))
     return report
+
+
+def _normals_needed(target_frr: float) -> int:
+    """Normal images needed for a false-reject rate of ``target_frr`` to be one image or more."""
+    return max(2, math.ceil(1.0 / target_frr)) if target_frr > 0 else 2
+
+
+class ThresholdsNotWritten(CalibError):
+    """The thresholds were computed but a file could not be written; ``report`` holds them,
+    so the caller can still show them (the scoring is not lost with the write)."""
+
+    def __init__(self, report: ThresholdReport, path: Path, error: OSError) -> None:
+        self.report = report
+        super().__init__(
+            f"{path}: cannot write ({error.strerror or error}); the model file is unchanged. The computed thresholds "
+            f"are image {report.image_threshold:.6g}, pixel {report.pixel_threshold:.6g}: free space or make "
+            f"{path.parent} writable and run again, or use them as they are with "
+            f"--image-threshold {report.image_threshold:.6g} --pixel-threshold {report.pixel_threshold:.6g} "
+            "(ffrt detect / ffrt run)."
+        )
 
 
 def write_histogram(path, normal_scores, defect_scores, threshold: float) -> Path:

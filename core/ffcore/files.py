@@ -5,6 +5,11 @@ are the only way the SDK writes a result file: a temp file in the target's folde
 flushed and fsync'd, then renamed over the target (and the folder fsync'd where the OS
 allows), so a crash leaves the old file or the new one, never half of one.
 
+Temp files are named ``.<name>.<pid>.<random>.tmp``: a writer killed outright (kill -9,
+power cut) leaves one behind, and the next atomic write to the same name removes those
+whose process is gone (:func:`remove_stale_temps`), so they do not pile up beside a model
+that is recalibrated every day.
+
 Permissions: the temp file is created with ``os.open(..., 0o666)``, so the kernel applies
 the process umask itself (no ``os.umask`` flip, which is process-wide and races with other
 threads); when the target already exists its mode is kept (``fchmod`` on the open
@@ -13,15 +18,58 @@ descriptor). Every descriptor is closed on every path.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+#: Where a process id cannot be probed safely (Windows: os.kill would terminate it), or a
+#: name carries none, a leftover is stale when it has not changed for this long.
+STALE_AGE_S = 24 * 3600
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (POSIX: signal 0 probes it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def is_stale(path: Path, pid: int | None) -> bool:
+    """Whether ``path``, left by process ``pid`` (None: unknown), belongs to no live writer."""
+    if pid is not None and os.name == "posix":
+        return not pid_alive(pid)
+    try:
+        return time.time() - path.stat().st_mtime > STALE_AGE_S
+    except OSError:
+        return False
+
+
+def remove_stale_temps(path: str | os.PathLike) -> int:
+    """Remove the temp files of earlier atomic writes to ``path`` whose writer is gone
+    (``.<name>.<pid>.<random>.tmp``; older names without a pid once a day old); returns how many."""
+    path = Path(path)
+    removed = 0
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        middle = tmp.name[len(path.name) + 2 : -len(".tmp")].split(".")
+        pid = int(middle[0]) if len(middle) == 2 and middle[0].isdigit() else None
+        if len(middle) <= 2 and tmp.is_file() and is_stale(tmp, pid):
+            try:
+                tmp.unlink()
+                removed += 1
+            except OSError:
+                pass  # another run removed it, or no permission: not this write's concern
+    return removed
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -42,8 +90,9 @@ def _stage(path: Path, write: Callable[[BinaryIO], object]) -> Path:
         mode = path.stat().st_mode & 0o7777
     except FileNotFoundError:
         mode = None
+    remove_stale_temps(path)
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
             break
@@ -63,6 +112,11 @@ def _stage(path: Path, write: Callable[[BinaryIO], object]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a failed write(2) (disk full, size limit) names no file: name the target
+            raise type(e)(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -7,10 +7,15 @@ a few bytes.
 
 Formats are recognised by their leading bytes (magic numbers), as OpenCV's decoder does,
 not by the file name: PNG, JPEG, BMP, TIFF (classic and BigTIFF, first page: the one
-``cv2.imdecode`` reads), WebP, PNM/PAM/PFM, Radiance HDR and Sun raster. For anything
-else (JPEG 2000, OpenEXR, ...) :func:`image_size` returns None and the caller checks the size
-after decoding. A header this module cannot make sense of also gives None: deciding that
-a file is corrupt is the decoder's job, with its own message.
+``cv2.imdecode`` reads), WebP, GIF, JPEG 2000 (JP2 and raw codestream), PNM/PAM/PFM,
+Radiance HDR and Sun raster. For anything else (AVIF, OpenEXR, ...) and for a header this
+module cannot make sense of, :func:`image_size` returns None, and the runtime refuses the
+file without decoding it: OpenCV's decoders tolerate damage this reader does not follow
+(libjpeg skips stray bytes between markers, for one), so "size unknown" must never mean
+"decode and see".
+
+Where a decoder is lenient, this reader follows it: the JPEG walk skips stray bytes the
+way libjpeg's marker reader does, so a stray byte cannot hide the frame size from it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import struct
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # Markers without a length field.
 _JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 _PNM_TOKEN = re.compile(rb"(?:\s|#[^\n\r]*)*(\d+)")
 _PAM_FIELD = re.compile(rb"^(WIDTH|HEIGHT)\s+(\d+)", re.MULTILINE)
 _RADIANCE_SIZE = re.compile(rb"\n\n([-+])Y (\d+) ([-+])X (\d+)")
@@ -48,6 +54,12 @@ def image_size(data: bytes | memoryview) -> tuple[int, int] | None:
             return _pam(data)
         if head.startswith((b"#?RADIANCE", b"#?RGBE")):
             return _radiance(data)
+        if head.startswith((b"GIF87a", b"GIF89a")):
+            return _gif(data)
+        if head.startswith(b"\xff\x4f\xff\x51"):  # JPEG 2000 codestream: SOC then SIZ
+            return _j2k_siz(data, 0)
+        if head.startswith(_JP2_SIGNATURE):
+            return _jp2(data)
         if head.startswith(b"\x59\xa6\x6a\x95"):  # Sun raster
             w, h = struct.unpack(">II", head[4:12])
             return h, w
@@ -65,26 +77,31 @@ def _png(data) -> tuple[int, int] | None:
 
 def _jpeg(data) -> tuple[int, int] | None:
     # Walk the segments by their lengths (never scan for byte patterns: an EXIF thumbnail
-    # inside APP1 is a whole JPEG with its own SOF, and is not the image).
+    # inside APP1 is a whole JPEG with its own SOF, and is not the image). Between segments,
+    # skip what libjpeg's next_marker() skips: any bytes up to an 0xFF, fill 0xFF bytes, and
+    # stuffed FF 00 pairs; otherwise a stray byte before the frame header hides its size
+    # here while the decoder finds it.
     i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
+    while True:
+        while i < n and data[i] != 0xFF:
             i += 1
-            continue
-        if marker in _JPEG_STANDALONE:
-            i += 2
-            continue
-        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+        while i < n and data[i] == 0xFF:
+            i += 1
+        if i >= n:
             return None
-        length = struct.unpack(">H", bytes(data[i + 2 : i + 4]))[0]
+        marker = data[i]
+        i += 1  # i: just after the marker
+        if marker == 0x00 or marker in _JPEG_STANDALONE:
+            continue
+        if marker in (0xD8, 0xD9, 0xDA):  # SOI again, end of image, start of scan before any frame: libjpeg refuses
+            return None
+        length = struct.unpack(">H", bytes(data[i : i + 2]))[0]
         if marker in _JPEG_SOF:
-            h, w = struct.unpack(">HH", bytes(data[i + 5 : i + 9]))
+            h, w = struct.unpack(">HH", bytes(data[i + 3 : i + 7]))
             return (h, w) if h > 0 else None  # height 0: defined later by a DNL marker
-        i += 2 + length
-    return None
+        if length < 2:  # libjpeg refuses a segment shorter than its own length field
+            return None
+        i += length
 
 
 def _bmp(data) -> tuple[int, int] | None:
@@ -163,3 +180,35 @@ def _radiance(data) -> tuple[int, int] | None:
     if m is None:
         return None
     return int(m.group(2)), int(m.group(4))
+
+
+def _gif(data) -> tuple[int, int] | None:
+    # The logical screen size: what OpenCV's GIF decoder allocates for, whatever the frames say.
+    w, h = struct.unpack("<HH", bytes(data[6:10]))
+    return h, w
+
+
+def _jp2(data) -> tuple[int, int] | None:
+    # The size that counts is the codestream's (SIZ), which the decoder uses; the 'ihdr' box
+    # may say something else. Walk the top-level boxes to the codestream box 'jp2c'.
+    i, n = 0, len(data)
+    while i + 8 <= n:
+        length, kind = struct.unpack(">I4s", bytes(data[i : i + 8]))
+        start = i + 8
+        if length == 1:  # 64-bit length after the type
+            length = struct.unpack(">Q", bytes(data[i + 8 : i + 16]))[0]
+            start = i + 16
+        if kind == b"jp2c":
+            return _j2k_siz(data, start) if bytes(data[start : start + 4]) == b"\xff\x4f\xff\x51" else None
+        if length == 0 or i + length <= i:  # 0: the box runs to the end of the file
+            return None
+        i += length
+    return None
+
+
+def _j2k_siz(data, start: int) -> tuple[int, int] | None:
+    # SOC (2 bytes), SIZ marker (2), Lsiz (2), Rsiz (2), then Xsiz, Ysiz, XOsiz, YOsiz.
+    xsiz, ysiz, xo, yo = struct.unpack(">IIII", bytes(data[start + 8 : start + 24]))
+    if xsiz <= xo or ysiz <= yo:
+        return None
+    return ysiz - yo, xsiz - xo

@@ -10,6 +10,7 @@ header (:mod:`ffcore.imageheader`) is available before anything is decoded.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -56,6 +57,8 @@ def read_image_bytes(path: str | os.PathLike, max_bytes: int | None = None) -> b
     except IsADirectoryError:  # Windows; on POSIX a directory opens and fstat says so below
         raise UnreadableFile(path, "is a directory, not an image file. Pass the image files inside it.") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnreadableFile(path, "is a symbolic link that leads back to itself (a link loop). Fix or remove the link.") from e
         raise UnreadableFile(path, f"cannot be read ({e.strerror or e}). Check the file's permissions.") from e
     try:
         st = os.fstat(fd)

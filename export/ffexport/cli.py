@@ -281,13 +281,19 @@ def run(args) -> int:
         refused = _tensorrt_check(stage, staged)
         if refused:
             return _refuse(refused)
-        written = stage.publish(staged)
+        # The Triton repository is staged and published with the model files: all of this
+        # run's files or none (a kill between renames is finished by the next export).
+        dirs: tuple[str, ...] = ()
+        if args.triton:
+            code, dirs = _triton_step(stage, fp16_path.name if args.fp16 else path.name, args.triton_kind)
+            if code:
+                return code
+        written = stage.publish(staged, dirs)
     for p in written:
         print(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
     if args.triton:
-        code = _triton_step(args.out / (fp16_path.name if args.fp16 else path.name), args.out / "triton", args.triton_kind)
-        if code:
-            return code
+        print(f"wrote Triton model repository {args.out / 'triton'} ({', '.join(Path(d).name for d in dirs)}); "
+              f"serve it: tritonserver --model-repository={(args.out / 'triton').resolve()}")
     print(
         f"{meta.backbone.name}, input {meta.input.height}x{meta.input.width}, batch 1..{meta.batch_max}, "
         f"opset {meta.opset}: every check passed in {time.perf_counter() - t0:.1f} s"
@@ -323,19 +329,18 @@ def _tensorrt_check(stage, staged: list[str]) -> str | None:
     return None
 
 
-def _triton_step(model: Path, out: Path, kind: str) -> int:
-    """The Triton repository of the published model; its own writes are all or nothing."""
+def _triton_step(stage, model_name: str, kind: str) -> tuple[int, tuple[str, ...]]:
+    """Write the Triton repository of the staged model into the stage; returns (exit code,
+    the repository's model folders as paths relative to OUT, for Stage.publish)."""
     from ffrt.errors import FFRTError
     from ffrt.triton.repository import Options, write_repository
 
     try:
-        write_repository(model, out, Options(kind=kind))
+        write_repository(stage.path(model_name), stage.path("triton"), Options(kind=kind))
     except FFRTError as e:
-        print(f"ffexport: error: the Triton repository was not written: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"wrote Triton model repository {out} (ffrt_model from {model.name}, ffrt_detector); "
-          f"serve it: tritonserver --model-repository={out.resolve()}")
-    return 0
+        print(f"ffexport: error: the Triton repository was not written (nor the model files): {e}", file=sys.stderr)
+        return EXIT_FAILED, ()
+    return 0, tuple(f"triton/{d.name}" for d in sorted(stage.path("triton").iterdir()) if d.is_dir())
 
 
 def _fp16_images(args, payload, spec):

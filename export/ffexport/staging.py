@@ -9,54 +9,68 @@ into ``OUT`` at the very end. Any failure, exception or Ctrl-C removes the stage
 folder removes stages whose process is gone (:func:`prune_stale`).
 
 Files are published with ``model.onnx`` last, so a new ``model.onnx`` implies its FP16 /
-INT8 siblings of the same run are in place too.
+INT8 siblings of the same run are in place too. Folders (the Triton repository's model
+folders) are published first, each by two renames (the old folder into the stage, the new
+one out of it).
+
+Publishing is a series of renames, and a ``kill -9`` can fall between two of them. So
+before the first rename the stage records what it is about to publish (:data:`PLAN`,
+fsync'd); the next export into that folder finds the killed stage and finishes its
+publication (:func:`prune_stale`) before anything else, instead of deleting the rest of
+it: the folder ends with every file of that run, never some old and some new. A stage
+without a plan was killed before its checks passed and is removed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
+
+from ffcore.files import is_stale
 
 PREFIX = ".ffexport."
 SUFFIX = ".tmp"
-#: Where a process id cannot be probed safely (Windows: os.kill would terminate it), a stage
-#: is stale when it has not changed for this long.
-STALE_AGE_S = 24 * 3600
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+#: Inside a stage: what it publishes, written (and fsync'd) just before the first rename.
+PLAN = "publish.json"
+#: Inside a stage: where a folder being replaced is moved before the new one takes its name.
+OLD = "old."
 
 
 def _is_stale(stage: Path) -> bool:
-    if os.name == "posix":
-        try:
-            return not _pid_alive(int(stage.name[len(PREFIX):].split(".", 1)[0]))
-        except ValueError:
-            pass
-    try:
-        return time.time() - stage.stat().st_mtime > STALE_AGE_S
-    except OSError:
-        return False
+    pid = stage.name[len(PREFIX):].split(".", 1)[0]
+    return is_stale(stage, int(pid) if pid.isdigit() else None)
 
 
 def prune_stale(folder: str | os.PathLike) -> int:
-    """Remove stages left in ``folder`` by exports that were killed; returns how many."""
+    """Finish the publication of stages left in ``folder`` by exports killed while renaming,
+    then remove every stage whose process is gone; returns how many were removed."""
     removed = 0
-    for stage in Path(folder).glob(f"{PREFIX}*{SUFFIX}"):
+    for stage in sorted(Path(folder).glob(f"{PREFIX}*{SUFFIX}")):
         if stage.is_dir() and _is_stale(stage):
+            if (stage / PLAN).is_file():
+                _publish(stage, Path(folder), json.loads((stage / PLAN).read_text()))
             shutil.rmtree(stage, ignore_errors=True)
             removed += 1
     return removed
+
+
+def _publish(stage: Path, out: Path, plan: dict) -> None:
+    """Carry out ``plan``, or what is left of it: each step is skipped when already done, so
+    a publication cut at any point is finished by running this again."""
+    for name in plan["dirs"]:
+        new = stage / name
+        if not new.is_dir():
+            continue  # already published
+        if (out / name).exists() and not (stage / (OLD + name)).exists():
+            os.replace(out / name, stage / (OLD + name))
+        os.replace(new, out / name)
+    for name in plan["files"]:
+        if (stage / name).is_file():
+            os.replace(stage / name, out / name)
+    _fsync_dir(out)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -90,15 +104,22 @@ class Stage:
     def path(self, name: str) -> Path:
         return self.dir / name
 
-    def publish(self, names: list[str]) -> list[Path]:
-        """Rename the staged files into OUT (``model.onnx`` last); returns their final paths."""
+    def publish(self, names: list[str], dirs: tuple[str, ...] = ()) -> list[Path]:
+        """Move the staged files, then ``dirs`` (sub-paths of OUT such as "triton/ffrt_model",
+        staged under the same relative path), into OUT, folders first and ``model.onnx`` last;
+        returns the final paths of the files."""
         ordered = sorted(names, key=lambda n: n == "model.onnx")
-        missing = [n for n in ordered if not (self.dir / n).is_file()]
+        missing = [n for n in ordered if not (self.dir / n).is_file()] + [d for d in dirs if not (self.dir / d).is_dir()]
         if missing:
             raise FileNotFoundError(f"not staged: {', '.join(missing)}")
-        done = []
-        for name in ordered:
-            os.replace(self.dir / name, self.out / name)
-            done.append(self.out / name)
-        _fsync_dir(self.out)
-        return done
+        for d in dirs:
+            (self.out / d).parent.mkdir(parents=True, exist_ok=True)
+            (self.dir / (OLD + d)).parent.mkdir(parents=True, exist_ok=True)
+        plan = self.dir / PLAN
+        with open(plan, "w") as f:
+            json.dump({"dirs": list(dirs), "files": ordered}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(self.dir)
+        _publish(self.dir, self.out, {"dirs": list(dirs), "files": ordered})
+        return [self.out / name for name in ordered]

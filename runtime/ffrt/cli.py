@@ -19,9 +19,12 @@ Exit codes: 0 success; 1 an ffrt error (bad model, backend missing, unreadable i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -211,25 +214,27 @@ class DetectTool(Tool):
         width = min(60, max((len(str(p)) for p in paths), default=0))
         records, failed, overlay_names = report.images, len(listing.problems), set()
         status = "interrupted"
+        stop = _Stop()
         try:
-            for path in paths:
-                try:
-                    image = read_image_file(path, det.limits, det.meta.input)
-                    r = det(image)
-                except (InvalidImageError, InferenceError) as e:  # InvalidImageError includes ImageFileError
-                    failed += 1
-                    report.add({"path": str(path), "error": str(e)}, lambda: det.stats.model_dump())
-                    print(f"ffrt: error: {e if isinstance(e, ImageFileError) else f'{path}: {e}'}", file=sys.stderr)
-                    continue
-                verdict = "FAIL" if r.is_anomalous else "PASS"
-                record = {
-                    "path": str(path), "score": json_float(r.score), "is_anomalous": r.is_anomalous,
-                    "defect_pixels": int(r.mask.sum()), "latency_ms": round(r.latency_ms, 3),
-                }
-                if args.overlays:
-                    record["overlay"] = str(write_overlay(args.overlays, path, image, r, overlay_names, atomic_write_bytes))
-                report.add(record, lambda: det.stats.model_dump())
-                print(f"{str(path):<{width}}  score {r.score:>10.5g}  {verdict}", flush=True)
+            with terminate_as_interrupt(stop):
+                for path in paths:
+                    try:
+                        image = read_image_file(path, det.limits, det.meta.input)
+                        r = det(image)
+                    except (InvalidImageError, InferenceError) as e:  # InvalidImageError includes ImageFileError
+                        failed += 1
+                        report.add({"path": str(path), "error": str(e)}, lambda: det.stats.model_dump())
+                        print(f"ffrt: error: {e if isinstance(e, ImageFileError) else f'{path}: {e}'}", file=sys.stderr)
+                        continue
+                    verdict = "FAIL" if r.is_anomalous else "PASS"
+                    record = {
+                        "path": str(path), "score": json_float(r.score), "is_anomalous": r.is_anomalous,
+                        "defect_pixels": int(r.mask.sum()), "latency_ms": round(r.latency_ms, 3),
+                    }
+                    if args.overlays:
+                        record["overlay"] = str(write_overlay(args.overlays, path, image, r, overlay_names, atomic_write_bytes))
+                    report.add(record, lambda: det.stats.model_dump())
+                    print(f"{str(path):<{width}}  score {r.score:>10.5g}  {verdict}", flush=True)
             status = "complete"
         except KeyboardInterrupt:
             pass  # status stays "interrupted": the summary and the report of what was done follow
@@ -253,12 +258,37 @@ class DetectTool(Tool):
             print(f"review page: {write_records_page(args.html, det, records, ' '.join(map(str, args.images)))}")
         if status == "interrupted":
             where = f"; the report of the {len(records)} image(s) done is in {args.json}" if args.json else ""
-            print(f"ffrt: interrupted after {len(records)} of {len(paths)} images{where}", file=sys.stderr)
-            return 130
+            how = "stopped by SIGTERM" if stop.signum else "interrupted"
+            print(f"ffrt: {how} after {len(records)} of {len(paths)} images{where}", file=sys.stderr)
+            return 128 + (stop.signum or signal.SIGINT)
         if failed:
             print(f"ffrt: error: {failed} of {failed + done} images could not be processed (see above)", file=sys.stderr)
             return 1
         return 0
+
+
+class _Stop:
+    signum: int = 0  # the signal that stopped the run (0: none, or Ctrl-C's KeyboardInterrupt)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt(stop: _Stop):
+    """SIGTERM (what systemd, docker stop and kill send) stops the run the way Ctrl-C does:
+    the loop ends, the report is finalised as "interrupted" with what was done. Without
+    this, Python dies on SIGTERM at once and leaves the report at "running"."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; a caller's thread keeps its own
+        return
+
+    def handler(signum, frame):
+        stop.signum = signum
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def write_overlay(folder: Path, path: Path, image, result, used: set, write_bytes) -> Path:

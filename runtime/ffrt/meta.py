@@ -272,9 +272,11 @@ class ModelMeta(_Strict):
         return self.model_copy(update={"thresholds": thresholds, "schema_version": SCHEMA_VERSION})
 
 
+# ffcalib reads the same metadata before it writes thresholds, so it cannot repair a file
+# whose metadata is unusable: only a new export can.
 FIX_HINT = (
-    "The metadata was edited by hand or written by a broken tool: re-write the thresholds with "
-    "'ffcalib thresholds --model MODEL --normal DIR', or re-export the model with ffexport."
+    "The metadata was edited by hand or written by a broken tool: re-export the model with ffexport "
+    "(then set its thresholds again with ffcalib thresholds if they had been calibrated)."
 )
 
 
@@ -303,6 +305,8 @@ def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file.")
+    if path.stat().st_size == 0:  # parses as an empty ONNX model, which would read as "no metadata"
+        raise ModelFileError(f"{path}: the file is empty (0 bytes): the export or copy did not complete. Copy or export it again.")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and friends for non-ONNX files

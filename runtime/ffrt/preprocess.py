@@ -182,19 +182,45 @@ def decode_image_bytes(
             "can take; it was not decoded. Raise the limit if such images are expected."
         )
     size = image_size(data)
-    if size is not None:
-        problem = limits.problem(*size, spec)
-        if problem is not None:
-            raise ImageFileError(f"{where}: {problem} (size read from the file header; the file was not decoded)")
+    if size is None:
+        # Decoding to find out would let a few hundred bytes allocate gigabytes (the decoders
+        # are more lenient than any header check); OPENCV_IO_MAX_IMAGE_PIXELS cannot stand in
+        # for this: OpenCV reads it once, when cv2 is loaded, for the whole process, so it
+        # cannot follow each Detector's max_pixels.
+        raise ImageFileError(
+            f"{where}: cannot be decoded as an image: its pixel size cannot be read from the file header "
+            f"({_format_name(data)}), and decoding it without knowing could take any amount of memory. "
+            "Re-save it as PNG, JPEG, BMP, TIFF or WebP."
+        )
+    problem = limits.problem(*size, spec)
+    if problem is not None:
+        raise ImageFileError(f"{where}: {problem} (size read from the file header; the file was not decoded)")
     try:
         image = decode_image(data, cv2.IMREAD_COLOR)
     except Undecodable as e:
         raise ImageFileError(f"{where}: cannot be decoded as an image ({e}). Re-save it as PNG, JPEG, BMP or TIFF.") from e
-    # Formats whose header is not parsed are checked here, after decoding.
+    # EXIF orientation may transpose the header's size; the limits are checked on what came out.
     problem = limits.problem(image.shape[0], image.shape[1], spec)
     if problem is not None:
         raise ImageFileError(f"{where}: {problem}")
     return image
+
+
+_KNOWN_MAGIC = (
+    (b"\xff\xd8", "a JPEG whose segments do not lead to a frame header"),
+    (b"\x89PNG", "a PNG without a valid IHDR"),
+    (b"RIFF", "a RIFF/WebP file without a VP8/VP8L/VP8X chunk"),
+    (b"GIF8", "a GIF with a damaged header"),
+)
+
+
+def _format_name(data: bytes) -> str:
+    for magic, name in _KNOWN_MAGIC:
+        if data.startswith(magic):
+            return name
+    if data[4:12] in (b"ftypavif", b"ftypavis"):
+        return "AVIF, whose size this runtime does not read"
+    return "an unrecognised format or a damaged header"
 
 
 def to_uint8_image(

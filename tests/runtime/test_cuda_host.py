@@ -22,6 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 import trtenv  # noqa: E402
+from envskip import unavailable  # noqa: E402
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 
@@ -162,7 +163,7 @@ def test_pycuda_names_exist_in_pycuda_source(tmp_path):
                               capture_output=True, text=True, timeout=600)
         sdist = next(iter(sorted(target.glob("pycuda-2026.1.tar.gz"))), None)
         if sdist is None:
-            pytest.skip(f"could not download the pycuda 2026.1 source from PyPI ({' '.join(proc.stderr.split()[-30:])})")
+            unavailable(f"could not download the pycuda 2026.1 source from PyPI ({' '.join(proc.stderr.split()[-30:])})")
     with tarfile.open(sdist) as tar:
         texts = {rel: tar.extractfile(f"pycuda-2026.1/{rel}").read().decode() for rel in PYCUDA_NAMES}
     missing = [f"{rel}: {name}" for rel, names in PYCUDA_NAMES.items() for name in names if name not in texts[rel]]

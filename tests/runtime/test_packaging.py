@@ -20,6 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 import trtenv  # noqa: E402
+from envskip import unavailable  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -55,7 +56,7 @@ def test_gpu_extra_resolves_from_pypi(tmp_path):
     if proc.returncode != 0:
         if "Could not find a version" in proc.stderr or "No matching distribution" in proc.stderr or \
                 "NewConnectionError" in proc.stderr or "Max retries" in proc.stderr:
-            pytest.skip(f"PyPI not reachable for the gpu extra's pins: {' '.join(proc.stderr.split()[-25:])}")
+            unavailable(f"PyPI not reachable for the gpu extra's pins: {' '.join(proc.stderr.split()[-25:])}")
         pytest.fail(proc.stderr[-3000:])
     got = {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"] for i in json.loads(report.read_text())["install"]}
     assert got["onnxruntime-gpu"]["version"] == "1.31.1" and got["tensorrt-cu13-bindings"]["version"] == version
@@ -70,7 +71,7 @@ def test_gpu_extra_resolves_from_pypi(tmp_path):
     dl = tmp_path / "dl"
     proc = _pip("download", "--no-deps", "--no-binary", ":all:", "-d", str(dl), trt)
     if proc.returncode != 0:
-        pytest.skip(f"could not download {trt}: {' '.join(proc.stderr.split()[-25:])}")
+        unavailable(f"could not download {trt}: {' '.join(proc.stderr.split()[-25:])}")
     import tarfile
 
     sdist = next(dl.glob("tensorrt_cu13-*.tar.gz"))
@@ -133,7 +134,7 @@ def test_cpu_image_pip_line_installs_a_working_ffrt(tmp_path, models):
         if proc.returncode != 0:
             shutil.rmtree(venv, ignore_errors=True)
             if "Could not find a version" in proc.stderr or "NewConnectionError" in proc.stderr:
-                pytest.skip(f"PyPI not reachable: {' '.join(proc.stderr.split()[-25:])}")
+                unavailable(f"PyPI not reachable: {' '.join(proc.stderr.split()[-25:])}")
             pytest.fail(proc.stderr[-3000:])
         (venv / ".ffrt-ok").write_text("ok")
     else:  # the cached venv gets this checkout's code

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 import trtenv
+from envskip import unavailable
 
 ROOT = trtenv.ROOT
 #: Triton metrics the deployment files use; test_triton_serve checks the real server exports them.
@@ -58,10 +59,10 @@ def serve_python() -> str:
                               capture_output=True, text=True, timeout=1800)
     except subprocess.TimeoutExpired:
         shutil.rmtree(venv, ignore_errors=True)
-        pytest.skip('the "serve" extra: pip install timed out (package registry unreachable?)')
+        unavailable('the "serve" extra: pip install timed out (package registry unreachable?)')
     if proc.returncode != 0:
         shutil.rmtree(venv, ignore_errors=True)
-        pytest.skip(f'could not install the "serve" extra into a venv: {" ".join(proc.stderr.split()[-40:])}')
+        unavailable(f'could not install the "serve" extra into a venv: {" ".join(proc.stderr.split()[-40:])}')
     (venv / ".ffrt-ok").write_text("ok")
     return str(py)
 

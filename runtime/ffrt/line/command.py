@@ -122,6 +122,7 @@ class RunTool(Tool):
                 finally:
                     got.restore()
             finally:
+                run.show_totals()
                 bar.close()
                 if metrics is not None:
                     metrics.close()

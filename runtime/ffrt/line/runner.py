@@ -146,6 +146,7 @@ class LineRun:
         self._postfix_at = float("-inf")
         self._threads: list[threading.Thread] = []
         self.status = "running"
+        self.failure = ""  # why the run failed (status "failed"), for the summary
         #: Frames read and left unwritten when the run was stopped without waiting for them.
         self.abandoned = 0
 
@@ -226,8 +227,9 @@ class LineRun:
                     self.outputs.write_summary(self.summary())
                     last_sync = time.monotonic()
             self.status = "interrupted" if self.stop.is_set() or self.abort.is_set() else "complete"
-        except BaseException:
+        except BaseException as e:
             self.status = "failed"
+            self.failure = str(e) if isinstance(e, FFRTError) else f"{type(e).__name__}: {e}"
             raise
         finally:
             self.stop.set()
@@ -255,7 +257,6 @@ class LineRun:
 
     def _handle(self, spec: SourceSpec, frame: Frame, future) -> None:
         st = self.states[spec.name]
-        st.frames += 1
         result, error, status = None, frame.error, "error"
         if future is REFUSED:
             status = "refused"
@@ -268,6 +269,10 @@ class LineRun:
             except FFRTError as e:  # this frame only: refused image, failed batch
                 error = str(e)
         record = frame_record(spec.name, frame, status, result, error)
+        # Written first, counted after: a write that fails (disk full) must not leave the
+        # summary counting a frame the results file does not have.
+        self.outputs.write(record, frame.image, result)
+        st.frames += 1
         if status == "scored":
             st.scored += 1
             st.fail += bool(result.is_anomalous)
@@ -278,7 +283,6 @@ class LineRun:
             st.dropped += 1
         else:
             st.refused += 1
-        self.outputs.write(record, frame.image, result)
         if status == "error":
             where = f" ({frame.file})" if frame.file and frame.file not in record["error"] else ""
             self.say(f"ffrt: error: {spec.name} frame {frame.index}{where}: {record['error']}")
@@ -288,10 +292,17 @@ class LineRun:
         if self.progress is not None:
             now = time.monotonic()
             if now - self._postfix_at >= 0.5:  # tqdm redraws at each set_postfix
-                t = self.totals()
-                self.progress.set_postfix(rejected=f"{100 * t['reject_rate']:.1f}%", errors=t["errors"])
+                self.show_totals()
                 self._postfix_at = now
             self.progress.update(1)
+
+    def show_totals(self) -> None:
+        """Put the current counts on the progress line. Call it once more before the bar
+        closes: between frames they are refreshed at most twice a second, and the last line
+        must agree with the summary."""
+        if self.progress is not None:
+            t = self.totals()
+            self.progress.set_postfix(rejected=f"{100 * t['reject_rate']:.1f}%", errors=t["errors"])
 
     def _wait(self, future: Future):
         while True:
@@ -329,6 +340,7 @@ class LineRun:
             "totals": self.totals(),
             "sources": [st.to_dict() for st in self.states.values()],
             "outputs": self.outputs.paths(),
+            **({"error": self.failure} if self.failure else {}),
             **(extra or {}),
         }
 

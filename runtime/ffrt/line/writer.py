@@ -13,6 +13,10 @@ back (the file is cut to its length before that line) and the run fails with the
 A power cut can lose what the OS had not written back since the last ``sync`` (done at
 least once a second by the run, and at its end), but what survives is whole lines.
 Pictures and the summary are written atomically (temp file + rename).
+
+File names that are not valid UTF-8 are kept as the OS gives them: results.csv holds their
+raw bytes, results.jsonl the JSON escapes of Python's surrogateescape form ("\\udce9"), which
+os.fsencode() turns back into those bytes.
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ class LineFile:
         self.lines = 0
 
     def write_line(self, text: str) -> None:
-        data = (text.rstrip("\n") + "\n").encode()
+        # surrogateescape: a file name that is not UTF-8 (Python holds its bytes as lone
+        # surrogates) is written as the bytes the OS gave, not refused mid-run.
+        data = (text.rstrip("\n") + "\n").encode("utf-8", "surrogateescape")
         try:
             n = os.write(self._fd, data)  # one system call: never a loop that a crash could cut between
         except OSError as e:  # nothing was written (write(2) returned -1)
