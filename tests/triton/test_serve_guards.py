@@ -199,6 +199,13 @@ def test_leftovers_of_dead_servers_are_removed_and_nothing_else(tmp_path):
     # The stub ignores SIGTERM, as Triton's does.
     orphan = subprocess.Popen([str(stub), "60"], preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
     stranger = subprocess.Popen([shutil.which("sleep"), "60"])
+    # A dead server whose pid now belongs to another running process (a reused pid): its
+    # folder goes, the segments named by that pid may be the other process's and stay.
+    reused = tmp_path / "ffrt-serve.reused"
+    reused.mkdir()
+    (reused / leftovers.OWNER_FILE).write_text(json.dumps({"pid": stranger.pid, "start": "1"}))
+    strangers_segment = leftovers.SHM / f"{leftovers.shm_prefix(stranger.pid)}ffrt-test"
+    strangers_segment.write_bytes(b"x")
     theirs = _triton_folder(f'parameters {{ key: "workspace-path" value {{ string_value: "{dead.resolve() / "pytriton"}" }} }}')
     others = _triton_folder('parameters { key: "workspace-path" value { string_value: "/elsewhere/pytriton" } }')
     segment = leftovers.SHM / f"{leftovers.shm_prefix(pid)}ffrt-test"
@@ -207,7 +214,8 @@ def test_leftovers_of_dead_servers_are_removed_and_nothing_else(tmp_path):
     running_segment.write_bytes(b"x")
     try:
         cleaned = leftovers.remove_dead_owners(tmp_path)
-        assert set(cleaned) == {pid}
+        assert set(cleaned) == {pid, stranger.pid}
+        assert not reused.exists() and strangers_segment.exists()
         orphan.wait(timeout=10)
         assert orphan.returncode == -signal.SIGKILL
         assert not dead.exists() and not theirs.exists() and not segment.exists()
@@ -223,5 +231,5 @@ def test_leftovers_of_dead_servers_are_removed_and_nothing_else(tmp_path):
             p.wait()
         for path in (theirs, others):
             shutil.rmtree(path, ignore_errors=True)
-        for seg in (segment, running_segment):
+        for seg in (segment, running_segment, strangers_segment):
             seg.unlink(missing_ok=True)
