@@ -10,7 +10,7 @@ for it and stays up.
 It also answers readiness (``/v2/health/ready``, ``/v2/models/NAME/ready``) with 503 until
 ffrt serve has seen ffrt_detector answer an inference (:meth:`HttpGuard.set_ready`): Triton
 reports ready as soon as the models loaded so far are, which is before PyTriton has loaded
-ffrt_model, the graph ffrt_detector calls. And again from the moment the server stops.
+ffrt_model, the graph ffrt_detector calls. When the server stops, this port closes first.
 
 HTTP/1.1 with keep-alive, one request at a time on each connection (as Triton answers
 them); request bodies need a Content-Length (every Triton client sends one): a chunked
