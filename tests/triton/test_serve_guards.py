@@ -6,6 +6,9 @@ them all on a real server."""
 from __future__ import annotations
 
 import argparse
+import hashlib
+import http.client
+import http.server
 import json
 import os
 import random
@@ -15,6 +18,7 @@ import socket
 import string
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,7 @@ import pytest
 from ffrt.errors import InvalidArgumentError
 from ffrt.preprocess import ImageLimits
 from ffrt.triton import leftovers
+from ffrt.triton.http_guard import HttpGuard
 from ffrt.triton.request_guard import MAX_JSON_BYTES, RequestBounds, infer_path_model, infer_request_problem
 from ffrt.triton.serve import _check_ports, exposure_warning
 
@@ -233,3 +238,126 @@ def test_leftovers_of_dead_servers_are_removed_and_nothing_else(tmp_path):
             shutil.rmtree(path, ignore_errors=True)
         for seg in (segment, running_segment, strangers_segment):
             seg.unlink(missing_ok=True)
+
+
+class _Upstream(http.server.BaseHTTPRequestHandler):
+    """A plain HTTP/1.1 server on loopback standing where Triton's frontend is: it answers what
+    it received, so the test sees what the guard forwarded."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status: int, body: bytes, chunked: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (body[:5], body[5:], b""):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            return
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self._send(200, json.dumps({"path": self.path, "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
+                                    "expect": self.headers.get("Expect")}).encode())
+
+    def do_GET(self):
+        self._send(200, b'{"got": "' + self.path.encode() + b'"}', chunked=self.path == "/chunked")
+
+    do_HEAD = do_GET
+
+
+@pytest.fixture
+def guard():
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    g = HttpGuard("127.0.0.1", 0, upstream.server_address[1], BOUNDS)
+    g.start()
+    yield g
+    g.close()
+    upstream.shutdown()
+    upstream.server_close()
+
+
+def test_the_guard_forwards_requests_and_answers_unchanged(guard):
+    conn = http.client.HTTPConnection("127.0.0.1", guard.port, timeout=30)
+    conn.request("GET", "/v2/health/ready")
+    resp = conn.getresponse()
+    assert resp.status == 503 and "not ready" in json.loads(resp.read())["error"]
+    guard.set_ready(True)
+    conn.request("GET", "/v2/health/ready")
+    assert json.loads(conn.getresponse().read()) == {"got": "/v2/health/ready"}
+    # A binary request larger than the pieces the guard copies in, on the same connection.
+    header = _binary([1, 600])
+    body = header + os.urandom(3 << 20)
+    for _ in range(2):
+        conn.request("POST", "/v2/models/ffrt_model/infer", body=body,
+                     headers={"Inference-Header-Content-Length": str(len(header))})
+        got = json.loads(conn.getresponse().read())
+        assert got == {"path": "/v2/models/ffrt_model/infer", "bytes": len(body),
+                       "sha256": hashlib.sha256(body).hexdigest(), "expect": None}
+        # A refused request on the same connection (its body read and dropped), then the next.
+        hostile = _binary([1, 601])
+        conn.request("POST", "/v2/models/ffrt_model/infer", body=hostile + bytes(1000),
+                     headers={"Inference-Header-Content-Length": str(len(hostile))})
+        resp = conn.getresponse()
+        assert resp.status == 400 and "[1, 601]" in json.loads(resp.read())["error"]
+    conn.request("GET", "/chunked")
+    assert conn.getresponse().read() == b'{"got": "/chunked"}'
+    conn.request("HEAD", "/v2/models/ffrt_model")
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.read() == b""
+    conn.request("GET", "/after-head")
+    assert json.loads(conn.getresponse().read()) == {"got": "/after-head"}
+    conn.close()
+
+
+def _raw(port: int, data: bytes) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(data)
+    return s
+
+
+def _response(s: socket.socket) -> tuple[bytes, bytes]:
+    """(status line, body) of one response with a Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(1 << 16)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += s.recv(1 << 16)
+    return head.split(b"\r\n")[0], body
+
+
+def test_the_guard_answers_expect_continue_and_refuses_chunked_bodies(guard):
+    header = _binary([1, 600])
+    with _raw(guard.port, b"POST /v2/models/ffrt_model/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+              b"Inference-Header-Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (len(header), len(header) + 4)) as s:
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"  # before the body is sent
+        s.sendall(header + b"abcd")
+        status, body = _response(s)
+    assert status.startswith(b"HTTP/1.") and b" 200 " in status
+    assert json.loads(body)["expect"] is None  # answered here, not forwarded
+    with _raw(guard.port, b"POST /v2/models/ffrt_model/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"3\r\nabc\r\n0\r\n\r\n") as s:
+        status, body = _response(s)
+    assert status.startswith(b"HTTP/1.1 411 ") and b"Content-Length" in body
+    with _raw(guard.port, b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * (70 << 10) + b"\r\n\r\n") as s:
+        assert _response(s)[0].startswith(b"HTTP/1.1 431 ")
+
+
+def test_a_closed_guard_frees_its_port(guard):
+    port = guard.port
+    guard.close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
+    with socket.create_server(("127.0.0.1", port)):
+        pass

@@ -129,9 +129,13 @@ class HttpGuard:
         self._ready = ready
 
     def close(self) -> None:
+        """Stop listening and end every connection (a second call does nothing)."""
         self._ready = False
+        if self._loop.is_closed():
+            return
         if self._thread is None:
             self._sock.close()
+            self._loop.close()
             return
 
         async def shutdown() -> None:
@@ -287,7 +291,10 @@ async def _relay_response(up: asyncio.StreamReader, writer: asyncio.StreamWriter
         while True:
             line = await up.readuntil(b"\r\n")
             writer.write(line)
-            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise ConnectionError(f"Triton sent a malformed chunk size {line[:40]!r}") from None
             if size == 0:
                 while (trailer := await up.readuntil(b"\r\n")) != b"\r\n":
                     writer.write(trailer)
