@@ -213,13 +213,17 @@ def test_leftovers_of_dead_servers_are_removed_and_nothing_else(tmp_path):
     strangers_segment.write_bytes(b"x")
     theirs = _triton_folder(f'parameters {{ key: "workspace-path" value {{ string_value: "{dead.resolve() / "pytriton"}" }} }}')
     others = _triton_folder('parameters { key: "workspace-path" value { string_value: "/elsewhere/pytriton" } }')
+    # Triton's folder of a server whose own folder is gone already (removed, the Triton one not).
+    gone = tmp_path / "ffrt-serve.gone"
+    orphaned = _triton_folder(f'parameters {{ key: "workspace-path" value {{ string_value: "{gone}/pytriton" }} }}')
     segment = leftovers.SHM / f"{leftovers.shm_prefix(pid)}ffrt-test"
     running_segment = leftovers.SHM / f"{leftovers.shm_prefix(os.getpid())}ffrt-test"
     segment.write_bytes(b"x")
     running_segment.write_bytes(b"x")
     try:
         cleaned = leftovers.remove_dead_owners(tmp_path)
-        assert set(cleaned) == {pid, stranger.pid}
+        assert set(cleaned) == {pid, stranger.pid, None}
+        assert str(orphaned) in cleaned[None] and not orphaned.exists()
         assert not reused.exists() and strangers_segment.exists()
         orphan.wait(timeout=10)
         assert orphan.returncode == -signal.SIGKILL
@@ -234,7 +238,7 @@ def test_leftovers_of_dead_servers_are_removed_and_nothing_else(tmp_path):
         for p in (orphan, stranger):
             p.kill()
             p.wait()
-        for path in (theirs, others):
+        for path in (theirs, others, orphaned):
             shutil.rmtree(path, ignore_errors=True)
         for seg in (segment, running_segment, strangers_segment):
             seg.unlink(missing_ok=True)

@@ -14,14 +14,17 @@ PyTriton's copy of Triton). When it or tritonserver is killed, these can stay:
 
 ffrt serve records its pid and process start time in its folder (:func:`claim`) and removes
 everything above that names its folder when it exits (:func:`remove_own`); at start it does
-the same for every folder whose recorded process is no longer running
-(:func:`remove_dead_owners`). Nothing is removed that does not name such a folder.
+the same for every folder whose recorded process is no longer running, and removes Triton's
+folders that name an ffrt serve folder which no longer exists (left by a server that removed
+its own folder but not Triton's: ffrt before this module) (:func:`remove_dead_owners`).
+Nothing is removed that does not name such a folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -32,6 +35,8 @@ OWNER_FILE = "OWNER"
 #: Where tritonserver writes a model loaded with a configuration (a fixed path in Triton).
 TRITON_TMP = Path("/tmp")
 SHM = Path("/dev/shm")
+#: The PyTriton workspace a Triton model folder's config names: ``.../ffrt-serve.XXXX/pytriton``.
+_WORKSPACE = re.compile(rb'string_value: "([^"]*/' + re.escape(FOLDER_PREFIX.encode()) + rb'[^/"]+)/pytriton"')
 
 
 def shm_prefix(pid: int) -> str:
@@ -84,17 +89,28 @@ def _kill_processes_in(folder: Path) -> list[str]:
     return killed
 
 
-def _triton_model_folders(folder: Path) -> list[Path]:
-    """tritonserver's /tmp/folderXXXXXX folders whose configuration names ``folder``."""
-    workspace = f'"{folder.resolve() / "pytriton"}"'.encode()
-    found = []
+def _triton_configs():
+    """(folder, the start of its config.pbtxt) of tritonserver's /tmp/folderXXXXXX folders."""
     for candidate in TRITON_TMP.glob("folder??????"):
         try:
             with open(candidate / "config.pbtxt", "rb") as f:
-                text = f.read(1 << 16)
+                yield candidate, f.read(1 << 16)
         except OSError:
             continue
-        if workspace in text:
+
+
+def _triton_model_folders(folder: Path) -> list[Path]:
+    """tritonserver's folders whose configuration names ``folder``."""
+    workspace = f'"{folder.resolve() / "pytriton"}"'.encode()
+    return [candidate for candidate, text in _triton_configs() if workspace in text]
+
+
+def _orphaned_triton_folders() -> list[Path]:
+    """tritonserver's folders naming an ffrt serve folder that no longer exists."""
+    found = []
+    for candidate, text in _triton_configs():
+        named = _WORKSPACE.search(text)
+        if named and not Path(named.group(1).decode(errors="replace")).exists():
             found.append(candidate)
     return found
 
@@ -121,12 +137,18 @@ def remove_own(folder: Path) -> list[str]:
     return _remove(folder, os.getpid())
 
 
-def remove_dead_owners(root: Path | None = None) -> dict[int, list[str]]:
-    """At start: the leftovers of every ffrt serve that no longer runs, {its pid: what was removed}."""
+def remove_dead_owners(root: Path | None = None) -> dict[int | None, list[str]]:
+    """At start: the leftovers of every ffrt serve that no longer runs, {its pid: what was
+    removed}; None: Triton folders whose ffrt serve folder is gone (pid unknown)."""
     root = Path(root or tempfile.gettempdir())
-    cleaned = {}
+    cleaned: dict[int | None, list[str]] = {}
     for folder in sorted(root.glob(FOLDER_PREFIX + "*")):
         pid, running = _owner_running(folder)
         if folder.is_dir() and not running and pid is not None:
             cleaned[pid] = _remove(folder, pid)
+    orphans = _orphaned_triton_folders()
+    for path in orphans:
+        shutil.rmtree(path, ignore_errors=True)
+    if removed := [str(p) for p in orphans if not p.exists()]:
+        cleaned[None] = removed
     return cleaned

@@ -123,7 +123,8 @@ def serve(
     prepare_environment()
     _check_ports(address, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
     for pid, removed in leftovers.remove_dead_owners().items():
-        print(f"ffrt serve: removed what a killed ffrt serve (pid {pid}) left: {', '.join(removed)}", flush=True)
+        owner = f" (pid {pid})" if pid is not None else ""
+        print(f"ffrt serve: removed what a killed ffrt serve{owner} left: {', '.join(removed)}", flush=True)
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
