@@ -216,6 +216,7 @@ def test_leftovers_of_dead_servers_are_removed_and_nothing_else(tmp_path):
     # Triton's folder of a server whose own folder is gone already (removed, the Triton one not).
     gone = tmp_path / "ffrt-serve.gone"
     orphaned = _triton_folder(f'parameters {{ key: "workspace-path" value {{ string_value: "{gone}/pytriton" }} }}')
+    running = _triton_folder(f'parameters {{ key: "workspace-path" value {{ string_value: "{live.resolve()}/pytriton" }} }}')
     segment = leftovers.SHM / f"{leftovers.shm_prefix(pid)}ffrt-test"
     running_segment = leftovers.SHM / f"{leftovers.shm_prefix(os.getpid())}ffrt-test"
     segment.write_bytes(b"x")
@@ -229,16 +230,16 @@ def test_leftovers_of_dead_servers_are_removed_and_nothing_else(tmp_path):
         assert orphan.returncode == -signal.SIGKILL
         assert not dead.exists() and not theirs.exists() and not segment.exists()
         assert str(segment) in cleaned[pid] and str(theirs) in cleaned[pid] and str(dead) in cleaned[pid]
-        assert live.is_dir() and unowned.is_dir() and others.is_dir() and running_segment.exists()
+        assert live.is_dir() and unowned.is_dir() and others.is_dir() and running.is_dir() and running_segment.exists()
         assert _running(stranger.pid)
         # At exit a server removes its own: its folder and its pid's segments.
-        assert set(leftovers.remove_own(live)) == {str(live), str(running_segment)}
-        assert not live.exists() and not running_segment.exists()
+        assert set(leftovers.remove_own(live)) == {str(live), str(running_segment), str(running)}
+        assert not live.exists() and not running_segment.exists() and not running.exists()
     finally:
         for p in (orphan, stranger):
             p.kill()
             p.wait()
-        for path in (theirs, others, orphaned):
+        for path in (theirs, others, orphaned, running):
             shutil.rmtree(path, ignore_errors=True)
         for seg in (segment, running_segment, strangers_segment):
             seg.unlink(missing_ok=True)
