@@ -42,8 +42,14 @@ def _binary(shape, datatype="UINT8", name="image") -> bytes:
 def test_infer_paths():
     assert infer_path_model("/v2/models/ffrt_detector/infer") == "ffrt_detector"
     assert infer_path_model("/v2/models/ffrt_model/versions/1/infer?x=1") == "ffrt_model"
+    # Triton answers the absolute form too, with any scheme.
+    assert infer_path_model("http://127.0.0.1/v2/models/ffrt_detector/infer") == "ffrt_detector"
+    assert infer_path_model("x://y/v2/models/ffrt_detector/versions/1/infer?a#b") == "ffrt_detector"
+    # Anything else that mentions infer is checked without the per-model rules.
+    for unclear in ("/v2/models/a/b/infer", "/v2/models/ffrt_detector/INFER", "//v2/models/x/infer"):
+        assert infer_path_model(unclear) in ("", "x"), unclear
     for other in ("/v2/models/ffrt_detector/ready", "/v2/models/ffrt_detector", "/v2/health/ready",
-                  "/v2/models/a/b/infer", "/v2/repository/models/ffrt_detector/load"):
+                  "/v2/repository/models/ffrt_detector/load"):
         assert infer_path_model(other) is None, other
 
 
@@ -296,6 +302,9 @@ def test_the_guard_forwards_requests_and_answers_unchanged(guard):
     conn.request("GET", "/v2/health/ready")
     resp = conn.getresponse()
     assert resp.status == 503 and "not ready" in json.loads(resp.read())["error"]
+    conn.request("GET", "http://127.0.0.1/v2/models/ffrt_detector/versions/1/ready?x")  # the absolute form
+    resp = conn.getresponse()
+    assert resp.status == 503 and resp.read()
     guard.set_ready(True)
     conn.request("GET", "/v2/health/ready")
     assert json.loads(conn.getresponse().read()) == {"got": "/v2/health/ready"}

@@ -190,10 +190,13 @@ def test_declared_sizes_are_refused_before_triton_allocates_them(launch, local, 
         "[1,20000,20000,3] with 3 bytes": [1, 20000, 20000, 3],
         "a batch of 10^12 1x1 images": [10**12, 1, 1, 3],
     }
-    for name, shape in json_requests.items():
+    # Triton also answers the absolute form of a request target, with any scheme.
+    targets = (f"/v2/models/{model}/infer", f"http://127.0.0.1/v2/models/{model}/infer",
+               f"x://y/v2/models/{model}/versions/1/infer?a")
+    for (name, shape), target in zip(json_requests.items(), targets):
         body = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": shape, "data": [1, 2, 3]}]})
-        status, answer = _post(srv.http, f"/v2/models/{model}/infer", body.encode())
-        assert status == 400, (name, status, answer)
+        status, answer = _post(srv.http, target, body.encode())
+        assert status == 400, (name, target, status, answer)
         assert str(shape).replace(" ", "") in answer["error"].replace(" ", "") or "pixels" in answer["error"], answer
     # The binary extension: a JSON header declaring 1.2 GB, followed by 12 bytes.
     header = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 20000, 20000, 3],

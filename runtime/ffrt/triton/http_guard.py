@@ -38,7 +38,8 @@ COPY_CHUNK = 1 << 20
 #: A refused request's remaining body is read and dropped (keeping the connection) up to this
 #: size; a larger one is not read: the answer says so and the connection closes.
 DRAIN_LIMIT = 16 << 20
-READY_PATH = re.compile(r"^/v2/(?:health/ready|models/[^/]+(?:/versions/[^/]+)?/ready)$")
+#: Readiness endpoints, anywhere in a request target (Triton answers the absolute form too).
+READY_PATH = re.compile(r"/v2/(?:health/ready|models/[^/?#]+(?:/versions/[^/?#]*)?/ready)(?:[?#]|$)")
 REASONS = {400: "Bad Request", 411: "Length Required", 413: "Content Too Large", 431: "Request Header Fields Too Large",
            502: "Bad Gateway", 503: "Service Unavailable"}
 
@@ -186,14 +187,13 @@ class HttpGuard:
         if head.values("transfer-encoding"):
             raise _Refusal(411, "send the request body with a Content-Length (chunked request bodies are not accepted).")
         length = head.content_length() or 0
-        path = target.split("?", 1)[0]
-        if READY_PATH.match(path) and not self._ready:
+        if READY_PATH.search(target) and not self._ready:
             await _drain(reader, length)
             await _answer(writer, 503, "ffrt serve is not ready: its models are loading or it is stopping.", close,
                           body=method != "HEAD")
             return close, upstream
         prefix = b""
-        model = infer_path_model(path) if method == "POST" else None
+        model = infer_path_model(target) if method.upper() == "POST" else None
         if model is not None:
             json_length = _json_length(head, length)
             if json_length > MAX_JSON_BYTES:
@@ -204,7 +204,7 @@ class HttpGuard:
             problem = infer_request_problem(model, prefix, self._bounds)
             if problem is not None:
                 rest = length - json_length
-                log.warning("ffrt serve: refused an HTTP request to %s: %s", path, problem)
+                log.warning("ffrt serve: refused an HTTP request to %s: %s", target[:200], problem)
                 if rest > DRAIN_LIMIT:
                     raise _Refusal(400, problem)
                 await _drain(reader, rest)

@@ -30,8 +30,9 @@ from . import protocol
 #: Bytes per element of each Triton data type; a BYTES element is at least its 4-byte length.
 DATATYPE_BYTES = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2, "UINT32": 4,
                   "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8, "BYTES": 4}
-#: Triton's HTTP infer endpoints: /v2/models/NAME[/versions/V]/infer
-INFER_PATH = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/[^/]+)?/infer$")
+#: Triton's HTTP infer endpoint, /v2/models/NAME[/versions/V]/infer, anywhere in a request
+#: target: Triton also answers the absolute form (``http://host/v2/...``, any scheme).
+INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/?#]+)(?:/versions/[^/?#]*)?/infer(?:[?#]|$)")
 #: A JSON request body (or the JSON header of a binary one) larger than this is refused: Triton
 #: parses JSON into a document of many times its size, and a raw image belongs in binary form
 #: (tritonclient's default) or as encoded bytes.
@@ -54,10 +55,15 @@ class RequestBounds:
         return self.max_batch * self.limits.max_pixels * 3
 
 
-def infer_path_model(path: str) -> str | None:
-    """The model an HTTP request path infers with, or None when it is no infer request."""
-    match = INFER_PATH.match(path.split("?", 1)[0])
-    return match.group("model") if match else None
+def infer_path_model(target: str) -> str | None:
+    """The model an HTTP request target infers with; "" for a target that mentions infer but
+    names no model readably (checked without the per-model rules); None when it cannot reach
+    Triton's infer handler. Liberal on purpose: a form Triton accepts and this reads as no
+    infer request would pass unchecked."""
+    if "infer" not in target.lower():
+        return None
+    match = INFER_PATH.search(target)
+    return match.group("model") if match else ""
 
 
 def infer_request_problem(model: str, header: bytes, bounds: RequestBounds) -> str | None:
