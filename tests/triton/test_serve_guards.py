@@ -108,10 +108,24 @@ def test_shapes_must_be_non_negative_integers(shape):
 
 
 def test_what_triton_refuses_itself_is_forwarded():
-    for header in (b"not json", b"[]", b'{"inputs": "x"}', b'{"outputs": []}', b'{"inputs": [1, "a"]}'):
+    for header in (b"[]", b'{"inputs": "x"}', b'{"outputs": []}', b'{"inputs": [1, "a"]}'):
         assert infer_request_problem("ffrt_model", header, BOUNDS) is None, header
     big = b'{"inputs": []' + b" " * MAX_JSON_BYTES + b"}"
     assert "binary form" in infer_request_problem("ffrt_model", big, BOUNDS)
+
+
+def test_json_read_otherwise_than_triton_reads_it_is_refused():
+    """Triton's RapidJSON finds the first of two equal keys (Python's parser keeps the last)
+    and does not check UTF-8: such headers must not pass as harmless."""
+    hostile = {"name": "image", "datatype": "UINT8", "shape": [1, 100000, 100000, 3], "data": [1]}
+    harmless = {"name": "image", "datatype": "UINT8", "shape": [1, 1, 1, 3], "data": [1, 2, 3]}
+    twice = b'{"inputs": [%s], "inputs": [%s]}' % (json.dumps(hostile).encode(), json.dumps(harmless).encode())
+    assert "'inputs' more than once" in infer_request_problem("ffrt_model", twice, BOUNDS)
+    shape_twice = json.dumps(harmless).encode().replace(b'"shape"', b'"shape": [1, 100000, 100000, 3], "shape"')
+    assert "'shape' more than once" in infer_request_problem("ffrt_model", b'{"inputs": [%s]}' % shape_twice, BOUNDS)
+    assert infer_request_problem("ffrt_model", b'{"inputs": [%s]}' % json.dumps(harmless).encode(), BOUNDS) is None
+    for unreadable in (b"not json", b'{"inputs": [], "x": "\xff"}', b'{"inputs": [1,]}'):
+        assert "cannot be read" in infer_request_problem("ffrt_model", unreadable, BOUNDS), unreadable
 
 
 def _time_wait_port() -> int:

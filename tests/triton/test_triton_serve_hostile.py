@@ -198,6 +198,10 @@ def test_declared_sizes_are_refused_before_triton_allocates_them(launch, local, 
         status, answer = _post(srv.http, target, body.encode())
         assert status == 400, (name, target, status, answer)
         assert str(shape).replace(" ", "") in answer["error"].replace(" ", "") or "pixels" in answer["error"], answer
+    # Triton reads the first of two equal keys (Python's json the last).
+    hostile = json.dumps([{"name": "image", "datatype": "UINT8", "shape": [1, 100000, 100000, 3], "data": [1]}])
+    status, answer = _post(srv.http, f"/v2/models/{model}/infer", b'{"inputs": %s, "inputs": []}' % hostile.encode())
+    assert status == 400 and "'inputs' more than once" in answer["error"], answer
     # The binary extension: a JSON header declaring 1.2 GB, followed by 12 bytes.
     header = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 20000, 20000, 3],
                                      "parameters": {"binary_data_size": 12}}]}).encode()

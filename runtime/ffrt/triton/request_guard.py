@@ -14,6 +14,10 @@ infer request's JSON header and asks :func:`infer_request_problem` first:
   (:meth:`ffrt.preprocess.ImageLimits.problem`: the same message);
 - data written as JSON numbers needs at least one character an element, so an input that
   declares more elements than its JSON header has characters cannot be valid.
+
+The header must be JSON this module reads as Triton does: one that Python's parser refuses
+(invalid UTF-8, which Triton's RapidJSON does not check) or with a key twice (Python keeps the
+last, RapidJSON finds the first: ``{"inputs": [hostile], "inputs": []}``) is refused whole.
 """
 
 from __future__ import annotations
@@ -66,18 +70,32 @@ def infer_path_model(target: str) -> str | None:
     return match.group("model") if match else ""
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise _DuplicateKey(key)
+    return dict(pairs)
+
+
 def infer_request_problem(model: str, header: bytes, bounds: RequestBounds) -> str | None:
     """Why this infer request's JSON header must not reach Triton, or None to forward it.
 
-    A header that is not JSON, or has no list of inputs, is forwarded: Triton refuses those
-    itself, without allocating by a declared shape."""
+    JSON without a list of inputs is forwarded: Triton refuses it itself, without allocating
+    by a declared shape."""
     if len(header) > MAX_JSON_BYTES:
         return (f"the request's JSON is {len(header) / 1e6:.0f} MB, above this server's {MAX_JSON_BYTES >> 20} MB; "
                 "send tensors in binary form (tritonclient's default) or the image as encoded bytes.")
     try:
-        request = json.loads(header)
-    except ValueError:
-        return None
+        request = json.loads(header, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        return f"the request's JSON has the key {str(e)[:80]!r} more than once in one object."
+    except ValueError as e:
+        return f"the request's JSON header cannot be read ({str(e)[:120]}); send UTF-8 JSON."
     inputs = request.get("inputs") if isinstance(request, dict) else None
     if not isinstance(inputs, list):
         return None
