@@ -291,7 +291,8 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self._send(200, json.dumps({"path": self.path, "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
-                                    "expect": self.headers.get("Expect")}).encode())
+                                    "expect": self.headers.get("Expect"),
+                                    "content_length": self.headers.get_all("Content-Length")}).encode())
 
     def do_GET(self):
         self._send(200, b'{"got": "' + self.path.encode() + b'"}', chunked=self.path == "/chunked")
@@ -330,7 +331,7 @@ def test_the_guard_forwards_requests_and_answers_unchanged(guard):
                      headers={"Inference-Header-Content-Length": str(len(header))})
         got = json.loads(conn.getresponse().read())
         assert got == {"path": "/v2/models/ffrt_model/infer", "bytes": len(body),
-                       "sha256": hashlib.sha256(body).hexdigest(), "expect": None}
+                       "sha256": hashlib.sha256(body).hexdigest(), "expect": None, "content_length": [str(len(body))]}
         # A refused request on the same connection (its body read and dropped), then the next.
         hostile = _binary([1, 601])
         conn.request("POST", "/v2/models/ffrt_model/infer", body=hostile + bytes(1000),
@@ -355,13 +356,19 @@ def _raw(port: int, data: bytes) -> socket.socket:
 
 def _response(s: socket.socket) -> tuple[bytes, bytes]:
     """(status line, body) of one response with a Content-Length."""
+    def more() -> bytes:
+        data = s.recv(1 << 16)
+        if not data:
+            raise AssertionError("the connection closed before a whole response came")
+        return data
+
     data = b""
     while b"\r\n\r\n" not in data:
-        data += s.recv(1 << 16)
+        data += more()
     head, body = data.split(b"\r\n\r\n", 1)
     length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
     while len(body) < length:
-        body += s.recv(1 << 16)
+        body += more()
     return head.split(b"\r\n")[0], body
 
 
@@ -389,3 +396,27 @@ def test_a_closed_guard_frees_its_port(guard):
         socket.create_connection(("127.0.0.1", port), timeout=5)
     with socket.create_server(("127.0.0.1", port)):
         pass
+
+
+@pytest.mark.parametrize("fields", [
+    b"Content-Length : 2\r\n",  # a space before the colon: another parser may not see a length
+    b"Content-Length: 2\r\n 0\r\n",  # folded onto the previous line
+    b"Content-Length: 2\r\nContent-Length: 20\r\n",
+    b"Content-Length: +2\r\n",
+    b"Content-Length: 2\r\nInference-Header-Content-Length: 1\r\nInference-Header-Content-Length: 2\r\n",
+])
+def test_the_guard_refuses_heads_triton_could_frame_otherwise(guard, fields):
+    """Triton must see a request where this guard sees it, or the bytes this guard took for a
+    body could reach Triton as a request nobody checked."""
+    with _raw(guard.port, b"POST /v2/models/ffrt_model/infer HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n{}") as s:
+        status, body = _response(s)
+    assert status.startswith(b"HTTP/1.1 400 "), (status, body)
+    assert json.loads(body)["error"]  # the guard's answer, not the server's behind it
+
+
+def test_the_guard_forwards_one_content_length(guard):
+    with _raw(guard.port, b"POST /v2/models/ffrt_model/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+              b"content-length: 2\r\n\r\n{}") as s:
+        status, body = _response(s)
+    assert b" 200 " in status and json.loads(body)["content_length"] == ["2"]
+

@@ -39,6 +39,8 @@ COPY_CHUNK = 1 << 20
 #: size; a larger one is not read: the answer says so and the connection closes.
 DRAIN_LIMIT = 16 << 20
 #: Readiness endpoints, anywhere in a request target (Triton answers the absolute form too).
+#: A header field line as RFC 9110 has it: a token, then the colon at once.
+_FIELD = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+:")
 READY_PATH = re.compile(r"/v2/(?:health/ready|models/[^/?#]+(?:/versions/[^/?#]*)?/ready)(?:[?#]|$)")
 REASONS = {400: "Bad Request", 411: "Length Required", 413: "Content Too Large", 431: "Request Header Fields Too Large",
            502: "Bad Gateway", 503: "Service Unavailable"}
@@ -72,21 +74,31 @@ class _Head:
         return out
 
     def value(self, name: str) -> str | None:
-        found = self.values(name)
-        return found[-1] if found else None
+        """The field's one value (None when absent); two different values are refused: Triton
+        might read the other one."""
+        found = set(self.values(name))
+        if len(found) > 1:
+            raise _Refusal(400, f"the header {name} is given {len(found)} different values.")
+        return found.pop() if found else None
 
-    def without(self, name: str) -> bytes:
-        key = name.lower().encode()
-        kept = [line for line in self.lines if line.partition(b":")[0].strip().lower() != key]
-        return b"\r\n".join([self.first, *kept]) + b"\r\n\r\n"
+    def check_request_fields(self) -> None:
+        """Refuse header lines another parser may read otherwise (a space before the colon,
+        a line folded onto the previous one): Triton must frame the request as this does."""
+        for line in self.lines:
+            if not _FIELD.match(line):
+                raise _Refusal(400, f"malformed header line {line[:60]!r}.")
+
+    def forwarded(self, length: int) -> bytes:
+        """The head sent to Triton: without Expect (answered here), with one Content-Length."""
+        drop = {b"expect", b"content-length"}
+        kept = [line for line in self.lines if line.partition(b":")[0].lower() not in drop]
+        return b"\r\n".join([self.first, *kept, b"Content-Length: %d" % length]) + b"\r\n\r\n"
 
     def content_length(self) -> int | None:
-        values = set(self.values("content-length"))
-        if not values:
-            return None
-        if len(values) > 1 or not next(iter(values)).isdigit():
-            raise _Refusal(400, f"invalid Content-Length {sorted(values)}.")
-        return int(values.pop())
+        value = self.value("content-length")
+        if value is not None and not (value.isascii() and value.isdigit()):
+            raise _Refusal(400, f"invalid Content-Length {value!r}.")
+        return None if value is None else int(value)
 
     def wants_close(self, version: str) -> bool:
         tokens = {t.strip().lower() for v in self.values("connection") for t in v.split(",")}
@@ -183,6 +195,7 @@ class HttpGuard:
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             raise _Refusal(400, "not an HTTP/1.x request line.")
         method, target, version = parts
+        head.check_request_fields()
         close = head.wants_close(version)
         if head.values("transfer-encoding"):
             raise _Refusal(411, "send the request body with a Content-Length (chunked request bodies are not accepted).")
@@ -218,7 +231,7 @@ class HttpGuard:
             except OSError:
                 raise _Refusal(502, "the Triton server behind ffrt serve is not reachable (starting, or stopped).") from None
         up_reader, up_writer = upstream
-        up_writer.write(head.without("expect") + prefix)
+        up_writer.write(head.forwarded(length) + prefix)
         await _copy(reader, up_writer, length - len(prefix))
         keep_upstream, close_client = await _relay_response(up_reader, writer, method)
         if not keep_upstream:
@@ -233,7 +246,7 @@ def _json_length(head: _Head, length: int) -> int:
     declared = head.value("inference-header-content-length")
     if declared is None:
         return length
-    if not declared.isdigit() or int(declared) > length:
+    if not (declared.isascii() and declared.isdigit()) or int(declared) > length:
         raise _Refusal(400, f"Inference-Header-Content-Length {declared!r} must be a number of at most the "
                        f"Content-Length ({length}).")
     return int(declared)
