@@ -93,14 +93,16 @@ def _get(url: str, timeout: float = 2.0) -> tuple[int, str]:
 class Server:
     """``ffrt serve MODEL`` on free loopback ports, in the serve environment."""
 
-    def __init__(self, model: Path, log: Path, *args: str, token: str = "ffrt-test-token"):
-        self.http, self.grpc, self.metrics = free_ports(3)
+    def __init__(self, model: Path, log: Path, *args: str, token: str = "ffrt-test-token",
+                 address: str | None = "127.0.0.1", ports: tuple[int, int, int] | None = None):
+        """``address`` None: ffrt serve's default; ``ports``: (HTTP, gRPC, metrics), default free ones."""
+        self.http, self.grpc, self.metrics = ports or free_ports(3)
         self.token = token
         self.log = log
         self.python = serve_python()
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LD_LIBRARY_PATH")}
         env["PYTHONPATH"] = os.pathsep.join(trtenv.PACKAGES)
-        self.cmd = [self.python, "-m", "ffrt", "serve", str(model), "--address", "127.0.0.1",
+        self.cmd = [self.python, "-m", "ffrt", "serve", str(model), *(["--address", address] if address else []),
                     "--http-port", str(self.http), "--grpc-port", str(self.grpc),
                     "--metrics-port", str(self.metrics), "--access-token", token, *args]
         self._log_file = open(log, "wb")

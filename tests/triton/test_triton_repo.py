@@ -122,6 +122,50 @@ def test_a_backend_description_with_quotes_survives_the_config(tiny_onnx, tmp_pa
     assert params["graph_backend"] == text.replace("\n", " ") and params["graph_precision"] == "int8+bf16"
 
 
+def _renamed(model: Path, out: Path, names: dict[str, str]) -> Path:
+    """``model`` with its graph tensors renamed (old -> new) in the graph and in its metadata."""
+    from ffrt.meta import set_proto_meta
+
+    proto = onnx.load(str(model))
+    g = proto.graph
+    for value in (*g.input, *g.output):
+        value.name = names.get(value.name, value.name)
+    for node in g.node:
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]
+    meta = read_onnx_meta(model)
+    meta = meta.model_copy(update={
+        "input": meta.input.model_copy(update={"name": names[meta.input.name]}),
+        "outputs": meta.outputs.model_copy(update={k: names[v] for k, v in meta.outputs.model_dump().items()}),
+    })
+    set_proto_meta(proto, meta)
+    onnx.save(proto, str(out))
+    return out
+
+
+def test_hostile_tensor_names_cannot_inject_configuration(tiny_onnx, tmp_path):
+    """Tensor names are the ONNX file's: quotes, backslashes and line breaks in them must come
+    back from Triton's parser as the very names, and add no input, output or parameter."""
+    meta = read_onnx_meta(tiny_onnx)
+    hostile = {
+        meta.input.name: 'image" dims: [ 1 ] }, { name: "evil',
+        meta.outputs.anomaly_map: 'map\\" } ]\nparameters { key: "k" value: { string_value: "v" } }\n#',
+        meta.outputs.score: "score\r\n\t'\x01 \u00e9",
+    }
+    model = _renamed(tiny_onnx, tmp_path / "hostile.onnx", hostile)
+    out = tmp_path / "models"
+    assert ffrt_main(["triton-repo", str(model), str(out), "--kind", "cpu"]) == 0
+    config = check_layout(out)["ffrt_model"]
+    assert [t.name for t in config.input] == [hostile[meta.input.name]]
+    assert [t.name for t in config.output] == [hostile[meta.outputs.anomaly_map], hostile[meta.outputs.score]]
+    assert [list(t.dims) for t in config.input] == [[meta.input.height, meta.input.width, 3]]
+    assert len(config.parameters) == 0
+    # The names are the graph's own: Triton's ONNX Runtime backend finds them there.
+    graph = onnx.load(str(out / "ffrt_model" / "1" / "model.onnx")).graph
+    assert [v.name for v in graph.input] == [t.name for t in config.input]
+    assert [v.name for v in graph.output] == [t.name for t in config.output]
+
+
 def test_gpu_kind_instances_and_batch_options(tiny_onnx, tmp_path):
     out = tmp_path / "gpu"
     assert ffrt_main(["triton-repo", str(tiny_onnx), str(out), "--instances", "2", "--max-batch", "1"]) == 0

@@ -89,7 +89,11 @@ class ServeTool(Tool):
 
         parser.add_argument("model", metavar="MODEL", type=Path, help="an .onnx model exported by ffexport (or an engine)")
         net = parser.add_argument_group("network")
-        net.add_argument("--address", default="0.0.0.0", help="address to listen on (default 0.0.0.0: every interface)")
+        net.add_argument(
+            "--address", default="127.0.0.1",
+            help="address to listen on (default 127.0.0.1: this machine only). Triton does not authenticate inference: "
+            "another address (0.0.0.0: every interface) opens it to the network, with a warning",
+        )
         net.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (default 8000)")
         net.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001)")
         net.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default 8002)")

@@ -136,7 +136,7 @@ def _dims(dims) -> str:
 
 
 def _tensor_block(t: Tensor, optional: bool = False) -> str:
-    lines = [f'    name: "{t.name}"', f"    data_type: {t.data_type}", f"    dims: {_dims(t.dims)}"]
+    lines = [f"    name: {_literal(t.name)}", f"    data_type: {t.data_type}", f"    dims: {_dims(t.dims)}"]
     if t.reshape_scalar:
         lines.append("    reshape: { shape: [ ] }")
     if optional:
@@ -153,13 +153,26 @@ def _batching(opts: Options) -> str:
     return "\n".join(lines + ["}"])
 
 
-def _quoted(text: str) -> str:
-    """A protobuf text-format string literal's content (a backend description may hold quotes)."""
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+def _literal(text: str) -> str:
+    """``text`` as a protobuf text-format string literal that parses back to exactly ``text``.
+
+    Tensor names come from the ONNX file and backend descriptions from the runtime: a quote,
+    backslash or line break written raw would end the string early and let the rest of the
+    text be read as configuration (more inputs, parameters). protobuf's own escaper is the
+    one its parser (and Triton's) reverses."""
+    from google.protobuf.text_encoding import CEscape
+
+    return '"' + CEscape(text, as_utf8=True) + '"'
 
 
 def _parameters(params: dict[str, str]) -> str:
-    return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{_quoted(v)}" }} }}' for k, v in params.items())
+    lines = []
+    for key, value in params.items():
+        # A parameter is reported on one line (graph_backend is every Result's backend): line
+        # breaks become spaces; everything else is kept exactly.
+        one_line = value.replace("\n", " ")
+        lines.append(f"parameters {{ key: {_literal(key)} value: {{ string_value: {_literal(one_line)} }} }}")
+    return "\n".join(lines)
 
 
 def model_config(inputs: list[Tensor], outputs: list[Tensor], opts: Options) -> str:

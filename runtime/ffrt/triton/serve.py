@@ -12,6 +12,15 @@ writes for a full Triton:
   ``ffrt_model`` by BLS. HTTP, gRPC, health (``/v2/health/ready``) and Prometheus metrics
   (``:PORT/metrics``) are Triton's own.
 
+Triton's HTTP frontend is not reached directly: it listens on 127.0.0.1 on a port of its own,
+and ``--http-port`` is :class:`~ffrt.triton.http_guard.HttpGuard`'s, which refuses inference
+requests whose declared tensor sizes no valid request has (Triton would allocate them before
+reading a byte of data) and reports ready only once ffrt_detector has answered an inference.
+Every port listens on 127.0.0.1 unless ``--address`` says otherwise: Triton has no
+authentication for inference, so another address gets a one-line warning. What a killed
+server leaves (processes, shared memory, folders) is removed by the next start
+(:mod:`ffrt.triton.leftovers`).
+
 The Python the Triton Python-backend stub runs must be *this* interpreter, the same build:
 the stub (one per Python minor version in the PyTriton wheel) links ``libpython3.X.so.1.0``
 by name, and the dynamic loader takes the first it finds. On a machine whose system
@@ -27,10 +36,11 @@ installation guide does for uv-managed Pythons
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
-import shutil
 import signal
+import socket
 import sys
 import sysconfig
 import tempfile
@@ -40,8 +50,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailableError, FFRTError, InvalidArgumentError
-from . import protocol
+from ..preprocess import ImageLimits
+from . import leftovers, protocol
+from .http_guard import HttpGuard
 from .repository import Options, detector_files, preferred_batch_sizes
+from .request_guard import RequestBounds
 
 log = logging.getLogger("ffrt")
 
@@ -89,7 +102,7 @@ def serve(
     model: Path,
     *,
     backend: str = "auto",
-    address: str = "0.0.0.0",
+    address: str = "127.0.0.1",
     http_port: int = 8000,
     grpc_port: int = 8001,
     metrics_port: int = 8002,
@@ -104,8 +117,14 @@ def serve(
     stop: threading.Event | None = None,
 ) -> int:
     """Serve ``model`` until SIGINT/SIGTERM (or ``stop`` is set); returns the exit code."""
+    warning = exposure_warning(address)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     prepare_environment()
     _check_ports(address, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
+    for pid, removed in leftovers.remove_dead_owners().items():
+        owner = f" (pid {pid})" if pid is not None else ""
+        print(f"ffrt serve: removed what a killed ffrt serve{owner} left: {', '.join(removed)}", flush=True)
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
@@ -118,13 +137,17 @@ def serve(
                    max_pixels=max_pixels, min_side=min_side, min_region_px=min_region_px).checked(meta)
     h, w = det.input_size
     map_name, score_name = meta.outputs.anomaly_map, meta.outputs.score
+    limits = ImageLimits(**{k: v for k, v in (("max_pixels", max_pixels), ("min_side", min_side)) if v is not None})
+    bounds = RequestBounds(limits, opts.max_batch)
+    triton_http_port = _free_loopback_port()
 
     @batch
     def run_graph(**inputs):
         maps, scores = det.run_model(inputs[meta.input.name])
         return {map_name: maps, score_name: scores.reshape(-1, 1)}
 
-    workdir = Path(tempfile.mkdtemp(prefix="ffrt-serve."))
+    workdir = Path(tempfile.mkdtemp(prefix=leftovers.FOLDER_PREFIX))
+    leftovers.claim(workdir)
     repo = workdir / "repository"
     import ffcore
     import ffrt
@@ -136,7 +159,7 @@ def serve(
         path.write_bytes(data)
 
     config = TritonConfig(
-        model_repository=repo, http_address=address, http_port=http_port, grpc_address=address,
+        model_repository=repo, http_address="127.0.0.1", http_port=triton_http_port, grpc_address=address,
         grpc_port=grpc_port, metrics_port=metrics_port, metrics_address=address, exit_timeout_secs=5,
     )
     # PyTriton protects the model-repository endpoints (load/unload) with a token by default;
@@ -146,8 +169,11 @@ def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         if threading.current_thread() is threading.main_thread():
             signal.signal(sig, lambda *_: stop.set())
+    guard: HttpGuard | None = None
     triton = Triton(config=config, workspace=workdir / "pytriton", security_config=security)
     try:
+        guard = HttpGuard(address, http_port, triton_http_port, bounds)
+        guard.start()
         triton.bind(
             model_name=protocol.GRAPH_MODEL,
             infer_func=run_graph,
@@ -165,7 +191,9 @@ def serve(
             triton.run()
         except Exception as e:  # PyTriton waits for the server; its log above says why it stopped
             raise FFRTError(f"the Triton server did not start ({type(e).__name__}: {e}); its log above says why.") from e
-        _check_ready(address, http_port)
+        _check_ready(triton_http_port)
+        _check_answers(triton_http_port, (h, w))
+        guard.set_ready(True)
         print(
             f"ffrt serve: {model} as '{protocol.DETECTOR_MODEL}' on {det.backend_description}; HTTP {address}:{http_port}, "
             f"gRPC {address}:{grpc_port}, metrics http://{address}:{metrics_port}/metrics; batch <= {opts.max_batch}, "
@@ -180,20 +208,42 @@ def serve(
                 return 1
         return 0
     finally:
+        if guard is not None:
+            guard.close()
         triton.stop()
         det.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        leftovers.remove_own(workdir)
+
+
+def exposure_warning(address: str) -> str | None:
+    """The one-line warning for an address other machines can reach (None for loopback)."""
+    try:
+        loopback = address == "localhost" or ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        loopback = False
+    if loopback:
+        return None
+    return (f"ffrt serve: warning: listening on {address}: inference, health and metrics are unauthenticated and "
+            "reachable from the network; keep the default --address 127.0.0.1 unless this network is trusted "
+            "(or put an authenticating proxy in front).")
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _check_ports(address: str, ports: dict[str, int]) -> None:
     """A port in use makes tritonserver exit at start, which PyTriton only notices after its
     start-up timeout (minutes): say so now, naming the option."""
-    import socket
-
     if len(set(ports.values())) != len(ports):
         raise InvalidArgumentError(f"the ports must differ: {', '.join(f'{k} {v}' for k, v in ports.items())}.")
     for option, port in ports.items():
         with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+            # As the servers bind (Triton's, the HTTP guard): a port whose only users are
+            # closed connections in TIME_WAIT (a minute after a server stopped) is free.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((address, port))
             except OSError as e:
@@ -203,16 +253,34 @@ def _check_ports(address: str, ports: dict[str, int]) -> None:
                 ) from None
 
 
-def _check_ready(address: str, port: int) -> None:
+def _check_ready(port: int) -> None:
     """PyTriton loads every model of the repository at start (--load-model=*): ffrt_detector
     must be ready now, ffrt_model too (bound and loaded by PyTriton)."""
     import tritonclient.http as httpclient
 
-    host = "127.0.0.1" if address in ("0.0.0.0", "") else address
-    client = httpclient.InferenceServerClient(f"{host}:{port}", connection_timeout=30, network_timeout=60)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", connection_timeout=30, network_timeout=60)
     try:
         missing = [m for m in (protocol.GRAPH_MODEL, protocol.DETECTOR_MODEL) if not client.is_model_ready(m)]
     finally:
         client.close()
     if missing:
         raise FFRTError(f"Triton started but {', '.join(missing)} is not ready; its log above says why.")
+
+
+def _check_answers(port: int, size: tuple[int, int]) -> None:
+    """ffrt_detector must answer an inference (a blank image of the model's size, through
+    ffrt_model) before the server says it is ready: Triton's own readiness comes earlier."""
+    import tritonclient.http as httpclient
+
+    image = np.zeros((1, *size, 3), np.uint8)
+    tensor = httpclient.InferInput(protocol.INPUT_IMAGE, list(image.shape), "UINT8")
+    tensor.set_data_from_numpy(image)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", connection_timeout=30, network_timeout=120)
+    try:
+        score = client.infer(protocol.DETECTOR_MODEL, [tensor]).as_numpy("score")
+    except Exception as e:
+        raise FFRTError(f"Triton started but {protocol.DETECTOR_MODEL} does not answer ({e}); its log above says why.") from e
+    finally:
+        client.close()
+    if score is None or score.shape != (1, 1):
+        raise FFRTError(f"Triton started but {protocol.DETECTOR_MODEL} answered without a score; its log above says why.")
