@@ -303,3 +303,41 @@ def test_bf16_on_fp32_thresholds_warns_and_the_advice_clears_it(tiny_onnx, elpv_
         Detector(model, backend="onnxruntime-cpu", threads=1)
     (msg,) = _threshold_warnings(caplog)
     assert "openvino (bf16)" in msg and "--backend onnxruntime-cpu --precision fp32" in msg
+
+
+class _Slowed:
+    """A real backend whose every run takes ``extra_s`` longer: a backend that is slower here."""
+
+    def __init__(self, backend, extra_s: float):
+        self._backend, self._extra_s = backend, extra_s
+        self.name, self.precision, self.description = backend.name, backend.precision, backend.description + " (slowed)"
+        self.closed = False
+
+    def run(self, batch):
+        import time
+
+        time.sleep(self._extra_s)
+        return self._backend.run(batch)
+
+    def close(self):
+        self.closed = True
+        self._backend.close()
+
+
+@pytest.mark.parametrize("slow", ["onnxruntime-cpu", "openvino"])
+def test_auto_keeps_the_faster_backend_and_closes_the_other(tiny_onnx, meta, tmp_path, monkeypatch, slow):
+    """Whichever of the two real CPU backends is made 40 ms per call slower, the choice is the other
+    one (the incumbent ONNX Runtime included: a challenger far faster than the 5% margin wins)."""
+    from ffrt.backends.cpuchoice import pick
+
+    monkeypatch.setenv("FFRT_ENGINE_CACHE", str(tmp_path))
+    backends = []
+    for name in ("onnxruntime-cpu", "openvino"):
+        b, _ = create_backend(name, tiny_onnx, meta, threads=1)
+        backends.append(_Slowed(b, 0.04) if name == slow else _Slowed(b, 0.0))
+    chosen, line = pick(backends, tiny_onnx, meta, threads=1)
+    assert chosen.name != slow, line
+    assert [b.closed for b in backends] == [b is not chosen for b in backends]
+    ms = json.loads((tmp_path / "cpu-backend-choice.json").read_text())
+    (entry,) = ms["entries"].values()
+    assert entry["ms_per_image"][slow] > entry["ms_per_image"][chosen.name] and entry["chosen"] == chosen.name
