@@ -92,6 +92,18 @@ def time_calls(call, seconds: float, most: int = 1000, warmup: int = 3) -> dict:
     return {"median_ms": median_ms, "runs": len(times)}
 
 
+#: Device memory that 100 create/close cycles may leave unreturned, in MiB.
+LEAK_MIB = 16.0
+
+
+def leak_verdict(figures: dict, key: str, before_mib: float, after_mib: float, cycles: int, what: str) -> str:
+    """Record the driver's free memory before and after ``cycles`` and fail beyond LEAK_MIB."""
+    figures[key] = {"free_mib_before": before_mib, "free_mib_after": after_mib}
+    lost = before_mib - after_mib
+    assert lost < LEAK_MIB, f"{lost:.1f} MiB not returned after {cycles} cycles"
+    return f"{cycles} {what}: {lost:.1f} MiB of device memory not returned (tol {LEAK_MIB:g})"
+
+
 class Steps:
     """Run steps in order; ``run(name, fn)`` returns fn's value, or None when it skipped or failed."""
 

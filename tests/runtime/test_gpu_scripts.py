@@ -90,3 +90,14 @@ def test_cuda_check_without_a_gpu(bundle, tmp_path):
                                           "pytorch eager fused model"]
     assert all(r["status"] == "SKIP" and r["detail"] for r in steps), steps
     assert report["verdict"] == "INCOMPLETE" and (tmp_path / "r" / "report.txt").is_file()
+
+
+def test_leak_verdict_bounds_the_memory_not_returned():
+    sys.path.insert(0, str(SCRIPTS))
+    from steps import LEAK_MIB, leak_verdict
+
+    figures: dict = {}
+    assert "15.9 MiB of device memory not returned" in leak_verdict(figures, "k", 1000.0, 984.1, 100, "cycles")
+    assert figures["k"] == {"free_mib_before": 1000.0, "free_mib_after": 984.1} and LEAK_MIB == 16.0
+    with pytest.raises(AssertionError, match="16.1 MiB not returned after 100 cycles"):
+        leak_verdict(figures, "k", 1000.0, 983.9, 100, "cycles")
