@@ -112,6 +112,7 @@ def test_fp16_gate_failure_keeps_both_previous_files(tiny_checkpoint, previous, 
     model, payload = checkpoint.load(tiny_checkpoint)
     export_fp16(model, payload, checkpoint.sha256(tiny_checkpoint), previous / "model.fp16.onnx", batch_max=8)
     monkeypatch.setattr(ffexport.fp16_gate, "FP16_MAX_MAP_REL", -1.0)  # no FP16 graph can pass
+    monkeypatch.setattr(ffexport.fp16_gate, "FP16_MAX_NOISE_RATIO", -1.0)
     before = _snapshot(previous)
     assert ffexport_main(["--ckpt", str(tiny_checkpoint), "--out", str(previous), "--batch-max", "8", "--fp16",
                           "--fp16-images", "4"]) == 1

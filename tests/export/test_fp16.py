@@ -476,3 +476,16 @@ def test_ffexport_fp16_engine_without_tensorrt(tiny_checkpoint, tmp_path, capsys
     fp16_path = (tmp_path / "model.fp16.onnx").resolve()
     assert f"python -m ffexport.tensorrt {fp16_path} --batch-min 1 --batch-opt 4 --batch-max 8" in lines[0]
     assert not list(tmp_path.glob("*.engine"))
+
+
+@pytest.mark.parametrize("map_noise, ok", [(None, False), (0.04, False), (0.06, True)])
+def test_map_bound_is_the_larger_of_two_percent_and_three_times_the_models_map_noise(map_noise, ok):
+    """A map error of 15% of the peak (what DeepPCB's standardized maps show under an exact FP16
+    conversion) passes only where the model's own FP16 map noise makes it the conversion's due:
+    bound = max(0.02 x peak, 3 x noise) = 0.18 for noise 0.06, 0.12 for 0.04, 0.02 without a reference."""
+    report = fp16_gate.Fp16Report(images=64, spearman=0.9997, auroc_fp32=0.8, auroc_fp16=0.8, map_max_abs=0.15,
+                                  map_max_rel=0.15, nonfinite=0, cast_fallback_ops=(), noise=1.0, score_max_abs=1.0,
+                                  map_noise=map_noise)
+    assert report.ok is ok
+    assert report.map_bound == pytest.approx({None: 0.02, 0.04: 0.12, 0.06: 0.18}[map_noise])
+
