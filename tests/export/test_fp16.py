@@ -285,6 +285,22 @@ def test_a_wrong_conversion_is_refused_at_any_threshold(tiny_onnx, fp16, labelle
     assert bad.noise == pytest.approx(good.noise)  # the reference does not depend on the file under test
     assert errors > 3 * good.noise and bad.noise_ratio > 3
     assert bad.spearman >= MIN_SPEARMAN and bad.auroc_diff <= MAX_AUROC_DIFF  # the other bounds let it through
+    # With its FP16 storage emulated, the correct file computes what an exact conversion does.
+    assert good.departure < 0.5 and good.map_departure < 0.5 and bad.departure > 0.5
+
+
+def test_a_half_percent_wrong_weight_departs_from_the_exact_conversion(tiny_onnx, fp16, labelled, tmp_path,
+                                                                      monkeypatch):
+    """Where the score-error bound is loose (high-scoring defects make the noise large, as on the
+    default ELPV model), the departure from an exact FP16 conversion still refuses a weight 0.5% off."""
+    images, labels = labelled
+    monkeypatch.setattr(fp16_gate, "FP16_MAX_NOISE_RATIO", 100.0)
+    wrong = _scale_first_fp16_conv(fp16, 1.005, tmp_path / "wrong.fp16.onnx")
+    good = compare(tiny_onnx, fp16, images, labels, tmp_path)
+    bad = compare(tiny_onnx, wrong, images, labels, tmp_path)
+    assert good.ok and not bad.ok, str(bad)
+    assert bad.departure > 0.5 and bad.noise_ratio <= 100 and bad.map_max_abs <= bad.map_bound
+    assert "departure from an exact FP16 conversion" in str(bad)
 
 
 def test_without_a_noise_reference_every_changed_verdict_counts(tiny_onnx, fp16, labelled, tmp_path):
