@@ -66,7 +66,8 @@ def measure(folder: Path, data: str | None, count: int) -> dict:
                          "map_rel": r.map_max_rel, "map_noise_ratio": (r.map_max_abs / r.map_noise if r.map_noise else None),
                          "departure": r.departure, "map_departure": r.map_departure, "spearman": r.spearman, "auroc_diff": r.auroc_diff,
                          "verdicts_changed": r.verdict_flips, "counted": r.counted_flips, "gate": "OK" if r.ok else "FAILED"})
-    return {"model": str(folder), "data": what, "input": [meta.input.height, meta.input.width],
+    name = folder.parent.name if folder.name == "out" else folder.name
+    return {"model": name, "data": what, "input": [meta.input.height, meta.input.width],
             "backbone": meta.backbone.name, "images": int(len(images)), "rows": rows}
 
 
@@ -76,7 +77,7 @@ def table(results: list[dict], machine: str) -> str:
              "changed (counted) | gate |", "|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         for r in res["rows"]:
-            lines.append(f"| {Path(res['model']).name} {res['input'][0]}x{res['input'][1]} ({res['images']} images) | "
+            lines.append(f"| {res['model']} {res['input'][0]}x{res['input'][1]} ({res['images']} images) | "
                          f"{r['file']} | {r['noise']:.3g} | {r['noise_ratio']:.2f}x | {r['map_rel']:.2%} | "
                          f"{r['map_noise_ratio']:.2f}x | {r['departure']:.2f}x, {r['map_departure']:.2f}x | "
                          f"{r['verdicts_changed']} ({r['counted']}) | {r['gate']} |")
