@@ -98,7 +98,7 @@ class Check:
         from ffrt.tensorrt.build import read_engine_info
 
         if name not in self.engines:
-            raise Skip(f"no engine for {name} (its build did not pass)")
+            raise Skip(f"no engine for {name} (its build step did not pass)")
         path = self.engines[name]
         with TensorRTBackend(path, read_engine_info(path).meta) as backend:
             parts = [backend.run(self.images[i : i + 8]) for i in range(0, len(self.images), 8)]
