@@ -71,6 +71,14 @@ def _watch_report(report: Path, proc, until, timeout: float = 120.0) -> list[tup
     raise AssertionError(f"the run ended or timed out before the report showed it; seen {states}")
 
 
+def _wait(proc, readers, errs) -> str:
+    """Wait for the run to end and its output to be read; returns what it printed on stderr."""
+    proc.wait(timeout=120)
+    for r in readers:
+        r.join(timeout=10)
+    return "".join(errs)
+
+
 def test_sigterm_finalises_the_report_like_ctrl_c(red_model, tmp_path):
     # Issue 23: SIGTERM (systemd, docker stop) left the report at "running" with a stale count.
     images = _images(tmp_path / "images", 3000)
@@ -86,10 +94,7 @@ def test_sigterm_finalises_the_report_like_ctrl_c(red_model, tmp_path):
         assert len({ino for ino, _ in running}) == len(running), states
         assert [n for _, n in running] == sorted(n for _, n in running) and running[-1][1] > 0, states
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
-        for r in readers:
-            r.join(timeout=10)
-        err = "".join(errs)
+        err = _wait(proc, readers, errs)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -117,10 +122,7 @@ def test_an_error_mid_run_leaves_the_report_failed(red_model, tmp_path):
         _watch_report(report, proc, lambda s: s[-1][1] == "running" and s[-1][2] > 0)
         overlays.rename(tmp_path / "overlays.moved")
         overlays.write_bytes(b"a file where the folder was")
-        proc.wait(timeout=120)
-        for r in readers:
-            r.join(timeout=10)
-        err = "".join(errs)
+        err = _wait(proc, readers, errs)
     finally:
         if proc.poll() is None:
             proc.kill()
