@@ -100,7 +100,7 @@ def main() -> int:
     from fftrain import checkpoint
     from fftrain.config import FastFlowConfig
     from fftrain.data import elpv, load_batch
-    from fftrain.metrics import f1_at_threshold, f1_max, precision_recall_at_threshold, roc_auc
+    from ffcore.metrics import f1_at_threshold, f1_max, precision_recall_at_threshold, roc_auc
     from fftrain.train import TrainSettings, train_and_save
 
     t_start = time.perf_counter()

@@ -31,7 +31,7 @@ import torch
 from ffcore import synthetic
 from fftrain.config import FastFlowConfig
 from fftrain.data import load_batch, resolve
-from fftrain.metrics import aupro, pixel_auroc, roc_auc
+from ffcore.metrics import aupro, pixel_auroc, roc_auc
 from fftrain.head import AnomalyHead
 from fftrain.train import TrainSettings, calibrate, evaluate_features, extract_features, raw_scale_maps, train
 

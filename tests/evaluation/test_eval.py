@@ -1,4 +1,4 @@
-"""ffeval through ffrt.Detector: metrics equal fftrain.metrics computed directly from ONNX
+"""ffeval through ffrt.Detector: metrics equal ffcore.metrics computed directly from ONNX
 Runtime outputs; PNGs written; ELPV without masks; error paths.
 
 The pixel-level data here is SYNTHETIC: real ELPV normal cells with defects drawn by
@@ -42,7 +42,7 @@ def _direct(tiny_onnx, folder):
 
 
 def test_metrics_match_fftrain_metrics_on_ort_outputs(synthetic_eval, tiny_onnx, synthetic_folder):
-    from fftrain import metrics as M
+    from ffcore import metrics as M
 
     rc, out = synthetic_eval
     assert rc == 0

@@ -21,7 +21,7 @@ import hostile  # noqa: E402
 
 from conftest import solid_bgr  # noqa: E402
 from ffrt import Detector, ImageFileError  # noqa: E402
-from ffrt.imageheader import image_size  # noqa: E402
+from ffcore.imageheader import image_size  # noqa: E402
 from ffrt.preprocess import decode_image_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +76,7 @@ import json, resource, sys
 sys.path.insert(0, sys.argv[1])
 import hostile
 from ffrt import ImageFileError
-from ffrt.imageheader import image_size
+from ffcore.imageheader import image_size
 from ffrt.preprocess import ImageLimits, decode_image_bytes
 
 limits = ImageLimits(max_pixels=1_000_000)

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import solid_bgr
 from ffrt import Detector, ImageFileError, InvalidArgumentError, InvalidImageError
-from ffrt.imageheader import image_size
+from ffcore.imageheader import image_size
 from ffrt.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import torch
 from fftrain import checkpoint
 from fftrain.cli import main as fftrain_main
 from fftrain.config import FastFlowConfig
-from fftrain.metrics import threshold_at_frr
+from ffcore.metrics import threshold_at_frr
 from fftrain.model import FastFlow
 from fftrain.train import extract_features
 

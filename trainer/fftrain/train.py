@@ -33,13 +33,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from ffcore import synthetic
+from ffcore.metrics import roc_auc, score_statistics, threshold_at_frr
+from ffcore.progress import progress as progress_bar  # `progress` is a parameter name here
 
 from . import augment, checkpoint
 from .config import FastFlowConfig
 from .data import DataSplit, is_monochrome, load_batch, to_tensor_batch
-from .metrics import roc_auc, score_statistics, threshold_at_frr
 from .model import FastFlow
-from .progress import progress as progress_bar  # `progress` is a parameter name here
 
 AUROC_SLACK = 0.01
 

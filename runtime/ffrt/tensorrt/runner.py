@@ -43,7 +43,6 @@ from .build import (
     missing_for_tensorrt,
     read_engine_info,
 )
-from ffcore.files import ENGINE_SUFFIXES  # noqa: F401
 
 from ..errors import BackendUnavailableError, InferenceError, InvalidArgumentError, ModelFileError
 from ..meta import ModelMeta
