@@ -17,8 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-EXIT_FAILED = 1
-EXIT_GATE = 3
+from ffcore.exitcodes import EXIT_FAILED, EXIT_GATE
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ none of them, and never torch. One definition of each shared thing lives here:
 - ``ort``:       the ONNX Runtime session factory and the physical core count
 - ``progress``:  progress bars on a terminal, one line per stage elsewhere
 - ``trtlimits``: TensorRT limits that decide how the graph is written (TopK's K)
+- ``exitcodes``: the model tools' exit statuses; ``versions``: installed package versions
 
 ``tests/test_layering.py`` holds the import direction.
 """

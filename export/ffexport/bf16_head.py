@@ -77,7 +77,7 @@ def bf16_step(args, payload, fp32_path: Path, parity_images: np.ndarray) -> tupl
     from ffrt.backends.openvino import bf16_problem
     from fftrain.data import DataError, resolve
 
-    from .exitcodes import EXIT_FAILED, EXIT_UNAVAILABLE
+    from ffcore.exitcodes import EXIT_FAILED, EXIT_UNAVAILABLE
     from .int8_head import DEFAULT_REFIT_EPOCHS, head_refitter
 
     missing = bf16_problem()
@@ -114,7 +114,7 @@ def _gate_and_record(args, model: Path, out: Path, reference: Path | None, data:
     from ffcalib.int8 import as_images
     from ffrt.meta import read_onnx_meta
 
-    from .exitcodes import EXIT_GATE
+    from ffcore.exitcodes import EXIT_GATE
 
     meta = read_onnx_meta(model)
     _, images, labels, source = gate_set(data, meta.input)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .exitcodes import EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED, EXIT_UNAVAILABLE  # noqa: F401  (re-exported)
+from ffcore.exitcodes import EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED, EXIT_UNAVAILABLE  # noqa: F401
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,13 +9,13 @@ FastFlow models are far below ONNX's 2 GB protobuf limit. The ``ModelMeta`` goes
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 import os
 from pathlib import Path
 from typing import Any
 
 import onnx
 import torch
+from ffcore.versions import package_version
 from pydantic import ValidationError
 
 from ffrt.meta import (
@@ -48,10 +48,7 @@ class ExportError(RuntimeError):
 
 
 def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+    return package_version(dist) or "not installed"
 
 
 def build_meta(model: FastFlow, payload: dict[str, Any], ckpt_sha256: str, batch_max: int, opset: int) -> ModelMeta:

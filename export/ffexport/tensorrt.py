@@ -39,7 +39,7 @@ from ffrt.tensorrt.build import (
 from ffrt.errors import BackendUnavailableError, FFRTError
 from ffrt.meta import ModelMeta, read_onnx_meta
 
-from .exitcodes import EXIT_FAILED, EXIT_UNAVAILABLE
+from ffcore.exitcodes import EXIT_FAILED, EXIT_UNAVAILABLE
 
 
 def engine_path_for(onnx_path: Path) -> Path:

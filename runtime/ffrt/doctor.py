@@ -10,21 +10,15 @@ metadata. Nothing is built or run.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata as md
 import platform
 import sys
+
+from ffcore.versions import package_version
 
 from . import __version__
 
 CUDA_WHEELS = ("nvidia-cuda-runtime", "nvidia-cublas", "nvidia-cudnn-cu13", "nvidia-cufft", "nvidia-curand",
                "tensorrt-cu13-libs", "tensorrt-cu13-bindings", "tensorrt-cu12-libs", "tensorrt-cu12-bindings")
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return None
 
 
 def _one_line(text) -> str:
@@ -58,7 +52,7 @@ def facts(device: int = 0) -> list[tuple[str, str]]:
             rows.append(("GPUs", "; ".join(gpus) if gpus else "none"))
         except CudaError as e:
             rows.append(("GPUs", f"not listed: {_one_line(e)}"))
-    wheels = [f"{d} {v}" for d in CUDA_WHEELS if (v := _version(d))]
+    wheels = [f"{d} {v}" for d in CUDA_WHEELS if (v := package_version(d))]
     rows.append(("CUDA libraries (pip)", ", ".join(wheels) if wheels else "none from pip (system libraries or none)"))
     rows.append(("TensorRT (Python)", _tensorrt_row(api, device)))
     rows.append(("onnxruntime", _ort_row()))
@@ -109,7 +103,7 @@ def _ort_row() -> str:
         return 'not installed (pip install "ffrt[cpu]" or "ffrt[gpu]")'
     from .tensorrt.ort_provider import ort_trt_library
 
-    dist = next((d for d in ("onnxruntime-gpu", "onnxruntime") if _version(d)), "onnxruntime")
+    dist = next((d for d in ("onnxruntime-gpu", "onnxruntime") if package_version(d)), "onnxruntime")
     text = f"{dist} {ort.__version__}, providers {', '.join(ort.get_available_providers())}"
     lib = ort_trt_library(ort)
     if lib["soname"]:

@@ -1,4 +1,5 @@
-"""ffexport's exit statuses, shared by the CLI and the steps it runs (TensorRT, BF16 re-fit)."""
+"""Exit statuses of the model tools (ffexport, its engine and BF16 steps, ffcalib): one set, so a script
+reads the same code for the same outcome from either."""
 
 EXIT_FAILED = 1
 EXIT_UNAVAILABLE = 2  # the requested feature cannot run here / is not in this release
