@@ -66,17 +66,12 @@ class Check:
 
     def tensorrt(self) -> str:
         require_gpu()
-        from ffrt.errors import BackendUnavailableError
-        from ffrt.tensorrt.build import missing_for_tensorrt
+        from ffrt.tensorrt.build import import_tensorrt, missing_for_tensorrt
 
         missing = missing_for_tensorrt(0)
         if missing:
             raise Skip(f"TensorRT cannot run here: {missing}")
-        try:
-            import tensorrt as trt
-        except ImportError as e:  # missing_for_tensorrt saw it; keep the message if it raced
-            raise BackendUnavailableError(str(e)) from e
-        return f"TensorRT {trt.__version__}"
+        return f"TensorRT {import_tensorrt().__version__}"
 
     def build(self, name: str) -> str:
         require_gpu()

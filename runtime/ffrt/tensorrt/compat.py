@@ -109,7 +109,7 @@ def _attr(node, name, default=None):
     return default
 
 
-def _node_findings(node, name, types, consts) -> list[str]:
+def _node_findings(node, types, consts) -> list[str]:
     import numpy as np
 
     op = node.op_type
@@ -191,7 +191,7 @@ def check(model) -> list[Finding]:
         if internal_u8:
             found.append(Finding(name, node.op_type, f"uint8 tensor {internal_u8[0]!r} inside the graph; TensorRT has "
                                  "UINT8 only as a network input or output"))
-        found.extend(Finding(name, node.op_type, p) for p in _node_findings(node, name, types, consts))
+        found.extend(Finding(name, node.op_type, p) for p in _node_findings(node, types, consts))
     return found
 
 
