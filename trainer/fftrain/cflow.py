@@ -10,8 +10,8 @@ permutation after every coupling, and each coupling ends in a learned per-channe
 "global affine" of the coupling blocks the paper's code uses).
 
 Training reads vectors, not maps (the paper's Section 5.1): thousands of positions drawn at
-random from a batch of training maps per optimizer step (:meth:`CflowDecoder.sample`), so one
-step costs what its vectors cost whatever the map size. What ships is cflow_conv.py: the same
+random from a batch of training maps per optimizer step (:meth:`CflowDecoder.sample`,
+:meth:`CflowDecoder.at_positions`), so one step costs what its vectors cost whatever the map size. What ships is cflow_conv.py: the same
 function written as 1x1 convolutions over whole maps.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -48,32 +49,41 @@ def subnet_hidden_channels(channels: int, condition: int, hidden_ratio: float) -
 
 
 class ConditionalCoupling(nn.Module):
-    """x [P, C] given condition [P, D] -> (y [P, C], log|det J| [P])."""
+    """x [..., C] -> (y [..., C], log|det J| [...]) given the condition's term of the subnet.
+
+    The subnet is two fully connected layers, the first over cat(kept half, condition). That
+    layer is evaluated as ``W_kept kept + b + W_condition condition``, its second part being
+    :meth:`condition_term`: a function of the position alone, so a map's positions need it
+    once, not once per image or per drawn vector.
+    """
 
     def __init__(self, channels: int, condition: int, hidden: int, clamp: float, permutation: torch.Tensor):
         super().__init__()
         self.kept = channels // 2
         changed = channels - self.kept
         self.clamp = clamp
-        self.subnet = nn.Sequential(nn.Linear(self.kept + condition, hidden), nn.ReLU(), nn.Linear(hidden, 2 * changed))
+        self.inner = nn.Linear(self.kept + condition, hidden)  # over cat(kept, condition)
+        self.outer = nn.Linear(hidden, 2 * changed)  # -> raw log-scales and shifts of the changed half
         # Every coupling starts as the identity, so training starts from a well-defined flow.
-        nn.init.zeros_(self.subnet[-1].weight)
-        nn.init.zeros_(self.subnet[-1].bias)
+        nn.init.zeros_(self.outer.weight)
+        nn.init.zeros_(self.outer.bias)
         self.log_scale = nn.Parameter(torch.zeros(channels))
         self.shift = nn.Parameter(torch.zeros(channels))
         self.register_buffer("permutation", permutation.clone())
 
-    def _scale_shift(self, kept: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raw_scale, shift = self.subnet(torch.cat([kept, condition], dim=1)).chunk(2, dim=1)
+    def condition_term(self, condition: torch.Tensor) -> torch.Tensor:
+        """[..., D] -> [..., hidden]: what the first layer adds for this condition."""
+        return F.linear(condition, self.inner.weight[:, self.kept :])
+
+    def forward(self, x: torch.Tensor, condition_term: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kept, changed = x[..., : self.kept], x[..., self.kept :]
+        hidden = torch.relu(F.linear(kept, self.inner.weight[:, : self.kept], self.inner.bias) + condition_term)
+        raw_scale, shift = self.outer(hidden).chunk(2, dim=-1)
         # Soft clamp: exp(scale) stays within e^{+-clamp}, so one unusual vector cannot make
         # the log-likelihood explode.
-        return self.clamp * torch.tanh(raw_scale / self.clamp), shift
-
-    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        kept, changed = x[:, : self.kept], x[:, self.kept :]
-        scale, shift = self._scale_shift(kept, condition)
-        y = torch.cat([kept, changed * torch.exp(scale) + shift], dim=1) * torch.exp(self.log_scale) + self.shift
-        return y[:, self.permutation], scale.sum(dim=1) + self.log_scale.sum()
+        scale = self.clamp * torch.tanh(raw_scale / self.clamp)
+        y = torch.cat([kept, changed * torch.exp(scale) + shift], dim=-1) * torch.exp(self.log_scale) + self.shift
+        return y[..., self.permutation], scale.sum(dim=-1) + self.log_scale.sum()
 
 
 class CflowDecoder(nn.Module):
@@ -90,28 +100,37 @@ class CflowDecoder(nn.Module):
         )
         self.register_buffer("condition", positional_encoding(condition, *map_size), persistent=False)
 
-    def fibers(self, x: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feature vectors [P, C] with their conditions [P, D] -> (z [P, C], log|det J| [P])."""
-        logdet = torch.zeros_like(x[:, 0])
-        for step in self.steps:
-            x, step_logdet = step(x, condition)
+    def _couple(self, x: torch.Tensor, terms) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = torch.zeros_like(x[..., 0])
+        for step, term in zip(self.steps, terms):
+            x, step_logdet = step(x, term)
             logdet = logdet + step_logdet
         return x, logdet
 
-    def _flat_condition(self) -> torch.Tensor:
-        return self.condition.flatten(1).T  # [h * w, D], positions in row-major order
+    def _position_terms(self, dtype: torch.dtype):
+        """Each coupling's condition term at every position of the map: [h * w, hidden] (row-major)."""
+        flat = self.condition.flatten(1).T.to(dtype)
+        return (step.condition_term(flat) for step in self.steps)
+
+    def fibers(self, x: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feature vectors [P, C] with their conditions [P, D] -> (z [P, C], log|det J| [P]):
+        the decoder as the paper writes it, one vector at a time."""
+        return self._couple(x, (step.condition_term(condition) for step in self.steps))
+
+    def at_positions(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feature vectors [P, C] taken at ``positions`` [P] (row-major indices into the map) ->
+        (z [P, C], log|det J| [P])."""
+        return self._couple(x, (term[positions] for term in self._position_terms(x.dtype)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every position of maps [N, C, h, w] -> (z [N, C, h, w], log|det J| [N, h, w])."""
         n, c, h, w = x.shape
-        condition = self._flat_condition().to(x.dtype).repeat(n, 1)
-        z, logdet = self.fibers(x.permute(0, 2, 3, 1).reshape(-1, c), condition)
-        return z.view(n, h, w, c).permute(0, 3, 1, 2), logdet.view(n, h, w)
+        z, logdet = self._couple(x.flatten(2).transpose(1, 2), self._position_terms(x.dtype))  # [N, h*w, C]
+        return z.transpose(1, 2).reshape(n, c, h, w), logdet.view(n, h, w)
 
     def sample(self, x: torch.Tensor, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``count`` feature vectors [count, C] drawn uniformly from all positions of maps
-        [N, C, h, w] (with replacement), and their conditions [count, D]."""
+        [N, C, h, w] (with replacement), and where they were in their map (row-major indices)."""
         n, c, h, w = x.shape
         index = torch.randint(n * h * w, (count,), generator=generator)
-        vectors = x.permute(0, 2, 3, 1).reshape(-1, c)[index]
-        return vectors, self._flat_condition().to(x.dtype)[index % (h * w)]
+        return x.flatten(2).transpose(1, 2).reshape(-1, c)[index], index % (h * w)

@@ -32,14 +32,13 @@ def _pointwise(weight: torch.Tensor) -> torch.Tensor:
 
 class ConvCoupling(FusedCoupling):
     def __init__(self, coupling: ConditionalCoupling, last: bool):
-        first, _, second = coupling.subnet
         kept = coupling.kept
-        weight = _pointwise(first.weight)
+        weight = _pointwise(coupling.inner.weight)
         # Subnet input = cat(kept, condition): its first layer is one convolution per part.
-        hidden = TwoInputConv(fixed_conv(weight[:, :kept], first.bias.detach(), 0),
+        hidden = TwoInputConv(fixed_conv(weight[:, :kept], coupling.inner.bias.detach(), 0),
                               fixed_conv(weight[:, kept:], None, 0))
-        super().__init__(hidden, _pointwise(second.weight), second.bias, 0, coupling.clamp, coupling.log_scale,
-                         coupling.shift, coupling.permutation, kept, last)
+        super().__init__(hidden, _pointwise(coupling.outer.weight), coupling.outer.bias, 0, coupling.clamp,
+                         coupling.log_scale, coupling.shift, coupling.permutation, kept, last)
 
     def forward(self, kept: torch.Tensor, changed: torch.Tensor,
                 condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -57,13 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how a frame becomes the model input: stretch it to the model size (default), or keep "
                    "its aspect ratio and pad (letterbox); the runtime does the same")
     p.add_argument("--epochs", type=positive_int, default=10, help="training epochs; the best validation epoch is kept (default 10)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per optimizer step (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="training maps per optimizer step (default: "
+                   + ", ".join(f"{k} {v.maps_per_step}" for k, v in KINDS.items()) + ")")
     p.add_argument("--lr", type=float, default=None,
                    help="Adam learning rate, cosine-decayed (default: the model's paper: "
                    + ", ".join(f"{k} {v.learning_rate:g}" for k, v in KINDS.items()) + ")")
-    p.add_argument("--positions-per-step", type=positive_int, default=TrainSettings.positions_per_step,
-                   help="cflow: feature vectors drawn per scale from each step's training maps "
-                   f"(default {TrainSettings.positions_per_step}, the paper's)")
+    p.add_argument("--positions-per-step", type=positive_int, default=None,
+                   help="cflow: feature vectors drawn per scale from each step's training maps (default "
+                   f"{KINDS['cflow'].positions_per_step})")
     p.add_argument("--condition-channels", type=int, default=d.condition_channels,
                    help=f"cflow: channels of the positional encoding (a multiple of 4; default {d.condition_channels})")
     p.add_argument("--flow-steps", type=int, default=d.flow_steps, help=f"coupling steps per scale (default {d.flow_steps})")

@@ -13,8 +13,9 @@ kind it runs. Per feature scale a kind provides a *decoder*:
 
 and says whether its anomaly map counts the log-determinant (the head then reads z with it,
 fftrain.head.ScaleLatent, instead of z alone),
-how one training step's negative log-likelihood is taken (``training_nll``), whether the
-feature norms in front of it train, and the learning rate its paper trains with.
+how one training step's negative log-likelihood is taken (``training_nll``) and with which
+defaults (learning rate, maps and feature vectors per step), and whether the feature norms in
+front of it train.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class ModelKind:
     trainable_norms: bool
     #: Adam's learning rate in the kind's paper (fftrain's default for it).
     learning_rate: float
+    #: Training maps per optimizer step (fftrain's default for the kind).
+    maps_per_step: int
+    #: Feature vectors drawn per scale per step (None: the kind reads every position).
+    positions_per_step: int | None
 
 
 def _whole_maps_nll(model: "AnomalyModel", features: list[torch.Tensor], _generator, _positions) -> torch.Tensor:
@@ -68,8 +73,7 @@ def _sampled_positions_nll(model: "AnomalyModel", features: list[torch.Tensor], 
     maps per scale; the mean negative log-likelihood per channel, averaged over scales."""
     total = 0.0
     for decoder, maps in zip(model.flows, model.normalize(features)):
-        vectors, condition = decoder.sample(maps, positions, generator)
-        z, logdet = decoder.fibers(vectors, condition)
+        z, logdet = decoder.at_positions(*decoder.sample(maps, positions, generator))
         total = total + ((0.5 * (z * z).sum(dim=1) - logdet) / z.shape[1]).mean()
     return total / len(model.flows)
 
@@ -90,6 +94,8 @@ KINDS: dict[str, ModelKind] = {
             position_conditioned=False,
             trainable_norms=True,
             learning_rate=1e-3,
+            maps_per_step=32,
+            positions_per_step=None,
         ),
         ModelKind(
             name="cflow",
@@ -107,6 +113,11 @@ KINDS: dict[str, ModelKind] = {
             # maps through it for every step of sampled vectors.
             trainable_norms=False,
             learning_rate=2e-4,
+            # The paper draws 8192 vectors from 32 maps per step; a quarter of both (the same
+            # vectors per map) gives four times the optimizer steps for the same compute, which
+            # the few epochs a CPU affords need (docs/cflow.md, benchmarks/README.md).
+            maps_per_step=8,
+            positions_per_step=2048,
         ),
     )
 }

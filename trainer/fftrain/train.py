@@ -2,7 +2,8 @@
 
 The loop is the same for every model kind (fftrain.kinds); a kind decides only how one
 step's negative log-likelihood is taken from the batch's maps (FastFlow: every position;
-CFLOW-AD: ``positions_per_step`` feature vectors drawn from them) and its default learning rate.
+CFLOW-AD: ``positions_per_step`` feature vectors drawn from them) and the step settings a
+``TrainSettings`` leaves open (learning rate, maps and vectors per step).
 
 Why features are cached: the backbone is frozen, so its output for an image never
 changes; computing it once makes an epoch cost only the LayerNorms and flows. With
@@ -43,6 +44,7 @@ from ffcore.progress import progress as progress_bar  # `progress` is a paramete
 from . import augment, checkpoint
 from .config import ModelConfig
 from .data import DataSplit, is_monochrome, load_batch, to_tensor_batch
+from .kinds import ModelKind
 from .model import AnomalyModel
 
 AUROC_SLACK = 0.01
@@ -51,9 +53,10 @@ AUROC_SLACK = 0.01
 @dataclass
 class TrainSettings:
     epochs: int = 10
-    batch_size: int = 32  # training maps per optimizer step
-    lr: float | None = None  # Adam's learning rate; None: the model kind's (fftrain.kinds)
-    positions_per_step: int = 8192  # cflow: feature vectors drawn per scale per step (the paper's 8192)
+    # None: the model kind's choice (fftrain.kinds), resolved when training starts.
+    batch_size: int | None = None  # training maps per optimizer step
+    lr: float | None = None  # Adam's learning rate
+    positions_per_step: int | None = None  # cflow: feature vectors drawn per scale per step
     weight_decay: float = 1e-5
     grad_clip: float = 1.0
     target_frr: float = 0.02
@@ -70,17 +73,26 @@ class TrainSettings:
         # no selected epoch, and a zero batch size in a division.
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"epochs must be at least 1 (got {self.epochs!r}): training picks the best epoch among them")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1 (got {self.batch_size!r})")
+        for name in ("batch_size", "positions_per_step"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1 (got {value!r})")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"learning rate must be a positive number (got {self.lr!r})")
-        if isinstance(self.positions_per_step, bool) or not isinstance(self.positions_per_step, int) \
-                or self.positions_per_step < 1:
-            raise ValueError(f"positions per step must be at least 1 (got {self.positions_per_step!r})")
         if not (0.0 <= self.augment_jpeg <= 1.0):
             raise ValueError(f"augment_jpeg is a share of the augmented views, in [0, 1] (got {self.augment_jpeg!r})")
         if not (0.0 <= self.target_frr < 1.0):
             raise ValueError(f"target false-reject rate must be in [0, 1) (got {self.target_frr!r})")
+
+
+def for_kind(settings: TrainSettings, kind: ModelKind) -> TrainSettings:
+    """``settings`` with what it leaves open (None) set to the model kind's step settings."""
+    def given(value, default):
+        return default if value is None else value
+
+    return replace(settings, lr=given(settings.lr, kind.learning_rate),
+                   batch_size=given(settings.batch_size, kind.maps_per_step),
+                   positions_per_step=given(settings.positions_per_step, kind.positions_per_step))
 
 
 @dataclass
@@ -98,7 +110,7 @@ class TrainResult:
     best_epoch: int
     history: list[EpochRecord]
     calibration: dict[str, Any]
-    settings: TrainSettings  # as training ran them (the learning rate resolved)
+    settings: TrainSettings  # as training ran them (the kind's defaults filled in)
     timings: dict[str, float] = field(default_factory=dict)
     # The cached training-pool and validation features, when TrainSettings.keep_features
     # asks for them (tools that compare head variants without re-extracting).
@@ -201,8 +213,7 @@ def train(
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
     model = model if model is not None else AnomalyModel(config, backbone_weights)
-    if settings.lr is None:
-        settings = replace(settings, lr=model.kind.learning_rate)
+    settings = for_kind(settings, model.kind)
     if extract is None:
         def extract(images: np.ndarray, desc: str) -> list[torch.Tensor]:
             return extract_features(model, images, desc=desc, progress=settings.progress)
