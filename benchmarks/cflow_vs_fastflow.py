@@ -226,12 +226,15 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "machine_line": one_line(machine),
         "epochs": args.epochs,
-        "datasets": [run_dataset(d, args.epochs, args.work) for d in args.data],
+        "datasets": [],
     }
-    report["minutes"] = (time.perf_counter() - t0) / 60
-    report["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
+    for data in args.data:
+        report["datasets"].append(run_dataset(data, args.epochs, args.work))
+        report["minutes"] = (time.perf_counter() - t0) / 60
+        report["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        # after every data set: a long run that stops later keeps what it measured
+        args.results.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
     text = markdown(report)
     args.results.with_suffix(".md").write_text(text)
     print(text)

@@ -123,3 +123,41 @@ def test_an_old_fastflow_file_without_a_model_kind_loads_as_fastflow(tiny_onnx, 
     new, legacy = (Detector(p, backend="onnxruntime-cpu") for p in (tiny_onnx, path))
     assert [r.score for r in legacy.predict_batch(list(real_images))] == \
         [r.score for r in new.predict_batch(list(real_images))]
+
+
+def test_fp16_works_for_cflow_and_is_gated(cflow_run, tmp_path, capsys):
+    ckpt, _ = cflow_run
+    assert ffexport_main(["--ckpt", str(ckpt), "--out", str(tmp_path), "--batch-max", "4", "--fp16"]) == 0
+    fp16 = tmp_path / "model.fp16.onnx"
+    meta = read_onnx_meta(fp16)
+    assert (meta.precision, meta.model.kind) == ("fp16", "cflow")
+    assert "fp16 vs fp32 on" in capsys.readouterr().out  # the gate ran (and passed: exit 0)
+    assert_uint8_only_into_cast(fp16)
+    assert compat.check(fp16) == []
+
+
+def test_bf16_refuses_cflow_with_one_line_and_writes_nothing(cflow_run, tmp_path, capsys):
+    from ffcore.exitcodes import EXIT_UNAVAILABLE
+
+    ckpt, _ = cflow_run
+    assert ffexport_main(["--ckpt", str(ckpt), "--out", str(tmp_path / "out"), "--bf16"]) == EXIT_UNAVAILABLE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--bf16 is not available for cflow models" in err[0], err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.onnx"))
+
+
+def test_int8_refits_the_cflow_decoders_on_each_int8_backbone(cflow_run, tmp_path, real_images):
+    from ffcalib.int8 import CPU_NAME, TRT_NAME
+    from ffcore.ort import make_session
+
+    ckpt, _ = cflow_run
+    assert ffexport_main(["--ckpt", str(ckpt), "--out", str(tmp_path), "--batch-max", "4", "--int8",
+                          "--refit-epochs", "1", "--calib-count", "8", "--force"]) == 0
+    for name, target in ((TRT_NAME, "tensorrt"), (CPU_NAME, "cpu")):
+        meta = read_onnx_meta(tmp_path / name)
+        assert (meta.precision, meta.target, meta.model.kind) == ("int8", target, "cflow")
+        assert "re-fit" in meta.head_fit
+        session = make_session(tmp_path / name)
+        amap, score = session.run(None, {"image": real_images[:2]})
+        assert np.isfinite(amap).all() and np.isfinite(score).all()
+    assert compat.check(tmp_path / TRT_NAME) == []
