@@ -218,7 +218,6 @@ def run_benchmark(
             "input": {"height": spec.height, "width": spec.width, "layout": "NHWC uint8 RGB"},
             "backbone": meta.backbone.name,
             "backbone_pretrained": meta.backbone.pretrained,
-            "model_kind": meta.model.kind,
             "flow_steps": meta.flow.steps,
             "batch_max": meta.batch_max,
             "opset": meta.opset,

@@ -169,8 +169,7 @@ def evaluate(
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command if command is not None else list(sys.argv),
-        "model": {"path": str(path), "kind": det.meta.model.kind, "backbone": det.meta.backbone.name,
-                  "precision": det.meta.precision,
+        "model": {"path": str(path), "backbone": det.meta.backbone.name, "precision": det.meta.precision,
                   "input": f"{h}x{w}", "backend": det.backend_description},
         "data": {"spec": data, "synthetic": bool(synthetic), "counts": counts,
                  "defect_types": {t: per_type[t]["count"] for t in types}, "notes": list(split.notes)
