@@ -23,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ffcore.modelkinds import DEFAULT_MODEL_KIND
-from fftrain.kinds import KINDS
 from fftrain.train import FeatureExtractor
 
 from .int8_head import features_of
@@ -82,12 +80,6 @@ def bf16_step(args, payload, fp32_path: Path, parity_images: np.ndarray) -> tupl
     from ffcore.exitcodes import EXIT_FAILED, EXIT_UNAVAILABLE
     from .int8_head import DEFAULT_REFIT_EPOCHS, head_refitter
 
-    kind = (payload.get("config") or {}).get("model", DEFAULT_MODEL_KIND)
-    if not KINDS[kind].bf16_export:
-        print(f"ffexport: error: --bf16 is not available for {kind} models: their map adds the decoders' "
-              "log-determinant sums, which OpenVINO would compute in BF16, and no BF16 run of one has been checked; "
-              "export in FP32 (the default) or with --fp16", file=sys.stderr)
-        return EXIT_UNAVAILABLE, None
     missing = bf16_problem()
     if missing is not None:
         print(f"ffexport: error: --bf16 fits the head on this CPU's BF16 features, which it cannot compute: {missing}",

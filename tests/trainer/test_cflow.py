@@ -17,7 +17,7 @@ from fftrain.config import ModelConfig
 from fftrain.head import AnomalyHead, ScaleLatent
 from fftrain.kinds import KINDS
 from fftrain.model import AnomalyModel
-from fftrain.train import extract_features
+from fftrain.train import TrainSettings, extract_features, for_kind
 
 
 def _randomized(module: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:
@@ -171,3 +171,11 @@ def test_cflow_hidden_width_counts_the_condition():
     assert model.config.flow_hidden_channels == (14, 18, 36)
     assert [d.steps[0].inner.in_features for d in model.flows] == [28, 36, 72]
     assert [d.steps[0].inner.out_features for d in model.flows] == [14, 18, 36]
+
+
+def test_training_settings_left_open_take_the_kinds_step_defaults():
+    fastflow, cflow = for_kind(TrainSettings(), KINDS["fastflow"]), for_kind(TrainSettings(), KINDS["cflow"])
+    assert (fastflow.lr, fastflow.batch_size, fastflow.positions_per_step) == (1e-3, 32, None)
+    assert (cflow.lr, cflow.batch_size, cflow.positions_per_step) == (2e-4, 8, 2048)
+    given = for_kind(TrainSettings(lr=5e-4, batch_size=4, positions_per_step=100), KINDS["cflow"])
+    assert (given.lr, given.batch_size, given.positions_per_step) == (5e-4, 4, 100)
