@@ -1,19 +1,19 @@
 """ffbench's measurement: per-stage latency of the ffrt pipeline, per batch size.
 
-Stages, each timed with ``time.perf_counter`` around the public ffrt pieces the Detector
-itself is built from:
+Stages, each timed with ``time.perf_counter`` around the Detector's own stages
+(``Detector.stages``, ``ffrt.stages``: the code every Detector call runs); the model is
+loaded once, by that Detector:
 
-- ``preprocess``:  ``ffrt.preprocess.prepare_batch`` on decoded frames held in memory
-                   (validate, resize to the model size with INTER_AREA, colour order). File
-                   decoding is not included: on a line, frames come from the camera.
-- ``inference``:   ``backend.run(uint8 NHWC batch)`` (``ffrt.backends.create_backend``).
+- ``preprocess``:  ``stages.prepare`` on decoded frames held in memory (validate, resize to
+                   the model size, colour order). File decoding is not included: on a line,
+                   frames come from the camera.
+- ``inference``:   ``stages.run(uint8 NHWC batch)``: the backend, its outputs checked.
                    A backend that measures its host-to-device, compute and device-to-host
                    parts (attribute ``last_stage_ms``, a dict with ``h2d``/``compute``/``d2h``
                    after each run) gets those stages too; they are absent otherwise (no
                    backend of this release measures them; CPU backends have no copies).
-- ``postprocess``: ``ffrt.postprocess.postprocess``, the Detector's own step after
-                   inference: each map back to its frame's geometry, pixel threshold ->
-                   mask, image threshold.
+- ``postprocess``: ``stages.finish`` of each image: its map back onto its frame, pixel
+                   threshold -> mask, image threshold, defect regions.
 - ``total``:       the three together, timed as one call per iteration.
 
 ``detector_end_to_end`` times ``ffrt.Detector.predict_batch`` on the same frames, as a
@@ -157,7 +157,6 @@ def run_benchmark(
 ) -> dict:
     """Measure and return the report dict (schema ``ffeval.bench`` v2, see benchmarks/README.md)."""
     from ffrt import Detector, FFRTError
-    from ffrt.backends import create_backend
     from ffrt.meta import read_onnx_meta
 
     from .machine import describe
@@ -190,10 +189,10 @@ def run_benchmark(
         raise BenchError(str(e)) from e
 
     try:
-        be, selection = create_backend(backend, path, meta, threads)
-        detector = Detector(path, backend=be.name, threads=threads)
+        detector = Detector(path, backend=backend, threads=threads)
     except FFRTError as e:
         raise BenchError(str(e).splitlines()[0]) from e
+    be, selection = detector.stages.backend, detector.backend_selection
     progress(f"backend {be.description}")
 
     eager = _start_eager(vs_torch, meta, threads or getattr(be, "threads", None)) if vs_torch is not None else None
@@ -247,14 +246,13 @@ def run_benchmark(
 
 def _measure(batches, iters, warmup, images, settle_ms, progress, meta, be, detector, eager, machine, macs):
     """The timed rounds of every batch size: (result rows, frames description, load before)."""
-    from ffrt.postprocess import postprocess
-    from ffrt.preprocess import prepare_batch
+    from ffrt.backends.base import CPU_BACKENDS
 
+    run_stage = detector.stages
     frames, frames_what = load_frames(images, max(batches))
     load_before = _loadavg()
-    spec = meta.input
-    thr = meta.thresholds
-    is_cpu = be.name.endswith("-cpu")
+    thr = detector.thresholds
+    is_cpu = be.name in CPU_BACKENDS
     peak = machine["cpu_peak"]
     results = []
     for batch in batches:
@@ -264,15 +262,14 @@ def _measure(batches, iters, warmup, images, settle_ms, progress, meta, be, dete
         gpu_parts: dict[str, list[float]] = {"h2d": [], "compute": [], "d2h": []}
 
         def pipeline(record: bool = True) -> None:
-            # The Detector's pieces, each timed: preprocess, backend, postprocess.
+            # The Detector's own stages (ffrt.stages), each timed.
             t0 = time.perf_counter()
-            prepared = prepare_batch(chunk, spec, "BGR")
+            prepared = run_stage.prepare(chunk)
             t1 = time.perf_counter()
-            maps, scores = be.run(prepared.batch)
+            maps, scores = run_stage.run(prepared.batch)
             t2 = time.perf_counter()
-            maps = np.asarray(maps)
-            for i, size in enumerate(prepared.original_sizes):
-                postprocess(maps[i, 0], float(scores[i]), size, spec, thr)
+            for i, geometry in enumerate(prepared.geometries):
+                run_stage.finish(maps[i, 0], scores[i], geometry, thr)
             t3 = time.perf_counter()
             if record:
                 pre.append((t1 - t0) * 1e3)
@@ -286,7 +283,7 @@ def _measure(batches, iters, warmup, images, settle_ms, progress, meta, be, dete
 
         # Interleaved rounds (ffcore.timing): the pipeline, PyTorch on the same uint8 batch
         # (with --vs-torch), the Detector end to end; each followed by the settle pause.
-        ready = prepare_batch(chunk, spec, "BGR").batch
+        ready = run_stage.prepare(chunk).batch
         runners = {"total": pipeline}
         torch_ms: list[float] = []
         if eager is not None:

@@ -5,8 +5,8 @@
     if r.is_anomalous: reject(r.mask)
     print(det.stats)                      # p50/p90/p99 latency and FPS of the last 1000 calls
 
-One call = preprocess (validate, decode, resize, colour) -> backend.run(uint8 NHWC batch)
--> postprocess (apply thresholds, resize the map back to the image). Thresholds come from
+One call = the stages of ``ffrt.stages``: prepare (validate, decode, resize, colour) ->
+run (the backend on the uint8 NHWC batch) -> finish (thresholds, the map back onto the frame). Thresholds come from
 the model's metadata and can be re-tuned at run time with :meth:`Detector.set_thresholds`.
 
 Thread-safety: a Detector may be shared by several threads. Preprocessing keeps no
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import replace
@@ -27,19 +26,19 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from ffcore.files import ENGINE_SUFFIXES  # noqa: F401  (re-exported: ffrt.detector.ENGINE_SUFFIXES)
+from ffcore.files import ENGINE_SUFFIXES
 
 from .backends import create_backend
 from .backends.base import check_precision
 from .batching import DEFAULT_MAX_DELAY_MS, DEFAULT_QUEUE_SIZE, DEFAULT_THREADS, Pipeline, PipelineConfig
 from .drift import DEFAULT_DRIFT_WINDOW, DriftMonitor, Health, check_window, target_frr_from_source
-from .errors import BackendUnavailableError, FFRTError, InferenceError, InvalidArgumentError, InvalidImageError, ModelFileError
+from .errors import BackendUnavailableError, InferenceError, InvalidArgumentError, InvalidImageError, ModelFileError
 from .meta import ModelMeta, Thresholds, new_thresholds, read_onnx_meta, target_matches
-from .preprocess import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits, PreparedBatch, check_color_order,
-                         check_model_batch, prepare_batch)
+from .preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits, check_color_order, check_model_batch
 from .postprocess import Postprocessor
+from .stages import Stages
 from .regions import check_min_region_px
-from .result import LatencySplit, Result, normalize_score  # noqa: F401  (re-exported: ffrt.detector.Result, .normalize_score)
+from .result import Result
 from .stats import DEFAULT_WINDOW, LatencyStats, LatencyWindow, PipelineRecorder, PipelineStats
 
 log = logging.getLogger("ffrt")
@@ -186,11 +185,12 @@ class Detector:
         self._backend, self._selection = create_backend(backend, path, self._meta, threads, device, precision,
                                                         backend_options)
         stats = self._meta.score_stats
-        self._post = Postprocessor(
-            spec=self._meta.input, resize_outputs=self._resize_outputs,
+        post = Postprocessor(
+            resize_outputs=self._resize_outputs,
             norm_scale=stats.std if stats is not None and stats.std > 0 else None,
             min_region_px=min_region_px, backend=self._backend.name, precision=self._backend.precision,
         )
+        self._stages = Stages(path, self._meta.input, self._color_order, self._limits, self._backend, post)
         if mismatch := self._thresholds.numerics_mismatch(self._backend.name, self._backend.precision):
             log.warning("ffrt: %s: %s", path, mismatch)
         if not target_matches(self._meta.target, self._backend.name):
@@ -212,6 +212,12 @@ class Detector:
     @property
     def model_path(self) -> Path:
         return self._model_path
+
+    @property
+    def stages(self) -> Stages:
+        """The pipeline every call runs (prepare -> run -> finish, ``ffrt.stages``), for tools
+        that time or drive its stages one by one (ffbench)."""
+        return self._stages
 
     @property
     def backend_name(self) -> str:
@@ -354,8 +360,7 @@ class Detector:
                     raise InferenceError("this Detector is closed; submit() needs an open Detector: create a new one.")
                 if self._pipeline is None:
                     self._pipeline = Pipeline(
-                        self, self._pipeline_config, self._meta.input, self._color_order, self._limits, self._post,
-                        self._recorder, self._drift.add,
+                        self, self._pipeline_config, self._stages, self._recorder, self._drift.add,
                     )
                 pipeline = self._pipeline
         return pipeline.submit(image, source)
@@ -415,12 +420,12 @@ class Detector:
         h, w = self.input_size
         blank = np.zeros((chunk, h, w, 3), dtype=np.uint8)
         for _ in range(n):
-            self._run_backend(blank)
+            self._stages.run(blank)
 
     def run_model(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The graph alone on a uint8 [N, H, W, 3] RGB batch at the model size: (maps [N, 1, H, W],
         scores [N]) as the backend returns them; no thresholds, not timed (ffrt serve's ffrt_model)."""
-        return self._run_backend(check_model_batch(batch, self._meta.input))
+        return self._stages.run(check_model_batch(batch, self._meta.input))
 
     # -- internals ---------------------------------------------------------------------
 
@@ -438,63 +443,14 @@ class Detector:
         return int(batch_size)
 
     def _detect(self, images: list, chunk: int, errors: str = "raise") -> list:
-        t0 = time.perf_counter()
         # Reads the thresholds once: a concurrent set_thresholds never mixes old and new.
-        thresholds = self._thresholds
-        prepared = prepare_batch(images, self._meta.input, self._color_order, self._limits, errors)
-        outcomes: list = [None] * len(images)
-        for position, error in prepared.errors:
-            outcomes[position] = error
-        n = len(prepared.batch)
-        if n == 0:
-            return outcomes  # every image was refused: nothing ran, nothing to time
-        t1 = time.perf_counter()
-        maps, scores = self._infer(prepared, chunk)
-        t2 = time.perf_counter()
-        post = self._post
-        parts = [post.outputs(maps[i, 0], float(scores[i]), prepared.original_sizes[i], thresholds) for i in range(n)]
-        t3 = time.perf_counter()
-        self._stats.record(t3 - t0, n, end=t3)
-        self._drift.add(out.score for out in parts)
-        split = LatencySplit(0.0, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
-        for position, out in zip(prepared.positions, parts):
-            outcomes[position] = post.result(out, thresholds, (t3 - t0) * 1e3, split)
-        return outcomes
-
-    def _infer(self, prepared: PreparedBatch, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-        batch = prepared.batch
-        if len(batch) <= chunk:
-            return self._run_backend(batch)
-        outs = self._run_backend_chunks([batch[i : i + chunk] for i in range(0, len(batch), chunk)])
-        return np.concatenate([m for m, _ in outs]), np.concatenate([s for _, s in outs])
+        done = self._stages.detect(images, chunk, self._thresholds, errors)
+        if done.images:
+            self._stats.record(done.seconds, done.images, end=done.ended)
+            self._drift.add(done.scores)
+        return done.outcomes
 
     def _target_frr(self) -> float | None:
         """The false-reject rate the image threshold in use was calibrated at, if known."""
         base = self._meta.thresholds
         return target_frr_from_source(base.source) if self._thresholds.image == base.image else None
-
-    def _run_backend(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._run_backend_chunks([batch])[0]
-
-    def _run_backend_chunks(self, batches: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        try:
-            outs = self._backend.run_chunks(batches) if len(batches) > 1 else [self._backend.run(batches[0])]
-        except FFRTError:
-            raise
-        except Exception as e:
-            sizes = "+".join(str(len(b)) for b in batches)
-            raise InferenceError(f"{self._backend.name} failed on a batch of {sizes}: {type(e).__name__}: {e}") from e
-        return [self._check_outputs(len(b), *out) for b, out in zip(batches, outs)]
-
-    def _check_outputs(self, n: int, maps, scores) -> tuple[np.ndarray, np.ndarray]:
-        h, w = self.input_size
-        maps = np.asarray(maps, dtype=np.float32)
-        scores = np.asarray(scores, dtype=np.float32)
-        if maps.shape != (n, 1, h, w) or scores.shape != (n,):
-            # The contract check at load time looks at declared shapes; this catches a graph
-            # whose real outputs differ, which would otherwise be mis-indexed silently.
-            raise ModelFileError(
-                f"{self._model_path}: the graph returned anomaly_map {maps.shape} and score {scores.shape} for a "
-                f"batch of {n}; expected {(n, 1, h, w)} and {(n,)}. Re-export the model with ffexport."
-            )
-        return maps, scores

@@ -33,9 +33,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ffcore.geometry import FrameGeometry
 from ffcore.imageheader import image_size
 from ffcore.images import DataError, FileTooLarge, Undecodable, decode_image, read_image_bytes
-from ffcore.images import letterbox_geometry as core_letterbox
 
 from .errors import ImageFileError, InvalidArgumentError, InvalidImageError
 from .meta import InputSpec
@@ -100,15 +100,20 @@ DEFAULT_LIMITS = ImageLimits()
 
 @dataclass(frozen=True)
 class PreparedBatch:
-    """What the backend is fed, plus what postprocessing needs to undo the resize."""
+    """What the backend is fed, plus each frame's geometry for mapping the outputs back."""
 
     batch: np.ndarray  # uint8 [N, H, W, 3], RGB, C-contiguous, at the model size
-    original_sizes: tuple[tuple[int, int], ...]  # (height, width) of each input image
+    geometries: tuple[FrameGeometry, ...]  # of each image in ``batch``, computed once here
     #: Position in the caller's list of each image in ``batch`` (all of them unless
     #: errors="return" dropped some).
     positions: tuple[int, ...] = ()
     #: errors="return": (position, error) of each refused image.
     errors: tuple[tuple[int, InvalidImageError], ...] = ()
+
+    @property
+    def original_sizes(self) -> tuple[tuple[int, int], ...]:
+        """(height, width) of each input image."""
+        return tuple(g.frame_size for g in self.geometries)
 
 
 def check_color_order(color_order: str) -> str:
@@ -120,16 +125,6 @@ def check_color_order(color_order: str) -> str:
             f"not {color_order!r}."
         )
     return order
-
-
-def interpolation_flag(name: str) -> int:
-    """The cv2 flag for the model's ``resize_interpolation``.
-
-    The single place this choice is made: the trainer resizes the same way (INTER_AREA for
-    "area", which averages instead of aliasing when shrinking), and any difference here
-    would show up as a score shift between validation and the line.
-    """
-    return cv2.INTER_AREA if name == "area" else cv2.INTER_LINEAR
 
 
 def read_image_file(path: str | os.PathLike, limits: ImageLimits = DEFAULT_LIMITS, spec: InputSpec | None = None) -> np.ndarray:
@@ -352,44 +347,21 @@ def check_model_batch(batch: object, spec: InputSpec) -> np.ndarray:
     return np.ascontiguousarray(batch)
 
 
-def letterbox_geometry(height: int, width: int, spec: InputSpec) -> tuple[int, int, int, int]:
-    """Where a height x width frame lands in the model input when its aspect ratio is kept:
-    (top, left, resized height, resized width). One definition, the trainer's (ffcore)."""
-    return core_letterbox(height, width, (spec.height, spec.width))
+def frame_geometry(frame_size: tuple[int, int], spec: InputSpec) -> FrameGeometry:
+    """Where a (height, width) frame lands in this model's input (ffcore.geometry)."""
+    return FrameGeometry.of(frame_size, (spec.height, spec.width), spec.resize_mode, spec.resize_interpolation)
 
 
-def resize_to_model(image: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Resize to the model's (height, width) with the interpolation and resize mode the
-    model was trained with (letterbox: aspect ratio kept, padded with 0)."""
-    if image.shape[:2] == (spec.height, spec.width):
-        return image
-    flag = interpolation_flag(spec.resize_interpolation)
-    if spec.resize_mode == "stretch":
-        return cv2.resize(image, (spec.width, spec.height), interpolation=flag)
-    top, left, nh, nw = letterbox_geometry(image.shape[0], image.shape[1], spec)
-    out = np.zeros((spec.height, spec.width) + image.shape[2:], dtype=image.dtype)
-    out[top : top + nh, left : left + nw] = cv2.resize(image, (nw, nh), interpolation=flag).reshape(
-        (nh, nw) + image.shape[2:]
-    )
-    return out
-
-
-def frame_region(amap: np.ndarray, original: tuple[int, int], spec: InputSpec) -> np.ndarray:
-    """The part of a model-size map that shows the frame (all of it unless letterboxed)."""
-    if spec.resize_mode == "stretch" or original == (spec.height, spec.width):
-        return amap
-    top, left, nh, nw = letterbox_geometry(original[0], original[1], spec)
-    return amap[top : top + nh, left : left + nw]
-
-
-def to_model_rgb(image: np.ndarray, order: str, spec: InputSpec) -> np.ndarray:
-    """Resize a validated uint8 image, then bring it to RGB HxWx3.
+def to_model_rgb(image: np.ndarray, order: str, spec: InputSpec | FrameGeometry) -> np.ndarray:
+    """Resize a validated uint8 image into the model input, then bring it to RGB HxWx3.
 
     Resizing first and converting colour second is bit-identical to the trainer's
     convert-then-resize (cv2.resize treats channels independently) and cheaper: a 5 MP
-    frame is converted after it shrank to the model size, not before.
+    frame is converted after it shrank to the model size, not before. ``spec`` may be the
+    frame's geometry, when the caller has computed it already.
     """
-    small = resize_to_model(image, spec)
+    geometry = spec if isinstance(spec, FrameGeometry) else frame_geometry(image.shape[:2], spec)
+    small = geometry.to_model(image)
     if order == "GRAY":
         return cv2.cvtColor(small, cv2.COLOR_GRAY2RGB)
     if order == "BGR":
@@ -417,7 +389,7 @@ def prepare_batch(
         raise InvalidArgumentError(f"errors must be 'raise' or 'return', not {errors!r}.")
     n = len(images)
     batch = np.empty((n, spec.height, spec.width, 3), dtype=np.uint8)
-    sizes: list[tuple[int, int]] = []
+    geometries: list[FrameGeometry] = []
     positions: list[int] = []
     refused: list[tuple[int, InvalidImageError]] = []
     for i, item in enumerate(images):
@@ -433,9 +405,10 @@ def prepare_batch(
                 raise located from e
             refused.append((i, located))
             continue
-        batch[len(sizes)] = to_model_rgb(image, order, spec)
-        sizes.append((int(image.shape[0]), int(image.shape[1])))
+        geometry = frame_geometry(image.shape[:2], spec)
+        batch[len(geometries)] = to_model_rgb(image, order, geometry)
+        geometries.append(geometry)
         positions.append(i)
     return PreparedBatch(
-        batch=batch[: len(sizes)], original_sizes=tuple(sizes), positions=tuple(positions), errors=tuple(refused)
+        batch=batch[: len(geometries)], geometries=tuple(geometries), positions=tuple(positions), errors=tuple(refused)
     )

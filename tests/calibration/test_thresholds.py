@@ -137,7 +137,7 @@ def test_cli_thresholds_writes(model_copy, normal_halves, tmp_path, capsys):
 
 
 def test_normalize_score_by_hand():
-    from ffrt.detector import normalize_score
+    from ffrt.result import normalize_score
 
     # logistic(z) with z = (score - threshold) / scale: z = 0 -> 1/2; z = ln 3 -> 1/(1 + 1/3) = 3/4.
     assert normalize_score(2.0, 2.0, 0.5) == 0.5
