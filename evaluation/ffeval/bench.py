@@ -246,13 +246,13 @@ def run_benchmark(
 
 def _measure(batches, iters, warmup, images, settle_ms, progress, meta, be, detector, eager, machine, macs):
     """The timed rounds of every batch size: (result rows, frames description, load before)."""
-    from ffrt.backends.base import CPU_BACKENDS
+    from ffrt.backends.kinds import BackendKind, backend_kind
 
     run_stage = detector.stages
     frames, frames_what = load_frames(images, max(batches))
     load_before = _loadavg()
     thr = detector.thresholds
-    is_cpu = be.name in CPU_BACKENDS
+    is_cpu = backend_kind(be.name) is BackendKind.CPU
     peak = machine["cpu_peak"]
     results = []
     for batch in batches:

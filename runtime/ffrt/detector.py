@@ -21,7 +21,6 @@ import logging
 import threading
 from collections.abc import Iterable
 from concurrent.futures import Future
-from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,17 +28,17 @@ import numpy as np
 from ffcore.files import ENGINE_SUFFIXES
 
 from .backends import create_backend
-from .backends.base import check_precision
-from .batching import DEFAULT_MAX_DELAY_MS, DEFAULT_QUEUE_SIZE, DEFAULT_THREADS, Pipeline, PipelineConfig
-from .drift import DEFAULT_DRIFT_WINDOW, DriftMonitor, Health, check_window, target_frr_from_source
+from .backends.kinds import target_matches
+from .batching import Pipeline
+from .config import DetectorConfig
+from .drift import DriftMonitor, Health, target_frr_from_source
 from .errors import BackendUnavailableError, InferenceError, InvalidArgumentError, InvalidImageError, ModelFileError
-from .meta import ModelMeta, Thresholds, new_thresholds, read_onnx_meta, target_matches
-from .preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits, check_color_order, check_model_batch
+from .meta import ModelMeta, Thresholds, new_thresholds, read_onnx_meta
 from .postprocess import Postprocessor
-from .stages import Stages
-from .regions import check_min_region_px
+from .preprocess import ImageLimits, check_model_batch
 from .result import Result
-from .stats import DEFAULT_WINDOW, LatencyStats, LatencyWindow, PipelineRecorder, PipelineStats
+from .stages import Stages
+from .stats import LatencyStats, LatencyWindow, PipelineRecorder, PipelineStats
 
 log = logging.getLogger("ffrt")
 
@@ -100,47 +99,22 @@ class Detector:
     drift_window:    how many recent scores :meth:`health` compares with calibration (200).
     """
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        backend: str = "auto",
-        color_order: str = "BGR",
-        threads: int | None = None,
-        image_threshold: float | None = None,
-        pixel_threshold: float | None = None,
-        resize_outputs: bool = True,
-        stats_window: int = DEFAULT_WINDOW,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        min_side: int = DEFAULT_MIN_SIDE,
-        device: int = 0,
-        precision: str = "auto",
-        backend_options: dict | None = None,
-        *,
-        min_region_px: int = 0,
-        max_batch: int | None = None,
-        max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
-        queue_size: int = DEFAULT_QUEUE_SIZE,
-        queue_policy: str = "block",
-        pipeline_threads: int = DEFAULT_THREADS,
-        drift_window: int = DEFAULT_DRIFT_WINDOW,
-    ) -> None:
+    def __init__(self, model_path: str | Path, config: DetectorConfig | None = None, **settings) -> None:
         # Cheap argument checks first: a typo must not cost a model load.
         self._backend = None
-        self._color_order = check_color_order(color_order)
-        precision = check_precision(precision)
-        if backend_options is not None and not isinstance(backend_options, dict):
-            raise InvalidArgumentError(f"backend_options must be a dict or None, not {type(backend_options).__name__}.")
-        if not isinstance(device, int) or isinstance(device, bool) or device < 0:
-            raise InvalidArgumentError(f"device must be a GPU index >= 0, not {device!r}.")
-        self._device = device
-        self._limits = ImageLimits(max_pixels=max_pixels, min_side=min_side)
-        min_region_px = check_min_region_px(min_region_px)
-        drift_window = check_window(drift_window)
+        if config is not None and not isinstance(config, DetectorConfig):
+            raise InvalidArgumentError(
+                f"Detector(model, config): config must be a DetectorConfig or None, not {type(config).__name__} "
+                f"{config!r}; settings go by name, e.g. Detector(model, backend={config!r}).")
+        cfg = DetectorConfig.build(config, **settings)
+        self._config = cfg
+        self._color_order = cfg.color_order
+        self._device = cfg.backend.device
+        self._limits = cfg.limits
         self._pipeline: Pipeline | None = None  # started by the first submit
         self._pipeline_lock = threading.Lock()
         self._closed = False
-        # max_batch is checked against the model's batch_max once the metadata is read.
-        config = PipelineConfig(1 if max_batch is None else max_batch, max_delay_ms, queue_size, queue_policy, pipeline_threads)
+        backend = cfg.backend.name
         path = Path(model_path)
         if not path.exists():
             raise ModelFileError(f"{path}: no such model file.")
@@ -156,7 +130,7 @@ class Detector:
                 )
             from .tensorrt.build import engine_meta, missing_for_tensorrt
 
-            missing = missing_for_tensorrt(device)
+            missing = missing_for_tensorrt(cfg.backend.device)
             if missing is not None:
                 raise BackendUnavailableError(
                     f"{path}: TensorRT engine files need the native TensorRT backend, which is not available here: "
@@ -174,21 +148,22 @@ class Detector:
         self._model_path = path
         base = self._meta.thresholds
         self._thresholds: Thresholds = base
-        if image_threshold is not None or pixel_threshold is not None:
-            self._thresholds = new_thresholds(base, image_threshold, pixel_threshold, "set in Detector(...)")
-        self._resize_outputs = bool(resize_outputs)
-        self._stats = LatencyWindow(stats_window)
-        self._recorder = PipelineRecorder(stats_window)
-        self._pipeline_config = replace(config, max_batch=self._chunk_size(max_batch, "max_batch"))
-        self._drift = DriftMonitor(self._meta.score_stats, self._thresholds.image, self._target_frr(), drift_window)
+        if cfg.image_threshold is not None or cfg.pixel_threshold is not None:
+            self._thresholds = new_thresholds(base, cfg.image_threshold, cfg.pixel_threshold, "set in Detector(...)")
+        self._resize_outputs = cfg.resize_outputs
+        self._stats = LatencyWindow(cfg.stats_window)
+        self._recorder = PipelineRecorder(cfg.stats_window)
+        self._pipeline_config = cfg.pipeline(self._chunk_size(cfg.max_batch, "max_batch"))
+        self._drift = DriftMonitor(self._meta.score_stats, self._thresholds.image, self._target_frr(), cfg.drift_window)
 
-        self._backend, self._selection = create_backend(backend, path, self._meta, threads, device, precision,
-                                                        backend_options)
+        request = cfg.backend
+        self._backend, self._selection = create_backend(backend, path, self._meta, request.threads, request.device,
+                                                        request.precision.value, request.options)
         stats = self._meta.score_stats
         post = Postprocessor(
             resize_outputs=self._resize_outputs,
             norm_scale=stats.std if stats is not None and stats.std > 0 else None,
-            min_region_px=min_region_px, backend=self._backend.name, precision=self._backend.precision,
+            min_region_px=cfg.min_region_px, backend=self._backend.name, precision=self._backend.precision,
         )
         self._stages = Stages(path, self._meta.input, self._color_order, self._limits, self._backend, post)
         if mismatch := self._thresholds.numerics_mismatch(self._backend.name, self._backend.precision):
@@ -202,6 +177,11 @@ class Detector:
             )
 
     # -- properties --------------------------------------------------------------------
+
+    @property
+    def config(self) -> DetectorConfig:
+        """The settings this Detector was made with (thresholds set later: :attr:`thresholds`)."""
+        return self._config
 
     @property
     def meta(self) -> ModelMeta:

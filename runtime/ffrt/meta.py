@@ -346,22 +346,6 @@ def write_onnx_meta(path: str | os.PathLike, meta: ModelMeta) -> None:
     atomic_write_bytes(path, proto.SerializeToString())
 
 
-def target_matches(target: str, backend_name: str) -> bool:
-    """Whether a file encoded for ``target`` ("any", "cpu", "tensorrt") suits ``backend_name``.
-
-    "cpu" files (U8S8 Q/DQ) are meant for ONNX Runtime on the CPU; "tensorrt" files
-    (symmetric S8S8 Q/DQ) for TensorRT (native or ONNX Runtime's TensorRT EP): on an x86 CPU
-    the symmetric encoding runs slower than FP32.
-    """
-    if target == "any":
-        return True
-    if target == "cpu":
-        return backend_name.endswith("-cpu") or backend_name == "openvino"
-    if target == "tensorrt":
-        return "tensorrt" in backend_name
-    return True
-
-
 def new_thresholds(current: Thresholds, image: float | None, pixel: float | None, source: str) -> Thresholds:
     """``current`` with the given values replaced (None keeps one), each checked: a number,
     finite, >= 0 (InvalidArgumentError otherwise)."""

@@ -94,7 +94,7 @@ class Frame:
     error: str | None = None
 
 
-def parse_sources(args: list[str], names: list[str] | None, recursive: bool = False) -> list[SourceSpec]:
+def parse_sources(targets: list[str], names: list[str] | None, recursive: bool = False) -> list[SourceSpec]:
     """The sources named on the command line, checked before any model is loaded.
 
     Raises InvalidArgumentError listing every argument that names nothing (a missing path,
@@ -102,8 +102,8 @@ def parse_sources(args: list[str], names: list[str] | None, recursive: bool = Fa
     """
     names = list(names or [])
     problems: list[str] = []
-    if names and len(names) != len(args):
-        problems.append(f"--source-name given {len(names)} time(s) for {len(args)} source(s): give one name per source, in order, or none")
+    if names and len(names) != len(targets):
+        problems.append(f"--source-name given {len(names)} time(s) for {len(targets)} source(s): give one name per source, in order, or none")
     for n in names:
         if not _NAME.match(n):
             problems.append(f"--source-name {n!r}: use 1-64 letters, digits, '.', '_' or '-' (it names output folders)")
@@ -111,7 +111,7 @@ def parse_sources(args: list[str], names: list[str] | None, recursive: bool = Fa
         problems.append("--source-name: each source needs its own name")
     specs: list[SourceSpec] = []
     used: set[str] = set(names)
-    for i, arg in enumerate(args):
+    for i, arg in enumerate(targets):
         kind, files, skipped, problem = _classify(arg, recursive)
         if problem:
             problems.append(problem)

@@ -348,6 +348,6 @@ register_backend(
     BackendSpec(
         name="tensorrt",
         probe=_probe,
-        create=lambda path, meta, threads, device=0: TensorRTBackend(path, meta, device=device),
+        create=lambda path, meta, threads, device=0, **_: TensorRTBackend(path, meta, device=device),
     )
 )

@@ -216,7 +216,7 @@ def detector_parameters(meta: ModelMeta, opts: Options, graph: tuple[str, str | 
     return params
 
 
-def detector_config(meta: ModelMeta, opts: Options, graph: tuple[str, str | None] | None = None) -> str:
+def detector_pbtxt(meta: ModelMeta, opts: Options, graph: tuple[str, str | None] | None = None) -> str:
     """config.pbtxt of ffrt_detector (Python backend, inputs/outputs of ``protocol``)."""
     inputs = [Tensor(name, spec[0], spec[3]) for name, spec in protocol.INPUTS.items()]
     outputs = [Tensor(name, spec[0], spec[3]) for name, spec in {**protocol.OUTPUTS, **protocol.INFO_OUTPUTS}.items()]
@@ -249,7 +249,7 @@ def detector_files(root: Path, meta: ModelMeta, opts: Options, code_paths: list[
     folder = root / protocol.DETECTOR_MODEL
     model_py = MODEL_PY.replace("{path}", CODE_PATH.format(paths=list(code_paths)) if code_paths else "")
     return {
-        folder / "config.pbtxt": detector_config(meta, opts, graph).encode(),
+        folder / "config.pbtxt": detector_pbtxt(meta, opts, graph).encode(),
         folder / "1" / "model.py": model_py.encode(),
         folder / "1" / protocol.META_FILE: meta_onnx_bytes(meta),
     }

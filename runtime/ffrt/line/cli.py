@@ -18,7 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ..clitool import Tool, add_inference_args, add_limit_args
+from ..clitool import Tool, add_inference_args, add_limit_args, detector_config
 from ..errors import QueueFullError
 
 PROGRESS_EVERY_S = 10.0
@@ -83,6 +83,7 @@ class RunTool(Tool):
 
         from .runner import LineRun
         from .metrics import require_prometheus
+        from ..detector import Detector
         from ..preprocess import read_image_file
         from .writer import RunOutputs
         from .sources import parse_sources
@@ -93,7 +94,7 @@ class RunTool(Tool):
             require_prometheus()
         outputs = RunOutputs(args.out, csv_too=args.csv, overlays=args.overlays, masks=args.masks)
         outputs.check()
-        with _make_detector(args) as det:
+        with Detector(args.model, detector_config(args)) as det:
             t = det.thresholds
             header = {
                 "model": str(args.model), "backend": det.backend_description,
@@ -106,7 +107,7 @@ class RunTool(Tool):
                 codec_trained=bool(det.meta.augmentation and det.meta.augmentation.jpeg_share > 0),
             )
             # The metrics port is taken before anything is shown or written: a port in use fails cleanly.
-            metrics = _start_metrics(args, run, det) if args.metrics_port is not None else None
+            metrics = _start_metrics(args.metrics_host, args.metrics_port, run, det) if args.metrics_port is not None else None
             total = sum(len(s.files) for s in specs) if all(s.kind == "images" for s in specs) else None
             run.progress = bar = progress(desc="run", unit="frames", total=total, every_s=PROGRESS_EVERY_S)
             run.say = say = _sayer(bar if is_terminal(sys.stderr) else None)
@@ -138,17 +139,6 @@ class RunTool(Tool):
         return 0
 
 
-def _make_detector(args):
-    from ..detector import Detector
-
-    batching = dict(max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, queue_size=args.queue_size, min_region_px=args.min_region_px)
-    return Detector(
-        args.model, backend=args.backend, threads=args.threads, image_threshold=args.image_threshold,
-        pixel_threshold=args.pixel_threshold, max_pixels=args.max_pixels, min_side=args.min_side, device=args.device,
-        queue_policy=args.queue_policy, **{k: v for k, v in batching.items() if v is not None},
-    )
-
-
 def _final_summary(run, det) -> dict:
     """The run's summary with the Detector's own view: stage latencies and counters per
     source and overall (pipeline_stats), and the drift state (health)."""
@@ -158,15 +148,15 @@ def _final_summary(run, det) -> dict:
     return summary
 
 
-def _start_metrics(args, run, det):
+def _start_metrics(address: str, port: int, run, det):
     from .metrics import RunMetrics
 
     def snapshot() -> dict:
         return {**run.live(), "queue_depth": det.pipeline_stats().queue_depth, "drift": det.health().to_dict()}
 
     metrics = RunMetrics(snapshot)
-    port = metrics.serve(args.metrics_host, args.metrics_port)
-    host = f"[{args.metrics_host}]" if ":" in args.metrics_host else args.metrics_host
+    port = metrics.serve(address, port)
+    host = f"[{address}]" if ":" in address else address
     print(f"ffrt: metrics: http://{host}:{port}/metrics", file=sys.stderr, flush=True)
     return metrics
 
