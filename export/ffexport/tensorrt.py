@@ -26,16 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from ffrt.tensorrt.build import (
-    DEFAULT_WORKSPACE_MB,
-    BatchProfile,
-    EngineBuildError,
-    EngineInfo,
-    build_plan,
-    missing_for_tensorrt,
-    sidecar_path,
-    write_engine,
-)
+from ffrt.tensorrt.build import DEFAULT_WORKSPACE_MB, EngineBuildError, build_plan, missing_for_tensorrt
+
+from ffrt.tensorrt.plan import BatchProfile, EngineInfo, sidecar_path, write_engine
 from ffrt.errors import BackendUnavailableError, FFRTError
 from ffrt.meta import ModelMeta, read_onnx_meta
 

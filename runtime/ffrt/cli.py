@@ -64,7 +64,7 @@ class InfoTool(Tool):
             return 0
         if Path(args.model).suffix.lower() in ENGINE_SUFFIXES:
             # A plan is opaque bytes: what describes it is the sidecar written with it.
-            from .tensorrt.build import read_engine_info
+            from .tensorrt.plan import read_engine_info
 
             info = read_engine_info(args.model)
             if args.json:

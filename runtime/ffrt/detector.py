@@ -128,7 +128,8 @@ class Detector:
                     f"{path}: a TensorRT engine runs only with backend=\"tensorrt\" (or \"auto\"), not {backend!r}; "
                     "load the .onnx it was built from for the other backends."
                 )
-            from .tensorrt.build import engine_meta, missing_for_tensorrt
+            from .tensorrt.build import missing_for_tensorrt
+            from .tensorrt.plan import engine_meta
 
             missing = missing_for_tensorrt(cfg.backend.device)
             if missing is not None:

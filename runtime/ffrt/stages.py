@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from ffcore.geometry import FrameGeometry
 
+from .backends.base import Backend
 from .errors import FFRTError, InferenceError, ModelFileError
 from .meta import InputSpec, Thresholds
 from .postprocess import Outputs, Postprocessor
@@ -45,15 +47,14 @@ class Detection(NamedTuple):
     ended: float  # time.perf_counter() at the end
 
 
+@dataclass(frozen=True)
 class Stages:
-    def __init__(self, model_path: Path, spec: InputSpec, color_order: str, limits: ImageLimits, backend,
-                 post: Postprocessor) -> None:
-        self.model_path = model_path
-        self.spec = spec
-        self.color_order = color_order
-        self.limits = limits
-        self.backend = backend
-        self.post = post
+    model_path: Path
+    spec: InputSpec
+    color_order: str
+    limits: ImageLimits
+    backend: Backend
+    post: Postprocessor
 
     # -- the three stages --------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from collections import Counter
 
 import ffcore.ort
 from ffeval.bench import run_benchmark
+from support.counting import count_methods
 
 from ffrt.stages import Stages
 
@@ -22,14 +23,7 @@ def test_ffbench_loads_the_model_once_and_times_the_detectors_stages(tiny_onnx, 
     import ffrt.backends.onnxruntime as ort_backend
 
     monkeypatch.setattr(ort_backend, "make_session", counted_session)
-    for name in ("prepare", "run", "finish"):
-        real = getattr(Stages, name)
-
-        def counted(self, *a, _real=real, _name=name, **k):
-            counts[_name] += 1
-            return _real(self, *a, **k)
-
-        monkeypatch.setattr(Stages, name, counted)
+    count_methods(monkeypatch, Stages, ("prepare", "run", "finish"), counts)
     report = run_benchmark(tiny_onnx, backend="onnxruntime-cpu", batches=(2,), iters=3, warmup=1, threads=1,
                            images=str(frame_folder), settle_ms=0)
     assert counts["session"] == 1  # one model load for the stages and the end-to-end Detector

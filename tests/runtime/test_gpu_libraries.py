@@ -139,7 +139,7 @@ b._import_ort = lambda: ort
 from ffrt.tensorrt.build import tensorrt_version
 import ffrt.tensorrt.ort_provider as provider
 lib = provider.ort_trt_library()
-from ffrt.tensorrt.build import BatchProfile
+from ffrt.tensorrt.plan import BatchProfile
 sys.path.insert(0, "tests/runtime")
 from conftest import make_meta, make_graph, save_model
 model = save_model(Path(sys.argv[2]), make_graph(), make_meta())
@@ -177,7 +177,8 @@ def test_ort_trt_key_uses_the_libnvinfer_ort_loads(tmp_path):
     assert r["lib"]["soname"] == "libnvinfer.so.10" and r["lib"]["version"] == "10.16.1"
     assert r["lib"]["path"] and r["lib"]["path"].endswith("libnvinfer_stub.so")
     assert r["preload_calls"] == ["preload"]
-    from ffrt.tensorrt.build import BatchProfile, GpuInfo, cache_key, graph_sha256
+    from ffrt.tensorrt.build import GpuInfo, cache_key
+    from ffrt.tensorrt.plan import BatchProfile, graph_sha256
 
     sys.path.insert(0, str(Path(__file__).parent))
     from conftest import make_meta

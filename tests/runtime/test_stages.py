@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import make_graph, make_meta, save_model, solid_bgr
 from ffcore.geometry import FrameGeometry
+from support.counting import count_methods
 
 from ffrt import Detector
 from ffrt.stages import Stages
@@ -40,15 +41,7 @@ def calls(monkeypatch) -> Counter:
         return real_of(cls, *a, **k)
 
     monkeypatch.setattr(FrameGeometry, "of", classmethod(counted_of))
-    for name in ("prepare", "run", "finish"):
-        real = getattr(Stages, name)
-
-        def counted(self, *a, _real=real, _name=name, **k):
-            counts[_name] += 1
-            return _real(self, *a, **k)
-
-        monkeypatch.setattr(Stages, name, counted)
-    return counts
+    return count_methods(monkeypatch, Stages, ("prepare", "run", "finish"), counts)
 
 
 def _frame_with_red_patch() -> np.ndarray:

@@ -149,7 +149,7 @@ def test_driver_reports_a_gpu_but_tensorrt_cannot_start_cuda(line, cuda_site, fa
 def _engine(path: Path, version: str, onnx_path: Path) -> Path:
     import hashlib
 
-    from ffrt.tensorrt.build import BatchProfile, EngineInfo, graph_sha256, write_engine
+    from ffrt.tensorrt.plan import BatchProfile, EngineInfo, graph_sha256, write_engine
     from ffrt.meta import read_onnx_meta
 
     plan = b"not a real plan: the runtime fails before deserializing it" * 4

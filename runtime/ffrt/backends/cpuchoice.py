@@ -90,7 +90,7 @@ def cache_path() -> Path:
 
 
 def _key(backends: list[Backend], model_path: Path, threads: int | None) -> str:
-    from ..tensorrt.build import graph_sha256
+    from ..tensorrt.plan import graph_sha256
 
     parts = [graph_sha256(model_path), cpu_signature(), _versions(), f"threads={threads}"]
     parts += [f"{b.name}:{b.precision}:{b.description}" for b in backends]

@@ -36,13 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .build import (
-    cached_plan,
-    check_engine,
-    import_tensorrt,
-    missing_for_tensorrt,
-    read_engine_info,
-)
+from .build import cached_plan, import_tensorrt, missing_for_tensorrt
+
+from .plan import check_engine, read_engine_info
 
 from ..errors import BackendUnavailableError, InferenceError, InvalidArgumentError, ModelFileError
 from ..meta import ModelMeta
