@@ -51,7 +51,7 @@ from ffcore.timing import interleaved
 from .errors import BenchError  # noqa: F401  (ffeval.bench.BenchError stays importable)
 
 SCHEMA = "ffeval.bench"
-#: 2: the h2d / compute / d2h stages are present only when measured (1 wrote "n/a").
+#: benchmarks/README.md "JSON schemas" says what each version holds.
 SCHEMA_VERSION = 2
 DEFAULT_BATCHES = (1, 2, 4, 8, 16)
 
