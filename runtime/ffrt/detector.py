@@ -147,26 +147,30 @@ class Detector:
         # graph (engine.engine_meta): re-tuned thresholds apply without a rebuild.
         self._meta: ModelMeta = engine_meta(path) if is_engine else read_onnx_meta(path)
         self._model_path = path
-        base = self._meta.thresholds
-        self._thresholds: Thresholds = base
-        if cfg.image_threshold is not None or cfg.pixel_threshold is not None:
-            self._thresholds = new_thresholds(base, cfg.image_threshold, cfg.pixel_threshold, "set in Detector(...)")
+        self._thresholds: Thresholds = self._initial_thresholds()  # checked before any backend loads
         self._resize_outputs = cfg.resize_outputs
         self._stats = LatencyWindow(cfg.stats_window)
         self._recorder = PipelineRecorder(cfg.stats_window)
         self._pipeline_config = cfg.pipeline(self._chunk_size(cfg.max_batch, "max_batch"))
-        self._drift = DriftMonitor(self._meta.score_stats, self._thresholds.image, self._target_frr(), cfg.drift_window)
 
         request = cfg.backend
         self._backend, self._selection = create_backend(backend, path, self._meta, request.threads, request.device,
                                                         request.precision.value, request.options)
+        variant = getattr(self._backend, "variant", None)
+        if variant is not None:
+            # "auto" runs a gated precision variant of this file (backends/variants.py): its
+            # head and its thresholds belong together.
+            self._meta = variant.meta
+            self._thresholds = self._initial_thresholds()
+            log.info("ffrt: %s: runs %s (%s)", path, variant.path.name, self._backend.choice)
+        self._drift = DriftMonitor(self._meta.score_stats, self._thresholds.image, self._target_frr(), cfg.drift_window)
         stats = self._meta.score_stats
         post = Postprocessor(
             resize_outputs=self._resize_outputs,
             norm_scale=stats.std if stats is not None and stats.std > 0 else None,
             min_region_px=cfg.min_region_px, backend=self._backend.name, precision=self._backend.precision,
         )
-        self._stages = Stages(path, self._meta.input, self._color_order, self._limits, self._backend, post)
+        self._stages = Stages(self.running_path, self._meta.input, self._color_order, self._limits, self._backend, post)
         if mismatch := self._thresholds.numerics_mismatch(self._backend.name, self._backend.precision):
             log.warning("ffrt: %s: %s", path, mismatch)
         if not target_matches(self._meta.target, self._backend.name):
@@ -192,7 +196,15 @@ class Detector:
 
     @property
     def model_path(self) -> Path:
+        """The file this Detector was asked to load."""
         return self._model_path
+
+    @property
+    def running_path(self) -> Path:
+        """The file that runs: :attr:`model_path`, or the gated precision variant next to it
+        that ``backend="auto"`` measured faster (e.g. model.bf16.onnx; ``backends/variants.py``)."""
+        variant = getattr(self._backend, "variant", None)
+        return self._model_path if variant is None else variant.path
 
     @property
     def stages(self) -> Stages:
@@ -430,6 +442,13 @@ class Detector:
             self._stats.record(done.seconds, done.images, end=done.ended)
             self._drift.add(done.scores)
         return done.outcomes
+
+    def _initial_thresholds(self) -> Thresholds:
+        """The file's thresholds with the Detector(...) overrides applied."""
+        cfg, base = self._config, self._meta.thresholds
+        if cfg.image_threshold is None and cfg.pixel_threshold is None:
+            return base
+        return new_thresholds(base, cfg.image_threshold, cfg.pixel_threshold, "set in Detector(...)")
 
     def _target_frr(self) -> float | None:
         """The false-reject rate the image threshold in use was calibrated at, if known."""

@@ -23,12 +23,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import BackendUnavailableError, InvalidArgumentError
 from ..meta import ModelMeta
 from .kinds import BackendKind, backend_kind
+
+if TYPE_CHECKING:
+    from .variants import Variant
 
 log = logging.getLogger("ffrt")
 
@@ -63,6 +67,14 @@ class Backend(abc.ABC):
     precision_detail: str = ""
     #: For backend="auto" on the CPU: how this backend was chosen over the other CPU backends.
     choice: str = ""
+    #: The file it runs when "auto" chose a precision variant of the requested one
+    #: (``backends/variants.py``) with that file's metadata; None: the requested file.
+    variant: "Variant | None" = None
+
+    @property
+    def label(self) -> str:
+        """The backend's name, and the variant file it runs if any (names "auto"'s candidates)."""
+        return self.name if self.variant is None else f"{self.name} on {self.variant.path.name}"
 
     @property
     @abc.abstractmethod
@@ -250,6 +262,27 @@ def _start(name: str, model_path, meta, threads, device, precision, options, ski
         return None
 
 
+def _start_variants(group: list[str], model_path: Path, meta: ModelMeta, threads, device, options: dict,
+                    why_not: list[str]) -> list[Backend]:
+    """Backends of ``group`` on each gated precision variant of ``model_path`` (variants.py),
+    in the precision the variant was gated for."""
+    from .variants import gated_variants
+
+    variants, problems = gated_variants(model_path, meta)
+    why_not.extend(problems)
+    started = []
+    for variant in variants:
+        refused: list[str] = []
+        for name in group:
+            backend = _start(name, variant.path, variant.meta, threads, device, variant.precision, options, refused)
+            if backend is not None:
+                backend.variant = variant
+                started.append(backend)
+        if not any(b.variant is variant for b in started):
+            why_not.append(f"{variant.path.name} ({variant.precision}) not run: " + "; ".join(refused))
+    return started
+
+
 def _auto(model_path: Path, meta: ModelMeta, threads: int | None, device: int, precision: str,
           options: dict) -> tuple[Backend, tuple[str, ...]]:
     skipped: list[str] = []
@@ -270,10 +303,14 @@ def _auto(model_path: Path, meta: ModelMeta, threads: int | None, device: int, p
         if not started:
             skipped.extend(why_not)
             break
+        if precision == "auto":
+            started += _start_variants(group, model_path, meta, threads, device, options, why_not)
         if len(started) > 1:
             from .cpuchoice import pick
 
             chosen, line = pick(started, model_path, meta, threads)
+            if why_not:
+                line += "; " + "; ".join(f"not {w}" for w in why_not)
         else:
             chosen, line = started[0], "; ".join(f"not {w}" for w in why_not) or "the only CPU backend in this build"
         chosen.choice = line
