@@ -126,3 +126,20 @@ def test_the_table_runs_the_rows_a_request_asks_for_in_order():
     assert by_name["int8"].writes == ("model.int8-trt.onnx", "model.int8-cpu.onnx")
     assert by_name["fp16"].writes == ("model.fp16.onnx",) and by_name["bf16"].writes == ("model.bf16.onnx",)
     assert "GPU" in by_name["tensorrt"].needs and "BF16" in by_name["bf16"].needs
+
+
+def test_the_request_report_and_engine_step_import_without_torch():
+    """``from ffexport import ExportRequest`` and ``python -m ffexport.tensorrt`` (the GPU host's
+    command) must not need PyTorch."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys\nsys.modules['torch'] = None\nsys.modules['torchvision'] = None\n"
+            "from ffexport import ExportRequest, ExportReport, ExportStatus\nimport ffexport.tensorrt, ffexport.cli\n"
+            "assert 'fftrain' not in sys.modules\nExportRequest(ckpt='m.pt', out='o', fp16=True)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(root / d) for d in
+                                                       ("core", "runtime", "trainer", "export", "calibration"))}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
