@@ -66,15 +66,23 @@ def test_fp16_reports_both_files_and_its_gate(tiny_checkpoint, tmp_path):
 
 @pytest.fixture(scope="module")
 def int8_forced(tiny_checkpoint, tmp_path_factory):
-    """INT8 with a gate bound no file meets (Spearman 1.0) and force: written, the failure reported."""
+    """INT8 with a gate bound no file meets (Spearman 1.0) and force: written, the failure reported;
+    and the engine asked for, which is built from the TensorRT encoding."""
     out = tmp_path_factory.mktemp("int8_forced")
     return out, export(ExportRequest(ckpt=tiny_checkpoint, out=out, batch_max=4, int8=True, refit_epochs=0,
-                                     calib_count=8, min_spearman=1.0, force=True))
+                                     calib_count=8, min_spearman=1.0, force=True, engine=True))
 
 
 def test_int8_forced_reports_each_encoding_and_its_failed_gate(int8_forced):
+    from ffrt.tensorrt.build import missing_for_tensorrt
+
     out, report = int8_forced
-    assert report.ok, report.reason
+    if missing_for_tensorrt() is None:
+        assert report.ok and (out / "model.int8-trt.engine").is_file(), report.reason
+    else:
+        assert report.status is ExportStatus.UNAVAILABLE, report.reason
+        assert f"python -m ffexport.tensorrt {(out / 'model.int8-trt.onnx').resolve()} " in report.reason
+    assert [(v.variant, v.status is ExportStatus.OK) for v in report.variants][:2] == [("fp32", True), ("int8", True)]
     assert [(f.path.name, f.variant, f.precision) for f in report.files] == [
         ("model.onnx", "fp32", "fp32"), ("model.int8-trt.onnx", "int8", "int8"), ("model.int8-cpu.onnx", "int8", "int8")]
     for name in ("model.int8-trt.onnx", "model.int8-cpu.onnx"):
@@ -149,3 +157,23 @@ def test_a_broken_checkpoint_is_a_failed_report_with_one_line(tiny_checkpoint, t
     missing = export(ExportRequest(ckpt=tmp_path / "none.pt", out=tmp_path / "out"))
     assert missing.status is ExportStatus.FAILED and "no such checkpoint" in missing.reason
     assert missing.variants == () and "\n" not in missing.reason
+
+
+def test_bf16_without_refit_records_its_gate_in_model_onnx(tiny_checkpoint, tmp_path):
+    """refit_epochs=0: no new file; the BF16 gate is recorded in model.onnx, and the report lists
+    that one file once, with both of its checks."""
+    from ffrt.backends.openvino import bf16_problem
+
+    if bf16_problem() is not None:
+        pytest.skip(f"no BF16 here: {bf16_problem()}")
+    report = export(ExportRequest(ckpt=tiny_checkpoint, out=tmp_path, batch_max=4, bf16=True, refit_epochs=0,
+                                  force=True))
+    assert report.ok, report.reason
+    (onnx_file,) = report.files
+    assert (onnx_file.path.name, onnx_file.variant) == ("model.onnx", "fp32")
+    parity, bf16 = onnx_file.gates
+    assert parity.check.startswith("parity with PyTorch") and bf16.check.startswith("BF16 gate against itself")
+    (recorded,) = read_onnx_meta(tmp_path / "model.onnx").precision_gates
+    assert recorded.precision == "bf16" and (bf16.passed, bf16.forced) == (recorded.passed, not recorded.passed)
+    assert [(v.variant, v.files) for v in report.variants] == [("fp32", ("model.onnx",)), ("bf16", ("model.onnx",))]
+    assert not (tmp_path / "model.bf16.onnx").exists()
