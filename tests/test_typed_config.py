@@ -12,8 +12,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The package roots scanned. runtime/ is left out while its CLI mapping is being converted.
-SCANNED_ROOTS = ("core", "trainer", "export", "calibration", "evaluation")
+#: The package roots scanned.
+SCANNED_ROOTS = ("core", "trainer", "export", "calibration", "evaluation", "runtime")
 NAMESPACE_NAMES = {"Namespace", "argparse.Namespace"}
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from . import __version__
 from .errors import FFRTError, ImageFileError, InvalidImageError
 from .result import json_float
-from .clitool import Tool, add_inference_args, add_limit_args, detector_config
+from .basecli import Tool, add_inference_args, add_limit_args, detector_config
 from ffcore.files import IMAGE_SUFFIXES
 
 

@@ -7,7 +7,7 @@
 Every entry point builds it the same way: ``Detector(path, **settings)`` and
 :meth:`DetectorConfig.build` take the same flat names; the command lines (``ffrt detect``,
 ``ffrt run``, ``ffrt serve``, ``ffrt info``) map their arguments through one function,
-``ffrt.clitool.detector_config``; the Triton model ``ffrt_detector`` builds it from its
+``ffrt.basecli.detector_config``; the Triton model ``ffrt_detector`` builds it from its
 config.pbtxt parameters with :meth:`DetectorConfig.build`.
 
 Each setting is checked by the same function that always checked it, so a bad value raises

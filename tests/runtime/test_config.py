@@ -88,14 +88,9 @@ def test_detect_passes_precision_from_the_command_line_to_the_backend(red_model,
         Detector(red_model, backend="onnxruntime-cpu", precision="bf16")
 
 
-def _cli_file(path: Path) -> bool:
-    stem = path.stem
-    return stem.endswith("cli") or stem.startswith("cli")
-
-
 def test_command_lines_build_the_detector_only_through_the_one_mapping():
     """No entry point maps argparse values to Detector keywords by hand: every Detector made
-    in ffrt's command lines gets ``detector_config(args)``, defined once (clitool.py)."""
+    in ffrt's command lines gets ``detector_config(args)``, defined once (basecli.py)."""
     definitions, hand_mapped = [], []
     for path in RUNTIME.rglob("*.py"):
         tree = ast.parse(path.read_text())
@@ -108,22 +103,5 @@ def test_command_lines_build_the_detector_only_through_the_one_mapping():
                             and kw.value.attr in ("backend", "threads", "precision", "max_pixels", "min_side",
                                                   "image_threshold", "pixel_threshold", "max_batch", "device"):
                         hand_mapped.append(f"{path.relative_to(ROOT)}:{node.lineno} {kw.arg}=args.{kw.value.attr}")
-    assert definitions == ["runtime/ffrt/clitool.py"]
+    assert definitions == ["runtime/ffrt/basecli.py"]
     assert hand_mapped == []
-
-
-def test_no_argparse_namespace_outside_the_command_line_files():
-    offenders = []
-    for path in RUNTIME.rglob("*.py"):
-        if _cli_file(path):
-            continue
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]:
-                    ann = ast.unparse(a.annotation) if a.annotation is not None else ""
-                    if a.arg == "args" or "Namespace" in ann:
-                        offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}({a.arg})")
-            if isinstance(node, ast.Attribute) and node.attr == "Namespace":
-                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} argparse.Namespace")
-    assert offenders == []

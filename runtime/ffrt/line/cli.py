@@ -18,7 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ..clitool import Tool, add_inference_args, add_limit_args, detector_config
+from ..basecli import Tool, add_inference_args, add_limit_args, detector_config
 from ..errors import QueueFullError
 
 PROGRESS_EVERY_S = 10.0

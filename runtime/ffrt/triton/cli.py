@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..clitool import Tool, detector_config
+from ..basecli import Tool, detector_config
 
 
 def _batch_args(parser: argparse.ArgumentParser, what: str) -> None:
