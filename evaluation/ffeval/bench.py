@@ -157,7 +157,7 @@ def run_benchmark(
 ) -> dict:
     """Measure and return the report dict (schema ``ffeval.bench`` v2, see benchmarks/README.md)."""
     from ffrt import Detector, FFRTError
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     from .machine import describe
     from .macs import MacCountError, count_macs

@@ -43,7 +43,7 @@ def run_comparison(model_path: str | Path, batches: tuple[int, ...], iters: int,
                    command: list[str] | None = None) -> dict:
     from ffrt.backends import availability, create_backend
     from ffrt.backends.base import precision_problem
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     from .bench import BenchError, compute_rate, summarize
     from .machine import describe

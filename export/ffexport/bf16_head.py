@@ -116,7 +116,7 @@ def _gate_and_record(force: bool, made: MadeFile, path: Path, reference: Path | 
     from ffcalib.bf16 import bf16_gate, record_gate
     from ffcalib.images import gate_set
     from ffcalib.int8 import as_images
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     meta = read_onnx_meta(path)
     _, images, labels, source = gate_set(data, meta.input)

@@ -18,19 +18,10 @@ import torch
 from ffcore.versions import package_version
 from pydantic import ValidationError
 
-from ffrt.meta import (
-    AugmentationInfo,
-    BackboneInfo,
-    FlowInfo,
-    InputSpec,
-    ModelMeta,
-    OutputSpec,
-    ScoreSpec,
-    ScoreStats,
-    Thresholds,
-    atomic_write_bytes,
-    set_proto_meta,
-)
+from ffcore.files import atomic_write_bytes
+from ffrt.meta import (AugmentationInfo, BackboneInfo, FlowInfo, InputSpec, ModelMeta, OutputSpec, ScoreSpec,
+                       ScoreStats, Thresholds)
+from ffrt.metafile import set_proto_meta
 from fftrain.head import map_units
 from fftrain.model import FastFlow
 

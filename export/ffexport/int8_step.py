@@ -21,7 +21,7 @@ from ffcalib.int8 import (
     encode,
     quantize_model,
 )
-from ffrt.meta import read_onnx_meta
+from ffrt.metafile import read_onnx_meta
 from fftrain.data import DataError, resolve
 
 from .fp32_step import FP32_NAME

@@ -30,7 +30,8 @@ from ffrt.tensorrt.build import DEFAULT_WORKSPACE_MB, EngineBuildError, build_pl
 
 from ffrt.tensorrt.plan import BatchProfile, EngineInfo, sidecar_path, write_engine
 from ffrt.errors import BackendUnavailableError, FFRTError
-from ffrt.meta import ModelMeta, read_onnx_meta
+from ffrt.meta import ModelMeta
+from ffrt.metafile import read_onnx_meta
 
 from ffcore.exitcodes import EXIT_FAILED
 

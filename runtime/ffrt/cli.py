@@ -57,7 +57,7 @@ class InfoTool(Tool):
 
     def run(self, args):
         from ffcore.files import ENGINE_SUFFIXES
-        from .meta import read_onnx_meta
+        from .metafile import read_onnx_meta
 
         if args.config:
             print(detector_config(args).model_dump_json(indent=2))
@@ -190,7 +190,7 @@ class DetectTool(Tool):
     def run(self, args):
         from .detector import Detector
         from .errors import InferenceError
-        from .meta import atomic_write_bytes
+        from ffcore.files import atomic_write_bytes
         from .preprocess import read_image_file
         from .runreport import RunReport, check_output_dir, check_output_file, collect_images
 

@@ -33,7 +33,9 @@ from .batching import Pipeline
 from .config import DetectorConfig
 from .drift import DriftMonitor, Health, target_frr_from_source
 from .errors import BackendUnavailableError, InferenceError, InvalidArgumentError, InvalidImageError, ModelFileError
-from .meta import ModelMeta, Thresholds, new_thresholds, read_onnx_meta
+from .meta import ModelMeta, Thresholds
+from .threshold_rules import new_thresholds, numerics_mismatch
+from .metafile import read_onnx_meta
 from .postprocess import Postprocessor
 from .preprocess import ImageLimits, check_model_batch
 from .result import Result
@@ -171,7 +173,7 @@ class Detector:
             min_region_px=cfg.min_region_px, backend=self._backend.name, precision=self._backend.precision,
         )
         self._stages = Stages(self.running_path, self._meta.input, self._color_order, self._limits, self._backend, post)
-        if mismatch := self._thresholds.numerics_mismatch(self._backend.name, self._backend.precision):
+        if mismatch := numerics_mismatch(self._thresholds, self._backend.name, self._backend.precision):
             log.warning("ffrt: %s: %s", path, mismatch)
         if not target_matches(self._meta.target, self._backend.name):
             log.warning(
@@ -301,7 +303,7 @@ class Detector:
         """Re-tune the decision thresholds at run time (None keeps the current value).
 
         Takes effect for calls that start afterwards; the model file is not changed (to
-        store thresholds in the model, use ffcalib or ``ffrt.meta.write_onnx_meta``).
+        store thresholds in the model, use ffcalib or ``ffrt.metafile.write_onnx_meta``).
         Returns the new thresholds.
         """
         self._thresholds = new_thresholds(self._thresholds, image, pixel, "set at run time (set_thresholds)")

@@ -77,7 +77,7 @@ class Check:
         require_gpu()
         from ffexport.tensorrt import build_engine
         from ffrt.tensorrt.plan import BatchProfile
-        from ffrt.meta import read_onnx_meta
+        from ffrt.metafile import read_onnx_meta
 
         src = self.bundle / "models" / name
         meta = read_onnx_meta(src)

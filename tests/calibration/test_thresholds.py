@@ -12,7 +12,7 @@ import pytest
 
 from ffcalib.thresholds import calibrate_thresholds
 from ffrt import Detector
-from ffrt.meta import read_onnx_meta, write_onnx_meta
+from ffrt.metafile import read_onnx_meta, write_onnx_meta
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +78,7 @@ def test_defects_give_f1_threshold_and_histogram(model_copy, normal_halves, elpv
 
 
 def test_atomic_write_keeps_old_file_on_crash(model_copy, monkeypatch):
-    import ffrt.meta as meta_mod
+    import ffrt.metafile as meta_mod
 
     original = model_copy.read_bytes()
     meta = read_onnx_meta(model_copy)

@@ -14,7 +14,7 @@ import torch
 
 from ffexport import ExportReport, ExportRequest, ExportStatus, export
 from ffexport.cli import main
-from ffrt.meta import read_onnx_meta
+from ffrt.metafile import read_onnx_meta
 
 
 def _snapshot(folder):

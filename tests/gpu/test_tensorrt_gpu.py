@@ -18,11 +18,11 @@ Tolerances (relative to the largest FP32 map value, as in ffexport's parity chec
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support.threads import run_in_threads
 
 pytestmark = pytest.mark.gpu
 
@@ -47,7 +47,7 @@ def fp16_onnx(tiny_checkpoint, workdir) -> Path:
 def _build(onnx_path: Path, workdir: Path, name: str, batch_max: int = 8):
     from ffexport.tensorrt import build_engine
     from ffrt.tensorrt.plan import BatchProfile
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     meta = read_onnx_meta(onnx_path)
     profile = BatchProfile.for_model(meta, 1, 4, batch_max)
@@ -184,20 +184,13 @@ def test_detector_on_engine_from_several_threads(fp32_engine, real_images):
     det = Detector(path)
     assert det.backend_name == "tensorrt"
     expected = [det(img[..., ::-1]).score for img in real_images]
-    errors, results = [], {}
+    results = {}
 
     def worker(k):
-        try:
-            for _ in range(10):
-                results[k] = [det(img[..., ::-1]).score for img in real_images]
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
+        for _ in range(10):
+            results[k] = [det(img[..., ::-1]).score for img in real_images]
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(worker, 4)
     assert not errors, errors
     for got in results.values():
         np.testing.assert_allclose(got, expected, rtol=1e-5)
@@ -210,7 +203,7 @@ def test_engine_cache_reuse_and_invalidation(tiny_onnx, workdir, monkeypatch):
     import ffrt.tensorrt.build as engine
     from ffrt import Detector
     from ffrt.tensorrt.plan import read_engine_info
-    from ffrt.meta import read_onnx_meta, write_onnx_meta
+    from ffrt.metafile import read_onnx_meta, write_onnx_meta
 
     cache = workdir / "cache"
     monkeypatch.setenv(engine.CACHE_ENV, str(cache))

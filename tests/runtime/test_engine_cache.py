@@ -288,7 +288,7 @@ def _built(onnx_path, plan_path, profile=None):
     """Write a plan + sidecar for ``onnx_path`` the way build_plan/write_engine do on a GPU host."""
     from ffrt.tensorrt.plan import graph_sha256
     from ffcore.files import sha256_file
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     meta = read_onnx_meta(onnx_path)
     profile = profile or BatchProfile.for_model(meta)
@@ -331,7 +331,7 @@ def test_graph_hash_ignores_metadata_only(line, tmp_path):
     from ffrt.tensorrt.plan import graph_sha256
 
     from ffcore.files import sha256_file
-    from ffrt.meta import read_onnx_meta, write_onnx_meta
+    from ffrt.metafile import read_onnx_meta, write_onnx_meta
 
     model = line / "model.onnx"
     graph, file_sha = graph_sha256(model), sha256_file(model)
@@ -351,7 +351,7 @@ def test_retuned_thresholds_keep_the_cache_key_and_reach_the_engines(line, elpv_
     from ffcalib.cli import main as ffcalib
     from ffrt.tensorrt.build import lookup_cached_plan
     from ffrt.tensorrt.plan import engine_meta, read_engine_info
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     model, cache = line / "model.onnx", tmp_path / "cache"
     meta = read_onnx_meta(model)

@@ -14,7 +14,8 @@ from ffrt import Detector
 from ffrt.backends import base
 from ffrt.backends.openvino import bf16_problem
 from ffrt.backends.variants import gated_variants
-from ffrt.meta import PrecisionGate, read_onnx_meta, write_onnx_meta
+from ffrt.meta import PrecisionGate
+from ffrt.metafile import read_onnx_meta, write_onnx_meta
 
 pytest.importorskip("openvino", reason='the "openvino" extra: pip install "ffrt[openvino]"')
 
@@ -79,28 +80,18 @@ class _Delayed:
 
 
 @pytest.mark.skipif(bf16_problem() is not None, reason="this CPU computes no native BF16: the variant cannot run")
-def test_auto_runs_the_faster_bf16_variant_with_its_own_thresholds(pair, tmp_path, monkeypatch):
-    fp32, bf16 = pair
+@pytest.mark.parametrize("slow, runs", [("model.onnx", "model.bf16.onnx"), ("model.bf16.onnx", "model.onnx")])
+def test_auto_runs_the_faster_of_the_file_and_its_bf16_variant_with_that_files_thresholds(pair, tmp_path,
+                                                                                            monkeypatch, slow, runs):
     monkeypatch.setenv("FFRT_ENGINE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(base, "_start", _Delayed({"model.onnx"}))
-    det = Detector(fp32, threads=1)
-    assert det.running_path == bf16 and det.model_path == fp32
-    assert det.backend_name == "openvino" and det.precision == "bf16"
-    variant_meta = read_onnx_meta(bf16)
-    assert det.thresholds.image == variant_meta.thresholds.image != read_onnx_meta(fp32).thresholds.image
-    assert "model.bf16.onnx" in det.backend_choice
-    det.close()
-
-
-@pytest.mark.skipif(bf16_problem() is not None, reason="this CPU computes no native BF16: the variant cannot run")
-def test_auto_keeps_the_fp32_file_when_the_variant_is_slower(pair, tmp_path, monkeypatch):
+    monkeypatch.setattr(base, "_start", _Delayed({slow}))
     fp32, bf16 = pair
-    monkeypatch.setenv("FFRT_ENGINE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(base, "_start", _Delayed({"model.bf16.onnx"}))
     det = Detector(fp32, threads=1)
-    assert det.running_path == fp32 and det.precision == "fp32"
-    assert det.thresholds.image == read_onnx_meta(fp32).thresholds.image
-    assert "model.bf16.onnx" in det.backend_choice  # it was measured
+    assert det.model_path == fp32 and det.running_path == fp32.with_name(runs)
+    assert det.precision == ("bf16" if runs == bf16.name else "fp32")
+    assert det.thresholds.image == read_onnx_meta(det.running_path).thresholds.image
+    assert read_onnx_meta(bf16).thresholds.image != read_onnx_meta(fp32).thresholds.image
+    assert "model.bf16.onnx" in det.backend_choice  # measured either way
     det.close()
 
 

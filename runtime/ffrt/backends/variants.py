@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FFRTError
-from ..meta import ModelMeta, read_onnx_meta
+from ..meta import ModelMeta
+from ..metafile import read_onnx_meta
 
 #: The variant files "auto" looks for, by the suffix that replaces ".onnx".
 BF16_SUFFIX = ".bf16.onnx"

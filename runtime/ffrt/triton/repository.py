@@ -29,7 +29,8 @@ from pathlib import Path
 from ffcore.files import write_all_or_none
 
 from ..errors import InvalidArgumentError, ModelFileError
-from ..meta import ModelMeta, meta_from_proto, set_proto_meta
+from ..meta import ModelMeta
+from ..metafile import meta_from_proto, set_proto_meta
 from ..regions import check_min_region_px
 from . import protocol
 
