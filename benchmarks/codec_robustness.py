@@ -71,12 +71,12 @@ def as_variant(name: str, images: list[np.ndarray]) -> list[np.ndarray]:
 
 def train_and_export(color: str, share: float, out: Path, epochs: int) -> Path:
     from ffexport.cli import main as ffexport
-    from fftrain.config import FastFlowConfig
+    from fftrain.config import ModelConfig
     from fftrain.data import elpv
     from fftrain.train import TrainSettings, train_and_save
 
     out.mkdir(parents=True, exist_ok=True)
-    train_and_save(FastFlowConfig(input_color=color), elpv("mono"),
+    train_and_save(ModelConfig(input_color=color), elpv("mono"),
                    TrainSettings(epochs=epochs, progress=False, augment_jpeg=share),
                    out / "model.pt", log=lambda m: print(f"   [{color}:{share:g}] {m}", flush=True))
     if ffexport(["--ckpt", str(out / "model.pt"), "--out", str(out)]) != 0:

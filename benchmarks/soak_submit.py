@@ -53,14 +53,14 @@ def rss_mb() -> float:
 def build_tiny_model(folder: Path) -> Path:
     """The tests' tiny model (tests/conftest.py): trained on 48 real ELPV cells, exported."""
     from ffexport.cli import main as export
-    from fftrain.config import FastFlowConfig
+    from fftrain.config import ModelConfig
     from fftrain.data import elpv
     from fftrain.train import TrainSettings, train_and_save
 
     split = elpv("mono")
     split.train, split.val = split.train[:48], split.val[:12]
     ckpt = folder / "model.pt"
-    config = FastFlowConfig(image_size=64, flow_steps=2, hidden_ratio=1.0)
+    config = ModelConfig(image_size=64, flow_steps=2, hidden_ratio=1.0)
     train_and_save(config, split, TrainSettings(epochs=2, batch_size=16, progress=False), ckpt, log=lambda _: None)
     assert export(["--ckpt", str(ckpt), "--out", str(folder / "export"), "--batch-max", "8"]) == 0
     return folder / "export" / "model.onnx"

@@ -98,7 +98,7 @@ def main() -> int:
     from ffexport.cli import main as ffexport_main
     from ffrt import Detector
     from fftrain import checkpoint
-    from fftrain.config import FastFlowConfig
+    from fftrain.config import ModelConfig
     from fftrain.data import elpv, load_batch
     from ffcore.metrics import f1_at_threshold, f1_max, precision_recall_at_threshold, roc_auc
     from fftrain.train import TrainSettings, train_and_save
@@ -115,7 +115,7 @@ def main() -> int:
 
     print("== 1/4 train (fftrain)")
     t = time.perf_counter()
-    train_and_save(FastFlowConfig(), split, TrainSettings(epochs=args.epochs, progress=not args.quiet), ckpt)
+    train_and_save(ModelConfig(), split, TrainSettings(epochs=args.epochs, progress=not args.quiet), ckpt)
     train_s = time.perf_counter() - t
 
     print("== 2/4 export (ffexport)")

@@ -60,11 +60,11 @@ def real_images(elpv_split):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, elpv_split) -> Path:
-    from fftrain.config import FastFlowConfig
+    from fftrain.config import ModelConfig
     from fftrain.train import TrainSettings, train_and_save
 
     out = tmp_path_factory.mktemp("tiny") / "model.pt"
-    config = FastFlowConfig(image_size=TINY_SIZE, flow_steps=2, hidden_ratio=1.0)
+    config = ModelConfig(image_size=TINY_SIZE, flow_steps=2, hidden_ratio=1.0)
     train_and_save(config, elpv_split, TrainSettings(epochs=2, batch_size=16, progress=False), out, log=lambda _: None)
     return out
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ffcore import synthetic
-from fftrain.config import FastFlowConfig
+from fftrain.config import ModelConfig
 from fftrain.data import load_batch, resolve
 from ffcore.metrics import aupro, pixel_auroc, roc_auc
 from fftrain.head import AnomalyHead
@@ -109,7 +109,7 @@ def evaluate_head(model, ev: dict, thr: float) -> dict:
 
 def run_variant(name: str, data: str, out: Path) -> list[dict]:
     cfg_over, set_over = TRAINED[name]
-    config = FastFlowConfig(**{**BASE, **cfg_over})
+    config = ModelConfig(**{**BASE, **cfg_over})
     settings = TrainSettings(**{"batch_size": 32, "progress": False, "keep_features": True, **set_over})
     split = resolve(data)
     t0 = time.perf_counter()

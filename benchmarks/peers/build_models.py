@@ -82,13 +82,13 @@ def build_anomalib(work: Path, log=print) -> dict:
 
 def build_ffrt(work: Path, log=print) -> dict:
     from ffexport.cli import main as ffexport_main
-    from fftrain.config import FastFlowConfig
+    from fftrain.config import ModelConfig
     from fftrain.data import resolve
     from fftrain.train import TrainSettings, train_and_save
 
     paths = ffrt_paths(work)
     paths["root"].mkdir(parents=True, exist_ok=True)
-    config = FastFlowConfig(backbone=BACKBONE, random_backbone=True, image_size=IMAGE_SIZE, flow_steps=FLOW_STEPS,
+    config = ModelConfig(backbone=BACKBONE, random_backbone=True, image_size=IMAGE_SIZE, flow_steps=FLOW_STEPS,
                             hidden_ratio=HIDDEN_RATIO, conv3x3_only=CONV3X3_ONLY, seed=SEED)
     split = resolve("elpv:mono")
     split.train, split.val = split.train[:48], split.val[:12]  # enough for one epoch and the head's statistics

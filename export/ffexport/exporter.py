@@ -2,7 +2,7 @@
 
 torch.onnx's dynamo exporter (the default since torch 2.9) traces ``FusedGraph``; the
 weights are embedded (``external_data=False``): a model is one file for the user, and
-FastFlow models are far below ONNX's 2 GB protobuf limit. The ``ModelMeta`` goes into
+models of every kind are far below ONNX's 2 GB protobuf limit. The ``ModelMeta`` goes into
 ``metadata_props`` and the file is written atomically.
 """
 
@@ -19,11 +19,11 @@ from ffcore.versions import package_version
 from pydantic import ValidationError
 
 from ffcore.files import atomic_write_bytes
-from ffrt.meta import (AugmentationInfo, BackboneInfo, FlowInfo, InputSpec, ModelMeta, OutputSpec, ScoreSpec,
-                       ScoreStats, Thresholds)
+from ffrt.meta import (AugmentationInfo, BackboneInfo, FlowInfo, InputSpec, ModelInfo, ModelMeta, OutputSpec,
+                       ScoreSpec, ScoreStats, Thresholds)
 from ffrt.metafile import set_proto_meta
 from fftrain.head import map_units
-from fftrain.model import FastFlow
+from fftrain.model import AnomalyModel
 
 from .graph import INPUT_NAME, OUTPUT_NAMES, FusedGraph
 from .request import DEFAULT_BATCH_MAX, DEFAULT_OPSET, opset_problem
@@ -41,7 +41,7 @@ def _version(dist: str) -> str:
     return package_version(dist) or "not installed"
 
 
-def build_meta(model: FastFlow, payload: dict[str, Any], ckpt_sha256: str, batch_max: int, opset: int) -> ModelMeta:
+def build_meta(model: AnomalyModel, payload: dict[str, Any], ckpt_sha256: str, batch_max: int, opset: int) -> ModelMeta:
     cal = payload.get("calibration") or {}
     if not isinstance(cal, dict) or "image_threshold" not in cal or "pixel_threshold" not in cal:
         raise ExportError("the checkpoint has no calibration (thresholds); retrain it with fftrain")
@@ -56,7 +56,7 @@ def build_meta(model: FastFlow, payload: dict[str, Any], ckpt_sha256: str, batch
                           "retrain it with fftrain") from e
 
 
-def _meta(model: FastFlow, payload: dict[str, Any], cal: dict, ckpt_sha256: str, batch_max: int, opset: int) -> ModelMeta:
+def _meta(model: AnomalyModel, payload: dict[str, Any], cal: dict, ckpt_sha256: str, batch_max: int, opset: int) -> ModelMeta:
     cfg = model.config
     stats = cal.get("score_stats")
     return ModelMeta(
@@ -72,7 +72,7 @@ def _meta(model: FastFlow, payload: dict[str, Any], cal: dict, ckpt_sha256: str,
         ),
         outputs=OutputSpec(anomaly_map=OUTPUT_NAMES[0], score=OUTPUT_NAMES[1]),
         score=ScoreSpec(
-            map_units=map_units(cfg.map_normalization),
+            map_units=map_units(cfg.map_normalization, full_likelihood=model.kind.map_counts_logdet),
             reduction=cfg.score_reduction,
             topk_fraction=cfg.topk_fraction if cfg.score_reduction == "topk_mean" else None,
         ),
@@ -84,6 +84,8 @@ def _meta(model: FastFlow, payload: dict[str, Any], cal: dict, ckpt_sha256: str,
         backbone=BackboneInfo(
             name=cfg.backbone, pretrained=not cfg.random_backbone, weights_sha256=payload.get("backbone_sha256")
         ),
+        model=ModelInfo(kind=cfg.model,
+                        condition_channels=cfg.condition_channels if model.kind.position_conditioned else None),
         flow=FlowInfo(
             steps=cfg.flow_steps,
             hidden_ratio=cfg.hidden_ratio,
@@ -114,7 +116,7 @@ def _augmentation(payload: dict[str, Any]) -> AugmentationInfo | None:
     return AugmentationInfo(views=int(settings["augment_views"]), jpeg_share=float(settings.get("augment_jpeg", 0.0)))
 
 
-def trace_to_onnx(model: FastFlow, batch_max: int, opset: int) -> onnx.ModelProto:
+def trace_to_onnx(model: AnomalyModel, batch_max: int, opset: int) -> onnx.ModelProto:
     """The fused graph as an in-memory ModelProto with a dynamic batch dimension."""
     height, width = model.config.image_size
     example = torch.zeros(2, height, width, 3, dtype=torch.uint8)
@@ -143,7 +145,7 @@ def trace_to_onnx(model: FastFlow, batch_max: int, opset: int) -> onnx.ModelProt
     return proto
 
 
-def export_onnx(model: FastFlow, payload: dict[str, Any], ckpt_sha256: str, out: str | os.PathLike,
+def export_onnx(model: AnomalyModel, payload: dict[str, Any], ckpt_sha256: str, out: str | os.PathLike,
                 batch_max: int = DEFAULT_BATCH_MAX, opset: int = DEFAULT_OPSET,
                 precision: str = "fp32") -> tuple[Path, ModelMeta]:
     """``precision`` is what the metadata records: the dtypes are those of ``model``'s

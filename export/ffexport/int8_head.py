@@ -31,7 +31,7 @@ import torch
 
 from fftrain import checkpoint
 from fftrain.data import DataSplit
-from fftrain.model import FastFlow
+from fftrain.model import AnomalyModel
 from ffcore.progress import progress
 from fftrain.train import FeatureExtractor, TrainSettings, train
 from ffrt.metafile import set_proto_meta
@@ -145,7 +145,7 @@ def head_refitter(
     return refit
 
 
-def _export_refit(model: FastFlow, payload: dict, result, sha256: str, target: str, source: tuple[str, str],
+def _export_refit(model: AnomalyModel, payload: dict, result, sha256: str, target: str, source: tuple[str, str],
                   epochs: int, parity_images: np.ndarray, batch_max: int, opset: int) -> onnx.ModelProto:
     # The re-fit's thresholds were scored by PyTorch flows on the features the head was fit on.
     what, scored_on = source

@@ -21,7 +21,7 @@ import torch
 
 from ffcore.ort import make_session
 from fftrain.data import to_tensor_batch
-from fftrain.model import FastFlow
+from fftrain.model import AnomalyModel
 
 FP32_RTOL = 1e-3
 
@@ -78,7 +78,7 @@ def _rel(err: float, ref: np.ndarray) -> float:
     return err / max(float(np.abs(ref).max()), 1e-12)
 
 
-def check(model: FastFlow, onnx_path: str | Path, images: np.ndarray, tolerance_rel: float = FP32_RTOL) -> ParityReport:
+def check(model: AnomalyModel, onnx_path: str | Path, images: np.ndarray, tolerance_rel: float = FP32_RTOL) -> ParityReport:
     """``images``: uint8 [N, S, S, 3] RGB at the model size (at least one)."""
     if len(images) == 0:
         raise ValueError("the parity check needs at least one image")

@@ -28,7 +28,7 @@ from typing import Any
 
 from torch import nn
 
-from fftrain.model import FastFlow
+from fftrain.model import AnomalyModel
 
 from .exporter import ExportError, export_onnx
 from .request import DEFAULT_BATCH_MAX, DEFAULT_OPSET
@@ -42,7 +42,7 @@ FP16_SUFFIX = ".fp16.onnx"
 HALF_STAGES = ("backbone", "norms", "flows")
 
 
-def half_model(model: FastFlow, stages: tuple[str, ...] = HALF_STAGES) -> FastFlow:
+def half_model(model: AnomalyModel, stages: tuple[str, ...] = HALF_STAGES) -> AnomalyModel:
     """A copy of ``model`` whose ``stages`` hold FP16 weights; the rest (input
     normalization, head buffers) stays FP32. ``model`` itself is not touched."""
     unknown = set(stages) - set(HALF_STAGES)
@@ -93,7 +93,7 @@ def fold_batch_norms(module: nn.Module) -> int:
     return folded
 
 
-def export_fp16(model: FastFlow, payload: dict[str, Any], ckpt_sha256: str, out: str | os.PathLike,
+def export_fp16(model: AnomalyModel, payload: dict[str, Any], ckpt_sha256: str, out: str | os.PathLike,
                 batch_max: int = DEFAULT_BATCH_MAX, opset: int = DEFAULT_OPSET,
                 stages: tuple[str, ...] = HALF_STAGES):
     """Trace the FP16 variant of ``model`` into ``out`` (atomically); returns (path, meta).

@@ -117,9 +117,12 @@ def format_meta(meta, path) -> str:
         f"precision:    {meta.precision} (target: {meta.target})",
         f"batch_max:    {meta.batch_max if meta.batch_max is not None else 'not set'}",
         f"backbone:     {meta.backbone.name} ({'pretrained' if meta.backbone.pretrained else 'RANDOM weights: test model'})",
+        f"model kind:   {meta.model.kind}"
+        + (f" (couplings conditioned on a {meta.model.condition_channels}-channel positional encoding)"
+           if meta.model.condition_channels else ""),
         f"flow:         {meta.flow.steps} steps, hidden ratio {meta.flow.hidden_ratio:g}"
         f"{'' if meta.flow.hidden_channels is None else ' (hidden channels ' + ', '.join(map(str, meta.flow.hidden_channels)) + ')'}, "
-        f"{'3x3 only' if meta.flow.conv3x3_only else '3x3/1x1'}, clamp {meta.flow.clamp:g}; "
+        f"{_kernels(meta)}, clamp {meta.flow.clamp:g}; "
         f"feature strides {', '.join(map(str, meta.feature_strides))}",
         "augmentation: " + (meta.augmentation.summary() if meta.augmentation else "not recorded"),
         *([f"head:         {meta.head_fit}"] if meta.head_fit else []),
@@ -136,6 +139,12 @@ def format_meta(meta, path) -> str:
 
 def _floats(values) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def _kernels(meta) -> str:
+    if meta.model.kind == "cflow":  # fully connected over channels: 1x1 convolutions in the graph
+        return "1x1"
+    return "3x3 only" if meta.flow.conv3x3_only else "3x3/1x1"
 
 
 class DetectTool(Tool):

@@ -20,6 +20,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ffcore.modelkinds import DEFAULT_MODEL_KIND, MODEL_KINDS
+
 from .errors import ModelFileError
 
 META_KEY = "ffrt.meta"
@@ -29,8 +31,9 @@ META_KEY = "ffrt.meta"
 # 5: input.color (luma: the graph reads the luminance only; models trained on grey images),
 #    augmentation (what training taught is normal: re-exposures, codec artefacts),
 #    precision_gates[].verdicts_changed
+# 6: model (the density model behind the head: model.kind fastflow or cflow, cflow's condition)
 # Every field added since 1 has a default, so files of older schemas keep loading.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class _Strict(BaseModel):
@@ -124,8 +127,24 @@ class BackboneInfo(_Strict):
     weights_sha256: str | None = None
 
 
+class ModelInfo(_Strict):
+    """Which density model sits between the backbone and the head. The runtime runs every kind
+    the same way (same input, outputs and head); this says what the map was computed by."""
+
+    kind: Literal[MODEL_KINDS] = Field(
+        default=DEFAULT_MODEL_KIND,
+        description="fastflow: FastFlow's 2D flows, map 0.5 * mean_c z^2. cflow: CFLOW-AD's flows conditioned on a "
+        "positional encoding, map the full negative log-likelihood per channel. Files written before schema 6 "
+        "are fastflow.",
+    )
+    condition_channels: int | None = Field(
+        default=None, gt=0, description="cflow: channels of the 2D positional encoding the couplings read.")
+
+
 class FlowInfo(_Strict):
-    steps: int = Field(gt=0)
+    """The decoders of every feature scale (``model.kind`` says which)."""
+
+    steps: int = Field(gt=0, description="Coupling steps per feature scale.")
     hidden_ratio: Positive
     hidden_channels: tuple[int, ...] | None = Field(
         default=None,
@@ -202,6 +221,7 @@ class ModelMeta(_Strict):
         default="any", description="The backend this file's encoding is meant for (INT8 files differ)."
     )
     backbone: BackboneInfo
+    model: ModelInfo = ModelInfo()
     flow: FlowInfo
     feature_strides: tuple[Annotated[int, Field(gt=0)], ...]
     head_fit: str = Field(

@@ -441,12 +441,12 @@ def resnet_files(elpv_split, tmp_path_factory):
     """A tiny ResNet-18 FastFlow (random backbone: no ResNet weights ship with the tests)
     trained on the real cells, exported in FP32 and FP16."""
     from fftrain import checkpoint
-    from fftrain.config import FastFlowConfig
+    from fftrain.config import ModelConfig
     from fftrain.train import TrainSettings, train_and_save
     from ffexport.exporter import export_onnx
 
     out = tmp_path_factory.mktemp("resnet")
-    config = FastFlowConfig(backbone="resnet18", random_backbone=True, image_size=64, flow_steps=2)
+    config = ModelConfig(backbone="resnet18", random_backbone=True, image_size=64, flow_steps=2)
     train_and_save(config, elpv_split, TrainSettings(epochs=1, batch_size=16, augment_views=0, progress=False),
                    out / "model.pt", log=lambda _: None)
     model, payload = checkpoint.load(out / "model.pt")

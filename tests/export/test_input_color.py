@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from fftrain import checkpoint
-from fftrain.config import FastFlowConfig
+from fftrain.config import ModelConfig
 from fftrain.data import is_monochrome
-from fftrain.model import FastFlow
+from fftrain.model import AnomalyModel
 
 
 def _chroma_noise(images: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -34,7 +34,7 @@ def _chroma_noise(images: np.ndarray, seed: int = 0) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def _torch_scores(model: FastFlow, images: np.ndarray) -> np.ndarray:
+def _torch_scores(model: AnomalyModel, images: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         return model.eval()(x)[1].numpy()
@@ -112,7 +112,7 @@ def test_luma_graph_matches_pytorch_on_coloured_frames(tiny_checkpoint, tiny_onn
 
 
 def test_checkpoint_from_before_the_field_reads_rgb(tmp_path, real_images):
-    model = FastFlow(FastFlowConfig(image_size=64, flow_steps=1, random_backbone=True, input_color="rgb"))
+    model = AnomalyModel(ModelConfig(image_size=64, flow_steps=1, random_backbone=True, input_color="rgb"))
     path = tmp_path / "old.pt"
     checkpoint.save(path, model, {"image_threshold": 1.0, "pixel_threshold": 1.0}, {})
     payload = torch.load(path, map_location="cpu", weights_only=True)

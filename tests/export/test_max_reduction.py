@@ -18,7 +18,7 @@ from ffexport.parity import FP32_RTOL
 from ffrt import Detector
 from ffrt.metafile import read_onnx_meta
 from fftrain import checkpoint
-from fftrain.config import FastFlowConfig
+from fftrain.config import ModelConfig
 from fftrain.data import to_tensor_batch
 from fftrain.train import TrainSettings, train_and_save
 
@@ -30,7 +30,7 @@ def max_model(elpv_split, tmp_path_factory):
     from ffexport.cli import main
 
     out = tmp_path_factory.mktemp("max_reduction")
-    config = FastFlowConfig(image_size=SIZE, flow_steps=2, hidden_ratio=1.0, score_reduction="max")
+    config = ModelConfig(image_size=SIZE, flow_steps=2, hidden_ratio=1.0, score_reduction="max")
     train_and_save(config, elpv_split, TrainSettings(epochs=2, batch_size=16, progress=False), out / "model.pt",
                    log=lambda _: None)
     assert main(["--ckpt", str(out / "model.pt"), "--out", str(out), "--batch-max", "8"]) == 0

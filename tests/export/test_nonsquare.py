@@ -12,7 +12,7 @@ from ffexport.cli import main as ffexport_main
 from ffrt import Detector
 from ffrt.metafile import read_onnx_meta
 from fftrain import checkpoint
-from fftrain.config import FastFlowConfig
+from fftrain.config import ModelConfig
 from fftrain.data import Sample, load_batch, read_rgb, resize_to_model
 from fftrain.train import TrainSettings, train_and_save
 
@@ -40,7 +40,7 @@ def exported(request, strips, elpv_split, tmp_path_factory):
     mode = request.param
     split = replace(elpv_split, train=strips[:24], val=strips[24:], name="strips")
     out = tmp_path_factory.mktemp(f"nonsquare_{mode}")
-    config = FastFlowConfig(image_size=MODEL_HW, resize_mode=mode, flow_steps=1, map_normalization="position",
+    config = ModelConfig(image_size=MODEL_HW, resize_mode=mode, flow_steps=1, map_normalization="position",
                             map_blur_sigma=1.5)
     train_and_save(config, split, TrainSettings(epochs=1, batch_size=8, progress=False, augment_views=1),
                    out / "model.pt", log=lambda _: None)

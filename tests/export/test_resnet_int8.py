@@ -17,7 +17,7 @@ from ffcalib.int8 import CPU_NAME, TRT_NAME, find_quantizable_nodes
 from ffcore.metrics import spearman
 from ffrt import Detector
 from ffrt.metafile import read_onnx_meta
-from fftrain.config import FastFlowConfig
+from fftrain.config import ModelConfig
 from fftrain.train import TrainSettings, train_and_save
 
 SIZE = 64
@@ -28,7 +28,7 @@ def resnet_export(elpv_split, tmp_path_factory):
     from ffexport.cli import main
 
     out = tmp_path_factory.mktemp("resnet18")
-    config = FastFlowConfig(backbone="resnet18", random_backbone=True, image_size=SIZE, flow_steps=2, hidden_ratio=1.0)
+    config = ModelConfig(backbone="resnet18", random_backbone=True, image_size=SIZE, flow_steps=2, hidden_ratio=1.0)
     train_and_save(config, elpv_split, TrainSettings(epochs=1, batch_size=16, progress=False, augment_views=0),
                    out / "model.pt", log=lambda _: None)
     rc = main(["--ckpt", str(out / "model.pt"), "--out", str(out), "--batch-max", "8", "--int8", "--refit-epochs", "0",

@@ -70,11 +70,11 @@ def test_old_single_topk_is_refused_with_one_line(tmp_path):
 def _standardized_model(size: int, real_images_at):
     """A FastFlow at ``size`` with the real EfficientNet-Lite0 backbone, one untrained flow step
     per scale and per-scale standardized maps fitted on real cells (so maps go negative)."""
-    from fftrain.config import FastFlowConfig
-    from fftrain.model import FastFlow
+    from fftrain.config import ModelConfig
+    from fftrain.model import AnomalyModel
 
     torch.manual_seed(0)
-    model = FastFlow(FastFlowConfig(image_size=size, flow_steps=1, hidden_ratio=0.25, map_normalization="scale")).eval()
+    model = AnomalyModel(ModelConfig(image_size=size, flow_steps=1, hidden_ratio=0.25, map_normalization="scale")).eval()
     images = real_images_at(size)
     with torch.no_grad():
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255

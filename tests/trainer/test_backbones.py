@@ -152,10 +152,10 @@ def test_feature_maps_at_strides_4_8_16(name, channels):
 
 @pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
 def test_fastflow_builds_and_runs_on_each_new_lite_backbone(name):
-    from fftrain.config import FastFlowConfig
-    from fftrain.model import FastFlow
+    from fftrain.config import ModelConfig
+    from fftrain.model import AnomalyModel
 
-    model = FastFlow(FastFlowConfig(backbone=name, image_size=64)).eval()
+    model = AnomalyModel(ModelConfig(backbone=name, image_size=64)).eval()
     assert model.backbone_sha256 == file_sha256(lite_weights_path(name))
     assert model.feature_shapes == [(c, 64 // s, 64 // s) for c, s in zip(LITE_TAPS[name][1], (4, 8, 16))]
     with torch.no_grad():

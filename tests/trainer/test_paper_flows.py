@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from fftrain import checkpoint
-from fftrain.config import FastFlowConfig
-from fftrain.model import FastFlow
+from fftrain.config import ModelConfig
+from fftrain.model import AnomalyModel
 
 
-def _flow_params(model: FastFlow) -> int:
+def _flow_params(model: AnomalyModel) -> int:
     return sum(p.numel() for p in model.flows.parameters())
 
 
@@ -19,7 +19,7 @@ def _flow_params(model: FastFlow) -> int:
 def wide_resnet_flows():
     # FastFlow paper, Table 7: Wide-ResNet-50-2, 8 steps, 3x3/1x1 alternating.
     return {
-        ratio: _flow_params(FastFlow(FastFlowConfig(
+        ratio: _flow_params(AnomalyModel(ModelConfig(
             backbone="wide_resnet50_2", random_backbone=True, image_size=64, flow_steps=8,
             conv3x3_only=False, hidden_ratio=ratio)))
         for ratio in (0.5, 1.0, 2.0)
@@ -35,7 +35,7 @@ def test_wide_resnet_flow_parameters_match_paper_table7(wide_resnet_flows, ratio
 def test_resnet18_flow_parameters_match_paper_table1():
     # Table 1: ResNet-18, 8 steps, 3x3 only, ratio 1.0: 4.9 M flow parameters (the
     # reference code's layer sizes give 4.66 M; the paper rounds its own count).
-    model = FastFlow(FastFlowConfig(backbone="resnet18", random_backbone=True, image_size=64, flow_steps=8,
+    model = AnomalyModel(ModelConfig(backbone="resnet18", random_backbone=True, image_size=64, flow_steps=8,
                                     conv3x3_only=True, hidden_ratio=1.0))
     measured = _flow_params(model) / 1e6
     assert abs(measured - 4.9) / 4.9 < 0.06, measured
@@ -54,7 +54,7 @@ def test_checkpoint_without_recorded_hidden_channels_loads_as_trained(tmp_path, 
     """A checkpoint from before the change (no flow_hidden_channels; ratio meant x the full
     feature channels) rebuilds with its own layer sizes and gives the same outputs."""
     old_sizes = (24, 40, 112)  # what ratio 1.0 meant then for Lite0
-    model = FastFlow(FastFlowConfig(image_size=64, flow_steps=2, flow_hidden_channels=old_sizes)).eval()
+    model = AnomalyModel(ModelConfig(image_size=64, flow_steps=2, flow_hidden_channels=old_sizes)).eval()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.flows.parameters():

@@ -8,15 +8,15 @@ import torch
 
 from fftrain import checkpoint
 from fftrain.cli import main as fftrain_main
-from fftrain.config import FastFlowConfig
+from fftrain.config import ModelConfig
 from ffcore.metrics import threshold_at_frr
-from fftrain.model import FastFlow
+from fftrain.model import AnomalyModel
 from fftrain.train import extract_features
 
 
 def test_loss_decreases_on_a_tiny_dataset(real_images):
     torch.manual_seed(0)
-    model = FastFlow(FastFlowConfig(image_size=64, flow_steps=2, hidden_ratio=1.0))
+    model = AnomalyModel(ModelConfig(image_size=64, flow_steps=2, hidden_ratio=1.0))
     feats = extract_features(model, real_images, progress=False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-3)
@@ -155,5 +155,5 @@ def test_train_refuses_an_empty_validation_split(elpv_split):
 
     split = DataSplit("handmade", elpv_split.train[:4], [], [])
     with pytest.raises(ValueError, match="0 validation normal images"):
-        train(FastFlowConfig(image_size=64, flow_steps=2, hidden_ratio=0.5), split, TrainSettings(epochs=1, progress=False),
+        train(ModelConfig(image_size=64, flow_steps=2, hidden_ratio=0.5), split, TrainSettings(epochs=1, progress=False),
               log=lambda _: None)

@@ -16,8 +16,8 @@ import torch
 from ffcore.files import atomic_write, sha256_file as sha256  # noqa: F401  (sha256: the checkpoint's identity in metadata)
 from pydantic import ValidationError
 
-from .config import FastFlowConfig
-from .model import FastFlow
+from .config import ModelConfig
+from .model import AnomalyModel
 
 FORMAT = "fftrain.checkpoint"
 FORMAT_VERSION = 1
@@ -27,7 +27,7 @@ class CheckpointError(ValueError):
     """The checkpoint is missing, not ours, or from an unsupported version."""
 
 
-def save(path: str | os.PathLike, model: FastFlow, calibration: dict[str, Any], train_info: dict[str, Any]) -> None:
+def save(path: str | os.PathLike, model: AnomalyModel, calibration: dict[str, Any], train_info: dict[str, Any]) -> None:
     """Atomic (ffcore.files.atomic_write): temp file in the same folder, fsync'd, renamed over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def legacy_config(config: dict[str, Any], state_dict: dict[str, Any]) -> dict[st
     return {**config, "flow_hidden_channels": tuple(hidden)} if hidden else config
 
 
-def load(path: str | os.PathLike) -> tuple[FastFlow, dict[str, Any]]:
+def load(path: str | os.PathLike) -> tuple[AnomalyModel, dict[str, Any]]:
     """Rebuild the model (eval mode) from a checkpoint; returns (model, payload).
 
     A config that is missing, invalid or does not fit the weights is a CheckpointError with
@@ -101,13 +101,13 @@ def load(path: str | os.PathLike) -> tuple[FastFlow, dict[str, Any]]:
     if not isinstance(state, dict) or not state:
         raise CheckpointError(f"{path}: has no weights (the 'state_dict' entry is missing or empty); {retrain}")
     try:
-        config = FastFlowConfig.model_validate(legacy_config(raw, state))
+        config = ModelConfig.model_validate(legacy_config(raw, state))
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
         raise CheckpointError(f"{path}: its model config is invalid: {where}: {first['msg']}{more}; {retrain}") from e
-    model = FastFlow(config, load_pretrained=False)
+    model = AnomalyModel(config, load_pretrained=False)
     problem = _state_mismatch(model.state_dict(), state)
     if problem:
         raise CheckpointError(f"{path}: its weights do not match its config ({problem}); {retrain}")

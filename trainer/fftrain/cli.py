@@ -2,6 +2,7 @@
 
     fftrain --data DIR --out model.pt                 (MVTec-AD style folder)
     fftrain --data elpv:mono --out model.pt           (the ELPV demo data, pip install 'ffrt[demo]')
+    fftrain --data DIR --out model.pt --model cflow   (CFLOW-AD instead of FastFlow: docs/cflow.md)
 """
 
 from __future__ import annotations
@@ -22,19 +23,25 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import FastFlowConfig
+    from ffcore.modelkinds import MODEL_KINDS
+
+    from .config import ModelConfig
+    from .kinds import KINDS
     from .train import TrainSettings
 
-    d = FastFlowConfig()
+    d = ModelConfig()
     p = argparse.ArgumentParser(
         prog="fftrain",
-        description="Train a FastFlow anomaly detector on normal images. Writes a checkpoint (model.pt) that "
-        "ffexport turns into an ONNX model; default thresholds come from held-out normal images.",
+        description="Train an anomaly detector (FastFlow or CFLOW-AD) on normal images. Writes a checkpoint (model.pt) "
+        "that ffexport turns into an ONNX model; default thresholds come from held-out normal images.",
     )
     p.add_argument("--data", required=True,
                    help="MVTec-AD style folder (train/good, optional test/<type>, ground_truth/<type>) "
                    "or elpv:mono / elpv:poly")
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (written atomically)")
+    p.add_argument("--model", choices=MODEL_KINDS, default=d.model,
+                   help="the density model on the backbone's features: fastflow (default; 2D flows of 3x3 couplings) "
+                   "or cflow (CFLOW-AD: 1x1 couplings conditioned on the position; docs/cflow.md)")
     p.add_argument("--backbone", default=d.backbone,
                    help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2 (Lite weights ship "
                    "with pip), resnet18, wide_resnet50_2")
@@ -50,14 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how a frame becomes the model input: stretch it to the model size (default), or keep "
                    "its aspect ratio and pad (letterbox); the runtime does the same")
     p.add_argument("--epochs", type=positive_int, default=10, help="training epochs; the best validation epoch is kept (default 10)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per optimizer step (default 32)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine-decayed (default 1e-3)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="training maps per optimizer step (default: "
+                   + ", ".join(f"{k} {v.maps_per_step}" for k, v in KINDS.items()) + ")")
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate, cosine-decayed (default: the model's paper: "
+                   + ", ".join(f"{k} {v.learning_rate:g}" for k, v in KINDS.items()) + ")")
+    p.add_argument("--positions-per-step", type=positive_int, default=None,
+                   help="cflow: feature vectors drawn per scale from each step's training maps (default "
+                   f"{KINDS['cflow'].positions_per_step})")
+    p.add_argument("--condition-channels", type=int, default=d.condition_channels,
+                   help=f"cflow: channels of the positional encoding (a multiple of 4; default {d.condition_channels})")
     p.add_argument("--flow-steps", type=int, default=d.flow_steps, help=f"coupling steps per scale (default {d.flow_steps})")
     p.add_argument("--hidden-ratio", type=float, default=d.hidden_ratio,
                    help="subnet hidden channels / subnet input channels (half the feature channels), the "
                    f"paper's ratio (default {d.hidden_ratio})")
-    p.add_argument("--conv3x3-only", action=argparse.BooleanOptionalAction, default=d.conv3x3_only,
-                   help="3x3 kernels in every subnet (default); --no-conv3x3-only alternates 3x3 and 1x1")
+    p.add_argument("--conv3x3-only", action=argparse.BooleanOptionalAction, default=None,
+                   help="fastflow: 3x3 kernels in every subnet (default); --no-conv3x3-only alternates 3x3 and 1x1")
     p.add_argument("--map-normalization", choices=["none", "scale", "position"], default=d.map_normalization,
                    help="standardize each feature scale's map by what normal training images show: not at all, "
                    f"per scale, or per position (default {d.map_normalization})")
@@ -94,30 +110,35 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from .backbones import BackboneWeightsError
-    from .config import FastFlowConfig
+    from .config import ModelConfig
     from .data import DataError, auto_image_size, resolve
     from .train import TrainSettings, train_and_save
 
     try:
-        config = FastFlowConfig(
+        # conv3x3_only only when given: its default depends on the model (config.py).
+        kernels = {} if args.conv3x3_only is None else {"conv3x3_only": args.conv3x3_only}
+        config = ModelConfig(
+            model=args.model,
             backbone=args.backbone,
             random_backbone=args.random_backbone,
-            image_size=FastFlowConfig().image_size if args.image_size == ["auto"] else "x".join(args.image_size),
+            image_size=ModelConfig().image_size if args.image_size == ["auto"] else "x".join(args.image_size),
             resize_mode=args.resize_mode,
             input_color=None if args.input_color == "auto" else args.input_color,
             map_normalization=args.map_normalization,
             map_blur_sigma=args.map_blur_sigma,
             flow_steps=args.flow_steps,
             hidden_ratio=args.hidden_ratio,
-            conv3x3_only=args.conv3x3_only,
+            condition_channels=args.condition_channels,
             score_reduction=args.score,
             topk_fraction=args.topk_fraction,
             seed=args.seed,
+            **kernels,
         )
         settings = TrainSettings(
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
+            positions_per_step=args.positions_per_step,
             target_frr=args.target_frr,
             augment_views=args.augment_views,
             augment_jpeg=args.augment_jpeg,
@@ -127,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         split = resolve(args.data, args.val_every)
         if args.image_size == ["auto"]:
             config = config.model_copy(update={"image_size": auto_image_size(split.train, config.height * config.width)})
-            FastFlowConfig.model_validate(config.model_dump())
+            ModelConfig.model_validate(config.model_dump())
             print(f"model input {config.height}x{config.width} (auto: the training images' aspect ratio)")
         counts = split.counts()
         print(f"data {split.name}: {counts['train']} train, {counts['val']} validation normals")
@@ -136,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         train_and_save(config, split, settings, args.out, args.backbone_weights)
     except ValidationError as e:
         first = e.errors()[0]
-        print(f"fftrain: error: --{first['loc'][0]}: {first['msg']}".replace("_", "-"), file=sys.stderr)
+        if first["loc"]:
+            print(f"fftrain: error: --{first['loc'][0]}: {first['msg']}".replace("_", "-"), file=sys.stderr)
+        else:  # a rule between options (config.py's model validators) names them in its message
+            print(f"fftrain: error: {first['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2
     except (DataError, BackboneWeightsError, ValueError, OSError) as e:
         print(f"fftrain: error: {e}", file=sys.stderr)

@@ -1,11 +1,12 @@
-"""Model configuration: everything needed to rebuild a FastFlow from a checkpoint."""
+"""Model configuration: everything needed to rebuild a model (any kind: fftrain.kinds) from a checkpoint."""
 
 from __future__ import annotations
 
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from ffcore.modelkinds import DEFAULT_MODEL_KIND, MODEL_KINDS
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .backbones import BACKBONES
 
@@ -33,9 +34,14 @@ def parse_image_size(value: object) -> tuple[int, int]:
     raise ValueError(f"image size {value!r}: give one side or (height, width)")
 
 
-class FastFlowConfig(BaseModel):
+class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    model: Literal[MODEL_KINDS] = Field(
+        default=DEFAULT_MODEL_KIND,
+        description="The density model on the backbone's features (fftrain.kinds): fastflow or cflow. Checkpoints "
+        "written before there was a choice are fastflow.",
+    )
     backbone: str = Field(default="efficientnet_lite0", description="Frozen ImageNet feature extractor.")
     random_backbone: bool = Field(default=False, description="Random backbone weights: tests and benchmarks only.")
     image_size: tuple[int, int] = Field(
@@ -55,17 +61,26 @@ class FastFlowConfig(BaseModel):
         "decided by the trainer from the training images (luma when every one is grey); a checkpoint always "
         "records the decision.",
     )
-    flow_steps: int = Field(default=8, ge=1, le=32)
+    flow_steps: int = Field(default=8, ge=1, le=32, description="Coupling steps per feature scale.")
     hidden_ratio: float = Field(
         default=1.0, gt=0, le=8,
-        description="Subnet hidden channels / subnet input channels (half the feature channels), as in the paper.",
+        description="Subnet hidden channels / subnet input channels: half the feature channels (fastflow, as in "
+        "its paper), plus the condition channels (cflow).",
     )
     flow_hidden_channels: tuple[int, ...] | None = Field(
         default=None,
         description="Hidden channels of each scale's subnets, filled in when the model is built so that a "
         "checkpoint always rebuilds with the layer sizes it was trained with.",
     )
-    conv3x3_only: bool = Field(default=True, description="3x3 kernels only (else 3x3/1x1 alternating).")
+    conv3x3_only: bool = Field(
+        default=True,
+        description="fastflow: 3x3 kernels only (else 3x3/1x1 alternating). cflow's subnets are fully connected over "
+        "channels (1x1): always False there.",
+    )
+    condition_channels: int = Field(
+        default=128, ge=4, le=1024, multiple_of=4,
+        description="cflow: channels of the 2D positional encoding each coupling is conditioned on (the paper's 128).",
+    )
     clamp: float = Field(default=2.0, gt=0, description="Soft clamp of the coupling log-scales.")
     map_normalization: Literal["none", "scale", "position"] = Field(
         default="position",
@@ -78,6 +93,26 @@ class FastFlowConfig(BaseModel):
     score_reduction: Literal["max", "topk_mean"] = "topk_mean"
     topk_fraction: float = Field(default=0.01, gt=0, le=1, description="Share of map pixels averaged into the score.")
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kernels_of_the_kind(cls, data: object) -> object:
+        # conv3x3_only defaults to FastFlow's choice; a cflow config that does not name it gets
+        # cflow's 1x1 subnets, and one that asks for 3x3 kernels is refused (there are none).
+        if not isinstance(data, dict) or data.get("model") != "cflow":
+            return data
+        if data.get("conv3x3_only"):
+            raise ValueError("conv3x3_only: cflow's couplings are fully connected over channels (1x1 convolutions "
+                             "in the exported graph); leave conv3x3_only out (or False) for model cflow")
+        return {**data, "conv3x3_only": False}
+
+    @model_validator(mode="after")
+    def _cflow_map_needs_standardizing(self) -> "ModelConfig":
+        if self.model == "cflow" and self.map_normalization == "none":
+            raise ValueError("map_normalization 'none' with model cflow: its map is a negative log-likelihood with "
+                             "no fixed zero (it is negative wherever the decoder is confident), and thresholds and "
+                             "scores must be >= 0; choose scale or position (the default)")
+        return self
 
     @field_validator("backbone")
     @classmethod

@@ -3,10 +3,13 @@
 Training-time evaluation and the exported ONNX graph both run this module, so what is
 validated is what ships.
 
-Per scale, the map is the negative log-likelihood of z under N(0, I) per position,
-averaged over channels (0.5 * mean_c z^2; the constant is dropped). Averaging rather
-than summing keeps scales with 24 and 112 channels on the same footing, so the scale
-fusion is a plain mean.
+The head does not know which density model (fftrain.kinds) produced its input: per scale it
+reads a latent z [N, C, h, w] (or z's channel groups) and, when the model's map counts it, the
+per-position log|det J| of the map from features to z (:class:`ScaleLatent`). The map is the
+negative log-likelihood per position, averaged over channels: 0.5 * mean_c z^2 (FastFlow's
+map, the Jacobian left out as in its paper), or (0.5 * sum_c z^2 - log|det J|) / C (the full
+likelihood, CFLOW-AD's); the Gaussian constant is dropped. Averaging rather than summing keeps
+scales with 24 and 112 channels on the same footing, so the scale fusion is a plain mean.
 
 Optionally (``map_normalization``) each scale's map is first standardized by what normal
 parts show there, fitted on the training normals after training:
@@ -36,6 +39,7 @@ always was.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
@@ -46,12 +50,25 @@ from ffcore.trtlimits import TOPK_MAX_K
 
 from .resize import fusion_matrices
 
-MAP_UNITS = "0.5 * mean over channels of z^2 (per-position negative log-likelihood per channel), averaged over feature scales"
+Z_MAP = "0.5 * mean over channels of z^2"
+NLL_MAP = "(0.5 * sum over channels of z^2 - log|det J|) / channels"
+MAP_UNITS = "{map} (per-position negative log-likelihood per channel), averaged over feature scales"
 MAP_UNITS_NORMALIZED = (
-    "per feature scale, 0.5 * mean over channels of z^2 standardized by its mean and std on normal training "
+    "per feature scale, {map} standardized by its mean and std on normal training "
     "images ({how}), averaged over feature scales"
 )
 MapNormalization = Literal["none", "scale", "position"]
+
+
+@dataclass(frozen=True)
+class ScaleLatent:
+    """One scale of a density decoder's output whose map is the full negative log-likelihood:
+    z (one tensor [N, C, h, w], or channel groups whose channels together are z's) and the
+    per-position log|det J| [N, h, w] of the map from the features to z. A decoder whose map is
+    0.5 * mean_c z^2 alone hands the head z itself."""
+
+    z: torch.Tensor | tuple[torch.Tensor, ...]
+    logdet: torch.Tensor
 
 
 def topk_sum(flat: torch.Tensor, k: int, max_k: int = TOPK_MAX_K) -> torch.Tensor:
@@ -73,13 +90,18 @@ def topk_sum(flat: torch.Tensor, k: int, max_k: int = TOPK_MAX_K) -> torch.Tenso
 
 
 def _to_float(z):
+    if isinstance(z, ScaleLatent):
+        return ScaleLatent(_to_float(z.z), z.logdet.float())
     return z.float() if isinstance(z, torch.Tensor) else tuple(part.float() for part in z)
 
 
-def map_units(normalization: str) -> str:
+def map_units(normalization: str, full_likelihood: bool = False) -> str:
+    """What one map value means: ``full_likelihood`` when the decoders hand the head
+    :class:`ScaleLatent` (the log-determinant counted), else 0.5 * mean_c z^2."""
+    formula = NLL_MAP if full_likelihood else Z_MAP
     if normalization == "none":
-        return MAP_UNITS
-    return MAP_UNITS_NORMALIZED.format(how="per scale" if normalization == "scale" else "per position")
+        return MAP_UNITS.format(map=formula)
+    return MAP_UNITS_NORMALIZED.format(map=formula, how="per scale" if normalization == "scale" else "per position")
 
 
 class AnomalyHead(nn.Module):
@@ -118,9 +140,13 @@ class AnomalyHead(nn.Module):
                 self.register_buffer(f"right{i}", right, persistent=False)
 
     @staticmethod
-    def scale_map(z: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def scale_map(z: torch.Tensor | tuple[torch.Tensor, ...] | ScaleLatent) -> torch.Tensor:
         """[N, C, h, w] -> [N, 1, h, w] per-position NLL per channel. ``z`` may also come as
-        channel groups (the shipped flow's halves, fused_flow.py): the mean is over all of them."""
+        channel groups (the shipped flow's halves, fused_flow.py): the mean is over all of them;
+        or as a :class:`ScaleLatent`: its log-determinant per channel is subtracted."""
+        if isinstance(z, ScaleLatent):
+            channels = z.z.shape[1] if isinstance(z.z, torch.Tensor) else sum(part.shape[1] for part in z.z)
+            return AnomalyHead.scale_map(z.z) - z.logdet.unsqueeze(1) * (1.0 / channels)
         if isinstance(z, torch.Tensor):
             return 0.5 * torch.mean(z * z, dim=1, keepdim=True)
         channels = sum(part.shape[1] for part in z)

@@ -1,8 +1,11 @@
-"""FastFlow = frozen backbone + per-scale LayerNorm + 2D flow + the anomaly head.
+"""The model = frozen backbone + per-scale LayerNorm + per-scale density decoders + the anomaly head.
+
+The decoders are those of the configured kind (fftrain.kinds: FastFlow's 2D flows or
+CFLOW-AD's conditional flows); everything else is the same for every kind.
 
 Each stage computes in the dtype of its own weights and casts its input to it: the casts
 are no-ops in FP32 (training, the FP32 export), and they are the precision boundaries when
-ffexport turns the backbone (and the flows) to FP16 before tracing (ffexport/precision.py).
+ffexport turns the backbone (and the decoders) to FP16 before tracing (ffexport/precision.py).
 The head always computes in FP32 (head.py says why).
 """
 
@@ -14,9 +17,9 @@ import torch
 from torch import nn
 
 from .backbones import BACKBONES, build_feature_extractor
-from .config import FastFlowConfig
-from .flow import Flow2d, subnet_hidden_channels
-from .head import AnomalyHead
+from .config import ModelConfig
+from .head import AnomalyHead, ScaleLatent
+from .kinds import KINDS
 
 
 #: ITU-R BT.601 luma, as OpenCV's BGR2GRAY and the JPEG/MJPEG YCbCr transform compute it.
@@ -27,16 +30,23 @@ def _dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
-class FastFlow(nn.Module):
+def _norm_dtype(norm: nn.LayerNorm, fallback: torch.dtype) -> torch.dtype:
+    # A norm without affine parameters has no dtype of its own: it computes in the dtype of the
+    # stage it belongs to (the decoders).
+    return norm.weight.dtype if norm.weight is not None else fallback
+
+
+class AnomalyModel(nn.Module):
     """Input: float RGB images in [0, 1], [N, 3, H, W]. Output: (anomaly_map [N,1,H,W], score [N]).
 
     ``load_pretrained=False`` builds the architecture only, for loading a checkpoint (which
     carries the backbone weights too, so exporting needs no weights file).
     """
 
-    def __init__(self, config: FastFlowConfig, backbone_weights: str | os.PathLike | None = None, load_pretrained: bool = True):
+    def __init__(self, config: ModelConfig, backbone_weights: str | os.PathLike | None = None, load_pretrained: bool = True):
         super().__init__()
         self.config = config
+        self.kind = KINDS[config.model]
         spec = BACKBONES[config.backbone]
         random = config.random_backbone or not load_pretrained
         self.backbone, self.backbone_sha256 = build_feature_extractor(config.backbone, backbone_weights, random=random)
@@ -44,9 +54,7 @@ class FastFlow(nn.Module):
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
         height, width = config.image_size
         self.feature_shapes = [(c, height // s, width // s) for c, s in zip(self.backbone.channels, self.backbone.strides)]
-        hidden = config.flow_hidden_channels or tuple(
-            subnet_hidden_channels(c, config.hidden_ratio) for c in self.backbone.channels
-        )
+        hidden = config.flow_hidden_channels or tuple(self.kind.hidden_channels(config, c) for c in self.backbone.channels)
         if len(hidden) != len(self.feature_shapes):
             raise ValueError(
                 f"flow_hidden_channels has {len(hidden)} entries for {len(self.feature_shapes)} feature scales"
@@ -55,10 +63,12 @@ class FastFlow(nn.Module):
         self.config = config = config.model_copy(update={"flow_hidden_channels": tuple(hidden)})
         # A LayerNorm over [C, h, w] fixes the input size: it is recorded in the metadata
         # and the runtime resizes every image to it.
-        self.norms = nn.ModuleList(nn.LayerNorm(list(shape)) for shape in self.feature_shapes)
+        self.norms = nn.ModuleList(
+            nn.LayerNorm(list(shape), elementwise_affine=self.kind.trainable_norms) for shape in self.feature_shapes
+        )
         self.flows = nn.ModuleList(
-            Flow2d(c, config.flow_steps, h, config.conv3x3_only, config.clamp, seed=config.seed + i)
-            for i, ((c, _, _), h) in enumerate(zip(self.feature_shapes, hidden))
+            self.kind.decoder(config, c, (h, w), hid, config.seed + i)
+            for i, ((c, h, w), hid) in enumerate(zip(self.feature_shapes, hidden))
         )
         self.head = AnomalyHead(
             (height, width), config.score_reduction, config.topk_fraction,
@@ -92,26 +102,39 @@ class FastFlow(nn.Module):
         return nn.functional.conv2d(images, weight, -mean / std.view(3))
 
     def normalize(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each scale's features through its LayerNorm, in the norms' dtype: what the flows read."""
-        return [norm(f.to(_dtype(norm))) for norm, f in zip(self.norms, features)]
+        """Each scale's features through its LayerNorm, in the norms' dtype: what the decoders read."""
+        dtype = _dtype(self.flows)
+        return [norm(f.to(_norm_dtype(norm, dtype))) for norm, f in zip(self.norms, features)]
 
     def flow(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per scale z [N, C, h, w] and log|det J| [N, h, w] of the trained decoders."""
         zs, logdets = [], []
-        for flow, f in zip(self.flows, self.normalize(features)):
-            z, logdet = flow(f)
+        for decoder, f in zip(self.flows, self.normalize(features)):
+            z, logdet = decoder(f)
             zs.append(z)
             logdets.append(logdet)
         return zs, logdets
 
+    def head_inputs(self, zs: list[torch.Tensor], logdets: list[torch.Tensor]) -> list:
+        """What the head reads of each scale's decoder output: z, or z with its log-determinant
+        when the kind's map counts it."""
+        if not self.kind.map_counts_logdet:
+            return list(zs)
+        return [ScaleLatent(z, logdet) for z, logdet in zip(zs, logdets)]
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        zs, _ = self.flow(self.extract(images))
-        return self.head(zs)
+        return self.head(self.head_inputs(*self.flow(self.extract(images))))
 
     def dims(self) -> int:
         return sum(c * h * w for c, h, w in self.feature_shapes)
 
     def nll_per_dim(self, zs: list[torch.Tensor], logdets: list[torch.Tensor]) -> torch.Tensor:
         """Negative log-likelihood per image [N], divided by the number of feature values
-        (the Gaussian constant dropped): the training loss and the validation measure."""
+        (the Gaussian constant dropped): the validation measure, and FastFlow's training loss."""
         total = sum(0.5 * (z * z).flatten(1).sum(1) - ld.flatten(1).sum(1) for z, ld in zip(zs, logdets))
         return total / self.dims()
+
+    def training_nll(self, features: list[torch.Tensor], generator: torch.Generator, positions: int) -> torch.Tensor:
+        """One optimizer step's loss on the backbone features of a batch of training maps, as the
+        kind trains (``positions``: feature vectors per scale where it samples them)."""
+        return self.kind.training_nll(self, features, generator, positions)

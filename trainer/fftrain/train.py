@@ -1,4 +1,9 @@
-"""The training loop: cache frozen-backbone features once, fit the flows, keep the best epoch.
+"""The training loop: cache frozen-backbone features once, fit the decoders, keep the best epoch.
+
+The loop is the same for every model kind (fftrain.kinds); a kind decides only how one
+step's negative log-likelihood is taken from the batch's maps (FastFlow: every position;
+CFLOW-AD: ``positions_per_step`` feature vectors drawn from them) and the step settings a
+``TrainSettings`` leaves open (learning rate, maps and vectors per step).
 
 Why features are cached: the backbone is frozen, so its output for an image never
 changes; computing it once makes an epoch cost only the LayerNorms and flows. With
@@ -27,7 +32,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -37,9 +42,10 @@ from ffcore.metrics import roc_auc, score_statistics, threshold_at_frr
 from ffcore.progress import progress as progress_bar  # `progress` is a parameter name here
 
 from . import augment, checkpoint
-from .config import FastFlowConfig
+from .config import ModelConfig
 from .data import DataSplit, is_monochrome, load_batch, to_tensor_batch
-from .model import FastFlow
+from .kinds import ModelKind
+from .model import AnomalyModel
 
 AUROC_SLACK = 0.01
 
@@ -47,8 +53,10 @@ AUROC_SLACK = 0.01
 @dataclass
 class TrainSettings:
     epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
+    # None: the model kind's choice (fftrain.kinds), resolved when training starts.
+    batch_size: int | None = None  # training maps per optimizer step
+    lr: float | None = None  # Adam's learning rate
+    positions_per_step: int | None = None  # cflow: feature vectors drawn per scale per step
     weight_decay: float = 1e-5
     grad_clip: float = 1.0
     target_frr: float = 0.02
@@ -65,14 +73,26 @@ class TrainSettings:
         # no selected epoch, and a zero batch size in a division.
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"epochs must be at least 1 (got {self.epochs!r}): training picks the best epoch among them")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1 (got {self.batch_size!r})")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        for name in ("batch_size", "positions_per_step"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1 (got {value!r})")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"learning rate must be a positive number (got {self.lr!r})")
         if not (0.0 <= self.augment_jpeg <= 1.0):
             raise ValueError(f"augment_jpeg is a share of the augmented views, in [0, 1] (got {self.augment_jpeg!r})")
         if not (0.0 <= self.target_frr < 1.0):
             raise ValueError(f"target false-reject rate must be in [0, 1) (got {self.target_frr!r})")
+
+
+def for_kind(settings: TrainSettings, kind: ModelKind) -> TrainSettings:
+    """``settings`` with what it leaves open (None) set to the model kind's step settings."""
+    def given(value, default):
+        return default if value is None else value
+
+    return replace(settings, lr=given(settings.lr, kind.learning_rate),
+                   batch_size=given(settings.batch_size, kind.maps_per_step),
+                   positions_per_step=given(settings.positions_per_step, kind.positions_per_step))
 
 
 @dataclass
@@ -86,10 +106,11 @@ class EpochRecord:
 
 @dataclass
 class TrainResult:
-    model: FastFlow
+    model: AnomalyModel
     best_epoch: int
     history: list[EpochRecord]
     calibration: dict[str, Any]
+    settings: TrainSettings  # as training ran them (the kind's defaults filled in)
     timings: dict[str, float] = field(default_factory=dict)
     # The cached training-pool and validation features, when TrainSettings.keep_features
     # asks for them (tools that compare head variants without re-extracting).
@@ -107,7 +128,7 @@ def improves(record: EpochRecord, best: EpochRecord | None, history: list[EpochR
 
 
 @torch.no_grad()
-def extract_features(model: FastFlow, images: np.ndarray, batch_size: int = 16, desc: str = "", progress: bool = True):
+def extract_features(model: AnomalyModel, images: np.ndarray, batch_size: int = 16, desc: str = "", progress: bool = True):
     """Backbone features of uint8 NHWC images, as one tensor per scale."""
     chunks: list[list[torch.Tensor]] = []
     for start in progress_bar(range(0, len(images), batch_size), desc=desc, unit="batch", enabled=progress):
@@ -116,25 +137,25 @@ def extract_features(model: FastFlow, images: np.ndarray, batch_size: int = 16, 
 
 
 @torch.no_grad()
-def raw_scale_maps(model: FastFlow, feats: list[torch.Tensor], batch_size: int = 32) -> list[torch.Tensor]:
+def raw_scale_maps(model: AnomalyModel, feats: list[torch.Tensor], batch_size: int = 32) -> list[torch.Tensor]:
     """Plain (unstandardized) per-scale maps [N, 1, h, w] of cached features."""
     model.eval()
     chunks: list[list[torch.Tensor]] = []
     for start in range(0, len(feats[0]), batch_size):
-        zs, _ = model.flow([f[start : start + batch_size] for f in feats])
-        chunks.append([model.head.scale_map(z) for z in zs])
+        inputs = model.head_inputs(*model.flow([f[start : start + batch_size] for f in feats]))
+        chunks.append([model.head.scale_map(x) for x in inputs])
     return [torch.cat([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
 
 @torch.no_grad()
-def evaluate_features(model: FastFlow, feats: list[torch.Tensor], batch_size: int = 32):
+def evaluate_features(model: AnomalyModel, feats: list[torch.Tensor], batch_size: int = 32):
     """(nll_per_dim [N], anomaly_map [N,1,S,S], score [N]) from cached features."""
     model.eval()
     nlls, maps, scores = [], [], []
     for start in range(0, len(feats[0]), batch_size):
         zs, logdets = model.flow([f[start : start + batch_size] for f in feats])
         nlls.append(model.nll_per_dim(zs, logdets))
-        m, s = model.head(zs)
+        m, s = model.head(model.head_inputs(zs, logdets))
         maps.append(m)
         scores.append(s)
     return torch.cat(nlls), torch.cat(maps), torch.cat(scores)
@@ -162,18 +183,18 @@ FeatureExtractor = Callable[[np.ndarray, str], list[torch.Tensor]]
 
 
 def train(
-    config: FastFlowConfig,
+    config: ModelConfig,
     split: DataSplit,
     settings: TrainSettings,
     backbone_weights: str | None = None,
     log: Callable[[str], None] = print,
     *,
-    model: FastFlow | None = None,
+    model: AnomalyModel | None = None,
     extract: FeatureExtractor | None = None,
 ) -> TrainResult:
-    """Fit the flows on the backbone features of ``split``'s normals.
+    """Fit the decoders on the backbone features of ``split``'s normals.
 
-    model:   start from this model's flows (warm start) instead of a fresh FastFlow.
+    model:   start from this model's decoders (warm start) instead of a fresh model.
     extract: features of uint8 NHWC images (images, description) -> one tensor per scale,
              instead of the model's own PyTorch backbone. ffexport passes the INT8 backbone
              (ONNX Runtime) here, so the flows learn the features the INT8 file computes.
@@ -191,7 +212,8 @@ def train(
         torch.set_num_threads(settings.threads)
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
-    model = model if model is not None else FastFlow(config, backbone_weights)
+    model = model if model is not None else AnomalyModel(config, backbone_weights)
+    settings = for_kind(settings, model.kind)
     if extract is None:
         def extract(images: np.ndarray, desc: str) -> list[torch.Tensor]:
             return extract_features(model, images, desc=desc, progress=settings.progress)
@@ -243,8 +265,7 @@ def train(
                            enabled=settings.progress, summary=False)
         for step in bar:
             idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
-            zs, logdets = model.flow([f[idx] for f in train_feats])
-            loss = model.nll_per_dim(zs, logdets).mean()
+            loss = model.training_nll([f[idx] for f in train_feats], generator, settings.positions_per_step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
@@ -280,11 +301,12 @@ def train(
         f"pixel threshold {calibration['pixel_threshold']:.4f} ({calibration['source']})"
     )
     features = {"train": train_feats, "val": val_feats} if settings.keep_features else None
-    return TrainResult(model, best.epoch, history, calibration, timings, features)
+    return TrainResult(model, best.epoch, history, calibration, settings, timings, features)
 
 
-def train_info(result: TrainResult, split: DataSplit, settings: TrainSettings) -> dict[str, Any]:
+def train_info(result: TrainResult, split: DataSplit) -> dict[str, Any]:
     """What goes into the checkpoint about how the model was made (plain types only)."""
+    settings = result.settings
     return {
         "data": split.name,
         "counts": split.counts(),
@@ -303,6 +325,6 @@ def train_info(result: TrainResult, split: DataSplit, settings: TrainSettings) -
 
 def train_and_save(config, split, settings, out, backbone_weights=None, log=print) -> TrainResult:
     result = train(config, split, settings, backbone_weights, log)
-    checkpoint.save(out, result.model, result.calibration, train_info(result, split, settings))
+    checkpoint.save(out, result.model, result.calibration, train_info(result, split))
     log(f"wrote {out}")
     return result
