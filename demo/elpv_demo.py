@@ -8,7 +8,8 @@ with probability >= 0.67 are test defects (313).
 Steps: fftrain (cached backbone features, best epoch on held-out data) -> ffexport (one
 fused ONNX, parity-checked) -> ffrt.Detector over the test cells -> image AUROC and F1 at
 the calibrated threshold -> latency/FPS of the runtime at batch 1 and 8, next to PyTorch
-eager on the same model -> overlay PNGs -> the threshold review page (review.html, ffeval --html).
+eager on the same model (each runtime alone in its own process, and a check that says when
+sharing one process would change the ONNX Runtime figure) -> overlay PNGs -> the threshold review page (review.html, ffeval --html).
 Everything is written under --out.
 """
 
@@ -23,11 +24,46 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+BATCHES = (1, 8)
 
-def latency_table(model, onnx_path: Path, images: np.ndarray, repeats: int) -> list[dict]:
-    """Model-only latency (uint8 batch at the model size in, map and score out): ONNX Runtime
-    CPU on the fused graph vs PyTorch eager on the same model, in interleaved rounds
-    (ffcore.timing, the harness ffbench uses, with its default 50 ms settle pause)."""
+
+def model_only_alone(ckpt: Path, onnx_path: Path, images: np.ndarray, repeats: int, torch_threads: int) -> list[dict]:
+    """Model-only latency (uint8 batch at the model size in, map and score out) of ONNX Runtime
+    CPU on the fused graph and of PyTorch eager on the same checkpoint, each alone in a process
+    of its own (``python -m ffeval.modelonly``, ``python -m fftrain.eager``), one after the
+    other: in one process each would be timed against the other's spinning threads."""
+    from ffeval.modelonly import time_in_child
+    from ffeval.vs_torch import EagerChild
+
+    ort = time_in_child(onnx_path, images, BATCHES, repeats)["results"]
+    eager = EagerChild(ckpt, torch_threads)
+    try:
+        torch_ms = {}
+        for batch in BATCHES:
+            eager.load(images[:batch])
+            for _ in range(2):  # warm-up: allocator, oneDNN kernel choice
+                eager.run()
+            torch_ms[batch] = [eager.run() for _ in range(repeats)]
+    finally:
+        eager.close()
+    rows = []
+    for batch in BATCHES:
+        ort_p50, torch_p50 = ort[str(batch)]["p50_ms"], float(np.median(torch_ms[batch]))
+        rows.append({
+            "batch": batch,
+            "onnxruntime_p50_ms": ort_p50,
+            "onnxruntime_img_per_s": batch * 1000 / ort_p50,
+            "torch_eager_p50_ms": torch_p50,
+            "torch_eager_img_per_s": batch * 1000 / torch_p50,
+            "speedup": torch_p50 / ort_p50,
+            "how": "each runtime alone in its own process",
+        })
+    return rows
+
+
+def ort_interleaved_with_torch(model, onnx_path: Path, images: np.ndarray, repeats: int) -> dict[int, float]:
+    """The isolation check's other half: ONNX Runtime p50 per batch when it shares this process
+    with PyTorch eager, the two interleaved round by round (ffcore.timing, 50 ms settle pause)."""
     import torch
 
     from ffcore.ort import make_session
@@ -40,21 +76,13 @@ def latency_table(model, onnx_path: Path, images: np.ndarray, repeats: int) -> l
         with torch.inference_mode():
             model(to_tensor_batch(x))
 
-    rows = []
-    for batch in (1, 8):
+    out = {}
+    for batch in BATCHES:
         x = images[:batch]
         ms = interleaved({"onnxruntime": lambda: session.run(None, {"image": x}), "torch": lambda: eager(x)},
                          rounds=repeats, settle_s=0.05)
-        ort_p50, torch_p50 = float(np.median(ms["onnxruntime"])), float(np.median(ms["torch"]))
-        rows.append({
-            "batch": batch,
-            "onnxruntime_p50_ms": ort_p50,
-            "onnxruntime_img_per_s": batch * 1000 / ort_p50,
-            "torch_eager_p50_ms": torch_p50,
-            "torch_eager_img_per_s": batch * 1000 / torch_p50,
-            "speedup": torch_p50 / ort_p50,
-        })
-    return rows
+        out[batch] = float(np.median(ms["onnxruntime"]))
+    return out
 
 
 def write_overlays(detector, samples, results, folder: Path, per_group: int = 4) -> list[Path]:
@@ -101,6 +129,7 @@ def main() -> int:
     from fftrain.config import FastFlowConfig
     from fftrain.data import elpv, load_batch
     from ffcore.metrics import f1_at_threshold, f1_max, precision_recall_at_threshold, roc_auc
+    from ffcore.timing import isolation_check
     from fftrain.train import TrainSettings, train_and_save
 
     t_start = time.perf_counter()
@@ -156,14 +185,22 @@ def main() -> int:
 
     print("== 4/4 speed")
     model, _ = checkpoint.load(ckpt)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch_threads = os.cpu_count() or 1
+    torch.set_num_threads(torch_threads)
     model_images = load_batch(samples[:8], model.config.image_size, model.config.resize_mode)
-    rows = latency_table(model, onnx_path, model_images, args.repeats)
-    print("   model only (uint8 batch at model size -> map + score), p50 (per-stage figures: ffbench):")
+    rows = model_only_alone(ckpt, onnx_path, model_images, args.repeats, torch_threads)
+    print("   model only (uint8 batch at model size -> map + score), p50, each runtime alone in its own process "
+          "(per-stage figures: ffbench):")
     for r in rows:
         print(f"   batch {r['batch']}: ONNX Runtime {r['onnxruntime_p50_ms']:7.1f} ms ({r['onnxruntime_img_per_s']:5.1f} img/s)"
               f" | PyTorch eager {r['torch_eager_p50_ms']:7.1f} ms ({r['torch_eager_img_per_s']:5.1f} img/s)"
               f" | {r['speedup']:.2f}x")
+    mixed = ort_interleaved_with_torch(model, onnx_path, model_images, args.repeats)
+    isolation = {}
+    for r in rows:
+        check = isolation_check(r["onnxruntime_p50_ms"], mixed[r["batch"]])
+        isolation[str(r["batch"])] = check.to_dict()
+        print("   isolation check, " + check.line(f"ONNX Runtime batch {r['batch']}", "PyTorch eager"))
     frames = [cv2.imread(str(s.path), cv2.IMREAD_UNCHANGED) for s in samples[:64]]
     end_to_end = {}
     for batch in (1, 8):
@@ -197,6 +234,7 @@ def main() -> int:
         "f1_max_oracle": best_f1,
         "onnx_bytes": onnx_path.stat().st_size,
         "latency_model_only": rows,
+        "isolation_check": isolation,
         "latency_end_to_end": {str(b): s.model_dump() for b, s in end_to_end.items()},
         "seconds": {"train": train_s, "export": export_s, "detect_test_set": detect_s, "total": total_s},
         "machine": describe_machine(),

@@ -39,3 +39,25 @@ def test_bad_arguments(kwargs):
         interleaved({"x": lambda: None}, **kwargs)
     with pytest.raises(ValueError):
         interleaved({})
+
+
+def test_isolation_check_by_hand():
+    from ffcore.timing import INTERFERENCE_TOLERANCE, isolation_check
+
+    assert INTERFERENCE_TOLERANCE == 0.10
+    # 16.3 ms alone, 25.5 ms next to PyTorch in one process: 1.564x, far beyond 10%.
+    slowed = isolation_check(16.3, 25.5)
+    assert slowed.ratio == pytest.approx(25.5 / 16.3) and slowed.interfered
+    line = slowed.line("ONNX Runtime batch 1", "PyTorch eager")
+    assert "16.3 ms alone" in line and "25.5 ms interleaved with PyTorch eager" in line and "+56%" in line
+    assert "WARNING" in line
+    # 9% apart either way is within the tolerance; 11% is not.
+    assert not isolation_check(100.0, 109.0).interfered and not isolation_check(100.0, 91.0).interfered
+    assert isolation_check(100.0, 111.0).interfered and isolation_check(100.0, 89.0).interfered
+    assert "WARNING" not in isolation_check(100.0, 109.0).line("a", "b")
+    assert isolation_check(100.0, 104.0, tolerance=0.03).interfered
+    d = slowed.to_dict()
+    assert d == {"alone_p50_ms": 16.3, "interleaved_p50_ms": 25.5, "ratio": pytest.approx(25.5 / 16.3),
+                 "tolerance": 0.10, "interfered": True}
+    with pytest.raises(ValueError):
+        isolation_check(0.0, 10.0)
