@@ -25,64 +25,67 @@ import cv2
 import numpy as np
 
 BATCHES = (1, 8)
+#: The model-only figures are taken in this many alternating blocks (ONNX Runtime alone, PyTorch
+#: alone, the two interleaved in one process), with this untimed pause after each block.
+BLOCKS = 5
+BLOCK_SETTLE_S = 0.3
 
 
-def model_only_alone(ckpt: Path, onnx_path: Path, images: np.ndarray, repeats: int, torch_threads: int) -> list[dict]:
+def model_only(model, ckpt: Path, onnx_path: Path, images: np.ndarray, repeats: int,
+               torch_threads: int) -> tuple[list[dict], dict]:
     """Model-only latency (uint8 batch at the model size in, map and score out) of ONNX Runtime
     CPU on the fused graph and of PyTorch eager on the same checkpoint, each alone in a process
-    of its own (``python -m ffeval.modelonly``, ``python -m fftrain.eager``), one after the
-    other: in one process each would be timed against the other's spinning threads."""
-    from ffeval.modelonly import time_in_child
-    from ffeval.vs_torch import EagerChild
-
-    ort = time_in_child(onnx_path, images, BATCHES, repeats)["results"]
-    eager = EagerChild(ckpt, torch_threads)
-    try:
-        torch_ms = {}
-        for batch in BATCHES:
-            eager.load(images[:batch])
-            for _ in range(2):  # warm-up: allocator, oneDNN kernel choice
-                eager.run()
-            torch_ms[batch] = [eager.run() for _ in range(repeats)]
-    finally:
-        eager.close()
-    rows = []
-    for batch in BATCHES:
-        ort_p50, torch_p50 = ort[str(batch)]["p50_ms"], float(np.median(torch_ms[batch]))
-        rows.append({
-            "batch": batch,
-            "onnxruntime_p50_ms": ort_p50,
-            "onnxruntime_img_per_s": batch * 1000 / ort_p50,
-            "torch_eager_p50_ms": torch_p50,
-            "torch_eager_img_per_s": batch * 1000 / torch_p50,
-            "speedup": torch_p50 / ort_p50,
-            "how": "each runtime alone in its own process",
-        })
-    return rows
-
-
-def ort_interleaved_with_torch(model, onnx_path: Path, images: np.ndarray, repeats: int) -> dict[int, float]:
-    """The isolation check's other half: ONNX Runtime p50 per batch when it shares this process
-    with PyTorch eager, the two interleaved round by round (ffcore.timing, 50 ms settle pause)."""
+    of its own (``python -m ffeval.modelonly``, ``python -m fftrain.eager``), and the isolation
+    check: ONNX Runtime again, interleaved with PyTorch eager in this one process (ffcore.timing,
+    50 ms settle pause). The three run in alternating blocks, so that a shared machine's drift
+    reaches them alike. Returns (one row per batch, the check per batch)."""
     import torch
 
     from ffcore.ort import make_session
-    from ffcore.timing import interleaved
+    from ffcore.timing import interleaved, isolation_check
+    from ffeval.modelonly import ModelOnlyChild
+    from ffeval.vs_torch import EagerChild
     from fftrain.data import to_tensor_batch
-
-    session = make_session(onnx_path)
 
     def eager(x):
         with torch.inference_mode():
             model(to_tensor_batch(x))
 
-    out = {}
-    for batch in BATCHES:
-        x = images[:batch]
-        ms = interleaved({"onnxruntime": lambda: session.run(None, {"image": x}), "torch": lambda: eager(x)},
-                         rounds=repeats, settle_s=0.05)
-        out[batch] = float(np.median(ms["onnxruntime"]))
-    return out
+    session = make_session(onnx_path)
+    ort, torch_child = ModelOnlyChild(onnx_path), EagerChild(ckpt, torch_threads)
+    rows, checks = [], {}
+    per_block = max(1, repeats // BLOCKS)
+    try:
+        for batch in BATCHES:
+            x = images[:batch]
+            ort.load(x)
+            torch_child.load(x)
+            mixed = {"onnxruntime": lambda: session.run(None, {"image": x}), "torch": lambda: eager(x)}
+            for _ in range(2):  # warm-up: arenas, kernel choice
+                ort.run()
+                torch_child.run()
+            ort_ms, torch_ms, mixed_ms = [], [], []
+            for _ in range(BLOCKS):
+                for times, run in ((ort_ms, ort.run), (torch_ms, torch_child.run)):
+                    times += [run() for _ in range(per_block)]
+                    time.sleep(BLOCK_SETTLE_S)  # the runtime's threads go idle before the next one runs
+                mixed_ms += list(interleaved(mixed, rounds=per_block, warmup=1, settle_s=0.05)["onnxruntime"])
+                time.sleep(BLOCK_SETTLE_S)
+            ort_p50, torch_p50 = float(np.median(ort_ms)), float(np.median(torch_ms))
+            rows.append({
+                "batch": batch,
+                "onnxruntime_p50_ms": ort_p50,
+                "onnxruntime_img_per_s": batch * 1000 / ort_p50,
+                "torch_eager_p50_ms": torch_p50,
+                "torch_eager_img_per_s": batch * 1000 / torch_p50,
+                "speedup": torch_p50 / ort_p50,
+                "how": f"each runtime alone in its own process; {BLOCKS} blocks of {per_block} calls",
+            })
+            checks[batch] = isolation_check(ort_p50, float(np.median(mixed_ms)))
+    finally:
+        ort.close()
+        torch_child.close()
+    return rows, checks
 
 
 def write_overlays(detector, samples, results, folder: Path, per_group: int = 4) -> list[Path]:
@@ -129,7 +132,6 @@ def main() -> int:
     from fftrain.config import FastFlowConfig
     from fftrain.data import elpv, load_batch
     from ffcore.metrics import f1_at_threshold, f1_max, precision_recall_at_threshold, roc_auc
-    from ffcore.timing import isolation_check
     from fftrain.train import TrainSettings, train_and_save
 
     t_start = time.perf_counter()
@@ -188,19 +190,16 @@ def main() -> int:
     torch_threads = os.cpu_count() or 1
     torch.set_num_threads(torch_threads)
     model_images = load_batch(samples[:8], model.config.image_size, model.config.resize_mode)
-    rows = model_only_alone(ckpt, onnx_path, model_images, args.repeats, torch_threads)
+    rows, checks = model_only(model, ckpt, onnx_path, model_images, args.repeats, torch_threads)
     print("   model only (uint8 batch at model size -> map + score), p50, each runtime alone in its own process "
           "(per-stage figures: ffbench):")
     for r in rows:
         print(f"   batch {r['batch']}: ONNX Runtime {r['onnxruntime_p50_ms']:7.1f} ms ({r['onnxruntime_img_per_s']:5.1f} img/s)"
               f" | PyTorch eager {r['torch_eager_p50_ms']:7.1f} ms ({r['torch_eager_img_per_s']:5.1f} img/s)"
               f" | {r['speedup']:.2f}x")
-    mixed = ort_interleaved_with_torch(model, onnx_path, model_images, args.repeats)
-    isolation = {}
-    for r in rows:
-        check = isolation_check(r["onnxruntime_p50_ms"], mixed[r["batch"]])
-        isolation[str(r["batch"])] = check.to_dict()
-        print("   isolation check, " + check.line(f"ONNX Runtime batch {r['batch']}", "PyTorch eager"))
+    for batch, check in checks.items():
+        print("   isolation check, " + check.line(f"ONNX Runtime batch {batch}", "PyTorch eager"))
+    isolation = {str(batch): check.to_dict() for batch, check in checks.items()}
     frames = [cv2.imread(str(s.path), cv2.IMREAD_UNCHANGED) for s in samples[:64]]
     end_to_end = {}
     for batch in (1, 8):

@@ -1,102 +1,110 @@
-"""Model-only timing of one ffrt backend in a process of its own.
+"""One ffrt backend timed model-only in a process of its own.
 
-    python -m ffeval.modelonly MODEL BATCH.npy --batches 1,8 --rounds 30 [--warmup 2]
-                               [--backend onnxruntime-cpu] [--threads N] [--precision fp32]
+    python -m ffeval.modelonly MODEL [--backend onnxruntime-cpu] [--threads N] [--precision auto]
 
-times ``backend.run`` (ffbench's "inference" stage) on the first n images of the uint8 NHWC
-batch in BATCH.npy for each batch size n, with nothing else in the process, and prints one
-JSON line: ``{"ok": true, "backend": ..., "results": {"1": Stats, "8": Stats}}`` (Stats as
-ffeval.bench.summarize), or ``{"ok": false, "error": ...}``.
+serves ffcore.timedchild's line protocol: its hello ``{"ok": true, "backend": description,
+"precision": ...}``, then ``load PATH`` (a uint8 NHWC batch at the model size, .npy) and
+``run``, which times one ``backend.run`` (ffbench's "inference" stage) in the child.
 
 Why a process of its own: ONNX Runtime's and OpenMP's worker threads keep spinning after a
 call, and a process that also runs PyTorch (the demo, the peers benchmark) times each runtime
-against the other's threads. :func:`time_in_child` runs this module as a child and returns
-its figures; ``ffcore.timing.isolation_check`` compares them with an interleaved run.
+against the other's threads. :class:`ModelOnlyChild` is the parent's end; :func:`time_in_child`
+times a few batch sizes in one such child; ``ffcore.timing.isolation_check`` compares a figure
+from here with the same runtime interleaved with another in one process.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
+from ffcore.timedchild import ChildError, TimedChild
 
 from .errors import BenchError
 
 
-def time_model_only(model: str | Path, images: np.ndarray, batches: tuple[int, ...], rounds: int, warmup: int = 2,
-                    backend: str = "onnxruntime-cpu", threads: int | None = None,
-                    precision: str = "auto") -> dict:
-    """In this process: {"backend": description, "results": {str(batch): Stats}}."""
-    from ffcore.timing import interleaved
-    from ffrt.backends import create_backend
-    from ffrt.meta import read_onnx_meta
+class ModelOnlyChild:
+    """``MODEL`` on an ffrt backend in a child process: ``load(batch)``, ``run() -> ms``,
+    ``close()``; ``backend`` and ``precision`` say what runs it."""
 
-    from .bench import summarize
+    def __init__(self, model: str | Path, backend: str = "onnxruntime-cpu", threads: int | None = None,
+                 precision: str = "auto") -> None:
+        args = ["-m", "ffeval.modelonly", str(model), "--backend", backend, "--precision", precision]
+        args += ["--threads", str(int(threads))] if threads else []
+        try:
+            self._child = TimedChild(args, f"model-only timing of {model} in its own process")
+        except ChildError as e:
+            raise BenchError(str(e)) from None
+        self.backend, self.precision = self._child.hello["backend"], self._child.hello["precision"]
 
-    path = Path(model)
-    be, _ = create_backend(backend, path, read_onnx_meta(path), threads, precision=precision)
-    try:
-        results = {}
-        for n in batches:
-            x = np.ascontiguousarray(images[:n])
-            if len(x) != n:
-                raise BenchError(f"batch {n}: only {len(images)} images given")
-            ms = interleaved({"model": lambda: be.run(x)}, rounds=rounds, warmup=warmup)["model"]
-            results[str(n)] = summarize(ms, n)
-        return {"backend": be.description, "precision": be.precision, "results": results}
-    finally:
-        be.close()
+    def load(self, batch: np.ndarray) -> None:
+        try:
+            self._child.load(batch)
+        except ChildError as e:
+            raise BenchError(str(e)) from None
+
+    def run(self) -> float:
+        try:
+            return self._child.run()
+        except ChildError as e:
+            raise BenchError(str(e)) from None
+
+    def close(self) -> None:
+        self._child.close()
 
 
 def time_in_child(model: str | Path, images: np.ndarray, batches: tuple[int, ...], rounds: int, warmup: int = 2,
-                  backend: str = "onnxruntime-cpu", threads: int | None = None, precision: str = "auto",
-                  timeout_s: float = 1800.0) -> dict:
-    """:func:`time_model_only` in a child process (``python -m ffeval.modelonly``); the
-    calling process waits, idle, until it is done."""
-    with tempfile.TemporaryDirectory(prefix="ffeval-modelonly-") as tmp:
-        batch_file = Path(tmp) / "batch.npy"
-        np.save(batch_file, np.ascontiguousarray(images, dtype=np.uint8))
-        cmd = [sys.executable, "-m", "ffeval.modelonly", str(model), str(batch_file),
-               "--batches", ",".join(map(str, batches)), "--rounds", str(rounds), "--warmup", str(warmup),
-               "--backend", backend, "--precision", precision] + (["--threads", str(threads)] if threads else [])
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    reply = json.loads(lines[-1]) if lines else None
-    if not reply or not reply.get("ok"):
-        why = reply["error"] if reply else (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        raise BenchError(f"model-only timing of {model} in its own process failed: {why}")
-    return reply
+                  backend: str = "onnxruntime-cpu", threads: int | None = None, precision: str = "auto") -> dict:
+    """The model alone in a child process, per batch size n on the first n ``images``:
+    {"backend", "precision", "results": {str(n): Stats (ffeval.bench.summarize)}}."""
+    from .bench import summarize
+
+    child = ModelOnlyChild(model, backend, threads, precision)
+    try:
+        results = {}
+        for n in batches:
+            if len(images) < n:
+                raise BenchError(f"batch {n}: only {len(images)} images given")
+            child.load(images[:n])
+            for _ in range(warmup):
+                child.run()
+            results[str(n)] = summarize([child.run() for _ in range(rounds)], n)
+        return {"backend": child.backend, "precision": child.precision, "results": results}
+    finally:
+        child.close()
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ffcore.timedchild import refuse, serve
+
     ap = argparse.ArgumentParser(prog="python -m ffeval.modelonly", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
-    ap.add_argument("batch_file", help="uint8 NHWC images at the model size (.npy)")
-    ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--backend", default="onnxruntime-cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--precision", default="auto")
     args = ap.parse_args(argv)
     try:
-        from .bench import parse_batches
+        from ffrt.backends import create_backend
+        from ffrt.meta import read_onnx_meta
 
-        images = np.load(args.batch_file)
-        out = time_model_only(args.model, images, parse_batches(args.batches), args.rounds, args.warmup,
-                              args.backend, args.threads, args.precision)
-        print(json.dumps({"ok": True, **out}), flush=True)
-        return 0
+        path = Path(args.model)
+        be, _ = create_backend(args.backend, path, read_onnx_meta(path), args.threads, precision=args.precision)
     except Exception as e:  # noqa: BLE001 - one line for the parent
-        print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}),
-              flush=True)
-        return 1
+        return refuse(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+    def timed_call(batch: np.ndarray) -> float:
+        t0 = time.perf_counter()
+        be.run(batch)
+        return (time.perf_counter() - t0) * 1e3
+
+    try:
+        return serve({"backend": be.description, "precision": be.precision}, timed_call, sys.stdin, sys.stdout)
+    finally:
+        be.close()
 
 
 if __name__ == "__main__":

@@ -61,3 +61,25 @@ def test_isolation_check_by_hand():
                  "tolerance": 0.10, "interfered": True}
     with pytest.raises(ValueError):
         isolation_check(0.0, 10.0)
+
+
+def test_the_timed_child_protocol_by_hand(tmp_path):
+    """ffcore.timedchild.serve: hello, load, run (timed by the given call), errors as lines."""
+    import io
+    import json
+
+    from ffcore.timedchild import serve
+
+    batch = np.arange(12, dtype=np.uint8).reshape(1, 2, 2, 3)
+    np.save(tmp_path / "b.npy", batch)
+    seen = []
+    stdin = io.StringIO(f"run\nload {tmp_path / 'b.npy'}\nrun\nfly\nquit\nrun\n")
+    stdout = io.StringIO()
+    assert serve({"who": "test"}, lambda b: seen.append(b.copy()) or 1.5, stdin, stdout) == 0
+    replies = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    assert replies[0] == {"ok": True, "who": "test"}
+    assert replies[1]["ok"] is False and "run before load" in replies[1]["error"]
+    assert replies[2] == {"ok": True} and replies[3] == {"ok": True, "ms": 1.5}
+    assert replies[4]["ok"] is False and "unknown request 'fly'" in replies[4]["error"]
+    assert len(replies) == 5  # nothing after quit
+    assert len(seen) == 1 and np.array_equal(seen[0], batch)
