@@ -52,7 +52,7 @@ from .errors import BenchError  # noqa: F401  (ffeval.bench.BenchError stays imp
 
 SCHEMA = "ffeval.bench"
 #: benchmarks/README.md "JSON schemas" says what each version holds.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_BATCHES = (1, 2, 4, 8, 16)
 
 
@@ -155,7 +155,7 @@ def run_benchmark(
     progress: Callable[[str], None] = lambda s: None,
     command: list[str] | None = None,
 ) -> dict:
-    """Measure and return the report dict (schema ``ffeval.bench`` v2, see benchmarks/README.md)."""
+    """Measure and return the report dict (schema ``ffeval.bench`` v3, see benchmarks/README.md)."""
     from ffrt import Detector, FFRTError
     from ffrt.metafile import read_onnx_meta
 
@@ -194,6 +194,7 @@ def run_benchmark(
         raise BenchError(str(e).splitlines()[0]) from e
     be, selection = detector.stages.backend, detector.backend_selection
     progress(f"backend {be.description}")
+    add_measured_peaks(machine, progress if is_cpu_backend(be) else None)
 
     eager = _start_eager(vs_torch, meta, threads or getattr(be, "threads", None)) if vs_torch is not None else None
     try:
@@ -244,16 +245,38 @@ def run_benchmark(
     }
 
 
+def is_cpu_backend(be) -> bool:
+    from ffrt.backends.kinds import BackendKind, backend_kind
+
+    return backend_kind(be.name) is BackendKind.CPU
+
+
+def add_measured_peaks(machine: dict, progress: Callable[[str], None] | None) -> None:
+    """Put this machine's measured peak per precision (ffeval.peaks, cached per machine) beside
+    the nominal one in ``machine["cpu_peak"]``: ``measured`` (how and when) and
+    ``by_precision``. ``progress=None`` (a GPU backend: no CPU figure to hold) leaves both null."""
+    from .peaks import measured_peaks, peaks_by_precision
+
+    peak = machine.get("cpu_peak")
+    if peak is None:
+        return
+    if progress is None:
+        peak.update(measured=None, by_precision=None)
+        return
+    measured = measured_peaks(machine, progress=progress)
+    peak.update(measured=measured, by_precision=peaks_by_precision(machine, measured))
+
+
 def _measure(batches, iters, warmup, images, settle_ms, progress, meta, be, detector, eager, machine, macs):
     """The timed rounds of every batch size: (result rows, frames description, load before)."""
-    from ffrt.backends.kinds import BackendKind, backend_kind
+    from .peaks import peak_used
 
     run_stage = detector.stages
     frames, frames_what = load_frames(images, max(batches))
     load_before = _loadavg()
     thr = detector.thresholds
-    is_cpu = backend_kind(be.name) is BackendKind.CPU
-    peak = machine["cpu_peak"]
+    by_precision = (machine.get("cpu_peak") or {}).get("by_precision")
+    used, peak_gops = peak_used(by_precision, be.precision) if by_precision else (None, None)
     results = []
     for batch in batches:
         chunk = [frames[i % len(frames)] for i in range(batch)]
@@ -300,8 +323,7 @@ def _measure(batches, iters, warmup, images, settle_ms, progress, meta, be, dete
         total, e2e = timed["total"], timed["detector"]
         torch_ms = torch_ms[-iters:]  # the rounds' calls, not the warm-up's
         inference = summarize(inf, batch)
-        gflops, fraction = compute_rate(macs.total, batch, inference["p50_ms"],
-                                        peak["fp32_gflops"] if (is_cpu and peak) else None)
+        gflops, fraction = compute_rate(macs.total, batch, inference["p50_ms"], peak_gops)
         stages = {"preprocess": summarize(pre, batch), "inference": inference}
         stages.update({k: summarize(v, batch) for k, v in gpu_parts.items() if v})
         stages.update({"postprocess": summarize(post, batch), "total": summarize(total, batch)})
@@ -315,6 +337,7 @@ def _measure(batches, iters, warmup, images, settle_ms, progress, meta, be, dete
             },
             "achieved_gflops": gflops,
             "fraction_of_cpu_peak": fraction,
+            "peak_used": used if peak_gops else None,
             "peak_rss_mb": _peak_rss_mb(),
             "peak_rss_scope": "this batch size" if rss_reset else "process lifetime",
             "torch_eager": None,
@@ -349,7 +372,7 @@ def _row_line(row: dict) -> str:
     if row["achieved_gflops"]:
         line += f" | {row['achieved_gflops']:.1f} GFLOP/s"
         if row["fraction_of_cpu_peak"] is not None:
-            line += f" ({100 * row['fraction_of_cpu_peak']:.1f}% of peak)"
+            line += f" ({100 * row['fraction_of_cpu_peak']:.1f}% of the measured {row['peak_used']} peak)"
     if row["torch_eager"]:
         line += f" | torch eager {row['torch_eager']['inference']['p50_ms']:.2f} ms = {row['torch_eager']['ratio_p50']:.2f}x"
     return line

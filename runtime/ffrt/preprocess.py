@@ -6,7 +6,9 @@ Everything a line might hand the detector is accepted here and nowhere else:
   camera SDKs deliver; ``color_order="RGB"`` for PIL/imageio/matplotlib data);
 - float32/float64 arrays with values in [0, 1] (scaled by 255 and rounded);
 - ``str`` / ``os.PathLike`` paths to image files. Files are decoded by OpenCV and are
-  therefore always BGR, whatever ``color_order`` says.
+  therefore always BGR, whatever ``color_order`` says;
+- :class:`ReducedFrame`: a frame OpenCV decoded at a fraction of its size (BGR), with the
+  size of the whole frame, which the results are given in (``ffrt run``'s JPEG frames).
 
 Anything else is refused with :class:`~ffrt.errors.InvalidImageError` (or
 :class:`~ffrt.errors.ImageFileError` for paths) whose message names the problem and says
@@ -159,14 +161,39 @@ def _most_bytes(limits: ImageLimits) -> int | None:
     return None if limits.max_pixels is None else limits.max_pixels * _BYTES_PER_PIXEL_MAX + _FILE_SLACK_BYTES
 
 
+#: cv2.imread flags that decode a JPEG at 1/2, 1/4 or 1/8 of its size (libjpeg's scaled inverse
+#: DCT: the smaller picture costs a fraction of a full decode, and no resize from full size).
+REDUCED_DECODE_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+@dataclass(frozen=True)
+class ReducedFrame:
+    """A frame decoded at a reduced resolution (``image``, BGR or gray), with the size of the
+    whole frame. ``prepare_batch`` resizes ``image`` into the model input and gives the frame
+    the geometry of its whole size, so the map, mask and regions come back in the frame's own
+    coordinates, as for a full decode; only the pixels the model sees differ (ffrt run measures
+    how much: benchmarks/README.md)."""
+
+    image: np.ndarray
+    frame_height: int
+    frame_width: int
+    scale: int  # the frame is this many times the image on each side
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.frame_height, self.frame_width
+
+
 def decode_image_bytes(
-    data: bytes, limits: ImageLimits = DEFAULT_LIMITS, spec: InputSpec | None = None, where: str = "image data"
+    data: bytes, limits: ImageLimits = DEFAULT_LIMITS, spec: InputSpec | None = None, where: str = "image data",
+    reduce: int = 1,
 ) -> np.ndarray:
     """Decode an encoded image (the bytes of a PNG, JPEG, ... file) to BGR uint8 HxWx3.
 
     The size in the header is checked against ``limits`` before anything is decoded; errors
     are ImageFileError naming ``where``. Used for files and for encoded images that arrive
-    over the network (``ffrt_detector`` on Triton).
+    over the network (``ffrt_detector`` on Triton). ``reduce`` (2, 4 or 8) decodes at that
+    fraction of the size (:data:`REDUCED_DECODE_FLAGS`; a JPEG's decoder scales as it decodes).
     """
     if not data:
         raise ImageFileError(f"{where}: empty (0 bytes); the image was not written or sent completely.")
@@ -191,7 +218,7 @@ def decode_image_bytes(
     if problem is not None:
         raise ImageFileError(f"{where}: {problem} (size read from the file header; the file was not decoded)")
     try:
-        image = decode_image(data, cv2.IMREAD_COLOR)
+        image = decode_image(data, REDUCED_DECODE_FLAGS[reduce] if reduce > 1 else cv2.IMREAD_COLOR)
     except Undecodable as e:
         raise ImageFileError(f"{where}: cannot be decoded as an image ({e}). Re-save it as PNG, JPEG, BMP or TIFF.") from e
     # EXIF orientation may transpose the header's size; the limits are checked on what came out.
@@ -393,8 +420,13 @@ def prepare_batch(
     positions: list[int] = []
     refused: list[tuple[int, InvalidImageError]] = []
     for i, item in enumerate(images):
+        frame_size = None
         try:
-            image, order = to_uint8_image(item, color_order, limits, spec)
+            if isinstance(item, ReducedFrame):
+                # Decoded by OpenCV, so BGR (or gray) whatever the Detector's colour order says.
+                frame_size, (image, order) = item.frame_size, to_uint8_image(item.image, "BGR", limits, spec)
+            else:
+                image, order = to_uint8_image(item, color_order, limits, spec)
         except InvalidImageError as e:
             # The same class with the position prepended: "which one?" is the first
             # question when one frame of a batch is bad.
@@ -405,7 +437,7 @@ def prepare_batch(
                 raise located from e
             refused.append((i, located))
             continue
-        geometry = frame_geometry(image.shape[:2], spec)
+        geometry = frame_geometry(frame_size or image.shape[:2], spec)
         batch[len(geometries)] = to_model_rgb(image, order, geometry)
         geometries.append(geometry)
         positions.append(i)
