@@ -65,6 +65,11 @@ def checkout(rev: str, into: Path) -> Path:
     return into
 
 
+def _commit(rev: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
 def run_child(tree: Path, model: str, threads: int, reps: int) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(tree / d) for d in PACKAGE_DIRS))
     proc = subprocess.run([sys.executable, "-c", CHILD, model, str(threads), str(reps)], env=env, check=True,
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[batch] = {"a_median_ms": a, "b_median_ms": b, "ratio_b_over_a": b / a, "n": len(samples["A"][batch])}
     report = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": cpu_line(), "model": str(args.model), "a": args.a, "b": args.b,
+        "machine": cpu_line(), "model": str(args.model), "a": _commit(args.a), "b": _commit(args.b),
         "threads": args.threads, "rounds": args.rounds, "reps": args.reps,
         "what": "Detector(model, backend='onnxruntime-cpu'): det(frame) at batch 1, predict_batch(8 frames) at batch 8; "
                 "ELPV mono test cells 300x300; median ms per call over all samples of each revision",
