@@ -151,7 +151,7 @@ def latency(paths: dict[str, Path], batches=(1, 8), rounds: int = 20) -> dict:
     from ffeval.bench import summarize
     from ffeval.macs import count_macs
     from ffrt.backends import create_backend
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     backends, macs = {}, {}
     for kind, path in paths.items():

@@ -48,7 +48,7 @@ def wrong_copy(fp16: Path, factor: float, out: Path) -> Path:
 def measure(folder: Path, data: str | None, count: int) -> dict:
     from ffcalib.images import gate_set
     from ffexport.fp16_gate import compare
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
     from fftrain import checkpoint
 
     fp32, fp16 = folder / "model.onnx", folder / "model.fp16.onnx"

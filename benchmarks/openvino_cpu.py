@@ -30,7 +30,7 @@ from ffcore.metrics import roc_auc, spearman
 from ffcore.timing import interleaved
 from ffrt.backends import create_backend
 from ffrt.backends.cpuchoice import cpu_signature
-from ffrt.meta import read_onnx_meta
+from ffrt.metafile import read_onnx_meta
 
 
 def configurations(args) -> list[tuple[str, Path, str, str, dict]]:

@@ -8,7 +8,8 @@ with probability >= 0.67 are test defects (313).
 Steps: fftrain (cached backbone features, best epoch on held-out data) -> ffexport (one
 fused ONNX, parity-checked) -> ffrt.Detector over the test cells -> image AUROC and F1 at
 the calibrated threshold -> latency/FPS of the runtime at batch 1 and 8, next to PyTorch
-eager on the same model -> overlay PNGs -> the threshold review page (review.html, ffeval --html).
+eager on the same model (each runtime alone in its own process, and a check that says when
+sharing one process would change the ONNX Runtime figure) -> overlay PNGs -> the threshold review page (review.html, ffeval --html).
 Everything is written under --out.
 """
 
@@ -23,38 +24,68 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+BATCHES = (1, 8)
+#: The model-only figures are taken in this many alternating blocks (ONNX Runtime alone, PyTorch
+#: alone, the two interleaved in one process), with this untimed pause after each block.
+BLOCKS = 5
+BLOCK_SETTLE_S = 0.3
 
-def latency_table(model, onnx_path: Path, images: np.ndarray, repeats: int) -> list[dict]:
-    """Model-only latency (uint8 batch at the model size in, map and score out): ONNX Runtime
-    CPU on the fused graph vs PyTorch eager on the same model, in interleaved rounds
-    (ffcore.timing, the harness ffbench uses, with its default 50 ms settle pause)."""
+
+def model_only(model, ckpt: Path, onnx_path: Path, images: np.ndarray, repeats: int,
+               torch_threads: int) -> tuple[list[dict], dict]:
+    """Model-only latency (uint8 batch at the model size in, map and score out) of ONNX Runtime
+    CPU on the fused graph and of PyTorch eager on the same checkpoint, each alone in a process
+    of its own (``python -m ffeval.modelonly``, ``python -m fftrain.eager``), and the isolation
+    check: ONNX Runtime again, interleaved with PyTorch eager in this one process (ffcore.timing,
+    50 ms settle pause). The three run in alternating blocks, so that a shared machine's drift
+    reaches them alike. Returns (one row per batch, the check per batch)."""
     import torch
 
     from ffcore.ort import make_session
-    from ffcore.timing import interleaved
+    from ffcore.timing import interleaved, isolation_check
+    from ffeval.modelonly import ModelOnlyChild
+    from ffeval.vs_torch import EagerChild
     from fftrain.data import to_tensor_batch
-
-    session = make_session(onnx_path)
 
     def eager(x):
         with torch.inference_mode():
             model(to_tensor_batch(x))
 
-    rows = []
-    for batch in (1, 8):
-        x = images[:batch]
-        ms = interleaved({"onnxruntime": lambda: session.run(None, {"image": x}), "torch": lambda: eager(x)},
-                         rounds=repeats, settle_s=0.05)
-        ort_p50, torch_p50 = float(np.median(ms["onnxruntime"])), float(np.median(ms["torch"]))
-        rows.append({
-            "batch": batch,
-            "onnxruntime_p50_ms": ort_p50,
-            "onnxruntime_img_per_s": batch * 1000 / ort_p50,
-            "torch_eager_p50_ms": torch_p50,
-            "torch_eager_img_per_s": batch * 1000 / torch_p50,
-            "speedup": torch_p50 / ort_p50,
-        })
-    return rows
+    session = make_session(onnx_path)
+    ort, torch_child = ModelOnlyChild(onnx_path), EagerChild(ckpt, torch_threads)
+    rows, checks = [], {}
+    per_block = max(1, repeats // BLOCKS)
+    try:
+        for batch in BATCHES:
+            x = images[:batch]
+            ort.load(x)
+            torch_child.load(x)
+            mixed = {"onnxruntime": lambda: session.run(None, {"image": x}), "torch": lambda: eager(x)}
+            for _ in range(2):  # warm-up: arenas, kernel choice
+                ort.run()
+                torch_child.run()
+            ort_ms, torch_ms, mixed_ms = [], [], []
+            for _ in range(BLOCKS):
+                for times, run in ((ort_ms, ort.run), (torch_ms, torch_child.run)):
+                    times += [run() for _ in range(per_block)]
+                    time.sleep(BLOCK_SETTLE_S)  # the runtime's threads go idle before the next one runs
+                mixed_ms += list(interleaved(mixed, rounds=per_block, warmup=1, settle_s=0.05)["onnxruntime"])
+                time.sleep(BLOCK_SETTLE_S)
+            ort_p50, torch_p50 = float(np.median(ort_ms)), float(np.median(torch_ms))
+            rows.append({
+                "batch": batch,
+                "onnxruntime_p50_ms": ort_p50,
+                "onnxruntime_img_per_s": batch * 1000 / ort_p50,
+                "torch_eager_p50_ms": torch_p50,
+                "torch_eager_img_per_s": batch * 1000 / torch_p50,
+                "speedup": torch_p50 / ort_p50,
+                "how": f"each runtime alone in its own process; {BLOCKS} blocks of {per_block} calls",
+            })
+            checks[batch] = isolation_check(ort_p50, float(np.median(mixed_ms)))
+    finally:
+        ort.close()
+        torch_child.close()
+    return rows, checks
 
 
 def write_overlays(detector, samples, results, folder: Path, per_group: int = 4) -> list[Path]:
@@ -156,14 +187,19 @@ def main() -> int:
 
     print("== 4/4 speed")
     model, _ = checkpoint.load(ckpt)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch_threads = os.cpu_count() or 1
+    torch.set_num_threads(torch_threads)
     model_images = load_batch(samples[:8], model.config.image_size, model.config.resize_mode)
-    rows = latency_table(model, onnx_path, model_images, args.repeats)
-    print("   model only (uint8 batch at model size -> map + score), p50 (per-stage figures: ffbench):")
+    rows, checks = model_only(model, ckpt, onnx_path, model_images, args.repeats, torch_threads)
+    print("   model only (uint8 batch at model size -> map + score), p50, each runtime alone in its own process "
+          "(per-stage figures: ffbench):")
     for r in rows:
         print(f"   batch {r['batch']}: ONNX Runtime {r['onnxruntime_p50_ms']:7.1f} ms ({r['onnxruntime_img_per_s']:5.1f} img/s)"
               f" | PyTorch eager {r['torch_eager_p50_ms']:7.1f} ms ({r['torch_eager_img_per_s']:5.1f} img/s)"
               f" | {r['speedup']:.2f}x")
+    for batch, check in checks.items():
+        print("   isolation check, " + check.line(f"ONNX Runtime batch {batch}", "PyTorch eager"))
+    isolation = {str(batch): check.to_dict() for batch, check in checks.items()}
     frames = [cv2.imread(str(s.path), cv2.IMREAD_UNCHANGED) for s in samples[:64]]
     end_to_end = {}
     for batch in (1, 8):
@@ -197,6 +233,7 @@ def main() -> int:
         "f1_max_oracle": best_f1,
         "onnx_bytes": onnx_path.stat().st_size,
         "latency_model_only": rows,
+        "isolation_check": isolation,
         "latency_end_to_end": {str(b): s.model_dump() for b, s in end_to_end.items()},
         "seconds": {"train": train_s, "export": export_s, "detect_test_set": detect_s, "total": total_s},
         "machine": describe_machine(),

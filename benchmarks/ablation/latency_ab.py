@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ffcore.timing import interleaved
-from ffrt.meta import read_onnx_meta
+from ffrt.metafile import read_onnx_meta
 
 
 def cpu() -> str:

@@ -1,10 +1,18 @@
-"""The timing step of run_peers.py (runs in the peers venv): every row, interleaved, per batch."""
+"""The timing step of run_peers.py (runs in the peers venv): each runtime's rows interleaved among
+themselves in a process of their own, per batch, the runtimes one after the other; then the
+isolation check (ffrt's ONNX Runtime row interleaved with PyTorch eager in one process, against
+its figure alone)."""
 
 from __future__ import annotations
 
 import gc
 import json
 import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,6 +26,21 @@ from timing import interleaved
 VERSIONS = ("anomalib", "openvino", "onnxruntime", "torch", "torchvision", "timm", "onnx", "numpy")
 
 FFRT_R18_OV = "ffrt ResNet-18 FastFlow on ffrt's OpenVINO backend,"
+FFRT_R18_ORT = "ffrt ResNet-18 FastFlow on ONNX Runtime (FP32)"
+#: Each runtime's rows are timed in a process of their own, one runtime after the other: in one
+#: process a runtime is timed against the others' spinning worker threads (PyTorch's OpenMP
+#: pool next to ONNX Runtime's), which the settle pause does not always cure.
+ENGINES = ("onnxruntime", "openvino", "torch")
+#: The isolation check's process (ONNX Runtime and PyTorch rows interleaved in one process).
+MIXED = "mixed"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A row to time, not yet loaded: the runtime it runs on and how to build its runner."""
+
+    engine: str
+    build: Callable[[], R.Runner]
 FFRT_LITE0_OV = "ffrt default EfficientNet-Lite0 model on ffrt's OpenVINO backend,"
 
 
@@ -36,11 +59,11 @@ PROXY_ISA = "AVX2"
 PROXY_ENV = "ONEDNN_MAX_CPU_ISA"
 
 
-def proxy_runners(args, work: Path, batch: int) -> list:
+def proxy_runners(args, work: Path, batch: int) -> list[Spec]:
     """The non-AMX/VNNI bar's two rows, both FP32 on OpenVINO (the proxy can limit only its kernels)."""
     a, f = build_models.anomalib_paths(work), build_models.ffrt_paths(work)
-    return [R.anomalib_openvino(a["openvino"], args.threads, force_fp32=True, batch=batch),
-            R.ffrt_openvino(f["onnx"], args.threads, "resnet18", f"{FFRT_R18_OV} FP32", "fp32")]
+    return [Spec("openvino", lambda: R.anomalib_openvino(a["openvino"], args.threads, force_fp32=True, batch=batch)),
+            Spec("openvino", lambda: R.ffrt_openvino(f["onnx"], args.threads, "resnet18", f"{FFRT_R18_OV} FP32", "fp32"))]
 
 
 def proxy_kernels(runners: list, batch: int) -> tuple[dict, list[str]]:
@@ -50,34 +73,43 @@ def proxy_kernels(runners: list, batch: int) -> tuple[dict, list[str]]:
     return kernels, wider
 
 
-def shared_runners(args, work: Path, lite0: Path | None) -> list:
+def shared_runners(args, work: Path, lite0: Path | None) -> list[Spec]:
     """Runners whose engine handles every batch with one loaded model (ONNX Runtime, PyTorch, and
     ffrt's OpenVINO backend, which compiles each batch size itself: its default static shapes)."""
     a, f = build_models.anomalib_paths(work), build_models.ffrt_paths(work)
-    out = [R.anomalib_onnxruntime(a["onnx"], args.threads),
-           R.ffrt_onnxruntime(f["onnx"], args.threads, "resnet18", "ffrt ResNet-18 FastFlow on ONNX Runtime (FP32)"),
-           R.ffrt_openvino(f["onnx"], args.threads, "resnet18", f"{FFRT_R18_OV} BF16, head FP32 (ffrt's default BF16)",
-                           "bf16"),
-           R.ffrt_openvino(f["onnx"], args.threads, "resnet18", f"{FFRT_R18_OV} BF16, whole graph (not gated)",
-                           "bf16", keep_fp32="none"),
-           R.ffrt_openvino(f["onnx"], args.threads, "resnet18", f"{FFRT_R18_OV} FP32", "fp32")]
+    t = args.threads
+    out = [Spec("onnxruntime", lambda: R.anomalib_onnxruntime(a["onnx"], t)),
+           Spec("onnxruntime", lambda: R.ffrt_onnxruntime(f["onnx"], t, "resnet18", FFRT_R18_ORT)),
+           Spec("openvino", lambda: R.ffrt_openvino(f["onnx"], t, "resnet18",
+                                                   f"{FFRT_R18_OV} BF16, head FP32 (ffrt's default BF16)", "bf16")),
+           Spec("openvino", lambda: R.ffrt_openvino(f["onnx"], t, "resnet18", f"{FFRT_R18_OV} BF16, whole graph (not gated)",
+                                                   "bf16", keep_fp32="none")),
+           Spec("openvino", lambda: R.ffrt_openvino(f["onnx"], t, "resnet18", f"{FFRT_R18_OV} FP32", "fp32"))]
     if lite0 is not None:
-        out += [R.ffrt_onnxruntime(lite0, args.threads, "lite0",
-                                   "ffrt default EfficientNet-Lite0 model on ONNX Runtime (FP32)"),
-                R.ffrt_openvino(lite0, args.threads, "lite0", f"{FFRT_LITE0_OV} BF16, head FP32", "bf16"),
-                R.ffrt_openvino(lite0, args.threads, "lite0", f"{FFRT_LITE0_OV} BF16, whole graph (not gated)", "bf16",
-                                keep_fp32="none")]
+        out += [Spec("onnxruntime", lambda: R.ffrt_onnxruntime(lite0, t, "lite0",
+                                                              "ffrt default EfficientNet-Lite0 model on ONNX Runtime (FP32)")),
+                Spec("openvino", lambda: R.ffrt_openvino(lite0, t, "lite0", f"{FFRT_LITE0_OV} BF16, head FP32", "bf16")),
+                Spec("openvino", lambda: R.ffrt_openvino(lite0, t, "lite0", f"{FFRT_LITE0_OV} BF16, whole graph (not gated)",
+                                                        "bf16", keep_fp32="none"))]
     if not args.no_torch:
-        out += [R.anomalib_torch(a["state"], args.threads), R.ffrt_torch(f["ckpt"], args.threads)]
+        out += [Spec("torch", lambda: R.anomalib_torch(a["state"], t)), Spec("torch", lambda: R.ffrt_torch(f["ckpt"], t))]
     return out
 
 
-def batch_runners(args, work: Path, batch: int) -> list:
+def batch_runners(args, work: Path, batch: int) -> list[Spec]:
     """anomalib's OpenVINO runners for this batch: compiled for it (static) or as exported (dynamic)."""
     xml = build_models.anomalib_paths(work)["openvino"]
-    return [R.anomalib_openvino(xml, args.threads, force_fp32=False, batch=batch),
-            R.anomalib_openvino(xml, args.threads, force_fp32=False, batch=None),
-            R.anomalib_openvino(xml, args.threads, force_fp32=True, batch=batch)]
+    return [Spec("openvino", lambda: R.anomalib_openvino(xml, args.threads, force_fp32=False, batch=batch)),
+            Spec("openvino", lambda: R.anomalib_openvino(xml, args.threads, force_fp32=False, batch=None)),
+            Spec("openvino", lambda: R.anomalib_openvino(xml, args.threads, force_fp32=True, batch=batch))]
+
+
+def mixed_runners(args, work: Path) -> list[Spec]:
+    """The isolation check's process: ffrt's ResNet-18 on ONNX Runtime and the same checkpoint in
+    PyTorch eager, interleaved in ONE process."""
+    f = build_models.ffrt_paths(work)
+    return [Spec(MIXED, lambda: R.ffrt_onnxruntime(f["onnx"], args.threads, "resnet18", FFRT_R18_ORT)),
+            Spec(MIXED, lambda: R.ffrt_torch(f["ckpt"], args.threads))]
 
 
 def _loadavg() -> float | None:
@@ -97,17 +129,13 @@ ORDER = ["anomalib_ort", "anomalib_ov_fp32", "anomalib_ov_default_dynamic", "ano
          "ffrt_resnet18_torch", "ffrt_lite0_ort", "ffrt_lite0_ov_bf16", "ffrt_lite0_ov_bf16_all"]
 
 
-def run_timing(args, argv: list[str]) -> dict:
-    from ffeval.machine import describe, versions
-
+def _setup(args) -> tuple[list[int], Path | None, bool, list[str]]:
+    """(batches, the Lite0 model or None, proxy run?, notes): what parent and children agree on."""
     batches = [int(b) for b in args.batches.split(",")]  # checked by run_peers' parser
     lite0 = args.lite0_model if args.lite0_model.is_file() else None
     notes = []
     if lite0 is None:
         notes.append(f"{args.lite0_model} not found (run `make demo`): the EfficientNet-Lite0 rows are left out")
-    machine = describe()
-    print("machine:", machine["cpu"]["model"], "| flags:",
-          " ".join(k for k, v in machine["cpu"]["flags"].items() if v), flush=True)
     proxy = getattr(args, "avx2_proxy", False)
     if proxy:
         if os.environ.get(PROXY_ENV) != PROXY_ISA:
@@ -116,16 +144,27 @@ def run_timing(args, argv: list[str]) -> dict:
                      "the kernels are the ones an AVX2-only CPU runs, its caches, clocks and memory are not. "
                      "OpenVINO FP32 rows only.")
         lite0 = None
+    return batches, lite0, proxy, notes
+
+
+def time_engine(args, engine: str) -> dict:
+    """In this process: every row of ``engine`` (or the ``MIXED`` pair), interleaved round by
+    round, per batch. {"rows": {key: info}, "results": {batch: {key: figures}}, "kernels", "notes"}."""
+    batches, lite0, proxy, _ = _setup(args)
     data = frames(max(batches))
-    load_before = _loadavg()
-    shared = [] if proxy else shared_runners(args, args.work, lite0)
-    results, rows, kernels = {}, {}, {}
+    mine = (lambda specs: specs) if engine == MIXED else (lambda specs: [s for s in specs if s.engine == engine])
+    shared = [s.build() for s in mine(mixed_runners(args, args.work) if engine == MIXED else
+                                      [] if proxy else shared_runners(args, args.work, lite0))]
+    results, rows, kernels, notes = {}, {}, {}, []
     for batch in batches:
-        per_batch = proxy_runners(args, args.work, batch) if proxy else batch_runners(args, args.work, batch)
+        per_batch = [] if engine == MIXED else [
+            s.build() for s in mine(proxy_runners(args, args.work, batch) if proxy else batch_runners(args, args.work, batch))]
         runners = shared + per_batch
+        if not runners:
+            continue
         for r in runners:
             rows.setdefault(r.key, row_info(r))
-        print(f"batch {batch}: {len(runners)} runners, {args.rounds} rounds", flush=True)
+        print(f"{engine}, batch {batch}: {len(runners)} runners, {args.rounds} rounds", flush=True)
         results[str(batch)] = interleaved(runners, data[:batch], args.rounds, args.warmup, args.settle_ms)
         if proxy:
             kernels[str(batch)], wider = proxy_kernels(runners, batch)
@@ -134,6 +173,64 @@ def run_timing(args, argv: list[str]) -> dict:
                              f"({kernels[str(batch)]}): the proxy did not hold for them")
         del per_batch, runners
         gc.collect()
+    return {"rows": rows, "results": results, "kernels": kernels, "notes": notes}
+
+
+def engine_child(args) -> int:
+    """``run_peers.py ... --engine-only ENGINE --partial FILE``: :func:`time_engine`, written to FILE."""
+    Path(args.partial).write_text(json.dumps(time_engine(args, args.engine_only)))
+    return 0
+
+
+def _in_child(argv: list[str], engine: str) -> dict:
+    """One runtime's rows in a process of their own (this script again, with --engine-only)."""
+    script = Path(__file__).resolve().parent / "run_peers.py"
+    with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
+        out = Path(tmp) / f"{engine}.json"
+        cmd = [sys.executable, str(script), *argv, "--engine-only", engine, "--partial", str(out)]
+        if subprocess.run(cmd).returncode != 0 or not out.is_file():
+            raise SystemExit(f"timing the {engine} rows in their own process failed (see above)")
+        return json.loads(out.read_text())
+
+
+def isolation(results: dict, mixed: dict) -> list[dict]:
+    """Per batch: ffrt's ResNet-18 on ONNX Runtime alone in its process against interleaved with
+    PyTorch eager in one process (ffcore.timing.isolation_check)."""
+    from ffcore.timing import isolation_check
+
+    out = []
+    for batch, rows in mixed.items():
+        alone = results.get(batch, {}).get("ffrt_resnet18_ort")
+        together = rows.get("ffrt_resnet18_ort")
+        if alone and together:
+            check = isolation_check(alone["p50_ms"], together["p50_ms"])
+            out.append({"batch": int(batch), "row": "ffrt_resnet18_ort", **check.to_dict(),
+                        "line": check.line(f"ffrt ResNet-18 on ONNX Runtime, batch {batch}", "PyTorch eager")})
+    return out
+
+
+def run_timing(args, argv: list[str]) -> dict:
+    from ffeval.machine import describe, versions
+
+    batches, lite0, proxy, notes = _setup(args)
+    machine = describe()
+    print("machine:", machine["cpu"]["model"], "| flags:",
+          " ".join(k for k, v in machine["cpu"]["flags"].items() if v), flush=True)
+    load_before = _loadavg()
+    engines = ["openvino"] if proxy else [e for e in ENGINES if not (e == "torch" and args.no_torch)]
+    results: dict[str, dict] = {str(b): {} for b in batches}
+    rows, kernels = {}, {}
+    for engine in engines:
+        part = _in_child(argv, engine)
+        rows.update(part["rows"])
+        kernels.update(part["kernels"])
+        notes += part["notes"]
+        for batch, figures in part["results"].items():
+            results[batch].update(figures)
+    checks = []
+    if not proxy and not args.no_torch:
+        checks = isolation(results, _in_child(argv, MIXED)["results"])
+        notes += [c["line"] for c in checks if c["interfered"]]
     ordered = [rows[k] for k in ORDER if k in rows] + [v for k, v in rows.items() if k not in ORDER]
     report = {
         "schema": "ffrt.peers", "schema_version": 1,
@@ -146,9 +243,11 @@ def run_timing(args, argv: list[str]) -> dict:
         "settings": {"batches": batches, "rounds": args.rounds, "warmup": args.warmup, "threads": args.threads,
                      "settle_ms": args.settle_ms, "inputs": "ELPV mono test cells resized to 256x256 RGB",
                      "timed": "the engine call only (model-only); latency per call (whole batch)",
+                     "isolation": "each runtime's rows in a process of their own, interleaved among themselves; "
+                                  "the runtimes one after the other",
                      "isa_limit": f"{PROXY_ENV}={PROXY_ISA}" if proxy else None},
         "load_average_1min": {"before": load_before, "after": _loadavg()},
-        "rows": ordered, "results": results, "notes": notes,
+        "rows": ordered, "results": results, "notes": notes, "isolation_check": checks,
     }
     if proxy:
         report["convolution_kernels"] = kernels

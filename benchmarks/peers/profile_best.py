@@ -65,7 +65,7 @@ def _ffrt_backend(path: Path, threads: int, precision: str, keep_fp32: str):
     """ffrt's OpenVINO backend with OpenVINO's per-layer counters on: a subclass that adds
     PERF_COUNT to the compile config, so the cut, the precisions and the shapes are ffrt's own."""
     from ffrt.backends.openvino import OpenVinoBackend
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     class Profiled(OpenVinoBackend):
         def _config(self, element_type: str) -> dict:

@@ -157,6 +157,11 @@ def markdown(report: dict) -> str:
         ratio = f"{b['ratio']:.2f}x" if b["ratio"] is not None else "-"
         lines.append(f"- {b['bar']}: `{b['ffrt_row']}` / `{b['peer_row']}` = **{ratio}** (needs >= {b['needed']}x): "
                      f"**{b['result']}**" + (f". {b['note']}" if b["note"] else ""))
+    checks = report.get("isolation_check") or []
+    if checks:
+        lines += ["", "Isolation check (each row above was timed with only its own runtime in the process; the same "
+                  "ONNX Runtime row interleaved with PyTorch eager in one process, same rounds):", ""]
+        lines += [f"- {c['line']}" for c in checks]
     if report["eager_ratios"]:
         lines += ["", "Over PyTorch eager on the same weights (throughput ratio, same run):", "",
                   "| row | " + " | ".join(f"batch {b}" for b in batches) + " |", "|---|" + "---|" * len(batches)]

@@ -1,6 +1,9 @@
 """FastFlow peers side by side: anomalib's FastFlow (ONNX Runtime, OpenVINO default precision,
 OpenVINO FP32, PyTorch eager) against ffrt's paths on the same ResNet-18 configuration, plus
-ffrt's default EfficientNet-Lite0 model, timed interleaved in ONE process. Not part of CI.
+ffrt's default EfficientNet-Lite0 model. Each runtime's rows are timed interleaved in a process of
+their own (ONNX Runtime, OpenVINO, PyTorch one after the other: in one process each runtime would
+be timed against the others' spinning threads), and a check says how far ffrt's ONNX Runtime row
+moves when it shares a process with PyTorch eager. Not part of CI.
 
     python benchmarks/peers/run_peers.py            # all steps: env (if needed), models (if missing), timing
     python benchmarks/peers/run_peers.py --setup    # only create/refresh benchmarks/peers/.venv
@@ -94,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "a proxy for the bar on CPUs without AMX/VNNI, for machines that have them; "
                         "results in peers-avx2-proxy.{json,md}")
     p.add_argument("--in-venv", action="store_true", help=argparse.SUPPRESS)
+    # The timing step's children: one runtime's rows (or the isolation check's pair) -> a JSON file.
+    p.add_argument("--engine-only", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--partial", type=Path, default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -119,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def in_venv(args, argv: list[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from a model hub
+    if args.engine_only:
+        from peers_timing import engine_child
+
+        return engine_child(args)
     explicit = args.prepare or args.time or args.profile
     missing = [p for p in (build_models.anomalib_paths(args.work)["openvino"], build_models.ffrt_paths(args.work)["onnx"])
                if not p.is_file()]

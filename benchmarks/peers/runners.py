@@ -72,7 +72,7 @@ def anomalib_onnxruntime(path: Path, threads: int) -> Runner:
 def ffrt_onnxruntime(path: Path, threads: int, model: str, label: str) -> Runner:
     """ffrt's own ONNX Runtime CPU backend (the session options every ffrt tool uses)."""
     from ffrt.backends import create_backend
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     backend, _ = create_backend("onnxruntime-cpu", path, read_onnx_meta(path), threads)
     return Runner(f"ffrt_{model}_ort", label, model, "ffrt", "onnxruntime", "fp32", uint8_nhwc, backend.run,
@@ -163,7 +163,7 @@ def ffrt_openvino(path: Path, threads: int, model: str, label: str, precision: s
     defaults). ``keep_fp32`` is the part that stays FP32 under BF16: "head" (ffrt's default),
     "none" (the whole graph in BF16, as OpenVINO's own default does)."""
     from ffrt.backends import create_backend
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     options = {"keep_fp32": keep_fp32} if precision == "bf16" else {}
     backend, _ = create_backend("openvino", path, read_onnx_meta(path), threads, precision=precision, options=options)

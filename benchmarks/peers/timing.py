@@ -1,4 +1,4 @@
-"""Every runner timed in one process through ffrt's one latency harness (ffcore.timing.interleaved:
+"""The runners of one process timed through ffrt's one latency harness (ffcore.timing.interleaved:
 one call of each runner per round, an untimed settle pause after each call), per batch size."""
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ from ffcore.metrics import roc_auc, spearman
 from ffrt.backends import create_backend
 from ffrt.backends.cpuchoice import cpu_signature
 from ffrt.errors import FFRTError
-from ffrt.meta import PrecisionGate, read_onnx_meta, write_onnx_meta
+from ffrt.meta import PrecisionGate
+from ffrt.metafile import read_onnx_meta, write_onnx_meta
 
 from .gate import DEFAULT_MAX_AUROC_DROP, DEFAULT_MIN_SPEARMAN_REFIT
 from .images import CalibError

@@ -135,7 +135,7 @@ def _gate_set_arguments(parser) -> None:
 
 
 def _bf16(args) -> int:
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     from .bf16 import bf16_gate, record_gate
     from .images import gate_set
@@ -159,7 +159,7 @@ def _fail(msg: str, code: int = EXIT_FAILED) -> int:
 
 
 def _int8(args) -> int:
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     from .images import gate_set
     from .int8 import DEFAULT_MAX_AUROC_DROP, AccuracyGateError, quantize_model

@@ -12,7 +12,7 @@ from ffcore.metrics import roc_auc, spearman
 from ffcore.ort import make_session
 from ffcore.progress import progress as progress_bar
 from ffcore.timing import interleaved
-from ffrt.meta import meta_from_proto
+from ffrt.metafile import meta_from_proto
 
 from .images import CalibError
 from .report import Accuracy, EncodingAccuracy, Latency

@@ -68,7 +68,8 @@ import numpy as np
 from ffcore.files import write_all_or_none
 from ffcore.ort import physical_core_count
 from ffrt.errors import ModelFileError
-from ffrt.meta import ModelMeta, meta_from_proto, read_onnx_meta, set_proto_meta
+from ffrt.meta import ModelMeta
+from ffrt.metafile import meta_from_proto, read_onnx_meta, set_proto_meta
 
 from .encode import ENCODINGS, METHODS, Calibration, _ort_version, calibrate, encode  # noqa: F401
 from .gate import (  # noqa: F401

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from ffrt.errors import ModelFileError
-from ffrt.meta import read_onnx_meta, write_onnx_meta
+from ffrt.metafile import read_onnx_meta, write_onnx_meta
 
 from .images import CalibError
 

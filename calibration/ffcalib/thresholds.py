@@ -16,7 +16,7 @@ recorded in the metadata (``thresholds.calibrated_on``). Then:
   the normal images (all negative) and the masked defect images.
 - score_stats (used for the 0-1 normalized score) are recomputed from the normal scores.
 
-The metadata is replaced atomically (``ffrt.meta.write_onnx_meta``: temp file + fsync +
+The metadata is replaced atomically (``ffrt.metafile.write_onnx_meta``: temp file + fsync +
 rename), so a crash leaves the old model file intact.
 
 ``ffcore.metrics`` (torch-free) keeps one definition of every threshold rule across
@@ -36,7 +36,8 @@ from ffcore.images import DataError, read_mask
 from ffcore.metrics import f1_max, precision_recall_at_threshold, score_statistics, threshold_at_frr
 from ffcore.progress import progress as progress_bar
 from ffrt.errors import FFRTError, ModelFileError
-from ffrt.meta import ScoreStats, read_onnx_meta, write_onnx_meta
+from ffrt.meta import ScoreStats
+from ffrt.metafile import read_onnx_meta, write_onnx_meta
 
 from ffcore.files import IMAGE_SUFFIXES
 

@@ -1,4 +1,5 @@
-"""Reading images and ground-truth masks, and the resize the model input gets.
+"""Reading images and ground-truth masks, and the resize the model input gets (its
+geometry: :mod:`ffcore.geometry`).
 
 numpy + OpenCV only. The one place image files are opened and decoded, for the trainer,
 the tools and the runtime (ffrt.preprocess adds its size limits and its own messages):
@@ -18,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .geometry import FrameGeometry
 from .imageheader import image_size
 
 
@@ -122,31 +124,12 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(_read(path, cv2.IMREAD_COLOR, "image"), cv2.COLOR_BGR2RGB)
 
 
-def letterbox_geometry(height: int, width: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Where a height x width frame lands inside the model input when its aspect ratio is
-    kept: (top, left, resized height, resized width), centred, the rest padded with 0.
-    ffrt.preprocess uses this same function (tests/export/test_nonsquare.py holds the bytes equal)."""
-    mh, mw = size
-    scale = min(mh / height, mw / width)
-    nh, nw = max(1, min(mh, round(height * scale))), max(1, min(mw, round(width * scale)))
-    return (mh - nh) // 2, (mw - nw) // 2, nh, nw
-
-
 def resize_to_model(image: np.ndarray, size: int | tuple[int, int], mode: str = "stretch") -> np.ndarray:
-    """The resize the runtime applies too (ffrt.preprocess, recorded in the metadata as
-    'area' + the resize mode): INTER_AREA, which averages rather than aliases when
-    shrinking. ``size`` is a square side or (height, width)."""
+    """The resize the runtime applies too (recorded in the metadata as 'area' + the resize
+    mode; both sides go through :class:`ffcore.geometry.FrameGeometry`). ``size`` is a square
+    side or (height, width)."""
     h, w = (size, size) if isinstance(size, int) else size
-    if mode == "stretch":
-        return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-    if mode != "letterbox":
-        raise ValueError(f"unknown resize mode {mode!r}; choose stretch or letterbox")
-    top, left, nh, nw = letterbox_geometry(image.shape[0], image.shape[1], (h, w))
-    out = np.zeros((h, w) + image.shape[2:], dtype=image.dtype)
-    out[top : top + nh, left : left + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA).reshape(
-        (nh, nw) + image.shape[2:]
-    )
-    return out
+    return FrameGeometry.of(image.shape[:2], (h, w), mode, "area").to_model(image)
 
 
 def read_mask(path: Path | None, size: int | tuple[int, int] | None) -> np.ndarray:

@@ -10,12 +10,19 @@ each engine per round, in turn, exposes both to the same machine state. Why the 
 (``settle_s``, untimed) after each call: ONNX Runtime's and OpenMP's worker threads
 spin-wait after a run, and without the pause each engine would be timed against the
 previous one's spinning threads (benchmarks/README.md gives the size of the effect).
+
+The pause is not always enough: in one process, a runtime can still be slowed by another's
+threads (PyTorch's OpenMP pool next to ONNX Runtime's). Figures meant to describe one runtime
+come from a process of its own (``ffeval.modelonly``, ``python -m fftrain.eager``);
+:class:`IsolationCheck` compares such a figure with the same runtime interleaved with the
+other in one process, and says when the two differ by more than :data:`INTERFERENCE_TOLERANCE`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -68,3 +75,47 @@ def interleaved(
         elif n >= min_rounds and time.perf_counter() - start >= min_seconds:
             break
     return {k: np.asarray(v, dtype=np.float64) for k, v in times.items()}
+
+
+#: How far apart a runtime's p50 may be, alone in its process and interleaved with another
+#: runtime in one process, before the runtimes count as disturbing each other.
+INTERFERENCE_TOLERANCE = 0.10
+
+
+@dataclass(frozen=True)
+class IsolationCheck:
+    """One runtime's p50 latency alone (a process of its own) and interleaved with another
+    runtime in one process: whether sharing the process changed what it measures."""
+
+    alone_ms: float
+    interleaved_ms: float
+    tolerance: float = INTERFERENCE_TOLERANCE
+
+    @property
+    def ratio(self) -> float:
+        """interleaved / alone: above 1 the shared process slowed the runtime down."""
+        return self.interleaved_ms / self.alone_ms
+
+    @property
+    def interfered(self) -> bool:
+        return abs(self.ratio - 1.0) > self.tolerance
+
+    def to_dict(self) -> dict:
+        return {"alone_p50_ms": self.alone_ms, "interleaved_p50_ms": self.interleaved_ms, "ratio": self.ratio,
+                "tolerance": self.tolerance, "interfered": self.interfered}
+
+    def line(self, what: str, other: str) -> str:
+        """One line: both figures, and a warning when they differ by more than the tolerance."""
+        text = (f"{what}: {self.alone_ms:.1f} ms alone in its own process, {self.interleaved_ms:.1f} ms interleaved "
+                f"with {other} in one process ({100 * (self.ratio - 1):+.0f}%)")
+        if self.interfered:
+            text += (f": WARNING the runtimes disturb each other in one process (more than "
+                     f"{100 * self.tolerance:.0f}% apart); the isolated figure is the model's")
+        return text
+
+
+def isolation_check(alone_ms: float, interleaved_ms: float, tolerance: float = INTERFERENCE_TOLERANCE) -> IsolationCheck:
+    """Compare a runtime's p50 alone in its process with its p50 interleaved with another runtime."""
+    if not (alone_ms > 0 and interleaved_ms > 0):
+        raise ValueError(f"latencies must be positive, not {alone_ms!r} and {interleaved_ms!r}")
+    return IsolationCheck(float(alone_ms), float(interleaved_ms), tolerance)

@@ -1,19 +1,19 @@
 """ffbench's measurement: per-stage latency of the ffrt pipeline, per batch size.
 
-Stages, each timed with ``time.perf_counter`` around the public ffrt pieces the Detector
-itself is built from:
+Stages, each timed with ``time.perf_counter`` around the Detector's own stages
+(``Detector.stages``, ``ffrt.stages``: the code every Detector call runs); the model is
+loaded once, by that Detector:
 
-- ``preprocess``:  ``ffrt.preprocess.prepare_batch`` on decoded frames held in memory
-                   (validate, resize to the model size with INTER_AREA, colour order). File
-                   decoding is not included: on a line, frames come from the camera.
-- ``inference``:   ``backend.run(uint8 NHWC batch)`` (``ffrt.backends.create_backend``).
+- ``preprocess``:  ``stages.prepare`` on decoded frames held in memory (validate, resize to
+                   the model size, colour order). File decoding is not included: on a line,
+                   frames come from the camera.
+- ``inference``:   ``stages.run(uint8 NHWC batch)``: the backend, its outputs checked.
                    A backend that measures its host-to-device, compute and device-to-host
                    parts (attribute ``last_stage_ms``, a dict with ``h2d``/``compute``/``d2h``
                    after each run) gets those stages too; they are absent otherwise (no
                    backend of this release measures them; CPU backends have no copies).
-- ``postprocess``: ``ffrt.postprocess.postprocess``, the Detector's own step after
-                   inference: each map back to its frame's geometry, pixel threshold ->
-                   mask, image threshold.
+- ``postprocess``: ``stages.finish`` of each image: its map back onto its frame, pixel
+                   threshold -> mask, image threshold, defect regions.
 - ``total``:       the three together, timed as one call per iteration.
 
 ``detector_end_to_end`` times ``ffrt.Detector.predict_batch`` on the same frames, as a
@@ -51,8 +51,8 @@ from ffcore.timing import interleaved
 from .errors import BenchError  # noqa: F401  (ffeval.bench.BenchError stays importable)
 
 SCHEMA = "ffeval.bench"
-#: 2: the h2d / compute / d2h stages are present only when measured (1 wrote "n/a").
-SCHEMA_VERSION = 2
+#: benchmarks/README.md "JSON schemas" says what each version holds.
+SCHEMA_VERSION = 3
 DEFAULT_BATCHES = (1, 2, 4, 8, 16)
 
 
@@ -155,10 +155,9 @@ def run_benchmark(
     progress: Callable[[str], None] = lambda s: None,
     command: list[str] | None = None,
 ) -> dict:
-    """Measure and return the report dict (schema ``ffeval.bench`` v2, see benchmarks/README.md)."""
+    """Measure and return the report dict (schema ``ffeval.bench`` v3, see benchmarks/README.md)."""
     from ffrt import Detector, FFRTError
-    from ffrt.backends import create_backend
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     from .machine import describe
     from .macs import MacCountError, count_macs
@@ -190,11 +189,12 @@ def run_benchmark(
         raise BenchError(str(e)) from e
 
     try:
-        be, selection = create_backend(backend, path, meta, threads)
-        detector = Detector(path, backend=be.name, threads=threads)
+        detector = Detector(path, backend=backend, threads=threads)
     except FFRTError as e:
         raise BenchError(str(e).splitlines()[0]) from e
+    be, selection = detector.stages.backend, detector.backend_selection
     progress(f"backend {be.description}")
+    add_measured_peaks(machine, progress if is_cpu_backend(be) else None)
 
     eager = _start_eager(vs_torch, meta, threads or getattr(be, "threads", None)) if vs_torch is not None else None
     try:
@@ -245,17 +245,38 @@ def run_benchmark(
     }
 
 
+def is_cpu_backend(be) -> bool:
+    from ffrt.backends.kinds import BackendKind, backend_kind
+
+    return backend_kind(be.name) is BackendKind.CPU
+
+
+def add_measured_peaks(machine: dict, progress: Callable[[str], None] | None) -> None:
+    """Put this machine's measured peak per precision (ffeval.peaks, cached per machine) beside
+    the nominal one in ``machine["cpu_peak"]``: ``measured`` (how and when) and
+    ``by_precision``. ``progress=None`` (a GPU backend: no CPU figure to hold) leaves both null."""
+    from .peaks import measured_peaks, peaks_by_precision
+
+    peak = machine.get("cpu_peak")
+    if peak is None:
+        return
+    if progress is None:
+        peak.update(measured=None, by_precision=None)
+        return
+    measured = measured_peaks(machine, progress=progress)
+    peak.update(measured=measured, by_precision=peaks_by_precision(machine, measured))
+
+
 def _measure(batches, iters, warmup, images, settle_ms, progress, meta, be, detector, eager, machine, macs):
     """The timed rounds of every batch size: (result rows, frames description, load before)."""
-    from ffrt.postprocess import postprocess
-    from ffrt.preprocess import prepare_batch
+    from .peaks import peak_used
 
+    run_stage = detector.stages
     frames, frames_what = load_frames(images, max(batches))
     load_before = _loadavg()
-    spec = meta.input
-    thr = meta.thresholds
-    is_cpu = be.name.endswith("-cpu")
-    peak = machine["cpu_peak"]
+    thr = detector.thresholds
+    by_precision = (machine.get("cpu_peak") or {}).get("by_precision")
+    used, peak_gops = peak_used(by_precision, be.precision) if by_precision else (None, None)
     results = []
     for batch in batches:
         chunk = [frames[i % len(frames)] for i in range(batch)]
@@ -264,15 +285,14 @@ def _measure(batches, iters, warmup, images, settle_ms, progress, meta, be, dete
         gpu_parts: dict[str, list[float]] = {"h2d": [], "compute": [], "d2h": []}
 
         def pipeline(record: bool = True) -> None:
-            # The Detector's pieces, each timed: preprocess, backend, postprocess.
+            # The Detector's own stages (ffrt.stages), each timed.
             t0 = time.perf_counter()
-            prepared = prepare_batch(chunk, spec, "BGR")
+            prepared = run_stage.prepare(chunk)
             t1 = time.perf_counter()
-            maps, scores = be.run(prepared.batch)
+            maps, scores = run_stage.run(prepared.batch)
             t2 = time.perf_counter()
-            maps = np.asarray(maps)
-            for i, size in enumerate(prepared.original_sizes):
-                postprocess(maps[i, 0], float(scores[i]), size, spec, thr)
+            for i, geometry in enumerate(prepared.geometries):
+                run_stage.finish(maps[i, 0], scores[i], geometry, thr)
             t3 = time.perf_counter()
             if record:
                 pre.append((t1 - t0) * 1e3)
@@ -286,7 +306,7 @@ def _measure(batches, iters, warmup, images, settle_ms, progress, meta, be, dete
 
         # Interleaved rounds (ffcore.timing): the pipeline, PyTorch on the same uint8 batch
         # (with --vs-torch), the Detector end to end; each followed by the settle pause.
-        ready = prepare_batch(chunk, spec, "BGR").batch
+        ready = run_stage.prepare(chunk).batch
         runners = {"total": pipeline}
         torch_ms: list[float] = []
         if eager is not None:
@@ -303,8 +323,7 @@ def _measure(batches, iters, warmup, images, settle_ms, progress, meta, be, dete
         total, e2e = timed["total"], timed["detector"]
         torch_ms = torch_ms[-iters:]  # the rounds' calls, not the warm-up's
         inference = summarize(inf, batch)
-        gflops, fraction = compute_rate(macs.total, batch, inference["p50_ms"],
-                                        peak["fp32_gflops"] if (is_cpu and peak) else None)
+        gflops, fraction = compute_rate(macs.total, batch, inference["p50_ms"], peak_gops)
         stages = {"preprocess": summarize(pre, batch), "inference": inference}
         stages.update({k: summarize(v, batch) for k, v in gpu_parts.items() if v})
         stages.update({"postprocess": summarize(post, batch), "total": summarize(total, batch)})
@@ -318,6 +337,7 @@ def _measure(batches, iters, warmup, images, settle_ms, progress, meta, be, dete
             },
             "achieved_gflops": gflops,
             "fraction_of_cpu_peak": fraction,
+            "peak_used": used if peak_gops else None,
             "peak_rss_mb": _peak_rss_mb(),
             "peak_rss_scope": "this batch size" if rss_reset else "process lifetime",
             "torch_eager": None,
@@ -352,7 +372,7 @@ def _row_line(row: dict) -> str:
     if row["achieved_gflops"]:
         line += f" | {row['achieved_gflops']:.1f} GFLOP/s"
         if row["fraction_of_cpu_peak"] is not None:
-            line += f" ({100 * row['fraction_of_cpu_peak']:.1f}% of peak)"
+            line += f" ({100 * row['fraction_of_cpu_peak']:.1f}% of the measured {row['peak_used']} peak)"
     if row["torch_eager"]:
         line += f" | torch eager {row['torch_eager']['inference']['p50_ms']:.2f} ms = {row['torch_eager']['ratio_p50']:.2f}x"
     return line

@@ -16,8 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Time an exported ffrt model per stage (preprocess, inference, postprocess) and batch size: "
             "latency p50/p90/p99/max, images/s, peak RSS, MACs and achieved GFLOP/s against the CPU's "
-            "theoretical peak; optionally next to PyTorch eager on the same checkpoint. Prints a table, "
-            "writes JSON (schema ffeval.bench v2, see benchmarks/README.md) and a PNG."
+            "peak, measured per precision on this machine (cached) beside the nominal formula; optionally next to "
+            "PyTorch eager on the same checkpoint. Prints a table, "
+            "writes JSON (schema ffeval.bench v3, see benchmarks/README.md) and a PNG."
         ),
     )
     ap.add_argument("model", help="model.onnx exported by ffexport")
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also time the PyTorch eager model of this checkpoint (model.pt) on the same batches, "
                          "interleaved with the ONNX Runtime runs, and print the ratio")
     ap.add_argument("--fma-units", type=int, default=None,
-                    help="FMA units per core for the peak estimate (default: 2 with FMA/AVX-512, which /proc/cpuinfo "
+                    help="FMA units per core for the nominal peak formula (default: 2 with FMA/AVX-512, which /proc/cpuinfo "
                          "cannot confirm)")
     ap.add_argument("--settle-ms", type=float, default=50.0,
                     help="untimed pause between runs of different engines (ONNX Runtime / PyTorch / Detector), so "
@@ -69,6 +70,10 @@ def format_report(r: dict) -> str:
             f"{peak['fma_units']} FMA units x {peak['fp32_lanes']} lanes ({peak['simd_isa']}) x 2; "
             f"FMA units {peak['fma_units_source']}, nominal clock"
         )
+        if peak.get("by_precision"):
+            from .peaks import peak_lines
+
+            lines += peak_lines(peak["by_precision"], peak["measured"])
     lines.append(f"images   {r['settings']['images']}; {r['settings']['iters']} iterations after {r['settings']['warmup']} warm-up")
     load = r.get("load_average_1min") or {}
     if load.get("before") is not None:
@@ -98,7 +103,7 @@ def format_report(r: dict) -> str:
         lines.append(line)
     lines.append("")
     lines.append("latencies in ms per call (whole batch); img/s = batch / mean total; GFLOP/s = 2 x MACs x batch / "
-                 "inference p50; %peak vs the FP32 CPU peak above (CPU backends only)")
+                 "inference p50; %peak vs the measured CPU peak of the precision that ran (CPU backends only)")
     if has_torch:
         lines.append("ratio = PyTorch eager p50 / ONNX Runtime inference p50 on the same uint8 batch, interleaved")
     return "\n".join(lines)

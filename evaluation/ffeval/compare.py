@@ -4,9 +4,10 @@ Each configuration (a backend, and on OpenVINO each float precision this CPU com
 natively) is built once; then, per batch size, every configuration runs the same uint8
 batch once per round (ffcore.timing.interleaved, with the settle pause after every call), so
 the ratios are taken under the same machine state. Model-only: ``backend.run`` (ffbench's
-"inference" stage). Achieved GFLOP/s = 2 x MACs x batch / p50, against the theoretical peak of
-the float precision the configuration computes in (ffeval.machine.precision_peaks; an INT8
-file's convolutions are only part of its MACs, so it is held to the peak of its float part).
+"inference" stage). Achieved GFLOP/s = 2 x MACs x batch / p50, against this machine's measured
+peak of the float precision the configuration computes in (ffeval.peaks, with the nominal
+formula beside it; an INT8 file's convolutions are only part of its MACs, so it is held to the
+peak of its float part).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from ffcore.timing import interleaved
 
 SCHEMA = "ffeval.bench-all"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def configurations(availability: dict[str, str | None], precision_problem) -> tuple[list[tuple], list[str]]:
@@ -43,11 +44,12 @@ def run_comparison(model_path: str | Path, batches: tuple[int, ...], iters: int,
                    command: list[str] | None = None) -> dict:
     from ffrt.backends import availability, create_backend
     from ffrt.backends.base import precision_problem
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
-    from .bench import BenchError, compute_rate, summarize
+    from .bench import BenchError, is_cpu_backend, add_measured_peaks, compute_rate, summarize
     from .machine import describe
     from .macs import count_macs
+    from .peaks import peak_used
 
     path = Path(model_path)
     meta = read_onnx_meta(path)
@@ -66,7 +68,8 @@ def run_comparison(model_path: str | Path, batches: tuple[int, ...], iters: int,
         raise BenchError("no backend could run this model here: " + "; ".join(left_out))
     for label, be in backends.items():
         progress(f"{label}: {be.description}")
-    peaks = machine["cpu_peak_by_precision"]
+    add_measured_peaks(machine, progress if any(is_cpu_backend(be) for be in backends.values()) else None)
+    by_precision = (machine.get("cpu_peak") or {}).get("by_precision")
     rng = np.random.default_rng(0)
     results = []
     for n in batches:
@@ -79,13 +82,12 @@ def run_comparison(model_path: str | Path, batches: tuple[int, ...], iters: int,
         for label, ms in timed.items():
             be = backends[label]
             s = summarize(ms, n)
-            float_part = "bf16" if "bf16" in be.precision else "fp32"  # INT8 files: most MACs are in the float part
-            peak = peaks.get(float_part) if be.name in ("onnxruntime-cpu", "openvino") else None
-            gflops, fraction = compute_rate(macs.total, n, s["p50_ms"], peak["gops"] if peak else None)
+            part, peak = peak_used(by_precision, be.precision) if by_precision and is_cpu_backend(be) else (None, None)
+            gflops, fraction = compute_rate(macs.total, n, s["p50_ms"], peak)
             row["configurations"][label] = {
                 "inference": s, "precision": be.precision,
                 "speedup_vs_first": float(np.median(timed[first]) / np.median(ms)), "achieved_gflops": gflops,
-                "fraction_of_precision_peak": fraction, "peak_used": float_part if peak else None,
+                "fraction_of_precision_peak": fraction, "peak_used": part if peak else None,
             }
         results.append(row)
     return {
@@ -108,12 +110,14 @@ def run_comparison(model_path: str | Path, batches: tuple[int, ...], iters: int,
 def format_comparison(r: dict) -> str:
     from .machine import one_line
 
-    peaks = r["machine"]["cpu_peak_by_precision"]
     lines = [f"model    {r['model']['path']}: {r['model']['input']['height']}x{r['model']['input']['width']}, "
              f"{r['model']['precision']}, {r['model']['gmac_per_image']:.3f} GMAC/image",
              f"machine  {one_line(r['machine'])}"]
-    for p, e in peaks.items():
-        lines.append(f"peak     {p}: " + (f"{e['gops']:.0f} G ops/s ({e['derivation']})" if e else "none (no native support)"))
+    peak = r["machine"].get("cpu_peak") or {}
+    if peak.get("by_precision"):
+        from .peaks import peak_lines
+
+        lines += peak_lines(peak["by_precision"], peak["measured"])
     lines += [f"left out {why}" for why in r["left_out"]]
     lines.append("")
     for row in r["results"]:
@@ -127,5 +131,5 @@ def format_comparison(r: dict) -> str:
                          + (f" of {c['peak_used']}" if c["peak_used"] else ""))
         lines.append("")
     lines.append("model-only (backend.run), interleaved rounds; img/s = batch / mean; x first = p50 of the first row / p50; "
-                 "% peak = 2 x MACs x batch / p50 against the peak of the precision it computed in")
+                 "% peak = 2 x MACs x batch / p50 against the measured peak of the precision it computed in")
     return "\n".join(lines)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
-import subprocess
 from importlib import metadata
 from pathlib import Path
+
+from ffcore.nvidia_smi import NvidiaSmiError, query_gpus
 
 #: Flags that decide which CPU kernels ONNX Runtime / oneDNN can use.
 RELEVANT_FLAGS = (
@@ -155,22 +155,14 @@ def precision_peaks(peak: dict | None, flags: set[str] | frozenset[str]) -> dict
 
 def gpu_info() -> list[dict] | None:
     """GPUs as nvidia-smi reports them; None when there is no nvidia-smi."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
     try:
-        out = subprocess.run(
-            [exe, "--query-gpu=name,driver_version,memory.total,compute_cap", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as e:
-        return [{"error": f"nvidia-smi failed: {e}"}]
-    gpus = []
-    for line in out.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        parts += [""] * (4 - len(parts))
-        gpus.append({"name": parts[0], "driver": parts[1], "memory": parts[2], "compute_capability": parts[3]})
-    return gpus
+        gpus = query_gpus(("name", "driver_version", "memory.total", "compute_cap"))
+    except NvidiaSmiError as e:
+        return [{"error": str(e)}]
+    if gpus is None:
+        return None
+    return [{"name": g["name"], "driver": g["driver_version"], "memory": g["memory.total"],
+             "compute_capability": g["compute_cap"]} for g in gpus]
 
 
 def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:

@@ -18,14 +18,18 @@ native BF16 (AMX or AVX512-BF16) of the kind the line PCs have.
 
 from __future__ import annotations
 
-import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from fftrain.train import FeatureExtractor
 
+from .fp32_step import FP32_NAME
 from .int8_head import features_of
+from .report import ExportStatus, GateVerdict
+from .request import ExportRequest
+from .step import Made, MadeFile, StepOutcome, refused
 
 BF16_NAME = "model.bf16.onnx"
 
@@ -70,34 +74,32 @@ def bf16_source(_target: str) -> tuple[str, str]:
             "fftrain (PyTorch flows on the backbone's BF16 features from OpenVINO's CPU plugin)")
 
 
-def bf16_step(args, payload, fp32_path: Path, parity_images: np.ndarray) -> tuple[int, Path | None]:
-    """Write the re-fit BF16 model next to ``fp32_path`` (in the stage), gate it against FP32 on
-    validation data and record the gate in it (``--refit-epochs 0``: gate model.onnx itself in
-    BF16 and record it there). Returns (exit code, the file holding the gate)."""
+def bf16_step(request: ExportRequest, made: Made) -> StepOutcome:
+    """Write the re-fit BF16 model next to the staged FP32 file, gate it against FP32 on
+    validation data and record the gate in it (``refit_epochs`` 0: gate model.onnx itself in
+    BF16 and record it there)."""
     from ffrt.backends.openvino import bf16_problem
     from fftrain.data import DataError, resolve
 
-    from ffcore.exitcodes import EXIT_FAILED, EXIT_UNAVAILABLE
     from .int8_head import DEFAULT_REFIT_EPOCHS, head_refitter
 
     missing = bf16_problem()
     if missing is not None:
-        print(f"ffexport: error: --bf16 fits the head on this CPU's BF16 features, which it cannot compute: {missing}",
-              file=sys.stderr)
-        return EXIT_UNAVAILABLE, None
-    data = args.calib or payload.get("train_info", {}).get("data")
+        return refused(f"--bf16 fits the head on this CPU's BF16 features, which it cannot compute: {missing}",
+                       ExportStatus.UNAVAILABLE)
+    data = request.calib or made.payload.get("train_info", {}).get("data")
     if not data:
-        print("ffexport: error: --bf16 needs --calib DATA (the training data: the head is re-fit on it)", file=sys.stderr)
-        return EXIT_FAILED, None
+        return refused("--bf16 needs --calib DATA (the training data: the head is re-fit on it)")
     try:
         split = resolve(str(data))
     except DataError as e:
-        print(f"ffexport: error: --bf16 re-fits the flow head on the training normals of {data}: {e}", file=sys.stderr)
-        return EXIT_FAILED, None
-    epochs = DEFAULT_REFIT_EPOCHS if args.refit_epochs is None else args.refit_epochs
+        return refused(f"--bf16 re-fits the flow head on the training normals of {data}: {e}")
+    fp32_path = made.path(FP32_NAME)
+    epochs = DEFAULT_REFIT_EPOCHS if request.refit_epochs is None else request.refit_epochs
     if epochs == 0:  # the FP32 model itself in BF16: the gate (same-head bounds) goes into model.onnx
-        return _gate_and_record(args, fp32_path, fp32_path, None, str(data))
-    refit = head_refitter(args.ckpt, split, parity_images, epochs=epochs, batch_max=args.batch_max, opset=args.opset,
+        return _gate_and_record(request.force, made.file(FP32_NAME), fp32_path, None, str(data))
+    refit = head_refitter(request.ckpt, split, made.parity_images, epochs=epochs, batch_max=request.batch_max,
+                          opset=request.opset,
                           features=lambda path, shapes, threads: bf16_backbone_extractor(path, shapes, threads),
                           source=bf16_source)
     import onnx
@@ -105,25 +107,27 @@ def bf16_step(args, payload, fp32_path: Path, parity_images: np.ndarray) -> tupl
     proto = refit("bf16", fp32_path)
     out = fp32_path.with_name(BF16_NAME)
     onnx.save(proto, str(out))
-    return _gate_and_record(args, out, out, fp32_path, str(data))
+    return _gate_and_record(request.force, MadeFile(BF16_NAME, "bf16", None), out, fp32_path, str(data))
 
 
-def _gate_and_record(args, model: Path, out: Path, reference: Path | None, data: str) -> tuple[int, Path | None]:
+def _gate_and_record(force: bool, made: MadeFile, path: Path, reference: Path | None, data: str) -> StepOutcome:
+    """Gate ``path`` in BF16 against ``reference`` (None: itself in FP32) and record the gate in it;
+    the outcome names the file that holds the gate."""
     from ffcalib.bf16 import bf16_gate, record_gate
     from ffcalib.images import gate_set
     from ffcalib.int8 import as_images
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
-    from ffcore.exitcodes import EXIT_GATE
-
-    meta = read_onnx_meta(model)
+    meta = read_onnx_meta(path)
     _, images, labels, source = gate_set(data, meta.input)
     images = as_images(images, meta, None, True, "gate")
-    gate = bf16_gate(model, images, labels, source, keep_fp32="head", reference=reference)
+    gate = bf16_gate(path, images, labels, source, keep_fp32="head", reference=reference)
     print(f"BF16 gate: {gate.summary()}")
-    if not gate.passed and not args.force:
-        print("ffexport: error: BF16 failed its accuracy gate; nothing was written (--force writes it, with the failed "
-              "gate recorded: precision='auto' then runs it in FP32)", file=sys.stderr)
-        return EXIT_GATE, None
-    record_gate(out, gate)
-    return 0, out
+    if not gate.passed and not force:
+        return refused("BF16 failed its accuracy gate; nothing was written (--force writes it, with the failed "
+                       "gate recorded: precision='auto' then runs it in FP32)", ExportStatus.GATE_FAILED)
+    record_gate(path, gate)
+    verdict = GateVerdict(check=f"BF16 gate against {reference.name if reference else 'itself in FP32'} on "
+                          f"{len(images)} images (recorded in the file)", passed=gate.passed, forced=not gate.passed)
+    recorded = replace(made, meta=read_onnx_meta(path), gates=made.gates + (verdict,))
+    return StepOutcome(files=(recorded,))

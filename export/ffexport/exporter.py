@@ -18,27 +18,16 @@ import torch
 from ffcore.versions import package_version
 from pydantic import ValidationError
 
-from ffrt.meta import (
-    AugmentationInfo,
-    BackboneInfo,
-    FlowInfo,
-    InputSpec,
-    ModelInfo,
-    ModelMeta,
-    OutputSpec,
-    ScoreSpec,
-    ScoreStats,
-    Thresholds,
-    atomic_write_bytes,
-    set_proto_meta,
-)
+from ffcore.files import atomic_write_bytes
+from ffrt.meta import (AugmentationInfo, BackboneInfo, FlowInfo, InputSpec, ModelInfo, ModelMeta, OutputSpec,
+                       ScoreSpec, ScoreStats, Thresholds)
+from ffrt.metafile import set_proto_meta
 from fftrain.head import map_units
 from fftrain.model import AnomalyModel
 
 from .graph import INPUT_NAME, OUTPUT_NAMES, FusedGraph
+from .request import DEFAULT_BATCH_MAX, DEFAULT_OPSET, opset_problem
 
-DEFAULT_OPSET = 18
-DEFAULT_BATCH_MAX = 32
 ONNX_SIZE_LIMIT = 2 * 1024**3
 #: Where fftrain's thresholds were scored (ModelMeta.thresholds.calibrated_on).
 TRAINER_BACKEND = "fftrain (PyTorch, FP32)"
@@ -161,8 +150,9 @@ def export_onnx(model: AnomalyModel, payload: dict[str, Any], ckpt_sha256: str, 
                 precision: str = "fp32") -> tuple[Path, ModelMeta]:
     """``precision`` is what the metadata records: the dtypes are those of ``model``'s
     weights (precision.py makes the FP16 variant)."""
-    if opset < 17:
-        raise ExportError(f"--opset {opset}: opset 17 or newer is required (LayerNormalization)")
+    problem = opset_problem(opset)
+    if problem is not None:
+        raise ExportError(problem)
     out = Path(out)
     meta = build_meta(model, payload, ckpt_sha256, batch_max, opset).model_copy(update={"precision": precision})
     proto = trace_to_onnx(model, batch_max, opset)

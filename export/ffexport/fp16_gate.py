@@ -47,7 +47,7 @@ import numpy as np
 import onnx
 from ffcore.metrics import roc_auc, spearman
 from ffcore.ort import make_session
-from ffrt.meta import read_onnx_meta
+from ffrt.metafile import read_onnx_meta
 from onnx import TensorProto, helper, numpy_helper
 
 #: Parity tolerances of FP16 vs FP32 on real images (checked by ffexport --fp16), the bounds

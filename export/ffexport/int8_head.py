@@ -34,7 +34,7 @@ from fftrain.data import DataSplit
 from fftrain.model import AnomalyModel
 from ffcore.progress import progress
 from fftrain.train import FeatureExtractor, TrainSettings, train
-from ffrt.meta import set_proto_meta
+from ffrt.metafile import set_proto_meta
 
 from .exporter import ExportError, build_meta, trace_to_onnx
 from .parity import FP32_RTOL, check

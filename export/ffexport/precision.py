@@ -30,7 +30,8 @@ from torch import nn
 
 from fftrain.model import AnomalyModel
 
-from .exporter import DEFAULT_BATCH_MAX, DEFAULT_OPSET, ExportError, export_onnx
+from .exporter import ExportError, export_onnx
+from .request import DEFAULT_BATCH_MAX, DEFAULT_OPSET
 
 FP16_SUFFIX = ".fp16.onnx"
 #: The FastFlow stages that run in FP16 in the FP16 file (attributes of ``FastFlow``; the

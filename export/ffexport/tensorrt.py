@@ -26,20 +26,18 @@ import sys
 import time
 from pathlib import Path
 
-from ffrt.tensorrt.build import (
-    DEFAULT_WORKSPACE_MB,
-    BatchProfile,
-    EngineBuildError,
-    EngineInfo,
-    build_plan,
-    missing_for_tensorrt,
-    sidecar_path,
-    write_engine,
-)
-from ffrt.errors import BackendUnavailableError, FFRTError
-from ffrt.meta import ModelMeta, read_onnx_meta
+from ffrt.tensorrt.build import DEFAULT_WORKSPACE_MB, EngineBuildError, build_plan, missing_for_tensorrt
 
-from ffcore.exitcodes import EXIT_FAILED, EXIT_UNAVAILABLE
+from ffrt.tensorrt.plan import BatchProfile, EngineInfo, sidecar_path, write_engine
+from ffrt.errors import BackendUnavailableError, FFRTError
+from ffrt.meta import ModelMeta
+from ffrt.metafile import read_onnx_meta
+
+from ffcore.exitcodes import EXIT_FAILED
+
+from .report import EXIT_CODES, ExportStatus
+from .request import ExportRequest
+from .step import Made, MadeFile, StepOutcome, refused
 
 
 def engine_path_for(onnx_path: Path) -> Path:
@@ -67,11 +65,11 @@ def target_command(onnx_path: Path, profile: BatchProfile, workspace_mb: int | N
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def unavailable_line(onnx_path: Path, profile: BatchProfile, workspace_mb: int | None, timing_cache: Path | None,
-                     missing: str, device: int = 0) -> str:
+def unavailable_reason(onnx_path: Path, profile: BatchProfile, workspace_mb: int | None, timing_cache: Path | None,
+                       missing: str, device: int = 0) -> str:
     missing = " ".join(str(missing).split())
     return (
-        f"ffexport: error: cannot build the TensorRT engine here: {missing}; the ONNX files are written. "
+        f"cannot build the TensorRT engine here: {missing}; the ONNX files are written. "
         f"On the GPU host run: {target_command(onnx_path, profile, workspace_mb, timing_cache, device)}"
     )
 
@@ -89,35 +87,42 @@ def build_engine(onnx_path: str | Path, profile: BatchProfile, workspace_mb: int
     return out, info
 
 
-def run_engine_step(onnx_path: Path, meta: ModelMeta, batch_min: int | None, batch_opt: int | None,
-                    batch_max: int | None, workspace_mb: int | None, timing_cache: Path | None,
-                    out: Path | None = None, device: int = 0) -> int:
-    """The --engine step of ffexport (and of ``python -m ffexport.tensorrt``); returns an exit code."""
+def engine_outcome(onnx_path: Path, meta: ModelMeta, batch_min: int | None, batch_opt: int | None,
+                   batch_max: int | None, workspace_mb: int | None, timing_cache: Path | None,
+                   out: Path | None = None, device: int = 0) -> StepOutcome:
+    """Build the engine of ``onnx_path`` here, or say why not: a bad profile or a graph TensorRT
+    cannot build is FAILED, no TensorRT / GPU here is UNAVAILABLE (with the GPU host's command)."""
     try:
         profile = BatchProfile.for_model(meta, batch_min, batch_opt, batch_max)
     except FFRTError as e:
-        print(f"ffexport: error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return refused(str(e))
     timing_cache = timing_cache or default_timing_cache(onnx_path)
     missing = missing_for_tensorrt(device)
     if missing is not None:
-        print(unavailable_line(onnx_path, profile, workspace_mb, timing_cache, missing, device), file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return refused(unavailable_reason(onnx_path, profile, workspace_mb, timing_cache, missing, device),
+                       ExportStatus.UNAVAILABLE)
     t0 = time.perf_counter()
     try:
         path, info = build_engine(onnx_path, profile, workspace_mb, timing_cache, out, meta, device=device)
     except EngineBuildError as e:  # this graph does not build: parser errors (printed in full), TopK, ...
-        print(f"ffexport: error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return refused(str(e))
     except BackendUnavailableError as e:  # TensorRT/CUDA cannot start here (driver, GPU): one line
-        print(unavailable_line(onnx_path, profile, workspace_mb, timing_cache, str(e), device), file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return refused(unavailable_reason(onnx_path, profile, workspace_mb, timing_cache, str(e), device),
+                       ExportStatus.UNAVAILABLE)
     print(
         f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, TensorRT {info.tensorrt_version}, {info.gpu_name} "
         f"sm{info.compute_capability}, {info.precision}, batch {profile.min}..{profile.max} opt {profile.opt}) "
         f"+ {sidecar_path(path).name} in {time.perf_counter() - t0:.1f} s"
     )
-    return 0
+    return StepOutcome(files=(MadeFile(path.name, "tensorrt", meta), MadeFile(sidecar_path(path).name, "tensorrt", None)))
+
+
+def engine_step(request: ExportRequest, made: Made) -> StepOutcome:
+    """The ``engine`` variant: from the published file the engine is built from (FP16 or INT8
+    for TensorRT when made, else FP32), into the output folder."""
+    return engine_outcome(made.path(made.engine_source), made.file(made.engine_source).meta, request.batch_min,
+                          request.batch_opt, request.batch_max, request.workspace, request.timing_cache,
+                          device=request.device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     except FFRTError as e:
         print(f"ffexport: error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    return run_engine_step(args.onnx, meta, args.batch_min, args.batch_opt, args.batch_max, args.workspace,
-                           args.timing_cache, args.out, device=args.device)
+    outcome = engine_outcome(args.onnx, meta, args.batch_min, args.batch_opt, args.batch_max, args.workspace,
+                             args.timing_cache, args.out, device=args.device)
+    if outcome.reason:
+        print(f"ffexport: error: {outcome.reason}", file=sys.stderr)
+    return EXIT_CODES[outcome.status]
 
 
 if __name__ == "__main__":

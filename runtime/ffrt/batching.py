@@ -39,12 +39,11 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+from ffcore.geometry import FrameGeometry
 
 from .errors import InferenceError, InvalidArgumentError, QueueFullError
-from .meta import InputSpec
-from .postprocess import Postprocessor
-from .preprocess import ImageLimits, prepare_batch
 from .result import LatencySplit
+from .stages import Stages
 from .stats import PipelineRecorder
 
 POLICIES = ("block", "reject", "drop_oldest")
@@ -93,24 +92,23 @@ class _Request:
         self.prep: Future | None = None
 
 
-def _prepare(image: object, spec: InputSpec, color_order: str, limits: ImageLimits):
-    """One image through the same preprocessing as ``det(image)`` (so: the same errors)."""
+def _prepare(stages: Stages, image: object) -> tuple[np.ndarray, FrameGeometry, float]:
+    """One image through the same prepare stage as ``det(image)`` (so: the same errors)."""
     t = time.perf_counter()
-    prepared = prepare_batch([image], spec, color_order, limits)
-    return prepared.batch[0], prepared.original_sizes[0], time.perf_counter() - t
+    prepared = stages.prepare([image])
+    return prepared.batch[0], prepared.geometries[0], time.perf_counter() - t
 
 
 class Pipeline:
     """The threads and the queue behind ``Detector.submit`` (see the module doc)."""
 
     def __init__(
-        self, owner: object, config: PipelineConfig, spec: InputSpec, color_order: str, limits: ImageLimits,
-        post: Postprocessor, recorder: PipelineRecorder, on_scores,
+        self, owner: object, config: PipelineConfig, stages: Stages, recorder: PipelineRecorder, on_scores,
     ) -> None:
         self._owner = weakref.ref(owner)  # never a strong reference: see the module doc
         self._config = config
-        self._prepare = partial(_prepare, spec=spec, color_order=color_order, limits=limits)
-        self._post = post
+        self._stages = stages
+        self._prepare = partial(_prepare, stages)
         self._recorder = recorder
         self._on_scores = on_scores  # called with each batch's scores (drift monitoring)
         self._cond = threading.Condition()
@@ -242,22 +240,22 @@ class Pipeline:
         good, arrays, prepared = [], [], []
         for req in live:
             try:
-                array, original, prep_s = req.prep.result()
+                array, geometry, prep_s = req.prep.result()
             except BaseException as e:  # the error det(image) would raise: this image's own
                 entries.append((req, e))
                 continue
             entries.append((req, None))
             good.append(len(entries) - 1)
             arrays.append(array)
-            prepared.append((original, prep_s))
+            prepared.append((geometry, prep_s))
         if arrays:
             owner = self._owner()
             try:
                 if owner is None:
                     raise InferenceError("the Detector was garbage-collected while images were waiting")
-                thresholds = owner._thresholds  # once per batch: set_thresholds never splits a batch
+                thresholds = owner.thresholds  # once per batch: set_thresholds never splits a batch
                 t0 = time.perf_counter()
-                maps, scores = owner._run_backend(np.stack(arrays))
+                maps, scores = self._stages.run(np.stack(arrays))
                 t1 = time.perf_counter()
             except BaseException as e:
                 for i in good:
@@ -267,23 +265,23 @@ class Pipeline:
                 self._on_scores(scores.tolist())
                 for j, i in enumerate(good):
                     req = entries[i][0]
-                    original, prep_s = prepared[j]
+                    geometry, prep_s = prepared[j]
                     fut = self._post_pool.submit(
-                        self._finish, req, maps[j, 0], float(scores[j]), original, thresholds, prep_s, t1 - t0
+                        self._finish, req, maps[j, 0], float(scores[j]), geometry, thresholds, prep_s, t1 - t0
                     )
                     entries[i] = (req, fut)
             finally:
                 del owner
         self._done.put(entries)  # blocks while _IN_FLIGHT_BATCHES are being postprocessed
 
-    def _finish(self, req: _Request, amap, score, original, thresholds, prep_s: float, infer_s: float):
+    def _finish(self, req: _Request, amap, score, geometry, thresholds, prep_s: float, infer_s: float):
         t = time.perf_counter()
-        out = self._post.outputs(amap, score, original, thresholds)
+        out = self._stages.finish(amap, score, geometry, thresholds)
         end = time.perf_counter()
         pre_ms, inf_ms, post_ms = prep_s * 1e3, infer_s * 1e3, (end - t) * 1e3
         total_ms = (end - req.submitted) * 1e3
         split = LatencySplit(max(0.0, total_ms - pre_ms - inf_ms - post_ms), pre_ms, inf_ms, post_ms)
-        return self._post.result(out, thresholds, total_ms, split), end
+        return self._stages.result(out, thresholds, total_ms, split), end
 
     # -- the completer -----------------------------------------------------------------
 

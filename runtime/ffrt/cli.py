@@ -2,7 +2,7 @@
 
     ffrt info MODEL
     ffrt detect MODEL IMAGE_OR_DIR... [--backend B] [--json FILE] [--overlays DIR] [--color-order BGR|RGB]
-    ffrt run MODEL SOURCE... --out DIR [--source-name NAME]... [--csv] [--metrics-port N]   (ffrt.line.command)
+    ffrt run MODEL SOURCE... --out DIR [--source-name NAME]... [--csv] [--metrics-port N]   (ffrt.line.cli)
     ffrt backends
     ffrt doctor [MODEL.onnx] [--device N]
     ffrt triton-repo MODEL DIR [--kind gpu|cpu]       (ffrt.triton.cli)
@@ -30,7 +30,7 @@ from pathlib import Path
 from . import __version__
 from .errors import FFRTError, ImageFileError, InvalidImageError
 from .result import json_float
-from .clitool import Tool, add_inference_args, add_limit_args  # noqa: F401  (ffrt.cli.Tool stays importable)
+from .basecli import Tool, add_inference_args, add_limit_args, detector_config
 from ffcore.files import IMAGE_SUFFIXES
 
 
@@ -46,14 +46,25 @@ class InfoTool(Tool):
     def add_args(self, parser):
         parser.add_argument("model", metavar="MODEL", help="an .onnx model exported by ffexport, or a TensorRT engine with its sidecar")
         parser.add_argument("--json", action="store_true", help="print the raw metadata as JSON instead (for an engine: its whole sidecar)")
+        parser.add_argument(
+            "--config", action="store_true",
+            help="print, as JSON, the Detector settings (DetectorConfig) that detect and run would use with the "
+            "options below, checked but without loading the model",
+        )
+        settings = parser.add_argument_group("Detector settings (with --config)")
+        add_inference_args(settings)
+        add_limit_args(settings)
 
     def run(self, args):
         from ffcore.files import ENGINE_SUFFIXES
-        from .meta import read_onnx_meta
+        from .metafile import read_onnx_meta
 
+        if args.config:
+            print(detector_config(args).model_dump_json(indent=2))
+            return 0
         if Path(args.model).suffix.lower() in ENGINE_SUFFIXES:
             # A plan is opaque bytes: what describes it is the sidecar written with it.
-            from .tensorrt.build import read_engine_info
+            from .tensorrt.plan import read_engine_info
 
             info = read_engine_info(args.model)
             if args.json:
@@ -188,7 +199,7 @@ class DetectTool(Tool):
     def run(self, args):
         from .detector import Detector
         from .errors import InferenceError
-        from .meta import atomic_write_bytes
+        from ffcore.files import atomic_write_bytes
         from .preprocess import read_image_file
         from .runreport import RunReport, check_output_dir, check_output_file, collect_images
 
@@ -202,11 +213,7 @@ class DetectTool(Tool):
             from .review import check_page_path
 
             check_page_path(args.html)
-        det = Detector(
-            args.model, backend=args.backend, color_order=args.color_order, threads=args.threads,
-            image_threshold=args.image_threshold, pixel_threshold=args.pixel_threshold,
-            max_pixels=args.max_pixels, min_side=args.min_side, device=args.device,
-        )
+        det = Detector(args.model, detector_config(args))
         for p in listing.problems:
             print(f"ffrt: error: {p}", file=sys.stderr)
         for p, why in listing.skipped:
@@ -371,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr (e.g. why 'auto' chose its backend)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Imported here: their modules import Tool from this one.
-    from .line.command import RunTool
+    from .line.cli import RunTool
     from .triton.cli import ServeTool, TritonRepoTool
 
     for tool in TOOLS[:2] + (RunTool(),) + TOOLS[2:] + (TritonRepoTool(), ServeTool()):

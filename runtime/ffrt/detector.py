@@ -5,8 +5,8 @@
     if r.is_anomalous: reject(r.mask)
     print(det.stats)                      # p50/p90/p99 latency and FPS of the last 1000 calls
 
-One call = preprocess (validate, decode, resize, colour) -> backend.run(uint8 NHWC batch)
--> postprocess (apply thresholds, resize the map back to the image). Thresholds come from
+One call = the stages of ``ffrt.stages``: prepare (validate, decode, resize, colour) ->
+run (the backend on the uint8 NHWC batch) -> finish (thresholds, the map back onto the frame). Thresholds come from
 the model's metadata and can be re-tuned at run time with :meth:`Detector.set_thresholds`.
 
 Thread-safety: a Detector may be shared by several threads. Preprocessing keeps no
@@ -19,28 +19,28 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterable
 from concurrent.futures import Future
-from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from ffcore.files import ENGINE_SUFFIXES  # noqa: F401  (re-exported: ffrt.detector.ENGINE_SUFFIXES)
+from ffcore.files import ENGINE_SUFFIXES
 
 from .backends import create_backend
-from .backends.base import check_precision
-from .batching import DEFAULT_MAX_DELAY_MS, DEFAULT_QUEUE_SIZE, DEFAULT_THREADS, Pipeline, PipelineConfig
-from .drift import DEFAULT_DRIFT_WINDOW, DriftMonitor, Health, check_window, target_frr_from_source
-from .errors import BackendUnavailableError, FFRTError, InferenceError, InvalidArgumentError, InvalidImageError, ModelFileError
-from .meta import ModelMeta, Thresholds, new_thresholds, read_onnx_meta, target_matches
-from .preprocess import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits, PreparedBatch, check_color_order,
-                         check_model_batch, prepare_batch)
+from .backends.kinds import target_matches
+from .batching import Pipeline
+from .config import DetectorConfig
+from .drift import DriftMonitor, Health, target_frr_from_source
+from .errors import BackendUnavailableError, InferenceError, InvalidArgumentError, InvalidImageError, ModelFileError
+from .meta import ModelMeta, Thresholds
+from .threshold_rules import new_thresholds, numerics_mismatch
+from .metafile import read_onnx_meta
 from .postprocess import Postprocessor
-from .regions import check_min_region_px
-from .result import LatencySplit, Result, normalize_score  # noqa: F401  (re-exported: ffrt.detector.Result, .normalize_score)
-from .stats import DEFAULT_WINDOW, LatencyStats, LatencyWindow, PipelineRecorder, PipelineStats
+from .preprocess import ImageLimits, check_model_batch
+from .result import Result
+from .stages import Stages
+from .stats import LatencyStats, LatencyWindow, PipelineRecorder, PipelineStats
 
 log = logging.getLogger("ffrt")
 
@@ -101,47 +101,22 @@ class Detector:
     drift_window:    how many recent scores :meth:`health` compares with calibration (200).
     """
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        backend: str = "auto",
-        color_order: str = "BGR",
-        threads: int | None = None,
-        image_threshold: float | None = None,
-        pixel_threshold: float | None = None,
-        resize_outputs: bool = True,
-        stats_window: int = DEFAULT_WINDOW,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        min_side: int = DEFAULT_MIN_SIDE,
-        device: int = 0,
-        precision: str = "auto",
-        backend_options: dict | None = None,
-        *,
-        min_region_px: int = 0,
-        max_batch: int | None = None,
-        max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
-        queue_size: int = DEFAULT_QUEUE_SIZE,
-        queue_policy: str = "block",
-        pipeline_threads: int = DEFAULT_THREADS,
-        drift_window: int = DEFAULT_DRIFT_WINDOW,
-    ) -> None:
+    def __init__(self, model_path: str | Path, config: DetectorConfig | None = None, **settings) -> None:
         # Cheap argument checks first: a typo must not cost a model load.
         self._backend = None
-        self._color_order = check_color_order(color_order)
-        precision = check_precision(precision)
-        if backend_options is not None and not isinstance(backend_options, dict):
-            raise InvalidArgumentError(f"backend_options must be a dict or None, not {type(backend_options).__name__}.")
-        if not isinstance(device, int) or isinstance(device, bool) or device < 0:
-            raise InvalidArgumentError(f"device must be a GPU index >= 0, not {device!r}.")
-        self._device = device
-        self._limits = ImageLimits(max_pixels=max_pixels, min_side=min_side)
-        min_region_px = check_min_region_px(min_region_px)
-        drift_window = check_window(drift_window)
+        if config is not None and not isinstance(config, DetectorConfig):
+            raise InvalidArgumentError(
+                f"Detector(model, config): config must be a DetectorConfig or None, not {type(config).__name__} "
+                f"{config!r}; settings go by name, e.g. Detector(model, backend={config!r}).")
+        cfg = DetectorConfig.build(config, **settings)
+        self._config = cfg
+        self._color_order = cfg.color_order
+        self._device = cfg.backend.device
+        self._limits = cfg.limits
         self._pipeline: Pipeline | None = None  # started by the first submit
         self._pipeline_lock = threading.Lock()
         self._closed = False
-        # max_batch is checked against the model's batch_max once the metadata is read.
-        config = PipelineConfig(1 if max_batch is None else max_batch, max_delay_ms, queue_size, queue_policy, pipeline_threads)
+        backend = cfg.backend.name
         path = Path(model_path)
         if not path.exists():
             raise ModelFileError(f"{path}: no such model file.")
@@ -155,9 +130,10 @@ class Detector:
                     f"{path}: a TensorRT engine runs only with backend=\"tensorrt\" (or \"auto\"), not {backend!r}; "
                     "load the .onnx it was built from for the other backends."
                 )
-            from .tensorrt.build import engine_meta, missing_for_tensorrt
+            from .tensorrt.build import missing_for_tensorrt
+            from .tensorrt.plan import engine_meta
 
-            missing = missing_for_tensorrt(device)
+            missing = missing_for_tensorrt(cfg.backend.device)
             if missing is not None:
                 raise BackendUnavailableError(
                     f"{path}: TensorRT engine files need the native TensorRT backend, which is not available here: "
@@ -173,25 +149,31 @@ class Detector:
         # graph (engine.engine_meta): re-tuned thresholds apply without a rebuild.
         self._meta: ModelMeta = engine_meta(path) if is_engine else read_onnx_meta(path)
         self._model_path = path
-        base = self._meta.thresholds
-        self._thresholds: Thresholds = base
-        if image_threshold is not None or pixel_threshold is not None:
-            self._thresholds = new_thresholds(base, image_threshold, pixel_threshold, "set in Detector(...)")
-        self._resize_outputs = bool(resize_outputs)
-        self._stats = LatencyWindow(stats_window)
-        self._recorder = PipelineRecorder(stats_window)
-        self._pipeline_config = replace(config, max_batch=self._chunk_size(max_batch, "max_batch"))
-        self._drift = DriftMonitor(self._meta.score_stats, self._thresholds.image, self._target_frr(), drift_window)
+        self._thresholds: Thresholds = self._initial_thresholds()  # checked before any backend loads
+        self._resize_outputs = cfg.resize_outputs
+        self._stats = LatencyWindow(cfg.stats_window)
+        self._recorder = PipelineRecorder(cfg.stats_window)
+        self._pipeline_config = cfg.pipeline(self._chunk_size(cfg.max_batch, "max_batch"))
 
-        self._backend, self._selection = create_backend(backend, path, self._meta, threads, device, precision,
-                                                        backend_options)
+        request = cfg.backend
+        self._backend, self._selection = create_backend(backend, path, self._meta, request.threads, request.device,
+                                                        request.precision.value, request.options)
+        variant = getattr(self._backend, "variant", None)
+        if variant is not None:
+            # "auto" runs a gated precision variant of this file (backends/variants.py): its
+            # head and its thresholds belong together.
+            self._meta = variant.meta
+            self._thresholds = self._initial_thresholds()
+            log.info("ffrt: %s: runs %s (%s)", path, variant.path.name, self._backend.choice)
+        self._drift = DriftMonitor(self._meta.score_stats, self._thresholds.image, self._target_frr(), cfg.drift_window)
         stats = self._meta.score_stats
-        self._post = Postprocessor(
-            spec=self._meta.input, resize_outputs=self._resize_outputs,
+        post = Postprocessor(
+            resize_outputs=self._resize_outputs,
             norm_scale=stats.std if stats is not None and stats.std > 0 else None,
-            min_region_px=min_region_px, backend=self._backend.name, precision=self._backend.precision,
+            min_region_px=cfg.min_region_px, backend=self._backend.name, precision=self._backend.precision,
         )
-        if mismatch := self._thresholds.numerics_mismatch(self._backend.name, self._backend.precision):
+        self._stages = Stages(self.running_path, self._meta.input, self._color_order, self._limits, self._backend, post)
+        if mismatch := numerics_mismatch(self._thresholds, self._backend.name, self._backend.precision):
             log.warning("ffrt: %s: %s", path, mismatch)
         if not target_matches(self._meta.target, self._backend.name):
             log.warning(
@@ -204,6 +186,11 @@ class Detector:
     # -- properties --------------------------------------------------------------------
 
     @property
+    def config(self) -> DetectorConfig:
+        """The settings this Detector was made with (thresholds set later: :attr:`thresholds`)."""
+        return self._config
+
+    @property
     def meta(self) -> ModelMeta:
         """The model's metadata as stored in the file (thresholds there may differ from
         :attr:`thresholds` after overrides or :meth:`set_thresholds`)."""
@@ -211,7 +198,21 @@ class Detector:
 
     @property
     def model_path(self) -> Path:
+        """The file this Detector was asked to load."""
         return self._model_path
+
+    @property
+    def running_path(self) -> Path:
+        """The file that runs: :attr:`model_path`, or the gated precision variant next to it
+        that ``backend="auto"`` measured faster (e.g. model.bf16.onnx; ``backends/variants.py``)."""
+        variant = getattr(self._backend, "variant", None)
+        return self._model_path if variant is None else variant.path
+
+    @property
+    def stages(self) -> Stages:
+        """The pipeline every call runs (prepare -> run -> finish, ``ffrt.stages``), for tools
+        that time or drive its stages one by one (ffbench)."""
+        return self._stages
 
     @property
     def backend_name(self) -> str:
@@ -302,7 +303,7 @@ class Detector:
         """Re-tune the decision thresholds at run time (None keeps the current value).
 
         Takes effect for calls that start afterwards; the model file is not changed (to
-        store thresholds in the model, use ffcalib or ``ffrt.meta.write_onnx_meta``).
+        store thresholds in the model, use ffcalib or ``ffrt.metafile.write_onnx_meta``).
         Returns the new thresholds.
         """
         self._thresholds = new_thresholds(self._thresholds, image, pixel, "set at run time (set_thresholds)")
@@ -354,8 +355,7 @@ class Detector:
                     raise InferenceError("this Detector is closed; submit() needs an open Detector: create a new one.")
                 if self._pipeline is None:
                     self._pipeline = Pipeline(
-                        self, self._pipeline_config, self._meta.input, self._color_order, self._limits, self._post,
-                        self._recorder, self._drift.add,
+                        self, self._pipeline_config, self._stages, self._recorder, self._drift.add,
                     )
                 pipeline = self._pipeline
         return pipeline.submit(image, source)
@@ -415,12 +415,12 @@ class Detector:
         h, w = self.input_size
         blank = np.zeros((chunk, h, w, 3), dtype=np.uint8)
         for _ in range(n):
-            self._run_backend(blank)
+            self._stages.run(blank)
 
     def run_model(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The graph alone on a uint8 [N, H, W, 3] RGB batch at the model size: (maps [N, 1, H, W],
         scores [N]) as the backend returns them; no thresholds, not timed (ffrt serve's ffrt_model)."""
-        return self._run_backend(check_model_batch(batch, self._meta.input))
+        return self._stages.run(check_model_batch(batch, self._meta.input))
 
     # -- internals ---------------------------------------------------------------------
 
@@ -438,63 +438,21 @@ class Detector:
         return int(batch_size)
 
     def _detect(self, images: list, chunk: int, errors: str = "raise") -> list:
-        t0 = time.perf_counter()
         # Reads the thresholds once: a concurrent set_thresholds never mixes old and new.
-        thresholds = self._thresholds
-        prepared = prepare_batch(images, self._meta.input, self._color_order, self._limits, errors)
-        outcomes: list = [None] * len(images)
-        for position, error in prepared.errors:
-            outcomes[position] = error
-        n = len(prepared.batch)
-        if n == 0:
-            return outcomes  # every image was refused: nothing ran, nothing to time
-        t1 = time.perf_counter()
-        maps, scores = self._infer(prepared, chunk)
-        t2 = time.perf_counter()
-        post = self._post
-        parts = [post.outputs(maps[i, 0], float(scores[i]), prepared.original_sizes[i], thresholds) for i in range(n)]
-        t3 = time.perf_counter()
-        self._stats.record(t3 - t0, n, end=t3)
-        self._drift.add(out.score for out in parts)
-        split = LatencySplit(0.0, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
-        for position, out in zip(prepared.positions, parts):
-            outcomes[position] = post.result(out, thresholds, (t3 - t0) * 1e3, split)
-        return outcomes
+        done = self._stages.detect(images, chunk, self._thresholds, errors)
+        if done.images:
+            self._stats.record(done.seconds, done.images, end=done.ended)
+            self._drift.add(done.scores)
+        return done.outcomes
 
-    def _infer(self, prepared: PreparedBatch, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-        batch = prepared.batch
-        if len(batch) <= chunk:
-            return self._run_backend(batch)
-        outs = self._run_backend_chunks([batch[i : i + chunk] for i in range(0, len(batch), chunk)])
-        return np.concatenate([m for m, _ in outs]), np.concatenate([s for _, s in outs])
+    def _initial_thresholds(self) -> Thresholds:
+        """The file's thresholds with the Detector(...) overrides applied."""
+        cfg, base = self._config, self._meta.thresholds
+        if cfg.image_threshold is None and cfg.pixel_threshold is None:
+            return base
+        return new_thresholds(base, cfg.image_threshold, cfg.pixel_threshold, "set in Detector(...)")
 
     def _target_frr(self) -> float | None:
         """The false-reject rate the image threshold in use was calibrated at, if known."""
         base = self._meta.thresholds
         return target_frr_from_source(base.source) if self._thresholds.image == base.image else None
-
-    def _run_backend(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._run_backend_chunks([batch])[0]
-
-    def _run_backend_chunks(self, batches: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        try:
-            outs = self._backend.run_chunks(batches) if len(batches) > 1 else [self._backend.run(batches[0])]
-        except FFRTError:
-            raise
-        except Exception as e:
-            sizes = "+".join(str(len(b)) for b in batches)
-            raise InferenceError(f"{self._backend.name} failed on a batch of {sizes}: {type(e).__name__}: {e}") from e
-        return [self._check_outputs(len(b), *out) for b, out in zip(batches, outs)]
-
-    def _check_outputs(self, n: int, maps, scores) -> tuple[np.ndarray, np.ndarray]:
-        h, w = self.input_size
-        maps = np.asarray(maps, dtype=np.float32)
-        scores = np.asarray(scores, dtype=np.float32)
-        if maps.shape != (n, 1, h, w) or scores.shape != (n,):
-            # The contract check at load time looks at declared shapes; this catches a graph
-            # whose real outputs differ, which would otherwise be mis-indexed silently.
-            raise ModelFileError(
-                f"{self._model_path}: the graph returned anomaly_map {maps.shape} and score {scores.shape} for a "
-                f"batch of {n}; expected {(n, 1, h, w)} and {(n,)}. Re-export the model with ffexport."
-            )
-        return maps, scores

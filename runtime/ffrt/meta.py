@@ -7,22 +7,22 @@ line can re-tune them without re-exporting.
 
 The schema is versioned. A file written by a newer ffrt (higher ``schema_version``) is
 refused with a message saying to upgrade, never half-understood.
+
+This module is the schema; reading and writing it in ONNX files is ``ffrt.metafile``, and
+the runtime's rules about thresholds (overrides, fit to the numerics that run) are
+``ffrt.threshold_rules``.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ffcore.files import atomic_write_bytes  # noqa: F401  (re-exported: ffrt.meta.atomic_write_bytes)
 from ffcore.modelkinds import DEFAULT_MODEL_KIND, MODEL_KINDS
 
-from .errors import InvalidArgumentError, ModelFileError
+from .errors import ModelFileError
 
 META_KEY = "ffrt.meta"
 # 2: head_fit (INT8 files whose flow head was re-fit on their INT8 backbone)
@@ -47,7 +47,7 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 #: Anomaly maps and scores are >= 0 by construction (0.5 * mean z^2, then averages), so a
 #: negative threshold would reject every part: thresholds are finite and >= 0. The
-#: Detector's setter applies the same rule (new_thresholds).
+#: Detector's setter applies the same rule (threshold_rules.new_thresholds).
 ThresholdValue = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
@@ -107,25 +107,6 @@ class Thresholds(_Strict):
         "'fftrain (PyTorch, FP32)'): FP16 and INT8 numerics differ between backends, so thresholds are best set "
         "on the backend that runs the line. Empty: not recorded (schema 2 and older).",
     )
-
-    def numerics_mismatch(self, backend: str, precision: str) -> str | None:
-        """Why these thresholds may not fit scores computed by ``backend`` in ``precision``
-        ("fp32", "bf16", "int8+bf16", ...), or None. BF16 arithmetic shifts scores by more
-        than the distance of a marginal part from the threshold, so thresholds set on FP32
-        scores (by the trainer or a backend running FP32) are flagged when BF16 runs, and the
-        other way round. Unrecorded (schema 2 files) is not flagged."""
-        if not self.calibrated_on:
-            return None
-        runs_bf16 = "bf16" in precision.lower()
-        set_on_bf16 = "bf16" in self.calibrated_on.lower()
-        if runs_bf16 == set_on_bf16:
-            return None
-        return (
-            f"its thresholds were set on scores of {self.calibrated_on}, but this Detector computes in {precision} "
-            f"on {backend}; scores differ between FP32 and BF16, so parts near the threshold may be judged "
-            f"differently. Set them on this configuration: ffcalib thresholds --model FILE --normal DIR "
-            f"[--defects DIR] --backend {backend} --precision {'bf16' if runs_bf16 else 'fp32'}"
-        )
 
 
 class ScoreStats(_Strict):
@@ -315,98 +296,3 @@ def readable(e: ValidationError, limit: int = 10) -> str:
 def _short(value: object, width: int = 60) -> str:
     text = json.dumps(value) if isinstance(value, (str, int, float, bool)) or value is None else repr(value)
     return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
-    """Read ``ModelMeta`` from an ONNX file without loading its weights."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such model file.")
-    if path.stat().st_size == 0:  # parses as an empty ONNX model, which would read as "no metadata"
-        raise ModelFileError(f"{path}: the file is empty (0 bytes): the export or copy did not complete. Copy or export it again.")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and friends for non-ONNX files
-        raise ModelFileError(
-            f"{path}: not a readable ONNX file ({type(e).__name__}). Export a model with ffexport."
-        ) from e
-    return meta_from_proto(proto, where=str(path))
-
-
-def meta_from_proto(proto, where: str = "model") -> ModelMeta:
-    props = {p.key: p.value for p in proto.metadata_props}
-    if META_KEY not in props:
-        raise ModelFileError(
-            f"{where}: not an ffrt model (no '{META_KEY}' metadata). "
-            "Export it with: ffexport --ckpt model.pt --out DIR"
-        )
-    return ModelMeta.from_json(props[META_KEY], where=where)
-
-
-def set_proto_meta(proto, meta: ModelMeta) -> None:
-    """Put ``meta`` into an in-memory ONNX ModelProto, replacing any earlier copy."""
-    kept = [p for p in proto.metadata_props if p.key != META_KEY]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    entry = proto.metadata_props.add()
-    entry.key = META_KEY
-    entry.value = meta.to_json()
-
-
-def write_onnx_meta(path: str | os.PathLike, meta: ModelMeta) -> None:
-    """Replace the metadata of an existing single-file ONNX model, atomically."""
-    import onnx
-
-    path = Path(path)
-    proto = onnx.load(str(path))
-    set_proto_meta(proto, meta)
-    atomic_write_bytes(path, proto.SerializeToString())
-
-
-def target_matches(target: str, backend_name: str) -> bool:
-    """Whether a file encoded for ``target`` ("any", "cpu", "tensorrt") suits ``backend_name``.
-
-    "cpu" files (U8S8 Q/DQ) are meant for ONNX Runtime on the CPU; "tensorrt" files
-    (symmetric S8S8 Q/DQ) for TensorRT (native or ONNX Runtime's TensorRT EP): on an x86 CPU
-    the symmetric encoding runs slower than FP32.
-    """
-    if target == "any":
-        return True
-    if target == "cpu":
-        return backend_name.endswith("-cpu") or backend_name == "openvino"
-    if target == "tensorrt":
-        return "tensorrt" in backend_name
-    return True
-
-
-def new_thresholds(current: Thresholds, image: float | None, pixel: float | None, source: str) -> Thresholds:
-    """``current`` with the given values replaced (None keeps one), each checked: a number,
-    finite, >= 0 (InvalidArgumentError otherwise)."""
-    def check(value: float | None, name: str, keep: float) -> float:
-        if value is None:
-            return keep
-        if isinstance(value, bool):
-            raise InvalidArgumentError(f"{name} threshold must be a number, not {value!r}.")
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise InvalidArgumentError(f"{name} threshold must be a number, not {value!r}.") from None
-        if not math.isfinite(value):
-            raise InvalidArgumentError(
-                f"{name} threshold must be finite, not {value}: NaN or inf would make every decision meaningless."
-            )
-        # The metadata schema's rule too (meta.ThresholdValue): maps and scores are >= 0.
-        if value < 0:
-            raise InvalidArgumentError(
-                f"{name} threshold must be >= 0, not {value:g}: anomaly maps and scores are never negative, so it "
-                "would reject every part."
-            )
-        return value
-
-    return Thresholds(
-        image=check(image, "image", current.image),
-        pixel=check(pixel, "pixel", current.pixel),
-        source=source,
-    )

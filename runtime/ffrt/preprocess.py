@@ -6,7 +6,9 @@ Everything a line might hand the detector is accepted here and nowhere else:
   camera SDKs deliver; ``color_order="RGB"`` for PIL/imageio/matplotlib data);
 - float32/float64 arrays with values in [0, 1] (scaled by 255 and rounded);
 - ``str`` / ``os.PathLike`` paths to image files. Files are decoded by OpenCV and are
-  therefore always BGR, whatever ``color_order`` says.
+  therefore always BGR, whatever ``color_order`` says;
+- :class:`ReducedFrame`: a frame OpenCV decoded at a fraction of its size (BGR), with the
+  size of the whole frame, which the results are given in (``ffrt run``'s JPEG frames).
 
 Anything else is refused with :class:`~ffrt.errors.InvalidImageError` (or
 :class:`~ffrt.errors.ImageFileError` for paths) whose message names the problem and says
@@ -33,9 +35,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ffcore.geometry import FrameGeometry
 from ffcore.imageheader import image_size
 from ffcore.images import DataError, FileTooLarge, Undecodable, decode_image, read_image_bytes
-from ffcore.images import letterbox_geometry as core_letterbox
 
 from .errors import ImageFileError, InvalidArgumentError, InvalidImageError
 from .meta import InputSpec
@@ -100,15 +102,20 @@ DEFAULT_LIMITS = ImageLimits()
 
 @dataclass(frozen=True)
 class PreparedBatch:
-    """What the backend is fed, plus what postprocessing needs to undo the resize."""
+    """What the backend is fed, plus each frame's geometry for mapping the outputs back."""
 
     batch: np.ndarray  # uint8 [N, H, W, 3], RGB, C-contiguous, at the model size
-    original_sizes: tuple[tuple[int, int], ...]  # (height, width) of each input image
+    geometries: tuple[FrameGeometry, ...]  # of each image in ``batch``, computed once here
     #: Position in the caller's list of each image in ``batch`` (all of them unless
     #: errors="return" dropped some).
     positions: tuple[int, ...] = ()
     #: errors="return": (position, error) of each refused image.
     errors: tuple[tuple[int, InvalidImageError], ...] = ()
+
+    @property
+    def original_sizes(self) -> tuple[tuple[int, int], ...]:
+        """(height, width) of each input image."""
+        return tuple(g.frame_size for g in self.geometries)
 
 
 def check_color_order(color_order: str) -> str:
@@ -120,16 +127,6 @@ def check_color_order(color_order: str) -> str:
             f"not {color_order!r}."
         )
     return order
-
-
-def interpolation_flag(name: str) -> int:
-    """The cv2 flag for the model's ``resize_interpolation``.
-
-    The single place this choice is made: the trainer resizes the same way (INTER_AREA for
-    "area", which averages instead of aliasing when shrinking), and any difference here
-    would show up as a score shift between validation and the line.
-    """
-    return cv2.INTER_AREA if name == "area" else cv2.INTER_LINEAR
 
 
 def read_image_file(path: str | os.PathLike, limits: ImageLimits = DEFAULT_LIMITS, spec: InputSpec | None = None) -> np.ndarray:
@@ -164,14 +161,39 @@ def _most_bytes(limits: ImageLimits) -> int | None:
     return None if limits.max_pixels is None else limits.max_pixels * _BYTES_PER_PIXEL_MAX + _FILE_SLACK_BYTES
 
 
+#: cv2.imread flags that decode a JPEG at 1/2, 1/4 or 1/8 of its size (libjpeg's scaled inverse
+#: DCT: the smaller picture costs a fraction of a full decode, and no resize from full size).
+REDUCED_DECODE_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+@dataclass(frozen=True)
+class ReducedFrame:
+    """A frame decoded at a reduced resolution (``image``, BGR or gray), with the size of the
+    whole frame. ``prepare_batch`` resizes ``image`` into the model input and gives the frame
+    the geometry of its whole size, so the map, mask and regions come back in the frame's own
+    coordinates, as for a full decode; only the pixels the model sees differ (ffrt run measures
+    how much: benchmarks/README.md)."""
+
+    image: np.ndarray
+    frame_height: int
+    frame_width: int
+    scale: int  # the frame is this many times the image on each side
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.frame_height, self.frame_width
+
+
 def decode_image_bytes(
-    data: bytes, limits: ImageLimits = DEFAULT_LIMITS, spec: InputSpec | None = None, where: str = "image data"
+    data: bytes, limits: ImageLimits = DEFAULT_LIMITS, spec: InputSpec | None = None, where: str = "image data",
+    reduce: int = 1,
 ) -> np.ndarray:
     """Decode an encoded image (the bytes of a PNG, JPEG, ... file) to BGR uint8 HxWx3.
 
     The size in the header is checked against ``limits`` before anything is decoded; errors
     are ImageFileError naming ``where``. Used for files and for encoded images that arrive
-    over the network (``ffrt_detector`` on Triton).
+    over the network (``ffrt_detector`` on Triton). ``reduce`` (2, 4 or 8) decodes at that
+    fraction of the size (:data:`REDUCED_DECODE_FLAGS`; a JPEG's decoder scales as it decodes).
     """
     if not data:
         raise ImageFileError(f"{where}: empty (0 bytes); the image was not written or sent completely.")
@@ -196,7 +218,7 @@ def decode_image_bytes(
     if problem is not None:
         raise ImageFileError(f"{where}: {problem} (size read from the file header; the file was not decoded)")
     try:
-        image = decode_image(data, cv2.IMREAD_COLOR)
+        image = decode_image(data, REDUCED_DECODE_FLAGS[reduce] if reduce > 1 else cv2.IMREAD_COLOR)
     except Undecodable as e:
         raise ImageFileError(f"{where}: cannot be decoded as an image ({e}). Re-save it as PNG, JPEG, BMP or TIFF.") from e
     # EXIF orientation may transpose the header's size; the limits are checked on what came out.
@@ -352,44 +374,21 @@ def check_model_batch(batch: object, spec: InputSpec) -> np.ndarray:
     return np.ascontiguousarray(batch)
 
 
-def letterbox_geometry(height: int, width: int, spec: InputSpec) -> tuple[int, int, int, int]:
-    """Where a height x width frame lands in the model input when its aspect ratio is kept:
-    (top, left, resized height, resized width). One definition, the trainer's (ffcore)."""
-    return core_letterbox(height, width, (spec.height, spec.width))
+def frame_geometry(frame_size: tuple[int, int], spec: InputSpec) -> FrameGeometry:
+    """Where a (height, width) frame lands in this model's input (ffcore.geometry)."""
+    return FrameGeometry.of(frame_size, (spec.height, spec.width), spec.resize_mode, spec.resize_interpolation)
 
 
-def resize_to_model(image: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Resize to the model's (height, width) with the interpolation and resize mode the
-    model was trained with (letterbox: aspect ratio kept, padded with 0)."""
-    if image.shape[:2] == (spec.height, spec.width):
-        return image
-    flag = interpolation_flag(spec.resize_interpolation)
-    if spec.resize_mode == "stretch":
-        return cv2.resize(image, (spec.width, spec.height), interpolation=flag)
-    top, left, nh, nw = letterbox_geometry(image.shape[0], image.shape[1], spec)
-    out = np.zeros((spec.height, spec.width) + image.shape[2:], dtype=image.dtype)
-    out[top : top + nh, left : left + nw] = cv2.resize(image, (nw, nh), interpolation=flag).reshape(
-        (nh, nw) + image.shape[2:]
-    )
-    return out
-
-
-def frame_region(amap: np.ndarray, original: tuple[int, int], spec: InputSpec) -> np.ndarray:
-    """The part of a model-size map that shows the frame (all of it unless letterboxed)."""
-    if spec.resize_mode == "stretch" or original == (spec.height, spec.width):
-        return amap
-    top, left, nh, nw = letterbox_geometry(original[0], original[1], spec)
-    return amap[top : top + nh, left : left + nw]
-
-
-def to_model_rgb(image: np.ndarray, order: str, spec: InputSpec) -> np.ndarray:
-    """Resize a validated uint8 image, then bring it to RGB HxWx3.
+def to_model_rgb(image: np.ndarray, order: str, spec: InputSpec | FrameGeometry) -> np.ndarray:
+    """Resize a validated uint8 image into the model input, then bring it to RGB HxWx3.
 
     Resizing first and converting colour second is bit-identical to the trainer's
     convert-then-resize (cv2.resize treats channels independently) and cheaper: a 5 MP
-    frame is converted after it shrank to the model size, not before.
+    frame is converted after it shrank to the model size, not before. ``spec`` may be the
+    frame's geometry, when the caller has computed it already.
     """
-    small = resize_to_model(image, spec)
+    geometry = spec if isinstance(spec, FrameGeometry) else frame_geometry(image.shape[:2], spec)
+    small = geometry.to_model(image)
     if order == "GRAY":
         return cv2.cvtColor(small, cv2.COLOR_GRAY2RGB)
     if order == "BGR":
@@ -417,12 +416,17 @@ def prepare_batch(
         raise InvalidArgumentError(f"errors must be 'raise' or 'return', not {errors!r}.")
     n = len(images)
     batch = np.empty((n, spec.height, spec.width, 3), dtype=np.uint8)
-    sizes: list[tuple[int, int]] = []
+    geometries: list[FrameGeometry] = []
     positions: list[int] = []
     refused: list[tuple[int, InvalidImageError]] = []
     for i, item in enumerate(images):
+        frame_size = None
         try:
-            image, order = to_uint8_image(item, color_order, limits, spec)
+            if isinstance(item, ReducedFrame):
+                # Decoded by OpenCV, so BGR (or gray) whatever the Detector's colour order says.
+                frame_size, (image, order) = item.frame_size, to_uint8_image(item.image, "BGR", limits, spec)
+            else:
+                image, order = to_uint8_image(item, color_order, limits, spec)
         except InvalidImageError as e:
             # The same class with the position prepended: "which one?" is the first
             # question when one frame of a batch is bad.
@@ -433,9 +437,10 @@ def prepare_batch(
                 raise located from e
             refused.append((i, located))
             continue
-        batch[len(sizes)] = to_model_rgb(image, order, spec)
-        sizes.append((int(image.shape[0]), int(image.shape[1])))
+        geometry = frame_geometry(frame_size or image.shape[:2], spec)
+        batch[len(geometries)] = to_model_rgb(image, order, geometry)
+        geometries.append(geometry)
         positions.append(i)
     return PreparedBatch(
-        batch=batch[: len(sizes)], original_sizes=tuple(sizes), positions=tuple(positions), errors=tuple(refused)
+        batch=batch[: len(geometries)], geometries=tuple(geometries), positions=tuple(positions), errors=tuple(refused)
     )

@@ -39,7 +39,7 @@ class ImageList:
     problems: list[str] = field(default_factory=list)
 
 
-def collect_images(args: list[str], recursive: bool) -> ImageList:
+def collect_images(paths: list[str], recursive: bool) -> ImageList:
     """Expand folders into their image files (name order); name everything left out.
 
     An explicitly named file is tried whatever its suffix or kind (the Detector refuses a
@@ -47,7 +47,7 @@ def collect_images(args: list[str], recursive: bool) -> ImageList:
     suffix are taken.
     """
     out = ImageList()
-    for arg in args:
+    for arg in paths:
         p = Path(arg)
         if p.is_dir():
             found = _scan(p, recursive, out.skipped)

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--site-python", default="3.12", help="CPython version of the GPU host for site/ ('' = none)")
     args = p.parse_args(argv)
     use_checkout()
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     if args.out.exists():
         shutil.rmtree(args.out)

@@ -76,8 +76,8 @@ class Check:
     def build(self, name: str) -> str:
         require_gpu()
         from ffexport.tensorrt import build_engine
-        from ffrt.tensorrt.build import BatchProfile
-        from ffrt.meta import read_onnx_meta
+        from ffrt.tensorrt.plan import BatchProfile
+        from ffrt.metafile import read_onnx_meta
 
         src = self.bundle / "models" / name
         meta = read_onnx_meta(src)
@@ -90,7 +90,7 @@ class Check:
 
     def _engine_outputs(self, name: str):
         from ffrt.tensorrt.runner import TensorRTBackend
-        from ffrt.tensorrt.build import read_engine_info
+        from ffrt.tensorrt.plan import read_engine_info
 
         if name not in self.engines:
             raise Skip(f"no engine for {name} (its build step did not pass)")
@@ -166,7 +166,7 @@ class Check:
     def cycles(self) -> str:
         from ffrt.tensorrt.runner import TensorRTBackend
         from ffrt.tensorrt.cudahost import host_api
-        from ffrt.tensorrt.build import read_engine_info
+        from ffrt.tensorrt.plan import read_engine_info
 
         if "model.onnx" not in self.engines:
             raise Skip("no FP32 engine (its build did not pass)")
@@ -193,7 +193,7 @@ class Check:
 
     def timing(self) -> str:
         from ffrt.tensorrt.runner import TensorRTBackend
-        from ffrt.tensorrt.build import read_engine_info
+        from ffrt.tensorrt.plan import read_engine_info
 
         if not self.engines:
             raise Skip("no engine was built")

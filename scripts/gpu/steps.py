@@ -1,8 +1,8 @@
 """The GPU checks' step runner: each step PASS, FAIL or SKIP with its reason, one line each on the
 terminal, and a report (JSON + text) at the end; a failing step never stops the next ones.
 
-Torch-free and ffrt-free on purpose: check_cuda.py runs on a bare CUDA machine where ffrt's own
-dependencies (pydantic) may be missing.
+Torch-free and ffrt-free on purpose (ffcore's stdlib-only nvidia-smi query aside): check_cuda.py
+runs on a bare CUDA machine where ffrt's own dependencies (pydantic) may be missing.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -45,15 +44,14 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    gpus = []
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run([smi, "--query-gpu=index,name,compute_cap,driver_version,memory.total",
-                                  "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout
-            gpus = [line.strip() for line in out.splitlines() if line.strip()]
-        except (OSError, subprocess.SubprocessError):
-            pass
+    use_checkout()
+    from ffcore.nvidia_smi import NvidiaSmiError, query_gpus  # stdlib only: fine on a bare CUDA host
+
+    try:
+        listed = query_gpus(("index", "name", "compute_cap", "driver_version", "memory.total"), timeout_s=30) or []
+    except NvidiaSmiError:
+        listed = []
+    gpus = [", ".join(g.values()) for g in listed]
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "gpus": gpus}
 

@@ -18,7 +18,7 @@ def test_gate_is_measured_recorded_and_followed(model_copy, capsys):
     from ffcalib.bf16 import REDUCED_MAX_MAP_REL, REDUCED_MIN_SPEARMAN
     from ffcalib.cli import main
     from ffrt import Detector
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     codes = {keep: main(["bf16", "--model", str(model_copy), "--calib", "elpv:mono", "--keep-fp32", keep,
                          "--no-progress"]) for keep in ("head", "none")}
@@ -63,7 +63,7 @@ def test_gate_counts_the_verdicts_bf16_changes(model_copy, val_set):
 
     from ffcalib.bf16 import bf16_gate
     from ffrt import Detector
-    from ffrt.meta import read_onnx_meta, write_onnx_meta
+    from ffrt.metafile import read_onnx_meta, write_onnx_meta
 
     images, labels = val_set
     with Detector(model_copy, backend="onnxruntime-cpu", color_order="RGB") as det:

@@ -19,7 +19,7 @@ from ffcalib.int8 import (
 )
 from ffcore.metrics import spearman
 from ffcore.ort import make_session
-from ffrt.meta import read_onnx_meta
+from ffrt.metafile import read_onnx_meta
 
 # Stated parity bounds of INT8 vs FP32 image scores on 48 real ELPV test cells (24 normal,
 # 24 defective; tiny 64x64 model, 2 epochs, backbone convs quantized, minmax on 32 training

@@ -15,7 +15,7 @@ import pytest
 
 from ffcalib.cli import main
 from ffrt import Detector
-from ffrt.meta import read_onnx_meta
+from ffrt.metafile import read_onnx_meta
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 from chromium import Browser, chromium_or_skip  # noqa: E402

@@ -12,7 +12,7 @@ import pytest
 
 from ffcalib.thresholds import calibrate_thresholds
 from ffrt import Detector
-from ffrt.meta import read_onnx_meta, write_onnx_meta
+from ffrt.metafile import read_onnx_meta, write_onnx_meta
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +78,7 @@ def test_defects_give_f1_threshold_and_histogram(model_copy, normal_halves, elpv
 
 
 def test_atomic_write_keeps_old_file_on_crash(model_copy, monkeypatch):
-    import ffrt.meta as meta_mod
+    import ffrt.metafile as meta_mod
 
     original = model_copy.read_bytes()
     meta = read_onnx_meta(model_copy)
@@ -137,7 +137,7 @@ def test_cli_thresholds_writes(model_copy, normal_halves, tmp_path, capsys):
 
 
 def test_normalize_score_by_hand():
-    from ffrt.detector import normalize_score
+    from ffrt.result import normalize_score
 
     # logistic(z) with z = (score - threshold) / scale: z = 0 -> 1/2; z = ln 3 -> 1/(1 + 1/3) = 3/4.
     assert normalize_score(2.0, 2.0, 0.5) == 0.5

@@ -79,7 +79,7 @@ sys.exit(main(sys.argv[2:]))
 def test_a_killed_run_leaves_a_temp_file_the_next_run_removes(model_copy, elpv_split, tmp_path):
     # Issue 23 row 9: kill -9 at the rename left a 4 MB .model.onnx.XXXX.tmp forever.
     from ffcalib.cli import main
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     folder = tmp_path / "normals"
     folder.mkdir()

@@ -39,3 +39,47 @@ def test_bad_arguments(kwargs):
         interleaved({"x": lambda: None}, **kwargs)
     with pytest.raises(ValueError):
         interleaved({})
+
+
+def test_isolation_check_by_hand():
+    from ffcore.timing import INTERFERENCE_TOLERANCE, isolation_check
+
+    assert INTERFERENCE_TOLERANCE == 0.10
+    # 16.3 ms alone, 25.5 ms next to PyTorch in one process: 1.564x, far beyond 10%.
+    slowed = isolation_check(16.3, 25.5)
+    assert slowed.ratio == pytest.approx(25.5 / 16.3) and slowed.interfered
+    line = slowed.line("ONNX Runtime batch 1", "PyTorch eager")
+    assert "16.3 ms alone" in line and "25.5 ms interleaved with PyTorch eager" in line and "+56%" in line
+    assert "WARNING" in line
+    # 9% apart either way is within the tolerance; 11% is not.
+    assert not isolation_check(100.0, 109.0).interfered and not isolation_check(100.0, 91.0).interfered
+    assert isolation_check(100.0, 111.0).interfered and isolation_check(100.0, 89.0).interfered
+    assert "WARNING" not in isolation_check(100.0, 109.0).line("a", "b")
+    assert isolation_check(100.0, 104.0, tolerance=0.03).interfered
+    d = slowed.to_dict()
+    assert d == {"alone_p50_ms": 16.3, "interleaved_p50_ms": 25.5, "ratio": pytest.approx(25.5 / 16.3),
+                 "tolerance": 0.10, "interfered": True}
+    with pytest.raises(ValueError):
+        isolation_check(0.0, 10.0)
+
+
+def test_the_timed_child_protocol_by_hand(tmp_path):
+    """ffcore.timedchild.serve: hello, load, run (timed by the given call), errors as lines."""
+    import io
+    import json
+
+    from ffcore.timedchild import serve
+
+    batch = np.arange(12, dtype=np.uint8).reshape(1, 2, 2, 3)
+    np.save(tmp_path / "b.npy", batch)
+    seen = []
+    stdin = io.StringIO(f"run\nload {tmp_path / 'b.npy'}\nrun\nfly\nquit\nrun\n")
+    stdout = io.StringIO()
+    assert serve({"who": "test"}, lambda b: seen.append(b.copy()) or 1.5, stdin, stdout) == 0
+    replies = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    assert replies[0] == {"ok": True, "who": "test"}
+    assert replies[1]["ok"] is False and "run before load" in replies[1]["error"]
+    assert replies[2] == {"ok": True} and replies[3] == {"ok": True, "ms": 1.5}
+    assert replies[4]["ok"] is False and "unknown request 'fly'" in replies[4]["error"]
+    assert len(replies) == 5  # nothing after quit
+    assert len(seen) == 1 and np.array_equal(seen[0], batch)

@@ -10,29 +10,10 @@ import pytest
 from ffeval.bench import SCHEMA, SCHEMA_VERSION, BenchError, compute_rate, parse_batches, summarize
 from ffeval.bench_cli import main
 from ffeval.machine import RELEVANT_FLAGS, describe
+from support.cpuinfo import EPYC_CPUINFO
 
 STAGE_KEYS = {"n", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "images_per_s"}
 CPU_STAGES = {"preprocess", "inference", "postprocess", "total"}
-
-#: The first processor entries of a real /proc/cpuinfo (AMD EPYC, Zen 3, 2-vCPU VM; the flags
-#: line shortened to the ones that matter here): AVX2 and FMA, no AVX-512, no VNNI, no AMX.
-EPYC_CPUINFO = """processor\t: 0
-vendor_id\t: AuthenticAMD
-cpu family\t: 25
-model\t\t: 1
-model name\t: AMD EPYC 7B13
-stepping\t: 0
-cpu MHz\t\t: 2445.406
-cache size\t: 512 KB
-flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx mmxext fxsr_opt pdpe1gb rdtscp lm constant_tsc rep_good nopl nonstop_tsc cpuid extd_apicid tsc_known_freq pni pclmulqdq ssse3 fma cx16 pcid sse4_1 sse4_2 x2apic movbe popcnt aes xsave avx f16c rdrand hypervisor lahf_lm cmp_legacy cr8_legacy abm sse4a misalignsse 3dnowprefetch osvw topoext invpcid_single ssbd ibrs ibpb stibp vmmcall fsgsbase tsc_adjust bmi1 avx2 smep bmi2 erms invpcid rdseed adx smap clflushopt clwb sha_ni xsaveopt xsavec xgetbv1 clzero xsaveerptr rdpru arat npt nrip_save umip vaes vpclmulqdq rdpid fsrm
-bogomips\t: 4890.81
-
-processor\t: 1
-vendor_id\t: AuthenticAMD
-model name\t: AMD EPYC 7B13
-cpu MHz\t\t: 2445.406
-flags\t\t: fpu sse sse2
-"""
 
 
 def _host_flags() -> set[str]:
@@ -59,7 +40,7 @@ def test_report_schema_and_values(bench_run, tiny_onnx):
     rc, out = bench_run
     assert rc == 0
     r = json.loads((out / "r.json").read_text())
-    assert r["schema"] == SCHEMA and r["schema_version"] == SCHEMA_VERSION == 2
+    assert r["schema"] == SCHEMA and r["schema_version"] == SCHEMA_VERSION == 3
     assert set(r) >= {"created_at", "command", "model", "backend", "machine", "macs", "settings", "results",
                       "load_average_1min"}
     m = r["model"]

@@ -26,7 +26,7 @@ def synthetic_eval(tiny_onnx, synthetic_folder, tmp_path_factory):
 def _direct(tiny_onnx, folder):
     """Scores and maps straight from an ORT session on the trainer's loading path."""
     from fftrain.data import load_batch, read_mask, resolve
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     split = resolve(str(folder))
     samples = split.test

@@ -237,7 +237,7 @@ def test_the_network_check_sees_a_request(page, browser, tmp_path):
 
 def test_downloaded_thresholds_json_is_applied_by_ffcalib(page, browser, tiny_onnx, tmp_path):
     from ffcalib.cli import main as ffcalib_main
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     html, metrics = page
     browser.open(html.as_uri())

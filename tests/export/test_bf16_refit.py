@@ -41,7 +41,7 @@ def _weights(path, prefix):
 
 
 def test_the_bf16_file_has_its_own_head_and_its_gate(bf16_export):
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     fp32, bf16 = bf16_export / "model.onnx", bf16_export / "model.bf16.onnx"
     flows32, flows16 = _weights(fp32, "flows."), _weights(bf16, "flows.")
@@ -61,7 +61,7 @@ def test_auto_runs_it_as_its_gate_says_and_it_detects(bf16_export, elpv_split):
     from fftrain.data import load_batch
 
     from ffrt import Detector
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     path = bf16_export / "model.bf16.onnx"
     (gate,) = read_onnx_meta(path).precision_gates

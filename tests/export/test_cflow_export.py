@@ -17,7 +17,8 @@ from onnx import numpy_helper
 from ffexport.cli import main as ffexport_main
 from ffexport.parity import check
 from ffrt import Detector
-from ffrt.meta import META_KEY, read_onnx_meta
+from ffrt.meta import META_KEY
+from ffrt.metafile import read_onnx_meta
 from ffrt.tensorrt import compat
 from fftrain import checkpoint
 from fftrain.cli import main as fftrain_main

@@ -10,7 +10,7 @@ import torch
 
 from ffexport.cli import main as ffexport_main
 from ffexport.parity import FP32_RTOL, check
-from ffrt.meta import read_onnx_meta
+from ffrt.metafile import read_onnx_meta
 from fftrain import checkpoint
 from fftrain.data import to_tensor_batch
 
@@ -126,7 +126,7 @@ def test_int8_calib_accepts_a_plain_folder_of_normal_images(tiny_checkpoint, elp
     import shutil
 
     from ffexport.cli import main
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     calib = tmp_path / "line_normals"
     calib.mkdir()

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from ffexport.cli import main as ffexport_main
-from ffrt.meta import read_onnx_meta, write_onnx_meta
+from ffrt.metafile import read_onnx_meta, write_onnx_meta
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("core", "runtime", "trainer", "export", "calibration", "evaluation")

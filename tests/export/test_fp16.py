@@ -24,7 +24,7 @@ from ffcore.metrics import roc_auc, spearman
 from ffexport import fp16_gate
 from ffexport.fp16_gate import compare, emulate_fp16_storage
 from ffexport.precision import export_fp16, fold_batch_norms, half_model
-from ffrt.meta import read_onnx_meta
+from ffrt.metafile import read_onnx_meta
 
 # The FP16 gate's documented tolerances (docs/precision-and-tensorrt.md, ffexport --help): the FP16 file against the
 # FP32 file on real images.
@@ -227,7 +227,7 @@ def test_gate_passes_the_fp16_file_and_fails_a_wrong_one(tiny_onnx, fp16, labell
 
 
 def _with_threshold(src, dst, threshold):
-    from ffrt.meta import write_onnx_meta
+    from ffrt.metafile import write_onnx_meta
 
     dst.write_bytes(src.read_bytes())
     meta = read_onnx_meta(dst)

@@ -127,7 +127,7 @@ def test_checkpoint_from_before_the_field_reads_rgb(tmp_path, real_images):
 @pytest.mark.parametrize("color, expected", [("luma", "luma: the graph reads"), ("rgb", "rgb: the graph reads")])
 def test_ffrt_info_says_what_the_graph_reads(tiny_onnx, color, expected):
     from ffrt.cli import format_meta
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     meta = read_onnx_meta(tiny_onnx)
     meta = meta.model_copy(update={"input": meta.input.model_copy(update={"color": color})})
@@ -136,7 +136,8 @@ def test_ffrt_info_says_what_the_graph_reads(tiny_onnx, color, expected):
 
 def test_the_file_records_the_training_augmentation(tiny_onnx):
     from ffrt.cli import format_meta
-    from ffrt.meta import AugmentationInfo, read_onnx_meta
+    from ffrt.meta import AugmentationInfo
+    from ffrt.metafile import read_onnx_meta
 
     meta = read_onnx_meta(tiny_onnx)
     assert meta.augmentation == AugmentationInfo(views=4, jpeg_share=0.0)  # fftrain's defaults
@@ -153,7 +154,7 @@ def test_the_input_stage_is_one_float_convolution_that_int8_leaves_alone(tiny_on
     from ffcalib.graph import find_quantizable_nodes, input_stage_convs
     from onnx import numpy_helper
 
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     model = onnx.load(str(tiny_onnx))
     stage = input_stage_convs(model)

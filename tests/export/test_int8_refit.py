@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from ffcalib.int8 import CPU_NAME, TRT_NAME, score_images
 from ffcore.metrics import roc_auc
 from ffcore.ort import make_session
-from ffrt.meta import read_onnx_meta
+from ffrt.metafile import read_onnx_meta
 
 # Stated bound: image AUROC of each re-fit INT8 file on the 460 ELPV mono test cells. The
 # session's tiny checkpoint is trained on 48 normals for 2 epochs (its own AUROC is ~0.3,

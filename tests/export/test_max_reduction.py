@@ -16,7 +16,7 @@ import torch
 
 from ffexport.parity import FP32_RTOL
 from ffrt import Detector
-from ffrt.meta import read_onnx_meta
+from ffrt.metafile import read_onnx_meta
 from fftrain import checkpoint
 from fftrain.config import ModelConfig
 from fftrain.data import to_tensor_batch

@@ -10,7 +10,7 @@ import pytest
 
 from ffexport.cli import main as ffexport_main
 from ffrt import Detector
-from ffrt.meta import read_onnx_meta
+from ffrt.metafile import read_onnx_meta
 from fftrain import checkpoint
 from fftrain.config import ModelConfig
 from fftrain.data import Sample, load_batch, read_rgb, resize_to_model

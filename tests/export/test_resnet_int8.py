@@ -16,7 +16,7 @@ import pytest
 from ffcalib.int8 import CPU_NAME, TRT_NAME, find_quantizable_nodes
 from ffcore.metrics import spearman
 from ffrt import Detector
-from ffrt.meta import read_onnx_meta
+from ffrt.metafile import read_onnx_meta
 from fftrain.config import ModelConfig
 from fftrain.train import TrainSettings, train_and_save
 

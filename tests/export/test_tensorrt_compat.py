@@ -94,8 +94,9 @@ def test_ffexport_prints_the_check_for_every_file(tiny_checkpoint, tmp_path, cap
 
 def test_engine_build_refuses_before_any_tensorrt_call(old_graph):
     """On this CPU machine TensorRT is not installed: the graph is refused first, naming the node."""
-    from ffrt.tensorrt.build import BatchProfile, EngineBuildError, build_plan
-    from ffrt.meta import read_onnx_meta
+    from ffrt.tensorrt.build import EngineBuildError, build_plan
+    from ffrt.tensorrt.plan import BatchProfile
+    from ffrt.metafile import read_onnx_meta
 
     meta = read_onnx_meta(old_graph)
     with pytest.raises(EngineBuildError, match="Transpose"):

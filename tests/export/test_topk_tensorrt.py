@@ -94,7 +94,7 @@ def real_images_at(elpv_split):
 @pytest.mark.parametrize("size", [640, 1024])
 def test_export_at_large_sizes_builds_and_equals_the_top_k_mean(size, real_images_at, tmp_path):
     from ffexport.exporter import export_onnx
-    from ffrt.meta import read_onnx_meta
+    from ffrt.metafile import read_onnx_meta
 
     model, images = _standardized_model(size, real_images_at)
     k = math.ceil(0.01 * size * size)

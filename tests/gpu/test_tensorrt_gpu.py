@@ -18,11 +18,11 @@ Tolerances (relative to the largest FP32 map value, as in ffexport's parity chec
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support.threads import run_in_threads
 
 pytestmark = pytest.mark.gpu
 
@@ -46,8 +46,8 @@ def fp16_onnx(tiny_checkpoint, workdir) -> Path:
 
 def _build(onnx_path: Path, workdir: Path, name: str, batch_max: int = 8):
     from ffexport.tensorrt import build_engine
-    from ffrt.tensorrt.build import BatchProfile
-    from ffrt.meta import read_onnx_meta
+    from ffrt.tensorrt.plan import BatchProfile
+    from ffrt.metafile import read_onnx_meta
 
     meta = read_onnx_meta(onnx_path)
     profile = BatchProfile.for_model(meta, 1, 4, batch_max)
@@ -77,7 +77,9 @@ def _rel(a, b):
 def test_fp32_engine_build_and_sidecar(fp32_engine, tiny_onnx, workdir):
     import tensorrt as trt
 
-    from ffrt.tensorrt.build import graph_sha256, read_engine_info, sha256_file
+    from ffrt.tensorrt.plan import graph_sha256, read_engine_info
+
+    from ffcore.files import sha256_file
 
     path, info = fp32_engine
     assert path.is_file() and read_engine_info(path) == info
@@ -90,7 +92,7 @@ def test_fp32_engine_build_and_sidecar(fp32_engine, tiny_onnx, workdir):
 
 
 def test_fp16_engine_build(fp16_engine, fp16_onnx):
-    from ffrt.tensorrt.build import sha256_file
+    from ffcore.files import sha256_file
 
     path, info = fp16_engine
     assert info.precision == "fp16" and info.onnx_sha256 == sha256_file(fp16_onnx)
@@ -135,7 +137,7 @@ def test_int8_engine_build(tiny_onnx, real_images, elpv_split, workdir):
 
 def test_fp32_engine_parity_with_onnxruntime(fp32_engine, tiny_onnx, real_images):
     from ffrt.tensorrt.runner import TensorRTBackend
-    from ffrt.tensorrt.build import read_engine_info
+    from ffrt.tensorrt.plan import read_engine_info
 
     path, _ = fp32_engine
     backend = TensorRTBackend(path, read_engine_info(path).meta)
@@ -149,7 +151,7 @@ def test_fp16_engine_parity_with_onnxruntime(fp16_engine, tiny_onnx, real_images
     from ffcore.metrics import spearman
     from ffexport.fp16_gate import FP16_MAX_MAP_REL
     from ffrt.tensorrt.runner import TensorRTBackend
-    from ffrt.tensorrt.build import read_engine_info
+    from ffrt.tensorrt.plan import read_engine_info
 
     path, _ = fp16_engine
     backend = TensorRTBackend(path, read_engine_info(path).meta)
@@ -162,7 +164,7 @@ def test_fp16_engine_parity_with_onnxruntime(fp16_engine, tiny_onnx, real_images
 def test_batch_sweep_within_profile(fp32_engine, tiny_onnx, real_images):
     from ffrt import InvalidArgumentError
     from ffrt.tensorrt.runner import TensorRTBackend
-    from ffrt.tensorrt.build import read_engine_info
+    from ffrt.tensorrt.plan import read_engine_info
 
     path, _ = fp32_engine
     backend = TensorRTBackend(path, read_engine_info(path).meta)
@@ -182,20 +184,13 @@ def test_detector_on_engine_from_several_threads(fp32_engine, real_images):
     det = Detector(path)
     assert det.backend_name == "tensorrt"
     expected = [det(img[..., ::-1]).score for img in real_images]
-    errors, results = [], {}
+    results = {}
 
     def worker(k):
-        try:
-            for _ in range(10):
-                results[k] = [det(img[..., ::-1]).score for img in real_images]
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
+        for _ in range(10):
+            results[k] = [det(img[..., ::-1]).score for img in real_images]
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(worker, 4)
     assert not errors, errors
     for got in results.values():
         np.testing.assert_allclose(got, expected, rtol=1e-5)
@@ -207,8 +202,8 @@ def test_engine_cache_reuse_and_invalidation(tiny_onnx, workdir, monkeypatch):
 
     import ffrt.tensorrt.build as engine
     from ffrt import Detector
-    from ffrt.tensorrt.build import read_engine_info
-    from ffrt.meta import read_onnx_meta, write_onnx_meta
+    from ffrt.tensorrt.plan import read_engine_info
+    from ffrt.metafile import read_onnx_meta, write_onnx_meta
 
     cache = workdir / "cache"
     monkeypatch.setenv(engine.CACHE_ENV, str(cache))
@@ -249,7 +244,7 @@ def test_explicit_engine_for_another_gpu_is_refused(fp32_engine, workdir):
     import json
 
     from ffrt import Detector
-    from ffrt.tensorrt.build import sidecar_path
+    from ffrt.tensorrt.plan import sidecar_path
     from ffrt.errors import EngineMismatchError
 
     path, info = fp32_engine
@@ -276,7 +271,7 @@ def test_no_leak_over_100_create_close_cycles(fp32_engine, real_images):
     driver's free-memory figure after a first cycle (TensorRT keeps some per-process state)."""
     from ffrt.tensorrt.runner import TensorRTBackend
     from ffrt.tensorrt.cudahost import host_api
-    from ffrt.tensorrt.build import read_engine_info
+    from ffrt.tensorrt.plan import read_engine_info
 
     path, _ = fp32_engine
     meta = read_engine_info(path).meta

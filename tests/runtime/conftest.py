@@ -16,18 +16,34 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from ffrt.meta import (
-    META_KEY,
-    BackboneInfo,
-    FlowInfo,
-    InputSpec,
-    ModelMeta,
-    ScoreSpec,
-    Thresholds,
-    set_proto_meta,
-)
+from ffrt.meta import META_KEY, BackboneInfo, FlowInfo, InputSpec, ModelMeta, ScoreSpec, Thresholds
+from ffrt.metafile import set_proto_meta
 
 SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def cuda_site():
+    """cuda-python's genuine bindings wheels, installed once (tests/support/trtenv)."""
+    return _trtenv().cuda_python()
+
+
+@pytest.fixture(scope="module")
+def fake_driver():
+    """The folder of the CPU stand-in libcuda.so.1 (tests/support/trtenv)."""
+    return _trtenv().fake_driver()
+
+
+def _trtenv():
+    # The same module object the GPU-binding tests import (tests/support on sys.path).
+    import sys
+
+    support = str(Path(__file__).resolve().parents[1] / "support")
+    if support not in sys.path:
+        sys.path.insert(0, support)
+    import trtenv
+
+    return trtenv
 
 
 def make_meta(height=SIZE, width=SIZE, batch_max=None, image=0.5, pixel=0.5, interpolation="area") -> ModelMeta:

@@ -416,7 +416,8 @@ def test_a_metrics_port_in_use_fails_before_any_frame(tiny_onnx, cells, tmp_path
 def test_a_lossy_source_is_warned_about_unless_the_model_learnt_codec_artefacts(tiny_onnx, cells, tmp_path, capsys):
     """MJPEG artefacts score as defects on a model trained on lossless images (docs/quickstart.md, fftrain
     --augment-jpeg): ffrt run says so once for each source whose codec is lossy."""
-    from ffrt.meta import AugmentationInfo, read_onnx_meta, write_onnx_meta
+    from ffrt.meta import AugmentationInfo
+    from ffrt.metafile import read_onnx_meta, write_onnx_meta
 
     frames = _frames(cells[:3])
     mjpg = write_video(tmp_path / "mjpg.avi", frames)

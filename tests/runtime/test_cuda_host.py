@@ -27,16 +27,6 @@ from envskip import unavailable  # noqa: E402
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 
 
-@pytest.fixture(scope="module")
-def cuda_site():
-    return trtenv.cuda_python()
-
-
-@pytest.fixture(scope="module")
-def fake_driver():
-    return trtenv.fake_driver()
-
-
 def _last_json(proc) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

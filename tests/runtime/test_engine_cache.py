@@ -20,18 +20,8 @@ import pytest
 from conftest import make_meta
 from ffrt import BackendUnavailableError, Detector, InvalidArgumentError, ModelFileError
 from ffrt.backends import availability
-from ffrt.tensorrt.build import (
-    BatchProfile,
-    CacheKey,
-    EngineInfo,
-    cached_plan,
-    check_engine,
-    engine_mismatches,
-    missing_for_tensorrt,
-    read_engine_info,
-    sidecar_path,
-    write_engine,
-)
+from ffrt.tensorrt.build import cached_plan, missing_for_tensorrt
+from ffrt.tensorrt.plan import BatchProfile, CacheKey, EngineInfo, check_engine, engine_mismatches, read_engine_info, sidecar_path, write_engine
 from ffrt.errors import EngineMismatchError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -296,8 +286,9 @@ def _gpu():
 
 def _built(onnx_path, plan_path, profile=None):
     """Write a plan + sidecar for ``onnx_path`` the way build_plan/write_engine do on a GPU host."""
-    from ffrt.tensorrt.build import graph_sha256, sha256_file
-    from ffrt.meta import read_onnx_meta
+    from ffrt.tensorrt.plan import graph_sha256
+    from ffcore.files import sha256_file
+    from ffrt.metafile import read_onnx_meta
 
     meta = read_onnx_meta(onnx_path)
     profile = profile or BatchProfile.for_model(meta)
@@ -337,8 +328,10 @@ def line(tiny_onnx, tmp_path):
 def test_graph_hash_ignores_metadata_only(line, tmp_path):
     import onnx
 
-    from ffrt.tensorrt.build import graph_sha256, sha256_file
-    from ffrt.meta import read_onnx_meta, write_onnx_meta
+    from ffrt.tensorrt.plan import graph_sha256
+
+    from ffcore.files import sha256_file
+    from ffrt.metafile import read_onnx_meta, write_onnx_meta
 
     model = line / "model.onnx"
     graph, file_sha = graph_sha256(model), sha256_file(model)
@@ -356,8 +349,9 @@ def test_retuned_thresholds_keep_the_cache_key_and_reach_the_engines(line, elpv_
     import shutil
 
     from ffcalib.cli import main as ffcalib
-    from ffrt.tensorrt.build import engine_meta, lookup_cached_plan, read_engine_info
-    from ffrt.meta import read_onnx_meta
+    from ffrt.tensorrt.build import lookup_cached_plan
+    from ffrt.tensorrt.plan import engine_meta, read_engine_info
+    from ffrt.metafile import read_onnx_meta
 
     model, cache = line / "model.onnx", tmp_path / "cache"
     meta = read_onnx_meta(model)
@@ -390,7 +384,7 @@ def test_retuned_thresholds_keep_the_cache_key_and_reach_the_engines(line, elpv_
 
 
 def test_explicit_engine_next_to_another_graph_is_refused(line, tmp_path):
-    from ffrt.tensorrt.build import engine_meta
+    from ffrt.tensorrt.plan import engine_meta
 
     explicit = _built(line / "model.onnx", line / "model.engine")
     _other_graph(line / "model.onnx", line / "model.onnx")  # re-exported, engine not rebuilt
@@ -399,7 +393,7 @@ def test_explicit_engine_next_to_another_graph_is_refused(line, tmp_path):
 
 
 def test_explicit_engine_without_its_onnx_uses_the_sidecar_and_says_so(line, tmp_path):
-    from ffrt.tensorrt.build import engine_meta, sidecar_path
+    from ffrt.tensorrt.plan import engine_meta, sidecar_path
 
     explicit = _built(line / "model.onnx", line / "model.engine")
     frozen = read_engine_info(explicit).meta

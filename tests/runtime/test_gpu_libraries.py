@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from ffrt.tensorrt import calls
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 import trtenv  # noqa: E402
+from support.threads import run_in_threads  # noqa: E402
 
 
 class Cache:
@@ -107,22 +107,14 @@ def test_reuse_merge_and_rejected_files(tmp_path):
 
 def test_concurrent_builds_keep_every_entry(tmp_path):
     path = tmp_path / "t.cache"
-    errors = []
 
     def build(k):
-        try:
-            cfg = Config(measured={f"t{k}"})
-            calls.attach_timing_cache(cfg, path, lambda m: None)
-            cfg.build()
-            calls.save_timing_cache(cfg, path, lambda m: None)
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
+        cfg = Config(measured={f"t{k}"})
+        calls.attach_timing_cache(cfg, path, lambda m: None)
+        cfg.build()
+        calls.save_timing_cache(cfg, path, lambda m: None)
 
-    threads = [threading.Thread(target=build, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(build, 8)
     assert not errors and set(json.loads(path.read_bytes())["e"]) == {f"t{k}" for k in range(8)}
 
 
@@ -139,7 +131,7 @@ b._import_ort = lambda: ort
 from ffrt.tensorrt.build import tensorrt_version
 import ffrt.tensorrt.ort_provider as provider
 lib = provider.ort_trt_library()
-from ffrt.tensorrt.build import BatchProfile
+from ffrt.tensorrt.plan import BatchProfile
 sys.path.insert(0, "tests/runtime")
 from conftest import make_meta, make_graph, save_model
 model = save_model(Path(sys.argv[2]), make_graph(), make_meta())
@@ -177,7 +169,8 @@ def test_ort_trt_key_uses_the_libnvinfer_ort_loads(tmp_path):
     assert r["lib"]["soname"] == "libnvinfer.so.10" and r["lib"]["version"] == "10.16.1"
     assert r["lib"]["path"] and r["lib"]["path"].endswith("libnvinfer_stub.so")
     assert r["preload_calls"] == ["preload"]
-    from ffrt.tensorrt.build import BatchProfile, GpuInfo, cache_key, graph_sha256
+    from ffrt.tensorrt.build import GpuInfo, cache_key
+    from ffrt.tensorrt.plan import BatchProfile, graph_sha256
 
     sys.path.insert(0, str(Path(__file__).parent))
     from conftest import make_meta

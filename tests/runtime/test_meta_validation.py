@@ -18,7 +18,7 @@ import pytest
 from conftest import make_graph, make_meta, save_model
 from ffrt import Detector, InvalidArgumentError, ModelFileError
 from ffrt.cli import main
-from ffrt.tensorrt.build import read_engine_info, sidecar_path
+from ffrt.tensorrt.plan import read_engine_info, sidecar_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,7 +127,7 @@ def test_deeply_nested_engine_sidecar_is_a_clear_error(tmp_path):
 def test_ffrt_info_reads_an_engine_sidecar(tmp_path, capsys):
     import hashlib
 
-    from ffrt.tensorrt.build import BatchProfile, EngineInfo, write_engine
+    from ffrt.tensorrt.plan import BatchProfile, EngineInfo, write_engine
 
     plan = b"opaque plan bytes"
     info = EngineInfo(

@@ -18,7 +18,8 @@ from ffrt import Detector  # noqa: E402
 from ffrt.backends import create_backend, ovgraph  # noqa: E402
 from ffrt.backends.openvino import bf16_problem  # noqa: E402
 from ffrt.errors import BackendUnavailableError, InvalidArgumentError, ModelFileError  # noqa: E402
-from ffrt.meta import PrecisionGate, read_onnx_meta, write_onnx_meta  # noqa: E402
+from ffrt.meta import PrecisionGate  # noqa: E402
+from ffrt.metafile import read_onnx_meta, write_onnx_meta  # noqa: E402
 
 NO_BF16 = bf16_problem()
 needs_bf16 = pytest.mark.skipif(NO_BF16 is not None, reason=f"BF16 test: {NO_BF16}")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from ffrt.errors import ImageFileError, InvalidArgumentError, InvalidImageError
-from ffrt.preprocess import ImageLimits, interpolation_flag, prepare_batch, read_image_file, to_model_rgb, to_uint8_image
+from ffcore.geometry import interpolation_flag
+from ffrt.preprocess import ImageLimits, prepare_batch, read_image_file, to_model_rgb, to_uint8_image
 
 from conftest import make_meta
 

@@ -44,16 +44,6 @@ def line(request):
     return trtenv.tensorrt_line(request.param)
 
 
-@pytest.fixture(scope="module")
-def cuda_site():
-    return trtenv.cuda_python()
-
-
-@pytest.fixture(scope="module")
-def fake_driver():
-    return trtenv.fake_driver()
-
-
 # -- (a) every TensorRT name and signature ffrt uses exists in both lines ----------------------
 
 
@@ -149,8 +139,8 @@ def test_driver_reports_a_gpu_but_tensorrt_cannot_start_cuda(line, cuda_site, fa
 def _engine(path: Path, version: str, onnx_path: Path) -> Path:
     import hashlib
 
-    from ffrt.tensorrt.build import BatchProfile, EngineInfo, graph_sha256, write_engine
-    from ffrt.meta import read_onnx_meta
+    from ffrt.tensorrt.plan import BatchProfile, EngineInfo, graph_sha256, write_engine
+    from ffrt.metafile import read_onnx_meta
 
     plan = b"not a real plan: the runtime fails before deserializing it" * 4
     meta = read_onnx_meta(onnx_path)

@@ -22,7 +22,7 @@ pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason='needs th
 from google.protobuf import text_format  # noqa: E402
 
 from ffrt.cli import main as ffrt_main  # noqa: E402
-from ffrt.meta import read_onnx_meta  # noqa: E402
+from ffrt.metafile import read_onnx_meta  # noqa: E402
 
 DEFAULT_FILES = {"onnxruntime_onnx": "model.onnx", "python": "model.py"}
 ONNX_TYPES = {onnx.TensorProto.UINT8: pb2.TYPE_UINT8, onnx.TensorProto.FLOAT: pb2.TYPE_FP32}
@@ -124,7 +124,7 @@ def test_a_backend_description_with_quotes_survives_the_config(tiny_onnx, tmp_pa
 
 def _renamed(model: Path, out: Path, names: dict[str, str]) -> Path:
     """``model`` with its graph tensors renamed (old -> new) in the graph and in its metadata."""
-    from ffrt.meta import set_proto_meta
+    from ffrt.metafile import set_proto_meta
 
     proto = onnx.load(str(model))
     g = proto.graph

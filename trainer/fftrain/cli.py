@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 
@@ -105,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _same_named(fields, args, **special) -> dict:
+    """The settings of a config whose command-line option has the field's name, plus
+    ``special`` (options named or shaped otherwise); a None in ``special`` leaves the field's default."""
+    chosen = {name: getattr(args, name) for name in fields if hasattr(args, name)}
+    chosen.update(special)
+    return {k: v for k, v in chosen.items() if v is not None or k not in special}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pydantic import ValidationError
@@ -115,36 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     from .train import TrainSettings, train_and_save
 
     try:
-        # conv3x3_only only when given: its default depends on the model (config.py).
-        kernels = {} if args.conv3x3_only is None else {"conv3x3_only": args.conv3x3_only}
-        config = ModelConfig(
-            model=args.model,
-            backbone=args.backbone,
-            random_backbone=args.random_backbone,
+        config = ModelConfig(**_same_named(
+            ModelConfig.model_fields, args,
             image_size=ModelConfig().image_size if args.image_size == ["auto"] else "x".join(args.image_size),
-            resize_mode=args.resize_mode,
             input_color=None if args.input_color == "auto" else args.input_color,
-            map_normalization=args.map_normalization,
-            map_blur_sigma=args.map_blur_sigma,
-            flow_steps=args.flow_steps,
-            hidden_ratio=args.hidden_ratio,
-            condition_channels=args.condition_channels,
             score_reduction=args.score,
-            topk_fraction=args.topk_fraction,
-            seed=args.seed,
-            **kernels,
-        )
-        settings = TrainSettings(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            positions_per_step=args.positions_per_step,
-            target_frr=args.target_frr,
-            augment_views=args.augment_views,
-            augment_jpeg=args.augment_jpeg,
-            threads=args.threads,
-            progress=not args.quiet,
-        )
+            # conv3x3_only only when given: its default depends on the model (config.py).
+            conv3x3_only=args.conv3x3_only,
+        ))
+        settings = TrainSettings(**_same_named([f.name for f in fields(TrainSettings)], args, progress=not args.quiet))
         split = resolve(args.data, args.val_every)
         if args.image_size == ["auto"]:
             config = config.model_copy(update={"image_size": auto_image_size(split.train, config.height * config.width)})

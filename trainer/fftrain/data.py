@@ -19,7 +19,7 @@ from ffcore.data import (  # noqa: F401  (re-exported)
     split_train_val,
 )
 from ffcore.files import IMAGE_SUFFIXES  # noqa: F401
-from ffcore.images import DataError, image_shape, letterbox_geometry, read_mask, read_rgb, resize_to_model  # noqa: F401
+from ffcore.images import DataError, image_shape, read_mask, read_rgb, resize_to_model  # noqa: F401
 
 
 def to_tensor_batch(images: np.ndarray):

@@ -6,12 +6,9 @@ command, in a child process it talks to over pipes:
 
     python -m fftrain.eager CKPT [--threads N]
 
-The child loads the checkpoint and writes one JSON line: ``{"ok": true, "image_size": [h, w],
-"info": {...}}`` or ``{"ok": false, "error": "..."}``. Then, one request per line on stdin:
-
-    load PATH   read a uint8 NHWC batch from the .npy file PATH      -> {"ok": true}
-    run         one timed call on the loaded batch                    -> {"ok": true, "ms": 12.3}
-    quit        (or end of input)
+The child loads the checkpoint and speaks ffcore.timedchild's line protocol: a hello
+``{"ok": true, "image_size": [h, w], "info": {...}}`` (or ``{"ok": false, "error": "..."}``),
+then ``load PATH`` / ``run`` / ``quit`` requests.
 
 ``run`` times ``model(to_tensor_batch(batch))`` under ``torch.inference_mode`` with
 ``time.perf_counter`` in the child, so the pipe's latency is not in the figure.
@@ -20,7 +17,6 @@ The child loads the checkpoint and writes one JSON line: ``{"ok": true, "image_s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -55,34 +51,16 @@ def timed_call(model, batch: np.ndarray) -> float:
 
 
 def serve(ckpt: str, threads: int | None, stdin=sys.stdin, stdout=sys.stdout) -> int:
-    def say(obj: dict) -> None:
-        stdout.write(json.dumps(obj) + "\n")
-        stdout.flush()
+    from ffcore.timedchild import refuse
+    from ffcore.timedchild import serve as serve_requests
 
     try:
         model, info = load(ckpt, threads)
     except Exception as e:  # noqa: BLE001 - reported to the parent as one line
-        say({"ok": False, "error": f"cannot load the checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"})
-        return 1
-    say({"ok": True, "image_size": list(model.config.image_size), "info": info})
-    batch = None
-    for line in stdin:
-        cmd, _, arg = line.strip().partition(" ")
-        try:
-            if cmd == "load":
-                batch = np.load(arg)
-                say({"ok": True})
-            elif cmd == "run":
-                if batch is None:
-                    raise ValueError("run before load")
-                say({"ok": True, "ms": timed_call(model, batch)})
-            elif cmd == "quit":
-                break
-            else:
-                raise ValueError(f"unknown request {cmd!r}")
-        except Exception as e:  # noqa: BLE001
-            say({"ok": False, "error": f"{type(e).__name__}: {e}"})
-    return 0
+        return refuse(f"cannot load the checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                      stdout)
+    hello = {"image_size": list(model.config.image_size), "info": info}
+    return serve_requests(hello, lambda batch: timed_call(model, batch), stdin, stdout)
 
 
 def main(argv: list[str] | None = None) -> int:

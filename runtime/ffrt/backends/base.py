@@ -21,12 +21,18 @@ import abc
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import BackendUnavailableError, InvalidArgumentError
 from ..meta import ModelMeta
+from .kinds import BackendKind, backend_kind
+
+if TYPE_CHECKING:
+    from .variants import Variant
 
 log = logging.getLogger("ffrt")
 
@@ -36,8 +42,17 @@ log = logging.getLogger("ffrt")
 #: another is measured faster here (see CPU_BACKENDS).
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "onnxruntime-cpu", "openvino")
 
+class Precision(StrEnum):
+    """The float precision a caller may ask the CPU compute for (what actually ran is the
+    backend's ``precision``: INT8/FP16 parts of a file run as encoded)."""
+
+    AUTO = "auto"  # FP32, or BF16 where the file carries a passed BF16 gate and the CPU has native BF16
+    FP32 = "fp32"
+    BF16 = "bf16"  # OpenVINO on a CPU with AMX or AVX512-BF16; the anomaly head stays FP32
+
+
 #: What ``precision=`` accepts.
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+PRECISIONS: tuple[str, ...] = tuple(p.value for p in Precision)
 
 class Backend(abc.ABC):
     """Runs the fused graph on a uint8 NHWC RGB batch."""
@@ -52,6 +67,14 @@ class Backend(abc.ABC):
     precision_detail: str = ""
     #: For backend="auto" on the CPU: how this backend was chosen over the other CPU backends.
     choice: str = ""
+    #: The file it runs when "auto" chose a precision variant of the requested one
+    #: (``backends/variants.py``) with that file's metadata; None: the requested file.
+    variant: "Variant | None" = None
+
+    @property
+    def label(self) -> str:
+        """The backend's name, and the variant file it runs if any (names "auto"'s candidates)."""
+        return self.name if self.variant is None else f"{self.name} on {self.variant.path.name}"
 
     @property
     @abc.abstractmethod
@@ -112,9 +135,8 @@ class BackendSpec:
     name: str
     #: None when the backend can run here, else a sentence saying why not and what to install.
     probe: Callable[[], str | None]
-    #: Builds the backend: (model path, metadata, CPU threads, GPU index), plus precision=... and
-    #: options=... for a backend that declares ``option_keys`` or a ``precision_problem`` of its
-    #: own (one registered before these existed keeps working). Raises BackendUnavailableError
+    #: Builds the backend: (model path, metadata, CPU threads, GPU index, precision=..., options=...);
+    #: a backend without options or precisions of its own ignores the last two. Raises BackendUnavailableError
     #: when the machine turns out not to support it after all (e.g. CUDA libraries missing,
     #: TensorRT cannot initialise CUDA); "auto" then moves on. Any other error (ModelFileError:
     #: the model breaks the contract) is not hidden.
@@ -129,9 +151,7 @@ _REGISTRY: dict[str, BackendSpec] = {}
 
 
 def _create(spec: BackendSpec, model_path, meta, threads, device, precision: str, options: dict) -> Backend:
-    if spec.option_keys or spec.precision_problem is not fp32_only:
-        return spec.create(model_path, meta, threads, device, precision=precision, options=options)
-    return spec.create(model_path, meta, threads, device)
+    return spec.create(model_path, meta, threads, device, precision=precision, options=options)
 
 
 def register_backend(spec: BackendSpec) -> None:
@@ -164,7 +184,7 @@ def create_backend(
     and why (empty for an explicit choice).
     """
     name = str(requested).strip().lower()
-    precision = check_precision(precision)
+    precision = check_precision(precision).value
     options = dict(options or {})
     if name == "auto":
         return _auto(model_path, meta, threads, device, precision, options)
@@ -194,11 +214,11 @@ def precision_problem(name: str, precision: str) -> str | None:
     return spec.probe() or spec.precision_problem(precision)
 
 
-def check_precision(precision: object) -> str:
+def check_precision(precision: object) -> Precision:
     value = str(precision).strip().lower() if isinstance(precision, str) else None
     if value not in PRECISIONS:
         raise InvalidArgumentError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, not {precision!r}.")
-    return value
+    return Precision(value)
 
 
 def _check_options(spec: BackendSpec, options: dict) -> None:
@@ -220,7 +240,7 @@ def auto_order(meta: ModelMeta) -> tuple[str, ...]:
 
 
 #: The CPU backends of AUTO_ORDER ("auto" measures these against each other).
-CPU_BACKENDS: tuple[str, ...] = ("onnxruntime-cpu", "openvino")
+CPU_BACKENDS: tuple[str, ...] = tuple(n for n in AUTO_ORDER if backend_kind(n) is BackendKind.CPU)
 
 
 def _start(name: str, model_path, meta, threads, device, precision, options, skipped: list[str]) -> Backend | None:
@@ -240,6 +260,27 @@ def _start(name: str, model_path, meta, threads, device, precision, options, ski
     except BackendUnavailableError as e:
         skipped.append(f"{name}: {e}")
         return None
+
+
+def _start_variants(group: list[str], model_path: Path, meta: ModelMeta, threads, device, options: dict,
+                    why_not: list[str]) -> list[Backend]:
+    """Backends of ``group`` on each gated precision variant of ``model_path`` (variants.py),
+    in the precision the variant was gated for."""
+    from .variants import gated_variants
+
+    variants, problems = gated_variants(model_path, meta)
+    why_not.extend(problems)
+    started = []
+    for variant in variants:
+        refused: list[str] = []
+        for name in group:
+            backend = _start(name, variant.path, variant.meta, threads, device, variant.precision, options, refused)
+            if backend is not None:
+                backend.variant = variant
+                started.append(backend)
+        if not any(b.variant is variant for b in started):
+            why_not.append(f"{variant.path.name} ({variant.precision}) not run: " + "; ".join(refused))
+    return started
 
 
 def _auto(model_path: Path, meta: ModelMeta, threads: int | None, device: int, precision: str,
@@ -262,10 +303,14 @@ def _auto(model_path: Path, meta: ModelMeta, threads: int | None, device: int, p
         if not started:
             skipped.extend(why_not)
             break
+        if precision == "auto":
+            started += _start_variants(group, model_path, meta, threads, device, options, why_not)
         if len(started) > 1:
             from .cpuchoice import pick
 
             chosen, line = pick(started, model_path, meta, threads)
+            if why_not:
+                line += "; " + "; ".join(f"not {w}" for w in why_not)
         else:
             chosen, line = started[0], "; ".join(f"not {w}" for w in why_not) or "the only CPU backend in this build"
         chosen.choice = line

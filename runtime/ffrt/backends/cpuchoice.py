@@ -43,6 +43,11 @@ class Backend(Protocol):
 
 log = logging.getLogger("ffrt")
 
+
+def _label(backend: Backend) -> str:
+    """The backend's name, and the precision variant it runs if any (``Backend.label``)."""
+    return getattr(backend, "label", None) or backend.name
+
 CACHE_NAME = "cpu-backend-choice.json"
 #: A challenger must take at most this fraction of the incumbent's time per image: below a 5%
 #: difference the probe's own noise on a shared machine would decide.
@@ -90,10 +95,11 @@ def cache_path() -> Path:
 
 
 def _key(backends: list[Backend], model_path: Path, threads: int | None) -> str:
-    from ..tensorrt.build import graph_sha256
+    from ..tensorrt.plan import graph_sha256
 
     parts = [graph_sha256(model_path), cpu_signature(), _versions(), f"threads={threads}"]
-    parts += [f"{b.name}:{b.precision}:{b.description}" for b in backends]
+    parts += [f"{_label(b)}:{b.precision}:{b.description}" for b in backends]
+    parts += [graph_sha256(b.variant.path) for b in backends if getattr(b, "variant", None) is not None]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -127,11 +133,11 @@ def measure(backends: list[Backend], height: int, width: int, batches: tuple[int
     from ffcore.timing import interleaved
 
     rng = np.random.default_rng(0)
-    per_image: dict[str, list[float]] = {b.name: [] for b in backends}
+    per_image: dict[str, list[float]] = {_label(b): [] for b in backends}
     for n in batches:
         x = rng.integers(0, 256, size=(n, height, width, 3), dtype=np.uint8)
         # warm-up: memory arenas, kernel choice, OpenVINO's compile for this batch size
-        times = interleaved({b.name: (lambda b=b: b.run(x)) for b in backends}, rounds=ROUNDS, warmup=1,
+        times = interleaved({_label(b): (lambda b=b: b.run(x)) for b in backends}, rounds=ROUNDS, warmup=1,
                             settle_s=SETTLE_S)
         for name, t in times.items():
             per_image[name].append(float(np.median(t)) / n)
@@ -146,23 +152,23 @@ def pick(backends: list[Backend], model_path: Path, meta, threads: int | None) -
     else:
         key = _key(backends, model_path, threads)
         entry = _read_cache()["entries"].get(key)
-        names = {b.name: b for b in backends}
+        names = {_label(b): b for b in backends}
         if entry is None or entry.get("chosen") not in names:
             batches = tuple(sorted({1, min(8, meta.batch_max or 8)}))
             ms = measure(backends, meta.input.height, meta.input.width, batches)
             best = min(ms, key=ms.get)
-            chosen_name = best if ms[best] <= MARGIN * ms[incumbent.name] else incumbent.name
+            chosen_name = best if ms[best] <= MARGIN * ms[_label(incumbent)] else _label(incumbent)
             entry = {"chosen": chosen_name, "ms_per_image": ms, "batches": list(batches), "cpu": cpu_signature(),
                      "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                     "backends": {b.name: b.description for b in backends}}
+                     "backends": {_label(b): b.description for b in backends}}
             _write_cache(key, entry)
             how = "measured now"
         else:
             how = f"measured {entry.get('measured_at', '')}, remembered in {cache_path()}"
         chosen = names[entry["chosen"]]
         figures = ", ".join(f"{n} {v:.2f} ms/image" for n, v in entry["ms_per_image"].items())
-        line = (f"{chosen.name} measured against the other CPU backends: {figures} (batch "
-                f"{' and '.join(map(str, entry['batches']))}, {how}; another than {incumbent.name} must be "
+        line = (f"{_label(chosen)} measured against the other CPU candidates: {figures} (batch "
+                f"{' and '.join(map(str, entry['batches']))}, {how}; another than {_label(incumbent)} must be "
                 f"{100 * (1 - MARGIN):.0f}% faster to be chosen)")
     for b in backends:
         if b is not chosen:

@@ -9,7 +9,6 @@ Runtime documents this), so one backend serves all threads of a Detector.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +179,7 @@ def _probe_trt_ep() -> str | None:
     return None
 
 
-def _create_trt_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0) -> "OnnxRuntimeBackend":
+def _create_trt_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0, **_) -> "OnnxRuntimeBackend":
     import json
 
     from ..tensorrt.ort_provider import prune_ort_trt_folders, trt_ep_options
@@ -204,7 +203,7 @@ def cuda_ep_options(device: int = 0) -> dict:
     return {"device_id": device, "use_tf32": 0}
 
 
-def _create_cuda_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0) -> "OnnxRuntimeBackend":
+def _create_cuda_ep(path: Path, meta: ModelMeta, threads: int | None, device: int = 0, **_) -> "OnnxRuntimeBackend":
     prepare_gpu_libraries()
     # CPU EP listed second: nodes CUDA lacks a kernel for still run.
     return OnnxRuntimeBackend("onnxruntime-cuda", path, meta,
@@ -229,7 +228,7 @@ register_backend(
     BackendSpec(
         name="onnxruntime-cpu",
         probe=_probe_cpu,
-        create=lambda path, meta, threads, device=0: OnnxRuntimeBackend(
+        create=lambda path, meta, threads, device=0, **_: OnnxRuntimeBackend(
             "onnxruntime-cpu", path, meta, ["CPUExecutionProvider"], threads
         ),
     )

@@ -113,8 +113,9 @@ class _Compiled:
             # The body hands its outputs over in BF16: an FP32 output would make the CPU plugin
             # keep the body's own tail (everything after its last convolution: the last flow
             # steps) in FP32 with reorders between the two (Graph::EnforceInferencePrecision skips
-            # the graph tail unless the output's precision is the inference precision), measured
-            # 1.4x slower at batch 8. The values are BF16 there anyway; the tail casts to FP32.
+            # the graph tail unless the output's precision is the inference precision), which is
+            # slower (benchmarks/README.md, "Figures behind the code's defaults"). The values are
+            # BF16 there anyway; the tail casts to FP32.
             cut = ovgraph.split(model, keep_fp32, boundary)
             self.parts = [core.compile_model(cut.body, "CPU", config), core.compile_model(cut.tail, "CPU", fp32_config)]
         self.outputs = outputs

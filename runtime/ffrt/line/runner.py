@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from .. import __version__
 from ..errors import FFRTError
 from .writer import RunOutputs
-from .sources import LOSSY_CODECS, Frame, FrameReader, SourceSpec
+from .sources import IMAGES, LOSSY_CODECS, Frame, FrameReader, SourceSpec
 
 #: After a stop, how long the run waits for sources still reading before it gives up on them.
 DRAIN_S = 10.0
@@ -120,6 +120,8 @@ class LineRun:
         header: dict | None = None,
         on_frame: Callable[[str, str, dict | None], None] | None = None,
         codec_trained: bool = False,
+        decode_threads: int = 0,
+        decode_ahead: int = 2,
     ) -> None:
         self._submit = submit
         self.specs = specs
@@ -135,6 +137,10 @@ class LineRun:
         #: Whether the model was trained on codec artefacts (fftrain --augment-jpeg): if not, a
         #: source delivering lossy-compressed frames is warned about once.
         self.codec_trained = codec_trained
+        #: Image files are decoded on a pool of this many threads shared by the sources, each
+        #: source at most ``decode_ahead`` frames ahead (0 threads: in each source's thread).
+        self._decode_threads, self._decode_ahead = decode_threads, decode_ahead
+        self._decode_pool: ThreadPoolExecutor | None = None
         #: A progress counter (ffcore.progress) and where messages go; set by the caller.
         self.progress = None
         self.say: Callable[[str], None] = lambda msg: None
@@ -154,7 +160,8 @@ class LineRun:
 
     def _read(self, spec: SourceSpec) -> None:
         reader = FrameReader(spec, self._read_image, stop=self.stop, realtime=self._realtime,
-                             on_open=lambda codec: self._put(Opened(spec.name, codec)))
+                             on_open=lambda codec: self._put(Opened(spec.name, codec)),
+                             pool=self._decode_pool, ahead=self._decode_ahead)
         keep_image = self.outputs.overlays
         try:
             for frame in reader:
@@ -165,6 +172,7 @@ class LineRun:
                     future = self._submit(frame.image, source=spec.name)
                 except self._queue_full:
                     future = REFUSED
+                frame.decode_scale = getattr(frame.image, "scale", 1)
                 if not keep_image:
                     frame.image = None  # the Detector holds its own reference until it has preprocessed
                 self._put((spec, frame, future))
@@ -195,6 +203,8 @@ class LineRun:
     def run(self) -> str:
         """Read every source to its end (or until ``stop``); returns the final status:
         "complete", "interrupted" or "failed" (an output could not be written)."""
+        if self._decode_threads > 0 and any(spec.kind == IMAGES for spec in self.specs):
+            self._decode_pool = ThreadPoolExecutor(self._decode_threads, thread_name_prefix="ffrt-decode")
         for spec in self.specs:
             t = threading.Thread(target=self._read, args=(spec,), name=f"ffrt-source-{spec.name}", daemon=True)
             t.start()
@@ -236,6 +246,8 @@ class LineRun:
             self._abandon_pending()
             for t in self._threads:
                 t.join(timeout=0.5)
+            if self._decode_pool is not None:
+                self._decode_pool.shutdown(wait=False, cancel_futures=True)
             for st in self.states.values():
                 st.ended = st.ended or ("stopped" if self.status != "complete" else "ended")
             self.outputs.close()
@@ -350,6 +362,8 @@ def frame_record(source: str, frame: Frame, status: str, result=None, error: str
     rec: dict = {"source": source, "frame": frame.index}
     if frame.file is not None:
         rec["file"] = frame.file
+    if frame.decode_scale > 1:
+        rec["decode_scale"] = frame.decode_scale
     if frame.video_ms is not None:
         rec["video_ms"] = round(frame.video_ms, 3)
     rec["time"] = iso_time(frame.time)

@@ -28,7 +28,9 @@ import glob
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,9 +94,11 @@ class Frame:
     file: str | None = None  # the image file, for IMAGES
     video_ms: float | None = None  # position in a video file
     error: str | None = None
+    #: A JPEG decoded at 1/decode_scale of its size (ffrt.line.decode); 1: decoded whole.
+    decode_scale: int = 1
 
 
-def parse_sources(args: list[str], names: list[str] | None, recursive: bool = False) -> list[SourceSpec]:
+def parse_sources(targets: list[str], names: list[str] | None, recursive: bool = False) -> list[SourceSpec]:
     """The sources named on the command line, checked before any model is loaded.
 
     Raises InvalidArgumentError listing every argument that names nothing (a missing path,
@@ -102,8 +106,8 @@ def parse_sources(args: list[str], names: list[str] | None, recursive: bool = Fa
     """
     names = list(names or [])
     problems: list[str] = []
-    if names and len(names) != len(args):
-        problems.append(f"--source-name given {len(names)} time(s) for {len(args)} source(s): give one name per source, in order, or none")
+    if names and len(names) != len(targets):
+        problems.append(f"--source-name given {len(names)} time(s) for {len(targets)} source(s): give one name per source, in order, or none")
     for n in names:
         if not _NAME.match(n):
             problems.append(f"--source-name {n!r}: use 1-64 letters, digits, '.', '_' or '-' (it names output folders)")
@@ -111,7 +115,7 @@ def parse_sources(args: list[str], names: list[str] | None, recursive: bool = Fa
         problems.append("--source-name: each source needs its own name")
     specs: list[SourceSpec] = []
     used: set[str] = set(names)
-    for i, arg in enumerate(args):
+    for i, arg in enumerate(targets):
         kind, files, skipped, problem = _classify(arg, recursive)
         if problem:
             problems.append(problem)
@@ -170,7 +174,7 @@ class FrameReader:
     ``failed`` whether that was a fault (cannot open, disconnected) rather than the end."""
 
     spec: SourceSpec
-    read_image: object  # callable(path) -> BGR array; raises InvalidImageError
+    read_image: object  # callable(path) -> BGR array or ReducedFrame; raises InvalidImageError
     stop: threading.Event = field(default_factory=threading.Event)
     realtime: bool = False
     ended: str = ""
@@ -178,6 +182,10 @@ class FrameReader:
     #: Called once from the reader's thread with the codec's FourCC ("" if unknown) when a
     #: video, camera or stream has been opened.
     on_open: Callable[[str], None] | None = None
+    #: Image files: decode them on this pool (ffrt.line.decode), at most ``ahead`` frames before
+    #: the caller takes them; None: in the reader's own thread.
+    pool: Executor | None = None
+    ahead: int = 2
 
     def __iter__(self) -> Iterator[Frame]:
         if self.spec.kind == IMAGES:
@@ -186,16 +194,45 @@ class FrameReader:
             yield from self._video()
 
     def _images(self) -> Iterator[Frame]:
+        if self.pool is not None:
+            yield from self._images_ahead()
+            return
         for i, path in enumerate(self.spec.files):
             if self.stop.is_set():
                 self.ended = "stopped"
                 return
-            try:
-                image = self.read_image(path)
-                yield Frame(i, time.time(), image, file=str(path))
-            except InvalidImageError as e:  # ImageFileError too: unreadable, corrupt, refused by the limits
-                yield Frame(i, time.time(), None, file=str(path), error=str(e))
+            yield self._frame(i, path, lambda: self.read_image(path))
         self.ended = "end of the image list"
+
+    def _images_ahead(self) -> Iterator[Frame]:
+        """The files decoded on the pool, up to ``ahead`` at a time, yielded in the source's order."""
+        pending: deque = deque()
+        files = iter(enumerate(self.spec.files))
+        try:
+            while True:
+                while len(pending) < max(1, self.ahead) and not self.stop.is_set():
+                    nxt = next(files, None)
+                    if nxt is None:
+                        break
+                    pending.append((nxt[0], nxt[1], self.pool.submit(self.read_image, nxt[1])))
+                if self.stop.is_set():
+                    self.ended = "stopped"
+                    return
+                if not pending:
+                    break
+                i, path, decoded = pending.popleft()
+                yield self._frame(i, path, decoded.result)
+        finally:
+            for *_, decoded in pending:
+                decoded.cancel()
+        self.ended = "end of the image list"
+
+    @staticmethod
+    def _frame(i: int, path: Path, read: Callable[[], object]) -> Frame:
+        try:
+            return Frame(i, time.time(), read(), file=str(path))
+        except InvalidImageError as e:  # ImageFileError too: unreadable, corrupt, refused by the limits
+            return Frame(i, time.time(), None, file=str(path), error=str(e))
 
     def _video(self) -> Iterator[Frame]:
         import cv2

@@ -31,6 +31,7 @@ import numpy as np
 from ffcore.files import atomic_write_bytes
 
 from ..errors import FFRTError
+from ..preprocess import ReducedFrame
 from ..runreport import check_output_dir
 
 RESULTS_JSONL = "results.jsonl"
@@ -111,6 +112,8 @@ class RunOutputs:
         that a line never names a picture that is not there."""
         if result is not None and record.get("verdict") == "FAIL" and (self.overlays or self.masks):
             stem = f"{record['frame']:06d}" + (f"_{Path(record['file']).stem}" if record.get("file") else "")
+            if isinstance(image, ReducedFrame):
+                image = image.image  # the overlay is drawn at the resolution the frame was decoded at
             if self.overlays and image is not None:
                 record["overlay"] = self._picture("overlays", record["source"], stem, lambda: _overlay(image, result))
             if self.masks:

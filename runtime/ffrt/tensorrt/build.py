@@ -38,29 +38,12 @@ import hashlib
 import importlib
 import json
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ffcore.files import sha256_file  # noqa: F401  (re-exported)
+from ffcore.nvidia_smi import NvidiaSmiError, query_gpus
 
-from .plan import (  # noqa: F401  (re-exported: ffrt.tensorrt.build.* is the public spelling)
-    ENGINE_FORMAT,
-    ENGINE_SCHEMA_VERSION,
-    SIDECAR_SUFFIX,
-    BatchProfile,
-    CacheKey,
-    EngineInfo,
-    check_engine,
-    engine_meta,
-    engine_mismatches,
-    graph_sha256,
-    read_engine_info,
-    sidecar_path,
-    source_onnx_next_to,
-    write_engine,
-)
+from .plan import BatchProfile, CacheKey, EngineInfo, check_engine, graph_sha256, read_engine_info, sidecar_path, write_engine
 from ..errors import BackendUnavailableError, EngineMismatchError, ModelFileError
 from ..meta import ModelMeta
 
@@ -128,20 +111,13 @@ def gpu_info(device: int = 0) -> GpuInfo | None:
         return GpuInfo(d.name, d.compute_capability)
     except CudaError:
         pass
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return None
     try:
-        out = subprocess.run(
-            [smi, "--query-gpu=name,compute_cap", "--format=csv,noheader", f"--id={device}"],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout.strip()
-    except (subprocess.SubprocessError, OSError):
+        gpus = query_gpus(("name", "compute_cap"), device)
+    except NvidiaSmiError:
         return None
-    if not out or "," not in out:
+    if not gpus or not gpus[0]["compute_cap"]:
         return None
-    name, cc = (s.strip() for s in out.splitlines()[0].rsplit(",", 1))
-    return GpuInfo(name, cc)
+    return GpuInfo(gpus[0]["name"], gpus[0]["compute_cap"])
 
 
 def missing_for_tensorrt(device: int = 0) -> str | None:

@@ -190,7 +190,7 @@ def attach_timing_cache(config, path: Path | None, log_fn=print):
 
 def save_timing_cache(config, path: Path | None, log_fn=print) -> bool:
     """Merge what this build measured into ``path`` (under its lock); returns whether written."""
-    from ..meta import atomic_write_bytes
+    from ffcore.files import atomic_write_bytes
 
     if path is None:
         return False

@@ -75,7 +75,8 @@ def trt_ep_options(model_path: Path, meta: ModelMeta, cache_root: Path | None = 
     trt_profile_min/opt/max_shapes; its Python example passes booleans, which
     onnxruntime's check_and_normalize_provider_args turns into "True"/"False").
     """
-    from .build import DEFAULT_WORKSPACE_MB, BatchProfile, GpuInfo, cache_key, default_cache_dir, gpu_info, graph_sha256
+    from .build import DEFAULT_WORKSPACE_MB, GpuInfo, cache_key, default_cache_dir, gpu_info
+    from .plan import BatchProfile, graph_sha256
 
     gpu = gpu_info(device) or GpuInfo("unknown", "unknown")
     profile = BatchProfile.for_model(meta)

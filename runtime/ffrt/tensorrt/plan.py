@@ -21,7 +21,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import EngineMismatchError, InvalidArgumentError, ModelFileError
-from ..meta import ModelMeta, atomic_write_bytes, readable
+from ..meta import ModelMeta, readable
+from ffcore.files import atomic_write_bytes
 
 ENGINE_FORMAT = "ffrt.gpu.engine"  # a file-format tag, not a module path: every sidecar written carries it
 ENGINE_SCHEMA_VERSION = 3  # 2: graph_sha256 + source_onnx (plans keyed on the graph, not the file); 3: tf32
@@ -299,7 +300,7 @@ def engine_meta(plan_path: str | os.PathLike, log=None) -> ModelMeta:
     is refused (the engine is stale: rebuild it). No ONNX next to it, or a sidecar from
     before graph hashes: the sidecar's copy, frozen at build time, with a warning.
     """
-    from ..meta import read_onnx_meta
+    from ..metafile import read_onnx_meta
 
     warn = log or logging.getLogger("ffrt").warning
     plan_path = Path(plan_path)

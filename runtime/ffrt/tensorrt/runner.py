@@ -36,13 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .build import (
-    cached_plan,
-    check_engine,
-    import_tensorrt,
-    missing_for_tensorrt,
-    read_engine_info,
-)
+from .build import cached_plan, import_tensorrt, missing_for_tensorrt
+
+from .plan import check_engine, read_engine_info
 
 from ..errors import BackendUnavailableError, InferenceError, InvalidArgumentError, ModelFileError
 from ..meta import ModelMeta
@@ -348,6 +344,6 @@ register_backend(
     BackendSpec(
         name="tensorrt",
         probe=_probe,
-        create=lambda path, meta, threads, device=0: TensorRTBackend(path, meta, device=device),
+        create=lambda path, meta, threads, device=0, **_: TensorRTBackend(path, meta, device=device),
     )
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..clitool import Tool
+from ..basecli import Tool, detector_config
 
 
 def _batch_args(parser: argparse.ArgumentParser, what: str) -> None:
@@ -113,8 +113,6 @@ class ServeTool(Tool):
         from .serve import serve
 
         return serve(
-            args.model, backend=args.backend, address=args.address, http_port=args.http_port,
-            grpc_port=args.grpc_port, metrics_port=args.metrics_port, max_batch=args.max_batch,
-            max_delay_ms=_delay_us(args.max_delay_ms) / 1000, threads=args.threads, max_pixels=args.max_pixels,
-            min_side=args.min_side, min_region_px=args.min_region_px, access_token=args.access_token,
+            args.model, detector_config(args), address=args.address, http_port=args.http_port,
+            grpc_port=args.grpc_port, metrics_port=args.metrics_port, access_token=args.access_token,
         )

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backends import Backend, BackendSpec, register_backend
+from ..config import DetectorConfig
 from ..detector import Detector
 from ..errors import FFRTError, InferenceError, InvalidImageError
 from ..meta import ModelMeta
@@ -88,11 +89,11 @@ def _number(params: dict[str, str], key: str, kind=float):
 class TritonPythonModel:
     """The ``ffrt_detector`` model (Triton instantiates it once per model instance)."""
 
-    def initialize(self, args: dict) -> None:
+    def initialize(self, model_args: dict) -> None:
         import triton_python_backend_utils as pb_utils
 
         self._pb = pb_utils
-        config = json.loads(args["model_config"])
+        config = json.loads(model_args["model_config"])
         params = _parameters(config)
         graph_model = params.get("graph_model") or protocol.GRAPH_MODEL
         self._chunk = _number(params, "graph_max_batch", int)
@@ -102,7 +103,7 @@ class TritonPythonModel:
         # refuses outputs a model's configuration lacks.
         declared = {o.get("name") for o in config.get("output", [])}
         self._info = [name for name in protocol.INFO_OUTPUTS if name in declared]
-        meta_path = Path(args["model_repository"]) / str(args["model_version"]) / protocol.META_FILE
+        meta_path = Path(model_args["model_repository"]) / str(model_args["model_version"]) / protocol.META_FILE
 
         def create(path, meta, threads, device, **_):  # precision/options: the graph's own, ffrt_model's config
             return BLSBackend(pb_utils, graph_model, meta, graph_precision)
@@ -110,18 +111,13 @@ class TritonPythonModel:
         # Registered in this stub process only (one per model instance); the Detector then
         # builds it like any other backend.
         register_backend(BackendSpec(BLS_BACKEND, probe=lambda: None, create=create))
-        options = {}
-        for key, kind in (("max_pixels", int), ("min_side", int), ("min_region_px", int)):
-            value = _number(params, key, kind)
+        settings = {"image_threshold": _number(params, "image_threshold"),
+                    "pixel_threshold": _number(params, "pixel_threshold")}
+        for key in ("max_pixels", "min_side", "min_region_px"):
+            value = _number(params, key, int)
             if value is not None:
-                options[key] = value
-        self.detector = Detector(
-            meta_path,
-            backend=BLS_BACKEND,
-            image_threshold=_number(params, "image_threshold"),
-            pixel_threshold=_number(params, "pixel_threshold"),
-            **options,
-        )
+                settings[key] = value
+        self.detector = Detector(meta_path, DetectorConfig.build(backend=BLS_BACKEND, **settings))
 
     def _image(self, request) -> np.ndarray:
         pb = self._pb

@@ -29,7 +29,8 @@ from pathlib import Path
 from ffcore.files import write_all_or_none
 
 from ..errors import InvalidArgumentError, ModelFileError
-from ..meta import ModelMeta, meta_from_proto, set_proto_meta
+from ..meta import ModelMeta
+from ..metafile import meta_from_proto, set_proto_meta
 from ..regions import check_min_region_px
 from . import protocol
 
@@ -216,7 +217,7 @@ def detector_parameters(meta: ModelMeta, opts: Options, graph: tuple[str, str | 
     return params
 
 
-def detector_config(meta: ModelMeta, opts: Options, graph: tuple[str, str | None] | None = None) -> str:
+def detector_pbtxt(meta: ModelMeta, opts: Options, graph: tuple[str, str | None] | None = None) -> str:
     """config.pbtxt of ffrt_detector (Python backend, inputs/outputs of ``protocol``)."""
     inputs = [Tensor(name, spec[0], spec[3]) for name, spec in protocol.INPUTS.items()]
     outputs = [Tensor(name, spec[0], spec[3]) for name, spec in {**protocol.OUTPUTS, **protocol.INFO_OUTPUTS}.items()]
@@ -249,7 +250,7 @@ def detector_files(root: Path, meta: ModelMeta, opts: Options, code_paths: list[
     folder = root / protocol.DETECTOR_MODEL
     model_py = MODEL_PY.replace("{path}", CODE_PATH.format(paths=list(code_paths)) if code_paths else "")
     return {
-        folder / "config.pbtxt": detector_config(meta, opts, graph).encode(),
+        folder / "config.pbtxt": detector_pbtxt(meta, opts, graph).encode(),
         folder / "1" / "model.py": model_py.encode(),
         folder / "1" / protocol.META_FILE: meta_onnx_bytes(meta),
     }

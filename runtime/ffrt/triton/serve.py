@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailableError, FFRTError, InvalidArgumentError
-from ..preprocess import ImageLimits
+from ..config import DetectorConfig
 from . import leftovers, protocol
 from .http_guard import HttpGuard
 from .repository import Options, detector_files, preferred_batch_sizes
@@ -100,23 +100,19 @@ def prepare_environment() -> str:
 
 def serve(
     model: Path,
+    config: DetectorConfig,
     *,
-    backend: str = "auto",
     address: str = "127.0.0.1",
     http_port: int = 8000,
     grpc_port: int = 8001,
     metrics_port: int = 8002,
-    max_batch: int | None = None,
-    max_delay_ms: float = 2.0,
-    threads: int | None = None,
-    max_pixels: int | None = None,
-    min_side: int | None = None,
-    min_region_px: int = 0,
     access_token: str | None = None,
     ready: threading.Event | None = None,
     stop: threading.Event | None = None,
 ) -> int:
-    """Serve ``model`` until SIGINT/SIGTERM (or ``stop`` is set); returns the exit code."""
+    """Serve ``model`` until SIGINT/SIGTERM (or ``stop`` is set); returns the exit code.
+    ``config``: the Detector settings of both models (backend, threads, image limits,
+    min_region_px; max_batch and max_delay_ms are Triton's dynamic batching)."""
     warning = exposure_warning(address)
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -131,14 +127,14 @@ def serve(
 
     from ..detector import Detector
 
-    det = Detector(model, backend=backend, threads=threads)
+    det = Detector(model, config)
     meta = det.meta
-    opts = Options(max_batch=max_batch, delay_us=int(round(max_delay_ms * 1000)), kind="cpu", instances=1,
-                   max_pixels=max_pixels, min_side=min_side, min_region_px=min_region_px).checked(meta)
+    opts = Options(max_batch=config.max_batch, delay_us=int(round(config.max_delay_ms * 1000)), kind="cpu",
+                   instances=1, max_pixels=config.max_pixels, min_side=config.min_side,
+                   min_region_px=config.min_region_px).checked(meta)
     h, w = det.input_size
     map_name, score_name = meta.outputs.anomaly_map, meta.outputs.score
-    limits = ImageLimits(**{k: v for k, v in (("max_pixels", max_pixels), ("min_side", min_side)) if v is not None})
-    bounds = RequestBounds(limits, opts.max_batch)
+    bounds = RequestBounds(config.limits, opts.max_batch)
     triton_http_port = _free_loopback_port()
 
     @batch

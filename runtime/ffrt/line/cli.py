@@ -13,16 +13,18 @@ summary follows, as for a complete run.
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from ..clitool import Tool, add_inference_args, add_limit_args
-from ..errors import QueueFullError
+from ..basecli import Tool, add_inference_args, add_limit_args, detector_config
+from ..batching import POLICIES
+from ..errors import InvalidArgumentError, QueueFullError
+from .decode import REDUCED_DECODE_DEFAULT, DecodeSettings, default_decode_threads
 
 PROGRESS_EVERY_S = 10.0
-POLICIES = ("block", "reject", "drop_oldest")
 
 
 class RunTool(Tool):
@@ -54,6 +56,18 @@ class RunTool(Tool):
             "--realtime", action="store_true",
             help="read video files at their own frame rate, as a camera delivers them (default: as fast as they are scored)",
         )
+        src.add_argument(
+            "--reduced-decode", action=argparse.BooleanOptionalAction, default=REDUCED_DECODE_DEFAULT,
+            help="decode a JPEG frame that is at least 2, 4 or 8 times the model input on both sides at 1/2, 1/4 or "
+            "1/8 of its size, which costs a fraction of a full decode and resize; results stay in the frame's own "
+            f"coordinates (default: {'on' if REDUCED_DECODE_DEFAULT else 'off'}; the score change it causes is "
+            "measured in benchmarks/README.md)",
+        )
+        src.add_argument(
+            "--decode-threads", type=int, default=None, metavar="N",
+            help="threads decoding image files ahead of the model, shared by the sources, each source's frames kept "
+            "in order (default: one per physical core; 0: each source decodes in its own thread)",
+        )
         add_limit_args(src)
         add_inference_args(parser.add_argument_group("inference"))
         batching = parser.add_argument_group("batching and queue")
@@ -83,30 +97,34 @@ class RunTool(Tool):
 
         from .runner import LineRun
         from .metrics import require_prometheus
-        from ..preprocess import read_image_file
+        from ..detector import Detector
+        from .decode import FrameDecoder
         from .writer import RunOutputs
         from .sources import parse_sources
 
         # Everything that can be refused is refused before the model loads.
         specs = parse_sources(args.sources, args.source_name, args.recursive)
+        decoding = decode_settings(args)
         if args.metrics_port is not None:
             require_prometheus()
         outputs = RunOutputs(args.out, csv_too=args.csv, overlays=args.overlays, masks=args.masks)
         outputs.check()
-        with _make_detector(args) as det:
+        with Detector(args.model, detector_config(args)) as det:
             t = det.thresholds
             header = {
                 "model": str(args.model), "backend": det.backend_description,
                 "thresholds": {"image": t.image, "pixel": t.pixel, "source": t.source},
                 "queue_policy": args.queue_policy,
+                "decode": {"reduced_jpeg": decoding.reduced, "threads": decoding.threads},
             }
             run = LineRun(
-                det.submit, specs, lambda p: read_image_file(p, det.limits, det.meta.input), outputs,
+                det.submit, specs, FrameDecoder(det.limits, det.meta.input, decoding.reduced), outputs,
                 queue_full=(QueueFullError,), realtime=args.realtime, header=header,
                 codec_trained=bool(det.meta.augmentation and det.meta.augmentation.jpeg_share > 0),
+                decode_threads=decoding.threads, decode_ahead=decoding.frames_ahead,
             )
             # The metrics port is taken before anything is shown or written: a port in use fails cleanly.
-            metrics = _start_metrics(args, run, det) if args.metrics_port is not None else None
+            metrics = _start_metrics(args.metrics_host, args.metrics_port, run, det) if args.metrics_port is not None else None
             total = sum(len(s.files) for s in specs) if all(s.kind == "images" for s in specs) else None
             run.progress = bar = progress(desc="run", unit="frames", total=total, every_s=PROGRESS_EVERY_S)
             run.say = say = _sayer(bar if is_terminal(sys.stderr) else None)
@@ -138,15 +156,12 @@ class RunTool(Tool):
         return 0
 
 
-def _make_detector(args):
-    from ..detector import Detector
-
-    batching = dict(max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, queue_size=args.queue_size, min_region_px=args.min_region_px)
-    return Detector(
-        args.model, backend=args.backend, threads=args.threads, image_threshold=args.image_threshold,
-        pixel_threshold=args.pixel_threshold, max_pixels=args.max_pixels, min_side=args.min_side, device=args.device,
-        queue_policy=args.queue_policy, **{k: v for k, v in batching.items() if v is not None},
-    )
+def decode_settings(args) -> DecodeSettings:
+    """The command line's decoding options as the runner's typed settings."""
+    threads = default_decode_threads() if args.decode_threads is None else args.decode_threads
+    if threads < 0:
+        raise InvalidArgumentError(f"--decode-threads must be 0 or more, not {threads}")
+    return DecodeSettings(reduced=args.reduced_decode, threads=threads)
 
 
 def _final_summary(run, det) -> dict:
@@ -158,15 +173,15 @@ def _final_summary(run, det) -> dict:
     return summary
 
 
-def _start_metrics(args, run, det):
+def _start_metrics(address: str, port: int, run, det):
     from .metrics import RunMetrics
 
     def snapshot() -> dict:
         return {**run.live(), "queue_depth": det.pipeline_stats().queue_depth, "drift": det.health().to_dict()}
 
     metrics = RunMetrics(snapshot)
-    port = metrics.serve(args.metrics_host, args.metrics_port)
-    host = f"[{args.metrics_host}]" if ":" in args.metrics_host else args.metrics_host
+    port = metrics.serve(address, port)
+    host = f"[{address}]" if ":" in address else address
     print(f"ffrt: metrics: http://{host}:{port}/metrics", file=sys.stderr, flush=True)
     return metrics
 
