@@ -89,7 +89,7 @@ def build_ffrt(work: Path, log=print) -> dict:
     paths = ffrt_paths(work)
     paths["root"].mkdir(parents=True, exist_ok=True)
     config = ModelConfig(backbone=BACKBONE, random_backbone=True, image_size=IMAGE_SIZE, flow_steps=FLOW_STEPS,
-                            hidden_ratio=HIDDEN_RATIO, conv3x3_only=CONV3X3_ONLY, seed=SEED)
+                         hidden_ratio=HIDDEN_RATIO, conv3x3_only=CONV3X3_ONLY, seed=SEED)
     split = resolve("elpv:mono")
     split.train, split.val = split.train[:48], split.val[:12]  # enough for one epoch and the head's statistics
     t0 = time.perf_counter()

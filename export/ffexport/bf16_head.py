@@ -23,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ffcore.modelkinds import DEFAULT_MODEL_KIND
-from fftrain.kinds import KINDS
 from fftrain.train import FeatureExtractor
 
 from .fp32_step import FP32_NAME
@@ -85,11 +83,6 @@ def bf16_step(request: ExportRequest, made: Made) -> StepOutcome:
 
     from .int8_head import DEFAULT_REFIT_EPOCHS, head_refitter
 
-    kind = (made.payload.get("config") or {}).get("model", DEFAULT_MODEL_KIND)
-    if not KINDS[kind].bf16_export:
-        return refused(f"--bf16 is not available for {kind} models: their map adds the decoders' log-determinant "
-                       "sums, which OpenVINO would compute in BF16, and no BF16 run of one has been checked; export "
-                       "in FP32 (the default) or with --fp16", ExportStatus.UNAVAILABLE)
     missing = bf16_problem()
     if missing is not None:
         return refused(f"--bf16 fits the head on this CPU's BF16 features, which it cannot compute: {missing}",

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 
 from ffexport.cli import main as ffexport_main
 from ffexport.parity import check
@@ -38,7 +39,7 @@ def cflow_run(elpv_split, tmp_path_factory):
         shutil.copy(s.path, data / "train" / "good" / s.path.name)
     out = tmp_path_factory.mktemp("cflow_model")
     assert fftrain_main(["--data", str(data), "--out", str(out / "model.pt"), "--model", "cflow", "--image-size", "64",
-                         "--flow-steps", "2", "--condition-channels", "32", "--epochs", "2", "--batch-size", "8",
+                         "--flow-steps", "2", "--condition-channels", "32", "--epochs", "2",
                          "--positions-per-step", "1024", "--augment-views", "1", "--val-every", "5", "--quiet"]) == 0
     assert ffexport_main(["--ckpt", str(out / "model.pt"), "--out", str(out), "--batch-max", "16"]) == 0
     return out / "model.pt", out / "model.onnx"
@@ -48,7 +49,9 @@ def test_the_checkpoint_and_the_file_say_cflow(cflow_run):
     ckpt, onnx_path = cflow_run
     model, payload = checkpoint.load(ckpt)
     assert model.config.model == "cflow" and payload["config"]["model"] == "cflow"
-    assert payload["train_info"]["settings"]["lr"] == 2e-4  # the paper's rate when --lr is not given
+    settings = payload["train_info"]["settings"]
+    # the kind's step defaults where the command named none (the paper's learning rate), its own where it did
+    assert (settings["lr"], settings["batch_size"], settings["positions_per_step"]) == (2e-4, 8, 1024)
     meta = read_onnx_meta(onnx_path)
     assert meta.schema_version == 6 and meta.model.kind == "cflow" and meta.model.condition_channels == 32
     assert "log|det J|" in meta.score.map_units and "standardized" in meta.score.map_units
@@ -137,14 +140,26 @@ def test_fp16_works_for_cflow_and_is_gated(cflow_run, tmp_path, capsys):
     assert compat.check(fp16) == []
 
 
-def test_bf16_refuses_cflow_with_one_line_and_writes_nothing(cflow_run, tmp_path, capsys):
-    from ffcore.exitcodes import EXIT_UNAVAILABLE
+def test_bf16_refits_the_cflow_decoders_on_the_bf16_backbone_and_records_the_gate(cflow_run, tmp_path):
+    pytest.importorskip("openvino", reason='OpenVINO is not installed: pip install "ffrt[openvino]"')
+    from ffrt.backends.openvino import bf16_problem
 
-    ckpt, _ = cflow_run
-    assert ffexport_main(["--ckpt", str(ckpt), "--out", str(tmp_path / "out"), "--bf16"]) == EXIT_UNAVAILABLE
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--bf16 is not available for cflow models" in err[0], err
-    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.onnx"))
+    if (missing := bf16_problem()) is not None:
+        pytest.skip(f"ffexport --bf16: {missing}")
+    ckpt, fp32 = cflow_run
+    assert ffexport_main(["--ckpt", str(ckpt), "--out", str(tmp_path), "--batch-max", "4", "--bf16",
+                          "--refit-epochs", "1", "--force"]) == 0
+    meta = read_onnx_meta(tmp_path / "model.bf16.onnx")
+    assert meta.model.kind == "cflow" and "BF16" in meta.head_fit
+    (gate,) = meta.precision_gates
+    assert gate.precision == "bf16" and gate.keep_fp32 == "head" and gate.images > 0
+    # the decoders are the re-fit ones, not the FP32 model's
+    def decoders(path):
+        return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+                if t.name.startswith("flows.")}
+
+    before, after = decoders(fp32), decoders(tmp_path / "model.bf16.onnx")
+    assert after.keys() == before.keys() and any(not np.array_equal(after[k], before[k]) for k in after)
 
 
 def test_int8_refits_the_cflow_decoders_on_each_int8_backbone(cflow_run, tmp_path, real_images):
@@ -162,3 +177,16 @@ def test_int8_refits_the_cflow_decoders_on_each_int8_backbone(cflow_run, tmp_pat
         amap, score = session.run(None, {"image": real_images[:2]})
         assert np.isfinite(amap).all() and np.isfinite(score).all()
     assert compat.check(tmp_path / TRT_NAME) == []
+
+
+def test_ffrt_info_names_the_model_kind(cflow_run, tiny_onnx, capsys):
+    from ffrt.cli import main as ffrt_main
+
+    _, onnx_path = cflow_run
+    assert ffrt_main(["info", str(onnx_path)]) == 0
+    out = capsys.readouterr().out
+    assert "model kind:   cflow (couplings conditioned on a 32-channel positional encoding)" in out
+    assert "flow:         2 steps" in out and ", 1x1, clamp" in out
+    assert ffrt_main(["info", str(tiny_onnx)]) == 0
+    out = capsys.readouterr().out
+    assert "model kind:   fastflow\n" in out and ", 3x3 only, clamp" in out

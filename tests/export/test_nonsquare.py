@@ -41,7 +41,7 @@ def exported(request, strips, elpv_split, tmp_path_factory):
     split = replace(elpv_split, train=strips[:24], val=strips[24:], name="strips")
     out = tmp_path_factory.mktemp(f"nonsquare_{mode}")
     config = ModelConfig(image_size=MODEL_HW, resize_mode=mode, flow_steps=1, map_normalization="position",
-                            map_blur_sigma=1.5)
+                         map_blur_sigma=1.5)
     train_and_save(config, split, TrainSettings(epochs=1, batch_size=8, progress=False, augment_views=1),
                    out / "model.pt", log=lambda _: None)
     assert ffexport_main(["--ckpt", str(out / "model.pt"), "--out", str(out), "--batch-max", "4",

@@ -17,7 +17,7 @@ from fftrain.config import ModelConfig
 from fftrain.head import AnomalyHead, ScaleLatent
 from fftrain.kinds import KINDS
 from fftrain.model import AnomalyModel
-from fftrain.train import extract_features
+from fftrain.train import TrainSettings, extract_features, for_kind
 
 
 def _randomized(module: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:
@@ -171,3 +171,31 @@ def test_cflow_hidden_width_counts_the_condition():
     assert model.config.flow_hidden_channels == (14, 18, 36)
     assert [d.steps[0].inner.in_features for d in model.flows] == [28, 36, 72]
     assert [d.steps[0].inner.out_features for d in model.flows] == [14, 18, 36]
+
+
+def test_training_settings_left_open_take_the_kinds_step_defaults():
+    fastflow, cflow = for_kind(TrainSettings(), KINDS["fastflow"]), for_kind(TrainSettings(), KINDS["cflow"])
+    assert (fastflow.lr, fastflow.batch_size, fastflow.positions_per_step) == (1e-3, 32, None)
+    assert (cflow.lr, cflow.batch_size, cflow.positions_per_step) == (2e-4, 8, 2048)
+    given = for_kind(TrainSettings(lr=5e-4, batch_size=4, positions_per_step=100), KINDS["cflow"])
+    assert (given.lr, given.batch_size, given.positions_per_step) == (5e-4, 4, 100)
+
+
+def test_log_scales_are_soft_clamped():
+    coupling = ConditionalCoupling(8, condition=4, hidden=6, clamp=1.5, permutation=torch.arange(8))
+    with torch.no_grad():
+        coupling.inner.weight.fill_(1.0)
+        coupling.outer.weight.fill_(50.0)  # raw log-scales in the hundreds
+        _, logdet = coupling(torch.ones(3, 8), coupling.condition_term(torch.ones(3, 4)))
+    # 4 changed channels, each |scale| <= clamp (tanh saturates): |log det| <= 4 * 1.5, the affine's
+    # log-scales being 0; unclamped it would be in the thousands
+    assert 4 * 1.5 * 0.99 < float(logdet.abs().max()) <= 4 * 1.5
+
+
+def test_each_coupling_has_its_own_fixed_permutation():
+    decoder = CflowDecoder(16, (2, 2), steps=4, hidden=4, condition=4, clamp=2.0, seed=5)
+    perms = [s.permutation.tolist() for s in decoder.steps]
+    assert all(sorted(p) == list(range(16)) for p in perms)
+    assert len({tuple(p) for p in perms}) == 4 and list(range(16)) not in perms
+    again = CflowDecoder(16, (2, 2), steps=4, hidden=4, condition=4, clamp=2.0, seed=5)
+    assert [s.permutation.tolist() for s in again.steps] == perms  # rebuilt the same from the config

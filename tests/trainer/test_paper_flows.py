@@ -36,7 +36,7 @@ def test_resnet18_flow_parameters_match_paper_table1():
     # Table 1: ResNet-18, 8 steps, 3x3 only, ratio 1.0: 4.9 M flow parameters (the
     # reference code's layer sizes give 4.66 M; the paper rounds its own count).
     model = AnomalyModel(ModelConfig(backbone="resnet18", random_backbone=True, image_size=64, flow_steps=8,
-                                    conv3x3_only=True, hidden_ratio=1.0))
+                                     conv3x3_only=True, hidden_ratio=1.0))
     measured = _flow_params(model) / 1e6
     assert abs(measured - 4.9) / 4.9 < 0.06, measured
     # The ratio counts the subnet's input channels (half the features), as in the paper.

@@ -11,8 +11,8 @@ permutation after every coupling, and each coupling ends in a learned per-channe
 
 Training reads vectors, not maps (the paper's Section 5.1): thousands of positions drawn at
 random from a batch of training maps per optimizer step (:meth:`CflowDecoder.sample`,
-:meth:`CflowDecoder.at_positions`), so one step costs what its vectors cost whatever the map size. What ships is cflow_conv.py: the same
-function written as 1x1 convolutions over whole maps.
+:meth:`CflowDecoder.at_positions`), so one step costs what its vectors cost whatever the map
+size. What ships is cflow_conv.py: the same function written as 1x1 convolutions over whole maps.
 """
 
 from __future__ import annotations

@@ -60,8 +60,6 @@ class ModelKind:
     maps_per_step: int
     #: Feature vectors drawn per scale per step (None: the kind reads every position).
     positions_per_step: int | None
-    #: Whether ``ffexport --bf16`` makes this kind (its BF16 run has been checked; docs/cflow.md).
-    bf16_export: bool
 
 
 def _whole_maps_nll(model: "AnomalyModel", features: list[torch.Tensor], _generator, _positions) -> torch.Tensor:
@@ -84,46 +82,30 @@ KINDS: dict[str, ModelKind] = {
     kind.name: kind
     for kind in (
         ModelKind(
-            name="fastflow",
-            title="FastFlow (Yu et al. 2021)",
+            name="fastflow", title="FastFlow (Yu et al. 2021)",
             decoder=lambda cfg, channels, _size, hidden, seed: flow.Flow2d(
                 channels, cfg.flow_steps, hidden, cfg.conv3x3_only, cfg.clamp, seed=seed),
             hidden_channels=lambda cfg, channels: flow.subnet_hidden_channels(channels, cfg.hidden_ratio),
             shipped=FusedFlow2d,
             # FastFlow's paper leaves the Jacobian out of the anomaly map.
-            map_counts_logdet=False,
-            training_nll=_whole_maps_nll,
-            position_conditioned=False,
-            trainable_norms=True,
-            learning_rate=1e-3,
-            maps_per_step=32,
-            positions_per_step=None,
-            bf16_export=True,
+            map_counts_logdet=False, position_conditioned=False, trainable_norms=True,
+            training_nll=_whole_maps_nll, learning_rate=1e-3, maps_per_step=32, positions_per_step=None,
         ),
         ModelKind(
-            name="cflow",
-            title="CFLOW-AD (Gudovskiy et al. 2022)",
+            name="cflow", title="CFLOW-AD (Gudovskiy et al. 2022)",
             decoder=lambda cfg, channels, size, hidden, seed: cflow.CflowDecoder(
                 channels, size, cfg.flow_steps, hidden, cfg.condition_channels, cfg.clamp, seed=seed),
             hidden_channels=lambda cfg, channels: cflow.subnet_hidden_channels(
                 channels, cfg.condition_channels, cfg.hidden_ratio),
             shipped=ConvCflowDecoder,
-            map_counts_logdet=True,
-            training_nll=_sampled_positions_nll,
-            position_conditioned=True,
             # Fixed (non-affine) norms: a trained per-position affine would learn the position
             # dependence the condition is there to model, and training would have to push whole
             # maps through it for every step of sampled vectors.
-            trainable_norms=False,
-            learning_rate=2e-4,
+            map_counts_logdet=True, position_conditioned=True, trainable_norms=False,
             # The paper draws 8192 vectors from 32 maps per step; a quarter of both (the same
             # vectors per map) gives four times the optimizer steps for the same compute, which
             # the few epochs a CPU affords need (docs/cflow.md, benchmarks/README.md).
-            maps_per_step=8,
-            positions_per_step=2048,
-            # OpenVINO would compute the log-determinant sums in BF16 with the decoders; no CPU
-            # with BF16 has run one yet.
-            bf16_export=False,
+            training_nll=_sampled_positions_nll, learning_rate=2e-4, maps_per_step=8, positions_per_step=2048,
         ),
     )
 }
