@@ -6,6 +6,10 @@
     ...                           |      count, update metrics and the progress bar
     end of source -> End marker --+
 
+An image-file source's frames are decoded ahead on a pool of threads shared by the sources
+(``decode_threads``, ffrt.line.decode) and taken from it in the source's order, so decoding
+overlaps inference; videos, cameras and streams are read in their source's thread.
+
 One FIFO of (frame, future) pairs in submission order: results of one source are written
 in frame order, and the writer is the only thread touching the output files. The FIFO is
 bounded, so a slow disk slows the sources (through ``block``) instead of filling memory.
