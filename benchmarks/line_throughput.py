@@ -7,15 +7,17 @@ What is timed, on recorded camera-like streams (benchmarks/line_streams.py: real
 DeepPCB boards upscaled to 1, 2 or 5 megapixels, JPEG folders or MJPEG videos):
 
 - ``ffrt run`` as a user runs it (``python -m ffrt run MODEL SOURCE... --max-batch N``, a process
-  of its own), frames/s = frames scored / the run's elapsed time (summary.json: from the first
-  source opened to the last frame written; the model load is before it). Each stream set runs
+  of its own), frames/s over the frames after the first third of the run (:func:`steady_fps`;
+  the whole run's figure from summary.json is kept beside it). Each stream set runs
   under two decoding settings: ``before`` (each source decodes its files whole in its own
   thread: ``--decode-threads 0 --no-reduced-decode``) and ``after`` (the decoding pool, and JPEG
   frames decoded at a reduced resolution: ``--reduced-decode``);
 - ``Detector.submit`` from several camera threads in one process, each thread decoding its
   own JPEG files whole (``cv2.imdecode``) and submitting them, as an integrator's code does;
 - the model alone at the same batch (ffbench's "inference" stage, ``backend.run`` on a uint8
-  batch at the model size) in a process of its own (ffeval.modelonly).
+  batch at the model size) in a process of its own (ffeval.modelonly), timed right before and
+  right after each row (the machine may be shared: each row is compared with the model's rate
+  of the same minutes).
 
 Ratio = end-to-end frames/s / model-only images/s. Prints a table and writes JSON and
 markdown (the machine, the load average, every figure).
@@ -56,67 +58,105 @@ def _loadavg() -> float | None:
         return None
 
 
-def model_only(model: Path, batch: int, rounds: int, threads: int | None) -> dict:
-    """The model alone at ``batch`` (and 1), in its own process: {batch: img/s}."""
-    from ffeval.modelonly import time_in_child
-    from ffrt.metafile import read_onnx_meta
+class ModelOnly:
+    """The model alone at the benchmark's batch, in a child process of its own (ffeval.modelonly),
+    timed right before and right after each end-to-end row, so that each row's ratio is taken
+    against the model's rate of the same minutes (the machine may be shared)."""
 
-    spec = read_onnx_meta(model).input
-    images = np.random.default_rng(0).integers(0, 256, (batch, spec.height, spec.width, 3), dtype=np.uint8)
-    got = time_in_child(model, images, tuple(sorted({1, batch})), rounds, threads=threads)
-    return {"backend": got["backend"], **{int(b): batch_rate(s, int(b)) for b, s in got["results"].items()}}
+    def __init__(self, model: Path, batch: int, rounds: int, threads: int | None, backend: str) -> None:
+        from ffeval.modelonly import ModelOnlyChild
+        from ffrt.metafile import read_onnx_meta
+
+        spec = read_onnx_meta(model).input
+        self.batch, self.rounds = batch, rounds
+        self.child = ModelOnlyChild(model, backend, threads)
+        self.child.load(np.random.default_rng(0).integers(0, 256, (batch, spec.height, spec.width, 3), dtype=np.uint8))
+        for _ in range(2):
+            self.child.run()
+
+    def rate(self) -> tuple[float, float]:
+        """(images per second at the p50 of ``rounds`` calls, CPU milliseconds per image: the
+        median of the calls' CPU time over the batch)."""
+        ms, cpu = [], []
+        for _ in range(self.rounds):
+            ms.append(self.child.run())
+            cpu.append(self.child.last_cpu_ms)
+        return self.batch * 1000.0 / float(np.median(ms)), float(np.median(cpu)) / self.batch
+
+    def around(self, measure) -> tuple[dict, float, float]:
+        """(what ``measure()`` returns, the model-only images/s and CPU ms per image: the means
+        of one measurement taken before and one after)."""
+        before = self.rate()
+        row = measure()
+        after = self.rate()
+        return row, (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
 
 
-def batch_rate(stats: dict, batch: int) -> float:
-    """Images per second at the p50 latency of one call."""
-    return batch * 1000.0 / stats["p50_ms"]
-
-
-def ffrt_run(model: Path, sources: list[Path], batch: int, extra: list[str], threads: int | None) -> dict:
+def ffrt_run(model: Path, sources: list[Path], batch: int, extra: list[str], threads: int | None,
+             backend: str) -> dict:
     """One ``ffrt run`` in its own process; its summary's totals and pipeline figures."""
     with tempfile.TemporaryDirectory(prefix="line-throughput-") as tmp:
         out = Path(tmp) / "out"
         cmd = [sys.executable, "-m", "ffrt", "run", str(model), *map(str, sources), "--out", str(out),
-               "--max-batch", str(batch), *extra] + (["--threads", str(threads)] if threads else [])
+               "--max-batch", str(batch), "--backend", backend, *extra] + (["--threads", str(threads)] if threads else [])
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"ffrt run failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
         summary = json.loads((out / "summary.json").read_text())
+        lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     t, p = summary["totals"], summary["pipeline"]
-    return {"frames": t["scored"], "elapsed_s": t["elapsed_s"], "fps": t["fps"], "fail": t["fail"],
-            "mean_batch": p.get("mean_batch_size"), "decode": summary.get("decode"),
+    done = [datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp() + r["latency_ms"] / 1e3
+            for r in lines if r["status"] == "scored"]  # when each frame's result was ready
+    return {"frames": t["scored"], "elapsed_s": t["elapsed_s"], "fps": steady_fps(done), "fps_whole_run": t["fps"],
+            "cpu_ms_per_frame": t.get("cpu_ms_per_frame"),
+            "fail": t["fail"],
+            "mean_batch": p.get("mean_batch_size"), "decode": summary.get("decode"), "backend": summary.get("backend"),
             "stage_p50_ms": {k: p[k]["p50_ms"] for k in ("queue", "preprocess", "inference", "postprocess", "latency")
                              if isinstance(p.get(k), dict)},
             "command": "ffrt run MODEL " + " ".join(f"<{s.name}>" for s in sources) + f" --max-batch {batch} "
                        + " ".join(extra)}
 
 
-def detector_submit(model: Path, sources: list[Path], batch: int, threads: int | None) -> dict:
+def steady_fps(done: list[float], skip: float = 1 / 3) -> float:
+    """Frames per second once the line runs: over the frames after the first third, from the
+    times their results were ready, so the start (queues filling, first calls) is not in it."""
+    done = sorted(done)
+    start = int(len(done) * skip)
+    span = done[-1] - done[start]
+    return (len(done) - 1 - start) / span if span > 0 else float("nan")
+
+
+def detector_submit(model: Path, sources: list[Path], batch: int, threads: int | None, backend: str) -> dict:
     """Camera threads, one per source: each decodes its JPEG files whole and submits them to one
-    Detector; frames/s from the first submission to the last result."""
+    Detector (warmed up at every batch size); frames/s as :func:`steady_fps`."""
     from ffrt import Detector
+    from ffrt.line.cli import warm_up
     from ffrt.preprocess import read_image_file
 
-    with Detector(model, threads=threads, max_batch=batch) as det:
-        det.warmup(batch_size=batch)
+    with Detector(model, backend=backend, threads=threads, max_batch=batch) as det:
+        warm_up(det)
         futures: list = []
         lock = threading.Lock()
+
+        done: list[float] = []
 
         def camera(folder: Path, name: str) -> None:
             for path in sorted(folder.glob("*.jpg")):
                 fut = det.submit(read_image_file(path, det.limits, det.meta.input), source=name)
+                fut.add_done_callback(lambda _: done.append(time.perf_counter()))
                 with lock:
                     futures.append(fut)
 
         cams = [threading.Thread(target=camera, args=(s, f"cam{k}")) for k, s in enumerate(sources)]
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         for c in cams:
             c.start()
         for c in cams:
             c.join()
         results = [f.result() for f in futures]
-        elapsed = time.perf_counter() - t0
-    return {"frames": len(results), "elapsed_s": elapsed, "fps": len(results) / elapsed,
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {"frames": len(results), "elapsed_s": elapsed, "fps": steady_fps(done), "fps_whole_run": len(results) / elapsed,
+            "cpu_ms_per_frame": 1e3 * cpu / len(results),
             "fail": sum(r.is_anomalous for r in results)}
 
 
@@ -130,30 +170,37 @@ def run(args) -> dict:
               "command": "python benchmarks/line_throughput.py " + " ".join(sys.argv[1:]),
               "machine": describe(), "model": str(args.model),
               "settings": {"batch": args.batch, "frames_per_source": args.frames, "threads": args.threads,
+                           "backend": args.backend,
                            "jpeg_quality": line_streams.JPEG_QUALITY, "sizes": {mp: list(wh) for mp, wh in
                                                                                   line_streams.SIZES.items()}},
               "load_average_1min": {"before": _loadavg()}, "rows": []}
     print("model only, its own process ...", flush=True)
-    report["model_only"] = model_only(model, args.batch, args.rounds, args.threads)
-    reference = report["model_only"][args.batch]
-    print(f"  {reference:.1f} img/s at batch {args.batch} ({report['model_only']['backend']})", flush=True)
+    ref = ModelOnly(model, args.batch, args.rounds, args.threads, args.backend)
+    rate, cpu = ref.rate()
+    report["model_only"] = {"backend": ref.child.backend, "batch": args.batch, "images_per_s": rate,
+                            "cpu_ms_per_image": cpu}
+    print(f"  {report['model_only']['images_per_s']:.1f} img/s at batch {args.batch} ({ref.child.backend})", flush=True)
     plan = [(mp, n, "jpeg") for mp in args.sizes for n in args.sources]
     plan += [(mp, n, "mjpeg") for mp in (args.sizes if args.videos else []) for n in args.sources]
-    for mp, n, fmt in plan:
-        sources = line_streams.streams(work, mp, n, args.frames, fmt)
-        settings = ["before", "pool", "after"] if fmt == "jpeg" else ["after"]
-        for name in settings:
-            r = ffrt_run(model, sources, args.batch, SETTINGS[name], args.threads)
-            row = {"what": "ffrt run", "format": fmt, "megapixels": mp, "sources": n, "setting": name, **r,
-                   "vs_model_only": r["fps"] / reference}
-            report["rows"].append(row)
-            print(_line(row), flush=True)
-        if fmt == "jpeg" and args.submit:
-            r = detector_submit(model, sources, args.batch, args.threads)
-            row = {"what": "Detector.submit", "format": fmt, "megapixels": mp, "sources": n,
-                   "setting": "camera threads decode whole", **r, "vs_model_only": r["fps"] / reference}
-            report["rows"].append(row)
-            print(_line(row), flush=True)
+    try:
+        for mp, n, fmt in plan:
+            sources = line_streams.streams(work, mp, n, args.frames, fmt)
+            jobs = [("ffrt run", name, lambda name=name: ffrt_run(model, sources, args.batch, SETTINGS[name],
+                                                                  args.threads, args.backend))
+                    for name in (["before", "pool", "after"] if fmt == "jpeg" else ["after"])]
+            if fmt == "jpeg" and args.submit:
+                jobs.append(("Detector.submit", "camera threads decode whole",
+                             lambda: detector_submit(model, sources, args.batch, args.threads, args.backend)))
+            for what, name, job in jobs:
+                r, reference, cpu = ref.around(job)
+                row = {"what": what, "format": fmt, "megapixels": mp, "sources": n, "setting": name, **r,
+                       "model_only_images_per_s": reference, "vs_model_only": r["fps"] / reference,
+                       "model_only_cpu_ms_per_image": cpu,
+                       "cpu_vs_model_only": cpu / r["cpu_ms_per_frame"] if r.get("cpu_ms_per_frame") else None}
+                report["rows"].append(row)
+                print(_line(row), flush=True)
+    finally:
+        ref.child.close()
     report["load_average_1min"]["after"] = _loadavg()
     return report
 
@@ -167,22 +214,35 @@ def markdown(report: dict) -> str:
     from ffeval.machine import one_line
 
     m = report["model_only"]
-    b = report["settings"]["batch"]
+    b = m["batch"]
     lines = [f"# Line throughput, {report['created_at']}", "",
              f"Machine: {one_line(report['machine'])}; 1-min load {report['load_average_1min']['before']} before, "
              f"{report['load_average_1min']['after']} after.",
-             f"Model: `{report['model']}`, {m['backend']}; model-only (its own process): {m[1]:.1f} img/s at batch 1, "
-             f"**{m[b]:.1f} img/s at batch {b}**.",
+             f"Model: `{report['model']}`, {m['backend']}; model-only (its own process) at the start: "
+             f"{m['images_per_s']:.1f} img/s at batch {b}; each row's own reference (taken right before and after it) "
+             "in the model-only column.",
              f"Command: `{report['command']}`", "",
-             "| what | frames | sources | decoding | frames/s | x model-only (batch %d) | mean batch | p50 ms: preprocess / "
-             "inference / postprocess |" % b, "|---|---|---|---|---|---|---|---|"]
+             "| what | frames | sources | decoding | frames/s | model-only img/s (batch %d) | x model-only | whole run "
+             "frames/s | CPU ms per frame (model-only per image) | CPU-bound ratio | mean batch | p50 ms: preprocess / "
+             "inference / postprocess |" % b, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         st = r.get("stage_p50_ms") or {}
         stages = " / ".join(f"{st[k]:.1f}" for k in ("preprocess", "inference", "postprocess") if k in st) or "-"
         mean_batch = f"{r['mean_batch']:.1f}" if r.get("mean_batch") else "-"
         lines.append(f"| {r['what']} | {r['megapixels']} MP {r['format'].upper()} | {r['sources']} | {r['setting']} | "
-                     f"{r['fps']:.1f} | {r['vs_model_only']:.2f}x | {mean_batch} | {stages} |")
-    lines += ["", "Decoding: before = each source decodes its files whole in its own thread; pool = the decoding "
+                     f"{r['fps']:.1f} | {r['model_only_images_per_s']:.1f} | {r['vs_model_only']:.2f}x | "
+                     f"{r['fps_whole_run']:.1f} | {r['cpu_ms_per_frame']:.1f} ({r['model_only_cpu_ms_per_image']:.1f}) | "
+                     f"{r['cpu_vs_model_only']:.2f}x | {mean_batch} | "
+                     f"{stages} |")
+    lines += ["", "frames/s: ffrt run over the frames after the first third of the run (results ready, from results.jsonl); "
+              "Detector.submit: the same, from its futures' completion times; whole run: all frames. Model-only: the "
+              "same backend and batch in a process of its own, the mean of a measurement right before and one right "
+              "after the row. CPU ms per frame: CPU time of every thread of the process doing the work (ffrt run's "
+              "summary; the benchmark's own process for Detector.submit; the model-only child per call) per frame; "
+              "CPU-bound ratio = model-only CPU per image / CPU per frame: the share of the model's rate the line "
+              "keeps where the CPU is the limit, which other processes on a shared machine distort less than "
+              "wall-clock rates (a process with more busy threads takes a larger share of a contended CPU).",
+              "", "Decoding: before = each source decodes its files whole in its own thread; pool = the decoding "
               "threads, whole decode; after = the decoding threads and reduced-resolution JPEG decoding "
               "(`--reduced-decode`). MJPEG videos are decoded by OpenCV's VideoCapture in the source's thread "
               "(neither setting applies to them)."]
@@ -199,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8, help="ffrt run's --max-batch and the model-only batch")
     ap.add_argument("--rounds", type=int, default=20, help="model-only timed calls per batch size")
     ap.add_argument("--threads", type=int, default=None, help="inference threads (default: ffrt's)")
+    ap.add_argument("--backend", default="auto", help="the backend of every row (default auto: the one ffrt picks)")
     ap.add_argument("--videos", action="store_true", help="also MJPEG videos of the same frames")
     ap.add_argument("--no-submit", dest="submit", action="store_false", help="leave out the Detector.submit rows")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "line-throughput.json")

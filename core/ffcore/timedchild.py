@@ -9,11 +9,12 @@ The child writes one JSON line when it is ready: ``{"ok": true, ...hello}`` or
 ``{"ok": false, "error": "..."}``. Then, one request per line on stdin:
 
     load PATH   read a uint8 NHWC batch from the .npy file PATH      -> {"ok": true}
-    run         one timed call on the loaded batch                    -> {"ok": true, "ms": 12.3}
+    run         one timed call on the loaded batch    -> {"ok": true, "ms": 12.3, "cpu_ms": 24.1}
     quit        (or end of input)
 
 The child times each call itself (``time.perf_counter``), so the pipe's round trip is not in
-the figure; between requests it is idle, and so is the parent while it waits for a reply.
+the figure; ``cpu_ms`` is the CPU time all of the child's threads spent during the call. Between
+requests the child is idle, and so is the parent while it waits for a reply.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,7 +54,9 @@ def serve(hello: dict, timed_call: Callable[[np.ndarray], float], stdin=sys.stdi
             elif cmd == "run":
                 if batch is None:
                     raise ValueError("run before load")
-                say({"ok": True, "ms": timed_call(batch)})
+                cpu0 = time.process_time()
+                ms = timed_call(batch)
+                say({"ok": True, "ms": ms, "cpu_ms": (time.process_time() - cpu0) * 1e3})
             elif cmd == "quit":
                 break
             else:
@@ -71,17 +75,20 @@ def refuse(error: str, stdout=sys.stdout) -> int:
 
 class TimedChild:
     """The parent's end: starts ``command`` (``python -m ...``) and waits for its hello (``hello``).
-    ``what`` names it in errors; ``hint(last stderr line)`` may add advice to them."""
+    ``what`` names it in errors, raised as ``error`` (a caller's own class, or :class:`ChildError`);
+    ``hint(last stderr line)`` may add advice to them."""
 
-    def __init__(self, command: list[str], what: str, hint: Callable[[str], str] = lambda why: "") -> None:
-        self.what, self._hint = what, hint
+    def __init__(self, command: list[str], what: str, hint: Callable[[str], str] = lambda why: "",
+                 error: type[Exception] = ChildError) -> None:
+        self.what, self._hint, self._error = what, hint, error
+        self.last_cpu_ms = float("nan")
         self._tmp = tempfile.TemporaryDirectory(prefix="ffcore-timedchild-")
         self._stderr = open(Path(self._tmp.name) / "stderr.txt", "w+b")  # a file: a chatty child never blocks
         self._proc = subprocess.Popen([sys.executable, *command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=self._stderr, text=True, env=os.environ.copy())
         try:
             self.hello = self._reply()
-        except ChildError:
+        except self._error:
             self.close()
             raise
 
@@ -92,10 +99,10 @@ class TimedChild:
             self._stderr.seek(0)
             tail = [ln for ln in self._stderr.read().decode(errors="replace").splitlines() if ln.strip()]
             why = tail[-1].strip() if tail else f"exit code {self._proc.returncode}"
-            raise ChildError(f"{self.what} ended: {why}{self._hint(why)}")
+            raise self._error(f"{self.what} ended: {why}{self._hint(why)}")
         reply = json.loads(line)
         if not reply.get("ok"):
-            raise ChildError(f"{self.what}: {reply.get('error', 'failed')}")
+            raise self._error(f"{self.what}: {reply.get('error', 'failed')}")
         return reply
 
     def _ask(self, request: str) -> dict:
@@ -109,8 +116,11 @@ class TimedChild:
         self._ask(f"load {path}")
 
     def run(self) -> float:
-        """Milliseconds of one call on the loaded batch, as the child timed it."""
-        return float(self._ask("run")["ms"])
+        """Milliseconds of one call on the loaded batch, as the child timed it (its CPU time:
+        :attr:`last_cpu_ms`)."""
+        reply = self._ask("run")
+        self.last_cpu_ms = float(reply.get("cpu_ms", "nan"))
+        return float(reply["ms"])
 
     def close(self) -> None:
         proc = self._proc

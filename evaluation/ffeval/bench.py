@@ -26,6 +26,10 @@ and OpenMP worker threads spin-wait after a run, and without the pause each engi
 timed against the previous one's spinning threads (the size of that effect:
 benchmarks/README.md).
 
+Achieved GFLOP/s (2 x MACs x batch / inference p50) are held to this machine's *measured* peak
+of the precision that ran (ffeval.peaks, measured once per machine and cached), with the
+nominal formula (ffeval.machine) beside it in the report.
+
 ``--vs-torch`` times the PyTorch eager model of the same checkpoint on the same uint8
 batch (``to_tensor_batch`` + ``model(x)`` under ``torch.inference_mode``), interleaved
 iteration by iteration with the ONNX Runtime inference, so both see the same machine state.

@@ -21,39 +21,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ffcore.timedchild import ChildError, TimedChild
+from ffcore.timedchild import TimedChild
 
 from .errors import BenchError
 
 
-class ModelOnlyChild:
-    """``MODEL`` on an ffrt backend in a child process: ``load(batch)``, ``run() -> ms``,
-    ``close()``; ``backend`` and ``precision`` say what runs it."""
+class ModelOnlyChild(TimedChild):
+    """``MODEL`` on an ffrt backend in a child process (``load(batch)``, ``run() -> ms``,
+    ``last_cpu_ms``, ``close()``); ``backend`` and ``precision`` say what runs it."""
 
     def __init__(self, model: str | Path, backend: str = "onnxruntime-cpu", threads: int | None = None,
                  precision: str = "auto") -> None:
         args = ["-m", "ffeval.modelonly", str(model), "--backend", backend, "--precision", precision]
         args += ["--threads", str(int(threads))] if threads else []
-        try:
-            self._child = TimedChild(args, f"model-only timing of {model} in its own process")
-        except ChildError as e:
-            raise BenchError(str(e)) from None
-        self.backend, self.precision = self._child.hello["backend"], self._child.hello["precision"]
-
-    def load(self, batch: np.ndarray) -> None:
-        try:
-            self._child.load(batch)
-        except ChildError as e:
-            raise BenchError(str(e)) from None
-
-    def run(self) -> float:
-        try:
-            return self._child.run()
-        except ChildError as e:
-            raise BenchError(str(e)) from None
-
-    def close(self) -> None:
-        self._child.close()
+        super().__init__(args, f"model-only timing of {model} in its own process", error=BenchError)
+        self.backend, self.precision = self.hello["backend"], self.hello["precision"]
 
 
 def time_in_child(model: str | Path, images: np.ndarray, batches: tuple[int, ...], rounds: int, warmup: int = 2,

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-from ffcore.timedchild import ChildError, TimedChild
+from ffcore.timedchild import TimedChild
 
 from .errors import BenchError
 
@@ -25,7 +24,7 @@ def _hint(why: str) -> str:
     return " (the train extra, with torch, must be installed)" if "ModuleNotFoundError" in why else ""
 
 
-class EagerChild:
+class EagerChild(TimedChild):
     """The eager model of ``ckpt`` in a child process; ``info`` and ``image_size`` from it."""
 
     def __init__(self, ckpt: str | Path, threads: int | None = None) -> None:
@@ -33,25 +32,6 @@ class EagerChild:
         if not ckpt.is_file():
             raise EagerError(f"--vs-torch {ckpt}: no such checkpoint")
         args = ["-m", "fftrain.eager", str(ckpt)] + (["--threads", str(int(threads))] if threads else [])
-        try:
-            self._child = TimedChild(args, f"--vs-torch {ckpt}: the PyTorch process (python -m fftrain.eager)", _hint)
-        except ChildError as e:
-            raise EagerError(str(e)) from None
-        self.image_size = tuple(self._child.hello["image_size"])
-        self.info = self._child.hello["info"]
-
-    def load(self, batch: np.ndarray) -> None:
-        try:
-            self._child.load(batch)
-        except ChildError as e:
-            raise EagerError(str(e)) from None
-
-    def run(self) -> float:
-        """Milliseconds of one eager call on the loaded batch, as the child timed it."""
-        try:
-            return self._child.run()
-        except ChildError as e:
-            raise EagerError(str(e)) from None
-
-    def close(self) -> None:
-        self._child.close()
+        super().__init__(args, f"--vs-torch {ckpt}: the PyTorch process (python -m fftrain.eager)", _hint, EagerError)
+        self.image_size = tuple(self.hello["image_size"])
+        self.info = self.hello["info"]

@@ -27,8 +27,8 @@ from ffrt.line.sources import FrameReader, SourceSpec
 from ffrt.preprocess import ReducedFrame
 
 #: Largest score change reduced decoding may cause on the tiny model's real frames, as a share
-#: of its image threshold (measured: 8-11% at 1/8 for this 64x64 model; a frame whose score is
-#: closer than this to the threshold may change its verdict).
+#: of its image threshold; a frame whose score is closer than this to the threshold may change
+#: its verdict (benchmarks/README.md, "Line throughput", has the price on the demo model).
 SCORE_TOLERANCE = 0.15
 
 

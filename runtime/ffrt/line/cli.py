@@ -110,6 +110,7 @@ class RunTool(Tool):
         outputs = RunOutputs(args.out, csv_too=args.csv, overlays=args.overlays, masks=args.masks)
         outputs.check()
         with Detector(args.model, detector_config(args)) as det:
+            warm_up(det)
             t = det.thresholds
             header = {
                 "model": str(args.model), "backend": det.backend_description,
@@ -154,6 +155,16 @@ class RunTool(Tool):
             print("ffrt: error: some frames or sources could not be read (see above and summary.json)", file=sys.stderr)
             return 1
         return 0
+
+
+def warm_up(det) -> None:
+    """One backend call at every batch size the batcher can form, before the first frame: a
+    backend that builds its graph per batch size (OpenVINO's static shapes) does it now, not
+    in the middle of the line's first seconds."""
+    from ..detector import DEFAULT_BATCH_SIZE
+
+    for size in range(1, (det.config.max_batch or det.meta.batch_max or DEFAULT_BATCH_SIZE) + 1):
+        det.warmup(n=1, batch_size=size)
 
 
 def decode_settings(args) -> DecodeSettings:
