@@ -116,7 +116,7 @@ def export(folder: Path) -> None:
 
     if (folder / "model.onnx").is_file() and (folder / "model.onnx").stat().st_mtime > (folder / "model.pt").stat().st_mtime:
         return
-    if ffexport_main(["--ckpt", str(folder / "model.pt"), "--out", str(folder), "--batch-max", "8"]) != 0:
+    if ffexport_main(["--no-bf16", "--ckpt", str(folder / "model.pt"), "--out", str(folder), "--batch-max", "8"]) != 0:
         raise SystemExit(f"ffexport failed for {folder}")
 
 

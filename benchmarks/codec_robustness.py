@@ -79,7 +79,7 @@ def train_and_export(color: str, share: float, out: Path, epochs: int) -> Path:
     train_and_save(ModelConfig(input_color=color), elpv("mono"),
                    TrainSettings(epochs=epochs, progress=False, augment_jpeg=share),
                    out / "model.pt", log=lambda m: print(f"   [{color}:{share:g}] {m}", flush=True))
-    if ffexport(["--ckpt", str(out / "model.pt"), "--out", str(out)]) != 0:
+    if ffexport(["--no-bf16", "--ckpt", str(out / "model.pt"), "--out", str(out)]) != 0:
         raise SystemExit("ffexport failed")
     return out / "model.onnx"
 

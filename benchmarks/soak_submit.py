@@ -62,7 +62,7 @@ def build_tiny_model(folder: Path) -> Path:
     ckpt = folder / "model.pt"
     config = ModelConfig(image_size=64, flow_steps=2, hidden_ratio=1.0)
     train_and_save(config, split, TrainSettings(epochs=2, batch_size=16, progress=False), ckpt, log=lambda _: None)
-    assert export(["--ckpt", str(ckpt), "--out", str(folder / "export"), "--batch-max", "8"]) == 0
+    assert export(["--no-bf16", "--ckpt", str(ckpt), "--out", str(folder / "export"), "--batch-max", "8"]) == 0
     return folder / "export" / "model.onnx"
 
 

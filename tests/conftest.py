@@ -74,5 +74,5 @@ def tiny_onnx(tiny_checkpoint, tmp_path_factory) -> Path:
     from ffexport.cli import main
 
     out = tmp_path_factory.mktemp("tiny_export")
-    assert main(["--ckpt", str(tiny_checkpoint), "--out", str(out), "--batch-max", "8"]) == 0
+    assert main(["--no-bf16", "--ckpt", str(tiny_checkpoint), "--out", str(out), "--batch-max", "8"]) == 0
     return out / "model.onnx"

@@ -1,5 +1,8 @@
 """``ffexport --bf16``: a model whose flow head is fit on the features its BF16 backbone computes.
 
+Made by default (``ExportRequest.bf16`` None) where the export's machine can make and gate it;
+there, anything in the way only skips it with one line, and the FP32 file is published alone.
+
 Why a re-fit: run in BF16 (OpenVINO's CPU plugin, AMX), the FP32 model's ranking of parts
 moves far more than FP16's does, and keeping the head or even the flows in FP32 does not
 help: the backbone's BF16 feature maps are what the flows read as "unlike a normal part"
@@ -78,6 +81,20 @@ def bf16_step(request: ExportRequest, made: Made) -> StepOutcome:
     """Write the re-fit BF16 model next to the staged FP32 file, gate it against FP32 on
     validation data and record the gate in it (``refit_epochs`` 0: gate model.onnx itself in
     BF16 and record it there)."""
+    from .orchestrate import expected_errors, one_line
+
+    # Asked for (True): every obstacle refuses the export. Left to the machine (None): it is
+    # only skipped, since the FP32 file serves everywhere without it.
+    asked = request.bf16 is True
+    try:
+        return _make(request, made, asked)
+    except expected_errors() as e:
+        if asked:
+            raise
+        return _not_made(False, one_line(e))
+
+
+def _make(request: ExportRequest, made: Made, asked: bool) -> StepOutcome:
     from ffrt.backends.openvino import bf16_problem
     from fftrain.data import DataError, resolve
 
@@ -85,19 +102,19 @@ def bf16_step(request: ExportRequest, made: Made) -> StepOutcome:
 
     missing = bf16_problem()
     if missing is not None:
-        return refused(f"--bf16 fits the head on this CPU's BF16 features, which it cannot compute: {missing}",
-                       ExportStatus.UNAVAILABLE)
+        return _not_made(asked, f"--bf16 fits the head on this CPU's BF16 features, which it cannot compute: "
+                         f"{missing}", ExportStatus.UNAVAILABLE)
     data = request.calib or made.payload.get("train_info", {}).get("data")
     if not data:
-        return refused("--bf16 needs --calib DATA (the training data: the head is re-fit on it)")
+        return _not_made(asked, "--bf16 needs --calib DATA (the training data: the head is re-fit on it)")
     try:
         split = resolve(str(data))
     except DataError as e:
-        return refused(f"--bf16 re-fits the flow head on the training normals of {data}: {e}")
+        return _not_made(asked, f"--bf16 re-fits the flow head on the training normals of {data}: {e}")
     fp32_path = made.path(FP32_NAME)
     epochs = DEFAULT_REFIT_EPOCHS if request.refit_epochs is None else request.refit_epochs
     if epochs == 0:  # the FP32 model itself in BF16: the gate (same-head bounds) goes into model.onnx
-        return _gate_and_record(request.force, made.file(FP32_NAME), fp32_path, None, str(data))
+        return _gate_and_record(request.force, asked, made.file(FP32_NAME), fp32_path, None, str(data))
     refit = head_refitter(request.ckpt, split, made.parity_images, epochs=epochs, batch_max=request.batch_max,
                           opset=request.opset,
                           features=lambda path, shapes, threads: bf16_backbone_extractor(path, shapes, threads),
@@ -107,10 +124,22 @@ def bf16_step(request: ExportRequest, made: Made) -> StepOutcome:
     proto = refit("bf16", fp32_path)
     out = fp32_path.with_name(BF16_NAME)
     onnx.save(proto, str(out))
-    return _gate_and_record(request.force, MadeFile(BF16_NAME, "bf16", None), out, fp32_path, str(data))
+    outcome = _gate_and_record(request.force, asked, MadeFile(BF16_NAME, "bf16", None), out, fp32_path, str(data))
+    if not outcome.files:
+        out.unlink()  # not published; a failed re-fit must not linger in the stage either
+    return outcome
 
 
-def _gate_and_record(force: bool, made: MadeFile, path: Path, reference: Path | None, data: str) -> StepOutcome:
+def _not_made(asked: bool, why: str, status: ExportStatus = ExportStatus.FAILED) -> StepOutcome:
+    """The export's refusal when BF16 was asked for; else the variant's skip (the reason without
+    the flag's name: nobody typed it)."""
+    if asked:
+        return refused(why, status)
+    return StepOutcome(status=ExportStatus.SKIPPED, reason=why.replace("--bf16 ", "the BF16 variant ", 1))
+
+
+def _gate_and_record(force: bool, asked: bool, made: MadeFile, path: Path, reference: Path | None,
+                     data: str) -> StepOutcome:
     """Gate ``path`` in BF16 against ``reference`` (None: itself in FP32) and record the gate in it;
     the outcome names the file that holds the gate."""
     from ffcalib.bf16 import bf16_gate, record_gate
@@ -124,6 +153,9 @@ def _gate_and_record(force: bool, made: MadeFile, path: Path, reference: Path | 
     gate = bf16_gate(path, images, labels, source, keep_fp32="head", reference=reference)
     print(f"BF16 gate: {gate.summary()}")
     if not gate.passed and not force:
+        if not asked:
+            return StepOutcome(status=ExportStatus.SKIPPED, reason="the BF16 variant failed its accuracy gate on "
+                               "this model; the FP32 file is the one to run")
         return refused("BF16 failed its accuracy gate; nothing was written (--force writes it, with the failed "
                        "gate recorded: precision='auto' then runs it in FP32)", ExportStatus.GATE_FAILED)
     record_gate(path, gate)

@@ -3,7 +3,8 @@
     ffexport --ckpt model.pt --out DIR            -> DIR/model.onnx
     ffexport ... --fp16                           -> + DIR/model.fp16.onnx (mixed precision, checked)
     ffexport ... --int8                           -> + DIR/model.int8-trt.onnx, DIR/model.int8-cpu.onnx (gated)
-    ffexport ... --bf16                           -> + DIR/model.bf16.onnx (head re-fit for BF16 CPUs, gated)
+    ffexport ... [--bf16]                         -> + DIR/model.bf16.onnx (head re-fit for BF16 CPUs, gated;
+                                                     made by default where this CPU can, --no-bf16: never)
     ffexport ... [--fp16] --engine                -> + DIR/model[.fp16].engine (+ .json), GPU host only
     ffexport ... [--fp16] --triton                -> + DIR/triton/ (Triton model repository: ffrt.triton.repository)
 
@@ -70,12 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true",
                    help="also write OUT/model.int8-trt.onnx (symmetric, for TensorRT) and OUT/model.int8-cpu.onnx "
                    "(U8S8, for x86 CPUs) from one calibration pass, gated on accuracy against FP32 (see ffcalib int8)")
-    p.add_argument("--bf16", action="store_true",
-                   help="also write OUT/model.bf16.onnx for CPUs with AMX or AVX512-BF16 (OpenVINO, pip install "
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction,
+                   help="OUT/model.bf16.onnx for CPUs with AMX or AVX512-BF16 (OpenVINO, pip install "
                    "\"ffrt[openvino]\"): the flow head re-fit on the backbone's BF16 features as OpenVINO computes "
                    "them on this CPU, gated against FP32 on validation data (AUROC drop <= 0.01, Spearman >= 0.90), "
-                   "the gate recorded in the file: Detector(..., precision='auto') runs it in BF16. With "
-                   "--refit-epochs 0: model.onnx itself is gated in BF16 (FP16 bounds) and the gate recorded there")
+                   "the gate recorded in the file: Detector(\"model.onnx\") runs it in BF16 where it is faster. "
+                   "Default: made where this machine can make it and it passes its gate, else one line says why "
+                   "not; --bf16: refuse the export instead; --no-bf16: never. With --refit-epochs 0: model.onnx "
+                   "itself is gated in BF16 (FP16 bounds) and the gate recorded there")
     p.add_argument("--calib", help="--int8: normal images for calibration; --bf16: the training data (folder, MVTec "
                    "root or elpv:mono/poly); --fp16: the data whose held-out normals check it; default: the training "
                    "data recorded in the checkpoint")

@@ -90,6 +90,9 @@ def _run_phase(request: ExportRequest, made: Made, phase: Phase,
         outcomes.append(VariantOutcome(variant=variant.name, status=outcome.status,
                                        files=tuple(f.name for f in outcome.files), reason=outcome.reason,
                                        seconds=seconds))
+        if outcome.status is ExportStatus.SKIPPED:
+            print(f"{variant.name}: not made: {outcome.reason}")
+            continue
         if outcome.status is not ExportStatus.OK:
             return made, outcome
         made = made.plus(outcome)

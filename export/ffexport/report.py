@@ -24,10 +24,14 @@ class ExportStatus(str, Enum):
     #: A variant cannot be made on this machine (BF16 without a BF16 CPU, an engine without
     #: TensorRT and a GPU); for the engine, the ONNX files are published all the same.
     UNAVAILABLE = "unavailable"
+    #: A variant made by default only where this machine can make it and pass its gate (BF16) was
+    #: not made here; the reason says why. The run goes on: nothing else depends on it.
+    SKIPPED = "skipped"
 
 
 EXIT_CODES = {
     ExportStatus.OK: 0,
+    ExportStatus.SKIPPED: 0,
     ExportStatus.FAILED: EXIT_FAILED,
     ExportStatus.GATE_FAILED: EXIT_GATE,
     ExportStatus.UNAVAILABLE: EXIT_UNAVAILABLE,

@@ -75,7 +75,11 @@ class ExportRequest(BaseModel):
     fp16: bool = False
     fp16_images: int = 32
     int8: bool = False
-    bf16: bool = False
+    #: model.bf16.onnx, the fast CPU variant: True asks for it (refused where it cannot be made or
+    #: fails its gate); False leaves it out; None (the default) makes it where this machine can make
+    #: and gate it (a CPU with AMX or AVX512-BF16, OpenVINO, the training data, no other reduced
+    #: precision asked) and otherwise says in one line why not, without failing the export.
+    bf16: bool | None = None
     #: The data the precision variants calibrate / re-fit / gate on; None: the checkpoint's training data.
     calib: str | None = None
     calib_count: int = 64
@@ -106,13 +110,21 @@ class ExportRequest(BaseModel):
         return self
 
     def _first_problem(self) -> str | None:
-        if sum(getattr(self, f) for f in PRECISION_FLAGS) > 1:
+        if sum(getattr(self, f) is True for f in PRECISION_FLAGS) > 1:
             return "choose one of --fp16, --int8 and --bf16 per export (each is checked against FP32)"
         for field, low, what in NUMBER_RULES:
             value = getattr(self, field)
             if value is not None and value < low:
                 return f"{flag(field)} {value}: {what} must be at least {low}"
         return opset_problem(self.opset)
+
+    def asks(self, field: str) -> bool | None:
+        """Whether the request asks for the variant of ``field``: True, False, or None where it is
+        to be made only if this machine can (a precision left unset while no other is asked)."""
+        value = getattr(self, field)
+        if value is None and any(getattr(self, f) is True for f in PRECISION_FLAGS if f != field):
+            return False
+        return value
 
 
 def refusal(error: ValidationError) -> str:

@@ -42,12 +42,12 @@ class Variant:
     #: What it needs beyond the base install ("" = nothing).
     needs: str
     phase: Phase
-    #: The ExportRequest flag that asks for it; None: every export.
+    #: The ExportRequest flag that asks for it (its value None: made where this machine can); None: every export.
     flag: str | None
     step: Callable[[ExportRequest, Made], StepOutcome]
 
     def asked(self, request: ExportRequest) -> bool:
-        return self.flag is None or bool(getattr(request, self.flag))
+        return self.flag is None or request.asks(self.flag) is not False
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -56,7 +56,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("int8", (TRT_NAME, CPU_NAME), "the training data (calib, or the checkpoint's)", Phase.FILE, "int8",
             int8_step),
     Variant("bf16", (BF16_NAME,), 'a CPU with AMX or AVX512-BF16, OpenVINO (pip install "ffrt[openvino]"), the '
-            "training data", Phase.FILE, "bf16", bf16_step),
+            "training data; made by default where these are there", Phase.FILE, "bf16", bf16_step),
     Variant("triton", (f"{TRITON_FOLDER}/{GRAPH_MODEL}/", f"{TRITON_FOLDER}/{DETECTOR_MODEL}/"), "", Phase.PACKAGE,
             "triton", triton_step),
     Variant("tensorrt", ("model[.fp16|.int8-trt].engine", "model[...].engine.json"),

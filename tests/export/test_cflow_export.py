@@ -41,7 +41,7 @@ def cflow_run(elpv_split, tmp_path_factory):
     assert fftrain_main(["--data", str(data), "--out", str(out / "model.pt"), "--model", "cflow", "--image-size", "64",
                          "--flow-steps", "2", "--condition-channels", "32", "--epochs", "2",
                          "--positions-per-step", "1024", "--augment-views", "1", "--val-every", "5", "--quiet"]) == 0
-    assert ffexport_main(["--ckpt", str(out / "model.pt"), "--out", str(out), "--batch-max", "16"]) == 0
+    assert ffexport_main(["--no-bf16", "--ckpt", str(out / "model.pt"), "--out", str(out), "--batch-max", "16"]) == 0
     return out / "model.pt", out / "model.onnx"
 
 

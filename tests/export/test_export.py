@@ -108,7 +108,7 @@ def test_int8_export_writes_both_encodings(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_engine_request_still_writes_the_onnx(tiny_checkpoint, tmp_path, capsys):
-    assert ffexport_main(["--ckpt", str(tiny_checkpoint), "--out", str(tmp_path), "--engine"]) == 2
+    assert ffexport_main(["--no-bf16", "--ckpt", str(tiny_checkpoint), "--out", str(tmp_path), "--engine"]) == 2
     # without TensorRT/GPU (CI): exit 2, and the command to run on the GPU host (tests/export/test_fp16.py
     # checks the full line)
     assert f"python -m ffexport.tensorrt {(tmp_path / 'model.onnx').resolve()}" in capsys.readouterr().err
@@ -116,7 +116,7 @@ def test_engine_request_still_writes_the_onnx(tiny_checkpoint, tmp_path, capsys)
 
 
 def test_missing_checkpoint(tmp_path, capsys):
-    assert ffexport_main(["--ckpt", str(tmp_path / "none.pt"), "--out", str(tmp_path)]) == 1
+    assert ffexport_main(["--no-bf16", "--ckpt", str(tmp_path / "none.pt"), "--out", str(tmp_path)]) == 1
     assert "no such checkpoint" in capsys.readouterr().err
 
 

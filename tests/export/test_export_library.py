@@ -25,11 +25,11 @@ def test_status_to_exit_code():
     from ffexport.report import EXIT_CODES
 
     assert EXIT_CODES == {ExportStatus.OK: 0, ExportStatus.FAILED: 1, ExportStatus.UNAVAILABLE: 2,
-                          ExportStatus.GATE_FAILED: 3}
+                          ExportStatus.GATE_FAILED: 3, ExportStatus.SKIPPED: 0}
 
 
 def test_a_plain_export_reports_its_file_and_the_parity_check(tiny_checkpoint, tmp_path, capsys):
-    report = export(ExportRequest(ckpt=tiny_checkpoint, out=tmp_path / "line3", batch_max=4, triton=True,
+    report = export(ExportRequest(bf16=False, ckpt=tiny_checkpoint, out=tmp_path / "line3", batch_max=4, triton=True,
                                   triton_kind="cpu"))
     assert isinstance(report, ExportReport)
     assert report.status is ExportStatus.OK and report.ok and report.reason == ""
@@ -115,7 +115,7 @@ def test_a_gate_failure_publishes_nothing(tiny_checkpoint, int8_forced, tmp_path
 
 
 def test_success_exits_0_and_a_refused_request_exits_1(tiny_checkpoint, tmp_path, capsys):
-    assert main(["--ckpt", str(tiny_checkpoint), "--out", str(tmp_path / "a"), "--batch-max", "4"]) == 0
+    assert main(["--no-bf16", "--ckpt", str(tiny_checkpoint), "--out", str(tmp_path / "a"), "--batch-max", "4"]) == 0
     assert capsys.readouterr().err == ""
     assert read_onnx_meta(tmp_path / "a" / "model.onnx").batch_max == 4
     assert main(["--ckpt", str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--fp16", "--bf16"]) == 1
@@ -128,7 +128,7 @@ def test_an_engine_without_tensorrt_is_unavailable_after_publishing(tiny_checkpo
 
     if missing_for_tensorrt() is None:
         pytest.skip("TensorRT and a GPU are present: the engine would be built (tests/gpu covers that)")
-    report = export(ExportRequest(ckpt=tiny_checkpoint, out=tmp_path, batch_max=4, engine=True, batch_opt=2))
+    report = export(ExportRequest(bf16=False, ckpt=tiny_checkpoint, out=tmp_path, batch_max=4, engine=True, batch_opt=2))
     assert report.status is ExportStatus.UNAVAILABLE
     assert [f.path.name for f in report.files] == ["model.onnx"] and (tmp_path / "model.onnx").is_file()
     engine = report.variants[-1]
@@ -139,7 +139,7 @@ def test_an_engine_without_tensorrt_is_unavailable_after_publishing(tiny_checkpo
            "--batch-max 4" in report.reason
     assert not list(tmp_path.glob("*.engine"))
     capsys.readouterr()
-    assert main(["--ckpt", str(tiny_checkpoint), "--out", str(tmp_path), "--batch-max", "4", "--engine"]) == 2
+    assert main(["--no-bf16", "--ckpt", str(tiny_checkpoint), "--out", str(tmp_path), "--batch-max", "4", "--engine"]) == 2
 
 
 def test_a_broken_checkpoint_is_a_failed_report_with_one_line(tiny_checkpoint, tmp_path):
@@ -147,14 +147,14 @@ def test_a_broken_checkpoint_is_a_failed_report_with_one_line(tiny_checkpoint, t
     name = next(k for k in payload["state_dict"] if k.startswith("flows.") and k.endswith("weight"))
     payload["state_dict"][name].view(-1)[0] = float("nan")
     torch.save(payload, tmp_path / "nan.pt")
-    report = export(ExportRequest(ckpt=tmp_path / "nan.pt", out=tmp_path / "out", batch_max=4))
+    report = export(ExportRequest(bf16=False, ckpt=tmp_path / "nan.pt", out=tmp_path / "out", batch_max=4))
     assert report.status is ExportStatus.FAILED and report.files == ()
     assert "non-finite" in report.reason and report.reason.endswith(
         "nothing was written, the previous files in the output folder are untouched")
     assert [(v.variant, v.status) for v in report.variants] == [("fp32", ExportStatus.FAILED)]
     assert not list((tmp_path / "out").iterdir())
 
-    missing = export(ExportRequest(ckpt=tmp_path / "none.pt", out=tmp_path / "out"))
+    missing = export(ExportRequest(bf16=False, ckpt=tmp_path / "none.pt", out=tmp_path / "out"))
     assert missing.status is ExportStatus.FAILED and "no such checkpoint" in missing.reason
     assert missing.variants == () and "\n" not in missing.reason
 
@@ -177,3 +177,25 @@ def test_bf16_without_refit_records_its_gate_in_model_onnx(tiny_checkpoint, tmp_
     assert recorded.precision == "bf16" and (bf16.passed, bf16.forced) == (recorded.passed, not recorded.passed)
     assert [(v.variant, v.files) for v in report.variants] == [("fp32", ("model.onnx",)), ("bf16", ("model.onnx",))]
     assert not (tmp_path / "model.bf16.onnx").exists()
+
+
+@pytest.mark.parametrize("bf16", [None, True])
+def test_bf16_left_to_the_machine_is_skipped_where_asked_for_is_refused(tiny_checkpoint, tmp_path, bf16):
+    """The default BF16 variant that cannot be made (here: its data is missing; on a CPU without
+    BF16, that first) is left out with its reason and model.onnx is published; asked for with
+    bf16=True, the same obstacle refuses the export and publishes nothing."""
+    from ffrt.backends.openvino import bf16_problem
+
+    out = tmp_path / "out"
+    report = export(ExportRequest(ckpt=tiny_checkpoint, out=out, batch_max=4, bf16=bf16,
+                                  calib=str(tmp_path / "no-such-data")))
+    why = "no-such-data" if bf16_problem() is None else "cannot compute"
+    fp32, variant = report.variants
+    assert (fp32.variant, variant.variant) == ("fp32", "bf16") and why in variant.reason
+    if bf16 is None:
+        assert report.ok and variant.status is ExportStatus.SKIPPED, report.reason
+        assert [f.path.name for f in report.files] == ["model.onnx"]
+        assert sorted(p.name for p in out.iterdir()) == ["model.onnx"]  # nothing half-made left beside it
+    else:
+        assert not report.ok and variant.status is report.status and why in report.reason
+        assert not report.files and not (out / "model.onnx").exists()

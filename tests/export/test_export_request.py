@@ -52,6 +52,18 @@ def test_opset_below_17_is_refused():
     assert ExportRequest(**BASE, opset=17).opset == 17
 
 
+def test_bf16_is_made_by_default_unless_left_out_or_another_precision_is_asked():
+    """None (the default): made where the machine can; True: asked; False: never. Asking for FP16
+    or INT8 leaves the default BF16 out (one reduced precision per export), without a refusal."""
+    assert ExportRequest(**BASE).bf16 is None and ExportRequest(**BASE).asks("bf16") is None
+    assert ExportRequest(**BASE, bf16=True).asks("bf16") is True
+    assert ExportRequest(**BASE, bf16=False).asks("bf16") is False
+    assert ExportRequest(**BASE, fp16=True).asks("bf16") is False
+    assert ExportRequest(**BASE, int8=True).asks("bf16") is False
+    assert ExportRequest(**BASE, int8=True).asks("int8") is True and ExportRequest(**BASE).asks("fp16") is False
+    assert ExportRequest(**BASE, fp16=True, bf16=False).fp16 is True  # an explicit "no" is no conflict
+
+
 def test_the_precision_conflict_is_said_before_a_bad_number():
     assert _refusal(fp16=True, int8=True, batch_max=0).startswith("choose one of --fp16")
 
@@ -101,6 +113,8 @@ def test_the_cli_builds_the_same_request(tmp_path, capsys):
         triton_kind="cpu", fp16_images=5)
     assert ExportRequest(**vars(build_parser().parse_args(["--ckpt", "m.pt", "--out", "o"]))) == ExportRequest(
         ckpt="m.pt", out="o")
+    for flag, value in (("--bf16", True), ("--no-bf16", False)):
+        assert ExportRequest(**vars(build_parser().parse_args(["--ckpt", "m.pt", "--out", "o", flag]))).bf16 is value
 
     from ffexport.cli import main
 
@@ -115,13 +129,16 @@ def test_the_table_runs_the_rows_a_request_asks_for_in_order():
 
     assert [v.name for v in VARIANTS] == ["fp32", "fp16", "int8", "bf16", "triton", "tensorrt"]
     fields = ExportRequest.model_fields
-    assert all(v.flag is None or fields[v.flag].annotation is bool for v in VARIANTS)
+    # bool, or bool | None for a variant made by default where the machine can (bf16)
+    assert all(v.flag is None or fields[v.flag].annotation in (bool, bool | None) for v in VARIANTS)
     request = ExportRequest(**BASE, int8=True, engine=True, triton=True)
     assert [v.name for v in asked(request, Phase.FILE)] == ["fp32", "int8"]
     assert [v.name for v in asked(request, Phase.PACKAGE)] == ["triton"]
     assert [v.name for v in asked(request, Phase.AFTER_PUBLISH)] == ["tensorrt"]
     plain = ExportRequest(**BASE)
-    assert [v.name for p in Phase for v in asked(plain, p)] == ["fp32"]
+    assert [v.name for p in Phase for v in asked(plain, p)] == ["fp32", "bf16"]  # bf16: where this machine can
+    assert [v.name for p in Phase for v in asked(ExportRequest(**BASE, bf16=False), p)] == ["fp32"]
+    assert [v.name for v in asked(ExportRequest(**BASE, fp16=True), Phase.FILE)] == ["fp32", "fp16"]
     by_name = {v.name: v for v in VARIANTS}
     assert by_name["int8"].writes == ("model.int8-trt.onnx", "model.int8-cpu.onnx")
     assert by_name["fp16"].writes == ("model.fp16.onnx",) and by_name["bf16"].writes == ("model.bf16.onnx",)

@@ -64,7 +64,7 @@ def test_nan_weight_export_keeps_the_previous_model(tiny_checkpoint, previous, t
 
     ckpt = _edited_checkpoint(tiny_checkpoint, tmp_path / "nan.pt", poison)
     before = _snapshot(previous)
-    assert ffexport_main(["--ckpt", str(ckpt), "--out", str(previous), "--batch-max", "8"]) == 1
+    assert ffexport_main(["--no-bf16", "--ckpt", str(ckpt), "--out", str(previous), "--batch-max", "8"]) == 1
     err = _one_line(capsys.readouterr().err)
     assert "non-finite" in err and "previous" in err
     assert _snapshot(previous) == before
@@ -76,7 +76,7 @@ def test_a_graph_outside_tolerance_leaves_nothing(tiny_checkpoint, previous, cap
 
     monkeypatch.setattr(ffexport.parity, "FP32_RTOL", -1.0)
     before = _snapshot(previous)
-    assert ffexport_main(["--ckpt", str(tiny_checkpoint), "--out", str(previous), "--batch-max", "8"]) == 1
+    assert ffexport_main(["--no-bf16", "--ckpt", str(tiny_checkpoint), "--out", str(previous), "--batch-max", "8"]) == 1
     assert "disagrees with PyTorch beyond tolerance" in _one_line(capsys.readouterr().err)
     assert _snapshot(previous) == before
 
@@ -92,14 +92,14 @@ def test_an_exception_during_the_check_leaves_nothing(tiny_checkpoint, previous,
     monkeypatch.setattr(ffexport.parity, "check", broken)
     before = _snapshot(previous)
     with pytest.raises(RuntimeError, match="simulated failure"):
-        ffexport_main(["--ckpt", str(tiny_checkpoint), "--out", str(previous), "--batch-max", "8"])
+        ffexport_main(["--no-bf16", "--ckpt", str(tiny_checkpoint), "--out", str(previous), "--batch-max", "8"])
     assert _snapshot(previous) == before
 
 
 @pytest.mark.parametrize("flag,value", [("--parity-count", "0"), ("--batch-max", "0"), ("--calib-count", "-1")])
 def test_bad_numbers_are_refused_before_any_write(tiny_checkpoint, previous, capsys, flag, value):
     before = _snapshot(previous)
-    assert ffexport_main(["--ckpt", str(tiny_checkpoint), "--out", str(previous), flag, value]) == 1
+    assert ffexport_main(["--no-bf16", "--ckpt", str(tiny_checkpoint), "--out", str(previous), flag, value]) == 1
     assert flag in _one_line(capsys.readouterr().err)
     assert _snapshot(previous) == before
 
@@ -188,7 +188,7 @@ def _no_state_dict(payload):
 def test_broken_checkpoint_config_is_one_line(tiny_checkpoint, tmp_path, capsys, edit, fragment):
     ckpt = _edited_checkpoint(tiny_checkpoint, tmp_path / "broken.pt", edit)
     out = tmp_path / "out"
-    assert ffexport_main(["--ckpt", str(ckpt), "--out", str(out)]) == 1
+    assert ffexport_main(["--no-bf16", "--ckpt", str(ckpt), "--out", str(out)]) == 1
     err = _one_line(capsys.readouterr().err)
     assert fragment in err and "fftrain" in err
     assert not out.exists() or not any(out.iterdir())

@@ -62,12 +62,12 @@ def test_a_killed_triton_export_is_finished_by_the_next_export(tiny_checkpoint, 
     out = tmp_path / "line3"
     ckpt = str(tiny_checkpoint)
     # The folder a line has: model and Triton repository of one export (batch_max 8).
-    assert ffexport_main(["--ckpt", ckpt, "--out", str(out), "--batch-max", "8", "--triton", "--triton-kind", "cpu"]) == 0
+    assert ffexport_main(["--no-bf16", "--ckpt", ckpt, "--out", str(out), "--batch-max", "8", "--triton", "--triton-kind", "cpu"]) == 0
     assert set(_usable_state(out).values()) == {8}
 
     # A new export (batch_max 4) killed in the middle of publishing its files.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in PACKAGES)}
-    args = ["--ckpt", ckpt, "--out", str(out), "--batch-max", "4", "--triton", "--triton-kind", "cpu"]
+    args = ["--no-bf16", "--ckpt", ckpt, "--out", str(out), "--batch-max", "4", "--triton", "--triton-kind", "cpu"]
     proc = subprocess.run([sys.executable, "-c", _KILL_AT_RENAME, str(out), str(k), *args],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
@@ -75,7 +75,7 @@ def test_a_killed_triton_export_is_finished_by_the_next_export(tiny_checkpoint, 
     # The next export into the folder, without --triton: it must first finish the killed
     # one's publication, so the repository is the killed export's (batch_max 4) and agrees
     # with model.onnx, and no stage, moved-aside folder or temp file is left anywhere.
-    assert ffexport_main(["--ckpt", ckpt, "--out", str(out), "--batch-max", "4"]) == 0
+    assert ffexport_main(["--no-bf16", "--ckpt", ckpt, "--out", str(out), "--batch-max", "4"]) == 0
     assert _usable_state(out) == {"model.onnx": 4, "triton ffrt_model": 4, "triton ffrt_detector": 4}
     leftovers = [p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
     assert leftovers == []

@@ -33,7 +33,7 @@ def max_model(elpv_split, tmp_path_factory):
     config = ModelConfig(image_size=SIZE, flow_steps=2, hidden_ratio=1.0, score_reduction="max")
     train_and_save(config, elpv_split, TrainSettings(epochs=2, batch_size=16, progress=False), out / "model.pt",
                    log=lambda _: None)
-    assert main(["--ckpt", str(out / "model.pt"), "--out", str(out), "--batch-max", "8"]) == 0
+    assert main(["--no-bf16", "--ckpt", str(out / "model.pt"), "--out", str(out), "--batch-max", "8"]) == 0
     return out / "model.pt", out / "model.onnx"
 
 

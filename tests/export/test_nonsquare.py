@@ -44,7 +44,7 @@ def exported(request, strips, elpv_split, tmp_path_factory):
                          map_blur_sigma=1.5)
     train_and_save(config, split, TrainSettings(epochs=1, batch_size=8, progress=False, augment_views=1),
                    out / "model.pt", log=lambda _: None)
-    assert ffexport_main(["--ckpt", str(out / "model.pt"), "--out", str(out), "--batch-max", "4",
+    assert ffexport_main(["--no-bf16", "--ckpt", str(out / "model.pt"), "--out", str(out), "--batch-max", "4",
                           "--parity-images", str(strips[0].path.parent)]) == 0
     return mode, out / "model.pt", out / "model.onnx", strips
 

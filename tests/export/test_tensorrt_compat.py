@@ -77,7 +77,7 @@ def test_ffexport_refuses_the_old_graph_with_one_line_and_writes_nothing(tiny_ch
 
     monkeypatch.setattr(graph.FusedGraph, "forward", _old_forward)
     out = tmp_path / "out"
-    assert main(["--ckpt", str(tiny_checkpoint), "--out", str(out), "--batch-max", "2"]) == 1
+    assert main(["--no-bf16", "--ckpt", str(tiny_checkpoint), "--out", str(out), "--batch-max", "2"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert "TensorRT cannot build this graph" in err[0] and "Transpose" in err[0] and "nothing was written" in err[0]
@@ -87,7 +87,7 @@ def test_ffexport_refuses_the_old_graph_with_one_line_and_writes_nothing(tiny_ch
 def test_ffexport_prints_the_check_for_every_file(tiny_checkpoint, tmp_path, capsys):
     from ffexport.cli import main
 
-    assert main(["--ckpt", str(tiny_checkpoint), "--out", str(tmp_path), "--batch-max", "2"]) == 0
+    assert main(["--no-bf16", "--ckpt", str(tiny_checkpoint), "--out", str(tmp_path), "--batch-max", "2"]) == 0
     out = capsys.readouterr().out
     assert "TensorRT 10 check" in out and "model.onnx OK" in out
 

@@ -154,7 +154,7 @@ def _engine(path: Path, version: str, onnx_path: Path) -> Path:
 def test_ffexport_engine_flag_on_a_driverless_host(cuda_site, tiny_checkpoint, tmp_path):
     """The whole ffexport --engine, TensorRT 10 bindings installed, no driver: ONNX written, exit 2, one line."""
     line = trtenv.tensorrt_line("10")
-    proc = _module("ffexport.cli", "--ckpt", str(tiny_checkpoint), "--out", str(tmp_path), "--batch-max", "4",
+    proc = _module("ffexport.cli", "--no-bf16", "--ckpt", str(tiny_checkpoint), "--out", str(tmp_path), "--batch-max", "4",
                    "--engine", sites=[line["site"], cuda_site], libs=[line["libs"]])
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert (tmp_path / "model.onnx").is_file() and "Traceback" not in proc.stderr

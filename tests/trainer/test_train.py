@@ -126,7 +126,7 @@ def test_few_normal_images_give_a_working_model(tmp_path, elpv_split, capsys):
     payload = torch.load(out, map_location="cpu", weights_only=True)
     assert payload["train_info"]["counts"]["val"] == 1
     assert np.isfinite(payload["calibration"]["image_threshold"])
-    assert ffexport_main(["--ckpt", str(out), "--out", str(tmp_path / "export"), "--batch-max", "2"]) == 0
+    assert ffexport_main(["--no-bf16", "--ckpt", str(out), "--out", str(tmp_path / "export"), "--batch-max", "2"]) == 0
     r = Detector(tmp_path / "export" / "model.onnx")(str(data / "train" / "good" / "000.png"))
     assert np.isfinite(r.score)
 

@@ -204,7 +204,7 @@ def test_ffexport_writes_the_repository(tiny_checkpoint, tmp_path):
     from ffexport.cli import main as ffexport_main
 
     out = tmp_path / "export"
-    assert ffexport_main(["--ckpt", str(tiny_checkpoint), "--out", str(out), "--batch-max", "4", "--triton"]) == 0
+    assert ffexport_main(["--no-bf16", "--ckpt", str(tiny_checkpoint), "--out", str(out), "--batch-max", "4", "--triton"]) == 0
     configs = check_layout(out / "triton")
     assert configs["ffrt_model"].max_batch_size == 4
     assert [g.kind for g in configs["ffrt_model"].instance_group] == [pb2.ModelInstanceGroup.KIND_GPU]
