@@ -43,7 +43,7 @@ import numpy as np
 
 from .metrics import allowed_exceedances, threshold_at_frr
 
-__all__ = ["CONFIDENCE", "MIN_MODEL_NORMALS", "OperatingPoint", "ThresholdMethod", "normals_for_target",
+__all__ = ["CONFIDENCE", "MIN_MODEL_NORMALS", "THRESHOLD_METHODS", "OperatingPoint", "ThresholdMethod", "normals_for_target",
            "operating_point", "order_statistic_frr_interval"]
 
 #: Two-sided confidence of the reported false-reject interval.
@@ -55,8 +55,8 @@ BOOTSTRAP = 400
 _BOOTSTRAP_SEED = 0
 # The Box-Cox exponent is searched on a coarse grid, then refined around the best point.
 # Beyond [-2, 3] the transform changes the tail little and overflows sooner.
-_COARSE = np.linspace(-2.0, 3.0, 26)
-_FINE_HALF_WIDTH, _FINE_POINTS = 0.2, 21
+_COARSE = np.linspace(-2.0, 3.0, 11)
+_FINE_HALF_WIDTH, _FINE_POINTS = 0.25, 11
 _CHUNK = 50
 
 
@@ -64,6 +64,9 @@ class ThresholdMethod(str, enum.Enum):
     ORDER_STATISTIC = "order_statistic"
     TAIL_MODEL = "tail_model"
     LARGEST_SCORE = "largest_score"
+
+
+THRESHOLD_METHODS = tuple(m.value for m in ThresholdMethod)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,10 @@ class OperatingPoint:
         d = asdict(self)
         d["method"] = self.method.value
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OperatingPoint":
+        return cls(**{**d, "method": ThresholdMethod(d["method"])})
 
 
 def operating_point(normal_scores, target_frr: float) -> OperatingPoint:
