@@ -29,7 +29,7 @@ Below ``normals_for_target`` the result also says how many more good parts the o
 statistic needs (``needed_more``). With few normals no estimator can be sure: at 2% and 30
 normals even a normal fit of normal scores lands within [1%, 4%] only about 60% of the time.
 
-numpy and ``math`` only (no scipy): the normal quantile and the binomial tail are written here.
+numpy and the standard library only (no scipy): the binomial tail is summed here.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import enum
 import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from statistics import NormalDist
 
 import numpy as np
 
@@ -205,18 +206,6 @@ def normals_for_target(target_frr: float, confidence: float = CONFIDENCE) -> int
 # ---------------------------------------------------------------------------------------
 
 
-def _normal_quantile(p: float) -> float:
-    """Inverse of the standard normal CDF: a bisection start refined by Newton steps on erfc."""
-    lo, hi = -40.0, 40.0
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if 0.5 * math.erfc(-mid / math.sqrt(2)) < p else (lo, mid)
-    z = 0.5 * (lo + hi)
-    for _ in range(3):
-        z -= (0.5 * math.erfc(-z / math.sqrt(2)) - p) / (math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi))
-    return z
-
-
 def _normal_survival(z: np.ndarray) -> np.ndarray:
     return 0.5 * np.vectorize(math.erfc, otypes=[float])(np.asarray(z) / math.sqrt(2))
 
@@ -275,7 +264,7 @@ def _fit_tail(x: np.ndarray, target_frr: float) -> tuple[float, tuple[float, flo
     # Box-Cox needs positive values; a score of 0 or below is shifted to one n-th of the range.
     shift = 0.0 if x.min() > 0 else span / x.size - float(x.min())
     logx = np.log(x + shift)[None, :]
-    z = _normal_quantile(1.0 - target_frr)
+    z = NormalDist().inv_cdf(1.0 - target_frr)
     lam, mean, sd, threshold = _fit(logx, z)
     if not np.isfinite(threshold[0]) or threshold[0] - shift < 0:
         return None
