@@ -26,7 +26,11 @@ def test_threshold_reaches_target_frr_on_held_out_normals(model_copy, normal_hal
     calib, held_out = normal_halves
     target = 0.1
     report = calibrate_thresholds(model_copy, calib, target_frr=target, progress=False)
-    assert report.written and report.normal_frr <= target
+    # 74 normals are too few for an order statistic at 10% (100 are needed): the tail model
+    # sets it, and its interval holds the target.
+    estimate = report.image_estimate
+    assert report.written and estimate.method.value == "tail_model" and estimate.needed_more == 100 - len(calib)
+    assert estimate.frr_low < target < estimate.frr_high
     det = Detector(model_copy, backend="onnxruntime-cpu", resize_outputs=False)
     assert det.thresholds.image == pytest.approx(report.image_threshold)
     scores = np.array([r.score for r in det.predict_batch(held_out)])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from statistics import NormalDist
-
 import numpy as np
 import pytest
 import torch
@@ -13,6 +11,7 @@ from fftrain.cli import main as fftrain_main
 from fftrain.config import ModelConfig
 from fftrain.model import AnomalyModel
 from fftrain.train import extract_features
+from support.tail_reference import box_cox_normal_quantile
 
 
 def test_loss_decreases_on_a_tiny_dataset(real_images):
@@ -62,25 +61,9 @@ def test_loaded_model_reproduces_its_calibration(tiny_checkpoint, elpv_split):
     with torch.no_grad():
         _, scores = model(to_tensor_batch(load_batch(elpv_split.val, 64)))
     cal = payload["calibration"]
-    expected = _box_cox_normal_quantile(scores.numpy().astype(np.float64), cal["target_frr"])
+    expected = box_cox_normal_quantile(scores.numpy().astype(np.float64), cal["target_frr"])
     assert cal["image_threshold"] == pytest.approx(expected, rel=2e-3)
 
-
-def _box_cox_normal_quantile(x: np.ndarray, target_frr: float) -> float:
-    """The tail model's threshold computed here, independently of ffcore: the Box-Cox exponent
-    maximizing the profile likelihood on a dense grid over the rule's range [-2.25, 3.25], then
-    the normal (1 - target) quantile of the transformed scores, transformed back."""
-    lams = np.linspace(-2.25, 3.25, 22001)
-    logx = np.log(x)
-
-    def transform(lam):
-        return logx if lam == 0 else (x ** lam - 1) / lam
-
-    loglik = [-0.5 * x.size * np.log(np.var(transform(lam))) + (lam - 1) * logx.sum() for lam in lams]
-    lam = float(lams[int(np.argmax(loglik))])
-    y = transform(lam)
-    q = y.mean() + NormalDist().inv_cdf(1 - target_frr) * y.std(ddof=1)
-    return float(np.exp(q) if lam == 0 else (1 + lam * q) ** (1 / lam))
 
 
 def test_checkpoint_refusals(tmp_path, tiny_checkpoint):
