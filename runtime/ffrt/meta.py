@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ffcore.modelkinds import DEFAULT_MODEL_KIND, MODEL_KINDS
-from ffcore.operating_point import THRESHOLD_METHODS
+from ffcore.operating_point import THRESHOLD_METHODS, OperatingPoint
 
 from .errors import ModelFileError
 
@@ -119,6 +119,10 @@ class ThresholdEstimate(_Strict):
     def of(cls, point: dict) -> "ThresholdEstimate":
         """From ``OperatingPoint.to_dict()`` (the threshold itself is stored beside it)."""
         return cls(**{k: v for k, v in point.items() if k != "threshold"})
+
+    def point(self, threshold: float) -> OperatingPoint:
+        """Back to ``ffcore.operating_point.OperatingPoint`` (its ``summary()`` is the one line)."""
+        return OperatingPoint.from_dict({**self.model_dump(), "threshold": threshold})
 
 
 class Thresholds(_Strict):
