@@ -121,22 +121,18 @@ def operating_point(normal_scores, target_frr: float) -> OperatingPoint:
 
 
 def _check(normal_scores, target_frr: float) -> np.ndarray:
-    x = np.asarray(normal_scores, dtype=np.float64).ravel() if _numeric(normal_scores) else None
-    if x is None:
-        raise ValueError("normal scores must be numbers")
+    x = np.asarray(normal_scores)
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"normal scores must be numbers, got {x.dtype} values")
+    x = x.astype(np.float64).ravel()
     if x.size == 0:
         raise ValueError("no normal scores: score good parts first, a threshold is set on them")
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{int(np.count_nonzero(~np.isfinite(x)))} normal scores are NaN or infinite: "
                          "the model's output is broken, fix it before setting thresholds")
-    if isinstance(target_frr, bool) or not (0.0 < float(target_frr) < 1.0):  # also NaN
-        raise ValueError(f"target false-reject rate must be in (0, 1), got {target_frr!r}")
+    if not isinstance(target_frr, (int, float)) or isinstance(target_frr, bool) or not (0.0 < target_frr < 1.0):
+        raise ValueError(f"target false-reject rate must be a number in (0, 1), got {target_frr!r}")  # NaN too
     return x
-
-
-def _numeric(values) -> bool:
-    a = np.asarray(values)
-    return a.dtype.kind in "biuf"
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,9 +184,11 @@ def normals_for_target(target_frr: float, confidence: float = CONFIDENCE) -> int
     n = 1
     while held < 6:
         k = allowed_exceedances(n, target_frr)
-        last = n
+        last = max(n, math.ceil((k + 1) / target_frr) - 2)  # the block's end, then settled exactly
         while allowed_exceedances(last + 1, target_frr) == k:
             last += 1
+        while allowed_exceedances(last, target_frr) != k:
+            last -= 1
         ok = (order_statistic_frr_interval(n, k, confidence)[1] <= 2 * target_frr
               and order_statistic_frr_interval(last, k, confidence)[0] >= target_frr / 2)
         if ok:
