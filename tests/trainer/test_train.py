@@ -131,12 +131,17 @@ def test_few_normal_images_give_a_working_model(tmp_path, elpv_split, capsys):
     assert fftrain_main(["--data", str(data), "--out", str(out), *TINY_FLAGS]) == 0
     printed = capsys.readouterr().out
     assert "4 train, 1 validation normals" in printed and "only 5 normal images" in printed
+    # One validation normal: its score is the threshold, and the output says how far from the target that is.
+    assert "image threshold" in printed and "by largest score on 1 normals" in printed
+    assert "499 more good parts for a 95% interval within [0.01, 0.04]" in printed
     payload = torch.load(out, map_location="cpu", weights_only=True)
     assert payload["train_info"]["counts"]["val"] == 1
     assert np.isfinite(payload["calibration"]["image_threshold"])
     assert ffexport_main(["--ckpt", str(out), "--out", str(tmp_path / "export"), "--batch-max", "2"]) == 0
     r = Detector(tmp_path / "export" / "model.onnx")(str(data / "train" / "good" / "000.png"))
     assert np.isfinite(r.score)
+    estimate = Detector(tmp_path / "export" / "model.onnx").meta.thresholds.image_estimate
+    assert (estimate.method, estimate.n, estimate.needed_more) == ("largest_score", 1, 499)
 
 
 def test_zero_epochs_is_a_clear_error(tmp_path, elpv_split, capsys):
