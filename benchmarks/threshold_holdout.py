@@ -8,6 +8,8 @@ the seeds whose TRUE rate lies within [target/2, 2*target]. Rules:
   new        ffcore.operating_point (order statistic from normals_for_target, tail model below)
   normal     (--candidates) a normal fit of the raw scores (the ideal rule for the normal family)
   lognormal  (--candidates) a normal fit of log scores (the ideal rule for the log-normal family)
+  gpd        (--candidates) a generalized Pareto fit (probability-weighted moments) of the scores
+             above their 80th percentile, extrapolated to the target
 
 Also the share of seeds whose reported interval contains the true rate (the new rule's CI).
 
@@ -78,7 +80,23 @@ def rules(target: float, candidates: bool) -> dict[str, Callable[[np.ndarray], f
         z = _z(target)
         out["normal"] = lambda x: float(x.mean() + z * x.std(ddof=1))
         out["lognormal"] = lambda x: float(np.exp(np.log(x).mean() + z * np.log(x).std(ddof=1)))
+        out["gpd"] = lambda x: gpd_threshold(x, target)
     return out
+
+
+def gpd_threshold(x: np.ndarray, target: float, tail_share: float = 0.2) -> float:
+    """Hosking & Wallis' probability-weighted-moment fit of the exceedances over the
+    (1 - tail_share) order statistic u; the threshold where the fitted tail leaves ``target``."""
+    s = np.sort(x)
+    m = max(3, int(round(tail_share * s.size)))
+    u = s[s.size - m - 1]
+    y = s[s.size - m:] - u
+    plotting = (np.arange(1, m + 1) - 0.35) / m
+    a0, a1 = y.mean(), np.mean((1.0 - plotting) * y)
+    k = a0 / (a0 - 2.0 * a1) - 2.0
+    sigma = 2.0 * a0 * a1 / (a0 - 2.0 * a1)
+    leave = target * s.size / m  # the share of the exceedances above the threshold
+    return float(u - sigma * math.log(leave) if abs(k) < 1e-9 else u + sigma / k * (1.0 - leave ** k))
 
 
 def measure(family: Family, n: int, target: float, seeds: int, candidates: bool) -> dict:
