@@ -3,7 +3,7 @@
 The stored rule is ``score > threshold -> reject``; the quantity that matters on the line is
 the threshold's TRUE false-reject rate ``P(score of a new normal > threshold)``, not the
 share of the calibration normals above it. ``operating_point(scores, target)`` chooses the
-threshold by one of two methods and says how sure it is:
+threshold by one of three methods and says how sure it is:
 
 * **order statistic** (``n >= normals_for_target(target)``): the old rule
   (``ffcore.metrics.threshold_at_frr``: at most ``k = floor(n * target)`` calibration normals
@@ -11,15 +11,16 @@ threshold by one of two methods and says how sure it is:
   ``Beta(k + 1, n - k)`` distributed, whatever the score distribution, so the confidence
   interval is exact. The branch starts at the smallest ``n`` from which that interval (at
   ``CONFIDENCE``) lies within ``[target / 2, 2 * target]`` for every larger ``n``: about
-  7-8 expected exceedances (400 normals at 2%). Below it an order statistic is a coin toss
+  10 expected exceedances (500 normals at 2%). Below it an order statistic is a coin toss
   (with 26 normals at 2% it is the largest score).
 * **tail model** (fewer normals): a Box-Cox transform with its exponent fitted by maximum
   likelihood removes the skew of the scores (log-normal, gamma and normal shapes all
   become close to normal), a normal distribution is fitted in that space and the threshold
-  is its ``1 - target`` quantile, transformed back. This beat a plain normal fit and a
-  log-normal fit on every shape tried (normal, log-normal, gamma, log-logistic, Weibull,
-  exponential), see benchmarks/threshold_holdout.py; a generalized Pareto fit of the
-  exceedances has too few points below 100 normals. The interval is a parametric
+  is its ``1 - target`` quantile, transformed back. On every shape tried (normal,
+  log-normal, gamma, log-logistic, Weibull, exponential) it came within a few points of
+  the ideal fit of that shape, where a plain normal or log-normal fit fails off its own
+  family (benchmarks/threshold_holdout.py); a generalized Pareto fit of the top 20% was
+  worse at 100 normals on every shape. The interval is a parametric
   bootstrap of the whole fit (exponent included), so it widens with fewer normals but
   cannot see a wrong model.
 * **largest score** (fewer than ``MIN_MODEL_NORMALS``, or no spread to fit): the maximum,
@@ -27,7 +28,7 @@ threshold by one of two methods and says how sure it is:
 
 Below ``normals_for_target`` the result also says how many more good parts the order
 statistic needs (``needed_more``). With few normals no estimator can be sure: at 2% and 30
-normals even a normal fit of normal scores lands within [1%, 4%] only about 60% of the time.
+normals even a normal fit of normal scores lands within [1%, 4%] only about 57% of the time.
 
 numpy and the standard library only (no scipy): the binomial tail is summed here.
 """
