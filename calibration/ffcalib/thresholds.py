@@ -211,8 +211,9 @@ def calibrate_thresholds(
     if not defect_paths and n_normal < _normals_needed(target_frr):
         report.warnings.append(
             f"only {n_normal} normal images: a false-reject rate of {target_frr:g} cannot be measured on fewer than "
-            f"{_normals_needed(target_frr)}, so the image threshold is about the highest normal score. Calibrate on "
-            "more normal images from the line."
+            f"{_normals_needed(target_frr)}, so the image threshold is extrapolated "
+            f"({image_point.method.value.replace('_', ' ')}; its interval is above). Calibrate on more normal images "
+            "from the line."
         )
     if histogram_png is not None and defect_paths:
         try:
