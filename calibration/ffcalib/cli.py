@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         "thresholds",
         help="set the image/pixel thresholds in the model's metadata from real images",
         description="Score images with ffrt.Detector and write thresholds into the model's metadata (atomically). "
-        "Without defects: the image threshold rejects at most --target-frr of the normals, and the pixel threshold "
-        "at most --target-frr of the normals' maximum map values (no pixel flagged on ~99%% of good parts). With "
+        "Without defects: the image threshold is set for a false-reject rate of --target-frr on NEW normals, and "
+        "the pixel threshold likewise on the normals' maximum map values (no pixel flagged on ~99%% of good parts); "
+        "the interval of that rate is printed and stored, with how many more normals the target needs. With "
         "--defects: F1-optimal image threshold; with --masks too: pixel-F1-optimal pixel threshold.",
     )
     t.add_argument("--model", required=True, type=Path, help="model.onnx to update (any precision)")
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--defects", type=Path, default=None, help="folder of defective images (enables F1-optimal thresholds)")
     t.add_argument("--masks", type=Path, default=None,
                    help="folder of defect masks (NAME_mask.png or NAME.png per defect image; white = defect)")
-    t.add_argument("--target-frr", type=float, default=0.01, help="false-reject rate on normals (default 0.01)")
+    t.add_argument("--target-frr", type=float, default=0.01, help="false-reject rate on new normals, in (0, 1) (default 0.01)")
     t.add_argument("--histogram", type=Path, default=None,
                    help="PNG of normal/defect scores with the threshold (default: next to the model, with --defects)")
     t.add_argument("--dry-run", action="store_true", help="print the thresholds without writing them")

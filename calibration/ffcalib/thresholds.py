@@ -6,10 +6,11 @@ machine (ONNX Runtime CPU computes FP16 regions in FP32 and quantizes INT8 biase
 way, so a threshold set there does not fit TensorRT's numerics exactly). The backend is
 recorded in the metadata (``thresholds.calibrated_on``). Then:
 
-- image threshold: without defects, the lowest threshold that rejects at most
-  ``target_frr`` of the normal images (``ffcore.metrics.threshold_at_frr``); with
-  labelled defects, the F1-optimal threshold over normals + defects (``f1_max``).
-- pixel threshold: without masks, ``threshold_at_frr`` over each normal image's MAXIMUM
+- image threshold: without defects, the threshold whose false-reject rate on NEW normals is
+  ``target_frr`` (``ffcore.operating_point``: an order statistic with enough normals, a tail
+  model below, with the interval of that rate and how many more normals the target needs);
+  with labelled defects, the F1-optimal threshold over normals + defects (``f1_max``).
+- pixel threshold: without masks, the same rule over each normal image's MAXIMUM
   anomaly-map value (the trainer's rule): a normal image has no mask pixel at all with
   probability about 1 - target_frr. Defect images without masks do not move it (their
   pixels are unlabelled). With masks, the pixel-F1-optimal threshold over every pixel of
@@ -33,10 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from ffcore.images import DataError, read_mask
-from ffcore.metrics import f1_max, precision_recall_at_threshold, score_statistics, threshold_at_frr
+from ffcore.metrics import f1_max, precision_recall_at_threshold, score_statistics
+from ffcore.operating_point import OperatingPoint, operating_point
 from ffcore.progress import progress as progress_bar
 from ffrt.errors import FFRTError, ModelFileError
-from ffrt.meta import ScoreStats
+from ffrt.meta import ScoreStats, ThresholdEstimate
 from ffrt.metafile import read_onnx_meta, write_onnx_meta
 
 from ffcore.files import IMAGE_SUFFIXES
@@ -63,6 +65,8 @@ class ThresholdReport:
     image_f1: float | None
     previous: tuple[float, float]
     backend: str = ""  # the backend the images were scored with
+    image_estimate: OperatingPoint | None = None  # None: F1-optimal over defects (no rate to estimate)
+    pixel_estimate: OperatingPoint | None = None  # None: pixel-F1-optimal with masks
     histogram_png: str | None = None
     html: str | None = None
     written: bool = False
@@ -75,6 +79,8 @@ class ThresholdReport:
             f"  pixel {self.pixel_threshold:.6g} ({self.pixel_rule}; was {self.previous[1]:.6g})",
             f"  on these images: {self.normal_count} normals, false-reject rate {self.normal_frr:.4f}",
         ]
+        lines += [f"  {which} {point.summary()}" for which, point in
+                  (("image", self.image_estimate), ("pixel", self.pixel_estimate)) if point is not None]
         if self.defect_count:
             lines.append(f"  {self.defect_count} defects: recall {self.defect_recall:.4f}, F1 {self.image_f1:.4f}")
         if self.histogram_png:
@@ -138,8 +144,9 @@ def calibrate_thresholds(
         meta = read_onnx_meta(model_path)
     except ModelFileError as e:
         raise CalibError(str(e)) from e
-    if not (0.0 <= target_frr < 1.0):
-        raise CalibError(f"--target-frr must be in [0, 1), not {target_frr}")
+    if not (0.0 < target_frr < 1.0):
+        # 0 cannot be promised on new normals: no finite threshold has a zero rate.
+        raise CalibError(f"--target-frr must be in (0, 1), not {target_frr}")
     if not normal_paths:
         raise CalibError("no normal images given")
     defect_paths = list(defect_paths or [])
@@ -161,7 +168,7 @@ def calibrate_thresholds(
             "set. Give different normal images from the line, at least "
             f"{_normals_needed(target_frr)} for a false-reject target of {target_frr:g}; nothing was written."
         )
-    f1 = recall = None
+    f1 = recall = image_point = pixel_point = None
     if defect_paths:
         labels = np.r_[np.zeros(n_normal, np.int64), np.ones(len(defect_scores), np.int64)]
         scores = np.r_[normal_scores, defect_scores]
@@ -169,7 +176,8 @@ def calibrate_thresholds(
         _, recall = precision_recall_at_threshold(labels, scores, image_t)
         image_rule = f"F1-optimal over {n_normal} normals + {len(defect_scores)} defects"
     else:
-        image_t = threshold_at_frr(normal_scores, target_frr)
+        image_point = operating_point(normal_scores, target_frr)
+        image_t = image_point.threshold
         image_rule = f"target false-reject rate {target_frr} on {n_normal} normals"
 
     if masks_dir is not None and defect_paths:
@@ -179,7 +187,8 @@ def calibrate_thresholds(
         _, pixel_t = f1_max(np.stack(masks).ravel(), maps.ravel())
         pixel_rule = "pixel-F1-optimal with masks"
     else:
-        pixel_t = threshold_at_frr(np.array([m.max() for m in normal_maps]), target_frr)
+        pixel_point = operating_point(np.array([m.max() for m in normal_maps]), target_frr)
+        pixel_t = pixel_point.threshold
         pixel_rule = f"target false-reject rate {target_frr} on each normal image's max map value"
 
     frr = float(np.mean(normal_scores > image_t))
@@ -196,12 +205,15 @@ def calibrate_thresholds(
         image_f1=f1,
         previous=(meta.thresholds.image, meta.thresholds.pixel),
         backend=_calibrated_on(det),
+        image_estimate=image_point,
+        pixel_estimate=pixel_point,
     )
     if not defect_paths and n_normal < _normals_needed(target_frr):
         report.warnings.append(
             f"only {n_normal} normal images: a false-reject rate of {target_frr:g} cannot be measured on fewer than "
-            f"{_normals_needed(target_frr)}, so the image threshold is about the highest normal score. Calibrate on "
-            "more normal images from the line."
+            f"{_normals_needed(target_frr)}, so the image threshold is extrapolated "
+            f"({image_point.method.value.replace('_', ' ')}; its interval is above). Calibrate on more normal images "
+            "from the line."
         )
     if histogram_png is not None and defect_paths:
         try:
@@ -210,7 +222,8 @@ def calibrate_thresholds(
             raise ThresholdsNotWritten(report, Path(histogram_png), e) from e
     if write:
         new = meta.with_thresholds(float(image_t), float(pixel_t), f"ffcalib: image {image_rule}; pixel {pixel_rule}",
-                                   calibrated_on=_calibrated_on(det))
+                                   calibrated_on=_calibrated_on(det), image_estimate=_estimate(image_point),
+                                   pixel_estimate=_estimate(pixel_point))
         new = new.model_copy(update={"score_stats": score_stats(normal_scores)})
         try:
             write_onnx_meta(model_path, new)
@@ -225,6 +238,10 @@ def calibrate_thresholds(
             masks if masks_dir is not None and defect_paths else None, float(image_t), float(pixel_t),
             _calibrated_on(det), data or str(Path(normal_paths[0]).parent), report.written, report.previous))
     return report
+
+
+def _estimate(point: OperatingPoint | None) -> ThresholdEstimate | None:
+    return None if point is None else ThresholdEstimate.of(point.to_dict())
 
 
 def _normals_needed(target_frr: float) -> int:

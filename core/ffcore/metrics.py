@@ -34,6 +34,7 @@ __all__ = [
     "f1_at_threshold",
     "precision_recall_at_threshold",
     "threshold_at_frr",
+    "allowed_exceedances",
     "score_statistics",
     "spearman",
 ]
@@ -429,6 +430,12 @@ def threshold_at_frr(normal_scores, target_frr: float) -> float:
         raise ValueError(f"target_frr must be in [0, 1), got {target_frr!r}")
     s = np.sort(s.ravel().astype(np.float64, copy=False))
     n = s.size
+    return float(s[n - allowed_exceedances(n, target_frr) - 1])
+
+
+def allowed_exceedances(n: int, target_frr: float) -> int:
+    """k = floor(target_frr * n): how many of n normals may lie above a threshold that
+    rejects at most ``target_frr`` of them (``threshold_at_frr`` keeps exactly that many above)."""
     # floor(target*n) in floats can be off by one (0.29*100 = 28.999...), so settle k by
     # checking the defining inequality k/n <= target directly.
     k = int(np.floor(target_frr * n))
@@ -436,7 +443,7 @@ def threshold_at_frr(normal_scores, target_frr: float) -> float:
         k += 1
     while k > 0 and k / n > target_frr:
         k -= 1
-    return float(s[n - k - 1])
+    return min(k, n - 1)
 
 
 def score_statistics(scores) -> dict[str, float]:

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from ffcore.files import atomic_write_bytes
 from ffrt.meta import (AugmentationInfo, BackboneInfo, FlowInfo, InputSpec, ModelInfo, ModelMeta, OutputSpec,
-                       ScoreSpec, ScoreStats, Thresholds)
+                       ScoreSpec, ScoreStats, ThresholdEstimate, Thresholds)
 from ffrt.metafile import set_proto_meta
 from fftrain.head import map_units
 from fftrain.model import AnomalyModel
@@ -56,6 +56,10 @@ def build_meta(model: AnomalyModel, payload: dict[str, Any], ckpt_sha256: str, b
                           "retrain it with fftrain") from e
 
 
+def _estimate(point: dict | None) -> ThresholdEstimate | None:
+    return None if point is None else ThresholdEstimate.of(point)
+
+
 def _meta(model: AnomalyModel, payload: dict[str, Any], cal: dict, ckpt_sha256: str, batch_max: int, opset: int) -> ModelMeta:
     cfg = model.config
     stats = cal.get("score_stats")
@@ -77,7 +81,10 @@ def _meta(model: AnomalyModel, payload: dict[str, Any], cal: dict, ckpt_sha256: 
             topk_fraction=cfg.topk_fraction if cfg.score_reduction == "topk_mean" else None,
         ),
         thresholds=Thresholds(image=cal["image_threshold"], pixel=cal["pixel_threshold"], source=cal.get("source", ""),
-                              calibrated_on=cal.get("calibrated_on", TRAINER_BACKEND)),
+                              calibrated_on=cal.get("calibrated_on", TRAINER_BACKEND),
+                              # Checkpoints written before the estimates were recorded have none.
+                              image_estimate=_estimate(cal.get("image_estimate")),
+                              pixel_estimate=_estimate(cal.get("pixel_estimate"))),
         score_stats=ScoreStats(**stats) if stats else None,
         precision="fp32",
         target="any",

@@ -107,6 +107,8 @@ def format_meta(meta, path) -> str:
         + f", higher = more anomalous; map units: {s.map_units}",
         f"thresholds:   image {t.image:.6g}, pixel {t.pixel:.6g}" + (f"  ({t.source})" if t.source else ""),
     ]
+    lines += [f"  {which}: {estimate.point(value).summary()}" for which, estimate, value in
+              (("image", t.image_estimate, t.image), ("pixel", t.pixel_estimate, t.pixel)) if estimate is not None]
     if meta.score_stats:
         st = meta.score_stats
         lines.append(

@@ -21,6 +21,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ffcore.modelkinds import DEFAULT_MODEL_KIND, MODEL_KINDS
+from ffcore.operating_point import THRESHOLD_METHODS, OperatingPoint
 
 from .errors import ModelFileError
 
@@ -32,8 +33,9 @@ META_KEY = "ffrt.meta"
 #    augmentation (what training taught is normal: re-exposures, codec artefacts),
 #    precision_gates[].verdicts_changed
 # 6: model (the density model behind the head: model.kind fastflow or cflow, cflow's condition)
+# 7: thresholds.image_estimate / pixel_estimate (the false-reject rate a threshold holds on new normals)
 # Every field added since 1 has a default, so files of older schemas keep loading.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class _Strict(BaseModel):
@@ -95,6 +97,34 @@ class ScoreSpec(_Strict):
     topk_fraction: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
 
 
+class ThresholdEstimate(_Strict):
+    """What is known about a threshold's false-reject rate on NEW normals, from the normals it
+    was set on (``ffcore.operating_point``)."""
+
+    method: Literal[THRESHOLD_METHODS] = Field(
+        description="order_statistic: the k-th largest normal score (enough normals for the target); tail_model: "
+        "the quantile of a normal fit after a Box-Cox transform (too few for an order statistic); largest_score: "
+        "the maximum (too few to fit).")
+    n: int = Field(gt=0, description="Normal images the threshold was set on.")
+    target_frr: float = Field(gt=0, lt=1, allow_inf_nan=False)
+    frr_low: float = Field(ge=0, le=1, allow_inf_nan=False, description="Interval of the false-reject rate on new "
+                           "normals: lower end.")
+    frr_high: float = Field(ge=0, le=1, allow_inf_nan=False, description="Upper end.")
+    confidence: float = Field(gt=0, lt=1, allow_inf_nan=False, description="Two-sided confidence of the interval.")
+    needed_more: int | None = Field(
+        default=None, gt=0, description="More normal images for the order statistic's interval to lie within "
+        "[target/2, 2*target] (None: enough).")
+
+    @classmethod
+    def of(cls, point: dict) -> "ThresholdEstimate":
+        """From ``OperatingPoint.to_dict()`` (the threshold itself is stored beside it)."""
+        return cls(**{k: v for k, v in point.items() if k != "threshold"})
+
+    def point(self, threshold: float) -> OperatingPoint:
+        """Back to ``ffcore.operating_point.OperatingPoint`` (its ``summary()`` is the one line)."""
+        return OperatingPoint.from_dict({**self.model_dump(), "threshold": threshold})
+
+
 class Thresholds(_Strict):
     """Decision thresholds, in the units of ``score`` and ``anomaly_map``."""
 
@@ -107,6 +137,11 @@ class Thresholds(_Strict):
         "'fftrain (PyTorch, FP32)'): FP16 and INT8 numerics differ between backends, so thresholds are best set "
         "on the backend that runs the line. Empty: not recorded (schema 2 and older).",
     )
+    image_estimate: ThresholdEstimate | None = Field(
+        default=None, description="The image threshold's false-reject rate on new normals (None: not estimated: "
+        "schema 6 and older, set by value, or F1-optimal over labelled defects).")
+    pixel_estimate: ThresholdEstimate | None = Field(
+        default=None, description="The same for the pixel threshold applied to each normal image's largest map value.")
 
 
 class ScoreStats(_Strict):
@@ -266,9 +301,12 @@ class ModelMeta(_Strict):
         except ValidationError as e:
             raise ModelFileError(f"{where}: its '{META_KEY}' metadata is not usable:\n{readable(e)}\n{FIX_HINT}") from e
 
-    def with_thresholds(self, image: float, pixel: float, source: str, calibrated_on: str = "") -> "ModelMeta":
+    def with_thresholds(self, image: float, pixel: float, source: str, calibrated_on: str = "",
+                        image_estimate: ThresholdEstimate | None = None,
+                        pixel_estimate: ThresholdEstimate | None = None) -> "ModelMeta":
         # Writing new thresholds writes this ffrt's schema (the file now uses its fields).
-        thresholds = Thresholds(image=image, pixel=pixel, source=source, calibrated_on=calibrated_on)
+        thresholds = Thresholds(image=image, pixel=pixel, source=source, calibrated_on=calibrated_on,
+                                image_estimate=image_estimate, pixel_estimate=pixel_estimate)
         return self.model_copy(update={"thresholds": thresholds, "schema_version": SCHEMA_VERSION})
 
 

@@ -26,7 +26,11 @@ def test_threshold_reaches_target_frr_on_held_out_normals(model_copy, normal_hal
     calib, held_out = normal_halves
     target = 0.1
     report = calibrate_thresholds(model_copy, calib, target_frr=target, progress=False)
-    assert report.written and report.normal_frr <= target
+    # 74 normals are too few for an order statistic at 10% (100 are needed): the tail model
+    # sets it, and its interval holds the target.
+    estimate = report.image_estimate
+    assert report.written and estimate.method.value == "tail_model" and estimate.needed_more == 100 - len(calib)
+    assert estimate.frr_low < target < estimate.frr_high
     det = Detector(model_copy, backend="onnxruntime-cpu", resize_outputs=False)
     assert det.thresholds.image == pytest.approx(report.image_threshold)
     scores = np.array([r.score for r in det.predict_batch(held_out)])
@@ -119,6 +123,29 @@ def test_cli_thresholds_refusals(model_copy, tmp_path, capsys):
     assert main(["thresholds", "--model", str(foreign), "--normal", str(bad)]) == 1
     assert "not an ffrt model" in capsys.readouterr().err
     assert model_copy.read_bytes() == before
+
+
+def test_cli_prints_and_stores_the_false_reject_estimates(model_copy, normal_halves, tmp_path, capsys):
+    import shutil
+
+    from ffcalib.cli import main
+
+    folder = tmp_path / "normals"
+    folder.mkdir()
+    for p in normal_halves[0]:
+        shutil.copy(p, folder / p.name)
+    n = len(normal_halves[0])
+    assert main(["thresholds", "--model", str(model_copy), "--normal", str(folder), "--target-frr", "0.05",
+                 "--no-progress", "--backend", "onnxruntime-cpu"]) == 0
+    out = capsys.readouterr().out
+    thresholds = read_onnx_meta(model_copy).thresholds
+    for which, value, estimate in (("image", thresholds.image, thresholds.image_estimate),
+                                   ("pixel", thresholds.pixel, thresholds.pixel_estimate)):
+        # 200 normals are needed at 5% for an order statistic; fewer get the tail model.
+        assert (estimate.method, estimate.n, estimate.needed_more, estimate.target_frr) == ("tail_model", n, 200 - n, 0.05)
+        assert estimate.frr_low < 0.05 < estimate.frr_high
+        assert f"  {which} {estimate.point(value).summary()}" in out
+    assert f"{200 - n} more good parts" in out
 
 
 def test_cli_thresholds_writes(model_copy, normal_halves, tmp_path, capsys):

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk-fraction", type=float, default=d.topk_fraction,
                    help=f"share of pixels averaged by topk_mean (default {d.topk_fraction})")
     p.add_argument("--target-frr", type=float, default=0.02,
-                   help="false-reject rate on validation normals that sets the default thresholds (default 0.02)")
+                   help="false-reject rate on new normals the default thresholds aim at, in (0, 1), set on the validation "
+                   "normals; the output prints its interval and how many more normals the target needs (default 0.02)")
     p.add_argument("--val-every", type=int, default=10,
                    help="every N-th normal training image is held out for validation (default 10)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")

@@ -38,7 +38,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from ffcore import synthetic
-from ffcore.metrics import roc_auc, score_statistics, threshold_at_frr
+from ffcore.metrics import roc_auc, score_statistics
+from ffcore.operating_point import OperatingPoint, operating_point
 from ffcore.progress import progress as progress_bar  # `progress` is a parameter name here
 
 from . import augment, checkpoint
@@ -81,8 +82,9 @@ class TrainSettings:
             raise ValueError(f"learning rate must be a positive number (got {self.lr!r})")
         if not (0.0 <= self.augment_jpeg <= 1.0):
             raise ValueError(f"augment_jpeg is a share of the augmented views, in [0, 1] (got {self.augment_jpeg!r})")
-        if not (0.0 <= self.target_frr < 1.0):
-            raise ValueError(f"target false-reject rate must be in [0, 1) (got {self.target_frr!r})")
+        if not (0.0 < self.target_frr < 1.0):
+            # 0 cannot be promised on new normals: no finite threshold has a zero rate.
+            raise ValueError(f"target false-reject rate must be in (0, 1) (got {self.target_frr!r})")
 
 
 def for_kind(settings: TrainSettings, kind: ModelKind) -> TrainSettings:
@@ -162,19 +164,25 @@ def evaluate_features(model: AnomalyModel, feats: list[torch.Tensor], batch_size
 
 
 def calibrate(normal_maps: torch.Tensor, normal_scores: torch.Tensor, target_frr: float) -> dict[str, Any]:
-    """Default thresholds from validation normals.
+    """Default thresholds from validation normals (``ffcore.operating_point``).
 
-    Image: the score threshold that rejects at most ``target_frr`` of normals. Pixel: the
-    same rule applied to each normal image's largest map value, so a normal part shows an
-    empty defect mask unless it is (wrongly) rejected, in the same proportion.
+    Image: the score threshold whose false-reject rate on new normals is ``target_frr``.
+    Pixel: the same rule applied to each normal image's largest map value, so a normal part
+    shows an empty defect mask unless it is (wrongly) rejected, in the same proportion. Each
+    comes with the interval of its rate and, when the normals are too few for an order
+    statistic, how many more are needed (``image_estimate``, ``pixel_estimate``).
     """
     scores = normal_scores.numpy().astype(np.float64)
     peaks = normal_maps.flatten(1).amax(1).numpy().astype(np.float64)
+    image, pixel = operating_point(scores, target_frr), operating_point(peaks, target_frr)
     return {
-        "image_threshold": float(threshold_at_frr(scores, target_frr)),
-        "pixel_threshold": float(threshold_at_frr(peaks, target_frr)),
+        "image_threshold": image.threshold,
+        "pixel_threshold": pixel.threshold,
         "target_frr": target_frr,
-        "source": f"validation normals (n={len(scores)}), target false-reject rate {target_frr:g}",
+        "source": f"validation normals (n={len(scores)}), target false-reject rate {target_frr:g} "
+                  f"({image.method.value.replace('_', ' ')})",
+        "image_estimate": image.to_dict(),
+        "pixel_estimate": pixel.to_dict(),
         "score_stats": score_statistics(scores),
     }
 
@@ -300,6 +308,8 @@ def train(
         f"best epoch {best.epoch}; image threshold {calibration['image_threshold']:.4f}, "
         f"pixel threshold {calibration['pixel_threshold']:.4f} ({calibration['source']})"
     )
+    for which in ("image", "pixel"):
+        log(f"{which} {OperatingPoint.from_dict(calibration[f'{which}_estimate']).summary()}")
     features = {"train": train_feats, "val": val_feats} if settings.keep_features else None
     return TrainResult(model, best.epoch, history, calibration, settings, timings, features)
 
