@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ffcore.data import load_batch, resolve
-    from ffeval.machine import describe, one_line
+    from ffeval.machine import write_rows
     from ffrt.backends import create_backend
     from ffrt.metafile import read_onnx_meta
     from fftrain import checkpoint
@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         be.close()
         rows.append(row)
         print(json.dumps(row))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine_line": one_line(describe()), "rows": rows}, indent=2))
-    print(f"wrote {args.json}")
+    write_rows(args.json, rows)
     return 0
 
 

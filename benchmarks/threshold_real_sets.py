@@ -13,7 +13,6 @@ Scores come from the exported file on ONNX Runtime CPU (equal to fftrain's withi
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if len(args.model) != len(args.data):
         ap.error("give one --data per --model")
-    from ffeval.machine import describe, one_line
+    from ffeval.machine import describe, one_line, write_rows
 
     rows = [one(m, d, args.target) for m, d in zip(args.model, args.data)]
     print(f"machine: {one_line(describe())}")
@@ -72,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             extra = f"{v['method']}, [{v['frr_interval'][0]:.3f}, {v['frr_interval'][1]:.3f}]" if rule == "new" else ""
             print(f"| {r['model']} | {r['data']} | {r['counts']['validation_normals']} | {rule} | {v['threshold']:.4f} "
                   f"| {v['test_false_reject_rate']:.3f} | {recall} | {extra} |")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine_line": one_line(describe()), "rows": rows}, indent=2))
-    print(f"wrote {args.json}")
+    write_rows(args.json, rows)
     return 0
 
 

@@ -219,3 +219,12 @@ def one_line(m: dict) -> str:
     mhz = f"{c['mhz']:.0f} MHz" if c["mhz"] else "MHz unknown"
     return (f"{c['model']} ({c['physical_cores']} cores / {c['logical_cpus']} logical, {mhz}, {' '.join(on) or 'no AVX2'}"
             f"{', no AVX-512' if not c['flags']['avx512f'] else ''}), {gpu}")
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """A benchmark's result file: its rows with the machine they were measured on, said on stdout."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine_line": one_line(describe()), "rows": rows}, indent=2))
+    print(f"wrote {path}")
