@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ffcore.data import load_batch, resolve
-from ffcore.metrics import roc_auc, spearman
+from ffcore.metrics import roc_auc
+from ffcore.rankcorr import spearman
 from ffcore.timing import interleaved
 from ffrt.backends import create_backend
 from ffrt.backends.cpuchoice import cpu_signature

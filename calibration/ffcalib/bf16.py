@@ -26,7 +26,8 @@ import datetime as _dt
 from pathlib import Path
 
 import numpy as np
-from ffcore.metrics import roc_auc, spearman
+from ffcore.metrics import roc_auc
+from ffcore.rankcorr import spearman
 from ffrt.backends import create_backend
 from ffrt.backends.cpuchoice import cpu_signature
 from ffrt.errors import FFRTError

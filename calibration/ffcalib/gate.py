@@ -8,7 +8,8 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from ffcore.metrics import roc_auc, spearman
+from ffcore.metrics import roc_auc
+from ffcore.rankcorr import spearman
 from ffcore.ort import make_session
 from ffcore.progress import progress as progress_bar
 from ffcore.timing import interleaved

@@ -45,7 +45,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from ffcore.metrics import roc_auc, spearman
+from ffcore.metrics import roc_auc
+from ffcore.rankcorr import spearman
 from ffcore.ort import make_session
 from ffrt.metafile import read_onnx_meta
 from onnx import TensorProto, helper, numpy_helper

@@ -101,7 +101,7 @@ class Check:
         return np.concatenate([m for m, _ in parts]), np.concatenate([s for _, s in parts]), ref["maps"], ref["scores"]
 
     def parity(self, name: str) -> str:
-        from ffcore.metrics import spearman
+        from ffcore.rankcorr import spearman
 
         maps, scores, ref_maps, ref_scores = self._engine_outputs(name)
         assert np.isfinite(maps).all() and np.isfinite(scores).all(), "non-finite outputs"

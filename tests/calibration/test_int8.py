@@ -17,7 +17,7 @@ from ffcalib.int8 import (
     quantize_model,
     score_images,
 )
-from ffcore.metrics import spearman
+from ffcore.rankcorr import spearman
 from ffcore.ort import make_session
 from ffrt.metafile import read_onnx_meta
 

@@ -1,9 +1,9 @@
-"""ffcore.metrics.spearman: the one rank correlation of the FP16 and INT8 gates."""
+"""ffcore.rankcorr.spearman: the one rank correlation of the FP16 and INT8 gates."""
 
 import numpy as np
 import pytest
 
-from ffcore.metrics import spearman
+from ffcore.rankcorr import spearman
 
 
 def test_zero_variance_rule():

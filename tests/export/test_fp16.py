@@ -20,7 +20,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from ffcore.metrics import roc_auc, spearman
+from ffcore.metrics import roc_auc
+from ffcore.rankcorr import spearman
 from ffexport import fp16_gate
 from ffexport.fp16_gate import compare, emulate_fp16_storage
 from ffexport.precision import export_fp16, fold_batch_norms, half_model

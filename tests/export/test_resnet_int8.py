@@ -14,7 +14,7 @@ import onnx
 import pytest
 
 from ffcalib.int8 import CPU_NAME, TRT_NAME, find_quantizable_nodes
-from ffcore.metrics import spearman
+from ffcore.rankcorr import spearman
 from ffrt import Detector
 from ffrt.metafile import read_onnx_meta
 from fftrain.config import ModelConfig

@@ -129,7 +129,7 @@ def test_int8_engine_build(tiny_onnx, real_images, elpv_split, workdir):
     # the FP32 head and do not track FP32 scores. Bounds allow TensorRT's own requantization
     # rounding (never measured: no GPU when written); a wrong scale or placement breaks both.
     _, ref = _ort(int8, real_images)
-    from ffcore.metrics import spearman
+    from ffcore.rankcorr import spearman
 
     assert np.isfinite(scores).all() and spearman(ref, scores) >= 0.9
     assert float(np.median(np.abs(scores - ref) / np.abs(ref))) <= 0.05
@@ -148,7 +148,7 @@ def test_fp32_engine_parity_with_onnxruntime(fp32_engine, tiny_onnx, real_images
 
 
 def test_fp16_engine_parity_with_onnxruntime(fp16_engine, tiny_onnx, real_images):
-    from ffcore.metrics import spearman
+    from ffcore.rankcorr import spearman
     from ffexport.fp16_gate import FP16_MAX_MAP_REL
     from ffrt.tensorrt.runner import TensorRTBackend
     from ffrt.tensorrt.plan import read_engine_info

@@ -13,7 +13,7 @@ import pytest
 
 ov = pytest.importorskip("openvino", reason='OpenVINO is not installed: pip install "ffrt[openvino]" (extra openvino)')
 
-from ffcore.metrics import spearman  # noqa: E402
+from ffcore.rankcorr import spearman  # noqa: E402
 from ffrt import Detector  # noqa: E402
 from ffrt.backends import create_backend, ovgraph  # noqa: E402
 from ffrt.backends.openvino import bf16_problem  # noqa: E402
