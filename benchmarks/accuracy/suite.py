@@ -1,0 +1,233 @@
+"""The multi-domain accuracy suite (issue 21): one command, not part of CI.
+
+    python benchmarks/accuracy/suite.py [--sets elpv-mono,elpv-poly,deeppcb,synthetic-strip]
+                                        [--recipe default] [--work runs/accuracy]
+
+Per set (sets.py) the recipe is trained with the real trainer (fftrain.train, the demo's 12
+epochs, input size from the training images as fftrain chooses it); a checkpoint already at
+``--work/<set>/<recipe>/model.pt`` is reused. Then, on the same backbone features:
+
+* **flows**: the trained model as it ships (PyTorch; the exported graph computes the same
+  scores within 1e-5, tests/export), at its stored threshold (fftrain: validation normals,
+  2% false-reject target);
+* **head variants** (heads.py): the same flows with other scales, standardization or score,
+  each re-calibrated on the validation normals by the same rule (ffcore.operating_point);
+* **reference**: nearest-neighbour distance to a memory bank of the same features
+  (reference.py, PatchCore's recipe), its threshold from the validation normals by the same rule.
+
+Figures per half of the test split (sets.py: ``dev`` to choose on, ``test`` to report):
+image AUROC, per defect type AUROC, pixel AUROC and AUPRO (FPR <= 0.3) where masks exist, at a
+quarter of the model's input size (64x64 for 256x256; a mask pixel is defect when a quarter of
+it is), recall and false-reject rate at the threshold; and training time. The summary gives
+per set, the mean over sets and the worst set, on each half.
+
+Writes ``--work/<set>/<recipe>/suite.json`` and ``benchmarks/results/accuracy-suite-<recipe>.json``
+with the machine; ``table.py`` prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+import heads
+import reference
+import sets
+from ffcore import metrics as M
+from ffcore.data import load_batch, read_mask
+from ffcore.operating_point import operating_point
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+EPOCHS = 12
+TARGET_FRR = 0.02
+RECIPES = {
+    # name: (ModelConfig overrides, TrainSettings overrides) on top of the demo recipe
+    "default": ({}, {}),
+    "no-exposure-aug": ({}, {"augment_views": 0}),
+    "lite2": ({"backbone": "efficientnet_lite2"}, {}),
+    "res320": ({"pixels": 320 * 320}, {}),  # the input area fftrain sizes the model to (default 256 * 256)
+}
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def trained(name: str, split, recipe: str, folder: Path) -> tuple[object, dict, float | None]:
+    """(model, checkpoint payload, training seconds or None when reused)."""
+    from fftrain import checkpoint
+    from fftrain.config import ModelConfig
+    from fftrain.data import auto_image_size
+    from fftrain.train import TrainSettings, train, train_info
+
+    path = folder / "model.pt"
+    seconds = None
+    if not path.is_file():
+        cfg_over, set_over = RECIPES[recipe]
+        default = ModelConfig()
+        cfg_over = dict(cfg_over)
+        pixels = cfg_over.pop("pixels", default.height * default.width)
+        config = ModelConfig(image_size=auto_image_size(split.train, pixels), **cfg_over)
+        settings = TrainSettings(**{"epochs": EPOCHS, "progress": False, **set_over})
+        t0 = time.perf_counter()
+        result = train(config, split, settings, log=lambda m: log(f"  [{name} {recipe}] {m}"))
+        seconds = time.perf_counter() - t0
+        folder.mkdir(parents=True, exist_ok=True)
+        checkpoint.save(path, result.model, result.calibration, train_info(result, split))
+    model, payload = checkpoint.load(path)
+    if seconds is None:
+        seconds = sum(v for k, v in payload["train_info"]["timings"].items() if k in ("feature_cache_s", "train_s"))
+    return model.eval(), payload, seconds
+
+
+def quarter(maps: np.ndarray) -> np.ndarray:
+    n, h, w = maps.shape
+    return np.stack([cv2.resize(m, (w // 4, h // 4), interpolation=cv2.INTER_AREA) for m in maps])
+
+
+def quarter_masks(samples, size: tuple[int, int]) -> np.ndarray:
+    h, w = size[0] // 4, size[1] // 4
+    out = []
+    for s in samples:
+        if s.mask_path is None:
+            out.append(np.zeros((h, w), bool))
+        else:
+            m = read_mask(s.mask_path, None).astype(np.float32)
+            out.append(cv2.resize(m, (w, h), interpolation=cv2.INTER_AREA) >= 0.25)
+    return np.stack(out)
+
+
+def figures(scores: np.ndarray, maps: np.ndarray | None, threshold: float, samples, masks: np.ndarray | None,
+            idx: np.ndarray) -> dict:
+    labels = np.array([samples[i].label for i in idx])
+    s = scores[idx]
+    rejected = s > threshold
+    out = {
+        "n_normal": int((labels == 0).sum()), "n_defective": int((labels == 1).sum()),
+        "image_auroc": M.roc_auc(labels, s),
+        "recall": float(rejected[labels == 1].mean()),
+        "false_reject_rate": float(rejected[labels == 0].mean()),
+        "per_type_auroc": {},
+    }
+    types = sorted({samples[i].defect_type for i in idx if samples[i].label == 1})
+    if len(types) > 1:
+        for t in types:
+            keep = np.array([samples[i].label == 0 or samples[i].defect_type == t for i in idx])
+            out["per_type_auroc"][t] = M.roc_auc(labels[keep], s[keep])
+    if masks is not None and maps is not None:
+        pixel = np.array([samples[i].label == 0 or samples[i].mask_path is not None for i in idx])
+        mk, mp = masks[idx[pixel]], maps[idx[pixel]]
+        out["pixel_auroc"] = M.pixel_auroc(mk, mp)
+        out["aupro"] = M.aupro(mk, mp)
+    return out
+
+
+def scorer_row(scores, maps, threshold, samples, masks, halves, extra: dict | None = None) -> dict:
+    q = quarter(maps) if masks is not None else None
+    return {"threshold": float(threshold), **(extra or {}),
+            **{h: figures(scores, q, threshold, samples, masks, idx) for h, idx in halves.items()}}
+
+
+def run_set(name: str, recipe: str, work: Path, with_reference: bool) -> dict:
+    from fftrain.train import evaluate_features, extract_features, raw_scale_maps
+
+    ss = sets.suite_set(name, work)
+    split = ss.split()
+    folder = work / name / recipe
+    log(f"== {name} ({recipe}): model")
+    model, payload, train_s = trained(name, split, recipe, folder)
+    size, mode = model.config.image_size, model.config.resize_mode
+    test = split.test
+    halves = {h: np.array([i for i, s in enumerate(test) if sets.half_of(s) == h]) for h in ("dev", "test")}
+    has_masks = any(s.mask_path is not None for s in test)
+    masks = quarter_masks(test, size) if has_masks else None
+
+    log(f"== {name}: backbone features (train {len(split.train)}, val {len(split.val)}, test {len(test)})")
+    with torch.no_grad():
+        feats = {k: extract_features(model, load_batch(v, size, mode), progress=False)
+                 for k, v in (("train", split.train), ("val", split.val), ("test", test))}
+        _, test_maps, test_scores = evaluate_features(model, feats["test"])
+    row = {"set": name, "spec": ss.spec, "synthetic": ss.synthetic, "recipe": recipe, "counts": split.counts(),
+           "image_size": list(size), "train_s": round(train_s, 1), "halves": {h: len(v) for h, v in halves.items()},
+           "config": model.config.model_dump(mode="json"), "best_epoch": payload["train_info"]["best_epoch"]}
+    row["flows"] = scorer_row(test_scores.numpy().astype(np.float64), test_maps[:, 0].numpy(),
+                              payload["calibration"]["image_threshold"], test, masks, halves,
+                              {"threshold_source": payload["calibration"]["source"]})
+    del test_maps
+
+    log(f"== {name}: head variants")
+    raw = {k: raw_scale_maps(model, v) for k, v in feats.items()}
+    row["head_variants"] = {}
+    for variant in heads.VARIANTS:
+        if max(variant.scales) >= len(raw["train"]):
+            continue
+        head = heads.fitted_head(model, variant, raw["train"])
+        val_scores, _ = heads.scores_and_maps(head, variant, raw["val"])
+        thr = operating_point(val_scores, TARGET_FRR).threshold
+        s, m = heads.scores_and_maps(head, variant, raw["test"])
+        row["head_variants"][variant.name] = scorer_row(s, m, thr, test, masks, halves)
+    del raw
+
+    if with_reference:
+        log(f"== {name}: reference memory bank")
+        t0 = time.perf_counter()
+        bank = reference.MemoryBank(feats["train"])
+        fit_s = time.perf_counter() - t0
+        val_scores, _ = bank.score(feats["val"], size)
+        t0 = time.perf_counter()
+        s, m = bank.score(feats["test"], size)
+        per_image_ms = (time.perf_counter() - t0) / len(test) * 1e3
+        row["reference"] = scorer_row(s, m, operating_point(val_scores, TARGET_FRR).threshold, test, masks, halves,
+                                      {"bank_vectors": int(len(bank.bank)), "patches_seen": bank.patches_seen,
+                                       "fit_s": round(fit_s, 1), "score_ms_per_image_from_features": round(per_image_ms, 2)})
+    (folder / "suite.json").write_text(json.dumps(row, indent=1))
+    return row
+
+
+def summary(rows: list[dict], scorer: str = "flows", half: str = "test") -> dict:
+    """Mean and worst set of each figure for one scorer on one half."""
+    out = {}
+    for key in ("image_auroc", "pixel_auroc", "aupro", "recall"):
+        vals = {r["set"]: r[scorer][half][key] for r in rows if r[scorer][half].get(key) is not None}
+        if vals:
+            worst = min(vals, key=vals.get)
+            out[key] = {"mean": float(np.mean(list(vals.values()))), "worst": vals[worst], "worst_set": worst}
+    frr = {r["set"]: r[scorer][half]["false_reject_rate"] for r in rows}
+    worst = max(frr, key=frr.get)
+    out["false_reject_rate"] = {"mean": float(np.mean(list(frr.values()))), "worst": frr[worst], "worst_set": worst}
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sets", default=",".join(sets.SETS))
+    p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
+    p.add_argument("--work", type=Path, default=Path("runs/accuracy"))
+    p.add_argument("--no-reference", action="store_true", help="skip the memory-bank reference scorer")
+    args = p.parse_args(argv)
+    from ffeval.machine import describe, one_line
+
+    machine = describe()
+    log(f"machine: {one_line(machine)}")
+    rows = [run_set(n, args.recipe, args.work, not args.no_reference) for n in args.sets.split(",")]
+    out = {"schema": "ffrt.accuracy-suite", "recipe": args.recipe, "machine": machine,
+           "command": ["python", "benchmarks/accuracy/suite.py", *(argv if argv is not None else sys.argv[1:])],
+           "splits": "dev = the half of each test split defaults are chosen on; test = the half reported (sets.py)",
+           "rows": rows, "summary": {h: {sc: summary(rows, sc, h) for sc in ("flows", "reference") if all(sc in r for r in rows)}
+                                     for h in ("dev", "test")}}
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"accuracy-suite-{args.recipe}.json"
+    path.write_text(json.dumps(out, indent=1))
+    log(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
