@@ -21,7 +21,8 @@ quarter of the model's input size (64x64 for 256x256; a mask pixel is defect whe
 it is), recall and false-reject rate at the threshold; and training time. The summary gives
 per set, the mean over sets and the worst set, on each half.
 
-Writes ``--work/<set>/<recipe>/suite.json`` and ``benchmarks/results/accuracy-suite-<recipe>.json``
+Writes ``--work/<set>/<recipe>/suite.json`` (a later run reuses it while it is newer than the
+checkpoint) and ``benchmarks/results/accuracy-suite-<recipe>.json``
 with the machine; ``table.py`` prints the tables.
 """
 
@@ -139,8 +140,15 @@ def run_set(name: str, recipe: str, work: Path, with_reference: bool) -> dict:
     from fftrain.train import evaluate_features, extract_features, raw_scale_maps
 
     ss = sets.suite_set(name, work)
-    split = ss.split()
     folder = work / name / recipe
+    saved = folder / "suite.json"
+    model_pt = folder / "model.pt"
+    if saved.is_file() and model_pt.is_file() and saved.stat().st_mtime > model_pt.stat().st_mtime:
+        row = json.loads(saved.read_text())
+        if "reference" in row or not with_reference:
+            log(f"== {name} ({recipe}): figures of an earlier run ({saved})")
+            return row
+    split = ss.split()
     log(f"== {name} ({recipe}): model")
     model, payload, train_s = trained(name, split, recipe, folder)
     size, mode = model.config.image_size, model.config.resize_mode
