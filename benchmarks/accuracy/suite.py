@@ -136,18 +136,54 @@ def scorer_row(scores, maps, threshold, samples, masks, halves, extra: dict | No
             **{h: figures(scores, q, threshold, samples, masks, idx) for h, idx in halves.items()}}
 
 
-def run_set(name: str, recipe: str, work: Path, with_reference: bool) -> dict:
+def fold_thresholds(model, payload: dict, split, feats: dict, folds: int) -> tuple[dict, float]:
+    """The thresholds fftrain --threshold-folds would have stored for this checkpoint: its
+    training pool rebuilt as fftrain.train builds it (the images and their re-exposed views,
+    same seeds), the initial weights rebuilt from the seed, fftrain.folds for the rest."""
+    from dataclasses import fields
+
+    from fftrain import augment
+    from fftrain.folds import out_of_fold_scores
+    from fftrain.model import AnomalyModel
+    from fftrain.train import TrainSettings, calibrate_scores, evaluate_features, extract_features, for_kind, map_peaks
+
+    info = payload["train_info"]
+    names = {f.name for f in fields(TrainSettings)}
+    settings = for_kind(TrainSettings(**{**{k: v for k, v in info["settings"].items() if k in names},
+                                         "threshold_folds": folds, "progress": False}), model.kind)
+    size, mode = model.config.image_size, model.config.resize_mode
+    pool = feats["train"]
+    if settings.augment_views:
+        images = load_batch(split.train, size, mode)
+        views = augment.augmented_views(images, settings.augment_views, seed=model.config.seed + 2000,
+                                        r=augment.PhotometricRange(jpeg_probability=settings.augment_jpeg))
+        pool = [torch.cat([a, b]) for a, b in zip(feats["train"], extract_features(model, views, progress=False))]
+    torch.manual_seed(model.config.seed)
+    start = AnomalyModel(model.config).state_dict()
+    t0 = time.perf_counter()
+    held_out = out_of_fold_scores(model, start, pool, len(split.train), settings, info["best_epoch"],
+                                  lambda m: log(f"  {m}"))
+    scores, peaks = held_out.scores, held_out.peaks
+    seconds = time.perf_counter() - t0
+    _, val_maps, val_scores = evaluate_features(model, feats["val"])
+    return calibrate_scores(np.r_[val_scores.numpy().astype(np.float64), scores], np.r_[map_peaks(val_maps), peaks],
+                            settings.target_frr, f"validation normals (n={len(val_scores)}) and training normals "
+                            f"scored out of fold (n={len(scores)}, {folds} folds)"), seconds
+
+
+def run_set(name: str, recipe: str, work: Path, with_reference: bool, folds: int = 0) -> dict:
     from fftrain.train import evaluate_features, extract_features, raw_scale_maps
 
     ss = sets.suite_set(name, work)
     folder = work / name / recipe
     saved = folder / "suite.json"
     model_pt = folder / "model.pt"
+    earlier = {}
     if saved.is_file() and model_pt.is_file() and saved.stat().st_mtime > model_pt.stat().st_mtime:
-        row = json.loads(saved.read_text())
-        if "reference" in row or not with_reference:
+        earlier = json.loads(saved.read_text())
+        if ("reference" in earlier or not with_reference) and ("flows_folds" in earlier or not folds):
             log(f"== {name} ({recipe}): figures of an earlier run ({saved})")
-            return row
+            return earlier
     split = ss.split()
     log(f"== {name} ({recipe}): model")
     model, payload, train_s = trained(name, split, recipe, folder)
@@ -167,7 +203,15 @@ def run_set(name: str, recipe: str, work: Path, with_reference: bool) -> dict:
            "config": model.config.model_dump(mode="json"), "best_epoch": payload["train_info"]["best_epoch"]}
     row["flows"] = scorer_row(test_scores.numpy().astype(np.float64), test_maps[:, 0].numpy(),
                               payload["calibration"]["image_threshold"], test, masks, halves,
-                              {"threshold_source": payload["calibration"]["source"]})
+                              {"threshold_source": payload["calibration"]["source"],
+                               "threshold_estimate": payload["calibration"].get("image_estimate")})
+    if folds:
+        log(f"== {name}: thresholds from {folds} folds of the training normals")
+        calibration, seconds = fold_thresholds(model, payload, split, feats, folds)
+        row["flows_folds"] = scorer_row(test_scores.numpy().astype(np.float64), test_maps[:, 0].numpy(),
+                                        calibration["image_threshold"], test, masks, halves,
+                                        {"threshold_source": calibration["source"], "folds_s": round(seconds, 1),
+                                         "threshold_estimate": calibration["image_estimate"]})
     del test_maps
 
     log(f"== {name}: head variants")
@@ -195,7 +239,10 @@ def run_set(name: str, recipe: str, work: Path, with_reference: bool) -> dict:
         row["reference"] = scorer_row(s, m, operating_point(val_scores, TARGET_FRR).threshold, test, masks, halves,
                                       {"bank_vectors": int(len(bank.bank)), "patches_seen": bank.patches_seen,
                                        "fit_s": round(fit_s, 1), "score_ms_per_image_from_features": round(per_image_ms, 2)})
-    (folder / "suite.json").write_text(json.dumps(row, indent=1))
+    for key in ("reference", "flows_folds"):  # what an earlier run of the same checkpoint added
+        if key not in row and key in earlier:
+            row[key] = earlier[key]
+    saved.write_text(json.dumps(row, indent=1))
     return row
 
 
@@ -219,16 +266,18 @@ def main(argv=None) -> int:
     p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
     p.add_argument("--work", type=Path, default=Path("runs/accuracy"))
     p.add_argument("--no-reference", action="store_true", help="skip the memory-bank reference scorer")
+    p.add_argument("--threshold-folds", type=int, default=0, metavar="K",
+                   help="also the thresholds fftrain --threshold-folds K would store (row flows_folds)")
     args = p.parse_args(argv)
     from ffeval.machine import describe, one_line
 
     machine = describe()
     log(f"machine: {one_line(machine)}")
-    rows = [run_set(n, args.recipe, args.work, not args.no_reference) for n in args.sets.split(",")]
+    rows = [run_set(n, args.recipe, args.work, not args.no_reference, args.threshold_folds) for n in args.sets.split(",")]
     out = {"schema": "ffrt.accuracy-suite", "recipe": args.recipe, "machine": machine,
            "command": ["python", "benchmarks/accuracy/suite.py", *(argv if argv is not None else sys.argv[1:])],
            "splits": "dev = the half of each test split defaults are chosen on; test = the half reported (sets.py)",
-           "rows": rows, "summary": {h: {sc: summary(rows, sc, h) for sc in ("flows", "reference") if all(sc in r for r in rows)}
+           "rows": rows, "summary": {h: {sc: summary(rows, sc, h) for sc in ("flows", "flows_folds", "reference") if all(sc in r for r in rows)}
                                      for h in ("dev", "test")}}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"accuracy-suite-{args.recipe}.json"

@@ -28,7 +28,7 @@ def main_table(doc: dict, half: str) -> list[str]:
     out = [f"Recipe `{doc['recipe']}`, {half.upper()} half of each test split. Machine: {one_line(doc['machine'])}",
            "", "| set | scorer | image AUROC | pixel AUROC | AUPRO | recall @ thr | false rejects @ thr | training s |",
            "|---|---|---|---|---|---|---|---|"]
-    for scorer in ("flows", "reference"):
+    for scorer in ("flows", "flows_folds", "reference"):
         for r in rows:
             if scorer not in r:
                 continue
@@ -36,7 +36,7 @@ def main_table(doc: dict, half: str) -> list[str]:
             label = r["set"] + (" (synthetic)" if r["synthetic"] else "")
             out.append(f"| {label} | {scorer} | {_f(f['image_auroc'])} | {_f(f.get('pixel_auroc'))} | {_f(f.get('aupro'))} | "
                        f"{_f(f['recall'], '{:.2f}')} | {_f(f['false_reject_rate'], '{:.1%}')} | "
-                       f"{_f(r['train_s'] if scorer == 'flows' else r[scorer].get('fit_s'), '{:.0f}')} |")
+                       f"{_f(r['train_s'] if scorer == 'flows' else r[scorer].get('fit_s', r[scorer].get('folds_s')), '{:.0f}')} |")
         summ = doc["summary"][half].get(scorer)
         if summ:
             def cell(k, fmt="{:.3f}"):

@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-frr", type=float, default=0.02,
                    help="false-reject rate on new normals the default thresholds aim at, in (0, 1), set on the validation "
                    "normals; the output prints its interval and how many more normals the target needs (default 0.02)")
+    p.add_argument("--threshold-folds", type=int, default=0, metavar="K",
+                   help="also calibrate the thresholds on every training image, each scored by one of K models "
+                   "trained on the other folds (K >= 2; about K - 1 extra trainings of the flows): with few "
+                   "validation normals the false-reject rate then holds far more often (default 0: validation "
+                   "normals only)")
     p.add_argument("--val-every", type=int, default=10,
                    help="every N-th normal training image is held out for validation (default 10)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")

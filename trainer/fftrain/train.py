@@ -65,6 +65,10 @@ class TrainSettings:
     # Share of those views that also pass through a JPEG round trip. Off by default: it makes
     # the model accept local loss of fine detail (blur-like defects) as normal.
     augment_jpeg: float = 0.0
+    # Thresholds from every training normal (fftrain.folds): 0 = from the validation normals
+    # only; K >= 2 = also each training normal, scored by one of K models trained on the
+    # other folds (about K - 1 extra trainings of the decoders; the backbone features are reused).
+    threshold_folds: int = 0
     threads: int | None = None
     progress: bool = True
     keep_features: bool = False
@@ -82,6 +86,10 @@ class TrainSettings:
             raise ValueError(f"learning rate must be a positive number (got {self.lr!r})")
         if not (0.0 <= self.augment_jpeg <= 1.0):
             raise ValueError(f"augment_jpeg is a share of the augmented views, in [0, 1] (got {self.augment_jpeg!r})")
+        if isinstance(self.threshold_folds, bool) or not isinstance(self.threshold_folds, int) or \
+                self.threshold_folds < 0 or self.threshold_folds == 1:
+            raise ValueError(f"threshold folds must be 0 (thresholds from the validation normals) or at least 2 "
+                             f"(got {self.threshold_folds!r})")
         if not (0.0 < self.target_frr < 1.0):
             # 0 cannot be promised on new normals: no finite threshold has a zero rate.
             raise ValueError(f"target false-reject rate must be in (0, 1) (got {self.target_frr!r})")
@@ -139,12 +147,15 @@ def extract_features(model: AnomalyModel, images: np.ndarray, batch_size: int = 
 
 
 @torch.no_grad()
-def raw_scale_maps(model: AnomalyModel, feats: list[torch.Tensor], batch_size: int = 32) -> list[torch.Tensor]:
-    """Plain (unstandardized) per-scale maps [N, 1, h, w] of cached features."""
+def raw_scale_maps(model: AnomalyModel, feats: list[torch.Tensor], batch_size: int = 32,
+                   index: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Plain (unstandardized) per-scale maps [N, 1, h, w] of cached features (of the items
+    ``index`` names, without copying the features, when given)."""
     model.eval()
     chunks: list[list[torch.Tensor]] = []
-    for start in range(0, len(feats[0]), batch_size):
-        inputs = model.head_inputs(*model.flow([f[start : start + batch_size] for f in feats]))
+    for start in range(0, len(feats[0]) if index is None else len(index), batch_size):
+        rows = slice(start, start + batch_size) if index is None else index[start : start + batch_size]
+        inputs = model.head_inputs(*model.flow([f[rows] for f in feats]))
         chunks.append([model.head.scale_map(x) for x in inputs])
     return [torch.cat([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
@@ -173,18 +184,55 @@ def calibrate(normal_maps: torch.Tensor, normal_scores: torch.Tensor, target_frr
     statistic, how many more are needed (``image_estimate``, ``pixel_estimate``).
     """
     scores = normal_scores.numpy().astype(np.float64)
-    peaks = normal_maps.flatten(1).amax(1).numpy().astype(np.float64)
+    return calibrate_scores(scores, map_peaks(normal_maps), target_frr, f"validation normals (n={len(scores)})")
+
+
+def map_peaks(maps: torch.Tensor) -> np.ndarray:
+    """Each map's largest value (what the pixel threshold is calibrated on)."""
+    return maps.flatten(1).amax(1).numpy().astype(np.float64)
+
+
+def calibrate_scores(scores: np.ndarray, peaks: np.ndarray, target_frr: float, normals: str) -> dict[str, Any]:
+    """:func:`calibrate` of normal images' scores and map peaks; ``normals`` says which images."""
     image, pixel = operating_point(scores, target_frr), operating_point(peaks, target_frr)
     return {
         "image_threshold": image.threshold,
         "pixel_threshold": pixel.threshold,
         "target_frr": target_frr,
-        "source": f"validation normals (n={len(scores)}), target false-reject rate {target_frr:g} "
-                  f"({image.method.value.replace('_', ' ')})",
+        "source": f"{normals}, target false-reject rate {target_frr:g} ({image.method.value.replace('_', ' ')})",
         "image_estimate": image.to_dict(),
         "pixel_estimate": pixel.to_dict(),
         "score_stats": score_statistics(scores),
     }
+
+
+def optimizer_for(model: AnomalyModel, settings: TrainSettings, steps_per_epoch: int):
+    """(Adam, its cosine schedule over every step of ``settings.epochs``): the late epochs
+    refine instead of bouncing around the optimum."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs * steps_per_epoch)
+
+
+def run_epoch(model: AnomalyModel, feats: list[torch.Tensor], order: torch.Tensor, settings: TrainSettings,
+              optim, generator: torch.Generator, steps) -> list[float]:
+    """One pass of optimizer steps over the cached features in ``order`` (``steps``: the
+    step range, or its progress bar); the step losses."""
+    optimizer, scheduler = optim
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    losses = []
+    for step in steps:
+        idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
+        loss = model.training_nll([f[idx] for f in feats], generator, settings.positions_per_step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if hasattr(steps, "set_postfix"):
+            steps.set_postfix(nll=f"{losses[-1]:.4f}")
+    return losses
 
 
 FeatureExtractor = Callable[[np.ndarray, str], list[torch.Tensor]]
@@ -216,6 +264,9 @@ def train(
             f"{split.name}: {len(split.train)} training and {len(split.val)} validation normal images; training needs "
             "at least one of each (validation images select the best epoch and set the thresholds)"
         )
+    if settings.threshold_folds > len(split.train):
+        raise ValueError(f"{split.name}: {settings.threshold_folds} threshold folds of {len(split.train)} training images; "
+                         f"use at most {len(split.train)} folds (or 0: thresholds from the validation normals only)")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(config.seed)
@@ -251,11 +302,9 @@ def train(
         f"{len(val_images)} validation images in {timings['feature_cache_s']:.1f} s"
     )
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    start_state = copy.deepcopy(model.state_dict()) if settings.threshold_folds else None
     steps_per_epoch = math.ceil(n_train / settings.batch_size)
-    # Cosine decay: the late epochs refine instead of bouncing around the optimum.
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs * steps_per_epoch)
+    optimizer, scheduler = optimizer_for(model, settings, steps_per_epoch)
     generator = torch.Generator().manual_seed(config.seed)
 
     history: list[EpochRecord] = []
@@ -267,20 +316,10 @@ def train(
         model.train()
         # With augmentation the pool is larger than an epoch: each epoch draws a fresh subset.
         order = torch.randperm(len(train_images), generator=generator)[:n_train]
-        losses = []
         # summary=False: off a terminal, the epoch line logged below is the one line per epoch.
         bar = progress_bar(range(steps_per_epoch), desc=f"epoch {epoch}/{settings.epochs}", unit="step",
                            enabled=settings.progress, summary=False)
-        for step in bar:
-            idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
-            loss = model.training_nll([f[idx] for f in train_feats], generator, settings.positions_per_step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-            bar.set_postfix(nll=f"{losses[-1]:.4f}")
+        losses = run_epoch(model, train_feats, order, settings, (optimizer, scheduler), generator, bar)
         val_nll, _, val_scores = evaluate_features(model, val_feats)
         _, _, defect_scores = evaluate_features(model, val_defect_feats)
         labels = np.r_[np.zeros(len(val_scores)), np.ones(len(defect_scores))]
@@ -303,7 +342,18 @@ def train(
         model.head.fit_normalization(raw_scale_maps(model, train_feats))
         log(f"fitted the map standardization ({config.map_normalization}) on {len(train_images)} training maps")
     _, val_maps, val_scores = evaluate_features(model, val_feats)
-    calibration = calibrate(val_maps, val_scores, settings.target_frr)
+    if settings.threshold_folds:
+        from .folds import out_of_fold_scores
+
+        t_folds = time.perf_counter()
+        held_out = out_of_fold_scores(model, start_state, train_feats, n_train, settings, best.epoch, log)
+        timings["threshold_folds_s"] = time.perf_counter() - t_folds
+        calibration = calibrate_scores(
+            np.r_[val_scores.numpy().astype(np.float64), held_out.scores], np.r_[map_peaks(val_maps), held_out.peaks],
+            settings.target_frr, f"validation normals (n={len(val_scores)}) and training normals scored out of fold "
+            f"(n={n_train}, {settings.threshold_folds} folds)")
+    else:
+        calibration = calibrate(val_maps, val_scores, settings.target_frr)
     log(
         f"best epoch {best.epoch}; image threshold {calibration['image_threshold']:.4f}, "
         f"pixel threshold {calibration['pixel_threshold']:.4f} ({calibration['source']})"
