@@ -360,6 +360,9 @@ def train(
     )
     for which in ("image", "pixel"):
         log(f"{which} {OperatingPoint.from_dict(calibration[f'{which}_estimate']).summary()}")
+    if not settings.threshold_folds and calibration["image_estimate"].get("needed_more"):
+        log(f"the {n_train} training images can count as well: fftrain --threshold-folds 5 scores each with a model "
+            "that did not train on it (about 4 more trainings of the flows)")
     features = {"train": train_feats, "val": val_feats} if settings.keep_features else None
     return TrainResult(model, best.epoch, history, calibration, settings, timings, features)
 
