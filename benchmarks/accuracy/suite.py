@@ -172,7 +172,7 @@ def fold_thresholds(model, payload: dict, split, feats: dict, folds: int) -> tup
 
 
 def run_set(name: str, recipe: str, work: Path, with_reference: bool, folds: int = 0) -> dict:
-    from fftrain.train import evaluate_features, extract_features, raw_scale_maps
+    from fftrain.train import calibrate, evaluate_features, extract_features, raw_scale_maps
 
     ss = sets.suite_set(name, work)
     folder = work / name / recipe
@@ -181,7 +181,8 @@ def run_set(name: str, recipe: str, work: Path, with_reference: bool, folds: int
     earlier = {}
     if saved.is_file() and model_pt.is_file() and saved.stat().st_mtime > model_pt.stat().st_mtime:
         earlier = json.loads(saved.read_text())
-        if ("reference" in earlier or not with_reference) and ("flows_folds" in earlier or not folds):
+        if ("reference" in earlier or not with_reference) and ("flows_folds" in earlier or not folds) \
+                and "flows_val_rule" in earlier:
             log(f"== {name} ({recipe}): figures of an earlier run ({saved})")
             return earlier
     split = ss.split()
@@ -205,7 +206,14 @@ def run_set(name: str, recipe: str, work: Path, with_reference: bool, folds: int
                               payload["calibration"]["image_threshold"], test, masks, halves,
                               {"threshold_source": payload["calibration"]["source"],
                                "threshold_estimate": payload["calibration"].get("image_estimate")})
-    if folds:
+    # Today's rule on the validation normals alone (a checkpoint written before ffcore.operating_point
+    # stored an order statistic): what --threshold-folds is compared with.
+    _, val_maps, val_scores = evaluate_features(model, feats["val"])
+    val_rule = calibrate(val_maps, val_scores, TARGET_FRR)
+    row["flows_val_rule"] = scorer_row(test_scores.numpy().astype(np.float64), test_maps[:, 0].numpy(),
+                                       val_rule["image_threshold"], test, masks, halves,
+                                       {"threshold_source": val_rule["source"], "threshold_estimate": val_rule["image_estimate"]})
+    if folds and "flows_folds" not in earlier:
         log(f"== {name}: thresholds from {folds} folds of the training normals")
         calibration, seconds = fold_thresholds(model, payload, split, feats, folds)
         row["flows_folds"] = scorer_row(test_scores.numpy().astype(np.float64), test_maps[:, 0].numpy(),
@@ -227,7 +235,7 @@ def run_set(name: str, recipe: str, work: Path, with_reference: bool, folds: int
         row["head_variants"][variant.name] = scorer_row(s, m, thr, test, masks, halves)
     del raw
 
-    if with_reference:
+    if with_reference and "reference" not in earlier:
         log(f"== {name}: reference memory bank")
         t0 = time.perf_counter()
         bank = reference.MemoryBank(feats["train"])
@@ -239,7 +247,7 @@ def run_set(name: str, recipe: str, work: Path, with_reference: bool, folds: int
         row["reference"] = scorer_row(s, m, operating_point(val_scores, TARGET_FRR).threshold, test, masks, halves,
                                       {"bank_vectors": int(len(bank.bank)), "patches_seen": bank.patches_seen,
                                        "fit_s": round(fit_s, 1), "score_ms_per_image_from_features": round(per_image_ms, 2)})
-    for key in ("reference", "flows_folds"):  # what an earlier run of the same checkpoint added
+    for key in ("reference", "flows_folds"):  # what an earlier run of the same checkpoint computed
         if key not in row and key in earlier:
             row[key] = earlier[key]
     saved.write_text(json.dumps(row, indent=1))
@@ -277,7 +285,7 @@ def main(argv=None) -> int:
     out = {"schema": "ffrt.accuracy-suite", "recipe": args.recipe, "machine": machine,
            "command": ["python", "benchmarks/accuracy/suite.py", *(argv if argv is not None else sys.argv[1:])],
            "splits": "dev = the half of each test split defaults are chosen on; test = the half reported (sets.py)",
-           "rows": rows, "summary": {h: {sc: summary(rows, sc, h) for sc in ("flows", "flows_folds", "reference") if all(sc in r for r in rows)}
+           "rows": rows, "summary": {h: {sc: summary(rows, sc, h) for sc in ("flows", "flows_val_rule", "flows_folds", "reference") if all(sc in r for r in rows)}
                                      for h in ("dev", "test")}}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"accuracy-suite-{args.recipe}.json"

@@ -28,7 +28,7 @@ def main_table(doc: dict, half: str) -> list[str]:
     out = [f"Recipe `{doc['recipe']}`, {half.upper()} half of each test split. Machine: {one_line(doc['machine'])}",
            "", "| set | scorer | image AUROC | pixel AUROC | AUPRO | recall @ thr | false rejects @ thr | training s |",
            "|---|---|---|---|---|---|---|---|"]
-    for scorer in ("flows", "flows_folds", "reference"):
+    for scorer in ("flows", "flows_val_rule", "flows_folds", "reference"):
         for r in rows:
             if scorer not in r:
                 continue
