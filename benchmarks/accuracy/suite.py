@@ -142,10 +142,10 @@ def fold_thresholds(model, payload: dict, split, feats: dict, folds: int) -> tup
     same seeds), the initial weights rebuilt from the seed, fftrain.folds for the rest."""
     from dataclasses import fields
 
-    from fftrain import augment
     from fftrain.folds import out_of_fold_scores
     from fftrain.model import AnomalyModel
-    from fftrain.train import TrainSettings, calibrate_scores, evaluate_features, extract_features, for_kind, map_peaks
+    from fftrain.train import (TrainSettings, calibrate_scores, evaluate_features, extract_features, for_kind, map_peaks,
+                               training_views)
 
     info = payload["train_info"]
     names = {f.name for f in fields(TrainSettings)}
@@ -155,8 +155,7 @@ def fold_thresholds(model, payload: dict, split, feats: dict, folds: int) -> tup
     pool = feats["train"]
     if settings.augment_views:
         images = load_batch(split.train, size, mode)
-        views = augment.augmented_views(images, settings.augment_views, seed=model.config.seed + 2000,
-                                        r=augment.PhotometricRange(jpeg_probability=settings.augment_jpeg))
+        views = training_views(images, settings, model.config.seed)
         pool = [torch.cat([a, b]) for a, b in zip(feats["train"], extract_features(model, views, progress=False))]
     torch.manual_seed(model.config.seed)
     start = AnomalyModel(model.config).state_dict()

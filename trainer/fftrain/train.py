@@ -235,6 +235,14 @@ def run_epoch(model: AnomalyModel, feats: list[torch.Tensor], order: torch.Tenso
     return losses
 
 
+def training_views(images: np.ndarray, settings: TrainSettings, seed: int) -> np.ndarray:
+    """The re-exposed views train() caches after the training images (``settings.augment_views``
+    per image, in blocks of one view of every image): fftrain.folds and the accuracy suite
+    rebuild a finished model's training pool from them."""
+    return augment.augmented_views(images, settings.augment_views, seed=seed + 2000,
+                                   r=augment.PhotometricRange(jpeg_probability=settings.augment_jpeg))
+
+
 FeatureExtractor = Callable[[np.ndarray, str], list[torch.Tensor]]
 
 
@@ -288,9 +296,7 @@ def train(
             if color == "luma" else "input colour: rgb (the training images are in colour)")
     val_defects, _, _ = synthetic.hard_defect_batch(val_images, seed=config.seed + 1000)
     if settings.augment_views:
-        views = augment.augmented_views(train_images, settings.augment_views, seed=config.seed + 2000,
-                                        r=augment.PhotometricRange(jpeg_probability=settings.augment_jpeg))
-        train_images = np.concatenate([train_images, views])
+        train_images = np.concatenate([train_images, training_views(train_images, settings, config.seed)])
     train_feats = extract(train_images, "features (train)")
     val_feats = extract(val_images, "features (val)")
     val_defect_feats = extract(val_defects, "features (val, synthetic)")
