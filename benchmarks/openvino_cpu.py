@@ -82,7 +82,7 @@ def speed(backends: dict, meta, batches: list[int], rounds: dict[int, int], sett
         x = rng.integers(0, 256, size=(n, meta.input.height, meta.input.width, 3), dtype=np.uint8)
         # warm-up (and OpenVINO's compile for this batch size), then one call of each per round
         times = interleaved({label: (lambda b=b: b.run(x)) for label, b in backends.items()}, rounds=rounds[n],
-                            warmup=2, settle_s=settle_s)
+                            warmup=2, settle_s=settle_s, rewarm=1)
         out[n] = {label: {"ms_p50": float(np.median(t)), "img_per_s": 1000.0 * n / float(np.median(t)),
                           "rounds": len(t)} for label, t in times.items()}
     return out

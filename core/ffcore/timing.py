@@ -36,23 +36,31 @@ def interleaved(
     warmup: int = 1,
     settle_s: float = 0.0,
     on_round: Callable[[int], None] | None = None,
+    per_turn: int = 1,
+    rewarm: int = 0,
 ) -> dict[str, np.ndarray]:
     """Milliseconds per call of each runner (``time.perf_counter`` around the call).
 
     Every runner is first called ``warmup`` times (untimed: arenas, kernel selection,
-    lazy initialisation), then once per round, in the mapping's order, with ``settle_s``
-    of untimed sleep after each call. With ``rounds`` exactly that many rounds run;
-    without, rounds go on until there are at least ``min_rounds`` and ``min_seconds``
-    have passed since the first timed round. ``on_round(n)`` is called after round n
-    (1-based), e.g. to advance a progress bar. Returns one float64 array per runner, in
-    the order of the calls.
+    lazy initialisation), then takes one turn per round, in the mapping's order: ``rewarm``
+    untimed calls, then ``per_turn`` timed ones, then ``settle_s`` of untimed sleep. With
+    ``rounds`` exactly that many rounds run; without, rounds go on until there are at least
+    ``min_rounds`` and ``min_seconds`` have passed since the first timed round.
+    ``on_round(n)`` is called after round n (1-based), e.g. to advance a progress bar.
+    Returns one float64 array per runner, in the order of the calls.
+
+    ``rewarm``: where the runners are different runtimes in one process (ONNX Runtime,
+    OpenVINO), the first call after a switch pays for the previous runtime's worker threads,
+    which keep spinning for longer than a short pause (up to 50% on a 2-core machine,
+    whichever runtime came before; benchmarks/README.md, "auto"): an untimed call at the start
+    of each turn takes that, and the timed calls are the steady state a line runs in.
     """
     if not runners:
         raise ValueError("interleaved needs at least one runner")
     if rounds is not None and rounds < 1:
         raise ValueError(f"rounds must be >= 1, not {rounds}")
-    if min_rounds < 1 or warmup < 0 or settle_s < 0 or min_seconds < 0:
-        raise ValueError("min_rounds must be >= 1 and warmup, settle_s, min_seconds >= 0")
+    if min_rounds < 1 or per_turn < 1 or warmup < 0 or rewarm < 0 or settle_s < 0 or min_seconds < 0:
+        raise ValueError("min_rounds and per_turn must be >= 1 and warmup, rewarm, settle_s, min_seconds >= 0")
     for fn in runners.values():
         for _ in range(warmup):
             fn()
@@ -61,9 +69,12 @@ def interleaved(
     n = 0
     while True:
         for name, fn in runners.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
+            for _ in range(rewarm):
+                fn()
+            for _ in range(per_turn):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
             if settle_s > 0:
                 time.sleep(settle_s)
         n += 1

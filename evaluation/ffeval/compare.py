@@ -75,8 +75,9 @@ def run_comparison(model_path: str | Path, batches: tuple[int, ...], iters: int,
     for n in batches:
         x = rng.integers(0, 256, size=(n, meta.input.height, meta.input.width, 3), dtype=np.uint8)
         progress(f"batch {n}: {warmup} warm-up + {iters} interleaved rounds of {len(backends)} configurations")
+        # An untimed call at the start of each turn takes the previous runtime's spinning threads.
         timed = interleaved({label: (lambda b=be: b.run(x)) for label, be in backends.items()}, rounds=iters,
-                            warmup=max(1, warmup), settle_s=settle_ms / 1e3)
+                            warmup=max(1, warmup), settle_s=settle_ms / 1e3, rewarm=1)
         first = next(iter(timed))
         row = {"batch": n, "configurations": {}}
         for label, ms in timed.items():

@@ -33,7 +33,33 @@ def test_without_rounds_it_runs_for_min_seconds_and_min_rounds():
     assert len(interleaved({"x": lambda: None}, min_rounds=7, warmup=0)["x"]) == 7
 
 
-@pytest.mark.parametrize("kwargs", [{"rounds": 0}, {"min_rounds": 0}, {"warmup": -1}, {"settle_s": -1.0}])
+def test_each_turn_starts_with_untimed_calls_then_times_per_turn_calls():
+    calls = []
+    out = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=2, warmup=1,
+                      per_turn=2, rewarm=1)
+    assert calls == ["a", "b"] + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    assert all(v.shape == (4,) for v in out.values())
+
+
+def test_the_switch_penalty_is_not_timed_with_rewarm():
+    """A runner whose first call after the other one ran is slow (another runtime's threads
+    still spinning): without rewarm every timed call pays it, with it none does."""
+    last = [None]
+
+    def runner(name):
+        def call():
+            time.sleep(0.03 if last[0] not in (None, name) else 0.002)
+            last[0] = name
+        return call
+
+    plain = interleaved({"a": runner("a"), "b": runner("b")}, rounds=3, warmup=0)
+    rewarmed = interleaved({"a": runner("a"), "b": runner("b")}, rounds=3, warmup=0, rewarm=1, per_turn=2)
+    assert np.median(plain["b"]) >= 30.0
+    assert np.all(rewarmed["a"] < 25.0) and np.all(rewarmed["b"] < 25.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"rounds": 0}, {"min_rounds": 0}, {"warmup": -1}, {"settle_s": -1.0},
+                                    {"per_turn": 0}, {"rewarm": -1}])
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         interleaved({"x": lambda: None}, **kwargs)

@@ -344,6 +344,37 @@ def test_auto_keeps_the_faster_backend_and_closes_the_other(tiny_onnx, meta, tmp
     assert entry["ms_per_image"][slow] > entry["ms_per_image"][chosen.name] and entry["chosen"] == chosen.name
 
 
+class _SlowAfterSwitch(_Slowed):
+    """A real backend whose first run after the other backend ran takes ``extra_s`` longer (the
+    other runtime's worker threads still spinning), and whose every run takes ``steady_s``."""
+
+    last = [None]
+
+    def __init__(self, backend, steady_s: float, extra_s: float):
+        super().__init__(backend, steady_s)
+        self._switch_s = extra_s
+
+    def run(self, batch):
+        import time
+
+        if self.last[0] not in (None, self):
+            time.sleep(self._switch_s)
+        self.last[0] = self
+        return super().run(batch)
+
+
+def test_auto_is_not_swayed_by_which_backend_it_measured_before(tiny_onnx, meta, tmp_path, monkeypatch):
+    """OpenVINO is the faster here by 20 ms per call, but pays 60 ms on its first call after ONNX
+    Runtime ran (as a runtime measured right after another does): the choice is OpenVINO."""
+    from ffrt.backends.cpuchoice import pick
+
+    monkeypatch.setenv("FFRT_ENGINE_CACHE", str(tmp_path))
+    ort = _SlowAfterSwitch(create_backend("onnxruntime-cpu", tiny_onnx, meta, threads=1)[0], 0.02, 0.0)
+    ov = _SlowAfterSwitch(create_backend("openvino", tiny_onnx, meta, threads=1)[0], 0.0, 0.06)
+    chosen, line = pick([ort, ov], tiny_onnx, meta, threads=1)
+    assert chosen is ov, line
+
+
 @pytest.mark.parametrize("openvino_ms, chosen", [(0.96, "openvino"), (0.98, "onnxruntime-cpu"), (1.2, "onnxruntime-cpu")])
 def test_auto_is_never_more_than_3_percent_slower_than_what_it_measured(tiny_onnx, meta, tmp_path, monkeypatch,
                                                                          openvino_ms, chosen):

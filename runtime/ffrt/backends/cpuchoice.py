@@ -3,7 +3,8 @@
 Measured, not assumed: OpenVINO is faster than ONNX Runtime on some models and CPUs and slower
 on others (FP32 on AVX-512 included), so a fixed order would be wrong somewhere. When more
 than one CPU backend starts, :func:`pick` times them on this model, interleaved round by round
-(a busy core slows all of them alike), at batch 1 and at the model's usual chunk (8, or
+(a busy core slows all of them alike; each turn starts with an untimed call, which takes the
+previous runtime's spinning threads), at batch 1 and at the model's usual chunk (8, or
 ``batch_max`` if smaller), each in the precision it resolved (``precision="auto"``: OpenVINO
 runs BF16 only on a file with a passed BF16 gate). The first of ``AUTO_ORDER``'s CPU backends
 (ONNX Runtime) is kept unless another is faster by more than :data:`MARGIN`.
@@ -53,9 +54,15 @@ CACHE_NAME = "cpu-backend-choice.json"
 #: incumbent therefore costs at most 3% against the fastest (issue 27's bar for auto); a smaller
 #: margin would let the probe's own noise on a shared machine decide between near-equals.
 MARGIN = 0.97
-#: Timed rounds per batch size (after one untimed warm-up run of each backend).
-ROUNDS = 5
-#: Untimed pause after each call, so that no backend is timed against the other's spinning threads.
+#: Rounds per batch size (after one untimed warm-up run of each backend); in each round every
+#: backend takes a turn of REWARM untimed calls, then PER_TURN timed ones.
+ROUNDS = 4
+PER_TURN = 2
+#: The first call after another runtime ran is slowed by that runtime's spinning worker threads,
+#: whichever came before (ffcore.timing.interleaved): untimed, or the candidate measured after an
+#: ONNX Runtime one looked up to 50% slower than it is, and auto chose by the order it measured in.
+REWARM = 1
+#: Untimed pause after each turn.
 SETTLE_S = 0.02
 #: CPU flags that change which kernels the backends can use.
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
@@ -139,7 +146,7 @@ def measure(backends: list[Backend], height: int, width: int, batches: tuple[int
         x = rng.integers(0, 256, size=(n, height, width, 3), dtype=np.uint8)
         # warm-up: memory arenas, kernel choice, OpenVINO's compile for this batch size
         times = interleaved({_label(b): (lambda b=b: b.run(x)) for b in backends}, rounds=ROUNDS, warmup=1,
-                            settle_s=SETTLE_S)
+                            settle_s=SETTLE_S, per_turn=PER_TURN, rewarm=REWARM)
         for name, t in times.items():
             per_image[name].append(float(np.median(t)) / n)
     return {name: float(np.mean(v)) for name, v in per_image.items()}
