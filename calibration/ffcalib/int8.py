@@ -59,6 +59,7 @@ files are NOT written and :class:`AccuracyGateError` carries the report.
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -67,8 +68,9 @@ from pathlib import Path
 import numpy as np
 from ffcore.files import write_all_or_none
 from ffcore.ort import physical_core_count
+from ffrt.backends.cpuchoice import cpu_signature
 from ffrt.errors import ModelFileError
-from ffrt.meta import ModelMeta
+from ffrt.meta import ModelMeta, PrecisionGate
 from ffrt.metafile import meta_from_proto, read_onnx_meta, set_proto_meta
 
 from .encode import ENCODINGS, METHODS, Calibration, _ort_version, calibrate, encode  # noqa: F401
@@ -111,6 +113,24 @@ def as_images(images, meta: ModelMeta, count: int | None, progress: bool, what: 
     if not paths:
         raise CalibError(f"no {what} images")
     return load_images(sample_evenly(paths, count), spec, progress, desc=f"loading {what} images")
+
+
+def int8_gates(accuracy: Accuracy, scope: str, reference: str, refit: bool) -> dict[str, PrecisionGate]:
+    """The gate record of each encoding, for its file's metadata (``ModelMeta.precision_gates``)."""
+    against = (f"{reference} (the FP32 model this file's head was re-fit from)" if refit else reference)
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    gates = {}
+    for target, e in accuracy.encodings.items():
+        finite = bool(np.isfinite(e.spearman))
+        gates[target] = PrecisionGate(
+            precision="int8", keep_fp32="head" if scope == "all" else "flows", passed=bool(e.passed and finite),
+            images=accuracy.images, defective=accuracy.defects, data=accuracy.source or "validation images",
+            spearman=float(e.spearman) if finite else -1.0, auroc_fp32=accuracy.fp32_auroc, auroc=e.auroc,
+            nonfinite=0 if finite else 1,
+            bounds={"max_auroc_drop": accuracy.max_auroc_drop, "min_spearman": accuracy.min_spearman},
+            reference=f"{against} on onnxruntime-cpu",
+            runtime=f"onnxruntime {_ort_version()} on {cpu_signature()}", checked_at=now)
+    return gates
 
 
 def _fp32_meta(path: Path) -> ModelMeta:
@@ -189,6 +209,8 @@ def quantize_model(
                                 batch=calib_batch, progress=progress)
     t0 = time.perf_counter()
     blobs: dict[str, bytes] = {}
+    protos: dict = {}
+    metas: dict[str, ModelMeta] = {}
     head_fit: dict[str, str] = {}
     per_target = calibration if isinstance(calibration, Mapping) else {t: calibration for t in ENCODINGS}
     calibration = per_target["cpu"]
@@ -201,8 +223,9 @@ def quantize_model(
             head_fit[target] = file_meta.head_fit
         versions = dict(file_meta.tool_versions)
         versions["onnxruntime"] = _ort_version()
-        set_proto_meta(q, file_meta.model_copy(update={"precision": "int8", "target": target, "tool_versions": versions}))
-        blobs[target] = q.SerializeToString()
+        metas[target] = file_meta.model_copy(update={"precision": "int8", "target": target, "tool_versions": versions})
+        set_proto_meta(q, metas[target])
+        protos[target], blobs[target] = q, q.SerializeToString()
         if target == "cpu":
             quantized = quantized_node_names(q, calibration.op_types)
     quantize_s = time.perf_counter() - t0
@@ -247,6 +270,11 @@ def quantize_model(
             progress=progress,
         )
         report.accuracy.source = val_source
+        # The gate goes into each file: "auto" runs an INT8 file beside model.onnx only on a
+        # passed one (ffrt.backends.variants), and `ffrt info` shows it.
+        for target, gate in int8_gates(report.accuracy, scope, fp32_onnx_path.name, sources is not None).items():
+            set_proto_meta(protos[target], metas[target].model_copy(update={"precision_gates": (gate,)}))
+            blobs[target] = protos[target].SerializeToString()
     if benchmark_batches:
         report.latency = benchmark(
             {"fp32": fp32_onnx_path, "int8-cpu": blobs["cpu"]},

@@ -77,9 +77,43 @@ def int8_step(request: ExportRequest, made: Made) -> StepOutcome:
         print(e.report.summary())
         return refused(" ".join(str(e).split()), ExportStatus.GATE_FAILED)
     print(report.summary())
-    files = tuple(MadeFile(NAMES[t], "int8", read_onnx_meta(made.path(NAMES[t])), _verdicts(report, t))
+    extra = {"tensorrt": (), "cpu": _gate_float_parts_in_bf16(request, made.path(CPU_NAME), fp32_path,
+                                                              (val_images, val_labels, val_source))}
+    files = tuple(MadeFile(NAMES[t], "int8", read_onnx_meta(made.path(NAMES[t])), _verdicts(report, t) + extra[t])
                   for t in ENCODINGS)
     return StepOutcome(files=files, engine_source=TRT_NAME)
+
+
+def _gate_float_parts_in_bf16(request: ExportRequest, cpu_path, fp32_path, gate_data) -> tuple[GateVerdict, ...]:
+    """Where this machine computes BF16 natively, gate the CPU INT8 file with its float parts in
+    BF16 on OpenVINO (the anomaly head FP32) against model.onnx, and record the gate in it, so
+    that ``precision="auto"`` runs it that way: with every convolution INT8 it is the fastest
+    CPU path measured on a VNNI CPU (benchmarks/README.md). Nothing here stops the export: where
+    BF16 cannot run or its gate fails, the float parts run in FP32 and one line says why."""
+    from ffcalib.bf16 import bf16_gate, record_gate
+    from ffrt.backends.openvino import bf16_problem
+
+    from .orchestrate import expected_errors, one_line
+
+    if request.bf16 is False:
+        return ()
+    missing = bf16_problem()
+    if missing is not None:
+        print(f"{CPU_NAME}: float parts stay FP32: {missing}")
+        return ()
+    images, labels, source = gate_data
+    try:
+        meta = read_onnx_meta(cpu_path)
+        gate = bf16_gate(cpu_path, as_images(images, meta, None, True, "gate"), labels, source, keep_fp32="head",
+                         reference=fp32_path)
+        record_gate(cpu_path, gate)
+    except expected_errors() as e:
+        print(f"{CPU_NAME}: float parts stay FP32: the BF16 gate could not run: {one_line(e)}")
+        return ()
+    print(f"{CPU_NAME} with its float parts in BF16: {gate.summary()}"
+          + ("" if gate.passed else " (recorded: it runs with FP32 float parts)"))
+    return (GateVerdict(check=f"float parts in BF16 (OpenVINO) against {FP32_NAME} on {gate.images} images "
+                        "(recorded in the file; failed: the float parts run in FP32)", passed=gate.passed),)
 
 
 def _verdicts(report: Int8Report, target: str) -> tuple[GateVerdict, ...]:

@@ -34,8 +34,10 @@ META_KEY = "ffrt.meta"
 #    precision_gates[].verdicts_changed
 # 6: model (the density model behind the head: model.kind fastflow or cflow, cflow's condition)
 # 7: thresholds.image_estimate / pixel_estimate (the false-reject rate a threshold holds on new normals)
+# 8: precision_gates[].precision "int8" (an INT8 file's own gate: what lets "auto" run it),
+#    precision_gates[].map_max_rel optional (INT8 gates do not compare maps)
 # Every field added since 1 has a default, so files of older schemas keep loading.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 class _Strict(BaseModel):
@@ -206,13 +208,18 @@ class AugmentationInfo(_Strict):
 
 
 class PrecisionGate(_Strict):
-    """A run of this file in a reduced float precision, checked against its FP32 run on real
-    images (``ffcalib bf16``). ``precision="auto"`` runs that precision only where a passed
-    gate for the very configuration it would run (``keep_fp32``) is recorded."""
+    """A run of this file in a reduced precision, checked against FP32 on real images.
 
-    precision: Literal["bf16"]
+    ``bf16``: the file run in BF16 on OpenVINO (``ffcalib bf16``); ``precision="auto"`` runs
+    BF16 only where a passed gate for the very configuration it would run (``keep_fp32``) is
+    recorded. ``int8``: an INT8 file's own gate (ffcalib int8, ffexport --int8) on ONNX
+    Runtime, the INT8 file against the FP32 model it was quantized from; ``backend="auto"``
+    runs an INT8 file next to model.onnx only where it carries a passed one."""
+
+    precision: Literal["bf16", "int8"]
     keep_fp32: Literal["head", "flows", "none"] = Field(
-        description="What ran in FP32: the anomaly head, the flows and the head, or nothing.")
+        description="What was not reduced: the anomaly head, the flows and the head, or nothing. INT8: 'flows' = "
+        "backbone convolutions INT8 (scope backbone), 'head' = the flows' convolutions too (scope all).")
     passed: bool
     images: int = Field(gt=0)
     defective: int = Field(ge=0)
@@ -220,8 +227,9 @@ class PrecisionGate(_Strict):
     spearman: Finite = Field(description="Spearman rank correlation of the image scores with FP32.")
     auroc_fp32: Finite | None = None
     auroc: Finite | None = Field(default=None, description="Image AUROC in this precision (None: one class only).")
-    map_max_rel: float = Field(ge=0, allow_inf_nan=False,
-                               description="max |map - map_fp32| / max |map_fp32| over the finite values.")
+    map_max_rel: float | None = Field(default=None, ge=0, allow_inf_nan=False,
+                                      description="max |map - map_fp32| / max |map_fp32| over the finite values "
+                                      "(None: not compared, INT8 gates).")
     nonfinite: int = Field(default=0, ge=0, description="NaN/inf values in the maps and scores (any fails the gate).")
     verdicts_changed: int | None = Field(
         default=None, ge=0, description="Images whose pass/fail verdict at the file's image threshold differs from "
@@ -238,9 +246,9 @@ class PrecisionGate(_Strict):
         bad = f", {self.nonfinite} non-finite values" if self.nonfinite else ""
         if self.verdicts_changed is not None:
             bad += f", verdicts changed {self.verdicts_changed} of {self.images}"
+        maps = "" if self.map_max_rel is None else f", map error {100 * self.map_max_rel:.2f}% of the FP32 peak"
         return (f"{self.precision} with keep_fp32={self.keep_fp32!r} vs {self.reference}, {self.images} images "
-                f"({self.data}): Spearman {self.spearman:.4f}{au}, map error {100 * self.map_max_rel:.2f}% of the "
-                f"FP32 peak{bad}; bounds {self.bounds}: {'passed' if self.passed else 'FAILED'}")
+                f"({self.data}): Spearman {self.spearman:.4f}{au}{maps}{bad}; bounds {self.bounds}: {'passed' if self.passed else 'FAILED'}")
 
 
 class ModelMeta(_Strict):

@@ -394,3 +394,53 @@ def test_uint8_input_feeds_only_a_cast_in_both_encodings(int8_pair):
     out, _ = int8_pair
     for name in (TRT_NAME, CPU_NAME):
         assert_uint8_only_into_cast(out / name)
+
+
+def _ranks(x):
+    """Ranks 0..n-1 (the gate's images have no tied scores here: checked)."""
+    x = np.asarray(x, np.float64)
+    assert len(np.unique(x)) == len(x)
+    return np.argsort(np.argsort(x)).astype(np.float64)
+
+
+def test_each_file_records_its_own_int8_gate(int8_pair, tiny_onnx, val_set):
+    """The gate that decided the files is in each file (what lets backend="auto" run the CPU
+    file, ffrt.backends.variants): recomputed here from the files' own scores on ONNX Runtime."""
+    out, _ = int8_pair
+    images, labels = val_set
+    fp = score_images(make_session(tiny_onnx), images, progress=False)
+    for name in (TRT_NAME, CPU_NAME):
+        gates = read_onnx_meta(out / name).precision_gates
+        assert len(gates) == 1, gates
+        gate = gates[0]
+        q = score_images(make_session(out / name), images, progress=False)
+        rho = float(np.corrcoef(_ranks(fp), _ranks(q))[0, 1])
+        assert (gate.precision, gate.keep_fp32) == ("int8", "flows")  # backbone scope: the flows stayed float
+        assert (gate.images, gate.defective) == (48, 24)
+        assert gate.spearman == pytest.approx(rho, abs=1e-9)
+        assert gate.auroc_fp32 == pytest.approx(_auroc(labels, fp)) and gate.auroc == pytest.approx(_auroc(labels, q))
+        assert gate.passed == (rho >= 0.95 and _auroc(labels, fp) - _auroc(labels, q) <= 0.01)
+        assert "onnxruntime" in gate.runtime and gate.reference.startswith(tiny_onnx.name)
+
+
+def _auroc(labels, scores):
+    """Share of (defective, normal) pairs ranked right, ties half."""
+    labels, scores = np.asarray(labels), np.asarray(scores, np.float64)
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg)))
+
+
+def test_a_forced_file_records_its_failed_gate_and_auto_leaves_it_out(tiny_onnx, val_set, tmp_path):
+    """--force writes files whose gate failed; the failure is recorded, so "auto" never runs them."""
+    from ffrt.backends.variants import gated_variants
+
+    images, labels = val_set
+    shutil.copy(tiny_onnx, tmp_path / "model.onnx")
+    black = np.zeros((8, 64, 64, 3), np.uint8)  # saturates every activation: the gate fails
+    report = quantize_model(tmp_path / "model.onnx", tmp_path, black, val_images=images, val_labels=labels,
+                            force=True, benchmark_batches=(), progress=False)
+    assert report.written and not report.accuracy.passed
+    gate = read_onnx_meta(tmp_path / CPU_NAME).precision_gates[0]
+    assert gate.precision == "int8" and not gate.passed
+    variants, why = gated_variants(tmp_path / "model.onnx", read_onnx_meta(tmp_path / "model.onnx"))
+    assert variants == [] and len(why) == 1 and "no passed INT8 accuracy gate" in why[0]

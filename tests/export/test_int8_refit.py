@@ -161,3 +161,28 @@ def test_uint8_input_feeds_only_a_cast_in_refit_files(refit_export):
     assert len(files) == 2, files
     for path in files:
         assert_uint8_only_into_cast(path)
+
+
+def test_each_int8_file_records_its_gates_and_the_cpu_file_its_float_parts_in_bf16(refit_export, refit_export_all):
+    """The INT8 gate of each file (scope backbone: the flows stayed float; scope all: the head
+    only), and where this CPU computes BF16, the CPU file's gate with its float parts in BF16 on
+    OpenVINO: what lets backend="auto" run it, and how (ffrt.backends.variants)."""
+    from ffrt.backends.openvino import bf16_problem
+    from ffrt.backends.variants import gated_variants
+
+    for out, kept in ((refit_export, "flows"), (refit_export_all, "head")):
+        for name in (TRT_NAME, CPU_NAME):
+            gates = read_onnx_meta(out / name).precision_gates
+            (int8,) = [g for g in gates if g.precision == "int8"]
+            assert int8.keep_fp32 == kept and int8.images > 0 and "model.onnx" in int8.reference
+            assert "onnxruntime" in int8.runtime
+            bf16 = [g for g in gates if g.precision == "bf16"]
+            if name == TRT_NAME or bf16_problem() is not None:
+                assert bf16 == []
+            else:
+                (gate,) = bf16
+                assert gate.keep_fp32 == "head" and "openvino" in gate.runtime and "model.onnx" in gate.reference
+        variants, why = gated_variants(out / "model.onnx", read_onnx_meta(out / "model.onnx"))
+        # --force wrote them whatever the gate said; "auto" runs the CPU file only on a passed gate.
+        cpu_passed = next(g for g in read_onnx_meta(out / CPU_NAME).precision_gates if g.precision == "int8").passed
+        assert [v.path.name for v in variants] == ([CPU_NAME] if cpu_passed else [])

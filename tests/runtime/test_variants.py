@@ -1,7 +1,8 @@
-"""backend="auto" with precision="auto" measures a gated BF16 variant (model.bf16.onnx) beside
-the FP32 file and runs the faster, with the variant's own thresholds; a variant that does not
-qualify is left out with its reason. Real files, real ONNX Runtime and OpenVINO; the "slower"
-candidates are real backends with a fixed delay added to every run."""
+"""backend="auto" with precision="auto" measures the gated variants (model.bf16.onnx, and a real
+INT8 Q/DQ model.int8-cpu.onnx) beside the FP32 file and runs the fastest, with the variant's own
+thresholds; a variant that does not qualify is left out with its reason. Real files, real ONNX
+Runtime and OpenVINO; the "slower" candidates are real backends with a fixed delay added to
+every run."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from ffrt.metafile import read_onnx_meta, write_onnx_meta
 pytest.importorskip("openvino", reason='the "openvino" extra: pip install "ffrt[openvino]"')
 
 
-def _gate(passed: bool = True, keep: str = "head") -> PrecisionGate:
-    return PrecisionGate(precision="bf16", keep_fp32=keep, passed=passed, images=8, defective=4, data="validation",
+def _gate(passed: bool = True, keep: str = "head", precision: str = "bf16") -> PrecisionGate:
+    return PrecisionGate(precision=precision, keep_fp32=keep, passed=passed, images=8, defective=4, data="validation",
                          spearman=0.99, auroc_fp32=0.9, auroc=0.9, map_max_rel=0.01, bounds={"min_spearman": 0.9},
                          reference="model.onnx in FP32", runtime="openvino test", checked_at="now")
 
@@ -58,6 +59,55 @@ def test_only_the_fp32_file_has_variants(pair):
     variants, why = gated_variants(fp32, read_onnx_meta(fp32))
     assert [v.path for v in variants] == [bf16] and why == []
     assert gated_variants(bf16, read_onnx_meta(bf16)) == ([], [])
+
+
+@pytest.fixture
+def trio(pair, elpv_split):
+    """``pair`` and a real INT8 Q/DQ file of the same model (ffcalib), its CPU encoding carrying a
+    passed INT8 gate and thresholds of its own; the TensorRT encoding lies beside it."""
+    from ffcalib.int8 import CPU_NAME, TRT_NAME, quantize_model
+    from fftrain.data import load_batch
+
+    fp32, bf16 = pair
+    quantize_model(fp32, fp32.parent, load_batch(elpv_split.train[:16], 64), benchmark_batches=(), progress=False)
+    int8 = fp32.with_name(CPU_NAME)
+    meta = read_onnx_meta(int8)
+    write_onnx_meta(int8, meta.with_thresholds(meta.thresholds.image * 2, meta.thresholds.pixel * 2, "refit",
+                                               calibrated_on="onnxruntime (int8)")
+                    .model_copy(update={"precision_gates": (_gate(keep="head", precision="int8"),)}))
+    for name in (TRT_NAME,):  # a passed gate does not make the TensorRT encoding a CPU variant
+        write_onnx_meta(fp32.with_name(name), read_onnx_meta(fp32.with_name(name)).model_copy(
+            update={"precision_gates": (_gate(keep="head", precision="int8"),)}))
+    return fp32, bf16, int8
+
+
+def test_the_int8_cpu_file_is_a_variant_and_the_tensorrt_encoding_is_not(trio):
+    fp32, bf16, int8 = trio
+    variants, why = gated_variants(fp32, read_onnx_meta(fp32))
+    assert [v.path for v in variants] == [bf16, int8] and why == []
+    assert gated_variants(int8, read_onnx_meta(int8)) == ([], [])
+
+
+@pytest.mark.parametrize("gates", [(), (_gate(passed=False, precision="int8"),), (_gate(keep="head"),)])
+def test_an_int8_file_without_a_passed_int8_gate_is_left_out(trio, gates):
+    fp32, _, int8 = trio
+    write_onnx_meta(int8, read_onnx_meta(int8).model_copy(update={"precision_gates": gates}))
+    variants, why = gated_variants(fp32, read_onnx_meta(fp32))
+    assert [v.path.name for v in variants] == ["model.bf16.onnx"]
+    assert len(why) == 1 and "model.int8-cpu.onnx" in why[0] and "no passed INT8 accuracy gate" in why[0]
+
+
+@pytest.mark.parametrize("slow, runs", [({"model.onnx", "model.bf16.onnx"}, "model.int8-cpu.onnx"),
+                                        ({"model.int8-cpu.onnx", "model.bf16.onnx"}, "model.onnx")])
+def test_auto_runs_the_int8_file_only_where_it_is_the_fastest(trio, tmp_path, monkeypatch, slow, runs):
+    monkeypatch.setenv("FFRT_ENGINE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(base, "_start", _Delayed(slow))
+    fp32, _, int8 = trio
+    with Detector(fp32, threads=1) as det:
+        assert det.running_path == fp32.with_name(runs)
+        assert det.thresholds.image == read_onnx_meta(det.running_path).thresholds.image
+        assert ("int8" in det.precision) == (runs == int8.name)
+        assert "model.int8-cpu.onnx" in det.backend_choice  # measured either way
 
 
 class _Delayed:

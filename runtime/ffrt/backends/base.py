@@ -279,7 +279,8 @@ def _start_variants(group: list[str], model_path: Path, meta: ModelMeta, threads
                 backend.variant = variant
                 started.append(backend)
         if not any(b.variant is variant for b in started):
-            why_not.append(f"{variant.path.name} ({variant.precision}) not run: " + "; ".join(refused))
+            why_not.append(f"{variant.path.name} ({variant.meta.precision if variant.precision == 'auto' else variant.precision}) "
+                           "not run: " + "; ".join(refused))
     return started
 
 

@@ -1,21 +1,29 @@
 """Precision variants next to a model file that ``backend="auto"`` may run instead of it.
 
-``ffexport --bf16`` writes ``model.bf16.onnx`` beside ``model.onnx``: the same trained model
-with its flow head re-fit on the features of the backbone in BF16, its thresholds calibrated
-on those scores, and the BF16 accuracy gate (against ``model.onnx``, on validation data)
-recorded in it. On a CPU with native BF16 that file runs about twice as fast as FP32. So
-``Detector("model.onnx")`` with ``backend="auto"`` and ``precision="auto"`` measures it
-beside the FP32 file and runs the faster (``backends/cpuchoice.py``), and says so.
+``ffexport`` writes, next to ``model.onnx``:
+
+- ``model.bf16.onnx`` (by default on a CPU with native BF16): the same trained model with its
+  flow head re-fit on the features of the backbone in BF16, its thresholds calibrated on those
+  scores, and the BF16 accuracy gate (against ``model.onnx``, on validation data) recorded in
+  it. On such a CPU it runs about twice as fast as FP32.
+- ``model.int8-cpu.onnx`` (``--int8``): Q/DQ convolutions in INT8 with the head re-fit on its
+  INT8 backbone, its INT8 gate recorded in it; where the machine computes BF16, also the gate
+  of its float parts in BF16 on OpenVINO. On a VNNI CPU, with every convolution INT8, it beats
+  the BF16 variant at batch 8 (benchmarks/README.md, "INT8 on a VNNI CPU without AMX").
+
+So ``Detector("model.onnx")`` with ``backend="auto"`` and ``precision="auto"`` measures every
+qualifying variant beside the FP32 file on every CPU backend and runs the fastest
+(``backends/cpuchoice.py``), and says so; each runs in the precision its own gates allow (an
+INT8 file's float parts in BF16 on OpenVINO only with a passed BF16 gate of that file).
 
 A variant qualifies only when it is the same training (``source_checkpoint_sha256``), takes
-the same input, and carries a passed BF16 gate for the configuration OpenVINO runs
-(``keep_fp32="head"``); anything else is left out with a line saying why. INT8 files do not
-record their accuracy gate in the file yet, so they are not picked automatically (load one
-by its path to run it).
+the same input, and carries a passed gate of its kind (:data:`VARIANT_FILES`); anything else is
+left out with a line saying why.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +33,14 @@ from ..metafile import read_onnx_meta
 
 #: The variant files "auto" looks for, by the suffix that replaces ".onnx".
 BF16_SUFFIX = ".bf16.onnx"
+INT8_CPU_SUFFIX = ".int8-cpu.onnx"
 
 
 @dataclass(frozen=True)
 class Variant:
     path: Path
     meta: ModelMeta
-    #: The precision it is for ("bf16"), and the backend precision that runs it.
+    #: The precision the backends are asked for ("bf16"; "auto": what the file's gates allow).
     precision: str
 
 
@@ -39,24 +48,50 @@ def bf16_gate_passed(meta: ModelMeta) -> bool:
     return any(g.precision == "bf16" and g.keep_fp32 == "head" and g.passed for g in meta.precision_gates)
 
 
+def int8_gate_passed(meta: ModelMeta) -> bool:
+    return (meta.precision == "int8" and meta.target == "cpu"
+            and any(g.precision == "int8" and g.passed for g in meta.precision_gates))
+
+
+@dataclass(frozen=True)
+class VariantFile:
+    suffix: str
+    #: Whether the file carries what lets "auto" run it, and what to say when it does not.
+    qualifies: Callable[[ModelMeta], bool]
+    missing: str
+    precision: str
+
+
+VARIANT_FILES: tuple[VariantFile, ...] = (
+    VariantFile(BF16_SUFFIX, bf16_gate_passed, "carries no passed BF16 accuracy gate (keep_fp32='head')", "bf16"),
+    VariantFile(INT8_CPU_SUFFIX, int8_gate_passed,
+                "carries no passed INT8 accuracy gate for the CPU encoding (ffexport --int8 records one)", "auto"),
+)
+
+
 def gated_variants(model_path: Path, meta: ModelMeta) -> tuple[list[Variant], list[str]]:
     """The qualifying variants of ``model_path`` and, for each variant file that is there but
     does not qualify, why (one line each). Only an FP32 base file has variants."""
     model_path = Path(model_path)
-    if meta.precision != "fp32" or meta.head_fit or model_path.name.endswith(BF16_SUFFIX) \
-            or model_path.suffix.lower() != ".onnx":
+    if meta.precision != "fp32" or meta.head_fit or model_path.suffix.lower() != ".onnx" \
+            or any(model_path.name.endswith(f.suffix) for f in VARIANT_FILES):
         return [], []
-    candidate = model_path.with_name(model_path.name[: -len(".onnx")] + BF16_SUFFIX)
-    if not candidate.is_file():
-        return [], []
-    try:
-        other = read_onnx_meta(candidate)
-    except FFRTError as e:
-        return [], [f"{candidate.name}: not readable ({str(e).splitlines()[0]})"]
-    if other.source_checkpoint_sha256 != meta.source_checkpoint_sha256:
-        return [], [f"{candidate.name}: exported from another checkpoint than {model_path.name}"]
-    if other.input != meta.input:
-        return [], [f"{candidate.name}: takes another input than {model_path.name}"]
-    if not bf16_gate_passed(other):
-        return [], [f"{candidate.name}: carries no passed BF16 accuracy gate (keep_fp32='head')"]
-    return [Variant(candidate, other, "bf16")], []
+    variants, problems = [], []
+    for kind in VARIANT_FILES:
+        candidate = model_path.with_name(model_path.name[: -len(".onnx")] + kind.suffix)
+        if not candidate.is_file():
+            continue
+        try:
+            other = read_onnx_meta(candidate)
+        except FFRTError as e:
+            problems.append(f"{candidate.name}: not readable ({str(e).splitlines()[0]})")
+            continue
+        if other.source_checkpoint_sha256 != meta.source_checkpoint_sha256:
+            problems.append(f"{candidate.name}: exported from another checkpoint than {model_path.name}")
+        elif other.input != meta.input:
+            problems.append(f"{candidate.name}: takes another input than {model_path.name}")
+        elif not kind.qualifies(other):
+            problems.append(f"{candidate.name}: {kind.missing}")
+        else:
+            variants.append(Variant(candidate, other, kind.precision))
+    return variants, problems
