@@ -3,8 +3,8 @@ upscaled to 1, 2 or 5 megapixels, written as folders of JPEG files or as MJPEG v
 
 The pictures are real, their resolution is not: a 300x300 ELPV cell (or a 640x640 DeepPCB
 crop) upscaled to 1632x1224 has the size and JPEG cost of a 2-megapixel camera frame, not its
-fine detail. Each source of a stream set gets its own images (ELPV and DeepPCB alternate by
-source), so sources never send identical frames.
+fine detail. Each source of a stream set gets its own images (by default ELPV and DeepPCB
+alternate by source; :data:`KINDS`), so sources never send identical frames.
 """
 
 from __future__ import annotations
@@ -20,12 +20,37 @@ JPEG_QUALITY = 90
 DEEPPCB = Path("/work/shared/datasets/deeppcb")
 
 
+#: Stream kinds: ELPV mono test cells (two thirds of them defective), DeepPCB test boards (half
+#: defective; an ELPV model rejects them all), and "elpv-line", ELPV mono cells as a line sends
+#: them: good cells (training, validation and test normals) with one defective test cell in
+#: LINE_DEFECT_EVERY.
+KINDS = ("elpv", "deeppcb", "elpv-line")
+LINE_DEFECT_EVERY = 20
+
+
+def _elpv_line() -> list[Path]:
+    from ffcore.data import elpv
+
+    split = elpv("mono")
+    good = [s.path for s in split.train + split.val + split.test if s.label == 0]
+    bad = [s.path for s in split.test if s.label == 1]
+    out, g, b = [], iter(good), iter(bad)
+    for i in range(len(good) + len(good) // (LINE_DEFECT_EVERY - 1)):
+        nxt = next(b, None) if i % LINE_DEFECT_EVERY == LINE_DEFECT_EVERY - 1 else next(g, None)
+        if nxt is None:
+            break
+        out.append(nxt)
+    return out
+
+
 def source_images(kind: str, count: int, offset: int = 0) -> list[Path]:
-    """Paths of ``count`` real images: ELPV mono test cells or DeepPCB test boards."""
+    """Paths of ``count`` real images of a stream kind (:data:`KINDS`)."""
     if kind == "elpv":
         from ffcore.data import elpv
 
         paths = [s.path for s in elpv("mono").test]
+    elif kind == "elpv-line":
+        paths = _elpv_line()
     else:
         paths = sorted((DEEPPCB / "test" / "good").glob("*.png")) + sorted((DEEPPCB / "test" / "defect").glob("*.png"))
         if not paths:
@@ -68,15 +93,18 @@ def mjpeg_video(path: Path, paths: list[Path], size: tuple[int, int], fps: float
     return path
 
 
-def streams(work: Path, megapixels: int, sources: int, frames: int, fmt: str) -> list[Path]:
+def streams(work: Path, megapixels: int, sources: int, frames: int, fmt: str,
+            kinds: tuple[str, ...] = ("elpv", "deeppcb")) -> list[Path]:
     """``sources`` streams of ``frames`` frames each at ``megapixels`` MP: JPEG folders
-    (``fmt="jpeg"``) or MJPEG videos (``fmt="mjpeg"``), under ``work``."""
+    (``fmt="jpeg"``) or MJPEG videos (``fmt="mjpeg"``), under ``work``; source k shows images of
+    ``kinds[k % len(kinds)]``, each source its own."""
     size = SIZES[megapixels]
     out = []
     for k in range(sources):
-        kind = "elpv" if k % 2 == 0 else "deeppcb"
-        paths = source_images(kind, frames, offset=(k // 2) * frames)
-        name = f"{megapixels}mp-{kind}-{k // 2}-{frames}"
+        kind = kinds[k % len(kinds)]
+        nth = k // len(kinds)
+        paths = source_images(kind, frames, offset=nth * frames)
+        name = f"{megapixels}mp-{kind}-{nth}-{frames}"
         out.append(jpeg_folder(work / name, paths, size) if fmt == "jpeg" else
                    mjpeg_video(work / f"{name}.avi", paths, size))
     return out

@@ -1,17 +1,19 @@
 """Line throughput: frames per second end to end, beside the model-only rate at the same batch.
 
     python benchmarks/line_throughput.py --model runs/demo/model.onnx [--sizes 1,2,5] [--sources 1,4]
-        [--frames 48] [--batch 8] [--videos] [--json benchmarks/results/line-throughput.json]
+        [--frames 48] [--batch 8] [--videos] [--baseline-tree DIR] [--json benchmarks/results/line-throughput.json]
 
 What is timed, on recorded camera-like streams (benchmarks/line_streams.py: real ELPV cells and
 DeepPCB boards upscaled to 1, 2 or 5 megapixels, JPEG folders or MJPEG videos):
 
 - ``ffrt run`` as a user runs it (``python -m ffrt run MODEL SOURCE... --max-batch N``, a process
   of its own), frames/s over the frames after the first third of the run (:func:`steady_fps`;
-  the whole run's figure from summary.json is kept beside it). Each stream set runs
-  under two decoding settings: ``before`` (each source decodes its files whole in its own
-  thread: ``--decode-threads 0 --no-reduced-decode``) and ``after`` (the decoding pool, and JPEG
-  frames decoded at a reduced resolution: ``--reduced-decode``);
+  the whole run's figure from summary.json is kept beside it). Each JPEG stream set runs as
+  ``default`` (no options: the decoding threads, JPEG frames decoded at a reduced resolution,
+  maps at frame size only for flagged frames) and ``whole decode`` (``--no-reduced-decode``);
+  with ``--baseline-tree DIR`` (a checkout of another commit, e.g. ``git worktree add DIR
+  HEAD~3``) also as that checkout's ``ffrt run`` with its own defaults, ``baseline``, in the
+  same minutes;
 - ``Detector.submit`` from several camera threads in one process, each thread decoding its
   own JPEG files whole (``cv2.imdecode``) and submitting them, as an integrator's code does;
 - the model alone at the same batch (ffbench's "inference" stage, ``backend.run`` on a uint8
@@ -44,11 +46,20 @@ sys.path.insert(0, str(HERE))
 import line_streams  # noqa: E402
 
 ROOT = HERE.parent
+#: ffrt run's options per setting (the baseline: another checkout's ffrt run, its defaults).
 SETTINGS = {
-    "before": ["--decode-threads", "0", "--no-reduced-decode"],
-    "pool": ["--no-reduced-decode"],
-    "after": ["--reduced-decode"],
+    "baseline": [],
+    "whole decode": ["--no-reduced-decode"],
+    "default": [],
 }
+
+
+def _describe_tree(tree: Path | None) -> str | None:
+    """The checkout and its commit, for the report."""
+    if tree is None:
+        return None
+    done = subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
+    return f"{tree} ({done.stdout.strip() or 'not a git checkout'})"
 
 
 def _loadavg() -> float | None:
@@ -93,13 +104,17 @@ class ModelOnly:
 
 
 def ffrt_run(model: Path, sources: list[Path], batch: int, extra: list[str], threads: int | None,
-             backend: str) -> dict:
-    """One ``ffrt run`` in its own process; its summary's totals and pipeline figures."""
+             backend: str, tree: Path | None = None) -> dict:
+    """One ``ffrt run`` in its own process (``tree``: the ffrt of that checkout, ahead of the
+    installed one on the import path); its summary's totals and pipeline figures."""
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join(str(tree / p) for p in ("runtime", "core"))
     with tempfile.TemporaryDirectory(prefix="line-throughput-") as tmp:
         out = Path(tmp) / "out"
         cmd = [sys.executable, "-m", "ffrt", "run", str(model), *map(str, sources), "--out", str(out),
                "--max-batch", str(batch), "--backend", backend, *extra] + (["--threads", str(threads)] if threads else [])
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise SystemExit(f"ffrt run failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
         summary = json.loads((out / "summary.json").read_text())
@@ -170,7 +185,8 @@ def run(args) -> dict:
               "command": "python benchmarks/line_throughput.py " + " ".join(sys.argv[1:]),
               "machine": describe(), "model": str(args.model),
               "settings": {"batch": args.batch, "frames_per_source": args.frames, "threads": args.threads,
-                           "backend": args.backend,
+                           "backend": args.backend, "baseline_tree": _describe_tree(args.baseline_tree),
+                           "streams": args.streams,
                            "jpeg_quality": line_streams.JPEG_QUALITY, "sizes": {mp: list(wh) for mp, wh in
                                                                                   line_streams.SIZES.items()}},
               "load_average_1min": {"before": _loadavg()}, "rows": []}
@@ -184,10 +200,13 @@ def run(args) -> dict:
     plan += [(mp, n, "mjpeg") for mp in (args.sizes if args.videos else []) for n in args.sources]
     try:
         for mp, n, fmt in plan:
-            sources = line_streams.streams(work, mp, n, args.frames, fmt)
-            jobs = [("ffrt run", name, lambda name=name: ffrt_run(model, sources, args.batch, SETTINGS[name],
-                                                                  args.threads, args.backend))
-                    for name in (["before", "pool", "after"] if fmt == "jpeg" else ["after"])]
+            sources = line_streams.streams(work, mp, n, args.frames, fmt, tuple(args.streams.split(",")))
+            names = ["whole decode", "default"] if fmt == "jpeg" else ["default"]
+            if args.baseline_tree is not None:
+                names.insert(0, "baseline")
+            jobs = [("ffrt run", name, lambda name=name: ffrt_run(
+                model, sources, args.batch, SETTINGS[name], args.threads, args.backend,
+                args.baseline_tree.resolve() if name == "baseline" else None)) for name in names]
             if fmt == "jpeg" and args.submit:
                 jobs.append(("Detector.submit", "camera threads decode whole",
                              lambda: detector_submit(model, sources, args.batch, args.threads, args.backend)))
@@ -221,6 +240,8 @@ def markdown(report: dict) -> str:
              f"Model: `{report['model']}`, {m['backend']}; model-only (its own process) at the start: "
              f"{m['images_per_s']:.1f} img/s at batch {b}; each row's own reference (taken right before and after it) "
              "in the model-only column.",
+             f"Streams: {report['settings'].get('streams', 'elpv,deeppcb')} (the sources' image kinds in turn; "
+             "benchmarks/line_streams.py).",
              f"Command: `{report['command']}`", "",
              "| what | frames | sources | decoding | frames/s | model-only img/s (batch %d) | x model-only | whole run "
              "frames/s | CPU ms per frame (model-only per image) | CPU-bound ratio | mean batch | p50 ms: preprocess / "
@@ -242,10 +263,12 @@ def markdown(report: dict) -> str:
               "CPU-bound ratio = model-only CPU per image / CPU per frame: the share of the model's rate the line "
               "keeps where the CPU is the limit, which other processes on a shared machine distort less than "
               "wall-clock rates (a process with more busy threads takes a larger share of a contended CPU).",
-              "", "Decoding: before = each source decodes its files whole in its own thread; pool = the decoding "
-              "threads, whole decode; after = the decoding threads and reduced-resolution JPEG decoding "
-              "(`--reduced-decode`). MJPEG videos are decoded by OpenCV's VideoCapture in the source's thread "
-              "(neither setting applies to them)."]
+              "", "Settings: default = `ffrt run` with no options (decoding threads; JPEG frames at least 4x the "
+              "model input on both sides decoded at 1/2, 1/4 or 1/8, keeping at least twice the model input; maps "
+              "at frame size only for flagged frames); whole decode = `--no-reduced-decode`; baseline = "
+              f"`ffrt run` of {report['settings'].get('baseline_tree') or 'another checkout'} with its own defaults. "
+              "MJPEG videos are decoded by OpenCV's VideoCapture in the source's thread (the decoding settings do "
+              "not apply to them)."]
     return "\n".join(lines) + "\n"
 
 
@@ -261,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="inference threads (default: ffrt's)")
     ap.add_argument("--backend", default="auto", help="the backend of every row (default auto: the one ffrt picks)")
     ap.add_argument("--videos", action="store_true", help="also MJPEG videos of the same frames")
+    ap.add_argument("--streams", default="elpv,deeppcb",
+                    help="the sources' image kinds in turn, of " + ", ".join(line_streams.KINDS) + " (default "
+                    "elpv,deeppcb; elpv-line: good ELPV cells with one defective in "
+                    f"{line_streams.LINE_DEFECT_EVERY}, as a line sends them)")
+    ap.add_argument("--baseline-tree", type=Path, default=None, metavar="DIR",
+                    help="also run the ffrt run of this checkout (another commit), with its defaults, on every JPEG row")
     ap.add_argument("--no-submit", dest="submit", action="store_false", help="leave out the Detector.submit rows")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "line-throughput.json")
     args = ap.parse_args(argv)
@@ -268,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     args.sources = [int(v) for v in args.sources.split(",")]
     if not set(args.sizes) <= set(line_streams.SIZES) or not all(1 <= n <= 4 for n in args.sources):
         ap.error(f"--sizes from {sorted(line_streams.SIZES)}, --sources from 1-4")
+    if not set(args.streams.split(",")) <= set(line_streams.KINDS):
+        ap.error(f"--streams: kinds from {', '.join(line_streams.KINDS)}, comma-separated")
     if not args.model.is_file():
         ap.error(f"{args.model}: no such model (make demo writes runs/demo/model.onnx)")
     report = run(args)

@@ -1,5 +1,5 @@
-"""What decoding JPEG frames at a reduced resolution (``ffrt run --reduced-decode``) does to the
-scores: full decode + resize against reduced decode + resize, on development images.
+"""What ``ffrt run``'s decoding of JPEG frames (at a reduced resolution, the Y plane for a luma
+model) does to the scores: the whole colour decode + resize against it, on development images.
 
     python benchmarks/reduced_decode_accuracy.py --model runs/demo/model.onnx [--sizes 1,2,5]
         [--deeppcb-model runs/deeppcb/model.onnx] [--json benchmarks/results/reduced-decode-accuracy.json]
@@ -13,11 +13,13 @@ Development images (never the test defects):
   its README names a development set (good boards and the same boards with real defects).
 
 Each image is upscaled (bicubic) to a camera frame of 1, 2 or 5 megapixels, JPEG-encoded at
-quality 90, then scored twice by ffrt: decoded whole (``FrameDecoder(reduced=False)``) and
-decoded at 1/2, 1/4 or 1/8 (``FrameDecoder(reduced=True)``, the factor ``ffrt.line.decode.
-reduction`` picks). Reported per set and size: the largest score difference (absolute and as a
+quality 90, then scored twice by ffrt: decoded whole in colour, as ``Detector(path)`` reads a
+file (``ffrt.preprocess.read_image_file``), and as ``ffrt run`` reads it by default
+(``FrameDecoder(reduced=True)``: at 1/2, 1/4 or 1/8, the factor ``ffrt.line.decode.reduction``
+picks; a luma model's JPEG as its Y plane). Reported per set and size: the largest score difference (absolute and as a
 share of the image threshold), the 99th percentile, and every verdict that flips at the stored
-threshold.
+threshold; beside it, for scale, the same figures between the frame at JPEG quality 90 and at
+95, both decoded whole (the codec's own noise).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ sys.path.insert(0, str(HERE))
 import line_streams  # noqa: E402
 
 ROOT = HERE.parent
+#: The JPEG quality whose whole decode is the codec-noise reference beside every row.
+CODEC_REFERENCE = 95
 
 
 def elpv_dev() -> tuple[list[np.ndarray], list[str]]:
@@ -66,32 +70,45 @@ def compare(model: Path, images: list[np.ndarray], names: list[str], megapixels:
     """Scores of every image as a JPEG frame of ``megapixels``, decoded whole and reduced."""
     from ffrt import Detector
     from ffrt.line.decode import FrameDecoder, reduction
+    from ffrt.preprocess import read_image_file
 
     size = line_streams.SIZES[megapixels]
-    full_scores, reduced_scores = [], []
+    full_scores, reduced_scores, codec_scores = [], [], []
     with Detector(model, threads=threads) as det, tempfile.TemporaryDirectory(prefix="reduced-decode-") as tmp:
-        whole, reduced = (FrameDecoder(det.limits, det.meta.input, r) for r in (False, True))
+        def whole(path):
+            return read_image_file(path, det.limits, det.meta.input)
+
+        reduced = FrameDecoder(det.limits, det.meta.input, True)
         factor = reduction((size[1], size[0]), (det.meta.input.height, det.meta.input.width))
         for start in range(0, len(images), 8):
-            paths = []
+            paths, other = [], []
             for i, image in enumerate(images[start : start + 8]):
                 path = Path(tmp) / f"{start + i}.jpg"
                 frame = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
                 cv2.imwrite(str(path), frame, [cv2.IMWRITE_JPEG_QUALITY, line_streams.JPEG_QUALITY])
                 paths.append(path)
+                other.append(cv2.imdecode(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, CODEC_REFERENCE])[1],
+                                          cv2.IMREAD_COLOR))
             full_scores += [r.score for r in det.predict_batch([whole(p) for p in paths])]
             reduced_scores += [r.score for r in det.predict_batch([reduced(p) for p in paths])]
+            codec_scores += [r.score for r in det.predict_batch(other)]
         threshold = det.thresholds.image
-    a, b = np.asarray(full_scores), np.asarray(reduced_scores)
+    a, b, c = np.asarray(full_scores), np.asarray(reduced_scores), np.asarray(codec_scores)
     diff = np.abs(a - b)
     flips = [{"image": names[i], "full": float(a[i]), "reduced": float(b[i])}
              for i in np.flatnonzero((a > threshold) != (b > threshold))]
     near = np.abs(a - threshold)
+    codec = np.abs(a - c)
     return {"megapixels": megapixels, "frame": list(size), "factor": factor, "images": len(a),
             "threshold": threshold, "max_abs_diff": float(diff.max()), "p99_abs_diff": float(np.percentile(diff, 99)),
             "max_diff_over_threshold": float(diff.max() / threshold), "flips": flips,
             "rejected_full": int((a > threshold).sum()), "rejected_reduced": int((b > threshold).sum()),
-            "closest_to_threshold": float(near.min())}
+            "closest_to_threshold": float(near.min()),
+            # The codec's own noise on the same frames, for scale: quality 90 against CODEC_REFERENCE,
+            # both decoded whole.
+            "codec": {"quality": [line_streams.JPEG_QUALITY, CODEC_REFERENCE], "max_abs_diff": float(codec.max()),
+                      "p99_abs_diff": float(np.percentile(codec, 99)),
+                      "flips": int(((a > threshold) != (c > threshold)).sum())}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{what}, {mp} MP (1/{row['factor']}): {row['images']} images, max |diff| {row['max_abs_diff']:.4f} "
                   f"({100 * row['max_diff_over_threshold']:.2f}% of the threshold {row['threshold']:.4f}), p99 "
                   f"{row['p99_abs_diff']:.4f}, {len(row['flips'])} verdict flip(s); rejected {row['rejected_full']} "
-                  f"whole / {row['rejected_reduced']} reduced", flush=True)
+                  f"whole / {row['rejected_reduced']} reduced; codec q90 vs q{CODEC_REFERENCE}: max |diff| "
+                  f"{row['codec']['max_abs_diff']:.4f}, p99 {row['codec']['p99_abs_diff']:.4f}, "
+                  f"{row['codec']['flips']} flip(s)", flush=True)
     report["flips_total"] = sum(len(r["flips"]) for r in report["sets"])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))

@@ -17,7 +17,7 @@ before any model is loaded.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -60,7 +60,7 @@ class DetectorConfig(BaseModel):
     color_order: str = "BGR"
     image_threshold: float | None = None
     pixel_threshold: float | None = None
-    resize_outputs: bool = True
+    resize_outputs: bool | Literal["flagged"] = True
     stats_window: int = DEFAULT_WINDOW
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     min_side: int = DEFAULT_MIN_SIDE

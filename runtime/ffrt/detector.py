@@ -78,6 +78,9 @@ class Detector:
     resize_outputs:  return anomaly_map/mask at each input's original size (True) or at
                      the model size (False, cheaper). Full-size outputs cost 5 bytes per
                      input pixel (float32 map + bool mask): 500 MB for a 100 MP frame.
+                     "flagged": at the original size for images that fail or have a pixel
+                     above the pixel threshold, at the model size for the others (their
+                     mask is empty and their regions none at any size); ``ffrt run`` uses it.
     stats_window:    how many recent calls ``stats`` summarizes.
     device:          index of the NVIDIA GPU the GPU backends use (default 0; the order of
                      the CUDA driver, which ``CUDA_VISIBLE_DEVICES`` restricts).

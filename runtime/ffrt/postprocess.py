@@ -43,9 +43,27 @@ class Outputs(NamedTuple):
     regions: tuple[Region, ...]
 
 
+#: ``resize_outputs`` value: frame-size outputs only for images that need them (see Postprocessor).
+FLAGGED = "flagged"
+
+
+def mask_is_empty_at_any_size(content: np.ndarray, pixel_threshold: float) -> bool:
+    """Whether no pixel of the map's content, nor of any bilinear resize of it, is above the
+    pixel threshold: a bilinear value is a weighted mean of its neighbours, never above their
+    largest. A NaN is never "empty" (NaN pixels are in the mask). The margin covers float
+    rounding in the resize's weights."""
+    peak = float(content.max(initial=-np.inf))
+    return peak <= pixel_threshold - 1e-6 * max(1.0, abs(pixel_threshold))
+
+
 @dataclass(frozen=True)
 class Postprocessor:
-    resize_outputs: bool
+    #: True: maps and masks at the frame's size; False: at the model size. FLAGGED: at the
+    #: frame's size for an image that fails or has a pixel above the pixel threshold, at the
+    #: model size for the others, whose mask is empty and regions none at either size (ffrt run:
+    #: it writes maps only of rejected frames, and the resize to a megapixel frame and the
+    #: region search over it cost more CPU than decoding it at a reduced size).
+    resize_outputs: bool | str
     norm_scale: float | None  # score_stats.std when usable, else None (no normalized score)
     min_region_px: int
     backend: str
@@ -53,10 +71,15 @@ class Postprocessor:
 
     def outputs(self, amap: np.ndarray, score: float, geometry: FrameGeometry, thresholds: Thresholds) -> Outputs:
         """``amap``: the model-size map of one image; ``geometry``: its frame's (computed
-        once, when it was prepared). With ``resize_outputs`` the map is cropped to the
-        frame's part of the input (letterbox padding off) and resized bilinearly to the
+        once, when it was prepared). At the frame's size (``resize_outputs``) the map is cropped
+        to the frame's part of the input (letterbox padding off) and resized bilinearly to the
         frame's size; otherwise it stays at the model size. The returned map owns its data."""
-        amap = geometry.to_frame(amap) if self.resize_outputs else amap.copy()
+        if self.resize_outputs == FLAGGED:
+            at_frame = not (score <= thresholds.image) or not mask_is_empty_at_any_size(geometry.crop(amap),
+                                                                                       thresholds.pixel)
+        else:
+            at_frame = bool(self.resize_outputs)
+        amap = geometry.to_frame(amap) if at_frame else amap.copy()
         is_anomalous, mask = decide(amap, score, thresholds)
         return Outputs(score, is_anomalous, amap, mask, self._regions(amap, mask, geometry))
 

@@ -164,6 +164,10 @@ def _most_bytes(limits: ImageLimits) -> int | None:
 #: cv2.imread flags that decode a JPEG at 1/2, 1/4 or 1/8 of its size (libjpeg's scaled inverse
 #: DCT: the smaller picture costs a fraction of a full decode, and no resize from full size).
 REDUCED_DECODE_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+#: The same as one channel, the luminance: for a JPEG, its own Y plane, with no colour
+#: conversion (what a luma model reads, ``InputSpec.color == "luma"``).
+GRAY_DECODE_FLAGS = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+                     8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 
 
 @dataclass(frozen=True)
@@ -186,7 +190,7 @@ class ReducedFrame:
 
 def decode_image_bytes(
     data: bytes, limits: ImageLimits = DEFAULT_LIMITS, spec: InputSpec | None = None, where: str = "image data",
-    reduce: int = 1,
+    reduce: int = 1, gray: bool = False,
 ) -> np.ndarray:
     """Decode an encoded image (the bytes of a PNG, JPEG, ... file) to BGR uint8 HxWx3.
 
@@ -194,6 +198,7 @@ def decode_image_bytes(
     are ImageFileError naming ``where``. Used for files and for encoded images that arrive
     over the network (``ffrt_detector`` on Triton). ``reduce`` (2, 4 or 8) decodes at that
     fraction of the size (:data:`REDUCED_DECODE_FLAGS`; a JPEG's decoder scales as it decodes).
+    ``gray``: the luminance only, uint8 HxW (:data:`GRAY_DECODE_FLAGS`).
     """
     if not data:
         raise ImageFileError(f"{where}: empty (0 bytes); the image was not written or sent completely.")
@@ -218,7 +223,8 @@ def decode_image_bytes(
     if problem is not None:
         raise ImageFileError(f"{where}: {problem} (size read from the file header; the file was not decoded)")
     try:
-        image = decode_image(data, REDUCED_DECODE_FLAGS[reduce] if reduce > 1 else cv2.IMREAD_COLOR)
+        image = decode_image(data, GRAY_DECODE_FLAGS[reduce] if gray else
+                             REDUCED_DECODE_FLAGS[reduce] if reduce > 1 else cv2.IMREAD_COLOR)
     except Undecodable as e:
         raise ImageFileError(f"{where}: cannot be decoded as an image ({e}). Re-save it as PNG, JPEG, BMP or TIFF.") from e
     # EXIF orientation may transpose the header's size; the limits are checked on what came out.

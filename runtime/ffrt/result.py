@@ -44,7 +44,9 @@ class Result:
     is_anomalous: score > image threshold. A NaN score (numerical overflow in the model)
                   also counts as anomalous: a broken measurement must never pass a part.
     anomaly_map:  float32 HxW; at the original image size when the Detector was made with
-                  resize_outputs=True (bilinear, cv2.INTER_LINEAR), else at the model size.
+                  resize_outputs=True (bilinear, cv2.INTER_LINEAR), else at the model size
+                  ("flagged": at the original size only for a failed image or one with a
+                  pixel above the pixel threshold).
     mask:         bool HxW, anomaly_map > pixel threshold, on the map returned here (so it
                   has the map's size). NaN pixels are in the mask, for the same reason.
     latency_ms:   end-to-end wall time of the call that produced this result (preprocess +

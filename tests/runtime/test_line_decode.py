@@ -38,12 +38,15 @@ def _jpeg(path: Path, image: np.ndarray, quality: int = 95) -> Path:
 
 
 @pytest.mark.parametrize("frame, model, factor", [
-    ((1224, 1632), (256, 256), 4),  # 4.8x and 6.4x: 1/4 leaves 306x408
-    ((1224, 1632), (240, 272), 4),
-    ((512, 512), (256, 256), 2),
-    ((2048, 2048), (256, 256), 8),
-    ((2047, 4096), (256, 256), 4),  # 7.99x on one side is not 8x on both
-    ((500, 1632), (256, 256), 1),  # under 2x on one side: decoded whole
+    ((1224, 1632), (256, 256), 2),  # 4.8x and 6.4x: 1/2 leaves 612x816, 2.4x the model; 1/4 only 1.2x
+    ((1224, 1632), (240, 272), 2),
+    ((1944, 2592), (256, 256), 2),  # 5 MP: 1/4 would leave 486 rows, under 2x 256
+    ((2048, 2048), (256, 256), 4),
+    ((4096, 4096), (256, 256), 8),
+    ((4095, 8192), (256, 256), 4),  # 15.99x on one side is not 16x on both
+    ((1024, 1024), (256, 256), 2),
+    ((1023, 1632), (256, 256), 1),  # under 4x on one side: decoded whole
+    ((512, 512), (256, 256), 1),
     ((256, 256), (256, 256), 1),
 ])
 def test_reduction_by_hand(frame, model, factor):
@@ -51,15 +54,16 @@ def test_reduction_by_hand(frame, model, factor):
 
 
 def test_a_reduced_frame_is_scored_in_the_whole_frames_coordinates(red_model, tmp_path):
-    """A 256x320 JPEG (8x and 10x the 32x32 red model) with a red block: decoded at 1/8, its
-    map, mask and region come back at 256x320, where the block is."""
+    """A 256x320 JPEG (8x and 10x the 32x32 red model) with a red block: decoded at 1/4 (1/8
+    would leave less than twice the model), its map, mask and region come back at 256x320,
+    where the block is."""
     frame = solid_bgr(256, 320, (255, 0, 0))  # blue: map 0
     frame[64:192, 160:288] = (0, 0, 255)  # red block: map 1
     path = _jpeg(tmp_path / "f.jpg", frame)
     with Detector(red_model) as det:
         reduced = FrameDecoder(det.limits, det.meta.input, reduced=True)(path)
-        assert isinstance(reduced, ReducedFrame) and reduced.scale == 8
-        assert reduced.image.shape == (32, 40, 3) and reduced.frame_size == (256, 320)
+        assert isinstance(reduced, ReducedFrame) and reduced.scale == 4
+        assert reduced.image.shape == (64, 80, 3) and reduced.frame_size == (256, 320)
         whole = FrameDecoder(det.limits, det.meta.input, reduced=False)(path)
         assert isinstance(whole, np.ndarray) and whole.shape == (256, 320, 3)
         a, b = det(whole), det(reduced)
@@ -117,7 +121,8 @@ def test_reduced_decoding_keeps_the_verdicts_of_real_frames_within_the_tolerance
 def test_the_decoding_pool_keeps_each_sources_order(tiny_onnx, camera_frames, tmp_path, capsys):
     """Two sources whose files alternate between a large and a small JPEG (the small ones decode
     first on the pool): every source's frames are written in order, with the scores of the same
-    files decoded one by one; the frames decoded at 1/4 say so."""
+    files decoded one by one; the frames decoded at a reduced size say so. Reduced decoding is the
+    default."""
     sources = []
     for k in range(2):
         folder = tmp_path / f"cam{k}"
@@ -130,7 +135,7 @@ def test_the_decoding_pool_keeps_each_sources_order(tiny_onnx, camera_frames, tm
         sources.append(folder)
     out = tmp_path / "out"
     assert main(["run", str(tiny_onnx), *map(str, sources), "--out", str(out), "--threads", "1",
-                 "--decode-threads", "3", "--reduced-decode"]) == 0
+                 "--decode-threads", "3"]) == 0
     capsys.readouterr()
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     with Detector(tiny_onnx, threads=1) as det:
@@ -143,7 +148,7 @@ def test_the_decoding_pool_keeps_each_sources_order(tiny_onnx, camera_frames, tm
             for r, f in zip(mine, files):
                 assert r["status"] == "scored" and r["score"] == pytest.approx(det(decode(f)).score, rel=1e-5)
                 big = int(Path(f).stem) % 2 == 0
-                assert r.get("decode_scale") == (8 if big else 4)  # 1224x1632 and 300x300 against 64x64
+                assert r.get("decode_scale") == (8 if big else 2)  # 1224x1632 and 300x300 against 64x64
     summary = json.loads((out / "summary.json").read_text())
     assert summary["decode"] == {"reduced_jpeg": True, "threads": 3}
 
@@ -188,3 +193,41 @@ def test_decode_settings_are_checked(tiny_onnx, tmp_path, capsys):
     code = main(["run", str(tiny_onnx), str(folder), "--out", str(tmp_path / "out"), "--decode-threads", "-1"])
     err = capsys.readouterr().err
     assert code != 0 and "--decode-threads must be 0 or more" in err
+
+
+def test_no_reduced_decode_decodes_every_frame_whole(tiny_onnx, camera_frames, tmp_path, capsys):
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    for p in camera_frames[:4]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "out"
+    assert main(["run", str(tiny_onnx), str(folder), "--out", str(out), "--threads", "1", "--no-reduced-decode"]) == 0
+    capsys.readouterr()
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and all("decode_scale" not in r for r in lines)
+    assert json.loads((out / "summary.json").read_text())["decode"]["reduced_jpeg"] is False
+
+
+def test_a_luma_model_reads_a_jpeg_frames_y_plane_and_an_rgb_model_its_colours(tiny_onnx, red_model, camera_frames,
+                                                                              tmp_path):
+    """The luma model (trained on grey ELPV cells) gets the JPEG's own Y plane, whole or reduced:
+    the luminance the model computes from the colour decode, within the colour conversion's
+    rounding, and the same score within a hundredth of the threshold; a PNG, and any file for
+    an RGB model, is decoded in colour."""
+    path = camera_frames[8]  # a defective cell
+    with Detector(tiny_onnx, threads=1) as det:
+        assert det.meta.input.color == "luma"
+        whole, reduced = (FrameDecoder(det.limits, det.meta.input, r) for r in (False, True))
+        y, small = whole(path), reduced(path)
+        assert y.shape == (1224, 1632) and small.image.ndim == 2 and small.scale == 8
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR).astype(np.float64)
+        luma = 0.299 * bgr[..., 2] + 0.587 * bgr[..., 1] + 0.114 * bgr[..., 0]
+        assert np.abs(y - luma).max() <= 1.5
+        assert det(y).score == pytest.approx(det(path).score, abs=0.01 * det.thresholds.image)
+        png = tmp_path / "cell.png"
+        cv2.imwrite(str(png), cv2.imread(str(path)))
+        assert whole(png).shape == (1224, 1632, 3)
+    with Detector(red_model) as det:
+        assert det.meta.input.color != "luma"
+        frame = solid_bgr(256, 320, (0, 0, 255))
+        assert FrameDecoder(det.limits, det.meta.input, False)(_jpeg(tmp_path / "red.jpg", frame)).shape == (256, 320, 3)

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..basecli import Tool, add_inference_args, add_limit_args, detector_config
 from ..batching import POLICIES
 from ..errors import InvalidArgumentError, QueueFullError
-from .decode import REDUCED_DECODE_DEFAULT, DecodeSettings, default_decode_threads
+from .decode import MIN_OVERSAMPLE, REDUCED_DECODE_DEFAULT, DecodeSettings, default_decode_threads
 
 PROGRESS_EVERY_S = 10.0
 
@@ -58,10 +58,11 @@ class RunTool(Tool):
         )
         src.add_argument(
             "--reduced-decode", action=argparse.BooleanOptionalAction, default=REDUCED_DECODE_DEFAULT,
-            help="decode a JPEG frame that is at least 2, 4 or 8 times the model input on both sides at 1/2, 1/4 or "
-            "1/8 of its size, which costs a fraction of a full decode and resize; results stay in the frame's own "
-            f"coordinates (default: {'on' if REDUCED_DECODE_DEFAULT else 'off'}; the score change it causes is "
-            "measured in benchmarks/README.md)",
+            help=f"decode a JPEG frame that is at least {2 * MIN_OVERSAMPLE}, {4 * MIN_OVERSAMPLE} or "
+            f"{8 * MIN_OVERSAMPLE} times the model input on both sides at 1/2, 1/4 or 1/8 of its size, which costs a "
+            "fraction of a full decode and resize; results stay in the frame's own coordinates (default: "
+            f"{'on' if REDUCED_DECODE_DEFAULT else 'off'}; --no-reduced-decode decodes every frame whole; the score "
+            "change it causes is measured in benchmarks/README.md)",
         )
         src.add_argument(
             "--decode-threads", type=int, default=None, metavar="N",
@@ -97,7 +98,9 @@ class RunTool(Tool):
 
         from .runner import LineRun
         from .metrics import require_prometheus
+        from ..config import DetectorConfig
         from ..detector import Detector
+        from ..postprocess import FLAGGED
         from .decode import FrameDecoder
         from .writer import RunOutputs
         from .sources import parse_sources
@@ -109,7 +112,10 @@ class RunTool(Tool):
             require_prometheus()
         outputs = RunOutputs(args.out, csv_too=args.csv, overlays=args.overlays, masks=args.masks)
         outputs.check()
-        with Detector(args.model, detector_config(args)) as det:
+        # Maps at frame size only where a record or a picture needs them (postprocess.FLAGGED):
+        # a passing frame's records are the same either way.
+        config = DetectorConfig.build(detector_config(args), resize_outputs=FLAGGED)
+        with Detector(args.model, config) as det:
             warm_up(det)
             t = det.thresholds
             header = {
