@@ -8,6 +8,8 @@ from __future__ import annotations
 
 #: The issue's bars, all at batch 8 on the ResNet-18 configuration.
 BAR_BEST_VS_ANOMALIB_BEST = 1.25
+#: Issue 27's: ffrt's best CPU path, through INT8 or any rewrite that passes its accuracy gate.
+BAR_BEST_VS_ANOMALIB_BEST_27 = 1.5
 BAR_VS_ANOMALIB_ORT = 1.25
 BAR_FP32_VS_ANOMALIB_OV_FP32 = 1.1  # for CPUs without AMX / VNNI only
 BAR_BATCH = 8
@@ -63,6 +65,9 @@ def bars(report: dict) -> list[dict]:
         BAR_BEST_VS_ANOMALIB_BEST,
         note="ffrt's best = the fastest ffrt ResNet-18 row; anomalib's best = the faster of its OpenVINO "
              "default-precision rows (dynamic batch as exported, static batch)")
+    add("ffrt's best CPU path vs anomalib's best, issue 27's bar", ffrt_best, ano_best, BAR_BEST_VS_ANOMALIB_BEST_27,
+        note="ffrt's best may be the INT8 file (model.int8-cpu.onnx with BF16 float parts) where it was built; "
+             "this benchmark's backbone has random weights, so that file's accuracy gate is not meaningful here")
     if ffrt_all[1] is not None:
         add("(for information) ffrt's whole graph in BF16 vs anomalib's best", ffrt_all, ano_best,
             BAR_BEST_VS_ANOMALIB_BEST, note="the same precision everywhere as OpenVINO's default gives anomalib; "

@@ -158,17 +158,20 @@ def anomalib_openvino(xml: Path, threads: int, force_fp32: bool, batch: int | No
                   lambda _batch: conv_kernels([compiled]))
 
 
-def ffrt_openvino(path: Path, threads: int, model: str, label: str, precision: str, keep_fp32: str = "head") -> Runner:
+def ffrt_openvino(path: Path, threads: int, model: str, label: str, precision: str, keep_fp32: str = "head",
+                  file: str = "") -> Runner:
     """ffrt's own OpenVINO backend on ffrt's ONNX (static batch shapes, latency hint: its
     defaults). ``keep_fp32`` is the part that stays FP32 under BF16: "head" (ffrt's default),
-    "none" (the whole graph in BF16, as OpenVINO's own default does)."""
+    "none" (the whole graph in BF16, as OpenVINO's own default does). ``file``: which of the
+    model's files, when not model.onnx ("int8": model.int8-cpu.onnx), for the row's key."""
     from ffrt.backends import create_backend
     from ffrt.metafile import read_onnx_meta
 
     options = {"keep_fp32": keep_fp32} if precision == "bf16" else {}
     backend, _ = create_backend("openvino", path, read_onnx_meta(path), threads, precision=precision, options=options)
-    key = f"ffrt_{model}_ov_{precision}" + ("_all" if precision == "bf16" and keep_fp32 == "none" else "")
-    shown = {"fp32": "fp32", "bf16": f"bf16, {'whole graph' if keep_fp32 == 'none' else keep_fp32 + ' FP32'}"}
+    key = (f"ffrt_{model}_ov_" + (f"{file}_" if file else "") + precision
+           + ("_all" if precision == "bf16" and keep_fp32 == "none" else ""))
+    shown = {"fp32": "fp32", "bf16": f"{backend.precision}, {'whole graph' if keep_fp32 == 'none' else keep_fp32 + ' FP32'}"}
     # The backend compiles one model per batch size (its static shapes); read the one that ran.
     return Runner(key, label, model, "ffrt", "openvino", shown.get(precision, precision), uint8_nhwc, backend.run,
                   {"backend": backend.description, "precision_detail": backend.precision_detail},

@@ -85,7 +85,27 @@ def test_the_int8_cpu_file_is_a_variant_and_the_tensorrt_encoding_is_not(trio):
     fp32, bf16, int8 = trio
     variants, why = gated_variants(fp32, read_onnx_meta(fp32))
     assert [v.path for v in variants] == [bf16, int8] and why == []
+    assert [v.precisions for v in variants] == [("bf16",), ("fp32",)]  # no BF16 gate in the INT8 file
     assert gated_variants(int8, read_onnx_meta(int8)) == ([], [])
+
+
+@pytest.mark.skipif(bf16_problem() is not None, reason="this CPU computes no native BF16: no BF16 candidate")
+def test_an_int8_file_with_a_bf16_gate_is_measured_with_fp32_and_with_bf16_float_parts(trio, tmp_path, monkeypatch):
+    """Which float precision is faster for an INT8 file depends on the CPU (BF16 on AMX, about
+    the same or FP32 on AVX512-BF16): both are candidates, each named with its precision."""
+    monkeypatch.setenv("FFRT_ENGINE_CACHE", str(tmp_path / "cache"))
+    fp32, _, int8 = trio
+    meta = read_onnx_meta(int8)
+    write_onnx_meta(int8, meta.model_copy(update={"precision_gates": meta.precision_gates + (_gate(),)}))
+    (variant,) = [v for v in gated_variants(fp32, read_onnx_meta(fp32))[0] if v.path == int8]
+    assert variant.precisions == ("fp32", "bf16")
+    monkeypatch.setattr(base, "_start", _Delayed({"model.onnx", "model.bf16.onnx"}))
+    with Detector(fp32, threads=1) as det:
+        choice = det.backend_choice
+        assert det.running_path == int8 and det.precision in ("int8", "int8+bf16")
+    for candidate in ("onnxruntime-cpu int8 on model.int8-cpu.onnx", "openvino int8 on model.int8-cpu.onnx",
+                      "openvino int8+bf16 on model.int8-cpu.onnx"):
+        assert candidate in choice, choice
 
 
 @pytest.mark.parametrize("gates", [(), (_gate(passed=False, precision="int8"),), (_gate(keep="head"),)])

@@ -73,8 +73,9 @@ class Backend(abc.ABC):
 
     @property
     def label(self) -> str:
-        """The backend's name, and the variant file it runs if any (names "auto"'s candidates)."""
-        return self.name if self.variant is None else f"{self.name} on {self.variant.path.name}"
+        """The backend's name, and the variant file it runs with its precision if any (names
+        "auto"'s candidates: one file may run in two precisions on one backend)."""
+        return self.name if self.variant is None else f"{self.name} {self.precision} on {self.variant.path.name}"
 
     @property
     @abc.abstractmethod
@@ -274,13 +275,13 @@ def _start_variants(group: list[str], model_path: Path, meta: ModelMeta, threads
     for variant in variants:
         refused: list[str] = []
         for name in group:
-            backend = _start(name, variant.path, variant.meta, threads, device, variant.precision, options, refused)
-            if backend is not None:
-                backend.variant = variant
-                started.append(backend)
+            for precision in variant.precisions:
+                backend = _start(name, variant.path, variant.meta, threads, device, precision, options, refused)
+                if backend is not None:
+                    backend.variant = variant
+                    started.append(backend)
         if not any(b.variant is variant for b in started):
-            why_not.append(f"{variant.path.name} ({variant.meta.precision if variant.precision == 'auto' else variant.precision}) "
-                           "not run: " + "; ".join(refused))
+            why_not.append(f"{variant.path.name} ({variant.meta.precision}) not run: " + "; ".join(refused))
     return started
 
 

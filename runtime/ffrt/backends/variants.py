@@ -12,9 +12,11 @@
   the BF16 variant at batch 8 (benchmarks/README.md, "INT8 on a VNNI CPU without AMX").
 
 So ``Detector("model.onnx")`` with ``backend="auto"`` and ``precision="auto"`` measures every
-qualifying variant beside the FP32 file on every CPU backend and runs the fastest
-(``backends/cpuchoice.py``), and says so; each runs in the precision its own gates allow (an
-INT8 file's float parts in BF16 on OpenVINO only with a passed BF16 gate of that file).
+qualifying variant beside the FP32 file on every CPU backend that runs it, in each precision its
+own gates allow, and runs the fastest (``backends/cpuchoice.py``), and says so. An INT8 file's
+float parts run in FP32, and in BF16 on OpenVINO too where that file carries a passed BF16
+gate: both are measured, since which is faster depends on the CPU (BF16 on AMX; about the same,
+or FP32, on AVX512-BF16 without AMX: benchmarks/README.md).
 
 A variant qualifies only when it is the same training (``source_checkpoint_sha256``), takes
 the same input, and carries a passed gate of its kind (:data:`VARIANT_FILES`); anything else is
@@ -40,8 +42,8 @@ INT8_CPU_SUFFIX = ".int8-cpu.onnx"
 class Variant:
     path: Path
     meta: ModelMeta
-    #: The precision the backends are asked for ("bf16"; "auto": what the file's gates allow).
-    precision: str
+    #: The precisions the backends are asked for, each a candidate of its own.
+    precisions: tuple[str, ...]
 
 
 def bf16_gate_passed(meta: ModelMeta) -> bool:
@@ -53,19 +55,30 @@ def int8_gate_passed(meta: ModelMeta) -> bool:
             and any(g.precision == "int8" and g.passed for g in meta.precision_gates))
 
 
+def _bf16_only(_meta: ModelMeta) -> tuple[str, ...]:
+    return ("bf16",)
+
+
+def _int8_float_parts(meta: ModelMeta) -> tuple[str, ...]:
+    """FP32 float parts (every backend), and BF16 ones where the file's gate allows them (a
+    backend that cannot run BF16 refuses that candidate)."""
+    return ("fp32", "bf16") if bf16_gate_passed(meta) else ("fp32",)
+
+
 @dataclass(frozen=True)
 class VariantFile:
     suffix: str
     #: Whether the file carries what lets "auto" run it, and what to say when it does not.
     qualifies: Callable[[ModelMeta], bool]
     missing: str
-    precision: str
+    precisions: Callable[[ModelMeta], tuple[str, ...]]
 
 
 VARIANT_FILES: tuple[VariantFile, ...] = (
-    VariantFile(BF16_SUFFIX, bf16_gate_passed, "carries no passed BF16 accuracy gate (keep_fp32='head')", "bf16"),
+    VariantFile(BF16_SUFFIX, bf16_gate_passed, "carries no passed BF16 accuracy gate (keep_fp32='head')", _bf16_only),
     VariantFile(INT8_CPU_SUFFIX, int8_gate_passed,
-                "carries no passed INT8 accuracy gate for the CPU encoding (ffexport --int8 records one)", "auto"),
+                "carries no passed INT8 accuracy gate for the CPU encoding (ffexport --int8 records one)",
+                _int8_float_parts),
 )
 
 
@@ -93,5 +106,5 @@ def gated_variants(model_path: Path, meta: ModelMeta) -> tuple[list[Variant], li
         elif not kind.qualifies(other):
             problems.append(f"{candidate.name}: {kind.missing}")
         else:
-            variants.append(Variant(candidate, other, kind.precision))
+            variants.append(Variant(candidate, other, kind.precisions(other)))
     return variants, problems
