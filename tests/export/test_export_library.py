@@ -85,10 +85,19 @@ def test_int8_forced_reports_each_encoding_and_its_failed_gate(int8_forced):
     assert [(v.variant, v.status is ExportStatus.OK) for v in report.variants][:2] == [("fp32", True), ("int8", True)]
     assert [(f.path.name, f.variant, f.precision) for f in report.files] == [
         ("model.onnx", "fp32", "fp32"), ("model.int8-trt.onnx", "int8", "int8"), ("model.int8-cpu.onnx", "int8", "int8")]
+    from ffrt.backends.openvino import bf16_problem
+
     for name in ("model.int8-trt.onnx", "model.int8-cpu.onnx"):
-        (gate,) = report.file(name).gates
+        gate, *more = report.file(name).gates
         assert (gate.passed, gate.forced) == (False, True) and gate.check.startswith("INT8 gate against model.onnx")
         assert (out / name).is_file()
+        # Where this CPU computes BF16, the CPU file's float parts in BF16 were gated too (not forced:
+        # it decides only which float precision "auto" may run).
+        if name == "model.int8-cpu.onnx" and bf16_problem() is None:
+            (float_parts,) = more
+            assert float_parts.check.startswith("float parts in BF16 (OpenVINO)") and not float_parts.forced
+        else:
+            assert more == []
     assert report.variants[1].files == ("model.int8-trt.onnx", "model.int8-cpu.onnx")
 
 
