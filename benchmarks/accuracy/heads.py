@@ -8,12 +8,20 @@ or the largest pixel). The real head (fftrain.head.AnomalyHead) does the work, s
 variant that matches the shipped configuration computes what the shipped graph computes,
 apart from one difference: it is standardized on the training images without the
 re-exposed views the trainer adds (those are not cached by a finished checkpoint).
+
+Three image scores are taken from the shipped map after it (``post``): the mean of the top 5%
+(a larger area than the shipped 1%), the largest pixel of the map blurred at sigma 8 px (an
+area-weighted peak), and the largest connected region's excess mass (issue 21's "score from
+connected regions": sum of map - t over each 8-connected region above t, t the 99.5th
+percentile of the training normals' map pixels; an image without a region scores its
+largest pixel - t, below every region's mass). Their parameters were set before any run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 
@@ -26,6 +34,7 @@ class HeadVariant:
     scales: tuple[int, ...]  # indices into the backbone's scales (0: stride 4, 1: stride 8, 2: stride 16)
     normalization: str = "position"
     reduction: str = "topk_mean"
+    post: str | None = None  # an image score taken from the fused map instead of the head's (module docstring)
 
 
 VARIANTS = (
@@ -36,7 +45,13 @@ VARIANTS = (
     HeadVariant("strides 8+16 only", (1, 2)),
     HeadVariant("stride 16 only", (2,)),
     HeadVariant("strides 4+8 only", (0, 1)),
+    HeadVariant("score = top 5% mean", (0, 1, 2), post="top5"),
+    HeadVariant("score = largest pixel, map blurred 8 px", (0, 1, 2), post="blurred_max"),
+    HeadVariant("score = largest region's excess mass", (0, 1, 2), post="region_mass"),
 )
+REGION_QUANTILE = 0.995
+BLUR_SIGMA_PX = 8.0
+TOP_FRACTION = 0.05
 
 
 def fitted_head(model, variant: HeadVariant, train_raw: list[torch.Tensor]) -> AnomalyHead:
@@ -59,3 +74,30 @@ def scores_and_maps(head: AnomalyHead, variant: HeadVariant, raw: list[torch.Ten
         scores.append(head.score(fused).double())
         maps.append(fused[:, 0])
     return torch.cat(scores).numpy(), torch.cat(maps).numpy().astype(np.float32)
+
+
+def region_level(train_maps: np.ndarray) -> float:
+    """t of the region score: the REGION_QUANTILE of the training normals' map pixels."""
+    return float(np.quantile(train_maps, REGION_QUANTILE))
+
+
+def post_scores(maps: np.ndarray, post: str, level: float) -> np.ndarray:
+    """Image scores [N] float64 of fused maps [N, H, W] by the ``post`` rule (module docstring)."""
+    out = np.empty(len(maps), np.float64)
+    for i, m in enumerate(maps):
+        if post == "top5":
+            flat = m.ravel()
+            k = max(1, int(np.ceil(TOP_FRACTION * flat.size)))
+            out[i] = float(np.partition(flat, flat.size - k)[flat.size - k:].mean())
+        elif post == "blurred_max":
+            out[i] = float(cv2.GaussianBlur(m, (0, 0), BLUR_SIGMA_PX).max())
+        elif post == "region_mass":
+            above = (m > level).astype(np.uint8)
+            n, labels = cv2.connectedComponents(above, connectivity=8)
+            if n <= 1:
+                out[i] = float(m.max()) - level
+            else:
+                out[i] = float(np.bincount(labels.ravel(), weights=np.maximum(m - level, 0).ravel())[1:].max())
+        else:
+            raise ValueError(f"unknown post score {post!r}")
+    return out

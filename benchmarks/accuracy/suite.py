@@ -181,7 +181,7 @@ def run_set(name: str, recipe: str, work: Path, with_reference: bool, folds: int
     if saved.is_file() and model_pt.is_file() and saved.stat().st_mtime > model_pt.stat().st_mtime:
         earlier = json.loads(saved.read_text())
         if ("reference" in earlier or not with_reference) and ("flows_folds" in earlier or not folds) \
-                and "flows_val_rule" in earlier:
+                and "flows_val_rule" in earlier and all(v.name in earlier.get("head_variants", {}) for v in heads.VARIANTS):
             log(f"== {name} ({recipe}): figures of an earlier run ({saved})")
             return earlier
     split = ss.split()
@@ -228,9 +228,12 @@ def run_set(name: str, recipe: str, work: Path, with_reference: bool, folds: int
         if max(variant.scales) >= len(raw["train"]):
             continue
         head = heads.fitted_head(model, variant, raw["train"])
-        val_scores, _ = heads.scores_and_maps(head, variant, raw["val"])
-        thr = operating_point(val_scores, TARGET_FRR).threshold
+        val_scores, val_maps = heads.scores_and_maps(head, variant, raw["val"])
         s, m = heads.scores_and_maps(head, variant, raw["test"])
+        if variant.post is not None:
+            level = heads.region_level(heads.scores_and_maps(head, variant, raw["train"])[1])
+            val_scores, s = (heads.post_scores(x, variant.post, level) for x in (val_maps, m))
+        thr = operating_point(val_scores, TARGET_FRR).threshold
         row["head_variants"][variant.name] = scorer_row(s, m, thr, test, masks, halves)
     del raw
 
