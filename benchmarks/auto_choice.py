@@ -63,8 +63,8 @@ def candidates(model: Path) -> list:
     meta = read_onnx_meta(model)
     group = [n for n in base.auto_order(meta) if n in base.CPU_BACKENDS]
     why_not: list[str] = []
-    started = [b for n in group if (b := base._start(n, model, meta, None, 0, "auto", {}, why_not)) is not None]
-    started += base._start_variants(group, model, meta, None, 0, {}, why_not)
+    planned = base._cpu_candidates(group, model, meta, "auto", {}, why_not)
+    started = [b for c in planned if (b := c.start(None, 0, {}, why_not)) is not None]
     for w in why_not:
         print(f"  not a candidate: {w}", flush=True)
     return started, meta

@@ -88,7 +88,7 @@ def shared_runners(args, work: Path, lite0: Path | None) -> list[Spec]:
     if f["int8"].is_file():
         out.append(Spec("openvino", lambda: R.ffrt_openvino(
             f["int8"], t, "resnet18", f"{FFRT_R18_OV} model.int8-cpu.onnx (every convolution INT8), float parts BF16, "
-            "head FP32 (what auto runs on it)", "bf16", file="int8")))
+            "head FP32 (auto runs it once its thresholds are set in BF16: ffcalib thresholds)", "bf16", file="int8")))
     if lite0 is not None:
         out += [Spec("onnxruntime", lambda: R.ffrt_onnxruntime(lite0, t, "lite0",
                                                               "ffrt default EfficientNet-Lite0 model on ONNX Runtime (FP32)")),

@@ -186,3 +186,5 @@ def test_each_int8_file_records_its_gates_and_the_cpu_file_its_float_parts_in_bf
         # --force wrote them whatever the gate said; "auto" runs the CPU file only on a passed gate.
         cpu_passed = next(g for g in read_onnx_meta(out / CPU_NAME).precision_gates if g.precision == "int8").passed
         assert [v.path.name for v in variants] == ([CPU_NAME] if cpu_passed else [])
+        # its thresholds are set on FP32 float parts, so those are the only ones "auto" runs
+        assert [v.precisions for v in variants] == ([("fp32",)] if cpu_passed else [])

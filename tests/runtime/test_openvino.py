@@ -255,6 +255,36 @@ def test_auto_measures_the_cpu_backends_once_and_remembers(tiny_onnx, tmp_path, 
     assert "measured now" in Detector(tiny_onnx).backend_choice
 
 
+def test_a_remembered_choice_starts_only_that_backend(tiny_onnx, real_images, tmp_path, monkeypatch):
+    """Opening a Detector again must not compile every candidate again (seconds per OpenVINO
+    model): the remembered choice starts alone; a remembered entry that no longer matches what
+    would run is measured again."""
+    from ffrt.backends import base
+    from ffrt.backends.cpuchoice import CACHE_NAME
+
+    monkeypatch.setenv("FFRT_ENGINE_CACHE", str(tmp_path))
+    started, real = [], base._create
+    monkeypatch.setattr(base, "_create", lambda spec, *a, **k: started.append(spec.name) or real(spec, *a, **k))
+    with Detector(tiny_onnx) as first:
+        assert sorted(started) == ["onnxruntime-cpu", "openvino"] and "measured now" in first.backend_choice
+        expected = [r.score for r in first.predict_batch(list(real_images[:2]))]
+    started.clear()
+    with Detector(tiny_onnx) as again:
+        assert started == [first.backend_name] and "remembered in" in again.backend_choice
+        assert again.backend_name == first.backend_name
+        assert [r.score for r in again.predict_batch(list(real_images[:2]))] == pytest.approx(expected, rel=1e-5)
+    data = json.loads((tmp_path / CACHE_NAME).read_text())
+    (entry,) = data["entries"].values()
+    entry["plan"][entry["chosen"]][2] = "bf16"  # recorded as another precision than it would start in now
+    (tmp_path / CACHE_NAME).write_text(json.dumps(data))
+    started.clear()
+    with Detector(tiny_onnx) as third:  # every candidate starts; the choice stands and its plan is rewritten
+        assert sorted(started) == ["onnxruntime-cpu", "openvino"] and third.backend_name == first.backend_name
+    started.clear()
+    with Detector(tiny_onnx) as fourth:
+        assert started == [first.backend_name] and "remembered in" in fourth.backend_choice
+
+
 @needs_bf16
 def test_auto_backend_with_bf16_takes_openvino(tiny_onnx):
     det = Detector(tiny_onnx, precision="bf16")

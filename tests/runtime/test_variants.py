@@ -89,23 +89,39 @@ def test_the_int8_cpu_file_is_a_variant_and_the_tensorrt_encoding_is_not(trio):
     assert gated_variants(int8, read_onnx_meta(int8)) == ([], [])
 
 
-@pytest.mark.skipif(bf16_problem() is not None, reason="this CPU computes no native BF16: no BF16 candidate")
-def test_an_int8_file_with_a_bf16_gate_is_measured_with_fp32_and_with_bf16_float_parts(trio, tmp_path, monkeypatch):
-    """Which float precision is faster for an INT8 file depends on the CPU (BF16 on AMX, about
-    the same or FP32 on AVX512-BF16): both are candidates, each named with its precision."""
-    monkeypatch.setenv("FFRT_ENGINE_CACHE", str(tmp_path / "cache"))
+def test_an_int8_files_bf16_float_parts_run_only_on_thresholds_set_in_bf16(trio):
+    """A passed BF16 gate bounds how the INT8 file with BF16 float parts ranks parts, not where
+    a part near the threshold falls: with thresholds set on FP32 float parts (what ffexport
+    writes) only those are a candidate, and the BF16 one is named with what makes it one."""
     fp32, _, int8 = trio
     meta = read_onnx_meta(int8)
     write_onnx_meta(int8, meta.model_copy(update={"precision_gates": meta.precision_gates + (_gate(),)}))
-    (variant,) = [v for v in gated_variants(fp32, read_onnx_meta(fp32))[0] if v.path == int8]
-    assert variant.precisions == ("fp32", "bf16")
+    variants, why = gated_variants(fp32, read_onnx_meta(fp32))
+    (variant,) = [v for v in variants if v.path == int8]
+    assert variant.precisions == ("fp32",)
+    assert len(why) == 1 and "model.int8-cpu.onnx in bf16" in why[0] and "--precision bf16" in why[0]
+    meta = read_onnx_meta(int8)
+    write_onnx_meta(int8, meta.with_thresholds(meta.thresholds.image, meta.thresholds.pixel, "ffcalib",
+                                               calibrated_on="openvino (int8+bf16)"))
+    variants, why = gated_variants(fp32, read_onnx_meta(fp32))
+    (variant,) = [v for v in variants if v.path == int8]
+    assert variant.precisions == ("bf16",)
+    assert len(why) == 1 and "model.int8-cpu.onnx in fp32" in why[0] and "--precision fp32" in why[0]
+
+
+@pytest.mark.skipif(bf16_problem() is not None, reason="this CPU computes no native BF16: no BF16 candidate")
+def test_an_int8_file_with_bf16_thresholds_is_measured_with_bf16_float_parts(trio, tmp_path, monkeypatch):
+    monkeypatch.setenv("FFRT_ENGINE_CACHE", str(tmp_path / "cache"))
+    fp32, _, int8 = trio
+    meta = read_onnx_meta(int8)
+    write_onnx_meta(int8, meta.with_thresholds(meta.thresholds.image, meta.thresholds.pixel, "ffcalib",
+                                               calibrated_on="openvino (int8+bf16)")
+                    .model_copy(update={"precision_gates": meta.precision_gates + (_gate(),)}))
     monkeypatch.setattr(base, "_start", _Delayed({"model.onnx", "model.bf16.onnx"}))
     with Detector(fp32, threads=1) as det:
         choice = det.backend_choice
-        assert det.running_path == int8 and det.precision in ("int8", "int8+bf16")
-    for candidate in ("onnxruntime-cpu int8 on model.int8-cpu.onnx", "openvino int8 on model.int8-cpu.onnx",
-                      "openvino int8+bf16 on model.int8-cpu.onnx"):
-        assert candidate in choice, choice
+        assert det.running_path == int8 and det.precision == "int8+bf16"
+    assert "openvino int8+bf16 on model.int8-cpu.onnx" in choice and "openvino int8 on" not in choice, choice
 
 
 @pytest.mark.parametrize("gates", [(), (_gate(passed=False, precision="int8"),), (_gate(keep="head"),)])

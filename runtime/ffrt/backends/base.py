@@ -70,6 +70,8 @@ class Backend(abc.ABC):
     #: The file it runs when "auto" chose a precision variant of the requested one
     #: (``backends/variants.py``) with that file's metadata; None: the requested file.
     variant: "Variant | None" = None
+    #: What "auto" started it as (backend, file, precision asked); None for an explicit backend.
+    candidate: "Candidate | None" = None
 
     @property
     def label(self) -> str:
@@ -244,45 +246,113 @@ def auto_order(meta: ModelMeta) -> tuple[str, ...]:
 CPU_BACKENDS: tuple[str, ...] = tuple(n for n in AUTO_ORDER if backend_kind(n) is BackendKind.CPU)
 
 
-def _start(name: str, model_path, meta, threads, device, precision, options, skipped: list[str]) -> Backend | None:
+def _cannot_start(name: str, precision: str, options: dict) -> str | None:
+    """Why backend ``name`` cannot be started here with ``precision`` and ``options``, or None
+    (what can be told without starting it)."""
     spec = _REGISTRY.get(name)
     if spec is None:
-        skipped.append(f"{name}: not in this build")
-        return None
+        return "not in this build"
     if set(options) - set(spec.option_keys):
-        skipped.append(f"{name}: does not take backend_options {', '.join(sorted(set(options) - set(spec.option_keys)))}")
-        return None
-    reason = spec.probe() or spec.precision_problem(precision)
+        return f"does not take backend_options {', '.join(sorted(set(options) - set(spec.option_keys)))}"
+    return spec.probe() or spec.precision_problem(precision)
+
+
+def _start(name: str, model_path, meta, threads, device, precision, options, skipped: list[str]) -> Backend | None:
+    reason = _cannot_start(name, precision, options)
     if reason is not None:
         skipped.append(f"{name}: {reason}")
         return None
     try:
-        return _create(spec, model_path, meta, threads, device, precision, options)
+        return _create(_REGISTRY[name], model_path, meta, threads, device, precision, options)
     except BackendUnavailableError as e:
         skipped.append(f"{name}: {e}")
         return None
 
 
-def _start_variants(group: list[str], model_path: Path, meta: ModelMeta, threads, device, options: dict,
-                    why_not: list[str]) -> list[Backend]:
-    """Backends of ``group`` on each gated precision variant of ``model_path`` (variants.py),
-    in the precision the variant was gated for."""
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration "auto" may run on the CPU: a backend, the file, the precision asked."""
+
+    name: str
+    path: Path
+    meta: ModelMeta
+    precision: str
+    variant: "Variant | None" = None
+
+    def start(self, threads, device, options: dict, skipped: list[str]) -> Backend | None:
+        backend = _start(self.name, self.path, self.meta, threads, device, self.precision, options, skipped)
+        if backend is not None:
+            backend.variant = self.variant
+        return backend
+
+
+def _cpu_candidates(group: list[str], model_path: Path, meta: ModelMeta, precision: str, options: dict,
+                    why_not: list[str]) -> list[Candidate]:
+    """What "auto" measures, without starting anything: each backend of ``group`` on the file,
+    and with ``precision="auto"`` on each gated precision variant of it (variants.py) in each
+    precision the variant was gated for."""
     from .variants import gated_variants
 
+    out = []
+    for name in group:
+        if (reason := _cannot_start(name, precision, options)) is None:
+            out.append(Candidate(name, Path(model_path), meta, precision))
+        else:
+            why_not.append(f"{name}: {reason}")
+    if precision != "auto":
+        return out
     variants, problems = gated_variants(model_path, meta)
     why_not.extend(problems)
-    started = []
     for variant in variants:
-        refused: list[str] = []
+        refused = []
         for name in group:
-            for precision in variant.precisions:
-                backend = _start(name, variant.path, variant.meta, threads, device, precision, options, refused)
-                if backend is not None:
-                    backend.variant = variant
-                    started.append(backend)
-        if not any(b.variant is variant for b in started):
+            for p in variant.precisions:
+                if (reason := _cannot_start(name, p, options)) is None:
+                    out.append(Candidate(name, variant.path, variant.meta, p, variant))
+                else:
+                    refused.append(f"{name}: {reason}")
+        if not any(c.variant is variant for c in out):
             why_not.append(f"{variant.path.name} ({variant.meta.precision}) not run: " + "; ".join(refused))
-    return started
+    return out
+
+
+def _cpu_group(candidates: list[Candidate], model_path: Path, meta: ModelMeta, threads, device, options: dict,
+               why_not: list[str]) -> Backend | None:
+    """The CPU backend "auto" runs, with its ``choice`` line: the remembered choice of an
+    earlier measurement of these candidates on this machine (only that one is started), else
+    every candidate started and measured (cpuchoice)."""
+    from . import cpuchoice
+
+    notes = "".join(f"; not {w}" for w in why_not)
+    if len(candidates) > 1:
+        remembered = cpuchoice.remembered(candidates, model_path, threads, options)
+        if remembered is not None:
+            backend = remembered.candidate.start(threads, device, options, [])
+            if backend is not None and cpuchoice.label(backend) == remembered.label:
+                backend.choice = remembered.line + notes
+                return backend
+            if backend is not None:  # it resolved to another configuration than was measured: measure again
+                backend.close()
+    started = []
+    for candidate in candidates:
+        refused: list[str] = []
+        backend = candidate.start(threads, device, options, refused)
+        if backend is not None:
+            backend.candidate = candidate
+            started.append(backend)
+        else:
+            why_not.extend(refused if candidate.variant is None else
+                           [f"{candidate.path.name} ({candidate.precision}) on {r}" for r in refused])
+    notes = "".join(f"; not {w}" for w in why_not)
+    if not started:
+        return None
+    if len(started) == 1:
+        started[0].choice = notes[2:] or "the only CPU backend in this build"
+        return started[0]
+    chosen, line = cpuchoice.pick(started, model_path, meta, threads, cpuchoice.plan_key(candidates, model_path,
+                                                                                         threads, options))
+    chosen.choice = line + notes
+    return chosen
 
 
 def _auto(model_path: Path, meta: ModelMeta, threads: int | None, device: int, precision: str,
@@ -296,26 +366,15 @@ def _auto(model_path: Path, meta: ModelMeta, threads: int | None, device: int, p
             if chosen is not None:
                 break
             continue
-        # The CPU group: start every CPU backend that can run here and keep the faster. Why a
+        # The CPU group: every CPU backend that can run here, on the file and its gated
+        # precision variants, measured against each other (or the remembered choice). Why a
         # CPU backend did not start is said in ``choice`` (it was not "faster and skipped").
         group = [n for n in order[i:] if n in CPU_BACKENDS]
         why_not: list[str] = []
-        started = [b for n in group
-                   if (b := _start(n, model_path, meta, threads, device, precision, options, why_not)) is not None]
-        if not started:
+        candidates = _cpu_candidates(group, model_path, meta, precision, options, why_not)
+        chosen = _cpu_group(candidates, model_path, meta, threads, device, options, why_not)
+        if chosen is None:
             skipped.extend(why_not)
-            break
-        if precision == "auto":
-            started += _start_variants(group, model_path, meta, threads, device, options, why_not)
-        if len(started) > 1:
-            from .cpuchoice import pick
-
-            chosen, line = pick(started, model_path, meta, threads)
-            if why_not:
-                line += "; " + "; ".join(f"not {w}" for w in why_not)
-        else:
-            chosen, line = started[0], "; ".join(f"not {w}" for w in why_not) or "the only CPU backend in this build"
-        chosen.choice = line
         break
     if chosen is None:
         raise BackendUnavailableError(

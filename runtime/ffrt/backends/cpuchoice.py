@@ -12,8 +12,10 @@ runs BF16 only on a file with a passed BF16 gate). The first of ``AUTO_ORDER``'s
 The result is remembered in ``<engine cache>/cpu-backend-choice.json`` (``$FFRT_ENGINE_CACHE``,
 default ``~/.cache/ffrt/engines``) under a key of the graph's sha256, the backends with their
 precision, threads and library versions, and this CPU (model name, the vector/matrix flags),
-so the probe (about a second at 256x256) runs once per model and machine. Delete the file to
-measure again; pass ``backend=`` to choose without measuring.
+so the probe (a few seconds at 256x256) runs once per model and machine. The key is made from
+the candidates before any is started (:func:`plan_key`), so a remembered choice starts that one
+backend only (:func:`remembered`): opening a Detector does not compile every candidate again.
+Delete the file to measure again; pass ``backend=`` to choose without measuring.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -45,9 +49,12 @@ class Backend(Protocol):
 log = logging.getLogger("ffrt")
 
 
-def _label(backend: Backend) -> str:
+def label(backend: Backend) -> str:
     """The backend's name, and the precision variant it runs if any (``Backend.label``)."""
     return getattr(backend, "label", None) or backend.name
+
+
+_label = label
 
 CACHE_NAME = "cpu-backend-choice.json"
 #: A challenger must take at most this fraction of the incumbent's time per image. Keeping the
@@ -111,6 +118,52 @@ def _key(backends: list[Backend], model_path: Path, threads: int | None) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
+def plan_key(candidates: list[Any], model_path: Path, threads: int | None, options: dict) -> str:
+    """The cache key of one "auto" measurement, from what it would measure (ffrt.backends.base
+    ``Candidate``: backend name, file, precision asked), before any backend is started: the
+    files' graphs, this CPU and core count, the libraries, threads and backend options."""
+    from ..tensorrt.plan import graph_sha256
+
+    parts = [graph_sha256(model_path), cpu_signature(), f"cpus={os.cpu_count()}", _versions(), f"threads={threads}",
+             json.dumps(options, sort_keys=True, default=str)]
+    parts += [f"{c.name}:{c.precision}:{c.path.name}:{graph_sha256(c.path)}" for c in candidates]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Remembered:
+    """An earlier measurement's choice among the same candidates: the candidate to start, the
+    label it was measured under, and the line that says so."""
+
+    candidate: Any
+    label: str
+    line: str
+
+
+def remembered(candidates: list[Any], model_path: Path, threads: int | None, options: dict) -> Remembered | None:
+    """The remembered choice for these candidates on this machine, or None (never measured, a
+    damaged file, or an entry from before the plan was recorded: measure)."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not candidates:
+        return None
+    entry = _read_cache()["entries"].get(plan_key(candidates, model_path, threads, options))
+    if not isinstance(entry, dict):
+        return None
+    chosen = entry.get("chosen")
+    planned = (entry.get("plan") or {}).get(chosen)
+    match = [c for c in candidates if planned == [c.name, c.path.name, c.precision]]
+    if not match or not isinstance(entry.get("ms_per_image"), dict):
+        return None
+    how = f"measured {entry.get('measured_at', '')}, remembered in {cache_path()}"
+    return Remembered(match[0], chosen, _choice_line(chosen, entry, how, candidates[0].name))
+
+
+def _choice_line(chosen: str, entry: dict, how: str, incumbent: str) -> str:
+    figures = ", ".join(f"{n} {v:.2f} ms/image" for n, v in entry["ms_per_image"].items())
+    return (f"{chosen} measured against the other CPU candidates: {figures} (batch "
+            f"{' and '.join(map(str, entry['batches']))}, {how}; another than {incumbent} must be "
+            f"{100 * (1 - MARGIN):.0f}% faster to be chosen)")
+
+
 def _read_cache() -> dict:
     try:
         data = json.loads(cache_path().read_text())
@@ -152,15 +205,21 @@ def measure(backends: list[Backend], height: int, width: int, batches: tuple[int
     return {name: float(np.mean(v)) for name, v in per_image.items()}
 
 
-def pick(backends: list[Backend], model_path: Path, meta, threads: int | None) -> tuple[Backend, str]:
-    """The backend to keep (the others are closed) and one line saying how it was chosen."""
+def pick(backends: list[Backend], model_path: Path, meta, threads: int | None,
+         key: str | None = None) -> tuple[Backend, str]:
+    """The backend to keep (the others are closed) and one line saying how it was chosen.
+    ``key``: the cache key (:func:`plan_key` of the candidates these backends were started
+    from; None: one made from the started backends, which :func:`remembered` cannot find)."""
     incumbent = backends[0]
     if platform.machine().lower() not in ("x86_64", "amd64"):
         chosen, line = incumbent, f"not measured on {platform.machine()} (the CPU choice is measured on x86 only)"
     else:
-        key = _key(backends, model_path, threads)
+        key = key or _key(backends, model_path, threads)
         entry = _read_cache()["entries"].get(key)
         names = {_label(b): b for b in backends}
+        # what remembered() starts next time: backend, file, precision asked
+        plan = {_label(b): [c.name, c.path.name, c.precision] for b in backends
+                if (c := getattr(b, "candidate", None)) is not None}
         if entry is None or entry.get("chosen") not in names:
             batches = tuple(sorted({1, min(8, meta.batch_max or 8)}))
             ms = measure(backends, meta.input.height, meta.input.width, batches)
@@ -168,16 +227,15 @@ def pick(backends: list[Backend], model_path: Path, meta, threads: int | None) -
             chosen_name = best if ms[best] <= MARGIN * ms[_label(incumbent)] else _label(incumbent)
             entry = {"chosen": chosen_name, "ms_per_image": ms, "batches": list(batches), "cpu": cpu_signature(),
                      "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                     "backends": {_label(b): b.description for b in backends}}
+                     "backends": {_label(b): b.description for b in backends}, "plan": plan}
             _write_cache(key, entry)
             how = "measured now"
         else:
             how = f"measured {entry.get('measured_at', '')}, remembered in {cache_path()}"
+            if plan and entry.get("plan") != plan:  # an entry remembered() could not follow: it can now
+                _write_cache(key, {**entry, "plan": plan})
         chosen = names[entry["chosen"]]
-        figures = ", ".join(f"{n} {v:.2f} ms/image" for n, v in entry["ms_per_image"].items())
-        line = (f"{_label(chosen)} measured against the other CPU candidates: {figures} (batch "
-                f"{' and '.join(map(str, entry['batches']))}, {how}; another than {_label(incumbent)} must be "
-                f"{100 * (1 - MARGIN):.0f}% faster to be chosen)")
+        line = _choice_line(_label(chosen), entry, how, _label(incumbent))
     for b in backends:
         if b is not chosen:
             b.close()

@@ -13,10 +13,11 @@
 
 So ``Detector("model.onnx")`` with ``backend="auto"`` and ``precision="auto"`` measures every
 qualifying variant beside the FP32 file on every CPU backend that runs it, in each precision its
-own gates allow, and runs the fastest (``backends/cpuchoice.py``), and says so. An INT8 file's
-float parts run in FP32, and in BF16 on OpenVINO too where that file carries a passed BF16
-gate: both are measured, since which is faster depends on the CPU (BF16 on AMX; about the same,
-or FP32, on AVX512-BF16 without AMX: benchmarks/README.md).
+own gates allow and its thresholds were set in, and runs the fastest (``backends/cpuchoice.py``),
+and says so. An INT8 file's float parts run in FP32; in BF16 on OpenVINO only where the file
+carries a passed BF16 gate AND its thresholds were set on BF16 scores (``ffcalib thresholds
+--backend openvino --precision bf16``): ffexport sets them on FP32 float parts, which every CPU
+runs, and thresholds set on one of the two misjudge parts near the threshold on the other.
 
 A variant qualifies only when it is the same training (``source_checkpoint_sha256``), takes
 the same input, and carries a passed gate of its kind (:data:`VARIANT_FILES`); anything else is
@@ -32,6 +33,7 @@ from pathlib import Path
 from ..errors import FFRTError
 from ..meta import ModelMeta
 from ..metafile import read_onnx_meta
+from ..threshold_rules import numerics_mismatch
 
 #: The variant files "auto" looks for, by the suffix that replaces ".onnx".
 BF16_SUFFIX = ".bf16.onnx"
@@ -106,5 +108,16 @@ def gated_variants(model_path: Path, meta: ModelMeta) -> tuple[list[Variant], li
         elif not kind.qualifies(other):
             problems.append(f"{candidate.name}: {kind.missing}")
         else:
-            variants.append(Variant(candidate, other, kind.precisions(other)))
+            gated = kind.precisions(other)
+            # Only where its thresholds were set on the same numerics: a gate bounds the ranking,
+            # not where a part near the threshold falls (threshold_rules.numerics_mismatch).
+            fits = tuple(p for p in gated if numerics_mismatch(other.thresholds, "", p) is None)
+            for p in gated:
+                if p not in fits:
+                    problems.append(f"{candidate.name} in {p}: its thresholds were set on scores of "
+                                    f"{other.thresholds.calibrated_on}; to run it so, set them on that configuration "
+                                    f"(ffcalib thresholds --model {candidate.name} --normal DIR --backend "
+                                    f"{'openvino' if p == 'bf16' else 'onnxruntime-cpu'} --precision {p})")
+            if fits:
+                variants.append(Variant(candidate, other, fits))
     return variants, problems
