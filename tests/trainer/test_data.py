@@ -110,6 +110,24 @@ def test_auto_image_size_follows_the_parts_aspect_ratio(tmp_path, elpv_split):
     assert (h, w) == (336, 192)
 
 
+def test_images_much_larger_than_the_model_input_get_the_image_size_note(tmp_path, elpv_split):
+    """Small defects on large images are averaged away by the resize (DeepPCB at 256x256): fftrain
+    says so and names the lever; images near the input size get no note."""
+    from fftrain.data import Sample, downscale_note
+
+    cells = elpv_split.train[:5]  # 300x300: 1.4x the area of 256x256
+    assert downscale_note(cells, (256, 256)) is None
+    boards = []
+    for i, s in enumerate(cells):
+        path = tmp_path / f"{i}.png"
+        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(s.path)), (640, 640), interpolation=cv2.INTER_CUBIC))
+        boards.append(Sample(path, 0))
+    note = downscale_note(boards, (256, 256))
+    assert note is not None and "640x640" in note and "6.2x" in note and "--image-size" in note
+    assert downscale_note(boards, (336, 336)) is None  # 3.6x: under the note's 4x
+    assert downscale_note(boards, (320, 320)) is not None  # exactly 4x
+
+
 def test_a_plain_folder_of_normal_images_resolves(tmp_path, elpv_split):
     # Issue 10: `ffexport --int8 --calib DIR` refused a plain folder of normal images (the
     # form --calib was specified with) unless it was an MVTec root; it resolves through here.

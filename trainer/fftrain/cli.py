@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .backbones import BackboneWeightsError
     from .config import ModelConfig
-    from .data import DataError, auto_image_size, resolve
+    from .data import DataError, auto_image_size, downscale_note, resolve
     from .train import TrainSettings, train_and_save
 
     try:
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"model input {config.height}x{config.width} (auto: the training images' aspect ratio)")
         counts = split.counts()
         print(f"data {split.name}: {counts['train']} train, {counts['val']} validation normals")
-        for note in split.notes:
+        for note in split.notes + [n for n in [downscale_note(split.train, config.image_size)] if n]:
             print(f"  note: {note}")
         train_and_save(config, split, settings, args.out, args.backbone_weights)
     except ValidationError as e:

@@ -11,6 +11,7 @@ from ffcore.data import (  # noqa: F401  (re-exported)
     DataSplit,
     Sample,
     auto_image_size,
+    downscale_note,
     elpv,
     load_batch,
     mvtec_folder,
