@@ -54,8 +54,6 @@ def label(backend: Backend) -> str:
     return getattr(backend, "label", None) or backend.name
 
 
-_label = label
-
 CACHE_NAME = "cpu-backend-choice.json"
 #: A challenger must take at most this fraction of the incumbent's time per image. Keeping the
 #: incumbent therefore costs at most 3% against the fastest (issue 27's bar for auto); a smaller
@@ -113,7 +111,7 @@ def _key(backends: list[Backend], model_path: Path, threads: int | None) -> str:
     from ..tensorrt.plan import graph_sha256
 
     parts = [graph_sha256(model_path), cpu_signature(), _versions(), f"threads={threads}"]
-    parts += [f"{_label(b)}:{b.precision}:{b.description}" for b in backends]
+    parts += [f"{label(b)}:{b.precision}:{b.description}" for b in backends]
     parts += [graph_sha256(b.variant.path) for b in backends if getattr(b, "variant", None) is not None]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
@@ -194,11 +192,11 @@ def measure(backends: list[Backend], height: int, width: int, batches: tuple[int
     from ffcore.timing import interleaved
 
     rng = np.random.default_rng(0)
-    per_image: dict[str, list[float]] = {_label(b): [] for b in backends}
+    per_image: dict[str, list[float]] = {label(b): [] for b in backends}
     for n in batches:
         x = rng.integers(0, 256, size=(n, height, width, 3), dtype=np.uint8)
         # warm-up: memory arenas, kernel choice, OpenVINO's compile for this batch size
-        times = interleaved({_label(b): (lambda b=b: b.run(x)) for b in backends}, rounds=ROUNDS, warmup=1,
+        times = interleaved({label(b): (lambda b=b: b.run(x)) for b in backends}, rounds=ROUNDS, warmup=1,
                             settle_s=SETTLE_S, per_turn=PER_TURN, rewarm=REWARM)
         for name, t in times.items():
             per_image[name].append(float(np.median(t)) / n)
@@ -216,18 +214,18 @@ def pick(backends: list[Backend], model_path: Path, meta, threads: int | None,
     else:
         key = key or _key(backends, model_path, threads)
         entry = _read_cache()["entries"].get(key)
-        names = {_label(b): b for b in backends}
+        names = {label(b): b for b in backends}
         # what remembered() starts next time: backend, file, precision asked
-        plan = {_label(b): [c.name, c.path.name, c.precision] for b in backends
+        plan = {label(b): [c.name, c.path.name, c.precision] for b in backends
                 if (c := getattr(b, "candidate", None)) is not None}
         if entry is None or entry.get("chosen") not in names:
             batches = tuple(sorted({1, min(8, meta.batch_max or 8)}))
             ms = measure(backends, meta.input.height, meta.input.width, batches)
             best = min(ms, key=ms.get)
-            chosen_name = best if ms[best] <= MARGIN * ms[_label(incumbent)] else _label(incumbent)
+            chosen_name = best if ms[best] <= MARGIN * ms[label(incumbent)] else label(incumbent)
             entry = {"chosen": chosen_name, "ms_per_image": ms, "batches": list(batches), "cpu": cpu_signature(),
                      "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                     "backends": {_label(b): b.description for b in backends}, "plan": plan}
+                     "backends": {label(b): b.description for b in backends}, "plan": plan}
             _write_cache(key, entry)
             how = "measured now"
         else:
@@ -235,7 +233,7 @@ def pick(backends: list[Backend], model_path: Path, meta, threads: int | None,
             if plan and entry.get("plan") != plan:  # an entry remembered() could not follow: it can now
                 _write_cache(key, {**entry, "plan": plan})
         chosen = names[entry["chosen"]]
-        line = _choice_line(_label(chosen), entry, how, _label(incumbent))
+        line = _choice_line(label(chosen), entry, how, label(incumbent))
     for b in backends:
         if b is not chosen:
             b.close()
