@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import sets
-from ffcore import metrics as M
+import suite
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CHUNK = 64  # images read and scored per predict_batch call (memory: all of a call's images at frame size)
@@ -61,13 +61,6 @@ def scored(detector, samples) -> np.ndarray:
     return np.asarray(out, np.float64)
 
 
-def figures(scores: np.ndarray, threshold: float, labels: np.ndarray) -> dict:
-    rejected = scores > threshold
-    return {"n_normal": int((labels == 0).sum()), "n_defective": int((labels == 1).sum()),
-            "image_auroc": M.roc_auc(labels, scores), "recall": float(rejected[labels == 1].mean()),
-            "false_reject_rate": float(rejected[labels == 0].mean())}
-
-
 def run_set(name: str, work: Path) -> dict:
     from ffrt import Detector
 
@@ -77,7 +70,6 @@ def run_set(name: str, work: Path) -> dict:
     log(f"== {name}: export")
     onnx = exported(folder)
     test = sets.suite_set(name, work).split().test
-    labels = np.array([s.label for s in test])
     halves = {h: np.array([i for i, s in enumerate(test) if sets.half_of(s) == h]) for h in ("dev", "test")}
     row = {"set": name, "synthetic": name in sets.SYNTHETIC_SETS, "files": sorted(p.name for p in onnx.parent.glob("*.onnx")),
            "halves": {h: len(v) for h, v in halves.items()}}
@@ -88,7 +80,8 @@ def run_set(name: str, work: Path) -> dict:
             scores = scored(det, test)
             row[label] = {"backend": det.backend_name, "precision": det.precision, "choice": det.backend_choice,
                           "image_threshold": det.thresholds.image, "seconds": round(time.perf_counter() - t0, 1),
-                          **{h: figures(scores[idx], det.thresholds.image, labels[idx]) for h, idx in halves.items()}}
+                          **{h: suite.figures(scores, None, det.thresholds.image, test, None, idx)
+                             for h, idx in halves.items()}}
         log(f"  {row[label]['backend']} {row[label]['precision']}: dev AUROC {row[label]['dev']['image_auroc']:.4f}, "
             f"test AUROC {row[label]['test']['image_auroc']:.4f}")
     return row

@@ -122,9 +122,16 @@ def plan_key(candidates: list[Any], model_path: Path, threads: int | None, optio
     files' graphs, this CPU and core count, the libraries, threads and backend options."""
     from ..tensorrt.plan import graph_sha256
 
-    parts = [graph_sha256(model_path), cpu_signature(), f"cpus={os.cpu_count()}", _versions(), f"threads={threads}",
+    hashes: dict[Path, str] = {}  # each file parsed once (about 40 ms for an 8 MB graph): this runs on every open
+
+    def sha(path) -> str:
+        if Path(path) not in hashes:
+            hashes[Path(path)] = graph_sha256(path)
+        return hashes[Path(path)]
+
+    parts = [sha(model_path), cpu_signature(), f"cpus={os.cpu_count()}", _versions(), f"threads={threads}",
              json.dumps(options, sort_keys=True, default=str)]
-    parts += [f"{c.name}:{c.precision}:{c.path.name}:{graph_sha256(c.path)}" for c in candidates]
+    parts += [f"{c.name}:{c.precision}:{c.path.name}:{sha(c.path)}" for c in candidates]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
