@@ -32,7 +32,9 @@ def normals(elpv_split, tmp_path_factory) -> Path:
 
 def test_image_threshold_is_stored_as_given_and_decides(model_copy, normals, capsys):
     image = sorted(normals.iterdir())[0]
-    score = Detector(model_copy).predict_batch([str(image)])[0].score
+    # One backend for every call: the threshold is set to this exact score, and "auto" may pick
+    # another backend (FP32 ~1e-5 apart) on another CPU.
+    score = Detector(model_copy, backend="onnxruntime-cpu").predict_batch([str(image)])[0].score
     pixel_before = read_onnx_meta(model_copy).thresholds.pixel
     calibrated_on = read_onnx_meta(model_copy).thresholds.calibrated_on
 
@@ -41,14 +43,14 @@ def test_image_threshold_is_stored_as_given_and_decides(model_copy, normals, cap
     t = read_onnx_meta(model_copy).thresholds
     assert (t.image, t.pixel, t.calibrated_on) == (score, pixel_before, calibrated_on)
     assert t.source.startswith("set by hand")
-    assert not Detector(model_copy).predict_batch([str(image)])[0].is_anomalous  # score > threshold rejects; equal passes
+    assert not Detector(model_copy, backend="onnxruntime-cpu").predict_batch([str(image)])[0].is_anomalous  # score > threshold rejects; equal passes
 
     below = float(np.nextafter(score, -np.inf))
     assert main(["thresholds", "--model", str(model_copy), "--image-threshold", repr(below),
                  "--pixel-threshold", "0.25"]) == 0
     t = read_onnx_meta(model_copy).thresholds
     assert (t.image, t.pixel) == (below, 0.25)
-    assert Detector(model_copy).predict_batch([str(image)])[0].is_anomalous
+    assert Detector(model_copy, backend="onnxruntime-cpu").predict_batch([str(image)])[0].is_anomalous
 
 
 def test_thresholds_json_is_applied(model_copy, tmp_path):
