@@ -2,7 +2,7 @@
 
 FastFlow's decoders are independent per scale, so each scale's plain map (0.5 * mean_c z^2)
 is computed once, and every variant here only changes what happens after it: which scales
-are fused, how each is standardized by the training normals (none, per scale, per
+are fused (for the map, and for the image score: ``score_scales``), how each is standardized by the training normals (none, per scale, per
 position: fftrain.head) and how the image score is taken (mean of the top 1% of map pixels,
 or the largest pixel). The real head (fftrain.head.AnomalyHead) does the work, so the
 variant that matches the shipped configuration computes what the shipped graph computes,
@@ -35,10 +35,18 @@ class HeadVariant:
     normalization: str = "position"
     reduction: str = "topk_mean"
     post: str | None = None  # an image score taken from the fused map instead of the head's (module docstring)
+    # The image score from the map fused of these of ``scales`` only (the map still fuses all of
+    # them); None: from the map. SHIPPED: as the checkpoint's config says.
+    score_scales: tuple[int, ...] | str | None = None
+
+
+SHIPPED = "as the checkpoint"
 
 
 VARIANTS = (
-    HeadVariant("refit head (as shipped)", (0, 1, 2)),
+    HeadVariant("refit head (as shipped)", (0, 1, 2), score_scales=SHIPPED),
+    HeadVariant("refit head, score from every stride", (0, 1, 2)),
+    HeadVariant("score from strides 8+16, map from all three", (0, 1, 2), score_scales=(1, 2)),
     HeadVariant("no standardization", (0, 1, 2), normalization="none"),
     HeadVariant("standardized per scale", (0, 1, 2), normalization="scale"),
     HeadVariant("score = largest pixel", (0, 1, 2), reduction="max"),
@@ -56,8 +64,12 @@ TOP_FRACTION = 0.05
 
 def fitted_head(model, variant: HeadVariant, train_raw: list[torch.Tensor]) -> AnomalyHead:
     shapes = [tuple(train_raw[i].shape[-2:]) for i in variant.scales]
+    score_scales = variant.score_scales
+    if score_scales == SHIPPED:
+        score_scales = [model.strides.index(s) for s in model.config.score_strides]
     head = AnomalyHead(model.config.image_size, variant.reduction, model.config.topk_fraction, map_shapes=shapes,
-                       normalization=variant.normalization, blur_sigma=model.config.map_blur_sigma)
+                       normalization=variant.normalization, blur_sigma=model.config.map_blur_sigma,
+                       score_scales=score_scales)
     head.fit_normalization([train_raw[i] for i in variant.scales])
     return head
 
@@ -71,7 +83,7 @@ def scores_and_maps(head: AnomalyHead, variant: HeadVariant, raw: list[torch.Ten
         if variant.normalization != "none":
             chosen = [(m - getattr(head, f"loc{k}")) * getattr(head, f"inv_scale{k}") for k, m in enumerate(chosen)]
         fused = head.fuse(chosen)
-        scores.append(head.score(fused).double())
+        scores.append(head.score(head.fuse_for_score(chosen)).double())
         maps.append(fused[:, 0])
     return torch.cat(scores).numpy(), torch.cat(maps).numpy().astype(np.float32)
 

@@ -51,6 +51,8 @@ TARGET_FRR = 0.02
 RECIPES = {
     # name: (ModelConfig overrides, TrainSettings overrides) on top of the demo recipe
     "default": ({}, {}),
+    # The default until 2026-12-05: the image score from every stride (today: strides 8 and 16).
+    "all-strides": ({"score_strides": (4, 8, 16)}, {}),
     "no-exposure-aug": ({}, {"augment_views": 0}),
     "lite2": ({"backbone": "efficientnet_lite2"}, {}),
     "res320": ({"pixels": 320 * 320}, {}),  # the input area fftrain sizes the model to (default 256 * 256)

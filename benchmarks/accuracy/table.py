@@ -1,6 +1,6 @@
 """The accuracy suite's tables (markdown) from its result files.
 
-    python benchmarks/accuracy/table.py benchmarks/results/accuracy-suite-default.json [more.json ...] [--half test]
+    python benchmarks/accuracy/table.py benchmarks/results/accuracy-suite-all-strides.json [more.json ...] [--half test]
 
 Per result file: one row per set for the flows and the reference scorer (image AUROC, pixel
 AUROC, AUPRO, recall and false-reject rate at the threshold, training time), then the mean

@@ -79,6 +79,7 @@ def _meta(model: AnomalyModel, payload: dict[str, Any], cal: dict, ckpt_sha256: 
             map_units=map_units(cfg.map_normalization, full_likelihood=model.kind.map_counts_logdet),
             reduction=cfg.score_reduction,
             topk_fraction=cfg.topk_fraction if cfg.score_reduction == "topk_mean" else None,
+            strides=None if tuple(cfg.score_strides) == model.strides else tuple(cfg.score_strides),
         ),
         thresholds=Thresholds(image=cal["image_threshold"], pixel=cal["pixel_threshold"], source=cal.get("source", ""),
                               calibrated_on=cal.get("calibrated_on", TRAINER_BACKEND),

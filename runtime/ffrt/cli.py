@@ -104,6 +104,7 @@ def format_meta(meta, path) -> str:
         f"outputs:      anomaly_map {meta.outputs.anomaly_map!r} [N, 1, {i.height}, {i.width}], score {meta.outputs.score!r} [N]",
         f"score:        {s.reduction}"
         + (f" (top {s.topk_fraction:g} of pixels)" if s.topk_fraction else "")
+        + (f" of the map fused from strides {', '.join(map(str, s.strides))} only" if s.strides else "")
         + f", higher = more anomalous; map units: {s.map_units}",
         f"thresholds:   image {t.image:.6g}, pixel {t.pixel:.6g}" + (f"  ({t.source})" if t.source else ""),
     ]

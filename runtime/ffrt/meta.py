@@ -36,8 +36,9 @@ META_KEY = "ffrt.meta"
 # 7: thresholds.image_estimate / pixel_estimate (the false-reject rate a threshold holds on new normals)
 # 8: precision_gates[].precision "int8" (an INT8 file's own gate: what lets "auto" run it),
 #    precision_gates[].map_max_rel optional (INT8 gates do not compare maps)
+# 9: score.strides (the image score fuses these feature strides only; the map fuses all)
 # Every field added since 1 has a default, so files of older schemas keep loading.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 class _Strict(BaseModel):
@@ -97,6 +98,11 @@ class ScoreSpec(_Strict):
     )
     reduction: Literal["max", "topk_mean"] = "topk_mean"
     topk_fraction: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    strides: tuple[int, ...] | None = Field(
+        default=None,
+        description="Feature strides whose maps, fused as the anomaly map is, the score reduces. None: the "
+        "anomaly map itself (every stride; files before schema 9). The returned anomaly map fuses every stride, "
+        "so with fewer strides the score is not a reduction of that map.")
 
 
 class ThresholdEstimate(_Strict):

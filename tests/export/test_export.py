@@ -48,7 +48,7 @@ def test_flows_ship_as_convolutions_and_elementwise_ops_only(tiny_onnx, tiny_che
     assert not {n.op_type for n in model.graph.node} & {"Gather", "Split", "Resize", "Upsample"}
 
 
-def test_metadata_describes_the_checkpoint(tiny_onnx, tiny_checkpoint):
+def test_metadata_describes_the_checkpoint(tiny_onnx, tiny_checkpoint, capsys):
     meta = read_onnx_meta(tiny_onnx)
     payload = checkpoint.load_payload(tiny_checkpoint)
     assert meta.source_checkpoint_sha256 == checkpoint.sha256(tiny_checkpoint)
@@ -57,6 +57,32 @@ def test_metadata_describes_the_checkpoint(tiny_onnx, tiny_checkpoint):
     assert meta.thresholds.pixel == payload["calibration"]["pixel_threshold"]
     assert meta.backbone.name == "efficientnet_lite0" and meta.backbone.pretrained
     assert meta.precision == "fp32" and meta.batch_max == 8 and meta.feature_strides == (4, 8, 16)
+    assert meta.score.strides == (8, 16)  # the default: the score fuses strides 8 and 16, the map all three
+    from ffrt.cli import main as ffrt_main
+
+    assert ffrt_main(["info", str(tiny_onnx)]) == 0
+    assert "of the map fused from strides 8, 16 only" in capsys.readouterr().out
+
+
+def test_the_graphs_score_is_the_top_1_percent_of_strides_8_and_16(tiny_onnx, tiny_checkpoint, real_images):
+    """Recomputed step by step from the checkpoint's per-scale maps (interpolate, mean, top 1%),
+    not by the head's fusion matrices; and it differs from the top 1% of the map returned."""
+    model, _ = checkpoint.load(tiny_checkpoint)
+    with torch.no_grad():
+        maps = model.head.scale_maps(model.head_inputs(*model.flow(model.extract(to_tensor_batch(real_images)))))
+        deep = [torch.nn.functional.interpolate(m, size=(64, 64), mode="bilinear", align_corners=False)
+                for m in maps[1:]]
+        fused = (deep[0] + deep[1]) / 2
+        if model.head.blur_sigma > 0:
+            fused = model.head.blur(fused)
+        k = max(1, int(np.ceil(0.01 * 64 * 64)))
+        expected = torch.topk(fused.flatten(1), k, dim=1).values.mean(1).numpy()
+    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    amap, score = session.run(None, {"image": real_images})
+    scale = float(np.abs(expected).max())
+    assert np.abs(score - expected).max() <= FP32_RTOL * scale
+    of_the_map = np.sort(amap.reshape(len(amap), -1), axis=1)[:, -k:].mean(axis=1)
+    assert np.abs(of_the_map - expected).max() > 10 * FP32_RTOL * scale
 
 
 def test_parity_with_pytorch_on_real_images(tiny_onnx, tiny_checkpoint, real_images):

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fftrain.head import AnomalyHead
 
@@ -81,3 +82,59 @@ def test_blur_smooths_a_single_hot_pixel_and_keeps_a_constant_map():
     assert float(out.max()) < 0.05 and float(out[0, 0, 16, 16]) == float(out.max())
     # a 2-D Gaussian of sigma 2: the centre holds 1 / (2 pi sigma^2) of the mass
     assert float(out[0, 0, 16, 16]) == pytest.approx(1 / (2 * math.pi * 4), rel=0.02)
+
+
+def test_the_score_can_come_from_some_scales_while_the_map_fuses_all():
+    """Maps built by hand (constant per scale, so every resize keeps the value): the map is the
+    mean of all three scales, the score the mean of the chosen ones only."""
+    shapes = [(8, 8), (4, 4), (2, 2)]
+    z = [torch.full((1, 2, h, w), math.sqrt(2 * v)) for (h, w), v in zip(shapes, (6.0, 1.0, 2.0))]  # maps 6, 1, 2
+    for matrices in (shapes, ()):  # the constant fusion matrices, and the step-by-step fusion
+        every = AnomalyHead((16, 16), "max", 0.01, map_shapes=matrices)
+        deep = AnomalyHead((16, 16), "max", 0.01, map_shapes=matrices, score_scales=(1, 2))
+        (map_all, score_all), (map_deep, score_deep) = every(z), deep(z)
+        torch.testing.assert_close(map_deep, map_all)
+        torch.testing.assert_close(map_all, torch.full((1, 1, 16, 16), 3.0))
+        assert float(score_all) == pytest.approx(3.0) and float(score_deep) == pytest.approx(1.5)
+
+
+def test_score_scales_fuse_like_the_map_with_blur_and_standardization():
+    """On random maps with blur and per-position standardization, the score from scales (1, 2)
+    equals the top-k mean of the reference fusion (interpolate, mean, blur) of those two
+    standardized maps, computed here without the head's fusion matrices."""
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(16, 12), (8, 6), (4, 3)]
+    head = AnomalyHead((32, 24), "topk_mean", 0.05, map_shapes=shapes, normalization="position", blur_sigma=1.5,
+                       score_scales=[2, 1])
+    head.fit_normalization([torch.rand(20, 1, h, w, generator=gen) + 0.5 for h, w in shapes])
+    z = [torch.randn(3, 4, h, w, generator=gen) for h, w in shapes]
+    amap, score = head(z)
+    std = head.scale_maps(z)
+    chosen = [F.interpolate(m, size=(32, 24), mode="bilinear", align_corners=False) for m in std[1:]]
+    expected_map = head.blur((chosen[0] + chosen[1]) / 2)
+    expected = torch.topk(expected_map.flatten(1), head.topk, dim=1).values.mean(1)
+    torch.testing.assert_close(score, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(amap, head.fuse_reference(std), rtol=1e-4, atol=1e-5)  # the map: all three
+
+
+@pytest.mark.parametrize("bad", [(), (3,), (0, 5)])
+def test_score_scales_must_name_existing_scales(bad):
+    with pytest.raises(ValueError, match="score_scales"):
+        AnomalyHead((16, 16), "max", 0.01, map_shapes=[(8, 8), (4, 4), (2, 2)], score_scales=bad)
+
+
+def test_fastflow_scores_from_strides_8_and_16_by_default_cflow_from_all():
+    from fftrain.config import ModelConfig
+    from fftrain.model import AnomalyModel
+
+    assert ModelConfig().score_strides == (8, 16)
+    assert ModelConfig(model="cflow").score_strides == (4, 8, 16)
+    assert ModelConfig(score_strides=[16, 4]).score_strides == (4, 16)
+    model = AnomalyModel(ModelConfig(image_size=(64, 64), flow_steps=1, random_backbone=True), load_pretrained=False)
+    assert model.head.score_scales == (1, 2)  # indices of strides 8 and 16 among the backbone's 4, 8, 16
+    every = AnomalyModel(ModelConfig(image_size=(64, 64), flow_steps=1, random_backbone=True, score_strides=(4, 8, 16)),
+                         load_pretrained=False)
+    assert every.head.score_scales is None  # the score is the anomaly map's
+    for bad in ([], [2], [8, 32], "deep"):
+        with pytest.raises(ValueError, match="score strides"):
+            ModelConfig(score_strides=bad)

@@ -66,6 +66,7 @@ def test_a_checkpoint_from_before_model_kinds_loads_as_fastflow_and_scores_as_it
     _old_checkpoint(path)
     model, payload = checkpoint.load(path)
     assert model.config.model == "fastflow" and "model" not in payload["config"]
+    assert model.config.score_strides == (4, 8, 16)  # its score came from every stride; a new one's does not
     with torch.no_grad():
         amap, score = model(to_tensor_batch(real_images))
     # Float re-association between thread counts moves these by ~1e-7 relative; a different

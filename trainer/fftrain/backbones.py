@@ -23,6 +23,8 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The strides of the feature maps every backbone hands the decoders.
+FEATURE_STRIDES = (4, 8, 16)
 
 
 class BackboneWeightsError(FileNotFoundError):
@@ -160,7 +162,7 @@ class EfficientNetLite(nn.Module):
 class EfficientNetLiteFeatures(nn.Module):
     """The stem and the blocks up to the last one at stride 16; returns the stride 4/8/16 maps."""
 
-    strides = (4, 8, 16)
+    strides = FEATURE_STRIDES
 
     def __init__(self, full: EfficientNetLite):
         super().__init__()
@@ -182,7 +184,7 @@ class EfficientNetLiteFeatures(nn.Module):
 class ResNetFeatures(nn.Module):
     """layer1..layer3 of a torchvision ResNet (strides 4, 8, 16)."""
 
-    strides = (4, 8, 16)
+    strides = FEATURE_STRIDES
 
     def __init__(self, resnet: nn.Module):
         super().__init__()

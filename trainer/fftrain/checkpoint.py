@@ -16,6 +16,7 @@ import torch
 from ffcore.files import atomic_write, sha256_file as sha256  # noqa: F401  (sha256: the checkpoint's identity in metadata)
 from pydantic import ValidationError
 
+from .backbones import FEATURE_STRIDES
 from .config import ModelConfig
 from .model import AnomalyModel
 
@@ -74,6 +75,9 @@ def legacy_config(config: dict[str, Any], state_dict: dict[str, Any]) -> dict[st
     if "map_normalization" not in config:
         # Written before the head could standardize and smooth maps.
         config = {**config, "map_normalization": "none", "map_blur_sigma": 0.0}
+    if "score_strides" not in config:
+        # Written before the score could come from some strides only: it came from all.
+        config = {**config, "score_strides": FEATURE_STRIDES}
     if "input_color" not in config:
         # Written before the trainer chose luma for monochrome data: they see RGB.
         config = {**config, "input_color": "rgb"}

@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default {TrainSettings.augment_jpeg:g}: none)")
     p.add_argument("--score", choices=["topk_mean", "max"], default=d.score_reduction,
                    help="image score from the map: mean of the top-k pixels (default) or the max")
+    p.add_argument("--score-strides", type=int, nargs="+", default=None, metavar="STRIDE",
+                   help="feature strides whose maps give the image score (the map always fuses 4, 8 and 16); "
+                   "default: 8 16 for fastflow, 4 8 16 for cflow")
     p.add_argument("--topk-fraction", type=float, default=d.topk_fraction,
                    help=f"share of pixels averaged by topk_mean (default {d.topk_fraction})")
     p.add_argument("--target-frr", type=float, default=0.02,
@@ -137,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             score_reduction=args.score,
             # conv3x3_only only when given: its default depends on the model (config.py).
             conv3x3_only=args.conv3x3_only,
+            score_strides=args.score_strides,  # only when given: its default depends on the model
         ))
         settings = TrainSettings(**_same_named([f.name for f in fields(TrainSettings)], args, progress=not args.quiet))
         split = resolve(args.data, args.val_every)

@@ -8,9 +8,11 @@ from typing import Literal
 from ffcore.modelkinds import DEFAULT_MODEL_KIND, MODEL_KINDS
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .backbones import BACKBONES
+from .backbones import BACKBONES, FEATURE_STRIDES
 
 MIN_SIDE, MAX_SIDE = 32, 1024
+#: FastFlow's image score: strides 8 and 16 (stride 4 still in the returned map).
+FASTFLOW_SCORE_STRIDES = (8, 16)
 
 
 def parse_image_size(value: object) -> tuple[int, int]:
@@ -90,9 +92,37 @@ class ModelConfig(BaseModel):
     map_blur_sigma: float = Field(
         default=0.0, ge=0, le=16, description="Gaussian smoothing of the fused map, in input pixels (0 = none)."
     )
+    score_strides: tuple[int, ...] = Field(
+        default=FASTFLOW_SCORE_STRIDES,
+        description="Feature strides whose standardized maps, fused like the anomaly map, give the image score (the "
+        "returned map always fuses every stride). Default: 8 and 16 for fastflow (the suite's mean and worst set "
+        "rose; benchmarks/README.md), all three for cflow; checkpoints written before the choice score from all.",
+    )
     score_reduction: Literal["max", "topk_mean"] = "topk_mean"
     topk_fraction: float = Field(default=0.01, gt=0, le=1, description="Share of map pixels averaged into the score.")
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _score_strides_of_the_kind(cls, data: object) -> object:
+        # Only fastflow's choice was measured on the suite; a config that names them keeps its own.
+        if isinstance(data, dict) and "score_strides" not in data:
+            kind = data.get("model", DEFAULT_MODEL_KIND)
+            return {**data, "score_strides": FASTFLOW_SCORE_STRIDES if kind == "fastflow" else FEATURE_STRIDES}
+        return data
+
+    @field_validator("score_strides", mode="before")
+    @classmethod
+    def _known_strides(cls, v: object) -> tuple[int, ...]:
+        if isinstance(v, (int, str)):
+            v = [v]
+        try:
+            strides = tuple(sorted({int(s) for s in v}))
+        except (TypeError, ValueError):
+            raise ValueError(f"score strides {v!r}: a list of feature strides among {FEATURE_STRIDES}") from None
+        if not strides or not set(strides) <= set(FEATURE_STRIDES):
+            raise ValueError(f"score strides {v!r}: one or more of the feature strides {FEATURE_STRIDES}")
+        return strides
 
     @model_validator(mode="before")
     @classmethod

@@ -24,7 +24,10 @@ pixels of flow noise should not outvote it). All three steps are linear, so the 
 computes them as two products with constant matrices (resize.py), not as one full-size
 resize per scale. The image score is
 the mean of the top-k pixels (or the max): the top-k mean is less sensitive to a single
-noisy pixel than the max.
+noisy pixel than the max. It may be taken from a map fused from some of the scales only
+(``score_scales``), fused the same way: the shipped FastFlow scores from strides 8 and 16 and
+returns the map of all three (benchmarks/README.md, "Levers, one at a time": the stride-4
+map localizes small defects, and its texture noise blurs which images hold one).
 
 TensorRT builds TopK only for K < 3840 (ffcore.trtlimits), and the top 1% of a 624x624 map is
 already K = 3894. So for a larger K
@@ -113,8 +116,18 @@ class AnomalyHead(nn.Module):
         map_shapes: Sequence[tuple[int, int]] = (),
         normalization: MapNormalization = "none",
         blur_sigma: float = 0.0,
+        score_scales: Sequence[int] | None = None,
     ):
         super().__init__()
+        n_scales = len(map_shapes)
+        if score_scales is not None:
+            score_scales = tuple(sorted(set(int(i) for i in score_scales)))
+            if not score_scales or (n_scales and not all(0 <= i < n_scales for i in score_scales)):
+                raise ValueError(f"score_scales {score_scales}: indices into the {n_scales} map scales, at least one")
+            if n_scales and score_scales == tuple(range(n_scales)):
+                score_scales = None  # every scale: the score is taken from the anomaly map itself
+        #: None: the image score is taken from the anomaly map; else from the map fused from these scales.
+        self.score_scales = score_scales
         self.image_size = tuple(image_size)
         self.blur_sigma = float(blur_sigma)
         if self.blur_sigma > 0:
@@ -138,6 +151,11 @@ class AnomalyHead(nn.Module):
             self.register_buffer("left", left, persistent=False)
             for i, right in enumerate(rights):
                 self.register_buffer(f"right{i}", right, persistent=False)
+            if self.score_scales is not None:
+                # Each scale's right matrix depends on that scale alone; the left one averages the chosen.
+                score_left, _ = fusion_matrices(self.image_size, [map_shapes[i] for i in self.score_scales],
+                                                self.blur_sigma)
+                self.register_buffer("score_left", score_left, persistent=False)
 
     @staticmethod
     def scale_map(z: torch.Tensor | tuple[torch.Tensor, ...] | ScaleLatent) -> torch.Tensor:
@@ -163,8 +181,20 @@ class AnomalyHead(nn.Module):
         return [(m - getattr(self, f"loc{i}")) * getattr(self, f"inv_scale{i}") for i, m in enumerate(maps)]
 
     def forward(self, zs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        anomaly_map = self.fuse(self.scale_maps(zs))
-        return anomaly_map, self.score(anomaly_map)
+        maps = self.scale_maps(zs)
+        anomaly_map = self.fuse(maps)
+        if self.score_scales is None:
+            return anomaly_map, self.score(anomaly_map)
+        return anomaly_map, self.score(self.fuse_for_score(maps))
+
+    def fuse_for_score(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The map the image score is taken from: :meth:`fuse` of the ``score_scales`` only."""
+        if self.score_scales is None:
+            return self.fuse(maps)
+        if not self.n_scales or len(maps) != self.n_scales:
+            return self.fuse_reference([maps[i] for i in self.score_scales])
+        rows = torch.cat([maps[i] @ getattr(self, f"right{i}") for i in self.score_scales], dim=2)
+        return self.score_left @ rows
 
     def fuse(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """Upsample each scale's map bilinearly to the input size, average, blur: all of it

@@ -74,6 +74,7 @@ class AnomalyModel(nn.Module):
             (height, width), config.score_reduction, config.topk_fraction,
             map_shapes=[(h, w) for _, h, w in self.feature_shapes], normalization=config.map_normalization,
             blur_sigma=config.map_blur_sigma,
+            score_scales=[self.backbone.strides.index(s) for s in config.score_strides],
         )
 
     @property
