@@ -85,6 +85,18 @@ def _move_slider(b: Browser, value: float) -> float:
     return float(_shown(b)["thr-value"])
 
 
+def _gap_middles(truth: dict, stored: float) -> list[float]:
+    """The middles of the widest gaps between scores below and above ``stored``: a threshold
+    there has every part clearly on one side, and parts between it and ``stored`` flip."""
+    s = np.sort([v[2] for v in truth.values()])
+    gaps = [(s[i + 1] - s[i], (s[i] + s[i + 1]) / 2) for i in range(len(s) - 1)]
+    below = max((g for g in gaps if g[1] < stored), default=None)
+    above = max((g for g in gaps if g[1] > stored), default=None)
+    positions = [p[1] for p in (below, above) if p is not None]
+    assert len(positions) == 2, f"scores do not straddle the stored threshold {stored}: {s}"
+    return positions
+
+
 def _expected(truth: dict, t: float, stored: float) -> dict:
     labels = np.array([v[0] for v in truth.values()])
     scores = np.array([v[2] for v in truth.values()])
@@ -143,12 +155,7 @@ def test_counts_at_three_slider_positions_equal_metrics_json_and_numpy(page, bro
     # 2 and 3: the middles of the widest score gaps below and above the stored threshold,
     # so every part is clearly on one side (the page's slider snaps to its step).
     s = np.sort([v[2] for v in truth.values()])
-    gaps = [(s[i + 1] - s[i], (s[i] + s[i + 1]) / 2) for i in range(len(s) - 1)]
-    below = max((g for g in gaps if g[1] < stored), default=None)
-    above = max((g for g in gaps if g[1] > stored), default=None)
-    positions = [p[1] for p in (below, above) if p is not None]
-    assert len(positions) == 2, f"scores do not straddle the stored threshold {stored}: {s}"
-    for i, target in enumerate(positions):
+    for i, target in enumerate(_gap_middles(truth, stored)):
         t = _move_slider(browser, target)
         assert np.min(np.abs(s - t)) > 1e-6, "the snapped slider landed on a score"
         shown = _shown(browser)
@@ -197,13 +204,14 @@ def test_pixel_threshold_examples_match_the_maps(page, browser, tiny_onnx, synth
             assert share == pytest.approx(float((amap > t).mean()), abs=0.03), name
 
 
-def test_the_page_makes_no_network_request(page, browser, tmp_path):
+def test_the_page_makes_no_network_request(page, browser, tmp_path, tiny_onnx, synthetic_folder):
     html, _ = page
     browser.events.clear()
     browser.open(html.as_uri())
-    _move_slider(browser, float(_shown(browser)["thr-value"]) * 1.1)
-    browser.evaluate("document.querySelector('#flips img, #pixel-examples canvas') && "
-                     "document.querySelector('#flips img').click()")
+    # A position where parts flip whatever the tiny model scores, so there is a picture to click.
+    _move_slider(browser, _gap_middles(_independent_scores(tiny_onnx, synthetic_folder),
+                                       float(_shown(browser)["thr-value"]))[0])
+    browser.evaluate("document.querySelector('#flips img').click()")
     assert browser.evaluate("document.getElementById('zoom').hidden") is False  # the click enlarged it
     assert browser.evaluate("document.getElementById('zoom-image').src").startswith("data:image/jpeg;base64,")
     browser.evaluate("document.getElementById('pixel-slider').dispatchEvent(new Event('input'))")
