@@ -74,7 +74,9 @@ def _standardized_model(size: int, real_images_at):
     from fftrain.model import AnomalyModel
 
     torch.manual_seed(0)
-    model = AnomalyModel(ModelConfig(image_size=size, flow_steps=1, hidden_ratio=0.25, map_normalization="scale")).eval()
+    # Scored from every stride: the score is then a reduction of the very map the graph returns.
+    model = AnomalyModel(ModelConfig(image_size=size, flow_steps=1, hidden_ratio=0.25, map_normalization="scale",
+                                     score_strides=(4, 8, 16))).eval()
     images = real_images_at(size)
     with torch.no_grad():
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
