@@ -53,6 +53,8 @@ RECIPES = {
     "default": ({}, {}),
     # The default until 2026-12-05: the image score from every stride (today: strides 8 and 16).
     "all-strides": ({"score_strides": (4, 8, 16)}, {}),
+    # CFLOW-AD on the demo recipe (its head variants say whether strides 8+16 would help it too).
+    "cflow": ({"model": "cflow"}, {}),
     "no-exposure-aug": ({}, {"augment_views": 0}),
     "lite2": ({"backbone": "efficientnet_lite2"}, {}),
     "res320": ({"pixels": 320 * 320}, {}),  # the input area fftrain sizes the model to (default 256 * 256)
