@@ -64,9 +64,7 @@ TOP_FRACTION = 0.05
 
 def fitted_head(model, variant: HeadVariant, train_raw: list[torch.Tensor]) -> AnomalyHead:
     shapes = [tuple(train_raw[i].shape[-2:]) for i in variant.scales]
-    score_scales = variant.score_scales
-    if score_scales == SHIPPED:
-        score_scales = [model.strides.index(s) for s in model.config.score_strides]
+    score_scales = model.head.score_scales if variant.score_scales == SHIPPED else variant.score_scales
     head = AnomalyHead(model.config.image_size, variant.reduction, model.config.topk_fraction, map_shapes=shapes,
                        normalization=variant.normalization, blur_sigma=model.config.map_blur_sigma,
                        score_scales=score_scales)

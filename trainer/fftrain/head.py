@@ -119,7 +119,7 @@ class AnomalyHead(nn.Module):
         score_scales: Sequence[int] | None = None,
     ):
         super().__init__()
-        n_scales = len(map_shapes)
+        self.n_scales = n_scales = len(map_shapes)
         if score_scales is not None:
             score_scales = tuple(sorted(set(int(i) for i in score_scales)))
             if not score_scales or (n_scales and not all(0 <= i < n_scales for i in score_scales)):
@@ -144,7 +144,6 @@ class AnomalyHead(nn.Module):
             for i, (h, w) in enumerate(map_shapes):
                 self.register_buffer(f"loc{i}", torch.zeros(1, 1, h, w))
                 self.register_buffer(f"inv_scale{i}", torch.ones(1, 1, h, w))
-        self.n_scales = len(map_shapes)
         if map_shapes:
             # Derived from the configuration, not state: checkpoints stay as they were.
             left, rights = fusion_matrices(self.image_size, map_shapes, self.blur_sigma)
