@@ -94,7 +94,12 @@ def test_ffrt_run_records_the_regions_and_pictures_of_frame_size_outputs(tiny_on
     assert len(records) == len(full)
     for r, x in zip(records, full):
         assert r["verdict"] == ("FAIL" if x.is_anomalous else "PASS")
-        assert r["regions"] == [g.to_dict() for g in x.regions]
+        # Geometry exactly; each peak within float noise: ffrt run batches frames as they arrive,
+        # and a backend's kernels for another batch size round the last bit differently.
+        expected = [g.to_dict() for g in x.regions]
+        assert [{k: v for k, v in g.items() if k != "peak_score"} for g in r["regions"]] == \
+            [{k: v for k, v in g.items() if k != "peak_score"} for g in expected]
+        assert [g["peak_score"] for g in r["regions"]] == pytest.approx([g["peak_score"] for g in expected], rel=1e-5)
         if x.is_anomalous:
             mask = cv2.imread(str(out / r["mask"]), cv2.IMREAD_GRAYSCALE)
             assert mask.shape == FRAME and np.array_equal(mask > 0, x.mask)
