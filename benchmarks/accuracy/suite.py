@@ -59,6 +59,8 @@ RECIPES = {
     "lite2": ({"backbone": "efficientnet_lite2"}, {}),
     "res320": ({"pixels": 320 * 320}, {}),  # the input area fftrain sizes the model to (default 256 * 256)
     "res448": ({"pixels": 448 * 448}, {}),  # DeepPCB's boards closer to their native 640x640 (3x the compute)
+    # PatchCore's 3x3 local aggregation of the features before the flows (the reference scorer has it).
+    "pool3": ({"feature_pooling": 3}, {}),
 }
 
 

@@ -100,6 +100,7 @@ def _meta(model: AnomalyModel, payload: dict[str, Any], cal: dict, ckpt_sha256: 
             hidden_channels=cfg.flow_hidden_channels,
             conv3x3_only=cfg.conv3x3_only,
             clamp=cfg.clamp,
+            feature_pooling=cfg.feature_pooling,
         ),
         feature_strides=model.strides,
         augmentation=_augmentation(payload),

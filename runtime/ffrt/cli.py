@@ -126,7 +126,9 @@ def format_meta(meta, path) -> str:
         f"flow:         {meta.flow.steps} steps, hidden ratio {meta.flow.hidden_ratio:g}"
         f"{'' if meta.flow.hidden_channels is None else ' (hidden channels ' + ', '.join(map(str, meta.flow.hidden_channels)) + ')'}, "
         f"{_kernels(meta)}, clamp {meta.flow.clamp:g}; "
-        f"feature strides {', '.join(map(str, meta.feature_strides))}",
+        + (f"features averaged over {meta.flow.feature_pooling}x{meta.flow.feature_pooling} cells; "
+           if meta.flow.feature_pooling > 1 else "")
+        + f"feature strides {', '.join(map(str, meta.feature_strides))}",
         "augmentation: " + (meta.augmentation.summary() if meta.augmentation else "not recorded"),
         *([f"head:         {meta.head_fit}"] if meta.head_fit else []),
         *[f"gate:         {g.summary()}; {g.runtime}, {g.checked_at}" for g in meta.precision_gates],

@@ -37,8 +37,9 @@ META_KEY = "ffrt.meta"
 # 8: precision_gates[].precision "int8" (an INT8 file's own gate: what lets "auto" run it),
 #    precision_gates[].map_max_rel optional (INT8 gates do not compare maps)
 # 9: score.strides (the image score fuses these feature strides only; the map fuses all)
+# 10: flow.feature_pooling (the k x k local mean each scale's features pass before its decoder)
 # Every field added since 1 has a default, so files of older schemas keep loading.
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 class _Strict(BaseModel):
@@ -196,6 +197,11 @@ class FlowInfo(_Strict):
     )
     conv3x3_only: bool
     clamp: Positive
+    feature_pooling: int = Field(
+        default=1, ge=1,
+        description="Side of the local mean (stride 1) each scale's features pass through before its decoder, "
+        "inside the graph; 1 = none (files written before it was recorded).",
+    )
 
 
 class AugmentationInfo(_Strict):

@@ -60,8 +60,10 @@ def test_metadata_describes_the_checkpoint(tiny_onnx, tiny_checkpoint, capsys):
     assert meta.score.strides == (8, 16)  # the default: the score fuses strides 8 and 16, the map all three
     from ffrt.cli import main as ffrt_main
 
+    assert meta.flow.feature_pooling == 1
     assert ffrt_main(["info", str(tiny_onnx)]) == 0
-    assert "of the map fused from strides 8, 16 only" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "of the map fused from strides 8, 16 only" in printed and "cells;" not in printed
 
 
 def test_the_graphs_score_is_the_top_1_percent_of_strides_8_and_16(tiny_onnx, tiny_checkpoint, real_images):

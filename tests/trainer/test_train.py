@@ -92,6 +92,8 @@ def test_cli_rejects_bad_settings_with_one_line(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
     assert fftrain_main(["--data", "elpv:mono", "--out", str(tmp_path / "m.pt"), "--score-strides", "8", "32"]) == 2
     assert "score strides" in capsys.readouterr().err
+    assert fftrain_main(["--data", "elpv:mono", "--out", str(tmp_path / "m.pt"), "--feature-pooling", "2"]) == 2
+    assert "--feature-pooling: " in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
 
 
@@ -130,7 +132,8 @@ def test_few_normal_images_give_a_working_model(tmp_path, elpv_split, capsys):
 
     data = _mvtec_folder(tmp_path / "part", elpv_split.train[:5])
     out = tmp_path / "model.pt"
-    assert fftrain_main(["--data", str(data), "--out", str(out), *TINY_FLAGS, "--score-strides", "16", "4"]) == 0
+    assert fftrain_main(["--data", str(data), "--out", str(out), *TINY_FLAGS, "--score-strides", "16", "4",
+                         "--feature-pooling", "3"]) == 0
     printed = capsys.readouterr().out
     assert "4 train, 1 validation normals" in printed and "only 5 normal images" in printed
     # One validation normal: its score is the threshold, and the output says how far from the target that is.
@@ -139,6 +142,7 @@ def test_few_normal_images_give_a_working_model(tmp_path, elpv_split, capsys):
     payload = torch.load(out, map_location="cpu", weights_only=True)
     assert payload["train_info"]["counts"]["val"] == 1
     assert tuple(payload["config"]["score_strides"]) == (4, 16)
+    assert payload["config"]["feature_pooling"] == 3
     assert np.isfinite(payload["calibration"]["image_threshold"])
     assert ffexport_main(["--no-bf16", "--ckpt", str(out), "--out", str(tmp_path / "export"), "--batch-max", "2"]) == 0
     r = Detector(tmp_path / "export" / "model.onnx")(str(data / "train" / "good" / "000.png"))

@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                    f"paper's ratio (default {d.hidden_ratio})")
     p.add_argument("--conv3x3-only", action=argparse.BooleanOptionalAction, default=None,
                    help="fastflow: 3x3 kernels in every subnet (default); --no-conv3x3-only alternates 3x3 and 1x1")
+    p.add_argument("--feature-pooling", type=int, default=d.feature_pooling, metavar="K",
+                   help="each feature scale averaged over K x K neighbouring cells before its flow (odd; 3 = PatchCore's "
+                   "local aggregation): on the accuracy suite it raised large soft unevenness and ELPV mono and "
+                   "lowered ELPV poly and DeepPCB (benchmarks/README.md); default "
+                   f"{d.feature_pooling} = none")
     p.add_argument("--map-normalization", choices=["none", "scale", "position"], default=d.map_normalization,
                    help="standardize each feature scale's map by what normal training images show: not at all, "
                    f"per scale, or per position (default {d.map_normalization})")

@@ -84,6 +84,11 @@ class ModelConfig(BaseModel):
         description="cflow: channels of the 2D positional encoding each coupling is conditioned on (the paper's 128).",
     )
     clamp: float = Field(default=2.0, gt=0, description="Soft clamp of the coupling log-scales.")
+    feature_pooling: int = Field(
+        default=1, ge=1, le=7,
+        description="Side of the local mean (stride 1, padding not counted) each scale's features pass through "
+        "before its LayerNorm and decoder: 1 = none, 3 = PatchCore's 3x3 local aggregation. Odd.",
+    )
     map_normalization: Literal["none", "scale", "position"] = Field(
         default="position",
         description="Standardize each scale's map by normal training images before fusing: none, per scale, "
@@ -143,6 +148,14 @@ class ModelConfig(BaseModel):
                              "no fixed zero (it is negative wherever the decoder is confident), and thresholds and "
                              "scores must be >= 0; choose scale or position (the default)")
         return self
+
+    @field_validator("feature_pooling")
+    @classmethod
+    def _odd_pooling(cls, v: int) -> int:
+        # An even window would shift each feature map by half a cell against the others and the map.
+        if v % 2 == 0:
+            raise ValueError(f"feature pooling {v}: an odd window side (1, 3, 5 or 7), so it stays centred on each cell")
+        return v
 
     @field_validator("backbone")
     @classmethod

@@ -103,9 +103,18 @@ class AnomalyModel(nn.Module):
         return nn.functional.conv2d(images, weight, -mean / std.view(3))
 
     def normalize(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each scale's features through its LayerNorm, in the norms' dtype: what the decoders read."""
+        """Each scale's features through the local mean (``feature_pooling``) and its LayerNorm, in
+        the norms' dtype: what the decoders read."""
         dtype = _dtype(self.flows)
-        return [norm(f.to(_norm_dtype(norm, dtype))) for norm, f in zip(self.norms, features)]
+        return [norm(self.pool(f.to(_norm_dtype(norm, dtype)))) for norm, f in zip(self.norms, features)]
+
+    def pool(self, feature: torch.Tensor) -> torch.Tensor:
+        """The mean of each cell's k x k neighbourhood (k = ``feature_pooling``; the border
+        averages only the cells that exist, as PatchCore's aggregation does)."""
+        k = self.config.feature_pooling
+        if k == 1:
+            return feature
+        return nn.functional.avg_pool2d(feature, k, stride=1, padding=k // 2, count_include_pad=False)
 
     def flow(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per scale z [N, C, h, w] and log|det J| [N, h, w] of the trained decoders."""
