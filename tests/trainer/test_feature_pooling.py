@@ -127,3 +127,17 @@ def test_the_graph_pools_as_pytorch_does(pooled_model, real_images):
     with torch.inference_mode():
         _, u_score = unpooled.eval()(to_tensor_batch(real_images))
     assert np.max(np.abs(u_score.numpy() - t_score) / np.abs(t_score)) > 100 * FP32_RTOL
+
+
+def test_openvino_pools_as_onnxruntime_does(pooled_model, real_images):
+    """The CPU runtimes' AveragePool (padding left out) agree within OpenVINO's FP32 score
+    tolerance (tests/runtime/test_openvino.py: rel 1e-4)."""
+    pytest.importorskip("openvino", reason='OpenVINO is not installed: pip install "ffrt[openvino]" (extra openvino)')
+    _, onnx_path = pooled_model
+    scores = {}
+    for backend, precision in (("onnxruntime-cpu", None), ("openvino", "fp32")):
+        det = Detector(onnx_path, backend=backend, precision=precision, color_order="RGB", resize_outputs=False)
+        scores[backend] = np.array([r.score for r in det.predict_batch(list(real_images), batch_size=8)])
+    rel = np.max(np.abs(scores["openvino"] - scores["onnxruntime-cpu"]) / np.abs(scores["onnxruntime-cpu"]))
+    print(f"pooled model, OpenVINO FP32 vs ONNX Runtime: score max rel {rel:.2e}")
+    assert rel <= 1e-4
