@@ -1,7 +1,7 @@
 """The multi-domain accuracy suite (issue 21): one command, not part of CI.
 
     python benchmarks/accuracy/suite.py [--sets elpv-mono,elpv-poly,deeppcb,synthetic-strip]
-                                        [--recipe default] [--work runs/accuracy]
+                                        [--recipe default] [--work runs/accuracy] [--update]
 
 Per set (sets.py) the recipe is trained with the real trainer (fftrain.train, the demo's 12
 epochs, input size from the training images as fftrain chooses it); a checkpoint already at
@@ -23,7 +23,8 @@ per set, the mean over sets and the worst set, on each half.
 
 Writes ``--work/<set>/<recipe>/suite.json`` (a later run reuses it while it is newer than the
 checkpoint) and ``benchmarks/results/accuracy-suite-<recipe>.json``
-with the machine; ``table.py`` prints the tables.
+with the machine (with ``--update``, only the rows of ``--sets`` are replaced and the file says
+where the kept rows came from); ``table.py`` prints the tables.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ RECIPES = {
     "lite2": ({"backbone": "efficientnet_lite2"}, {}),
     "res320": ({"pixels": 320 * 320}, {}),  # the input area fftrain sizes the model to (default 256 * 256)
     "res448": ({"pixels": 448 * 448}, {}),  # DeepPCB's boards closer to their native 640x640 (3x the compute)
+    # Images over 4x the input area get a quarter of theirs, up to 1.5x (DeepPCB 304x304; no other set changes).
+    "area-growth": ({"area_growth": 1.5}, {}),
     # PatchCore's 3x3 local aggregation of the features before the flows (the reference scorer has it).
     "pool3": ({"feature_pooling": 3}, {}),
 }
@@ -79,10 +82,10 @@ def trained(name: str, split, recipe: str, folder: Path) -> tuple[object, dict, 
     seconds = None
     if not path.is_file():
         cfg_over, set_over = RECIPES[recipe]
-        default = ModelConfig()
         cfg_over = dict(cfg_over)
-        pixels = cfg_over.pop("pixels", default.height * default.width)
-        config = ModelConfig(image_size=auto_image_size(split.train, pixels), **cfg_over)
+        pixels = cfg_over.pop("pixels", 256 * 256)
+        size = auto_image_size(split.train, pixels, growth=cfg_over.pop("area_growth", 1.0))
+        config = ModelConfig(image_size=size, **cfg_over)
         settings = TrainSettings(**{"epochs": EPOCHS, "progress": False, **set_over})
         t0 = time.perf_counter()
         result = train(config, split, settings, log=lambda m: log(f"  [{name} {recipe}] {m}"))
@@ -285,19 +288,35 @@ def main(argv=None) -> int:
     p.add_argument("--no-reference", action="store_true", help="skip the memory-bank reference scorer")
     p.add_argument("--threshold-folds", type=int, default=0, metavar="K",
                    help="also the thresholds fftrain --threshold-folds K would store (row flows_folds)")
+    p.add_argument("--update", action="store_true",
+                   help="replace only the rows of --sets in the recipe's results file and keep its other rows (for a "
+                   "change that touches only some sets; the file lists the kept rows)")
     args = p.parse_args(argv)
     from ffeval.machine import describe, one_line
 
     machine = describe()
     log(f"machine: {one_line(machine)}")
     rows = [run_set(n, args.recipe, args.work, not args.no_reference, args.threshold_folds) for n in args.sets.split(",")]
+    path = RESULTS / f"accuracy-suite-{args.recipe}.json"
+    kept = []
+    if args.update and path.is_file():
+        earlier = json.loads(path.read_text())
+        run = {r["set"] for r in rows}
+        kept = [r for r in earlier["rows"] if r["set"] not in run]
+        order = list(sets.SETS)
+        rows = sorted(kept + rows, key=lambda r: order.index(r["set"]) if r["set"] in order else len(order))
+        # Where each kept row was measured: the earlier file's own run, or the run it kept it from.
+        origin = {e["set"]: e for e in earlier.get("rows_from_earlier_runs", [])}
+        kept = [origin.get(r["set"], {"set": r["set"], "command": earlier.get("command"),
+                                      "machine": one_line(earlier["machine"])}) for r in kept]
+        log(f"kept the rows of {', '.join(k['set'] for k in kept)} from {path.name}")
     out = {"schema": "ffrt.accuracy-suite", "recipe": args.recipe, "machine": machine,
            "command": ["python", "benchmarks/accuracy/suite.py", *(argv if argv is not None else sys.argv[1:])],
+           **({"rows_from_earlier_runs": kept} if kept else {}),
            "splits": "dev = the half of each test split defaults are chosen on; test = the half reported (sets.py)",
            "rows": rows, "summary": {h: {sc: summary(rows, sc, h) for sc in ("flows", "flows_val_rule", "flows_folds", "reference") if all(sc in r for r in rows)}
                                      for h in ("dev", "test")}}
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"accuracy-suite-{args.recipe}.json"
     path.write_text(json.dumps(out, indent=1))
     log(f"wrote {path}")
     return 0

@@ -128,6 +128,41 @@ def test_images_much_larger_than_the_model_input_get_the_image_size_note(tmp_pat
     assert downscale_note(boards, (320, 320)) is not None  # exactly 4x
 
 
+def _resized_copies(samples, folder, size_wh):
+    from fftrain.data import Sample
+
+    out = []
+    for i, s in enumerate(samples):
+        path = folder / f"{size_wh[0]}x{size_wh[1]}-{i}.png"
+        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(s.path)), size_wh, interpolation=cv2.INTER_CUBIC))
+        out.append(Sample(path, 0))
+    return out
+
+
+def test_auto_image_size_grows_for_large_images_only_when_asked(tmp_path, elpv_split):
+    """By default the area stays about 256x256 whatever the images' size. With growth 1.5 (the
+    suite's recipe area-growth) images over 4x the default area get a quarter of their area, at
+    most 1.5x the default's, sides rounded down to multiples of 16. Expected sizes worked out by
+    hand in the comments."""
+    from fftrain.data import auto_image_size
+
+    cells = elpv_split.train[:3]  # 300x300: 1.4x the default area, no growth
+    assert auto_image_size(cells) == auto_image_size(cells, growth=1.5) == (256, 256)
+    # 640x640 boards: a quarter is 102400 px, over the cap 1.5 * 65536 = 98304; sqrt 313.5 -> 304.
+    boards = _resized_copies(cells, tmp_path, (640, 640))
+    assert auto_image_size(boards, growth=1.5) == (304, 304)
+    assert auto_image_size(boards) == (256, 256)
+    # 576x576: a quarter is 82944 px (between the default and the cap); sqrt 288 -> 288.
+    assert auto_image_size(_resized_copies(cells, tmp_path, (576, 576)), growth=1.5) == (288, 288)
+    # 500 wide x 1250 high, aspect 0.4: the cap 98304 -> sqrt(98304 / 0.4) = 495.7 -> 480 high,
+    # sqrt(98304 * 0.4) = 198.3 -> 192 wide; without growth 400 x 160.
+    long_parts = _resized_copies(cells, tmp_path, (500, 1250))
+    assert auto_image_size(long_parts, growth=1.5) == (480, 192)
+    assert auto_image_size(long_parts) == (400, 160)
+    # Images just under 4x the area keep the default area.
+    assert auto_image_size(_resized_copies(cells, tmp_path, (508, 508)), growth=1.5) == (256, 256)
+
+
 def test_a_plain_folder_of_normal_images_resolves(tmp_path, elpv_split):
     # Issue 10: `ffexport --int8 --calib DIR` refused a plain folder of normal images (the
     # form --calib was specified with) unless it was an MVTec root; it resolves through here.
