@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from ffexport.parity import FP32_RTOL
-from ffrt import Detector
 from ffrt.metafile import read_onnx_meta
+from support.torch_vs_detector import torch_and_detector
 from fftrain import checkpoint
 from fftrain.config import ModelConfig
-from fftrain.data import to_tensor_batch
 from fftrain.train import TrainSettings, train_and_save
 
 SIZE = 64  # tests/conftest.py TINY_SIZE
@@ -46,13 +44,7 @@ def test_metadata_records_the_max_reduction(max_model):
 def test_score_is_the_maximum_of_the_map_in_pytorch_and_onnxruntime(max_model, real_images):
     ckpt, onnx_path = max_model
     model, _ = checkpoint.load(ckpt)
-    model.eval()
-    with torch.inference_mode():
-        t_map, t_score = (x.numpy() for x in model(to_tensor_batch(real_images)))
-    det = Detector(onnx_path, backend="onnxruntime-cpu", color_order="RGB", resize_outputs=False)
-    results = det.predict_batch(list(real_images), batch_size=8)
-    o_map = np.stack([r.anomaly_map for r in results])
-    o_score = np.array([r.score for r in results])
+    t_map, t_score, o_map, o_score = torch_and_detector(model, onnx_path, real_images)
 
     t_max = t_map.reshape(len(t_map), -1).max(axis=1)
     o_max = o_map.reshape(len(o_map), -1).max(axis=1)

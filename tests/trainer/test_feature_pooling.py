@@ -15,6 +15,7 @@ import onnx
 import pytest
 import torch
 from pydantic import ValidationError
+from support.torch_vs_detector import torch_and_detector
 
 from ffexport.parity import FP32_RTOL
 from ffrt import Detector
@@ -110,13 +111,7 @@ def test_the_graph_pools_as_pytorch_does(pooled_model, real_images):
         assert list(attrs["kernel_shape"]) == [3, 3] and list(attrs.get("strides", [1, 1])) == [1, 1]
         assert attrs.get("count_include_pad", 0) == 0
 
-    model.eval()
-    with torch.inference_mode():
-        t_map, t_score = (x.numpy() for x in model(to_tensor_batch(real_images)))
-    det = Detector(onnx_path, backend="onnxruntime-cpu", color_order="RGB", resize_outputs=False)
-    results = det.predict_batch(list(real_images), batch_size=8)
-    o_map = np.stack([r.anomaly_map for r in results])
-    o_score = np.array([r.score for r in results])
+    t_map, t_score, o_map, o_score = torch_and_detector(model, onnx_path, real_images)
     print(f"pooled model, PyTorch vs ONNX Runtime: score max rel {np.max(np.abs(o_score - t_score) / np.abs(t_score)):.2e}")
     np.testing.assert_allclose(o_score, t_score, rtol=FP32_RTOL)
     np.testing.assert_allclose(o_map, t_map[:, 0], rtol=0, atol=FP32_RTOL * float(np.abs(t_map).max()))
