@@ -82,8 +82,9 @@ def trained(name: str, split, recipe: str, folder: Path) -> tuple[object, dict, 
     seconds = None
     if not path.is_file():
         cfg_over, set_over = RECIPES[recipe]
+        default = ModelConfig()
         cfg_over = dict(cfg_over)
-        pixels = cfg_over.pop("pixels", 256 * 256)
+        pixels = cfg_over.pop("pixels", default.height * default.width)
         size = auto_image_size(split.train, pixels, growth=cfg_over.pop("area_growth", 1.0))
         config = ModelConfig(image_size=size, **cfg_over)
         settings = TrainSettings(**{"epochs": EPOCHS, "progress": False, **set_over})
