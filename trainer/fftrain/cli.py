@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize-mode", choices=["stretch", "letterbox"], default=d.resize_mode,
                    help="how a frame becomes the model input: stretch it to the model size (default), or keep "
                    "its aspect ratio and pad (letterbox); the runtime does the same")
-    p.add_argument("--epochs", type=positive_int, default=10, help="training epochs; the best validation epoch is kept (default 10)")
+    p.add_argument("--epochs", type=positive_int, default=TrainSettings.epochs,
+                   help=f"training epochs; the best validation epoch is kept (default {TrainSettings.epochs})")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="training maps per optimizer step (default: "
                    + ", ".join(f"{k} {v.maps_per_step}" for k, v in KINDS.items()) + ")")
