@@ -177,3 +177,14 @@ def test_train_refuses_an_empty_validation_split(elpv_split):
     with pytest.raises(ValueError, match="0 validation normal images"):
         train(ModelConfig(image_size=64, flow_steps=2, hidden_ratio=0.5), split, TrainSettings(epochs=1, progress=False),
               log=lambda _: None)
+
+
+def test_fftrain_trains_24_epochs_unless_told():
+    # The count the accuracy suite chose (benchmarks/README.md, "Twice the epochs"); the command
+    # line reads it from TrainSettings instead of keeping its own.
+    from fftrain.cli import build_parser
+    from fftrain.train import TrainSettings
+
+    assert TrainSettings().epochs == 24
+    assert build_parser().parse_args(["--data", "d", "--out", "m.pt"]).epochs == 24
+    assert build_parser().parse_args(["--data", "d", "--out", "m.pt", "--epochs", "3"]).epochs == 3
