@@ -118,7 +118,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/demo"), help="where model, report and PNGs go")
     ap.add_argument("--cells", choices=["mono", "poly"], default="mono", help="ELPV cell type (default mono)")
-    ap.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: fftrain's)")
     ap.add_argument("--repeats", type=int, default=30, help="timed calls per latency figure (default 30)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
@@ -146,7 +146,8 @@ def main() -> int:
 
     print("== 1/4 train (fftrain)")
     t = time.perf_counter()
-    train_and_save(ModelConfig(), split, TrainSettings(epochs=args.epochs, progress=not args.quiet), ckpt)
+    epochs = {} if args.epochs is None else {"epochs": args.epochs}
+    train_and_save(ModelConfig(), split, TrainSettings(**epochs, progress=not args.quiet), ckpt)
     train_s = time.perf_counter() - t
 
     print("== 2/4 export (ffexport)")
