@@ -32,8 +32,6 @@ import torch
 import heads
 import sets
 import suite
-from ffcore.data import load_batch
-from ffcore.operating_point import operating_point
 
 
 def mixed_raw(raw_a: list[torch.Tensor], raw_b: list[torch.Tensor], from_b: tuple[bool, ...] | None) -> list[torch.Tensor]:
@@ -45,7 +43,7 @@ def mixed_raw(raw_a: list[torch.Tensor], raw_b: list[torch.Tensor], from_b: tupl
 
 def run_set(name: str, a: str, b: str, work: Path) -> dict:
     from fftrain import checkpoint
-    from fftrain.train import extract_features, raw_scale_maps
+    from fftrain.train import raw_scale_maps
 
     ss = sets.suite_set(name, work)
     split = ss.split()
@@ -59,26 +57,19 @@ def run_set(name: str, a: str, b: str, work: Path) -> dict:
     ma, mb = models[a], models[b]
     if ma.config.image_size != mb.config.image_size or ma.config.backbone != mb.config.backbone:
         raise SystemExit(f"{name}: {a} and {b} differ in input size or backbone; their decoders cannot be mixed")
-    size, mode = ma.config.image_size, ma.config.resize_mode
-    test = split.test
-    halves = {h: np.array([i for i, s in enumerate(test) if sets.half_of(s) == h]) for h in ("dev", "test")}
+    size, test = ma.config.image_size, split.test
+    halves = sets.halves(test)
     masks = suite.quarter_masks(test, size) if any(s.mask_path is not None for s in test) else None
     suite.log(f"== {name}: backbone features")
-    with torch.no_grad():
-        feats = {k: extract_features(ma, load_batch(v, size, mode), progress=False)
-                 for k, v in (("train", split.train), ("val", split.val), ("test", test))}
-        raw = {r: {k: raw_scale_maps(m, v) for k, v in feats.items()} for r, m in models.items()}
+    feats = suite.split_features(ma, split)
+    raw = {r: {k: raw_scale_maps(m, v) for k, v in feats.items()} for r, m in models.items()}
     del feats
     variant = heads.HeadVariant("as shipped", tuple(range(len(raw[a]["train"]))), score_scales=heads.SHIPPED)
     rows = {}
     for from_b in [*itertools.product((False, True), repeat=len(variant.scales)), None]:
         label = "ensemble" if from_b is None else "+".join(str(ma.strides[i]) for i, u in enumerate(from_b) if u) or "none"
         mix = {k: mixed_raw(raw[a][k], raw[b][k], from_b) for k in ("train", "val", "test")}
-        head = heads.fitted_head(ma, variant, mix["train"])
-        val_scores, _ = heads.scores_and_maps(head, variant, mix["val"])
-        s, m = heads.scores_and_maps(head, variant, mix["test"])
-        thr = operating_point(val_scores, suite.TARGET_FRR).threshold
-        rows[label] = suite.scorer_row(s, m, thr, test, masks, halves)
+        rows[label] = suite.variant_row(ma, variant, mix, test, masks, halves)
         suite.log(f"  {b} at strides {label:8s} DEV image AUROC {rows[label]['dev']['image_auroc']:.3f}")
     return {"set": name, "synthetic": ss.synthetic, "image_size": list(size), "mixes": rows}
 

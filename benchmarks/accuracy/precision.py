@@ -70,7 +70,7 @@ def run_set(name: str, work: Path) -> dict:
     log(f"== {name}: export")
     onnx = exported(folder)
     test = sets.suite_set(name, work).split().test
-    halves = {h: np.array([i for i, s in enumerate(test) if sets.half_of(s) == h]) for h in ("dev", "test")}
+    halves = sets.halves(test)
     row = {"set": name, "synthetic": name in sets.SYNTHETIC_SETS, "files": sorted(p.name for p in onnx.parent.glob("*.onnx")),
            "halves": {h: len(v) for h, v in halves.items()}}
     for label, settings in (("default", {}), ("fp32", {"backend": "onnxruntime-cpu", "precision": "fp32"})):

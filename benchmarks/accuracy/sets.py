@@ -50,6 +50,11 @@ def half_of(sample: Sample) -> str:
     return "dev" if hashlib.sha256(sample.path.stem.encode()).digest()[0] % 2 == 0 else "test"
 
 
+def halves(samples: list[Sample]) -> dict[str, np.ndarray]:
+    """{"dev": indices, "test": indices} of ``samples`` by :func:`half_of`."""
+    return {h: np.array([i for i, s in enumerate(samples) if half_of(s) == h]) for h in ("dev", "test")}
+
+
 def suite_set(name: str, work: Path) -> SuiteSet:
     if name == "elpv-mono":
         return SuiteSet(name, "elpv:mono", False)

@@ -4,9 +4,9 @@
                                         [--recipe default] [--work runs/accuracy] [--update]
 
 Per set (sets.py) the recipe is trained with the real trainer (fftrain.train, 12 epochs: the
-demo's until fftrain's default became 24, which recipe ``epochs24`` is; every lever was measured
-against the 12-epoch ``default``; input size from the training images as fftrain chooses it); a checkpoint already at
-``--work/<set>/<recipe>/model.pt`` is reused. Then, on the same backbone features:
+demo's until fftrain's default became 24, which recipe ``epochs24`` is; every lever was
+measured against the 12-epoch ``default``; input size from the training images as fftrain
+chooses it); a checkpoint already at ``--work/<set>/<recipe>/model.pt`` is reused. Then, on the same backbone features:
 
 * **flows**: the trained model as it ships (PyTorch; the exported graph computes the same
   scores within 1e-5, tests/export), at its stored threshold (fftrain: validation normals,
@@ -150,6 +150,29 @@ def scorer_row(scores, maps, threshold, samples, masks, halves, extra: dict | No
             **{h: figures(scores, q, threshold, samples, masks, idx) for h, idx in halves.items()}}
 
 
+def split_features(model, split) -> dict[str, list[torch.Tensor]]:
+    """Backbone features of the split's train, val and test images, at the model's input."""
+    from fftrain.train import extract_features
+
+    size, mode = model.config.image_size, model.config.resize_mode
+    with torch.no_grad():
+        return {k: extract_features(model, load_batch(v, size, mode), progress=False)
+                for k, v in (("train", split.train), ("val", split.val), ("test", split.test))}
+
+
+def variant_row(model, variant: heads.HeadVariant, raw: dict, samples, masks, halves) -> dict:
+    """One head variant (heads.py) on per-scale plain maps ``raw`` ({"train", "val", "test"}):
+    fitted on the training normals, its threshold by fftrain's rule on the validation normals,
+    the test split's figures."""
+    head = heads.fitted_head(model, variant, raw["train"])
+    val_scores, val_maps = heads.scores_and_maps(head, variant, raw["val"])
+    s, m = heads.scores_and_maps(head, variant, raw["test"])
+    if variant.post is not None:
+        level = heads.region_level(heads.scores_and_maps(head, variant, raw["train"])[1])
+        val_scores, s = (heads.post_scores(x, variant.post, level) for x in (val_maps, m))
+    return scorer_row(s, m, operating_point(val_scores, TARGET_FRR).threshold, samples, masks, halves)
+
+
 def fold_thresholds(model, payload: dict, split, feats: dict, folds: int) -> tuple[dict, float]:
     """The thresholds fftrain --threshold-folds would have stored for this checkpoint: its
     training pool rebuilt as fftrain.train builds it (the images and their re-exposed views,
@@ -185,7 +208,7 @@ def fold_thresholds(model, payload: dict, split, feats: dict, folds: int) -> tup
 
 
 def run_set(name: str, recipe: str, work: Path, with_reference: bool, folds: int = 0) -> dict:
-    from fftrain.train import calibrate, evaluate_features, extract_features, raw_scale_maps
+    from fftrain.train import calibrate, evaluate_features, raw_scale_maps
 
     ss = sets.suite_set(name, work)
     folder = work / name / recipe
@@ -201,17 +224,15 @@ def run_set(name: str, recipe: str, work: Path, with_reference: bool, folds: int
     split = ss.split()
     log(f"== {name} ({recipe}): model")
     model, payload, train_s = trained(name, split, recipe, folder)
-    size, mode = model.config.image_size, model.config.resize_mode
+    size = model.config.image_size
     test = split.test
-    halves = {h: np.array([i for i, s in enumerate(test) if sets.half_of(s) == h]) for h in ("dev", "test")}
+    halves = sets.halves(test)
     has_masks = any(s.mask_path is not None for s in test)
     masks = quarter_masks(test, size) if has_masks else None
 
     log(f"== {name}: backbone features (train {len(split.train)}, val {len(split.val)}, test {len(test)})")
-    with torch.no_grad():
-        feats = {k: extract_features(model, load_batch(v, size, mode), progress=False)
-                 for k, v in (("train", split.train), ("val", split.val), ("test", test))}
-        _, test_maps, test_scores = evaluate_features(model, feats["test"])
+    feats = split_features(model, split)
+    _, test_maps, test_scores = evaluate_features(model, feats["test"])
     row = {"set": name, "spec": ss.spec, "synthetic": ss.synthetic, "recipe": recipe, "counts": split.counts(),
            "image_size": list(size), "train_s": round(train_s, 1), "halves": {h: len(v) for h, v in halves.items()},
            "config": model.config.model_dump(mode="json"), "best_epoch": payload["train_info"]["best_epoch"]}
@@ -239,16 +260,8 @@ def run_set(name: str, recipe: str, work: Path, with_reference: bool, folds: int
     raw = {k: raw_scale_maps(model, v) for k, v in feats.items()}
     row["head_variants"] = {}
     for variant in heads.VARIANTS:
-        if max(variant.scales) >= len(raw["train"]):
-            continue
-        head = heads.fitted_head(model, variant, raw["train"])
-        val_scores, val_maps = heads.scores_and_maps(head, variant, raw["val"])
-        s, m = heads.scores_and_maps(head, variant, raw["test"])
-        if variant.post is not None:
-            level = heads.region_level(heads.scores_and_maps(head, variant, raw["train"])[1])
-            val_scores, s = (heads.post_scores(x, variant.post, level) for x in (val_maps, m))
-        thr = operating_point(val_scores, TARGET_FRR).threshold
-        row["head_variants"][variant.name] = scorer_row(s, m, thr, test, masks, halves)
+        if max(variant.scales) < len(raw["train"]):
+            row["head_variants"][variant.name] = variant_row(model, variant, raw, test, masks, halves)
     del raw
 
     if with_reference and "reference" not in earlier:
