@@ -151,6 +151,28 @@ def test_few_normal_images_give_a_working_model(tmp_path, elpv_split, capsys):
     assert (estimate.method, estimate.n, estimate.needed_more) == ("largest_score", 1, 499)
 
 
+@pytest.mark.parametrize("kind, steps", [("fastflow", 4), ("cflow", 8)])
+def test_coupling_steps_default_to_the_kinds_unless_told(tmp_path, elpv_split, kind, steps):
+    # FastFlow's 4 steps were chosen on the accuracy suite (benchmarks/README.md, "The flows'
+    # capacity"); CFLOW keeps its paper's 8, which nothing measured against. The command line
+    # must not hand one kind's default to the other, and a config that names its steps (every
+    # checkpoint's does) keeps them.
+    assert ModelConfig(model=kind).flow_steps == steps
+    assert ModelConfig(model=kind, flow_steps=6).flow_steps == 6
+    assert ModelConfig(**ModelConfig(model=kind, flow_steps=8).model_dump()).flow_steps == 8
+    data = _mvtec_folder(tmp_path / "part", elpv_split.train[:5])
+    flags = [f for f in TINY_FLAGS if f not in ("--flow-steps", "2")]
+    out = tmp_path / "model.pt"
+    assert fftrain_main(["--data", str(data), "--out", str(out), "--model", kind, "--condition-channels", "16", *flags]) == 0
+    payload = torch.load(out, map_location="cpu", weights_only=True)
+    assert payload["config"]["flow_steps"] == steps
+    model = checkpoint.load(out)[0]
+    assert all(len(decoder.steps) == steps for decoder in model.flows)
+    assert fftrain_main(["--data", str(data), "--out", str(out), "--model", kind, "--condition-channels", "16", *flags,
+                         "--flow-steps", "3"]) == 0
+    assert torch.load(out, map_location="cpu", weights_only=True)["config"]["flow_steps"] == 3
+
+
 def test_zero_epochs_is_a_clear_error(tmp_path, elpv_split, capsys):
     # Issue 10: --epochs 0 crashed after caching features (no epoch to keep).
     data = _mvtec_folder(tmp_path / "part", elpv_split.train[:5])

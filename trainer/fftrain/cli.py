@@ -26,7 +26,7 @@ def positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from ffcore.modelkinds import MODEL_KINDS
 
-    from .config import ModelConfig
+    from .config import FLOW_STEPS, ModelConfig
     from .kinds import KINDS
     from .train import TrainSettings
 
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{KINDS['cflow'].positions_per_step})")
     p.add_argument("--condition-channels", type=int, default=d.condition_channels,
                    help=f"cflow: channels of the positional encoding (a multiple of 4; default {d.condition_channels})")
-    p.add_argument("--flow-steps", type=int, default=d.flow_steps, help=f"coupling steps per scale (default {d.flow_steps})")
+    p.add_argument("--flow-steps", type=int, default=None,
+                   help="coupling steps per scale (default: " + ", ".join(f"{k} {v}" for k, v in FLOW_STEPS.items()) + ")")
     p.add_argument("--hidden-ratio", type=float, default=d.hidden_ratio,
                    help="subnet hidden channels / subnet input channels (half the feature channels), the "
                    f"paper's ratio (default {d.hidden_ratio})")
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             # conv3x3_only only when given: its default depends on the model (config.py).
             conv3x3_only=args.conv3x3_only,
             score_strides=args.score_strides,  # only when given: its default depends on the model
+            flow_steps=args.flow_steps,  # likewise
         ))
         settings = TrainSettings(**_same_named([f.name for f in fields(TrainSettings)], args, progress=not args.quiet))
         split = resolve(args.data, args.val_every)

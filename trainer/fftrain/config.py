@@ -13,6 +13,10 @@ from .backbones import BACKBONES, FEATURE_STRIDES
 MIN_SIDE, MAX_SIDE = 32, 1024
 #: FastFlow's image score: strides 8 and 16 (stride 4 still in the returned map).
 FASTFLOW_SCORE_STRIDES = (8, 16)
+#: Coupling steps per scale of each kind when a config does not name them: FastFlow 4 (its
+#: paper's 8 fitted DeepPCB's boards worse and the ELPV cells no better on the accuracy suite;
+#: benchmarks/README.md), CFLOW-AD its paper's 8 (not measured otherwise).
+FLOW_STEPS = {"fastflow": 4, "cflow": 8}
 
 
 def parse_image_size(value: object) -> tuple[int, int]:
@@ -63,7 +67,11 @@ class ModelConfig(BaseModel):
         "decided by the trainer from the training images (luma when every one is grey); a checkpoint always "
         "records the decision.",
     )
-    flow_steps: int = Field(default=8, ge=1, le=32, description="Coupling steps per feature scale.")
+    flow_steps: int = Field(
+        default=FLOW_STEPS[DEFAULT_MODEL_KIND], ge=1, le=32,
+        description="Coupling steps per feature scale. Default: 4 for fastflow, 8 for cflow (FLOW_STEPS); checkpoints "
+        "record theirs.",
+    )
     hidden_ratio: float = Field(
         default=1.0, gt=0, le=8,
         description="Subnet hidden channels / subnet input channels: half the feature channels (fastflow, as in "
@@ -106,6 +114,14 @@ class ModelConfig(BaseModel):
     score_reduction: Literal["max", "topk_mean"] = "topk_mean"
     topk_fraction: float = Field(default=0.01, gt=0, le=1, description="Share of map pixels averaged into the score.")
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flow_steps_of_the_kind(cls, data: object) -> object:
+        # A config that names its steps (every checkpoint does) keeps them.
+        if isinstance(data, dict) and data.get("flow_steps") is None:
+            return {**data, "flow_steps": FLOW_STEPS.get(data.get("model", DEFAULT_MODEL_KIND), FLOW_STEPS[DEFAULT_MODEL_KIND])}
+        return data
 
     @model_validator(mode="before")
     @classmethod
