@@ -76,6 +76,7 @@ RECIPES = {
     "width2": ({"hidden_ratio": 2.0}, {}),
     "steps4": ({"flow_steps": 4}, {}),
     "steps12": ({"flow_steps": 12}, {}),
+    "steps2": ({"flow_steps": 2}, {}),
     # Half the coupling steps at fftrain's default epochs (recipe epochs24 is its baseline).
     "steps4-epochs24": ({"flow_steps": 4}, {"epochs": 24}),
 }
