@@ -72,7 +72,7 @@ RECIPES = {
     # Twice the demo's epochs (the cosine schedule stretched over them): does the density fit still gain?
     "epochs24": ({}, {"epochs": 24}),
     # The flows' capacity, one dimension at a time: twice the subnets' hidden channels (the
-    # default until the paper's width was adopted), half the coupling steps, 1.5x the steps.
+    # default until the paper's width was adopted), half, 1.5x and a quarter of the coupling steps.
     "width2": ({"hidden_ratio": 2.0}, {}),
     "steps4": ({"flow_steps": 4}, {}),
     "steps12": ({"flow_steps": 12}, {}),
