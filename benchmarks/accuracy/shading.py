@@ -1,0 +1,217 @@
+"""A low-frequency shading map beside the flows' maps (issue 21's "shading channel"), no retraining.
+
+    python benchmarks/accuracy/shading.py [--sets ...] [--recipe steps4-epochs24]
+
+Exposure augmentation teaches the flows that a brighter or darker part is normal, and the flows
+read each feature cell locally, so a large soft brightness change on one region of a part reads
+as normal too. This measures whether a separate, exposure-free shading model gives back what
+that loses: each image's luminance (BT.601, at the model input) as a log, standardized per image
+(a global gain or gamma then changes nothing: log(g * Y^gamma) = log g + gamma log Y), averaged
+per cell of the stride-``s`` grid; per cell a Gaussian fitted on the training normals; the map
+is 0.5 * ((x - mean) / std)^2 per cell (std floored at a tenth of its median over cells, so a
+cell that never varies on normals cannot dominate). That map joins the trained flows' plain
+maps as one more scale, and the real head (fftrain.head.AnomalyHead, via heads.py) standardizes
+it per position and fuses it like the others, each variant re-thresholded on the validation
+normals by fftrain's rule. The baseline row is the suite's "refit head (as shipped)".
+
+Needs the recipe's checkpoints (suite.py --recipe R trains them). Writes
+``benchmarks/results/accuracy-shading.json``; prints DEV and TEST image AUROC per set with the
+mean and the worst set, and the per-type figures of the synthetic strip. Choices on DEV only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import heads
+import sets
+import suite
+from ffcore.operating_point import operating_point
+
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+STD_FLOOR = 0.1  # of the median cell std
+SHADING_STRIDES = (8, 16)
+#: A set whose shading layout share is below this gets no shading term in the gated rows (set
+#: before the gated rows were computed, between DeepPCB's 0.002 and ELPV poly's 0.50).
+LAYOUT_CUTOFF = 0.25
+FLOWS = "flows (refit head as shipped)"
+
+
+def log_luma_standardized(images: np.ndarray) -> np.ndarray:
+    """[N, H, W] float32: log luminance of uint8 NHWC images, standardized per image."""
+    y = images.astype(np.float32) @ LUMA
+    x = np.log(y + 8.0)  # +8: sensor noise and offset near black are not shading
+    flat = x.reshape(len(x), -1)
+    mean, std = flat.mean(1)[:, None, None], flat.std(1)[:, None, None]
+    return (x - mean) / np.maximum(std, 1e-3)
+
+
+def cells(x: np.ndarray, stride: int) -> torch.Tensor:
+    """[N, 1, H/s, W/s] cell means of [N, H, W] maps."""
+    t = torch.from_numpy(x)[:, None]
+    return torch.nn.functional.avg_pool2d(t, stride, stride)
+
+
+class ShadingModel:
+    def __init__(self, train: torch.Tensor):
+        self.mean = train.mean(0, keepdim=True)
+        std = train.std(0, keepdim=True)
+        self.std = torch.clamp(std, min=STD_FLOOR * float(std.median()))
+
+    def raw_map(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * ((x - self.mean) / self.std) ** 2
+
+    @staticmethod
+    def standard(raw: torch.Tensor) -> torch.Tensor:
+        """The raw map 0.5 z^2 as (z^2 - 1) / sqrt(2): mean 0 and std 1 per cell where z is standard
+        normal, the per-position standardization in closed form (no second fit)."""
+        return (2.0 * raw - 1.0) / 2.0 ** 0.5
+
+
+def layout_share(train_cells: torch.Tensor) -> float:
+    """The share of the training normals' shading variance that the per-cell means explain (R^2
+    of "each cell is its own mean"): near 1 for aligned parts with a fixed lighting layout,
+    near 0 when every image's shading is its own (DeepPCB's unaligned boards)."""
+    c = train_cells.double()
+    return float(1.0 - c.var(0).mean() / c.var())
+
+
+def shading_maps(split, size, mode, stride: int) -> tuple[dict[str, torch.Tensor], float]:
+    """({"train", "val", "test"}: raw shading maps [N, 1, h, w]), the layout share."""
+    from ffcore.data import load_batch
+
+    c = {k: cells(log_luma_standardized(load_batch(v, size, mode)), stride)
+         for k, v in (("train", split.train), ("val", split.val), ("test", split.test))}
+    model = ShadingModel(c["train"])
+    return {k: model.raw_map(v) for k, v in c.items()}, layout_share(c["train"])
+
+
+def summed(model, raw: dict, shade: dict, samples, masks, halves, fitted: bool = True) -> dict:
+    """Flows (head as shipped, refit) + the shading term in the flows' units: the shading map
+    standardized per position like the flows' (the real head, one scale), its image score's
+    spread on the training normals matched to the flows' (w = std_f / std_h): image score
+    s_f + w (s_h - mean_h), map m_f + w m_h. Threshold by fftrain's rule on the validation normals.
+    ``fitted=False``: the shading map standardized in closed form (ShadingModel.standard) instead."""
+    flows = heads.HeadVariant("as shipped", tuple(range(len(raw["train"]))), score_scales=heads.SHIPPED)
+    alone = heads.HeadVariant("shading", (0,), normalization="position" if fitted else "none")
+    if not fitted:
+        shade = {k: ShadingModel.standard(v) for k, v in shade.items()}
+    fh, hh = heads.fitted_head(model, flows, raw["train"]), heads.fitted_head(model, alone, [shade["train"]])
+    out = {k: (heads.scores_and_maps(fh, flows, raw[k]), heads.scores_and_maps(hh, alone, [shade[k]])) for k in raw}
+    (sf, _), (sh, _) = out["train"]
+    w = sf.std() / max(sh.std(), 1e-12)
+    combined = {k: (f[0] + w * (h[0] - sh.mean()), f[1] + w * h[1]) for k, (f, h) in out.items()}
+    s, m = combined["test"]
+    row = suite.scorer_row(s, m, operating_point(combined["val"][0], suite.TARGET_FRR).threshold, samples, masks, halves)
+    return {**row, "weight": float(w)}
+
+
+def run_set(name: str, recipe: str, work: Path) -> dict:
+    from fftrain import checkpoint
+    from fftrain.train import raw_scale_maps
+
+    ss = sets.suite_set(name, work)
+    split = ss.split()
+    path = work / name / recipe / "model.pt"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: train it first (python benchmarks/accuracy/suite.py --recipe {recipe} "
+                         f"--sets {name} --no-reference)")
+    model = checkpoint.load(path)[0].eval()
+    size, mode, test = model.config.image_size, model.config.resize_mode, split.test
+    halves = sets.halves(test)
+    masks = suite.quarter_masks(test, size) if any(s.mask_path is not None for s in test) else None
+    suite.log(f"== {name}: backbone features")
+    feats = suite.split_features(model, split)
+    raw = {k: raw_scale_maps(model, v) for k, v in feats.items()}
+    del feats
+    flows = tuple(range(len(raw["train"])))  # 0, 1, 2: strides 4, 8, 16
+    shipped_score = tuple(model.head.score_scales or flows)
+    extra = len(flows)  # the index the shading map gets as one more scale
+    rows = {FLOWS: suite.variant_row(
+        model, heads.HeadVariant("as shipped", flows, score_scales=heads.SHIPPED), raw, test, masks, halves)}
+    shares = {}
+    for s in SHADING_STRIDES:
+        shade, shares[str(s)] = shading_maps(split, size, mode, s)
+        with_shade = {k: [*raw[k], shade[k]] for k in raw}
+        rows[f"shading at stride {s} alone"] = suite.variant_row(
+            model, heads.HeadVariant("shading", (extra,)), with_shade, test, masks, halves)
+        rows[f"flows + shading at stride {s}, one more scale of the mean"] = suite.variant_row(
+            model, heads.HeadVariant("+shading", (*flows, extra), score_scales=(*shipped_score, extra)),
+            with_shade, test, masks, halves)
+        rows[f"flows + shading at stride {s}, summed at matched spread"] = summed(model, raw, shade, test, masks, halves)
+        rows[f"flows + shading at stride {s}, summed at matched spread, closed-form standardization"] = summed(
+            model, raw, shade, test, masks, halves, fitted=False)
+    for label, row in rows.items():
+        suite.log(f"  {label:56s} DEV image AUROC {row['dev']['image_auroc']:.3f}")
+    return {"set": name, "synthetic": ss.synthetic, "image_size": list(size), "layout_share": shares, "variants": rows}
+
+
+def gated(row: dict, label: str, stride: int) -> str:
+    """The row a set gets when the shading term is used only where its layout share is >= LAYOUT_CUTOFF."""
+    return label if row["layout_share"][str(stride)] >= LAYOUT_CUTOFF else FLOWS
+
+
+def table(result: dict, half: str) -> str:
+    rows = result["rows"]
+    names = [r["set"] for r in rows]
+    lines = ["| scorer | " + " | ".join(names) + " | mean | worst |", "|---" * (len(names) + 3) + "|"]
+    labels = [(label, lambda r, label=label: label) for label in rows[0]["variants"]]
+    labels += [(f"{label}, where the layout share >= {LAYOUT_CUTOFF}", lambda r, label=label, s=s: gated(r, label, s))
+               for s in SHADING_STRIDES for label in rows[0]["variants"] if label.startswith("flows + shading at stride "
+                                                                                        f"{s},")]
+    for label, pick in labels:
+        vals = [r["variants"][pick(r)][half]["image_auroc"] for r in rows]
+        worst = int(np.argmin(vals))
+        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in vals)
+                     + f" | {np.mean(vals):.3f} | {vals[worst]:.3f} ({names[worst]}) |")
+    lines.append("| layout share of the shading variance, strides " + "/".join(map(str, SHADING_STRIDES)) + " | "
+                 + " | ".join("/".join(f"{r['layout_share'][str(s)]:.3f}" for s in SHADING_STRIDES) for r in rows) + " | | |")
+    for r in rows:
+        for label, v in r["variants"].items():
+            types = v[half].get("per_type_auroc") or {}
+            pix = v[half].get("pixel_auroc")
+            if types or pix is not None:
+                lines.append(f"  {r['set']} / {label}: " + (f"pixel {pix:.3f} " if pix is not None else "")
+                             + " ".join(f"{t} {a:.3f}" for t, a in types.items()))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sets", default=",".join(sets.SETS))
+    p.add_argument("--recipe", default="steps4-epochs24", choices=sorted(suite.RECIPES))
+    p.add_argument("--work", type=Path, default=Path("runs/accuracy"))
+    p.add_argument("--json", type=Path, default=suite.RESULTS / "accuracy-shading.json")
+    p.add_argument("--table", action="store_true", help="print the tables of --json without computing anything")
+    args = p.parse_args(argv)
+    if args.table:
+        return print_tables(json.loads(args.json.read_text()))
+    from ffeval.machine import describe, one_line
+
+    machine = describe()
+    suite.log(f"machine: {one_line(machine)}")
+    rows = [run_set(n, args.recipe, args.work) for n in args.sets.split(",")]
+    result = {"schema": "ffrt.accuracy-shading", "recipe": args.recipe, "machine": machine,
+              "command": ["python", "benchmarks/accuracy/shading.py", *(argv if argv is not None else sys.argv[1:])],
+              "splits": "dev = the half of each test split defaults are chosen on; test = the half reported (sets.py)",
+              "rows": rows}
+    args.json.write_text(json.dumps(result, indent=1))
+    suite.log(f"wrote {args.json}")
+    return print_tables(result)
+
+
+def print_tables(result: dict) -> int:
+    for half in ("dev", "test"):
+        print(f"\nimage AUROC, {half.upper()} half\n")
+        print(table(result, half))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
