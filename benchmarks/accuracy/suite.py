@@ -79,6 +79,9 @@ RECIPES = {
     "steps2": ({"flow_steps": 2}, {}),
     # Half the coupling steps at fftrain's default epochs (recipe epochs24 is its baseline).
     "steps4-epochs24": ({"flow_steps": 4}, {"epochs": 24}),
+    # 3 and 2 steps at fftrain's epochs: between the 4 adopted and the 2 DeepPCB preferred at 12.
+    "steps3-epochs24": ({"flow_steps": 3}, {"epochs": 24}),
+    "steps2-epochs24": ({"flow_steps": 2}, {"epochs": 24}),
 }
 
 
