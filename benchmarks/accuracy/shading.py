@@ -14,6 +14,13 @@ maps as one more scale, and the real head (fftrain.head.AnomalyHead, via heads.p
 it per position and fuses it like the others, each variant re-thresholded on the validation
 normals by fftrain's rule. The baseline row is the suite's "refit head (as shipped)".
 
+Robustness: the test normals are also scored as another exposure would show them (one view
+each, drawn as the trainer draws its re-exposed views: gain, gamma, offset, noise and a shift of
+up to 3% of each side; seed EXPOSURE_SEED), and every row reports the false-reject rate of those
+views at its threshold. The shading's cells are tied to the part's position, so variants fit
+the Gaussians with the trainer's re-exposed, shifted views of the training images too, and
+with a tolerance of one cell (each cell matched to the nearest of its neighbours' Gaussians).
+
 Needs the recipe's checkpoints (suite.py --recipe R trains them). Writes
 ``benchmarks/results/accuracy-shading.json``; prints DEV and TEST image AUROC per set with the
 mean and the worst set, and the per-type figures of the synthetic strip. Choices on DEV only.
@@ -40,7 +47,9 @@ SHADING_STRIDES = (8, 16)
 #: A set whose shading layout share is below this gets no shading term in the gated rows (set
 #: before the gated rows were computed, between DeepPCB's 0.002 and ELPV poly's 0.50).
 LAYOUT_CUTOFF = 0.25
+EXPOSURE_SEED = 77
 FLOWS = "flows (refit head as shipped)"
+SHIPPED = "flows as shipped (the checkpoint's head, standardized with the views too; its stored threshold)"
 
 
 def log_luma_standardized(images: np.ndarray) -> np.ndarray:
@@ -59,13 +68,24 @@ def cells(x: np.ndarray, stride: int) -> torch.Tensor:
 
 
 class ShadingModel:
-    def __init__(self, train: torch.Tensor):
+    """Per cell a Gaussian of the training cells; ``tolerance`` r: a cell is compared with every
+    Gaussian within r cells and keeps the smallest z^2 (a part that moved by up to r cells
+    still matches its layout)."""
+
+    def __init__(self, train: torch.Tensor, tolerance: int = 0):
         self.mean = train.mean(0, keepdim=True)
         std = train.std(0, keepdim=True)
         self.std = torch.clamp(std, min=STD_FLOOR * float(std.median()))
+        self.tolerance = tolerance
 
     def raw_map(self, x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * ((x - self.mean) / self.std) ** 2
+        r = self.tolerance
+        if r == 0:
+            return 0.5 * ((x - self.mean) / self.std) ** 2
+        h, w = x.shape[-2:]
+        mean, std = (torch.nn.functional.pad(t, (r, r, r, r), mode="replicate") for t in (self.mean, self.std))
+        return torch.stack([0.5 * ((x - mean[..., dy:dy + h, dx:dx + w]) / std[..., dy:dy + h, dx:dx + w]) ** 2
+                            for dy in range(2 * r + 1) for dx in range(2 * r + 1)]).amin(0)
 
     @staticmethod
     def standard(raw: torch.Tensor) -> torch.Tensor:
@@ -82,13 +102,14 @@ def layout_share(train_cells: torch.Tensor) -> float:
     return float(1.0 - c.var(0).mean() / c.var())
 
 
-def shading_maps(split, size, mode, stride: int) -> tuple[dict[str, torch.Tensor], float]:
-    """({"train", "val", "test"}: raw shading maps [N, 1, h, w]), the layout share."""
-    from ffcore.data import load_batch
-
-    c = {k: cells(log_luma_standardized(load_batch(v, size, mode)), stride)
-         for k, v in (("train", split.train), ("val", split.val), ("test", split.test))}
-    model = ShadingModel(c["train"])
+def shading_maps(images: dict[str, np.ndarray], stride: int, views: np.ndarray | None = None,
+                 tolerance: int = 0) -> tuple[dict[str, torch.Tensor], float]:
+    """({"train", ...}: raw shading maps [N, 1, h, w] of each set of uint8 NHWC images; the
+    Gaussians fitted on "train", plus ``views`` when given: the trainer's re-exposed, shifted
+    views of the training images, as fftrain fits the head), the layout share."""
+    c = {k: cells(log_luma_standardized(v), stride) for k, v in images.items()}
+    fit = c["train"] if views is None else torch.cat([c["train"], cells(log_luma_standardized(views), stride)])
+    model = ShadingModel(fit, tolerance)
     return {k: model.raw_map(v) for k, v in c.items()}, layout_share(c["train"])
 
 
@@ -109,12 +130,24 @@ def summed(model, raw: dict, shade: dict, samples, masks, halves, fitted: bool =
     combined = {k: (f[0] + w * (h[0] - sh.mean()), f[1] + w * h[1]) for k, (f, h) in out.items()}
     s, m = combined["test"]
     row = suite.scorer_row(s, m, operating_point(combined["val"][0], suite.TARGET_FRR).threshold, samples, masks, halves)
-    return {**row, "weight": float(w)}
+    return {**row, "weight": float(w), **exposed_rejects(combined["exposed"][0], row["threshold"], samples, halves)}
+
+
+def exposed_rejects(scores: np.ndarray, threshold: float, samples, halves) -> dict:
+    """False-reject rate, per half, of the test normals re-exposed (``exposed`` in run_set) at ``threshold``."""
+    normals = np.array([i for i, s in enumerate(samples) if s.label == 0])
+    out = {}
+    for half, idx in halves.items():
+        keep = np.isin(normals, idx)
+        out[f"{half}_exposed_false_reject_rate"] = float((scores[keep] > threshold).mean())
+    return out
 
 
 def run_set(name: str, recipe: str, work: Path) -> dict:
+    from ffcore.data import load_batch
     from fftrain import checkpoint
-    from fftrain.train import raw_scale_maps
+    from fftrain.augment import augmented_views
+    from fftrain.train import TrainSettings, evaluate_features, extract_features, raw_scale_maps, training_views
 
     ss = sets.suite_set(name, work)
     split = ss.split()
@@ -122,22 +155,38 @@ def run_set(name: str, recipe: str, work: Path) -> dict:
     if not path.is_file():
         raise SystemExit(f"{path} is missing: train it first (python benchmarks/accuracy/suite.py --recipe {recipe} "
                          f"--sets {name} --no-reference)")
-    model = checkpoint.load(path)[0].eval()
+    model, payload = checkpoint.load(path)
+    model.eval()
     size, mode, test = model.config.image_size, model.config.resize_mode, split.test
     halves = sets.halves(test)
     masks = suite.quarter_masks(test, size) if any(s.mask_path is not None for s in test) else None
     suite.log(f"== {name}: backbone features")
     feats = suite.split_features(model, split)
+    images = {k: load_batch(v, size, mode) for k, v in (("train", split.train), ("val", split.val), ("test", test))}
+    # The test normals as another exposure would show them: one view each, drawn as the trainer
+    # draws its re-exposed views (gain, gamma, offset, noise, a few pixels of shift).
+    images["exposed"] = augmented_views(images["test"][[s.label == 0 for s in test]], 1, EXPOSURE_SEED)
+    feats["exposed"] = extract_features(model, images["exposed"], progress=False)
     raw = {k: raw_scale_maps(model, v) for k, v in feats.items()}
+    # The checkpoint as it ships: its head was standardized with the re-exposed views too.
+    _, test_maps, test_scores = evaluate_features(model, feats["test"])
+    exposed_scores = evaluate_features(model, feats["exposed"])[2].numpy().astype(np.float64)
     del feats
+    threshold = payload["calibration"]["image_threshold"]
+    as_shipped = suite.scorer_row(test_scores.numpy().astype(np.float64), test_maps[:, 0].numpy(), threshold, test,
+                                  masks, halves)
+    as_shipped.update(exposed_rejects(exposed_scores, threshold, test, halves))
     flows = tuple(range(len(raw["train"])))  # 0, 1, 2: strides 4, 8, 16
     shipped_score = tuple(model.head.score_scales or flows)
     extra = len(flows)  # the index the shading map gets as one more scale
-    rows = {FLOWS: suite.variant_row(
-        model, heads.HeadVariant("as shipped", flows, score_scales=heads.SHIPPED), raw, test, masks, halves)}
+    shipped = heads.HeadVariant("as shipped", flows, score_scales=heads.SHIPPED)
+    rows = {SHIPPED: as_shipped, FLOWS: suite.variant_row(model, shipped, raw, test, masks, halves)}
+    exposed_scores = heads.scores_and_maps(heads.fitted_head(model, shipped, raw["train"]), shipped, raw["exposed"])[0]
+    rows[FLOWS].update(exposed_rejects(exposed_scores, rows[FLOWS]["threshold"], test, halves))
+    views = training_views(images["train"], TrainSettings(progress=False), model.config.seed)
     shares = {}
     for s in SHADING_STRIDES:
-        shade, shares[str(s)] = shading_maps(split, size, mode, s)
+        shade, shares[str(s)] = shading_maps(images, s)
         with_shade = {k: [*raw[k], shade[k]] for k in raw}
         rows[f"shading at stride {s} alone"] = suite.variant_row(
             model, heads.HeadVariant("shading", (extra,)), with_shade, test, masks, halves)
@@ -147,6 +196,12 @@ def run_set(name: str, recipe: str, work: Path) -> dict:
         rows[f"flows + shading at stride {s}, summed at matched spread"] = summed(model, raw, shade, test, masks, halves)
         rows[f"flows + shading at stride {s}, summed at matched spread, closed-form standardization"] = summed(
             model, raw, shade, test, masks, halves, fitted=False)
+        if s == SHADING_STRIDES[0]:
+            for tolerance in (0, 1):
+                pooled, _ = shading_maps(images, s, views, tolerance)
+                rows[f"flows + shading at stride {s}, summed at matched spread, closed-form standardization, "
+                     f"fitted with the views{', 1-cell tolerance' if tolerance else ''}"] = summed(
+                    model, raw, pooled, test, masks, halves, fitted=False)
     for label, row in rows.items():
         suite.log(f"  {label:56s} DEV image AUROC {row['dev']['image_auroc']:.3f}")
     return {"set": name, "synthetic": ss.synthetic, "image_size": list(size), "layout_share": shares, "variants": rows}
@@ -172,6 +227,10 @@ def table(result: dict, half: str) -> str:
                      + f" | {np.mean(vals):.3f} | {vals[worst]:.3f} ({names[worst]}) |")
     lines.append("| layout share of the shading variance, strides " + "/".join(map(str, SHADING_STRIDES)) + " | "
                  + " | ".join("/".join(f"{r['layout_share'][str(s)]:.3f}" for s in SHADING_STRIDES) for r in rows) + " | | |")
+    for label, pick in labels:
+        if all(f"{half}_exposed_false_reject_rate" in r["variants"][pick(r)] for r in rows):
+            lines.append(f"  false rejects of the re-exposed test normals, {label}: " + " ".join(
+                f"{r['set']} {r['variants'][pick(r)][f'{half}_exposed_false_reject_rate']:.1%}" for r in rows))
     for r in rows:
         for label, v in r["variants"].items():
             types = v[half].get("per_type_auroc") or {}
