@@ -33,6 +33,7 @@ import json
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -48,7 +49,9 @@ SHADING_STRIDES = (8, 16)
 #: before the gated rows were computed, between DeepPCB's 0.002 and ELPV poly's 0.50).
 LAYOUT_CUTOFF = 0.25
 EXPOSURE_SEED = 77
+MAX_SHIFT = 0.1  # of each side: the largest translation Aligner undoes
 FLOWS = "flows (refit head as shipped)"
+PER_SCALE = "flows, refit head standardized per scale instead of per position"
 SHIPPED = "flows as shipped (the checkpoint's head, standardized with the views too; its stored threshold)"
 
 
@@ -59,6 +62,35 @@ def log_luma_standardized(images: np.ndarray) -> np.ndarray:
     flat = x.reshape(len(x), -1)
     mean, std = flat.mean(1)[:, None, None], flat.std(1)[:, None, None]
     return (x - mean) / np.maximum(std, 1e-3)
+
+
+class Aligner:
+    """Registers each image's shading to the training normals' mean layout before the cells are
+    taken: the translation by phase correlation of the standardized log luminance at a quarter
+    of the input size (Hann-windowed, sub-pixel), at most MAX_SHIFT of each side, undone with
+    reflected borders. The reference is the mean of the training originals, re-averaged once
+    after aligning them to it."""
+
+    def __init__(self, train: np.ndarray):
+        self.reference = self._low(train).mean(0)
+        self.reference = self._low(self.align(train)).mean(0)
+
+    @staticmethod
+    def _low(x: np.ndarray) -> np.ndarray:
+        h, w = x.shape[1:]
+        return np.stack([cv2.resize(m, (w // 4, h // 4), interpolation=cv2.INTER_AREA) for m in x]).astype(np.float64)
+
+    def align(self, x: np.ndarray) -> np.ndarray:
+        """[N, H, W] standardized log luminance -> the same, each translated onto the reference."""
+        h, w = x.shape[1:]
+        window = cv2.createHanningWindow((w // 4, h // 4), cv2.CV_64F)
+        out = np.empty_like(x)
+        for i, (full, low) in enumerate(zip(x, self._low(x))):
+            (dx, dy), _ = cv2.phaseCorrelate(self.reference, low, window)
+            dx, dy = (float(np.clip(4 * d, -MAX_SHIFT * n, MAX_SHIFT * n)) for d, n in ((dx, w), (dy, h)))
+            out[i] = cv2.warpAffine(full, np.float32([[1, 0, -dx], [0, 1, -dy]]), (w, h), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REFLECT)
+        return out
 
 
 def cells(x: np.ndarray, stride: int) -> torch.Tensor:
@@ -103,12 +135,19 @@ def layout_share(train_cells: torch.Tensor) -> float:
 
 
 def shading_maps(images: dict[str, np.ndarray], stride: int, views: np.ndarray | None = None,
-                 tolerance: int = 0) -> tuple[dict[str, torch.Tensor], float]:
+                 tolerance: int = 0, aligned: bool = False) -> tuple[dict[str, torch.Tensor], float]:
     """({"train", ...}: raw shading maps [N, 1, h, w] of each set of uint8 NHWC images; the
     Gaussians fitted on "train", plus ``views`` when given: the trainer's re-exposed, shifted
-    views of the training images, as fftrain fits the head), the layout share."""
-    c = {k: cells(log_luma_standardized(v), stride) for k, v in images.items()}
-    fit = c["train"] if views is None else torch.cat([c["train"], cells(log_luma_standardized(views), stride)])
+    views of the training images, as fftrain fits the head; ``aligned``: every image registered
+    to the training layout first (Aligner)), the layout share."""
+    shading = {k: log_luma_standardized(v) for k, v in images.items()}
+    if views is not None:
+        shading["views"] = log_luma_standardized(views)
+    if aligned:
+        aligner = Aligner(shading["train"])
+        shading = {k: aligner.align(v) for k, v in shading.items()}
+    c = {k: cells(v, stride) for k, v in shading.items() if k != "views"}
+    fit = c["train"] if views is None else torch.cat([c["train"], cells(shading["views"], stride)])
     model = ShadingModel(fit, tolerance)
     return {k: model.raw_map(v) for k, v in c.items()}, layout_share(c["train"])
 
@@ -183,6 +222,11 @@ def run_set(name: str, recipe: str, work: Path) -> dict:
     rows = {SHIPPED: as_shipped, FLOWS: suite.variant_row(model, shipped, raw, test, masks, halves)}
     exposed_scores = heads.scores_and_maps(heads.fitted_head(model, shipped, raw["train"]), shipped, raw["exposed"])[0]
     rows[FLOWS].update(exposed_rejects(exposed_scores, rows[FLOWS]["threshold"], test, halves))
+    # The per-position standardization ties the flows' map to positions too; per scale it does not.
+    per_scale = heads.HeadVariant("per scale", flows, normalization="scale", score_scales=shipped_score)
+    rows[PER_SCALE] = suite.variant_row(model, per_scale, raw, test, masks, halves)
+    exposed_scores = heads.scores_and_maps(heads.fitted_head(model, per_scale, raw["train"]), per_scale, raw["exposed"])[0]
+    rows[PER_SCALE].update(exposed_rejects(exposed_scores, rows[PER_SCALE]["threshold"], test, halves))
     views = training_views(images["train"], TrainSettings(progress=False), model.config.seed)
     shares = {}
     for s in SHADING_STRIDES:
@@ -202,6 +246,11 @@ def run_set(name: str, recipe: str, work: Path) -> dict:
                 rows[f"flows + shading at stride {s}, summed at matched spread, closed-form standardization, "
                      f"fitted with the views{', 1-cell tolerance' if tolerance else ''}"] = summed(
                     model, raw, pooled, test, masks, halves, fitted=False)
+            for with_views in (False, True):
+                aligned, _ = shading_maps(images, s, views if with_views else None, aligned=True)
+                rows[f"flows + shading at stride {s}, summed at matched spread, closed-form standardization, "
+                     f"aligned{', fitted with the views' if with_views else ''}"] = summed(
+                    model, raw, aligned, test, masks, halves, fitted=False)
     for label, row in rows.items():
         suite.log(f"  {label:56s} DEV image AUROC {row['dev']['image_auroc']:.3f}")
     return {"set": name, "synthetic": ss.synthetic, "image_size": list(size), "layout_share": shares, "variants": rows}
