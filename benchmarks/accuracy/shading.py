@@ -9,17 +9,20 @@ that loses: each image's luminance (BT.601, at the model input) as a log, standa
 (a global gain or gamma then changes nothing: log(g * Y^gamma) = log g + gamma log Y), averaged
 per cell of the stride-``s`` grid; per cell a Gaussian fitted on the training normals; the map
 is 0.5 * ((x - mean) / std)^2 per cell (std floored at a tenth of its median over cells, so a
-cell that never varies on normals cannot dominate). That map joins the trained flows' plain
-maps as one more scale, and the real head (fftrain.head.AnomalyHead, via heads.py) standardizes
-it per position and fuses it like the others, each variant re-thresholded on the validation
-normals by fftrain's rule. The baseline row is the suite's "refit head (as shipped)".
+cell that never varies on normals cannot dominate). That map joins the trained flows' maps
+either as one more scale of the real head (fftrain.head.AnomalyHead, via heads.py), or summed at
+matched spread (``summed``); the gated rows use it only on sets whose training normals' shading
+has a layout (``layout_share``). Each variant is re-thresholded on the validation normals by
+fftrain's rule. The baselines: the checkpoint as it ships, and the suite's "refit head (as
+shipped)".
 
 Robustness: the test normals are also scored as another exposure would show them (one view
 each, drawn as the trainer draws its re-exposed views: gain, gamma, offset, noise and a shift of
 up to 3% of each side; seed EXPOSURE_SEED), and every row reports the false-reject rate of those
 views at its threshold. The shading's cells are tied to the part's position, so variants fit
 the Gaussians with the trainer's re-exposed, shifted views of the training images too, and
-with a tolerance of one cell (each cell matched to the nearest of its neighbours' Gaussians).
+with a tolerance of one cell (each cell matched to the nearest of its neighbours' Gaussians),
+and with every image registered to the training layout first (``Aligner``).
 
 Needs the recipe's checkpoints (suite.py --recipe R trains them). Writes
 ``benchmarks/results/accuracy-shading.json``; prints DEV and TEST image AUROC per set with the
