@@ -44,8 +44,9 @@ import heads
 import sets
 import suite
 from ffcore.operating_point import operating_point
+from fftrain.model import LUMA_WEIGHTS
 
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+LUMA = np.array(LUMA_WEIGHTS, np.float32)  # BT.601, as the model's luma input computes it
 STD_FLOOR = 0.1  # of the median cell std
 SHADING_STRIDES = (8, 16)
 #: A set whose shading layout share is below this gets no shading term in the gated rows (set
