@@ -82,6 +82,11 @@ RECIPES = {
     # 3 and 2 steps at fftrain's epochs: between the 4 adopted and the 2 DeepPCB preferred at 12.
     "steps3-epochs24": ({"flow_steps": 3}, {"epochs": 24}),
     "steps2-epochs24": ({"flow_steps": 2}, {"epochs": 24}),
+    # pool3 (measured at 8 steps, 12 epochs) on today's default flows: 4 steps, 24 epochs.
+    "pool3-steps4-epochs24": ({"feature_pooling": 3, "flow_steps": 4}, {"epochs": 24}),
+    # The same with only the deepest scale pooled (large soft unevenness gained, DeepPCB's small defects lost).
+    "pool3at16-steps4-epochs24": ({"feature_pooling": 3, "feature_pooling_strides": (16,), "flow_steps": 4}, {"epochs": 24}),
+    "pool3at8-16-steps4-epochs24": ({"feature_pooling": 3, "feature_pooling_strides": (8, 16), "flow_steps": 4}, {"epochs": 24}),
 }
 
 
