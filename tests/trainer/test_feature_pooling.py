@@ -44,7 +44,7 @@ def _neighbourhood_mean(x: np.ndarray, k: int) -> np.ndarray:
 def test_pool_is_the_mean_of_each_cells_neighbourhood(k):
     model = AnomalyModel(ModelConfig(image_size=SIZE, random_backbone=True, flow_steps=1, feature_pooling=k))
     x = torch.randn(2, 4, 7, 9, generator=torch.Generator().manual_seed(k))
-    pooled = model.pool(x, 4).numpy()
+    pooled = model.pool(x).numpy()
     expected = _neighbourhood_mean(x.numpy().astype(np.float64), k)
     np.testing.assert_allclose(pooled, expected, rtol=0, atol=1e-6)
     # The border is the mean of the cells that exist, not diluted by zero padding.
@@ -55,7 +55,7 @@ def test_no_pooling_by_default_and_one_means_none():
     assert ModelConfig().feature_pooling == 1
     model = AnomalyModel(ModelConfig(image_size=SIZE, random_backbone=True, flow_steps=1))
     x = torch.randn(1, 3, 5, 5)
-    assert torch.equal(model.pool(x, 4), x)
+    assert torch.equal(model.pool(x), x)
 
 
 def test_the_decoders_read_the_pooled_features():

@@ -97,11 +97,6 @@ class ModelConfig(BaseModel):
         description="Side of the local mean (stride 1, padding not counted) each scale's features pass through "
         "before its LayerNorm and decoder: 1 = none, 3 = PatchCore's 3x3 local aggregation. Odd.",
     )
-    feature_pooling_strides: tuple[int, ...] | None = Field(
-        default=None,
-        description="The feature strides whose features pass through the local mean (``feature_pooling``); None: "
-        "every stride.",
-    )
     map_normalization: Literal["none", "scale", "position"] = Field(
         default="position",
         description="Standardize each scale's map by normal training images before fusing: none, per scale, "
@@ -177,21 +172,6 @@ class ModelConfig(BaseModel):
         if v % 2 == 0:
             raise ValueError(f"feature pooling {v}: an odd window side (1, 3, 5 or 7), so it stays centred on each cell")
         return v
-
-    @field_validator("feature_pooling_strides", mode="before")
-    @classmethod
-    def _pooled_strides(cls, v: object) -> tuple[int, ...] | None:
-        if v is None:
-            return None
-        if isinstance(v, (int, str)):
-            v = [v]
-        try:
-            strides = tuple(sorted({int(s) for s in v}))
-        except (TypeError, ValueError):
-            raise ValueError(f"pooled strides {v!r}: a list of feature strides among {FEATURE_STRIDES}") from None
-        if not strides or not set(strides) <= set(FEATURE_STRIDES):
-            raise ValueError(f"pooled strides {v!r}: one or more of the feature strides {FEATURE_STRIDES}")
-        return strides
 
     @field_validator("backbone")
     @classmethod

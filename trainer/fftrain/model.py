@@ -106,15 +106,13 @@ class AnomalyModel(nn.Module):
         """Each scale's features through the local mean (``feature_pooling``) and its LayerNorm, in
         the norms' dtype: what the decoders read."""
         dtype = _dtype(self.flows)
-        return [norm(self.pool(f.to(_norm_dtype(norm, dtype)), stride))
-                for norm, f, stride in zip(self.norms, features, self.strides)]
+        return [norm(self.pool(f.to(_norm_dtype(norm, dtype)))) for norm, f in zip(self.norms, features)]
 
-    def pool(self, feature: torch.Tensor, stride: int) -> torch.Tensor:
+    def pool(self, feature: torch.Tensor) -> torch.Tensor:
         """The mean of each cell's k x k neighbourhood (k = ``feature_pooling``; the border
-        averages only the cells that exist, as PatchCore's aggregation does), on the strides
-        ``feature_pooling_strides`` names (every one when None)."""
-        k, pooled = self.config.feature_pooling, self.config.feature_pooling_strides
-        if k == 1 or (pooled is not None and stride not in pooled):
+        averages only the cells that exist, as PatchCore's aggregation does)."""
+        k = self.config.feature_pooling
+        if k == 1:
             return feature
         return nn.functional.avg_pool2d(feature, k, stride=1, padding=k // 2, count_include_pad=False)
 
