@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sets  # noqa: E402
+import suite  # noqa: E402
 from ffcore import metrics as M  # noqa: E402
 from ffcore.data import load_batch  # noqa: E402
 from ffcore.operating_point import operating_point  # noqa: E402
-from fftrain import checkpoint  # noqa: E402
 from fftrain.train import evaluate_features, extract_features  # noqa: E402
 
 work = Path("runs/accuracy")
@@ -32,7 +32,7 @@ pairs = [p.split("+") for p in sys.argv[2].split(",")]
 out = {}
 for name in ["elpv-mono", "elpv-poly", "deeppcb", "synthetic-strip"]:
     ss = sets.suite_set(name, work); split = ss.split()
-    models = {r: checkpoint.load(work / name / r / "model.pt")[0].eval() for r in recipes}
+    models = {r: suite.saved_checkpoint(name, r, work)[0] for r in recipes}
     m0 = models[recipes[0]]
     size, mode = m0.config.image_size, m0.config.resize_mode
     with torch.no_grad():

@@ -36,17 +36,11 @@ VAL_VIEWS = 4
 
 def run_set(name: str, recipe: str, work: Path) -> dict:
     from ffcore.data import load_batch
-    from fftrain import checkpoint
     from fftrain.augment import augmented_views
     from fftrain.train import evaluate_features, extract_features
 
     split = sets.suite_set(name, work).split()
-    path = work / name / recipe / "model.pt"
-    if not path.is_file():
-        raise SystemExit(f"{path} is missing: train it first (python benchmarks/accuracy/suite.py --recipe {recipe} "
-                         f"--sets {name} --no-reference)")
-    model, payload = checkpoint.load(path)
-    model.eval()
+    model, payload = suite.saved_checkpoint(name, recipe, work)
     test = split.test
     images = load_batch(test, model.config.image_size, model.config.resize_mode)
     exposed = augmented_views(images[[s.label == 0 for s in test]], 1, EXPOSURE_SEED)

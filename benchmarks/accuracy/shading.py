@@ -188,18 +188,12 @@ def exposed_rejects(scores: np.ndarray, threshold: float, samples, halves) -> di
 
 def run_set(name: str, recipe: str, work: Path) -> dict:
     from ffcore.data import load_batch
-    from fftrain import checkpoint
     from fftrain.augment import augmented_views
     from fftrain.train import TrainSettings, evaluate_features, extract_features, raw_scale_maps, training_views
 
     ss = sets.suite_set(name, work)
     split = ss.split()
-    path = work / name / recipe / "model.pt"
-    if not path.is_file():
-        raise SystemExit(f"{path} is missing: train it first (python benchmarks/accuracy/suite.py --recipe {recipe} "
-                         f"--sets {name} --no-reference)")
-    model, payload = checkpoint.load(path)
-    model.eval()
+    model, payload = suite.saved_checkpoint(name, recipe, work)
     size, mode, test = model.config.image_size, model.config.resize_mode, split.test
     halves = sets.halves(test)
     masks = suite.quarter_masks(test, size) if any(s.mask_path is not None for s in test) else None

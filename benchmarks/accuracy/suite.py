@@ -124,6 +124,19 @@ def trained(name: str, split, recipe: str, folder: Path) -> tuple[object, dict, 
     return model.eval(), payload, seconds
 
 
+def saved_checkpoint(name: str, recipe: str, work: Path) -> tuple[object, dict]:
+    """(model in eval mode, checkpoint payload) of a recipe already trained on a set, for the
+    scripts that only evaluate; exits saying how to train it when it is missing."""
+    from fftrain import checkpoint
+
+    path = work / name / recipe / "model.pt"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: train it first (python benchmarks/accuracy/suite.py --recipe {recipe} "
+                         f"--sets {name} --no-reference)")
+    model, payload = checkpoint.load(path)
+    return model.eval(), payload
+
+
 def quarter(maps: np.ndarray) -> np.ndarray:
     n, h, w = maps.shape
     return np.stack([cv2.resize(m, (w // 4, h // 4), interpolation=cv2.INTER_AREA) for m in maps])
