@@ -6,11 +6,14 @@
 Each recipe's checkpoint (suite.py trains them; same backbone, input size and colour) scores the
 validation and test images of every suite set from one feature extraction. A pair's score is the
 sum of both scores, each standardized by its own validation normals' mean and spread; thresholds
-by fftrain's rule (ffcore.operating_point, 2%) on the validation normals. Prints DEV and TEST
-image AUROC per set with the mean and the worst set, and the synthetic strip's large soft
-unevenness. Pairs of unpooled flows of another depth are the control: how much any second flow
-set adds. Choices on DEV only.
+by fftrain's rule (ffcore.operating_point, suite.TARGET_FRR) on the validation normals. Prints
+DEV and TEST image AUROC per set with the mean and the worst set, and the synthetic strip's large
+soft unevenness. Pairs of unpooled flows of another depth are the control: how much any second
+flow set adds. Choices on DEV only.
 """
+
+from __future__ import annotations
+
 import json
 import sys
 from pathlib import Path
@@ -22,56 +25,78 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sets  # noqa: E402
 import suite  # noqa: E402
 from ffcore import metrics as M  # noqa: E402
-from ffcore.data import load_batch  # noqa: E402
 from ffcore.operating_point import operating_point  # noqa: E402
-from fftrain.train import evaluate_features, extract_features  # noqa: E402
 
-work = Path("runs/accuracy")
-recipes = sys.argv[1].split(",")
-pairs = [p.split("+") for p in sys.argv[2].split(",")]
-out = {}
-for name in ["elpv-mono", "elpv-poly", "deeppcb", "synthetic-strip"]:
-    ss = sets.suite_set(name, work); split = ss.split()
-    models = {r: suite.saved_checkpoint(name, r, work)[0] for r in recipes}
-    m0 = models[recipes[0]]
-    size, mode = m0.config.image_size, m0.config.resize_mode
+WORK = Path("runs/accuracy")
+
+
+def figures(test: np.ndarray, val: np.ndarray, labels: np.ndarray, halves: dict, uneven: np.ndarray | None) -> dict:
+    """Per half: image AUROC, the large soft unevenness' AUROC (synthetic sets), and the false-reject
+    rate and recall at fftrain's threshold on the validation normals' scores ``val``."""
+    threshold = operating_point(val, suite.TARGET_FRR).threshold
+    out = {}
+    for h, idx in halves.items():
+        out[h] = round(M.roc_auc(labels[idx], test[idx]), 4)
+        if uneven is not None:
+            keep = idx[uneven[idx]]
+            out[h + "_uneven"] = round(M.roc_auc(labels[keep], test[keep]), 4)
+        out[h + "_frr"] = round(float((test[idx][labels[idx] == 0] > threshold).mean()), 4)
+        out[h + "_recall"] = round(float((test[idx][labels[idx] == 1] > threshold).mean()), 4)
+    return out
+
+
+def run_set(name: str, recipes: list[str], pairs: list[list[str]]) -> dict:
+    from ffcore.data import load_batch
+    from fftrain.train import evaluate_features, extract_features
+
+    ss = sets.suite_set(name, WORK)
+    split = ss.split()
+    models = {r: suite.saved_checkpoint(name, r, WORK)[0] for r in recipes}
+    first = models[recipes[0]]
+    size, mode = first.config.image_size, first.config.resize_mode
+    if any(m.config.image_size != size for m in models.values()):
+        raise SystemExit(f"{name}: the recipes' input sizes differ; their flows cannot share one feature extraction")
     with torch.no_grad():
-        feats = {k: extract_features(m0, load_batch(v, size, mode), progress=False) for k, v in (("val", split.val), ("test", split.test))}
-    sc = {}
-    for r, m in models.items():
-        assert m.config.image_size == size
-        with torch.no_grad():
-            sc[r] = {k: evaluate_features(m, f)[2].numpy().astype(np.float64) for k, f in feats.items()}
+        feats = {k: extract_features(first, load_batch(v, size, mode), progress=False)
+                 for k, v in (("val", split.val), ("test", split.test))}
+        scores = {r: {k: evaluate_features(m, f)[2].numpy().astype(np.float64) for k, f in feats.items()}
+                  for r, m in models.items()}
     halves = sets.halves(split.test)
     labels = np.array([s.label for s in split.test])
-    uneven = np.array([s.label == 0 or s.defect_type == "uneven" for s in split.test])
-    res = {}
-    def fig(test_s, val_s, key):
-        thr = operating_point(val_s, 0.02).threshold
-        d = {}
-        for h, idx in halves.items():
-            d[h] = round(M.roc_auc(labels[idx], test_s[idx]), 4)
-            if ss.synthetic:
-                k = idx[uneven[idx]]; d[h + "_uneven"] = round(M.roc_auc(labels[k], test_s[k]), 4)
-            d[h + "_frr"] = round(float((test_s[idx][labels[idx] == 0] > thr).mean()), 4)
-            d[h + "_recall"] = round(float((test_s[idx][labels[idx] == 1] > thr).mean()), 4)
-        res[key] = d
-    for r in recipes:
-        fig(sc[r]["test"], sc[r]["val"], r)
-    for a, b in pairs:
-        def z(r, k):
-            return (sc[r][k] - sc[r]["val"].mean()) / sc[r]["val"].std()
-        fig(z(a, "test") + z(b, "test"), z(a, "val") + z(b, "val"), f"{a}+{b}")
-    out[name] = res
-    print(name, json.dumps(res), flush=True)
-from ffeval.machine import describe, one_line  # noqa: E402
+    uneven = np.array([s.label == 0 or s.defect_type == "uneven" for s in split.test]) if ss.synthetic else None
 
-Path(sys.argv[3]).write_text(json.dumps({"machine": one_line(describe()), "command": " ".join(sys.argv),
-                                         "sets": out}, indent=1))
-print("machine:", one_line(describe()))
-keys = list(out["elpv-mono"])
-for h in ("dev", "test"):
-    print(h)
-    for k in keys:
-        v = [out[s][k][h] for s in out]
-        print(f"  {k:60s}", " ".join(f"{x:.3f}" for x in v), f"mean {np.mean(v):.3f} worst {min(v):.3f}", "uneven", out["synthetic-strip"][k][h + "_uneven"])
+    def standardized(r: str, k: str) -> np.ndarray:
+        return (scores[r][k] - scores[r]["val"].mean()) / scores[r]["val"].std()
+
+    rows = {r: figures(scores[r]["test"], scores[r]["val"], labels, halves, uneven) for r in recipes}
+    for a, b in pairs:
+        rows[f"{a}+{b}"] = figures(standardized(a, "test") + standardized(b, "test"),
+                                   standardized(a, "val") + standardized(b, "val"), labels, halves, uneven)
+    print(name, json.dumps(rows), flush=True)
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    from ffeval.machine import describe, one_line
+
+    recipes = argv[0].split(",")
+    pairs = [p.split("+") for p in argv[1].split(",")]
+    out = {name: run_set(name, recipes, pairs) for name in sets.SETS}
+    machine = one_line(describe())
+    command = " ".join(["python", "benchmarks/accuracy/ensemble.py", *argv])
+    Path(argv[2]).write_text(json.dumps({"machine": machine, "command": command, "sets": out}, indent=1))
+    print("machine:", machine)
+    strip = [n for n in sets.SETS if sets.suite_set(n, WORK).synthetic][0]
+    for h in ("dev", "test"):
+        print(h)
+        for k in out[sets.SETS[0]]:
+            v = [out[s][k][h] for s in out]
+            print(f"  {k:60s}", " ".join(f"{x:.3f}" for x in v), f"mean {np.mean(v):.3f} worst {min(v):.3f}",
+                  "uneven", out[strip][k][h + "_uneven"])
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    sys.exit(main(sys.argv[1:]))
