@@ -24,24 +24,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sets  # noqa: E402
 import suite  # noqa: E402
-from ffcore import metrics as M  # noqa: E402
 from ffcore.operating_point import operating_point  # noqa: E402
 
 WORK = Path("runs/accuracy")
 
 
-def figures(test: np.ndarray, val: np.ndarray, labels: np.ndarray, halves: dict, uneven: np.ndarray | None) -> dict:
-    """Per half: image AUROC, the large soft unevenness' AUROC (synthetic sets), and the false-reject
-    rate and recall at fftrain's threshold on the validation normals' scores ``val``."""
+def figures(test: np.ndarray, val: np.ndarray, samples, halves: dict, synthetic: bool) -> dict:
+    """Per half (suite.figures): image AUROC, the large soft unevenness' AUROC (synthetic sets), and
+    the false-reject rate and recall at fftrain's threshold on the validation normals' scores ``val``."""
     threshold = operating_point(val, suite.TARGET_FRR).threshold
     out = {}
     for h, idx in halves.items():
-        out[h] = round(M.roc_auc(labels[idx], test[idx]), 4)
-        if uneven is not None:
-            keep = idx[uneven[idx]]
-            out[h + "_uneven"] = round(M.roc_auc(labels[keep], test[keep]), 4)
-        out[h + "_frr"] = round(float((test[idx][labels[idx] == 0] > threshold).mean()), 4)
-        out[h + "_recall"] = round(float((test[idx][labels[idx] == 1] > threshold).mean()), 4)
+        f = suite.figures(test, None, threshold, samples, None, idx)
+        out[h] = round(f["image_auroc"], 4)
+        if synthetic:
+            out[h + "_uneven"] = round(f["per_type_auroc"]["uneven"], 4)
+        out[h + "_frr"] = round(f["false_reject_rate"], 4)
+        out[h + "_recall"] = round(f["recall"], 4)
     return out
 
 
@@ -62,16 +61,14 @@ def run_set(name: str, recipes: list[str], pairs: list[list[str]]) -> dict:
         scores = {r: {k: evaluate_features(m, f)[2].numpy().astype(np.float64) for k, f in feats.items()}
                   for r, m in models.items()}
     halves = sets.halves(split.test)
-    labels = np.array([s.label for s in split.test])
-    uneven = np.array([s.label == 0 or s.defect_type == "uneven" for s in split.test]) if ss.synthetic else None
 
     def standardized(r: str, k: str) -> np.ndarray:
         return (scores[r][k] - scores[r]["val"].mean()) / scores[r]["val"].std()
 
-    rows = {r: figures(scores[r]["test"], scores[r]["val"], labels, halves, uneven) for r in recipes}
+    rows = {r: figures(scores[r]["test"], scores[r]["val"], split.test, halves, ss.synthetic) for r in recipes}
     for a, b in pairs:
         rows[f"{a}+{b}"] = figures(standardized(a, "test") + standardized(b, "test"),
-                                   standardized(a, "val") + standardized(b, "val"), labels, halves, uneven)
+                                   standardized(a, "val") + standardized(b, "val"), split.test, halves, ss.synthetic)
     print(name, json.dumps(rows), flush=True)
     return rows
 

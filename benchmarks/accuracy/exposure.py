@@ -53,13 +53,13 @@ def run_set(name: str, recipe: str, work: Path) -> dict:
     thresholds = {"stored": payload["calibration"]["image_threshold"],
                   "with views": operating_point(np.r_[scores["val"], scores["val_views"]], suite.TARGET_FRR).threshold}
     halves = sets.halves(test)
-    labels = np.array([s.label for s in test])
     row = {"set": name, "recipe": recipe, "thresholds": thresholds}
     for half, idx in halves.items():
-        s, y = scores["test"][idx], labels[idx]
-        row[half] = {"image_auroc": suite.M.roc_auc(y, s)}
+        row[half] = {}
         for which, t in thresholds.items():
-            row[half][which] = {"false_reject_rate": float((s[y == 0] > t).mean()), "recall": float((s[y == 1] > t).mean())}
+            f = suite.figures(scores["test"], None, t, test, None, idx)
+            row[half]["image_auroc"] = f["image_auroc"]
+            row[half][which] = {"false_reject_rate": f["false_reject_rate"], "recall": f["recall"]}
     for which, t in thresholds.items():
         for key, rate in exposed_rejects(scores["exposed"], t, test, halves).items():
             row[key.split("_", 1)[0]][which]["exposed_false_reject_rate"] = rate
