@@ -29,13 +29,14 @@ from .variants import Phase, Variant, asked
 def expected_errors() -> tuple[type[Exception], ...]:
     """What bad input raises (each says what to do): a refusal of the run, not a crash."""
     from ffcalib.images import CalibError
+    from ffcore.memory import NotEnoughMemoryError
     from ffrt.errors import FFRTError
     from fftrain.checkpoint import CheckpointError
     from fftrain.data import DataError
 
     from .exporter import ExportError
 
-    return CalibError, CheckpointError, DataError, ExportError, FFRTError, OSError
+    return CalibError, CheckpointError, DataError, ExportError, FFRTError, NotEnoughMemoryError, OSError
 
 
 def one_line(error: BaseException) -> str:

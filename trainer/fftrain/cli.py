@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, default=10,
                    help="every N-th normal training image is held out for validation (default 10)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--memory-budget", dest="memory_budget_gib", type=float, default=None, metavar="GIB",
+                   help="memory training may use, in GiB (default: what the machine has available when it starts); "
+                   "training refuses at once, before reading images, when its feature cache needs more")
     p.add_argument("--seed", type=int, default=0, help="seed for flow permutations, shuffling and synthetic defects")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -133,6 +136,8 @@ def _same_named(fields, args, **special) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pydantic import ValidationError
+
+    from ffcore.memory import NotEnoughMemoryError
 
     from .backbones import BackboneWeightsError
     from .config import ModelConfig
@@ -168,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         else:  # a rule between options (config.py's model validators) names them in its message
             print(f"fftrain: error: {first['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2
-    except (DataError, BackboneWeightsError, ValueError, OSError) as e:
+    except (DataError, BackboneWeightsError, NotEnoughMemoryError, ValueError, OSError) as e:
         print(f"fftrain: error: {e}", file=sys.stderr)
         return 1
     return 0

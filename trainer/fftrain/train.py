@@ -38,6 +38,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from ffcore import synthetic
+from ffcore.memory import GIB, require
 from ffcore.metrics import roc_auc, score_statistics
 from ffcore.operating_point import OperatingPoint, operating_point
 from ffcore.progress import progress as progress_bar  # `progress` is a parameter name here
@@ -74,6 +75,9 @@ class TrainSettings:
     threads: int | None = None
     progress: bool = True
     keep_features: bool = False
+    # Memory training may use, in GiB (None: what the machine has available when it starts).
+    # Training refuses at once when its feature cache would not fit (cache_bytes).
+    memory_budget_gib: float | None = None
 
     def __post_init__(self) -> None:
         # Checked here, not deep in the loop: epochs=0 would otherwise end in a model with
@@ -92,6 +96,8 @@ class TrainSettings:
                 self.threshold_folds < 0 or self.threshold_folds == 1:
             raise ValueError(f"threshold folds must be 0 (thresholds from the validation normals) or at least 2 "
                              f"(got {self.threshold_folds!r})")
+        if self.memory_budget_gib is not None and not (self.memory_budget_gib > 0 and math.isfinite(self.memory_budget_gib)):
+            raise ValueError(f"memory budget must be a positive number of GiB (got {self.memory_budget_gib!r})")
         if not (0.0 < self.target_frr < 1.0):
             # 0 cannot be promised on new normals: no finite threshold has a zero rate.
             raise ValueError(f"target false-reject rate must be in (0, 1) (got {self.target_frr!r})")
@@ -245,6 +251,34 @@ def training_views(images: np.ndarray, settings: TrainSettings, seed: int) -> np
                                    r=augment.PhotometricRange(jpeg_probability=settings.augment_jpeg))
 
 
+def cache_bytes(model: AnomalyModel, n_train: int, n_val: int, augment_views: int) -> int:
+    """Estimated peak bytes of what train() holds: the uint8 input images of the training pool
+    (each training image and its ``augment_views`` re-exposed views), of the validation normals
+    and of their synthetic defects, beside their float32 backbone features; the pool's
+    features count twice, since its per-batch chunks and their concatenation coexist."""
+    h, w = model.config.image_size
+    image = h * w * 3
+    feature = 4 * sum(c * fh * fw for c, fh, fw in model.feature_shapes)
+    pool = n_train * (1 + augment_views)
+    held_out = n_val * (1 + len(synthetic.HARD_STRENGTHS))
+    return (pool + held_out) * (image + feature) + pool * feature
+
+
+def require_cache_memory(model: AnomalyModel, split: DataSplit, settings: TrainSettings) -> None:
+    """Refuse before any image is read when the caches would not fit (ffcore.memory)."""
+    n_train, views = len(split.train), settings.augment_views
+    per_view = cache_bytes(model, n_train, 0, 1) - cache_bytes(model, n_train, 0, 0)
+    h, w = model.config.image_size
+    require(
+        cache_bytes(model, n_train, len(split.val), views),
+        f"training on {n_train} images at {h}x{w} with {views} re-exposed views each",
+        f"Train with fewer re-exposed views (--augment-views, {views} now: each adds about {per_view / GIB:.1f} GiB), "
+        "a smaller --image-size or fewer training images, on a machine with more memory, or give --memory-budget "
+        "(GiB) to set the limit yourself.",
+        None if settings.memory_budget_gib is None else int(settings.memory_budget_gib * GIB),
+    )
+
+
 FeatureExtractor = Callable[[np.ndarray, str], list[torch.Tensor]]
 
 
@@ -283,6 +317,7 @@ def train(
     timings: dict[str, float] = {}
     model = model if model is not None else AnomalyModel(config, backbone_weights)
     settings = for_kind(settings, model.kind)
+    require_cache_memory(model, split, settings)
     if extract is None:
         def extract(images: np.ndarray, desc: str) -> list[torch.Tensor]:
             return extract_features(model, images, desc=desc, progress=settings.progress)
