@@ -64,7 +64,9 @@ def tiny_checkpoint(tmp_path_factory, elpv_split) -> Path:
     from fftrain.train import TrainSettings, train_and_save
 
     out = tmp_path_factory.mktemp("tiny") / "model.pt"
-    config = ModelConfig(image_size=TINY_SIZE, flow_steps=2, hidden_ratio=1.0)
+    # With a memory bank (fftrain.memory_bank) whatever the trainer's choice, so that every export
+    # and runtime test runs its part of the graph.
+    config = ModelConfig(image_size=TINY_SIZE, flow_steps=2, hidden_ratio=1.0, memory_bank="on")
     train_and_save(config, elpv_split, TrainSettings(epochs=2, batch_size=16, progress=False), out, log=lambda _: None)
     return out
 

@@ -4,7 +4,8 @@ of the SAME backbone's features, PatchCore's recipe (Roth et al. 2022) on the fl
 * patch features: each scale's map at strides 8 and 16 averaged over its 3x3 neighbourhood
   (local aggregation), the stride-16 map upsampled bilinearly to stride 8, both concatenated;
 * memory bank: a greedy k-center coreset of 1% of the training patches (PatchCore's
-  approximate greedy: distances in a random projection to 128 dimensions). To fit 2 cores
+  approximate greedy: distances in a random projection to 128 dimensions; the one fftrain's
+  memory bank uses, fftrain.memory_bank.greedy_coreset). To fit 2 cores
   the greedy search runs on a random 10% of the patches, so the bank is 1% of all patches
   picked from a tenth of them;
 * patch score: Euclidean distance to the nearest bank vector; image score: the largest patch
@@ -22,17 +23,18 @@ import math
 
 import torch
 import torch.nn.functional as F
+from fftrain.memory_bank import greedy_coreset
 
 SCALES = (1, 2)  # indices into the backbone's (stride 4, 8, 16) feature list: strides 8 and 16
 CORESET_FRACTION = 0.01
 SEARCH_FRACTION = 0.1
-PROJECTION_DIMS = 128
 MAP_SIGMA = 4.0
 
 
-def patch_features(feats: list[torch.Tensor]) -> torch.Tensor:
-    """[N, C8 + C16, h8, w8]: the 3x3-aggregated stride-8 and stride-16 maps, concatenated."""
-    maps = [F.avg_pool2d(feats[i].float(), 3, stride=1, padding=1, count_include_pad=False) for i in SCALES]
+def patch_features(feats: list[torch.Tensor], scales: tuple[int, ...] = SCALES) -> torch.Tensor:
+    """[N, C8 + C16, h8, w8]: the 3x3-aggregated stride-8 and stride-16 maps, concatenated (or
+    the maps of other ``scales``, at the first one's resolution)."""
+    maps = [F.avg_pool2d(feats[i].float(), 3, stride=1, padding=1, count_include_pad=False) for i in scales]
     size = maps[0].shape[-2:]
     return torch.cat([maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]], 1)
 
@@ -41,27 +43,10 @@ def _as_rows(patches: torch.Tensor) -> torch.Tensor:
     return patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1]).contiguous()
 
 
-def greedy_coreset(rows: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
-    """Indices of ``n`` rows picked by greedy k-center (each pick: the row farthest from the
-    picks so far), distances measured in a random projection to PROJECTION_DIMS."""
-    g = torch.Generator().manual_seed(seed)
-    dims = rows.shape[1]
-    if dims > PROJECTION_DIMS:
-        proj = torch.randn(dims, PROJECTION_DIMS, generator=g) / math.sqrt(PROJECTION_DIMS)
-        rows = rows @ proj
-    start = int(torch.randint(len(rows), (1,), generator=g))
-    picked = [start]
-    nearest = torch.linalg.vector_norm(rows - rows[start], dim=1)
-    for _ in range(n - 1):
-        i = int(torch.argmax(nearest))
-        picked.append(i)
-        torch.minimum(nearest, torch.linalg.vector_norm(rows - rows[i], dim=1), out=nearest)
-    return torch.tensor(picked)
-
-
 class MemoryBank:
-    def __init__(self, train_feats: list[torch.Tensor], seed: int = 0):
-        rows = _as_rows(patch_features(train_feats))
+    def __init__(self, train_feats: list[torch.Tensor], seed: int = 0, scales: tuple[int, ...] = SCALES):
+        self.scales = scales
+        rows = _as_rows(patch_features(train_feats, scales))
         g = torch.Generator().manual_seed(seed)
         search = rows[torch.randperm(len(rows), generator=g)[: max(1, int(len(rows) * SEARCH_FRACTION))]]
         n = max(1, int(round(len(rows) * CORESET_FRACTION)))
@@ -78,7 +63,7 @@ class MemoryBank:
         kernel = torch.exp(-0.5 * (x / MAP_SIGMA) ** 2)
         kernel = (kernel / kernel.sum())
         for start in range(0, len(feats[0]), batch):
-            p = patch_features([f[start : start + batch] for f in feats])
+            p = patch_features([f[start : start + batch] for f in feats], self.scales)
             n, _, h, w = p.shape
             rows = _as_rows(p)
             d2 = (rows ** 2).sum(1, keepdim=True) - 2 * rows @ self.bank.T + bank_sq

@@ -19,10 +19,11 @@ from ffcore.versions import package_version
 from pydantic import ValidationError
 
 from ffcore.files import atomic_write_bytes
-from ffrt.meta import (AugmentationInfo, BackboneInfo, FlowInfo, InputSpec, ModelInfo, ModelMeta, OutputSpec,
-                       ScoreSpec, ScoreStats, ThresholdEstimate, Thresholds)
+from ffrt.meta import (AugmentationInfo, BackboneInfo, FlowInfo, InputSpec, MemoryBankSpec, ModelInfo, ModelMeta,
+                       OutputSpec, ScoreSpec, ScoreStats, ThresholdEstimate, Thresholds)
 from ffrt.metafile import set_proto_meta
 from fftrain.head import map_units
+from fftrain.memory_bank import BANK_STRIDE
 from fftrain.model import AnomalyModel
 
 from .graph import INPUT_NAME, OUTPUT_NAMES, FusedGraph
@@ -80,6 +81,8 @@ def _meta(model: AnomalyModel, payload: dict[str, Any], cal: dict, ckpt_sha256: 
             reduction=cfg.score_reduction,
             topk_fraction=cfg.topk_fraction if cfg.score_reduction == "topk_mean" else None,
             strides=None if tuple(cfg.score_strides) == model.strides else tuple(cfg.score_strides),
+            memory_bank=MemoryBankSpec(stride=BANK_STRIDE, vectors=cfg.memory_bank_vectors, weight=cfg.memory_bank_weight)
+            if model.bank is not None else None,
         ),
         thresholds=Thresholds(image=cal["image_threshold"], pixel=cal["pixel_threshold"], source=cal.get("source", ""),
                               calibrated_on=cal.get("calibrated_on", TRAINER_BACKEND),

@@ -9,7 +9,8 @@ Everything after that is the trained model itself, including THE anomaly head th
 training-time evaluation used; its decoders in the shipped form of their kind (fftrain.kinds:
 FastFlow's fused_flow, CFLOW-AD's cflow_conv: the same functions with the channel permutations
 and per-channel affines folded into 1x1 convolutions, so a runtime runs only convolutions and
-element-wise operations).
+element-wise operations). A model with a memory bank (fftrain.memory_bank) adds its weighted
+patch distance to the score, in FP32 like the head.
 """
 
 from __future__ import annotations
@@ -33,4 +34,6 @@ class FusedGraph(nn.Module):
         """image: uint8 [N, H, W, 3] RGB -> (anomaly_map float32 [N, 1, H, W], score float32 [N])."""
         x = image.to(torch.float32).permute(0, 3, 1, 2) / 255.0
         model = self.model
-        return model.head([flow(f) for flow, f in zip(self.flows, model.normalize(model.extract(x)))])
+        features = model.extract(x)
+        anomaly_map, score = model.head([flow(f) for flow, f in zip(self.flows, model.normalize(features))])
+        return anomaly_map, model.with_bank(score, features)

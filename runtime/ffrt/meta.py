@@ -38,8 +38,9 @@ META_KEY = "ffrt.meta"
 #    precision_gates[].map_max_rel optional (INT8 gates do not compare maps)
 # 9: score.strides (the image score fuses these feature strides only; the map fuses all)
 # 10: flow.feature_pooling (the k x k local mean each scale's features pass before its decoder)
+# 11: score.memory_bank (a memory bank's weighted patch distance is part of the score)
 # Every field added since 1 has a default, so files of older schemas keep loading.
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 class _Strict(BaseModel):
@@ -89,6 +90,15 @@ class OutputSpec(_Strict):
     score: str = "score"
 
 
+class MemoryBankSpec(_Strict):
+    """A memory bank beside the flows (fftrain.memory_bank): what it adds to the image score."""
+
+    stride: int = Field(gt=0, description="The feature stride of the bank's patches (3x3 neighbourhood means).")
+    vectors: int = Field(gt=0, description="Normal patches in the bank.")
+    weight: float = Field(gt=0, allow_inf_nan=False, description="Its weight against the flows' score, both "
+                          "standardized by the validation normals.")
+
+
 class ScoreSpec(_Strict):
     """How the image score is derived from the anomaly map."""
 
@@ -104,6 +114,10 @@ class ScoreSpec(_Strict):
         description="Feature strides whose maps, fused as the anomaly map is, the score reduces. None: the "
         "anomaly map itself (every stride; files before schema 9). The returned anomaly map fuses every stride, "
         "so with fewer strides the score is not a reduction of that map.")
+    memory_bank: MemoryBankSpec | None = Field(
+        default=None,
+        description="When set, the score also counts the weighted distance from the image's most unusual patch to "
+        "its nearest normal patch (None: the flows alone; every file before schema 11).")
 
 
 class ThresholdEstimate(_Strict):

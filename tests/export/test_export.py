@@ -58,33 +58,46 @@ def test_metadata_describes_the_checkpoint(tiny_onnx, tiny_checkpoint, capsys):
     assert meta.backbone.name == "efficientnet_lite0" and meta.backbone.pretrained
     assert meta.precision == "fp32" and meta.batch_max == 8 and meta.feature_strides == (4, 8, 16)
     assert meta.score.strides == (8, 16)  # the default: the score fuses strides 8 and 16, the map all three
+    bank = payload["config"]
+    assert (meta.score.memory_bank.stride, meta.score.memory_bank.vectors, meta.score.memory_bank.weight) == \
+        (16, bank["memory_bank_vectors"], bank["memory_bank_weight"])
     from ffrt.cli import main as ffrt_main
 
     assert meta.flow.feature_pooling == 1
     assert ffrt_main(["info", str(tiny_onnx)]) == 0
     printed = capsys.readouterr().out
     assert "of the map fused from strides 8, 16 only" in printed and "cells;" not in printed
+    assert f"plus a memory bank's nearest-patch distance (stride 16, {bank['memory_bank_vectors']} normal patches" in printed
 
 
 def test_the_graphs_score_is_the_top_1_percent_of_strides_8_and_16(tiny_onnx, tiny_checkpoint, real_images):
     """Recomputed step by step from the checkpoint's per-scale maps (interpolate, mean, top 1%),
-    not by the head's fusion matrices; and it differs from the top 1% of the map returned."""
+    not by the head's fusion matrices, plus the memory bank's weighted distance from the most
+    unusual 3x3-mean stride-16 patch to its nearest bank vector (torch.cdist); and it differs
+    from the top 1% of the map returned."""
     model, _ = checkpoint.load(tiny_checkpoint)
+    assert model.bank is not None  # conftest: the tiny model has one
     with torch.no_grad():
-        maps = model.head.scale_maps(model.head_inputs(*model.flow(model.extract(to_tensor_batch(real_images)))))
+        feats = model.extract(to_tensor_batch(real_images))
+        maps = model.head.scale_maps(model.head_inputs(*model.flow(feats)))
+        pooled = torch.nn.functional.avg_pool2d(feats[2], 3, stride=1, padding=1, count_include_pad=False)
+        vectors = model.bank.bank + model.bank.center
+        bank_term = torch.stack([torch.cdist(p.flatten(1).T, vectors).min(1).values.max() for p in pooled])
         deep = [torch.nn.functional.interpolate(m, size=(64, 64), mode="bilinear", align_corners=False)
                 for m in maps[1:]]
         fused = (deep[0] + deep[1]) / 2
         if model.head.blur_sigma > 0:
             fused = model.head.blur(fused)
         k = max(1, int(np.ceil(0.01 * 64 * 64)))
-        expected = torch.topk(fused.flatten(1), k, dim=1).values.mean(1).numpy()
+        flows = torch.topk(fused.flatten(1), k, dim=1).values.mean(1).numpy()
+        expected = flows + float(model.bank.gain) * bank_term.numpy()
     session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
     amap, score = session.run(None, {"image": real_images})
     scale = float(np.abs(expected).max())
     assert np.abs(score - expected).max() <= FP32_RTOL * scale
+    assert np.abs(score - flows).max() > 10 * FP32_RTOL * scale  # the bank counts
     of_the_map = np.sort(amap.reshape(len(amap), -1), axis=1)[:, -k:].mean(axis=1)
-    assert np.abs(of_the_map - expected).max() > 10 * FP32_RTOL * scale
+    assert np.abs(of_the_map - flows).max() > 10 * FP32_RTOL * scale
 
 
 def test_parity_with_pytorch_on_real_images(tiny_onnx, tiny_checkpoint, real_images):

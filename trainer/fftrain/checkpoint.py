@@ -78,6 +78,9 @@ def legacy_config(config: dict[str, Any], state_dict: dict[str, Any]) -> dict[st
     if "score_strides" not in config:
         # Written before the score could come from some strides only: it came from all.
         config = {**config, "score_strides": FEATURE_STRIDES}
+    if "memory_bank" not in config:
+        # Written before the memory bank: none, and a re-fit (ffexport's INT8 / BF16 heads) adds none.
+        config = {**config, "memory_bank": "off"}
     if "input_color" not in config:
         # Written before the trainer chose luma for monochrome data: they see RGB.
         config = {**config, "input_color": "rgb"}

@@ -5,7 +5,8 @@ index (image i in fold i mod K). For each fold, a copy of the model starts from 
 initial weights as the shipped one and is trained like it on the other folds (their images
 and their augmented views, never a view of a held-out image), for the epochs the shipped
 model kept and on the shipped model's learning-rate schedule; its map standardization is
-fitted on its own training pool, and it scores the fold's held-out images. Those scores join
+fitted on its own training pool (and its memory bank, if the model has one, on its training
+images), and it scores the fold's held-out images. Those scores join
 the validation normals' (scored by the shipped model) in ``ffcore.operating_point``, so a
 line with 300 good parts calibrates on about 300 scores instead of the 30 held out for
 validation: the difference between a tail model's guess and an order statistic that holds
@@ -29,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .memory_bank import coreset_vectors
 from .model import AnomalyModel
 from .train import TrainSettings, evaluate_features, map_peaks, optimizer_for, raw_scale_maps, run_epoch
 
@@ -77,6 +79,9 @@ def out_of_fold_scores(model: AnomalyModel, start_state: dict[str, Any], train_f
         fold_model.eval()
         if fold_model.config.map_normalization != "none":
             fold_model.head.fit_normalization(raw_scale_maps(fold_model, train_feats, index=pool))
+        if fold_model.bank is not None:  # its own bank, of the fold's training images, at the shipped gain
+            fold_model.bank.set_vectors(coreset_vectors(train_feats[fold_model.bank.scale_index][pool[pool < n_train]],
+                                                        seed=fold_model.config.seed))
         _, maps, fold_scores = evaluate_features(fold_model, [f[held] for f in train_feats])
         out.scores[held.numpy()] = fold_scores.numpy()
         out.peaks[held.numpy()] = map_peaks(maps)

@@ -20,6 +20,7 @@ from .backbones import BACKBONES, build_feature_extractor
 from .config import ModelConfig
 from .head import AnomalyHead, ScaleLatent
 from .kinds import KINDS
+from .memory_bank import BANK_STRIDE, MemoryBankScore
 
 
 #: ITU-R BT.601 luma, as OpenCV's BGR2GRAY and the JPEG/MJPEG YCbCr transform compute it.
@@ -76,6 +77,10 @@ class AnomalyModel(nn.Module):
             blur_sigma=config.map_blur_sigma,
             score_scales=[self.backbone.strides.index(s) for s in config.score_strides],
         )
+        # Built empty at the recorded size so a checkpoint's bank loads into it; training fits it.
+        self.register_module("bank", MemoryBankScore(
+            *self.feature_shapes[self.strides.index(BANK_STRIDE)][:1], config.memory_bank_vectors,
+            self.strides.index(BANK_STRIDE)) if config.memory_bank_vectors else None)
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -132,8 +137,14 @@ class AnomalyModel(nn.Module):
             return list(zs)
         return [ScaleLatent(z, logdet) for z, logdet in zip(zs, logdets)]
 
+    def with_bank(self, score: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        """The image score, plus the memory bank's weighted distance where the model has one."""
+        return score if self.bank is None else score + self.bank(features)
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head(self.head_inputs(*self.flow(self.extract(images))))
+        features = self.extract(images)
+        anomaly_map, score = self.head(self.head_inputs(*self.flow(features)))
+        return anomaly_map, self.with_bank(score, features)
 
     def dims(self) -> int:
         return sum(c * h * w for c, h, w in self.feature_shapes)

@@ -44,6 +44,7 @@ from ffcore.operating_point import OperatingPoint, operating_point
 from ffcore.progress import progress as progress_bar  # `progress` is a parameter name here
 
 from . import augment, checkpoint
+from .memory_bank import BANK_STRIDE, MemoryBankScore, choose_weight, coreset_vectors
 from .config import ModelConfig
 from .data import DataSplit, is_monochrome, load_batch, to_tensor_batch
 from .kinds import ModelKind
@@ -169,17 +170,60 @@ def raw_scale_maps(model: AnomalyModel, feats: list[torch.Tensor], batch_size: i
 
 
 @torch.no_grad()
-def evaluate_features(model: AnomalyModel, feats: list[torch.Tensor], batch_size: int = 32):
-    """(nll_per_dim [N], anomaly_map [N,1,S,S], score [N]) from cached features."""
+def evaluate_features(model: AnomalyModel, feats: list[torch.Tensor], batch_size: int = 32, with_bank: bool = True):
+    """(nll_per_dim [N], anomaly_map [N,1,S,S], score [N]) from cached features; ``with_bank``
+    False: the flows' score alone, without a memory bank the model may have."""
     model.eval()
     nlls, maps, scores = [], [], []
     for start in range(0, len(feats[0]), batch_size):
-        zs, logdets = model.flow([f[start : start + batch_size] for f in feats])
+        batch = [f[start : start + batch_size] for f in feats]
+        zs, logdets = model.flow(batch)
         nlls.append(model.nll_per_dim(zs, logdets))
         m, s = model.head(model.head_inputs(zs, logdets))
         maps.append(m)
-        scores.append(s)
+        scores.append(model.with_bank(s, batch) if with_bank else s)
     return torch.cat(nlls), torch.cat(maps), torch.cat(scores)
+
+
+@torch.no_grad()
+def bank_distances(bank: MemoryBankScore, feats: list[torch.Tensor], batch_size: int = 32) -> np.ndarray:
+    return torch.cat([bank.distance([f[i : i + batch_size] for f in feats])
+                      for i in range(0, len(feats[0]), batch_size)]).numpy().astype(np.float64)
+
+
+def fit_memory_bank(model: AnomalyModel, train_feats: list[torch.Tensor], n_train: int, val_feats: list[torch.Tensor],
+                    defect_feats: list[torch.Tensor], log: Callable[[str], None]) -> None:
+    """Add the memory bank beside the trained flows where it helps (fftrain.memory_bank), from
+    the training images' features (not their re-exposed views); a model that already has one
+    (a re-fit on another backbone's features) gets its bank re-fitted at the weight it has."""
+    config = model.config
+    refit = model.bank is not None
+    if not refit and config.memory_bank == "off":
+        return
+    index = model.strides.index(BANK_STRIDE)
+    vectors = coreset_vectors(train_feats[index][:n_train], seed=config.seed)
+    bank = MemoryBankScore(vectors.shape[1], len(vectors), index)
+    bank.set_vectors(vectors)
+    flows = {k: evaluate_features(model, f, with_bank=False)[2].numpy().astype(np.float64)
+             for k, f in (("val", val_feats), ("synthetic", defect_feats))}
+    distances = {k: bank_distances(bank, f) for k, f in (("val", val_feats), ("synthetic", defect_feats))}
+    spread = (flows["val"].std(), distances["val"].std())
+    if not all(np.isfinite(spread)) or min(spread) <= 0:
+        weight = 0.0
+        log("memory bank: none (the validation normals' scores do not spread; there is nothing to weigh it by)")
+    elif refit:
+        weight = config.memory_bank_weight
+    else:
+        weight, tried = choose_weight(flows, distances, config.memory_bank)
+        log("memory bank: validation AUROC on synthetic defects by weight "
+            + ", ".join(f"{w:g}: {a:.4f}" for w, a in tried.items())
+            + (f"; kept at weight {weight:g}" if weight else "; not kept (the flows alone separate best)"))
+    if weight:
+        bank.gain.fill_(weight * spread[0] / spread[1])
+        log(f"memory bank: {len(vectors)} stride-{BANK_STRIDE} patches of {n_train} training images, weight {weight:g}")
+    model.bank = bank if weight else None
+    model.config = config.model_copy(update={"memory_bank_vectors": len(vectors) if weight else 0,
+                                             "memory_bank_weight": weight})
 
 
 def calibrate(normal_maps: torch.Tensor, normal_scores: torch.Tensor, target_frr: float) -> dict[str, Any]:
@@ -363,8 +407,9 @@ def train(
         bar = progress_bar(range(steps_per_epoch), desc=f"epoch {epoch}/{settings.epochs}", unit="step",
                            enabled=settings.progress, summary=False)
         losses = run_epoch(model, train_feats, order, settings, (optimizer, scheduler), generator, bar)
-        val_nll, _, val_scores = evaluate_features(model, val_feats)
-        _, _, defect_scores = evaluate_features(model, val_defect_feats)
+        # The flows alone pick the epoch: a memory bank is fitted on the kept one.
+        val_nll, _, val_scores = evaluate_features(model, val_feats, with_bank=False)
+        _, _, defect_scores = evaluate_features(model, val_defect_feats, with_bank=False)
         labels = np.r_[np.zeros(len(val_scores)), np.ones(len(defect_scores))]
         auroc = float(roc_auc(labels, np.r_[val_scores.numpy(), defect_scores.numpy()]))
         record = EpochRecord(epoch, float(np.mean(losses)), float(val_nll.mean()), auroc, time.perf_counter() - t_epoch)
@@ -384,6 +429,7 @@ def train(
     if config.map_normalization != "none":
         model.head.fit_normalization(raw_scale_maps(model, train_feats))
         log(f"fitted the map standardization ({config.map_normalization}) on {len(train_images)} training maps")
+    fit_memory_bank(model, train_feats, n_train, val_feats, val_defect_feats, log)
     _, val_maps, val_scores = evaluate_features(model, val_feats)
     if settings.threshold_folds:
         from .folds import out_of_fold_scores

@@ -1,0 +1,107 @@
+"""The memory bank beside the flows (fftrain.memory_bank): its distance, its coreset, the weight
+training chooses, and that the score a checkpoint, the evaluation and the export compute counts it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fftrain import checkpoint
+from fftrain.config import ModelConfig
+from fftrain.memory_bank import WEIGHTS, MemoryBankScore, choose_weight, coreset_vectors, greedy_coreset
+from fftrain.model import AnomalyModel
+from fftrain.train import TrainSettings, evaluate_features, extract_features, train
+
+TINY = dict(image_size=64, flow_steps=2, hidden_ratio=0.5)
+
+
+def _brute_force_distance(feature16: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Per image: the largest over its 3x3-mean patches of the Euclidean distance to the nearest vector."""
+    pooled = F.avg_pool2d(feature16.double(), 3, stride=1, padding=1, count_include_pad=False)
+    rows = pooled.flatten(2).transpose(1, 2)  # [N, hw, C]
+    return torch.stack([torch.cdist(r, vectors.double()).min(1).values.max() for r in rows])
+
+
+def test_bank_distance_is_the_nearest_patch_distance(real_images):
+    model = AnomalyModel(ModelConfig(**TINY))
+    feats = extract_features(model, real_images, progress=False)
+    vectors = coreset_vectors(feats[2][:4])
+    bank = MemoryBankScore(vectors.shape[1], len(vectors), 2)
+    bank.set_vectors(vectors)
+    bank.gain.fill_(0.5)
+    expected = _brute_force_distance(feats[2][4:], vectors)
+    got = bank.distance([f[4:] for f in feats])
+    assert torch.allclose(got.double(), expected, rtol=1e-4, atol=1e-4), (got, expected)
+    assert torch.allclose(bank([f[4:] for f in feats]).double(), 0.5 * expected, rtol=1e-4, atol=1e-4)
+
+
+def test_coreset_covers_every_cluster():
+    # Three far-apart clusters of 50 points: a k-center coreset of 3 takes one from each.
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[0.0] * 8, [100.0] * 8, [-100.0] + [0.0] * 7])
+    rows = torch.cat([c + torch.randn(50, 8, generator=g) for c in centers])
+    picked = greedy_coreset(rows, 3, seed=1)
+    assert sorted(int(i) // 50 for i in picked) == [0, 1, 2]
+
+
+def test_weight_follows_what_separates_the_synthetic_defects():
+    rng = np.random.default_rng(0)
+    val, syn = rng.normal(0, 1, 200), rng.normal(0.3, 1, 200)  # flows: weak separation
+    flows = {"val": val, "synthetic": syn}
+    sharp = {"val": rng.normal(0, 1, 200), "synthetic": rng.normal(3, 1, 200)}
+    # A bank that finds the defective images closer to normal patches than the normals (misleading).
+    noise = {"val": rng.normal(0, 1, 200), "synthetic": rng.normal(-1, 1, 200)}
+    weight, tried = choose_weight(flows, sharp, "auto")
+    assert weight == max(WEIGHTS) and set(tried) == {0.0, *WEIGHTS} and tried[1.0] > tried[0.0]
+    weight, tried = choose_weight(flows, noise, "auto")
+    assert weight == 0.0 and tried[0.0] > max(tried[w] for w in WEIGHTS)
+    # "on" keeps a bank even then, at its least harmful weight.
+    weight, tried = choose_weight(flows, noise, "on")
+    assert weight == min(WEIGHTS) and 0.0 not in tried
+    # A bank that ranks exactly as the flows do ties every weight: the smallest wins.
+    assert choose_weight(flows, flows, "auto")[0] == 0.0 and choose_weight(flows, flows, "on")[0] == min(WEIGHTS)
+
+
+@pytest.fixture(scope="module")
+def bank_model(elpv_split, tmp_path_factory):
+    result = train(ModelConfig(**TINY, memory_bank="on"), elpv_split,
+                   TrainSettings(epochs=1, batch_size=16, progress=False, keep_features=True), log=lambda _: None)
+    path = tmp_path_factory.mktemp("bank") / "model.pt"
+    checkpoint.save(path, result.model, result.calibration, {"parity_images": [str(s.path) for s in elpv_split.val[:4]]})
+    return result, path
+
+
+def test_training_adds_the_bank_to_the_score_it_calibrates(bank_model, real_images):
+    result, path = bank_model
+    model, cfg = result.model.eval(), result.model.config
+    assert cfg.memory_bank_weight in WEIGHTS and cfg.memory_bank_vectors == len(model.bank.bank) > 0
+    # The bank holds patches of the 48 training images only (1% of their 48 x 16 stride-16 patches).
+    assert cfg.memory_bank_vectors == round(48 * 16 * 0.01)
+    x = torch.from_numpy(real_images).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        feats = model.extract(x)
+        _, flows_only = model.head(model.head_inputs(*model.flow(feats)))
+        _, score = model(x)
+        expected = flows_only.double() + float(model.bank.gain) * _brute_force_distance(feats[2], model.bank.bank + model.bank.center)
+        assert float(model.bank.gain) > 0
+        assert torch.allclose(score.double(), expected, rtol=1e-4, atol=1e-4)
+        # The evaluation that sets thresholds scores as the model does; without the bank it is the flows alone.
+        assert torch.allclose(evaluate_features(model, feats)[2], score, rtol=1e-5, atol=1e-5)
+        assert torch.allclose(evaluate_features(model, feats, with_bank=False)[2], flows_only, rtol=1e-5, atol=1e-5)
+    val_scores = evaluate_features(model, result.features["val"])[2].numpy()
+    assert result.calibration["score_stats"]["max"] == pytest.approx(float(val_scores.max()), rel=1e-5)
+    # The checkpoint rebuilds the same bank and the same scores.
+    loaded, payload = checkpoint.load(path)
+    assert payload["config"]["memory_bank_vectors"] == cfg.memory_bank_vectors
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(x)[1], score, rtol=1e-6, atol=1e-6)
+
+
+def test_no_bank_when_off_nor_in_old_checkpoints(elpv_split, tiny_checkpoint):
+    result = train(ModelConfig(**TINY, memory_bank="off"), elpv_split, TrainSettings(epochs=1, progress=False),
+                   log=lambda _: None)
+    assert result.model.bank is None and result.model.config.memory_bank_vectors == 0
+    assert not any(k.startswith("bank.") for k in result.model.state_dict())
+    assert checkpoint.legacy_config({}, {})["memory_bank"] == "off"
