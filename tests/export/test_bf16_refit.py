@@ -56,6 +56,9 @@ def test_the_bf16_file_has_its_own_head_and_its_gate(bf16_export):
     assert (gate.precision, gate.keep_fp32) == ("bf16", "head") and "model.onnx" in gate.reference
     assert gate.bounds == {"max_auroc_drop": 0.01, "min_spearman": 0.90}
     assert not read_onnx_meta(fp32).precision_gates
+    # The memory bank is re-fitted on the BF16 features at the weight training chose for it.
+    bank32, bank16 = read_onnx_meta(fp32).score.memory_bank, meta.score.memory_bank
+    assert bank32 is not None and bank16 is not None and bank16.weight == bank32.weight
 
 
 def test_auto_runs_it_as_its_gate_says_and_it_detects(bf16_export, elpv_split):

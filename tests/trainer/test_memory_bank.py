@@ -90,7 +90,13 @@ def test_training_adds_the_bank_to_the_score_it_calibrates(bank_model, real_imag
         # The evaluation that sets thresholds scores as the model does; without the bank it is the flows alone.
         assert torch.allclose(evaluate_features(model, feats)[2], score, rtol=1e-5, atol=1e-5)
         assert torch.allclose(evaluate_features(model, feats, with_bank=False)[2], flows_only, rtol=1e-5, atol=1e-5)
-    val_scores = evaluate_features(model, result.features["val"])[2].numpy()
+    # The gain puts the weight on the flows' scale: weight x spread of the validation normals'
+    # flows scores / spread of their bank distances.
+    val = result.features["val"]
+    flows_val = evaluate_features(model, val, with_bank=False)[2].numpy().astype(np.float64)
+    distances_val = _brute_force_distance(val[2], model.bank.bank + model.bank.center).numpy()
+    assert float(model.bank.gain) == pytest.approx(cfg.memory_bank_weight * flows_val.std() / distances_val.std(), rel=1e-3)
+    val_scores = evaluate_features(model, val)[2].numpy()
     assert result.calibration["score_stats"]["max"] == pytest.approx(float(val_scores.max()), rel=1e-5)
     # The checkpoint rebuilds the same bank and the same scores.
     loaded, payload = checkpoint.load(path)

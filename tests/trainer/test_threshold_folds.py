@@ -93,3 +93,21 @@ def test_more_folds_than_training_images_is_one_clear_error(tmp_path, elpv_split
     err = capsys.readouterr().err
     assert code != 0 and "at most 5 folds" in err and "Traceback" not in err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_fold_model_has_a_memory_bank_of_its_own_training_images(elpv_split):
+    # A bank holds 1% of its images' stride-16 patches (16 per 64x64 image): the shipped one of 24
+    # images 4, each fold model's of its 16 images 3, so none holds the images it scores.
+    split = DataSplit("elpv:mono (24)", elpv_split.train[:24], elpv_split.val[:8], [])
+    result = train(TINY.model_copy(update={"memory_bank": "on"}), split,
+                   TrainSettings(epochs=1, batch_size=16, progress=False, keep_features=True), log=lambda _: None)
+    assert len(result.model.bank.bank) == round(24 * 16 * 0.01) == 4
+    start = copy.deepcopy(result.model.state_dict())
+    settings = for_kind(TrainSettings(epochs=1, batch_size=16, threshold_folds=3, progress=False), result.model.kind)
+    held_out = out_of_fold_scores(result.model, start, result.features["train"], 24, settings, 1, lambda _: None)
+    assert held_out.bank_vectors == [round(16 * 16 * 0.01)] * 3 == [3, 3, 3]
+    assert len(result.model.bank.bank) == 4  # the shipped bank is untouched
+    # The same through fftrain's training: the folds' thresholds count the bank too.
+    folded = train(TINY.model_copy(update={"memory_bank": "on"}), split,
+                   TrainSettings(epochs=1, batch_size=16, threshold_folds=3, progress=False), log=lambda _: None)
+    assert folded.model.bank is not None and folded.calibration["image_estimate"]["n"] == 8 + 24

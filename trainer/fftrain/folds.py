@@ -47,13 +47,14 @@ def fold_indices(n_train: int, n_pool: int, folds: int, fold: int) -> tuple[torc
 @dataclass
 class OutOfFold:
     """Every training image's score and map peak (training-image order), each from the fold
-    model that did not train on it; per fold, how many cached items trained it and its mean
-    training loss per epoch."""
+    model that did not train on it; per fold, how many cached items trained it, its mean
+    training loss per epoch and the size of its memory bank (0: the model has none)."""
 
     scores: np.ndarray
     peaks: np.ndarray
     trained_items: list[int] = field(default_factory=list)
     epoch_losses: list[list[float]] = field(default_factory=list)
+    bank_vectors: list[int] = field(default_factory=list)
 
 
 def out_of_fold_scores(model: AnomalyModel, start_state: dict[str, Any], train_feats: list[torch.Tensor],
@@ -66,7 +67,11 @@ def out_of_fold_scores(model: AnomalyModel, start_state: dict[str, Any], train_f
         held, pool = fold_indices(n_train, len(train_feats[0]), folds, fold)
         n_fold = n_train - len(held)
         fold_model = copy.deepcopy(model)
-        fold_model.load_state_dict(start_state)
+        # The memory bank is not a trained weight: the fold model gets its own below.
+        missing, unexpected = fold_model.load_state_dict(
+            {k: v for k, v in start_state.items() if not k.startswith("bank.")}, strict=False)
+        if unexpected or any(not k.startswith("bank.") for k in missing):
+            raise RuntimeError(f"fold model state: missing {missing}, unexpected {unexpected}")
         # The shipped model's schedule: the same number of steps per epoch for its share of images.
         steps = math.ceil(n_fold / settings.batch_size)
         optim = optimizer_for(fold_model, settings, steps)
@@ -87,6 +92,7 @@ def out_of_fold_scores(model: AnomalyModel, start_state: dict[str, Any], train_f
         out.peaks[held.numpy()] = map_peaks(maps)
         out.trained_items.append(len(pool))
         out.epoch_losses.append(losses)
+        out.bank_vectors.append(0 if fold_model.bank is None else len(fold_model.bank.bank))
         log(f"threshold fold {fold + 1}/{folds}: trained on {n_fold} images for {epochs} epochs (NLL/dim "
             f"{losses[0]:.3f} -> {losses[-1]:.3f}), scored {len(held)} held-out training images in "
             f"{time.perf_counter() - t0:.1f} s")
