@@ -73,23 +73,30 @@ def run_set(name: str, recipes: list[str], pairs: list[list[str]]) -> dict:
     return rows
 
 
-def main(argv: list[str]) -> int:
+def report(saved: dict, rows: dict[str, dict], path: Path, script: str, argv: list[str]) -> None:
+    """Write ``saved`` (per set) with the machine and the command to ``path``; print each row's DEV
+    and TEST image AUROC per set (``rows``: set -> row -> figures), mean, worst set and the
+    synthetic strip's large soft unevenness."""
     from ffeval.machine import describe, one_line
 
-    recipes = argv[0].split(",")
-    pairs = [p.split("+") for p in argv[1].split(",")]
-    out = {name: run_set(name, recipes, pairs) for name in sets.SETS}
     machine = one_line(describe())
-    command = " ".join(["python", "benchmarks/accuracy/ensemble.py", *argv])
-    Path(argv[2]).write_text(json.dumps({"machine": machine, "command": command, "sets": out}, indent=1))
+    command = " ".join(["python", script, *argv])
+    path.write_text(json.dumps({"machine": machine, "command": command, "sets": saved}, indent=1))
     print("machine:", machine)
     strip = [n for n in sets.SETS if sets.suite_set(n, WORK).synthetic][0]
     for h in ("dev", "test"):
         print(h)
-        for k in out[sets.SETS[0]]:
-            v = [out[s][k][h] for s in out]
+        for k in rows[sets.SETS[0]]:
+            v = [rows[s][k][h] for s in rows]
             print(f"  {k:60s}", " ".join(f"{x:.3f}" for x in v), f"mean {np.mean(v):.3f} worst {min(v):.3f}",
-                  "uneven", out[strip][k][h + "_uneven"])
+                  "uneven", rows[strip][k][h + "_uneven"])
+
+
+def main(argv: list[str]) -> int:
+    recipes = argv[0].split(",")
+    pairs = [p.split("+") for p in argv[1].split(",")]
+    out = {name: run_set(name, recipes, pairs) for name in sets.SETS}
+    report(out, out, Path(argv[2]), "benchmarks/accuracy/ensemble.py", argv)
     return 0
 
 

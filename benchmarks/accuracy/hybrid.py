@@ -99,20 +99,9 @@ def run_set(name: str, recipe: str) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from ffeval.machine import describe, one_line
-
     out = {name: run_set(name, argv[0]) for name in sets.SETS}
-    machine = one_line(describe())
-    command = " ".join(["python", "benchmarks/accuracy/hybrid.py", *argv])
-    Path(argv[1]).write_text(json.dumps({"machine": machine, "command": command, "sets": out}, indent=1))
-    print("machine:", machine)
-    strip = [n for n in sets.SETS if sets.suite_set(n, WORK).synthetic][0]
-    for h in ("dev", "test"):
-        print(h)
-        for k in out[sets.SETS[0]]["rows"]:
-            v = [out[s]["rows"][k][h] for s in out]
-            print(f"  {k:20s}", " ".join(f"{x:.3f}" for x in v), f"mean {np.mean(v):.3f} worst {min(v):.3f}",
-                  "uneven", out[strip]["rows"][k][h + "_uneven"])
+    ensemble.report(out, {name: v["rows"] for name, v in out.items()}, Path(argv[1]), "benchmarks/accuracy/hybrid.py",
+                    argv)
     return 0
 
 

@@ -377,17 +377,22 @@ def test_strong_defect_stays_finite_in_the_fp32_head(tiny_checkpoint, tiny_onnx,
     types = _types(model16)
     to32 = [n for n in _in(model16, "model.head") if _cast_to(n) == FLOAT and types[n.input[0]] == HALF]
     zs = [n.output[0] for n in to32]
-    head_file = onnx.utils.Extractor(model16).extract_model(zs, ["anomaly_map", "score"])
+    # The memory bank's part of the score (FP32 too) reads the FP16 backbone's stride-16 features.
+    bank_in = [n.input[0] for n in _in(model16, "model.bank") if _cast_to(n) == FLOAT and types[n.input[0]] == HALF]
+    assert len(bank_in) == 1
+    head_file = onnx.utils.Extractor(model16).extract_model(zs + bank_in, ["anomaly_map", "score"])
 
     model, _ = checkpoint.load(tiny_checkpoint)
     x = torch.from_numpy(real_images[:4]).permute(0, 3, 1, 2).float() / 255.0
     with torch.no_grad():
-        z_real, _ = model.flow(model.extract(x))
+        feats = [f.half() for f in model.extract(x)]
+        z_real, _ = model.flow([f.float() for f in feats])
     z_def = [z.clone() for z in z_real]
     patch = z_def[0][:, :, 4:8, 4:8]
     z_def[0][:, :, 4:8, 4:8] = torch.where(patch < 0, -300.0, 300.0)
     with torch.no_grad():
         map_torch, score_torch = model.head(z_def)
+        score_torch = model.with_bank(score_torch, [f.float() for f in feats])
     # The file's head reads each scale's z as the shipped flow's two halves (fftrain.fused_flow):
     # z's channels in the order before the last permutation, split where the flow splits. The
     # map sums over all channels of both, so halves of equal shape may be fed either way round.
@@ -399,7 +404,7 @@ def test_strong_defect_stays_finite_in_the_fp32_head(tiny_checkpoint, tiny_onnx,
             by_shape.setdefault(tuple(half.shape[1:]), []).append(half.numpy())
     shapes = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim[1:]) for v in head_file.graph.input}
     assert len(zs) == 2 * len(z_def)
-    map16, score16 = _run(head_file, {name: by_shape[shapes[name]].pop() for name in zs})
+    map16, score16 = _run(head_file, {**{name: by_shape[shapes[name]].pop() for name in zs}, bank_in[0]: feats[2].numpy()})
     assert np.isfinite(map16).all() and np.isfinite(score16).all()
     assert map16.max() > 1000  # the defect shows
     np.testing.assert_allclose(map16, map_torch.numpy(), rtol=1e-4, atol=1e-3)

@@ -23,8 +23,9 @@ def _old_forward(self, image):
     """The input stage as every export had it before: permute the uint8 bytes, then cast."""
     x = image.permute(0, 3, 1, 2).to(torch.float32) / 255.0
     model = self.model
-    zs = [flow(f) for flow, f in zip(self.flows, model.normalize(model.extract(x)))]
-    return model.head(zs)
+    features = model.extract(x)
+    anomaly_map, score = model.head([flow(f) for flow, f in zip(self.flows, model.normalize(features))])
+    return anomaly_map, model.with_bank(score, features)
 
 
 @pytest.fixture(scope="module")

@@ -95,7 +95,8 @@ class MemoryBankScore(nn.Module):
         """[N]: the largest, over the image's patches, distance to the nearest bank vector."""
         rows = patches(features[self.scale_index]) - self.center  # [N, hw, C]
         d2 = (rows * rows).sum(-1, keepdim=True) - 2 * rows @ self.bank.T + self.bank_sq
-        return d2.amin(-1).clamp_min(0).sqrt().amax(1)
+        # Relu, not a clamp: graph tools read a Clip as a convolution's ReLU6 (INT8 Q/DQ placement).
+        return torch.relu(d2.amin(-1)).sqrt().amax(1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.gain * self.distance(features)
