@@ -23,8 +23,10 @@ lowest validation NLL among the epochs whose synthetic AUROC is within ``AUROC_S
 the best one.
 
 After the best epoch is restored, the head's map standardization (if the config asks for
-one) is fitted on the training pool's maps, and only then are the thresholds calibrated
-on the validation normals: they are in the units of the map that ships.
+one) is fitted on the training pool's maps, then the memory bank beside the flows where the
+same synthetic check says it helps (``fit_memory_bank``, fftrain.memory_bank), and only then
+are the thresholds calibrated on the validation normals: they are in the units of the map
+and the score that ship.
 """
 
 from __future__ import annotations
@@ -44,10 +46,10 @@ from ffcore.operating_point import OperatingPoint, operating_point
 from ffcore.progress import progress as progress_bar  # `progress` is a parameter name here
 
 from . import augment, checkpoint
-from .memory_bank import BANK_STRIDE, MemoryBankScore, choose_weight, coreset_vectors
 from .config import ModelConfig
 from .data import DataSplit, is_monochrome, load_batch, to_tensor_batch
 from .kinds import ModelKind
+from .memory_bank import BANK_STRIDE, MemoryBankScore, choose_weight, coreset_vectors
 from .model import AnomalyModel
 
 AUROC_SLACK = 0.01
