@@ -111,3 +111,21 @@ def test_no_bank_when_off_nor_in_old_checkpoints(elpv_split, tiny_checkpoint):
     assert result.model.bank is None and result.model.config.memory_bank_vectors == 0
     assert not any(k.startswith("bank.") for k in result.model.state_dict())
     assert checkpoint.legacy_config({}, {})["memory_bank"] == "off"
+
+
+def test_a_refit_keeps_the_decision_training_made(bank_model, elpv_split):
+    """ffexport's INT8 / BF16 re-fits warm-start train() on a trained model: one trained with a bank
+    gets it re-fitted at its weight; one whose check kept none (the same state: config "on" or
+    "auto" with no vectors) gets none, whatever a new check would say."""
+    import copy
+
+    result, _ = bank_model
+    settings = TrainSettings(epochs=1, batch_size=16, progress=False)
+    with_bank = copy.deepcopy(result.model)
+    refit = train(with_bank.config, elpv_split, settings, log=lambda _: None, model=with_bank)
+    assert refit.model.bank is not None and refit.model.config.memory_bank_weight == result.model.config.memory_bank_weight
+    without = copy.deepcopy(result.model)
+    without.bank = None
+    without.config = without.config.model_copy(update={"memory_bank_vectors": 0, "memory_bank_weight": 0.0})
+    refit = train(without.config, elpv_split, settings, log=lambda _: None, model=without)
+    assert refit.model.bank is None and refit.model.config.memory_bank_vectors == 0

@@ -194,13 +194,14 @@ def bank_distances(bank: MemoryBankScore, feats: list[torch.Tensor], batch_size:
 
 
 def fit_memory_bank(model: AnomalyModel, train_feats: list[torch.Tensor], n_train: int, val_feats: list[torch.Tensor],
-                    defect_feats: list[torch.Tensor], log: Callable[[str], None]) -> None:
+                    defect_feats: list[torch.Tensor], log: Callable[[str], None], choose: bool = True) -> None:
     """Add the memory bank beside the trained flows where it helps (fftrain.memory_bank), from
-    the training images' features (not their re-exposed views); a model that already has one
-    (a re-fit on another backbone's features) gets its bank re-fitted at the weight it has."""
+    the training images' features (not their re-exposed views). ``choose`` False (a re-fit of a
+    trained model on another backbone's features): the model keeps the decision it was trained
+    with, its bank re-fitted at the weight it has, or none."""
     config = model.config
     refit = model.bank is not None
-    if not refit and config.memory_bank == "off":
+    if not refit and (config.memory_bank == "off" or not choose):
         return
     index = model.strides.index(BANK_STRIDE)
     vectors = coreset_vectors(train_feats[index][:n_train], seed=config.seed)
@@ -361,6 +362,7 @@ def train(
         torch.set_num_threads(settings.threads)
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
+    warm_start = model is not None
     model = model if model is not None else AnomalyModel(config, backbone_weights)
     settings = for_kind(settings, model.kind)
     require_cache_memory(model, split, settings)
@@ -431,7 +433,7 @@ def train(
     if config.map_normalization != "none":
         model.head.fit_normalization(raw_scale_maps(model, train_feats))
         log(f"fitted the map standardization ({config.map_normalization}) on {len(train_images)} training maps")
-    fit_memory_bank(model, train_feats, n_train, val_feats, val_defect_feats, log)
+    fit_memory_bank(model, train_feats, n_train, val_feats, val_defect_feats, log, choose=not warm_start)
     _, val_maps, val_scores = evaluate_features(model, val_feats)
     if settings.threshold_folds:
         from .folds import out_of_fold_scores
