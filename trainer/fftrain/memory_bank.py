@@ -103,6 +103,8 @@ class MemoryBankScore(nn.Module):
 
 
 def separation(normal: np.ndarray, defective: np.ndarray) -> float:
+    """Image AUROC of ``normal`` against ``defective`` scores: the trainer's synthetic check (the
+    epoch selection's figure, and the bank's)."""
     from ffcore.metrics import roc_auc
 
     return float(roc_auc(np.r_[np.zeros(len(normal)), np.ones(len(defective))], np.r_[normal, defective]))

@@ -78,9 +78,9 @@ class AnomalyModel(nn.Module):
             score_scales=[self.backbone.strides.index(s) for s in config.score_strides],
         )
         # Built empty at the recorded size so a checkpoint's bank loads into it; training fits it.
-        self.register_module("bank", MemoryBankScore(
-            *self.feature_shapes[self.strides.index(BANK_STRIDE)][:1], config.memory_bank_vectors,
-            self.strides.index(BANK_STRIDE)) if config.memory_bank_vectors else None)
+        bank_scale = self.strides.index(BANK_STRIDE)
+        self.register_module("bank", MemoryBankScore(self.feature_shapes[bank_scale][0], config.memory_bank_vectors,
+                                                     bank_scale) if config.memory_bank_vectors else None)
 
     @property
     def strides(self) -> tuple[int, ...]:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from ffcore import synthetic
 from ffcore.memory import GIB, require
-from ffcore.metrics import roc_auc, score_statistics
+from ffcore.metrics import score_statistics
 from ffcore.operating_point import OperatingPoint, operating_point
 from ffcore.progress import progress as progress_bar  # `progress` is a parameter name here
 
@@ -49,7 +49,7 @@ from . import augment, checkpoint
 from .config import ModelConfig
 from .data import DataSplit, is_monochrome, load_batch, to_tensor_batch
 from .kinds import ModelKind
-from .memory_bank import BANK_STRIDE, MemoryBankScore, choose_weight, coreset_vectors
+from .memory_bank import BANK_STRIDE, MemoryBankScore, choose_weight, coreset_vectors, separation
 from .model import AnomalyModel
 
 AUROC_SLACK = 0.01
@@ -414,8 +414,7 @@ def train(
         # The flows alone pick the epoch: a memory bank is fitted on the kept one.
         val_nll, _, val_scores = evaluate_features(model, val_feats, with_bank=False)
         _, _, defect_scores = evaluate_features(model, val_defect_feats, with_bank=False)
-        labels = np.r_[np.zeros(len(val_scores)), np.ones(len(defect_scores))]
-        auroc = float(roc_auc(labels, np.r_[val_scores.numpy(), defect_scores.numpy()]))
+        auroc = separation(val_scores.numpy(), defect_scores.numpy())
         record = EpochRecord(epoch, float(np.mean(losses)), float(val_nll.mean()), auroc, time.perf_counter() - t_epoch)
         history.append(record)
         marker = ""
