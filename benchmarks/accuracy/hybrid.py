@@ -38,13 +38,13 @@ import suite  # noqa: E402
 
 WORK = Path("runs/accuracy")
 BANKS = {"bank8+16": (1, 2), "bank16": (2,)}  # reference.SCALES indices: strides 8+16, stride 16
-WEIGHTS = (0.25, 0.5, 1.0)
 
 
 def run_set(name: str, recipe: str) -> dict:
     from ffcore import synthetic
     from ffcore.data import load_batch
     from ffcore.metrics import roc_auc
+    from fftrain.memory_bank import WEIGHTS
     from fftrain.train import evaluate_features, extract_features, fit_memory_bank
 
     ss = sets.suite_set(name, WORK)
