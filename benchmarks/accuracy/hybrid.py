@@ -54,8 +54,8 @@ def run_set(name: str, recipe: str) -> dict:
     feats = suite.split_features(model, split)
     with torch.no_grad():
         # fftrain.train's validation defects: the same images, seed and strengths.
-        defects = synthetic.hard_defect_batch(load_batch(split.val, size, model.config.resize_mode),
-                                              seed=model.config.seed + 1000)[0]
+        defects, defect_masks, _ = synthetic.hard_defect_batch(load_batch(split.val, size, model.config.resize_mode),
+                                                               seed=model.config.seed + 1000)
         feats["synthetic"] = extract_features(model, defects, progress=False)
         scores = {"flows": {k: evaluate_features(model, feats[k])[2].numpy().astype(np.float64)
                             for k in ("val", "test", "synthetic")}}
@@ -90,7 +90,8 @@ def run_set(name: str, recipe: str) -> dict:
     # the recipe's flows: its figures must equal the row "chosen".
     product = model.__class__(model.config.model_copy(update={"memory_bank": "auto"}), load_pretrained=False)
     product.load_state_dict(model.state_dict())
-    fit_memory_bank(product.eval(), feats["train"], len(split.train), feats["val"], feats["synthetic"], print)
+    fit_memory_bank(product.eval(), feats["train"], len(split.train), feats["val"], (feats["synthetic"], defect_masks),
+                    print)
     fused["product"] = {k: evaluate_features(product, feats[k])[2].numpy().astype(np.float64) for k in ("val", "test")}
     rows["product"] = {**ensemble.figures(fused["product"]["test"], fused["product"]["val"], split.test, halves,
                                           ss.synthetic), "weight": product.config.memory_bank_weight}

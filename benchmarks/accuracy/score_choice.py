@@ -60,7 +60,7 @@ def run_set(name: str, recipe: str) -> dict:
         feats["synthetic"] = extract_features(model, defects, progress=False)
         index = model.strides.index(BANK_STRIDE)
         vectors = coreset_vectors(feats["train"][index][: len(split.train)], seed=model.config.seed)
-        bank = MemoryBankScore(vectors.shape[1], len(vectors), index)
+        bank = MemoryBankScore(vectors.shape[1], len(vectors), index, tuple(feats["train"][index].shape[-2:]))
         bank.set_vectors(vectors)
         distances = {k: bank_distances(bank, feats[k]) for k in ("val", "synthetic", "test")}
         head = model.head

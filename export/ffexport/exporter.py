@@ -81,8 +81,8 @@ def _meta(model: AnomalyModel, payload: dict[str, Any], cal: dict, ckpt_sha256: 
             reduction=cfg.score_reduction,
             topk_fraction=cfg.topk_fraction if cfg.score_reduction == "topk_mean" else None,
             strides=None if tuple(cfg.score_strides) == model.strides else tuple(cfg.score_strides),
-            memory_bank=MemoryBankSpec(stride=BANK_STRIDE, vectors=cfg.memory_bank_vectors, weight=cfg.memory_bank_weight)
-            if model.bank is not None else None,
+            memory_bank=MemoryBankSpec(stride=BANK_STRIDE, vectors=cfg.memory_bank_vectors, weight=cfg.memory_bank_weight,
+                                       map_weight=cfg.memory_bank_map_weight) if model.bank is not None else None,
         ),
         thresholds=Thresholds(image=cal["image_threshold"], pixel=cal["pixel_threshold"], source=cal.get("source", ""),
                               calibrated_on=cal.get("calibrated_on", TRAINER_BACKEND),

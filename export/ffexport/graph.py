@@ -10,7 +10,8 @@ training-time evaluation used; its decoders in the shipped form of their kind (f
 FastFlow's fused_flow, CFLOW-AD's cflow_conv: the same functions with the channel permutations
 and per-channel affines folded into 1x1 convolutions, so a runtime runs only convolutions and
 element-wise operations). A model with a memory bank (fftrain.memory_bank) adds its weighted
-patch distance to the score, in FP32 like the head.
+patch distance to the score (and, where training chose it, its distance map to the anomaly map),
+in FP32 like the head.
 """
 
 from __future__ import annotations
@@ -35,5 +36,4 @@ class FusedGraph(nn.Module):
         x = image.to(torch.float32).permute(0, 3, 1, 2) / 255.0
         model = self.model
         features = model.extract(x)
-        anomaly_map, score = model.head([flow(f) for flow, f in zip(self.flows, model.normalize(features))])
-        return anomaly_map, model.with_bank(score, features)
+        return model.with_bank(*model.head([flow(f) for flow, f in zip(self.flows, model.normalize(features))]), features)

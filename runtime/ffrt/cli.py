@@ -106,7 +106,8 @@ def format_meta(meta, path) -> str:
         + (f" (top {s.topk_fraction:g} of pixels)" if s.topk_fraction else "")
         + (f" of the map fused from strides {', '.join(map(str, s.strides))} only" if s.strides else "")
         + (f", plus a memory bank's nearest-patch distance (stride {s.memory_bank.stride}, {s.memory_bank.vectors} "
-           f"normal patches, weight {s.memory_bank.weight:g})" if s.memory_bank else "")
+           f"normal patches, weight {s.memory_bank.weight:g} in the score, {s.memory_bank.map_weight:g} in the map)"
+           if s.memory_bank else "")
         + f", higher = more anomalous; map units: {s.map_units}",
         f"thresholds:   image {t.image:.6g}, pixel {t.pixel:.6g}" + (f"  ({t.source})" if t.source else ""),
     ]

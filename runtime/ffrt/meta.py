@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ffcore.modelkinds import DEFAULT_MODEL_KIND, MODEL_KINDS
 from ffcore.operating_point import THRESHOLD_METHODS, OperatingPoint
@@ -39,8 +39,9 @@ META_KEY = "ffrt.meta"
 # 9: score.strides (the image score fuses these feature strides only; the map fuses all)
 # 10: flow.feature_pooling (the k x k local mean each scale's features pass before its decoder)
 # 11: score.memory_bank (a memory bank's weighted patch distance is part of the score)
+# 12: score.memory_bank.map_weight (its distance map is part of the anomaly map); weight may be 0
 # Every field added since 1 has a default, so files of older schemas keep loading.
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 
 class _Strict(BaseModel):
@@ -91,12 +92,22 @@ class OutputSpec(_Strict):
 
 
 class MemoryBankSpec(_Strict):
-    """A memory bank beside the flows (fftrain.memory_bank): what it adds to the image score."""
+    """A memory bank beside the flows (fftrain.memory_bank): what it adds to the image score and
+    to the anomaly map."""
 
     stride: int = Field(gt=0, description="The feature stride of the bank's patches (3x3 neighbourhood means).")
     vectors: int = Field(gt=0, description="Normal patches in the bank.")
-    weight: float = Field(gt=0, allow_inf_nan=False, description="Its weight against the flows' score, both "
-                          "standardized by the validation normals.")
+    weight: float = Field(ge=0, allow_inf_nan=False, description="Its weight against the flows' score, both "
+                          "standardized by the validation normals (0: not in the score).")
+    map_weight: float = Field(default=0.0, ge=0, allow_inf_nan=False, description="The weight of its per-patch "
+                              "distances, upsampled, in the anomaly map (0: the map is the flows'; every file before "
+                              "schema 12).")
+
+    @model_validator(mode="after")
+    def _counts_somewhere(self) -> "MemoryBankSpec":
+        if not (self.weight > 0 or self.map_weight > 0):
+            raise ValueError("a memory bank must weigh in the score or the map (weight or map_weight > 0)")
+        return self
 
 
 class ScoreSpec(_Strict):
@@ -117,7 +128,8 @@ class ScoreSpec(_Strict):
     memory_bank: MemoryBankSpec | None = Field(
         default=None,
         description="When set, the score also counts the weighted distance from the image's most unusual patch to "
-        "its nearest normal patch (None: the flows alone; every file before schema 11).")
+        "its nearest normal patch, and the map each patch's where map_weight > 0 (None: the flows alone; every "
+        "file before schema 11).")
 
 
 class ThresholdEstimate(_Strict):

@@ -55,7 +55,7 @@ def test_the_checkpoint_and_the_file_say_cflow(cflow_run):
     # the kind's step defaults where the command named none (the paper's learning rate), its own where it did
     assert (settings["lr"], settings["batch_size"], settings["positions_per_step"]) == (2e-4, 8, 1024)
     meta = read_onnx_meta(onnx_path)
-    assert meta.schema_version == 11 and meta.model.kind == "cflow" and meta.model.condition_channels == 32
+    assert meta.schema_version == 12 and meta.model.kind == "cflow" and meta.model.condition_channels == 32
     assert "log|det J|" in meta.score.map_units and "standardized" in meta.score.map_units
     assert meta.flow.steps == 2 and meta.flow.conv3x3_only is False
 

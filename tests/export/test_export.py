@@ -59,8 +59,10 @@ def test_metadata_describes_the_checkpoint(tiny_onnx, tiny_checkpoint, capsys):
     assert meta.precision == "fp32" and meta.batch_max == 8 and meta.feature_strides == (4, 8, 16)
     assert meta.score.strides == (8, 16)  # the default: the score fuses strides 8 and 16, the map all three
     bank = payload["config"]
-    assert (meta.score.memory_bank.stride, meta.score.memory_bank.vectors, meta.score.memory_bank.weight) == \
-        (16, bank["memory_bank_vectors"], bank["memory_bank_weight"])
+    assert (meta.score.memory_bank.stride, meta.score.memory_bank.vectors, meta.score.memory_bank.weight,
+            meta.score.memory_bank.map_weight) == \
+        (16, bank["memory_bank_vectors"], bank["memory_bank_weight"], bank["memory_bank_map_weight"])
+    assert bank["memory_bank_map_weight"] > 0  # conftest: "on" puts the bank in the map too
     from ffrt.cli import main as ffrt_main
 
     assert meta.flow.feature_pooling == 1
@@ -68,6 +70,7 @@ def test_metadata_describes_the_checkpoint(tiny_onnx, tiny_checkpoint, capsys):
     printed = capsys.readouterr().out
     assert "of the map fused from strides 8, 16 only" in printed and "cells;" not in printed
     assert f"plus a memory bank's nearest-patch distance (stride 16, {bank['memory_bank_vectors']} normal patches" in printed
+    assert f"{bank['memory_bank_map_weight']:g} in the map)" in printed
 
 
 def test_the_graphs_score_is_the_top_1_percent_of_strides_8_and_16(tiny_onnx, tiny_checkpoint, real_images):
@@ -98,6 +101,32 @@ def test_the_graphs_score_is_the_top_1_percent_of_strides_8_and_16(tiny_onnx, ti
     assert np.abs(score - flows).max() > 10 * FP32_RTOL * scale  # the bank counts
     of_the_map = np.sort(amap.reshape(len(amap), -1), axis=1)[:, -k:].mean(axis=1)
     assert np.abs(of_the_map - flows).max() > 10 * FP32_RTOL * scale
+
+
+def test_the_graphs_map_adds_the_banks_distance_map(tiny_onnx, tiny_checkpoint, real_images):
+    """Recomputed from the checkpoint's per-scale maps (interpolate, mean of the three strides)
+    plus map_gain x (each 3x3-mean stride-16 patch's distance to its nearest bank vector
+    (torch.cdist), upsampled, - map_offset)."""
+    model, _ = checkpoint.load(tiny_checkpoint)
+    assert model.bank is not None and model.bank.in_map
+    with torch.no_grad():
+        feats = model.extract(to_tensor_batch(real_images))
+        maps = model.head.scale_maps(model.head_inputs(*model.flow(feats)))
+        up = [torch.nn.functional.interpolate(m, size=(64, 64), mode="bilinear", align_corners=False) for m in maps]
+        flows = sum(up) / len(up)
+        if model.head.blur_sigma > 0:
+            flows = model.head.blur(flows)
+        pooled = torch.nn.functional.avg_pool2d(feats[2], 3, stride=1, padding=1, count_include_pad=False)
+        vectors = model.bank.bank + model.bank.center
+        nearest = torch.stack([torch.cdist(p.flatten(1).T, vectors).min(1).values for p in pooled])
+        grid = nearest.reshape(len(pooled), 1, *pooled.shape[-2:])
+        bank_map = torch.nn.functional.interpolate(grid, size=(64, 64), mode="bilinear", align_corners=False)
+        expected = (flows + float(model.bank.map_gain) * (bank_map - float(model.bank.map_offset))).numpy()
+    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    amap, _ = session.run(None, {"image": real_images})
+    scale = float(np.abs(expected).max())
+    assert np.abs(amap - expected).max() <= FP32_RTOL * scale
+    assert np.abs(amap - flows.numpy()).max() > 10 * FP32_RTOL * scale  # the bank's map counts
 
 
 def test_parity_with_pytorch_on_real_images(tiny_onnx, tiny_checkpoint, real_images):

@@ -391,8 +391,7 @@ def test_strong_defect_stays_finite_in_the_fp32_head(tiny_checkpoint, tiny_onnx,
     patch = z_def[0][:, :, 4:8, 4:8]
     z_def[0][:, :, 4:8, 4:8] = torch.where(patch < 0, -300.0, 300.0)
     with torch.no_grad():
-        map_torch, score_torch = model.head(z_def)
-        score_torch = model.with_bank(score_torch, [f.float() for f in feats])
+        map_torch, score_torch = model.with_bank(*model.head(z_def), [f.float() for f in feats])
     # The file's head reads each scale's z as the shipped flow's two halves (fftrain.fused_flow):
     # z's channels in the order before the last permutation, split where the flow splits. The
     # map sums over all channels of both, so halves of equal shape may be fed either way round.

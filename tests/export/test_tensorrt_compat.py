@@ -24,8 +24,7 @@ def _old_forward(self, image):
     x = image.permute(0, 3, 1, 2).to(torch.float32) / 255.0
     model = self.model
     features = model.extract(x)
-    anomaly_map, score = model.head([flow(f) for flow, f in zip(self.flows, model.normalize(features))])
-    return anomaly_map, model.with_bank(score, features)
+    return model.with_bank(*model.head([flow(f) for flow, f in zip(self.flows, model.normalize(features))]), features)
 
 
 @pytest.fixture(scope="module")

@@ -71,6 +71,32 @@ def test_unusable_metadata_is_refused_on_load(tmp_path, field, raw, fragment):
     assert "ffcalib thresholds" in text and "ffexport" in text
 
 
+@pytest.mark.parametrize("bank,fragment", [
+    ({"stride": 16, "vectors": 10, "weight": 0.0, "map_weight": 0.0}, "must weigh in the score or the map"),
+    ({"stride": 16, "vectors": 10, "weight": 0.5, "map_weight": -0.5}, "greater than or equal to 0"),
+    ({"stride": 16, "vectors": 10, "weight": 0.5, "map_weight": "Infinity"}, "finite"),
+], ids=["weighs nowhere", "negative map weight", "infinite map weight"])
+def test_a_memory_bank_that_cannot_count_is_refused(tmp_path, bank, fragment):
+    meta = make_meta().model_dump(mode="json")
+    meta["score"]["memory_bank"] = bank
+    text = json.dumps(meta).replace('"Infinity"', "Infinity")
+    with pytest.raises(ModelFileError, match="memory_bank") as exc:
+        Detector(save_model(tmp_path / "m.onnx", make_graph(), meta_json=text))
+    assert fragment in str(exc.value)
+
+
+def test_a_memory_bank_in_the_map_only_loads(tmp_path):
+    meta = make_meta().model_dump(mode="json")
+    meta["score"]["memory_bank"] = {"stride": 16, "vectors": 10, "weight": 0.0, "map_weight": 0.5}
+    det = Detector(save_model(tmp_path / "m.onnx", make_graph(), meta_json=json.dumps(meta)))
+    assert det.meta.score.memory_bank.map_weight == 0.5
+    # Files of schema 11 have no map weight: their bank is in the score only.
+    del meta["score"]["memory_bank"]["map_weight"]
+    meta["score"]["memory_bank"]["weight"] = 0.25
+    old = Detector(save_model(tmp_path / "old.onnx", make_graph(), meta_json=json.dumps(meta)))
+    assert old.meta.score.memory_bank.map_weight == 0.0
+
+
 def test_score_stats_must_be_finite(tmp_path):
     meta = make_meta().model_dump(mode="json")
     meta["score_stats"] = {"count": 10, "mean": 1.0, "std": "Infinity", "min": 0.5, "max": 2.0, "p50": 1.0, "p99": 1.9}

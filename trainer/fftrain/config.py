@@ -116,12 +116,17 @@ class ModelConfig(BaseModel):
         description="A memory bank of the normals' stride-16 patches beside the flows (fftrain.memory_bank): its "
         "largest nearest-patch distance, weighted, joins the image score. auto: where it separates the validation "
         "normals from their synthetic defects better than the flows alone; on: always, at its best weight; off: "
-        "never. Checkpoints written before it have none.",
+        "never. Its distance map joins the anomaly map the same way, by the pixel AUROC of the synthetic defects' "
+        "masks. Checkpoints written before it have none.",
     )
     memory_bank_vectors: int = Field(default=0, ge=0, description="The trained bank's vectors (0: none); set by training.")
     memory_bank_weight: float = Field(
         default=0.0, ge=0, description="The bank's weight against the flows' score, both standardized by the "
         "validation normals (0: none); set by training.")
+    memory_bank_map_weight: float = Field(
+        default=0.0, ge=0, description="The weight of the bank's distance map in the anomaly map, against the "
+        "flows' map, the bank's standardized by the validation normals' pixels (0: the flows' map alone); set by "
+        "training.")
     score_reduction: Literal["max", "topk_mean"] = "topk_mean"
     topk_fraction: float = Field(default=0.01, gt=0, le=1, description="Share of map pixels averaged into the score.")
     seed: int = 0

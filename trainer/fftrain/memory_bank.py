@@ -1,5 +1,6 @@
 """A memory bank beside the flows: each image's largest distance from a stride-16 patch to its
-nearest normal patch, weighted into the image score where it helps.
+nearest normal patch, weighted into the image score where it helps, and each patch's distance,
+weighted into the anomaly map where it helps.
 
 Why: on the same backbone features, a nearest-neighbour distance (PatchCore, Roth et al. 2022)
 separates some lines' defects better than the flows (issue 21's set A, ELPV's cells) and on
@@ -22,6 +23,15 @@ subtracting the bank's mean from both, which keeps the terms small where a runti
 BF16; the image score gains ``gain`` x the largest nearest-patch distance, where ``gain`` is
 the chosen weight times the flows' score spread over the bank's (on the validation normals),
 so the score stays in the flows' units and the weight means the same on every line.
+
+The map is decided the same way and separately (``MAP_WEIGHTS``): the pixel AUROC of those
+synthetic defects' masks, for the flows' map alone and for it plus the bank's per-patch
+distances (upsampled bilinearly as the head upsamples its scales, standardized by the
+validation normals' pixels: ``map_gain`` x (distance - ``map_offset``)). A map a defect
+lights up is what an operator checks a rejected part against, and the pixel threshold and the
+defect mask follow it. Why separately: the score and the map need different things (on the
+synthetic strip the bank adds nothing to the score and localizes better; benchmarks/README.md,
+"The bank's distances in the map").
 """
 
 from __future__ import annotations
@@ -44,6 +54,9 @@ PROJECTION_DIMS = 128
 #: 21's set A: 0.944 against 0.828 on the same features), equal weight would still let the flows'
 #: ranking pull it down.
 WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: The weights of the bank's distance map in the anomaly map that training tries against the
+#: flows' map alone (weight 0), by the pixel AUROC of the synthetic defects' masks.
+MAP_WEIGHTS = (0.25, 0.5, 1.0, 2.0)
 
 
 def patches(feature: torch.Tensor) -> torch.Tensor:
@@ -78,15 +91,34 @@ def coreset_vectors(feature: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 
 class MemoryBankScore(nn.Module):
-    """features (the backbone's, one tensor per stride) -> gain x the largest nearest-patch distance [N]."""
+    """features (the backbone's, one tensor per stride) -> gain x the largest nearest-patch distance
+    [N] for the score; with a map term (:meth:`add_map`), also each patch's distance, upsampled to
+    the anomaly map and weighted, for the map."""
 
-    def __init__(self, channels: int, vectors: int, scale_index: int):
+    def __init__(self, channels: int, vectors: int, scale_index: int, grid: tuple[int, int],
+                 map_size: tuple[int, int] | None = None):
         super().__init__()
         self.scale_index = scale_index
+        self.grid = tuple(grid)  # the bank stride's feature map (h, w): the distance map's shape
         self.register_buffer("center", torch.zeros(channels))
         self.register_buffer("bank", torch.zeros(vectors, channels))  # centered
         self.register_buffer("bank_sq", torch.zeros(vectors))
         self.register_buffer("gain", torch.zeros(()))
+        self.in_map = False
+        if map_size is not None:  # a checkpoint's bank that is in the map: its gain and offset load into these
+            self.add_map(0.0, 0.0, map_size)
+
+    def add_map(self, gain: float, offset: float, size: tuple[int, int]) -> None:
+        """Put the distances into the anomaly map [N, 1, *size] too: ``gain`` x (distance -
+        ``offset``), where ``offset`` is the validation normals' mean pixel distance (normal areas
+        keep the flows' level)."""
+        self.in_map = True
+        self.register_buffer("map_gain", torch.tensor(float(gain)))
+        self.register_buffer("map_offset", torch.tensor(float(offset)))
+        left, right = upsampling(size, self.grid)
+        # Derived from the sizes, not state (as the head's fusion matrices).
+        self.register_buffer("map_left", left, persistent=False)
+        self.register_buffer("map_right", right, persistent=False)
 
     def set_vectors(self, vectors: torch.Tensor) -> None:
         """The bank [M, C] (M may differ from the size it was built with: a fold's bank)."""
@@ -94,15 +126,40 @@ class MemoryBankScore(nn.Module):
         self.bank = vectors - self.center
         self.bank_sq = (self.bank * self.bank).sum(1)
 
-    def distance(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """[N]: the largest, over the image's patches, distance to the nearest bank vector."""
+    def nearest(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """[N, h*w]: each patch's distance to its nearest bank vector."""
         rows = patches(features[self.scale_index]) - self.center  # [N, hw, C]
         d2 = (rows * rows).sum(-1, keepdim=True) - 2 * rows @ self.bank.T + self.bank_sq
         # Relu, not a clamp: graph tools read a Clip as a convolution's ReLU6 (INT8 Q/DQ placement).
-        return torch.relu(d2.amin(-1)).sqrt().amax(1)
+        return torch.relu(d2.amin(-1)).sqrt()
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.gain * self.distance(features)
+    def distance(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """[N]: the largest, over the image's patches, distance to the nearest bank vector."""
+        return self.nearest(features).amax(1)
+
+    def distance_map(self, nearest: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """[N, 1, H, W]: :meth:`nearest` upsampled bilinearly to the anomaly map as the head
+        upsamples its scales: two products with constant matrices, no full-size resize."""
+        left, right = (self.map_left, self.map_right) if self.in_map else upsampling(size, self.grid)
+        return left @ nearest.reshape(-1, 1, *self.grid) @ right
+
+    def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(what the anomaly map [N, 1, *size] gains, None without a map term; what the score [N]
+        gains), from one distance computation. (Called as the module, so an exported graph's
+        nodes carry its name scope: the FP16 export keeps them FP32 by it.)"""
+        nearest = self.nearest(features)
+        score = self.gain * nearest.amax(1)
+        if not self.in_map:
+            return None, score
+        return self.map_gain * (self.distance_map(nearest, size) - self.map_offset), score
+
+
+def upsampling(size: tuple[int, int], grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(left [H, h], right [w, W]): ``left @ m @ right`` is the bilinear resize of m [h, w] to
+    ``size`` (align_corners False, as F.interpolate)."""
+    from .resize import bilinear_matrix
+
+    return bilinear_matrix(size[0], grid[0]).float(), bilinear_matrix(size[1], grid[1]).T.contiguous().float()
 
 
 def separation(normal: np.ndarray, defective: np.ndarray) -> float:
@@ -111,6 +168,14 @@ def separation(normal: np.ndarray, defective: np.ndarray) -> float:
     from ffcore.metrics import roc_auc
 
     return float(roc_auc(np.r_[np.zeros(len(normal)), np.ones(len(defective))], np.r_[normal, defective]))
+
+
+def _best(tried: dict[float, float]) -> float:
+    return max(tried, key=lambda w: (tried[w], -w))  # ties: the smaller weight
+
+
+def _candidates(weights: tuple[float, ...], choice: Literal["auto", "on"]) -> tuple[float, ...]:
+    return ((0.0,) if choice == "auto" else ()) + weights
 
 
 def choose_weight(flows: dict[str, np.ndarray], bank: dict[str, np.ndarray],
@@ -123,5 +188,21 @@ def choose_weight(flows: dict[str, np.ndarray], bank: dict[str, np.ndarray],
         return (s[k] - s["val"].mean()) / s["val"].std()
 
     tried = {w: separation(*(standardized(flows, k) + w * standardized(bank, k) for k in ("val", "synthetic")))
-             for w in ((0.0,) if choice == "auto" else ()) + WEIGHTS}
-    return max(tried, key=lambda w: (tried[w], -w)), tried
+             for w in _candidates(WEIGHTS, choice)}
+    return _best(tried), tried
+
+
+def choose_map_weight(flows: np.ndarray, bank: np.ndarray, masks: np.ndarray, normals: int,
+                      choice: Literal["auto", "on"]) -> tuple[float, dict[float, float]]:
+    """(weight, the pixel AUROC of each weight tried) of the bank's distance map in the anomaly
+    map: maps [N, h, w] of the validation normals (the first ``normals``) and of their synthetic
+    defects, by the flows and by the bank (the bank's standardized by the normals' pixels), and
+    the defects' masks [N - normals, h, w]; weight 0 = the flows' map alone (not a candidate for
+    "on"). Ties go to the smaller weight."""
+    from ffcore.metrics import pixel_auroc
+
+    normal = bank[:normals]
+    scaled = (bank - normal.mean()) / normal.std()
+    truth = np.concatenate([np.zeros((normals, *masks.shape[1:]), bool), masks.astype(bool)])
+    tried = {w: float(pixel_auroc(truth, flows + np.float32(w) * scaled)) for w in _candidates(MAP_WEIGHTS, choice)}
+    return _best(tried), tried

@@ -79,8 +79,9 @@ class AnomalyModel(nn.Module):
         )
         # Built empty at the recorded size so a checkpoint's bank loads into it; training fits it.
         bank_scale = self.strides.index(BANK_STRIDE)
-        self.register_module("bank", MemoryBankScore(self.feature_shapes[bank_scale][0], config.memory_bank_vectors,
-                                                     bank_scale) if config.memory_bank_vectors else None)
+        self.register_module("bank", MemoryBankScore(
+            self.feature_shapes[bank_scale][0], config.memory_bank_vectors, bank_scale, self.feature_shapes[bank_scale][1:],
+            map_size=(height, width) if config.memory_bank_map_weight > 0 else None) if config.memory_bank_vectors else None)
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -137,14 +138,18 @@ class AnomalyModel(nn.Module):
             return list(zs)
         return [ScaleLatent(z, logdet) for z, logdet in zip(zs, logdets)]
 
-    def with_bank(self, score: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
-        """The image score, plus the memory bank's weighted distance where the model has one."""
-        return score if self.bank is None else score + self.bank(features)
+    def with_bank(self, anomaly_map: torch.Tensor, score: torch.Tensor,
+                  features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The anomaly map and the image score, plus the memory bank's weighted distances where
+        the model has one (the map only where training put them there)."""
+        if self.bank is None:
+            return anomaly_map, score
+        map_term, score_term = self.bank(features, self.head.image_size)
+        return anomaly_map if map_term is None else anomaly_map + map_term, score + score_term
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.extract(images)
-        anomaly_map, score = self.head(self.head_inputs(*self.flow(features)))
-        return anomaly_map, self.with_bank(score, features)
+        return self.with_bank(*self.head(self.head_inputs(*self.flow(features))), features)
 
     def dims(self) -> int:
         return sum(c * h * w for c, h, w in self.feature_shapes)
