@@ -101,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default {TrainSettings.augment_jpeg:g}: none)")
     p.add_argument("--memory-bank", choices=["auto", "on", "off"], default=d.memory_bank,
                    help="a memory bank of the normal parts' stride-16 patches beside the flows, its nearest-patch "
-                   "distance weighted into the image score: auto (default) where it separates the validation normals "
-                   "from their synthetic defects better than the flows alone, on, or off")
+                   "distance weighted into the image score, and each patch's into the anomaly map: auto (default) "
+                   "each where it separates (score) or localizes (map) the validation normals' synthetic defects "
+                   "better than the flows alone, on (both, in any case), or off")
     p.add_argument("--score", choices=["topk_mean", "max"], default=d.score_reduction,
                    help="image score from the map: mean of the top-k pixels (default) or the max")
     p.add_argument("--score-strides", type=int, nargs="+", default=None, metavar="STRIDE",
