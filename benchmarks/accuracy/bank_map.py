@@ -56,7 +56,8 @@ def run_set(name: str, recipe: str) -> dict:
     from ffcore import synthetic
     from ffcore.data import load_batch
     from fftrain.memory_bank import BANK_STRIDE, MemoryBankScore, coreset_vectors
-    from fftrain.train import bank_nearest, evaluate_features, extract_features, fit_memory_bank
+    from fftrain.bank_fit import bank_nearest, fit_memory_bank
+    from fftrain.train import evaluate_features, extract_features
 
     ss = sets.suite_set(name, WORK)
     split = ss.split()

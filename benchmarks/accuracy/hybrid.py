@@ -45,7 +45,8 @@ def run_set(name: str, recipe: str) -> dict:
     from ffcore.data import load_batch
     from ffcore.metrics import roc_auc
     from fftrain.memory_bank import WEIGHTS
-    from fftrain.train import evaluate_features, extract_features, fit_memory_bank
+    from fftrain.bank_fit import fit_memory_bank
+    from fftrain.train import evaluate_features, extract_features
 
     ss = sets.suite_set(name, WORK)
     split = ss.split()
@@ -86,7 +87,7 @@ def run_set(name: str, recipe: str) -> dict:
     candidates = ["flows"] + [f"flows+{w:g}*bank16" for w in WEIGHTS]
     chosen = max(candidates, key=lambda s: synthetic_auroc[s])  # ties: the first, the flows alone
     rows["chosen"] = {**rows[chosen], "choice": chosen}
-    # The same choice as fftrain makes it (fftrain.train.fit_memory_bank, memory_bank "auto"), on
+    # The same choice as fftrain makes it (fftrain.bank_fit.fit_memory_bank, memory_bank "auto"), on
     # the recipe's flows: its figures must equal the row "chosen".
     product = model.__class__(model.config.model_copy(update={"memory_bank": "auto"}), load_pretrained=False)
     product.load_state_dict(model.state_dict())

@@ -46,7 +46,8 @@ def run_set(name: str, recipe: str) -> dict:
     from ffcore import synthetic
     from ffcore.data import load_batch
     from fftrain.memory_bank import BANK_STRIDE, MemoryBankScore, choose_weight, coreset_vectors, separation
-    from fftrain.train import bank_distances, evaluate_features, extract_features
+    from fftrain.bank_fit import bank_distances
+    from fftrain.train import evaluate_features, extract_features
 
     ss = sets.suite_set(name, WORK)
     split = ss.split()
