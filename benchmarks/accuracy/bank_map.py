@@ -55,8 +55,7 @@ def run_set(name: str, recipe: str) -> dict:
     from ffcore import metrics as M
     from ffcore import synthetic
     from ffcore.data import load_batch
-    from fftrain.memory_bank import BANK_STRIDE, MemoryBankScore, coreset_vectors
-    from fftrain.bank_fit import bank_nearest, fit_memory_bank
+    from fftrain.bank_fit import bank_nearest, fit_memory_bank, new_bank
     from fftrain.train import evaluate_features, extract_features
 
     ss = sets.suite_set(name, WORK)
@@ -69,10 +68,7 @@ def run_set(name: str, recipe: str) -> dict:
         defects, defect_masks, _ = synthetic.hard_defect_batch(load_batch(split.val, size, model.config.resize_mode),
                                                                seed=model.config.seed + 1000)
         feats["synthetic"] = extract_features(model, defects, progress=False)
-        index = model.strides.index(BANK_STRIDE)
-        vectors = coreset_vectors(feats["train"][index][: len(split.train)], seed=model.config.seed)
-        bank = MemoryBankScore(vectors.shape[1], len(vectors), index, tuple(feats["train"][index].shape[-2:]))
-        bank.set_vectors(vectors)
+        bank = new_bank(model, feats["train"], len(split.train))
         flows = {k: evaluate_features(model, feats[k], with_bank=False)[1][:, 0].numpy() for k in ("val", "synthetic", "test")}
         dist = {k: bank.distance_map(bank_nearest(bank, feats[k]), size)[:, 0].numpy() for k in ("val", "synthetic", "test")}
         # fftrain's own fit on the same flows (memory_bank "auto"): its map must be the row of the weight it picks.
@@ -96,7 +92,7 @@ def run_set(name: str, recipe: str) -> dict:
             rows[f"{w:g}"] = pixel_figures(q["test"], test_masks, split.test, halves)
     if test_masks is not None:
         rows["product"] = pixel_figures(product_map, test_masks, split.test, halves)
-    out = {"synthetic_pixel_auroc": check, "test_pixel": rows, "bank_vectors": int(len(vectors)),
+    out = {"synthetic_pixel_auroc": check, "test_pixel": rows, "bank_vectors": int(len(bank.bank)),
            "product": {"weight": product.config.memory_bank_weight, "map_weight": product.config.memory_bank_map_weight}}
     print(name, json.dumps(out), flush=True)
     return out

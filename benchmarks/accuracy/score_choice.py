@@ -45,8 +45,8 @@ REDUCTIONS = {"top1%": ("topk_mean", 0.01), "top0.5%": ("topk_mean", 0.005), "to
 def run_set(name: str, recipe: str) -> dict:
     from ffcore import synthetic
     from ffcore.data import load_batch
-    from fftrain.memory_bank import BANK_STRIDE, MemoryBankScore, choose_weight, coreset_vectors, separation
-    from fftrain.bank_fit import bank_distances
+    from fftrain.bank_fit import bank_distances, new_bank
+    from fftrain.memory_bank import choose_weight, separation
     from fftrain.train import evaluate_features, extract_features
 
     ss = sets.suite_set(name, WORK)
@@ -59,10 +59,7 @@ def run_set(name: str, recipe: str) -> dict:
         defects = synthetic.hard_defect_batch(load_batch(split.val, size, model.config.resize_mode),
                                               seed=model.config.seed + 1000)[0]
         feats["synthetic"] = extract_features(model, defects, progress=False)
-        index = model.strides.index(BANK_STRIDE)
-        vectors = coreset_vectors(feats["train"][index][: len(split.train)], seed=model.config.seed)
-        bank = MemoryBankScore(vectors.shape[1], len(vectors), index, tuple(feats["train"][index].shape[-2:]))
-        bank.set_vectors(vectors)
+        bank = new_bank(model, feats["train"], len(split.train))
         distances = {k: bank_distances(bank, feats[k]) for k in ("val", "synthetic", "test")}
         head = model.head
         flows = {}

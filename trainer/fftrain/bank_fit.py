@@ -15,6 +15,16 @@ from .memory_bank import BANK_STRIDE, MemoryBankScore, choose_map_weight, choose
 from .model import AnomalyModel
 
 
+def new_bank(model: AnomalyModel, train_feats: list[torch.Tensor], n_train: int) -> MemoryBankScore:
+    """A bank of the first ``n_train`` training images' stride-16 patches (their coreset), with no
+    weight yet: in neither the score nor the map."""
+    index = model.strides.index(BANK_STRIDE)
+    vectors = coreset_vectors(train_feats[index][:n_train], seed=model.config.seed)
+    bank = MemoryBankScore(vectors.shape[1], len(vectors), index, model.feature_shapes[index][1:])
+    bank.set_vectors(vectors)
+    return bank
+
+
 @torch.no_grad()
 def bank_nearest(bank: MemoryBankScore, feats: list[torch.Tensor], batch_size: int = 32) -> torch.Tensor:
     """[N, h*w]: each stride-16 patch's distance to its nearest bank vector."""
@@ -39,10 +49,7 @@ def fit_memory_bank(model: AnomalyModel, train_feats: list[torch.Tensor], n_trai
     if not refit and (config.memory_bank == "off" or not choose):
         return
     defect_feats, defect_masks = defects
-    index = model.strides.index(BANK_STRIDE)
-    vectors = coreset_vectors(train_feats[index][:n_train], seed=config.seed)
-    bank = MemoryBankScore(vectors.shape[1], len(vectors), index, model.feature_shapes[index][1:])
-    bank.set_vectors(vectors)
+    bank = new_bank(model, train_feats, n_train)
     flows = {k: evaluate_features(model, f, with_bank=False) for k, f in (("val", val_feats), ("synthetic", defect_feats))}
     scores = {k: v[2].numpy().astype(np.float64) for k, v in flows.items()}
     nearest = {k: bank_nearest(bank, f) for k, f in (("val", val_feats), ("synthetic", defect_feats))}
@@ -73,11 +80,11 @@ def fit_memory_bank(model: AnomalyModel, train_feats: list[torch.Tensor], n_trai
     if map_weight:
         bank.add_map(map_weight / pixel_spread, dist_maps["val"][1], size)
     if weight or map_weight:
-        log(f"memory bank: {len(vectors)} stride-{BANK_STRIDE} patches of {n_train} training images, weight "
+        log(f"memory bank: {len(bank.bank)} stride-{BANK_STRIDE} patches of {n_train} training images, weight "
             f"{weight:g} in the score, {map_weight:g} in the map")
     kept = bool(weight or map_weight)
     model.bank = bank if kept else None
-    model.config = config.model_copy(update={"memory_bank_vectors": len(vectors) if kept else 0,
+    model.config = config.model_copy(update={"memory_bank_vectors": len(bank.bank) if kept else 0,
                                              "memory_bank_weight": weight, "memory_bank_map_weight": map_weight})
 
 
