@@ -45,7 +45,7 @@ REDUCTIONS = {"top1%": ("topk_mean", 0.01), "top0.5%": ("topk_mean", 0.005), "to
 def run_set(name: str, recipe: str) -> dict:
     from ffcore import synthetic
     from ffcore.data import load_batch
-    from fftrain.bank_fit import bank_distances, new_bank
+    from fftrain.bank_fit import bank_nearest, new_bank
     from fftrain.memory_bank import choose_weight, separation
     from fftrain.train import evaluate_features, extract_features
 
@@ -60,7 +60,7 @@ def run_set(name: str, recipe: str) -> dict:
                                               seed=model.config.seed + 1000)[0]
         feats["synthetic"] = extract_features(model, defects, progress=False)
         bank = new_bank(model, feats["train"], len(split.train))
-        distances = {k: bank_distances(bank, feats[k]) for k in ("val", "synthetic", "test")}
+        distances = {k: bank_nearest(bank, feats[k]).amax(1).numpy().astype(np.float64) for k in ("val", "synthetic", "test")}
         head = model.head
         flows = {}
         for r, (reduction, fraction) in REDUCTIONS.items():

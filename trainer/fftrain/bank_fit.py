@@ -31,11 +31,6 @@ def bank_nearest(bank: MemoryBankScore, feats: list[torch.Tensor], batch_size: i
     return torch.cat([bank.nearest([f[i : i + batch_size] for f in feats]) for i in range(0, len(feats[0]), batch_size)])
 
 
-def bank_distances(bank: MemoryBankScore, feats: list[torch.Tensor], batch_size: int = 32) -> np.ndarray:
-    """[N] float64: each image's largest nearest-patch distance (what the score's bank term weighs)."""
-    return bank_nearest(bank, feats, batch_size).amax(1).numpy().astype(np.float64)
-
-
 def fit_memory_bank(model: AnomalyModel, train_feats: list[torch.Tensor], n_train: int, val_feats: list[torch.Tensor],
                     defects: tuple[list[torch.Tensor], np.ndarray], log: Callable[[str], None], choose: bool = True) -> None:
     """Add the memory bank beside the trained flows where it helps (fftrain.memory_bank), from
