@@ -133,12 +133,16 @@ def ffrt_run(model: Path, sources: list[Path], batch: int, extra: list[str], thr
 
 
 def steady_fps(done: list[float], skip: float = 1 / 3) -> float:
-    """Frames per second once the line runs: over the frames after the first third, from the
-    times their results were ready, so the start (queues filling, first calls) is not in it."""
+    """Frames per second once the line runs: from the times results were ready, the frames
+    ready after the first third's last one, over the time since it; the start (queues filling,
+    first calls) is not in it. A batch's frames are ready at one instant, so the frames that
+    share the first instant of the span are not counted: counting them overstated short runs
+    by up to a batch."""
     done = sorted(done)
-    start = int(len(done) * skip)
-    span = done[-1] - done[start]
-    return (len(done) - 1 - start) / span if span > 0 else float("nan")
+    t0 = done[int(len(done) * skip)]
+    later = [t for t in done if t > t0]
+    span = later[-1] - t0 if later else 0.0
+    return len(later) / span if span > 0 else float("nan")
 
 
 def detector_submit(model: Path, sources: list[Path], batch: int, threads: int | None, backend: str) -> dict:

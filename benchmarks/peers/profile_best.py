@@ -38,6 +38,16 @@ STAGES = (
     ("pre_processor", "input (layout, scale, normalize)"),
 )
 INPUT_STAGE = "input (layout, scale, normalize)"
+#: ffrt's profiled paths: (result key, file of build_models.ffrt_paths, precision, keep_fp32, what).
+#: The INT8 file's rows run when --prepare built it; on an AMX CPU they show where its
+#: quantize/dequantize work goes against the BF16 path's convolutions.
+FFRT_SIDES = (
+    ("ffrt", "onnx", "bf16", "head", "BF16 with the head FP32 (its default BF16)"),
+    ("ffrt_bf16_all", "onnx", "bf16", "none", "BF16 on the whole graph (keep_fp32='none', not gated)"),
+    ("ffrt_int8_bf16", "int8", "bf16", "head", "model.int8-cpu.onnx (every convolution INT8), float parts BF16, head FP32"),
+    ("ffrt_int8_fp32", "int8", "fp32", "head", "model.int8-cpu.onnx (every convolution INT8), float parts FP32 "
+                                              "(what auto runs as ffexport writes it)"),
+)
 #: Layers a plugin transformation created (no ONNX name to follow): stage by layer type.
 BY_TYPE = {"MVN": "LayerNorm of the features", "VariadicSplit": "flows: channel splits merged by the plugin"}
 OUTPUTS = {"anomaly_map": "head (map, fusion, score)", "score": "head (map, fusion, score)",
@@ -125,7 +135,7 @@ def profile(call, compiled_parts: list, requests: list, source_onnx: Path, round
 def markdown(result: dict) -> str:
     lines = [f"# Where the time goes: OpenVINO per-layer counters, ResNet-18 FastFlow, batch {result['batch']}", "",
              f"Machine: {result['machine']}. Command: `{result['command']}`. {result['note']}", ""]
-    for side in ("ffrt", "ffrt_bf16_all", "anomalib"):
+    for side in [key for key, *_ in FFRT_SIDES if key in result] + ["anomalib"]:
         p = result[side]
         lines += [f"## {p['title']}", "",
                   f"Compiled: {p['compile']} (runtime_precisions: nodes per precision as the plugin ran them). Wall {p['wall_ms_per_call']:.1f} ms per call, counters sum to "
@@ -147,11 +157,13 @@ def run_profile(args, batch_size: int = 8, rounds: int = 10) -> dict:
     data = frames(batch_size)
     x_ffrt, x_ano = R.uint8_nhwc(data), R.float_nchw(data)
     sides = {}
-    for key, keep, what in (("ffrt", "head", "BF16 with the head FP32 (its default BF16)"),
-                            ("ffrt_bf16_all", "none", "BF16 on the whole graph (keep_fp32='none', not gated)")):
-        backend = _ffrt_backend(f["onnx"], args.threads, "bf16", keep)
+    for key, path, precision, keep, what in FFRT_SIDES:
+        path = f[path]
+        if not path.is_file():
+            continue
+        backend = _ffrt_backend(path, args.threads, precision, keep)
         parts, requests = _ffrt_parts(backend, batch_size)
-        sides[key] = profile(lambda b=backend: b.run(x_ffrt), parts, requests, f["onnx"], rounds)
+        sides[key] = profile(lambda b=backend: b.run(x_ffrt), parts, requests, path, rounds)
         sides[key].update(title=f"ffrt ResNet-18 FastFlow on ffrt's OpenVINO backend, {what}, static batch",
                           compile={"backend": backend.description, "runtime_precisions": backend.runtime_precisions})
         backend.close()
