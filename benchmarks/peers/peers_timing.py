@@ -86,9 +86,12 @@ def shared_runners(args, work: Path, lite0: Path | None) -> list[Spec]:
                                                    "bf16", keep_fp32="none")),
            Spec("openvino", lambda: R.ffrt_openvino(f["onnx"], t, "resnet18", f"{FFRT_R18_OV} FP32", "fp32"))]
     if f["int8"].is_file():
-        out.append(Spec("openvino", lambda: R.ffrt_openvino(
-            f["int8"], t, "resnet18", f"{FFRT_R18_OV} model.int8-cpu.onnx (every convolution INT8), float parts BF16, "
-            "head FP32 (auto runs it once its thresholds are set in BF16: ffcalib thresholds)", "bf16", file="int8")))
+        out += [Spec("openvino", lambda: R.ffrt_openvino(
+                    f["int8"], t, "resnet18", f"{FFRT_R18_OV} model.int8-cpu.onnx (every convolution INT8), float parts FP32 "
+                    "(what auto runs as ffexport writes it)", "fp32", file="int8")),
+                Spec("openvino", lambda: R.ffrt_openvino(
+                    f["int8"], t, "resnet18", f"{FFRT_R18_OV} model.int8-cpu.onnx (every convolution INT8), float parts BF16, "
+                    "head FP32 (auto runs it once its thresholds are set in BF16: ffcalib thresholds)", "bf16", file="int8"))]
     if lite0 is not None:
         out += [Spec("onnxruntime", lambda: R.ffrt_onnxruntime(lite0, t, "lite0",
                                                               "ffrt default EfficientNet-Lite0 model on ONNX Runtime (FP32)")),
@@ -130,7 +133,7 @@ def row_info(r) -> dict:
 
 ORDER = ["anomalib_ort", "anomalib_ov_fp32", "anomalib_ov_default_dynamic", "anomalib_ov_default", "anomalib_torch",
          "ffrt_resnet18_ort", "ffrt_resnet18_ov_fp32", "ffrt_resnet18_ov_bf16", "ffrt_resnet18_ov_bf16_all",
-         "ffrt_resnet18_ov_int8_bf16",
+         "ffrt_resnet18_ov_int8_fp32", "ffrt_resnet18_ov_int8_bf16",
          "ffrt_resnet18_torch", "ffrt_lite0_ort", "ffrt_lite0_ov_bf16", "ffrt_lite0_ov_bf16_all"]
 
 

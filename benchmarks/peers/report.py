@@ -66,7 +66,7 @@ def bars(report: dict) -> list[dict]:
         note="ffrt's best = the fastest ffrt ResNet-18 row; anomalib's best = the faster of its OpenVINO "
              "default-precision rows (dynamic batch as exported, static batch)")
     add("ffrt's best CPU path vs anomalib's best, issue 27's bar", ffrt_best, ano_best, BAR_BEST_VS_ANOMALIB_BEST_27,
-        note="ffrt's best may be the INT8 file (model.int8-cpu.onnx with BF16 float parts) where it was built; "
+        note="ffrt's best may be the INT8 file (model.int8-cpu.onnx, float parts FP32 or BF16) where it was built; "
              "this benchmark's backbone has random weights, so that file's accuracy gate is not meaningful here")
     if ffrt_all[1] is not None:
         add("(for information) ffrt's whole graph in BF16 vs anomalib's best", ffrt_all, ano_best,
