@@ -11,7 +11,7 @@ from ffcore.operating_point import operating_point
 
 from fftrain import checkpoint
 from fftrain.config import ModelConfig
-from fftrain.memory_bank import MAP_WEIGHTS, WEIGHTS, MemoryBankScore, choose_map_weight, choose_weight, coreset_vectors, greedy_coreset
+from fftrain.memory_bank import MAP_MARGIN, MAP_WEIGHTS, WEIGHTS, MemoryBankScore, choose_map_weight, choose_weight, coreset_vectors, greedy_coreset
 from fftrain.model import AnomalyModel
 from fftrain.train import TrainSettings, evaluate_features, extract_features, train
 
@@ -97,6 +97,25 @@ def test_map_weight_follows_what_localizes_the_synthetic_defects():
     assert weight == min(MAP_WEIGHTS) and 0.0 not in tried
     # The bank's map is standardized by the normals' pixels: its units do not change the choice.
     assert choose_map_weight(flows, 1000 * sharp + 5, masks, 20, "auto") == choose_map_weight(flows, sharp, masks, 20, "auto")
+
+
+def test_map_weight_needs_a_clear_gain_over_the_flows_map():
+    # A bank map that is the flows' own plus noise, a little more on the defects: its best weight
+    # beats the flows' map alone, but by less than MAP_MARGIN.
+    rng = np.random.default_rng(1)
+    masks = np.zeros((20, 8, 8), bool)
+    masks[:, :2, :2] = True
+    flows = rng.normal(0, 1, (40, 8, 8)).astype(np.float32)
+    flows[20:][masks] += 0.3
+    mild = flows + 0.3 * rng.normal(0, 1, (40, 8, 8)).astype(np.float32)
+    mild[20:][masks] += 0.05
+    weight, tried = choose_map_weight(flows, mild, masks, 20, "auto")
+    gain = max(tried.values()) - tried[0.0]
+    assert 0 < gain < MAP_MARGIN  # the case this test is about
+    assert weight == 0.0
+    # Asked for ("on"), the bank joins at its best weight all the same.
+    weight, tried = choose_map_weight(flows, mild, masks, 20, "on")
+    assert weight == max(tried, key=tried.get) and weight in MAP_WEIGHTS
 
 
 @pytest.fixture(scope="module")
