@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .evaluate import evaluate_features
-from .memory_bank import BANK_STRIDE, MemoryBankScore, choose_map_weight, choose_weight, coreset_vectors
+from .memory_bank import BANK_STRIDE, MAP_MARGIN, MemoryBankScore, choose_map_weight, choose_weight, coreset_vectors
 from .model import AnomalyModel
 
 
@@ -69,7 +69,8 @@ def fit_memory_bank(model: AnomalyModel, train_feats: list[torch.Tensor], n_trai
         map_weight, tried = choose_map_weight(*quarter, masks, len(val_feats[0]), config.memory_bank)
         log("memory bank: validation pixel AUROC on synthetic defects by map weight "
             + ", ".join(f"{w:g}: {a:.4f}" for w, a in tried.items())
-            + (f"; kept at weight {map_weight:g}" if map_weight else "; not kept in the map (the flows' map localizes best)"))
+            + (f"; kept at weight {map_weight:g}" if map_weight else
+               f"; not kept in the map (no weight localizes them better than the flows' map alone by {MAP_MARGIN:g} or more)"))
     if weight:
         bank.gain.fill_(weight * spread[0] / spread[1])
     if map_weight:
