@@ -59,9 +59,8 @@ WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)
 MAP_WEIGHTS = (0.25, 0.5, 1.0, 2.0)
 #: Under "auto" the bank's map joins only when its best weight beats the flows' map alone by at
 #: least this much pixel AUROC on the synthetic defects. A smaller gain is within what a few dozen
-#: validation images can tell apart, and such gains did not carry over to real masks
-#: (benchmarks/README.md, "CFLOW with the bank"). Without the bank, the map keeps the flows'
-#: localization.
+#: validation images can tell apart, and such a gain did not carry over to real masks
+#: (benchmarks/README.md, "On CFLOW, and a margin for the map").
 MAP_MARGIN = 0.01
 
 
