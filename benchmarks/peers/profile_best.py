@@ -157,8 +157,8 @@ def run_profile(args, batch_size: int = 8, rounds: int = 10) -> dict:
     data = frames(batch_size)
     x_ffrt, x_ano = R.uint8_nhwc(data), R.float_nchw(data)
     sides = {}
-    for key, path, precision, keep, what in FFRT_SIDES:
-        path = f[path]
+    for key, file_key, precision, keep, what in FFRT_SIDES:
+        path = f[file_key]
         if not path.is_file():
             continue
         backend = _ffrt_backend(path, args.threads, precision, keep)
