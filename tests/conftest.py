@@ -78,3 +78,46 @@ def tiny_onnx(tiny_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_export")
     assert main(["--no-bf16", "--ckpt", str(tiny_checkpoint), "--out", str(out), "--batch-max", "8"]) == 0
     return out / "model.onnx"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reuse_traces_of_identical_weights():
+    """Trace each distinct model to ONNX once per session.
+
+    Many export tests run ffexport on the same tiny checkpoint (failure paths, publishing,
+    kills), and torch.onnx's dynamo trace is most of each export's time (~7 s here, 20+ times
+    a session). Identical weights, configuration, batch range and opset give the same graph, so
+    a repeat gets a fresh copy of the first trace's bytes; the first trace of every weight set
+    is real, and every check after the trace (parity, gates, metadata, renames) still runs.
+    The traced code is part of the key (tests/export/test_tensorrt_compat.py exports with an
+    older FusedGraph.forward). A wrong reuse would fail the export's own parity check against
+    the PyTorch model. Exports in a subprocess trace for themselves.
+    """
+    import hashlib
+    import marshal
+
+    import onnx
+    import torch
+
+    import ffexport.exporter as exporter
+    import ffexport.int8_head as int8_head
+
+    real_trace = exporter.trace_to_onnx
+    traced: dict[str, bytes] = {}
+
+    def trace_once(model, batch_max, opset):
+        key = hashlib.sha256(f"{type(model).__qualname__}|{model.config!r}|{batch_max}|{opset}".encode())
+        key.update(marshal.dumps(exporter.FusedGraph.forward.__code__))
+        for name, tensor in model.state_dict().items():
+            key.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+            key.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+        digest = key.hexdigest()
+        if digest not in traced:
+            traced[digest] = real_trace(model, batch_max, opset).SerializeToString()
+        return onnx.load_from_string(traced[digest])
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(exporter, "trace_to_onnx", trace_once)
+    patch.setattr(int8_head, "trace_to_onnx", trace_once)
+    yield
+    patch.undo()

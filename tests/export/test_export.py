@@ -167,16 +167,6 @@ def test_conflicting_precisions_exit_with_one_line(tiny_checkpoint, tmp_path, ca
         assert not (tmp_path / "a").exists()  # nothing half-written
 
 
-def test_int8_export_writes_both_encodings(tiny_checkpoint, tmp_path, capsys):
-    """--int8 runs ffcalib's quantizer on the fresh ONNX (calibrating on the checkpoint's
-    training data); --force because a 2-epoch model is no accuracy reference."""
-    argv = ["--ckpt", str(tiny_checkpoint), "--out", str(tmp_path), "--int8", "--calib-count", "8", "--force"]
-    assert ffexport_main(argv) == 0, capsys.readouterr().err
-    targets = {read_onnx_meta(tmp_path / f"model.int8-{t}.onnx").target for t in ("trt", "cpu")}
-    assert targets == {"tensorrt", "cpu"}
-    assert read_onnx_meta(tmp_path / "model.int8-cpu.onnx").precision == "int8"
-
-
 def test_engine_request_still_writes_the_onnx(tiny_checkpoint, tmp_path, capsys):
     assert ffexport_main(["--no-bf16", "--ckpt", str(tiny_checkpoint), "--out", str(tmp_path), "--engine"]) == 2
     # without TensorRT/GPU (CI): exit 2, and the command to run on the GPU host (tests/export/test_fp16.py
