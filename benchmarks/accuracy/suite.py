@@ -344,6 +344,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-reference", action="store_true", help="skip the memory-bank reference scorer")
     p.add_argument("--threshold-folds", type=int, default=0, metavar="K",
                    help="also the thresholds fftrain --threshold-folds K would store (row flows_folds)")
+    p.add_argument("--json", type=Path, default=None,
+                   help="write the results here instead of results/accuracy-suite-RECIPE.json (a side measurement "
+                   "on some sets that must not replace the recipe's file)")
     p.add_argument("--update", action="store_true",
                    help="replace only the rows of --sets in the recipe's results file and keep its other rows (for a "
                    "change that touches only some sets; the file lists the kept rows)")
@@ -353,7 +356,7 @@ def main(argv=None) -> int:
     machine = describe()
     log(f"machine: {one_line(machine)}")
     rows = [run_set(n, args.recipe, args.work, not args.no_reference, args.threshold_folds) for n in args.sets.split(",")]
-    path = RESULTS / f"accuracy-suite-{args.recipe}.json"
+    path = args.json or RESULTS / f"accuracy-suite-{args.recipe}.json"
     kept = []
     if args.update and path.is_file():
         earlier = json.loads(path.read_text())
@@ -372,7 +375,7 @@ def main(argv=None) -> int:
            "splits": "dev = the half of each test split defaults are chosen on; test = the half reported (sets.py)",
            "rows": rows, "summary": {h: {sc: summary(rows, sc, h) for sc in ("flows", "flows_val_rule", "flows_folds", "reference") if all(sc in r for r in rows)}
                                      for h in ("dev", "test")}}
-    RESULTS.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     log(f"wrote {path}")
     return 0
