@@ -89,9 +89,10 @@ def reuse_traces_of_identical_weights():
     a session). Identical weights, configuration, batch range and opset give the same graph, so
     a repeat gets a fresh copy of the first trace's bytes; the first trace of every weight set
     is real, and every check after the trace (parity, gates, metadata, renames) still runs.
-    The traced code is part of the key (tests/export/test_tensorrt_compat.py exports with an
-    older FusedGraph.forward). A wrong reuse would fail the export's own parity check against
-    the PyTorch model. Exports in a subprocess trace for themselves.
+    A reuse across different weights would fail the export's own parity check against the
+    PyTorch model; a reuse across different code computing the same values would not, so the
+    traced code is part of the key (tests/export/test_tensorrt_compat.py exports the same
+    weights with an older FusedGraph.forward). Exports in a subprocess trace for themselves.
     """
     import hashlib
     import marshal
