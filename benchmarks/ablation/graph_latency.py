@@ -35,6 +35,7 @@ def time_models(models: dict, rounds: int) -> dict:
     from ffcore.timing import interleaved
     from ffeval.macs import count_macs
     from ffexport.exporter import trace_to_onnx
+    from ffexport.request import ExportRequest
 
     sizes = {tuple(m.config.image_size) for m in models.values()}
     if len(sizes) != 1:
@@ -44,7 +45,7 @@ def time_models(models: dict, rounds: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, model) in enumerate(models.items()):
             path = Path(tmp) / f"{i}.onnx"
-            path.write_bytes(trace_to_onnx(model.eval(), max(BATCHES), 18).SerializeToString())
+            path.write_bytes(trace_to_onnx(model.eval(), max(BATCHES), ExportRequest.model_fields["opset"].default).SerializeToString())
             macs[name] = round(count_macs(str(path)).total / 1e9, 3)
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = 2
