@@ -86,11 +86,11 @@ def main(argv=None) -> int:
 
     print(f"machine: {one_line(describe())}", flush=True)
     now, _ = checkpoint.load(args.now)
-    then_config = now.config.model_copy(update={
-        "flow_steps": 8, "memory_bank": "off", "memory_bank_vectors": 0, "score_strides": (4, 8, 16),
-        "flow_hidden_channels": None})
+    then_config = type(now.config).model_validate({
+        **now.config.model_dump(), "flow_steps": 8, "memory_bank": "off", "memory_bank_vectors": 0,
+        "score_strides": (4, 8, 16), "flow_hidden_channels": None})
     torch.manual_seed(0)
-    then = AnomalyModel(type(then_config).model_validate(then_config.model_dump()), load_pretrained=False)
+    then = AnomalyModel(then_config, load_pretrained=False)
     label = f"today's default ({args.now}, bank: {now.config.memory_bank_vectors} vectors)"
     result = time_models({"issue 21's default (8 steps, no bank, every stride)": then, label: now}, args.rounds)
     write({"now": str(args.now), **result}, args.json)
