@@ -91,6 +91,9 @@ RECIPES = {
     # The memory bank beside the flows where training's synthetic check keeps it (fftrain's default
     # since 2026-12-06; the flows are those of steps4-epochs24, which trains the same way before it).
     "bank-steps4-epochs24": ({"flow_steps": 4, "memory_bank": "auto"}, {"epochs": 24}),
+    # pool3 with the bank on today's default: the second candidate of a per-line choice between
+    # pooled and unpooled flows by training's synthetic check (benchmarks/accuracy/pooling_choice.py).
+    "pool3-bank-steps4-epochs24": ({"feature_pooling": 3, "flow_steps": 4, "memory_bank": "auto"}, {"epochs": 24}),
     # pool3 at stride 16 only (pool3at16-steps4-epochs24) was measured at commit 890ea79, whose
     # ModelConfig.feature_pooling_strides was taken out again (not adopted; benchmarks/README.md).
 }
