@@ -94,6 +94,12 @@ RECIPES = {
     # pool3 with the bank on today's default: the second candidate of a per-line choice between
     # pooled and unpooled flows by training's synthetic check (benchmarks/accuracy/pooling_choice.py).
     "pool3-bank-steps4-epochs24": ({"feature_pooling": 3, "flow_steps": 4, "memory_bank": "auto"}, {"epochs": 24}),
+    # DeepPCB's 640x640 boards at their native size, today's default otherwise, and its like-for-like
+    # baseline at 256x256. Both without re-exposed views: at 640 the training cache with the default
+    # 4 views would need about 43 GB (fftrain.train.cache_bytes); without them about 11.
+    "noaug-bank-steps4-epochs24": ({"flow_steps": 4, "memory_bank": "auto"}, {"epochs": 24, "augment_views": 0}),
+    "native640-noaug-bank-steps4-epochs24": ({"pixels": 640 * 640, "flow_steps": 4, "memory_bank": "auto"},
+                                             {"epochs": 24, "augment_views": 0}),
     # pool3 at stride 16 only (pool3at16-steps4-epochs24) was measured at commit 890ea79, whose
     # ModelConfig.feature_pooling_strides was taken out again (not adopted; benchmarks/README.md).
 }

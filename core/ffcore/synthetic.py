@@ -148,19 +148,49 @@ def defect_batch(images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]
 HARD_STRENGTHS = (0.35, 0.6, 1.0)
 
 
+def hard_defect_plan(n: int, strengths: tuple[float, ...] = HARD_STRENGTHS) -> list[tuple[int, str, float]]:
+    """(source image, kind, strength) of each image ``hard_defect_batch`` draws from ``n`` images,
+    in its order: every image once per strength, kinds cycled so each kind and strength is present."""
+    return [(i, HARD_KINDS[(i + j) % len(HARD_KINDS)], s) for j, s in enumerate(strengths) for i in range(n)]
+
+
 def hard_defect_batch(images: np.ndarray, seed: int, strengths: tuple[float, ...] = HARD_STRENGTHS):
-    """Every image once per strength, each with one hard defect (kinds cycled, so each
-    kind and strength is present): (uint8 [N*len(strengths),H,W,3], masks, strength per image)."""
+    """One hard defect on each image of ``hard_defect_plan``: (uint8 [N*len(strengths),H,W,3],
+    masks, strength per image)."""
     rng = np.random.default_rng(seed)
-    out, masks, levels = [], [], []
-    for j, strength in enumerate(strengths):
-        for i, img in enumerate(images):
-            kind = HARD_KINDS[(i + j) % len(HARD_KINDS)]
-            d, m = add_defect(img, rng, kind, strength)
-            out.append(d)
-            masks.append(m)
-            levels.append(strength)
-    return np.stack(out), np.stack(masks), np.array(levels)
+    plan = hard_defect_plan(len(images), strengths)
+    drawn = [add_defect(images[i], rng, kind, strength) for i, kind, strength in plan]
+    return np.stack([d for d, _ in drawn]), np.stack([m for _, m in drawn]), np.array([s for _, _, s in plan])
+
+
+def caught_by_kind(scores: np.ndarray, threshold: float, plan: list[tuple[int, str, float]]) -> dict:
+    """Share of the drawn defects whose image score is above ``threshold`` (what the part's
+    decision rejects), overall, per kind and per strength: which kinds of defect a model
+    passes at its operating point, in the terms a line engineer reads. Synthetic defects on
+    real normals: it ranks kinds and models, it is not the line's recall on real defects."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) != len(plan):
+        raise ValueError(f"{len(scores)} scores for {len(plan)} drawn defects")
+    rejected = ~(scores <= threshold)  # the runtime's rule: score > threshold fails, and so does NaN
+
+    def share(keep: np.ndarray) -> float:
+        return float(rejected[keep].mean())
+
+    kinds = np.array([k for _, k, _ in plan])
+    levels = np.array([s for _, _, s in plan])
+    return {"all": share(np.ones(len(plan), bool)),
+            "by_kind": {k: share(kinds == k) for k in HARD_KINDS if (kinds == k).any()},
+            "by_strength": {f"{s:g}": share(levels == s) for s in sorted(set(levels.tolist()))}}
+
+
+def caught_summary(caught: dict) -> str:
+    """One line for a training log of ``caught_by_kind``'s figures."""
+    kinds = ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in caught["by_kind"].items())
+    levels = " / ".join(caught["by_strength"])
+    shares = " / ".join(f"{v:.0%}" for v in caught["by_strength"].values())
+    return (f"drawn defects on the validation normals rejected at the image threshold: {caught['all']:.0%} "
+            f"({kinds}; at contrast {levels}: {shares}). Synthetic: this says which kinds the model passes, "
+            "not its recall on the line's real defects")
 
 
 def reexpose(image: np.ndarray, gain: float = 1.0, gamma: float = 1.0, offset: float = 0.0) -> np.ndarray:

@@ -51,6 +51,44 @@ def test_hard_defect_batch_covers_every_kind_and_strength_deterministically(cell
     assert all(m.any() for m in ma)
 
 
+def test_hard_defect_plan_names_the_kind_each_drawn_image_has(cells):
+    plan = synthetic.hard_defect_plan(len(cells))
+    _, masks, levels = synthetic.hard_defect_batch(cells, seed=3)
+    assert len(plan) == len(masks) and [s for _, _, s in plan] == levels.tolist()
+    assert {(k, s) for _, k, s in plan} == {(k, s) for k in synthetic.HARD_KINDS for s in synthetic.HARD_STRENGTHS}
+    assert [i for i, _, _ in plan] == list(range(len(cells))) * len(synthetic.HARD_STRENGTHS)
+    # The names match what was drawn: an "uneven" area covers a third of the part, a spot a few pixels.
+    area = {k: np.median([m.mean() for m, (_, kk, _) in zip(masks, plan) if kk == k]) for k in synthetic.HARD_KINDS}
+    assert area["uneven"] > 5 * area["spot"] and area["uneven"] > 5 * area["faint_crack"]
+
+
+def test_caught_by_kind_counts_what_the_part_decision_rejects():
+    plan = synthetic.hard_defect_plan(2, strengths=(0.35, 1.0))
+    assert [(k, s) for _, k, s in plan] == [("faint_crack", 0.35), ("spot", 0.35), ("spot", 1.0), ("uneven", 1.0)]
+    # A score equal to the threshold passes (score > threshold fails); a NaN score fails, as in the runtime.
+    caught = synthetic.caught_by_kind(np.array([1.0, 2.0, 3.0, np.nan]), 2.0, plan)
+    assert caught == {"all": 0.5, "by_kind": {"faint_crack": 0.0, "spot": 0.5, "uneven": 1.0},
+                      "by_strength": {"0.35": 0.0, "1": 1.0}}
+    line = synthetic.caught_summary(caught)
+    assert "rejected at the image threshold: 50% (faint crack 0%, spot 50%, uneven 100%" in line
+    assert "at contrast 0.35 / 1: 0% / 100%" in line and "Synthetic" in line
+    with pytest.raises(ValueError, match="3 scores for 4 drawn defects"):
+        synthetic.caught_by_kind(np.zeros(3), 0.0, plan)
+
+
+def test_pooling_hint_only_where_the_threshold_passes_most_unevenness_of_unpooled_features():
+    from fftrain.train import pooling_hint
+
+    def caught(uneven):
+        return {"all": 0.5, "by_kind": {"spot": 0.9, "uneven": uneven}, "by_strength": {}}
+
+    assert "only 20% of the drawn large soft unevenness" in pooling_hint(caught(0.2), 1)
+    assert "--feature-pooling 3" in pooling_hint(caught(0.0), 1)
+    assert pooling_hint(caught(0.5), 1) is None  # half or more rejected: no note
+    assert pooling_hint(caught(0.2), 3) is None  # already pooled
+    assert pooling_hint({"all": 0.5, "by_kind": {"spot": 0.1}, "by_strength": {}}, 1) is None
+
+
 def test_reexpose():
     img = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
     assert np.array_equal(synthetic.reexpose(img), img)  # identity settings change nothing

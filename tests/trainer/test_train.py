@@ -66,6 +66,30 @@ def test_loaded_model_reproduces_its_calibration(tiny_checkpoint, elpv_split):
 
 
 
+def test_training_records_which_drawn_defects_its_threshold_passes(tiny_checkpoint, elpv_split):
+    """The checkpoint's per-kind share of drawn defects above the image threshold, recomputed
+    from the file: the validation normals with the trainer's defects (same seed), scored by the
+    whole model. Up to one image may fall on the other side of the threshold (cached features
+    against a fresh backbone pass)."""
+    from ffcore import synthetic
+    from fftrain.data import load_batch, to_tensor_batch
+
+    model, payload = checkpoint.load(tiny_checkpoint)
+    val = load_batch(elpv_split.val, 64)
+    defects, _, _ = synthetic.hard_defect_batch(val, seed=model.config.seed + 1000)
+    with torch.no_grad():
+        _, scores = model(to_tensor_batch(defects))
+    rejected = scores.numpy() > payload["calibration"]["image_threshold"]
+    kinds = np.array([synthetic.HARD_KINDS[(i + j) % len(synthetic.HARD_KINDS)]
+                      for j in range(len(synthetic.HARD_STRENGTHS)) for i in range(len(val))])
+    caught = payload["train_info"]["synthetic_caught"]
+    assert caught["all"] == pytest.approx(rejected.mean(), abs=1.01 / len(rejected))
+    for kind in synthetic.HARD_KINDS:
+        assert caught["by_kind"][kind] == pytest.approx(rejected[kinds == kind].mean(),
+                                                        abs=1.01 / (kinds == kind).sum()), kind
+    assert 0 < caught["all"] < 1  # a tiny 2-epoch model passes some drawn defects and rejects others
+
+
 def test_checkpoint_refusals(tmp_path, tiny_checkpoint):
     with pytest.raises(checkpoint.CheckpointError, match="no such checkpoint"):
         checkpoint.load(tmp_path / "missing.pt")
@@ -139,6 +163,7 @@ def test_few_normal_images_give_a_working_model(tmp_path, elpv_split, capsys):
     # One validation normal: its score is the threshold, and the output says how far from the target that is.
     assert "image threshold" in printed and "by largest score on 1 normals" in printed
     assert "499 more good parts for a 95% interval within [0.01, 0.04]" in printed
+    assert "drawn defects on the validation normals rejected at the image threshold:" in printed
     payload = torch.load(out, map_location="cpu", weights_only=True)
     assert payload["train_info"]["counts"]["val"] == 1
     assert tuple(payload["config"]["score_strides"]) == (4, 16)

@@ -138,6 +138,23 @@ class TrainResult:
     # The cached training-pool and validation features, when TrainSettings.keep_features
     # asks for them (tools that compare head variants without re-extracting).
     features: dict[str, list[torch.Tensor]] | None = None
+    # Share of the validation normals' drawn defects the stored image threshold rejects, overall,
+    # per kind and per contrast (ffcore.synthetic.caught_by_kind).
+    synthetic_caught: dict[str, Any] | None = None
+
+
+def pooling_hint(caught: dict[str, Any], feature_pooling: int) -> str | None:
+    """A note when the threshold passes most drawn large soft unevenness and the features are
+    not pooled: the one kind for which a measured lever exists (benchmarks/README.md: pooling
+    raised it from 0.81 to 0.95 AUROC on the synthetic strip, and cost ELPV poly and DeepPCB,
+    so it is not the default). None otherwise."""
+    uneven = caught["by_kind"].get("uneven")
+    if uneven is None or uneven >= 0.5 or feature_pooling > 1:
+        return None
+    return (f"only {uneven:.0%} of the drawn large soft unevenness is rejected. If this part's defects include "
+            "broad, faint brightness changes, train with --feature-pooling 3 as well and compare the two on real "
+            "examples (ffeval --data): on the development sets it separated that kind far better and other "
+            "kinds a little worse")
 
 
 def improves(record: EpochRecord, best: EpochRecord | None, history: list[EpochRecord]) -> bool:
@@ -324,6 +341,7 @@ def train(
         log("input colour: luma (every training image is grey; colour noise in frames will be ignored)"
             if color == "luma" else "input colour: rgb (the training images are in colour)")
     val_defects, val_defect_masks, _ = synthetic.hard_defect_batch(val_images, seed=config.seed + 1000)
+    defect_plan = synthetic.hard_defect_plan(len(val_images))
     if settings.augment_views:
         train_images = np.concatenate([train_images, training_views(train_images, settings, config.seed)])
     train_feats = extract(train_images, "features (train)")
@@ -397,11 +415,18 @@ def train(
     )
     for which in ("image", "pixel"):
         log(f"{which} {OperatingPoint.from_dict(calibration[f'{which}_estimate']).summary()}")
+    # What the stored decision does to the check's drawn defects, per kind: a line engineer sees
+    # which kinds this model passes before any part does.
+    caught = synthetic.caught_by_kind(evaluate_features(model, val_defect_feats)[2].numpy(),
+                                      calibration["image_threshold"], defect_plan)
+    log(synthetic.caught_summary(caught))
+    if (hint := pooling_hint(caught, config.feature_pooling)) is not None:
+        log(f"note: {hint}")
     if not settings.threshold_folds and calibration["image_estimate"].get("needed_more"):
         log(f"the {n_train} training images can count as well: fftrain --threshold-folds 5 scores each with a model "
             "that did not train on it (about 4 more trainings of the flows)")
     features = {"train": train_feats, "val": val_feats} if settings.keep_features else None
-    return TrainResult(model, best.epoch, history, calibration, settings, timings, features)
+    return TrainResult(model, best.epoch, history, calibration, settings, timings, features, caught)
 
 
 def train_info(result: TrainResult, split: DataSplit) -> dict[str, Any]:
@@ -420,6 +445,7 @@ def train_info(result: TrainResult, split: DataSplit) -> dict[str, Any]:
         "image AUROC on hard synthetic defects (several kinds and strengths) drawn onto held-out normals",
         # Real images the exporter checks parity on (paths on the training machine).
         "parity_images": [str(s.path) for s in split.val[:8]],
+        "synthetic_caught": result.synthetic_caught,
     }
 
 
