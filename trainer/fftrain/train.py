@@ -146,15 +146,15 @@ class TrainResult:
 def pooling_hint(caught: dict[str, Any], feature_pooling: int) -> str | None:
     """A note when the threshold passes most drawn large soft unevenness and the features are
     not pooled: the one kind for which a measured lever exists (benchmarks/README.md: pooling
-    raised it from 0.81 to 0.95 AUROC on the synthetic strip, and cost ELPV poly and DeepPCB,
+    raised it from 0.81 to 0.95 AUROC on the synthetic strip, and cost each real set 0.003-0.04,
     so it is not the default). None otherwise."""
     uneven = caught["by_kind"].get("uneven")
     if uneven is None or uneven >= 0.5 or feature_pooling > 1:
         return None
     return (f"only {uneven:.0%} of the drawn large soft unevenness is rejected. If this part's defects include "
             "broad, faint brightness changes, train with --feature-pooling 3 as well and compare the two on real "
-            "examples (ffeval --data): on the development sets it separated that kind far better and other "
-            "kinds a little worse")
+            "examples (ffeval --data): on the development sets it separated that kind far better, and each of "
+            "the three real image sets a little worse")
 
 
 def improves(record: EpochRecord, best: EpochRecord | None, history: list[EpochRecord]) -> bool:
