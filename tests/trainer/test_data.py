@@ -123,7 +123,8 @@ def test_images_much_larger_than_the_model_input_get_the_image_size_note(tmp_pat
         cv2.imwrite(str(path), cv2.resize(cv2.imread(str(s.path)), (640, 640), interpolation=cv2.INTER_CUBIC))
         boards.append(Sample(path, 0))
     note = downscale_note(boards, (256, 256))
-    assert note is not None and "640x640" in note and "6.2x" in note and "--image-size" in note
+    assert note is not None and "640x640" in note and "6.2x" in note
+    assert "--image-size 640 640 --score-strides 4 8 16" in note  # the lever measured on DeepPCB
     assert downscale_note(boards, (336, 336)) is None  # 3.6x: under the note's 4x
     assert downscale_note(boards, (320, 320)) is not None  # exactly 4x
 
