@@ -132,7 +132,9 @@ def trace_to_onnx(model: AnomalyModel, batch_max: int, opset: int) -> onnx.Model
     """The fused graph as an in-memory ModelProto with a dynamic batch dimension."""
     height, width = model.config.image_size
     example = torch.zeros(2, height, width, 3, dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1, max=batch_max)
+    # torch.export refuses a Dim whose min equals its max, so batch_max 1 traces with room for 2;
+    # the file still declares batch_max 1 in its metadata, which the runtime enforces.
+    batch = torch.export.Dim("batch", min=1, max=max(2, batch_max))
     try:
         program = torch.onnx.export(
             FusedGraph(model).eval(),

@@ -159,6 +159,19 @@ def test_dynamic_batch(tiny_onnx, real_images, batch):
     np.testing.assert_allclose(score[0], single[0], rtol=1e-5)
 
 
+def test_a_one_image_batch_limit_exports_and_runs(tiny_checkpoint, real_images, tmp_path):
+    """--batch-max 1 (one camera, one frame at a time) once crashed in torch.export with a traceback."""
+    from ffrt import Detector
+
+    assert ffexport_main(["--no-bf16", "--ckpt", str(tiny_checkpoint), "--out", str(tmp_path), "--batch-max", "1"]) == 0
+    assert read_onnx_meta(tmp_path / "model.onnx").batch_max == 1
+    with Detector(tmp_path / "model.onnx", backend="onnxruntime-cpu") as det:
+        results = det.predict_batch(list(real_images[:3]))  # chunks of one image each
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    single = session.run(None, {"image": real_images[1:2]})[1]
+    assert len(results) == 3 and results[1].score == pytest.approx(float(single[0]), rel=1e-5)
+
+
 def test_conflicting_precisions_exit_with_one_line(tiny_checkpoint, tmp_path, capsys):
     for pair in (["--int8", "--fp16"], ["--bf16", "--int8"], ["--fp16", "--bf16"]):
         assert ffexport_main(["--ckpt", str(tiny_checkpoint), "--out", str(tmp_path / "a"), *pair]) == 1
